@@ -1,0 +1,1 @@
+"""MLS layer: granular write-behind storage, drainers and engines (filled in by the MLS issues)."""
