@@ -1,0 +1,252 @@
+"""TLS presentation-language codec with the MLS variable-length vectors (RFC 9420 §2.1).
+
+Decoding is strict: every read is bounds-checked, vector lengths must use the minimal varint
+encoding, optional presence octets must be 0 or 1, and :func:`decode_exact` rejects trailing
+bytes. Any violation raises :class:`~mls.native.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from .errors import DecodeError, EncodeError
+
+T = TypeVar("T")
+
+MAX_VARINT = (1 << 30) - 1
+
+
+def encode_varint(value: int) -> bytes:
+    """Encode a vector length with the smallest of the 1/2/4-byte forms."""
+    if value < 0 or value > MAX_VARINT:
+        raise EncodeError(f"varint out of range: {value}")
+    if value < 1 << 6:
+        return value.to_bytes(1, "big")
+    if value < 1 << 14:
+        return (value | 0x4000).to_bytes(2, "big")
+    return (value | 0x80000000).to_bytes(4, "big")
+
+
+class Reader:
+    """Cursor over an immutable byte string; all reads are bounds-checked."""
+
+    __slots__ = ("_data", "_end", "_pos")
+
+    def __init__(self, data: bytes, start: int = 0, end: int | None = None) -> None:
+        self._data = bytes(data)
+        self._pos = start
+        self._end = len(self._data) if end is None else end
+
+    @property
+    def remaining(self) -> int:
+        """Number of unread bytes."""
+        return self._end - self._pos
+
+    def at_end(self) -> bool:
+        """True when every byte has been consumed."""
+        return self._pos >= self._end
+
+    def finish(self) -> None:
+        """Reject trailing bytes."""
+        if self._pos != self._end:
+            raise DecodeError(f"{self._end - self._pos} trailing byte(s)")
+
+    def fixed(self, n: int) -> bytes:
+        """Read exactly ``n`` raw bytes."""
+        if n < 0 or self._pos + n > self._end:
+            raise DecodeError(f"truncated input: need {n} byte(s), have {self.remaining}")
+        out = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+    def uint(self, size: int) -> int:
+        """Read a big-endian unsigned integer of ``size`` bytes."""
+        return int.from_bytes(self.fixed(size), "big")
+
+    def u8(self) -> int:
+        """Read a uint8."""
+        return self.uint(1)
+
+    def u16(self) -> int:
+        """Read a uint16."""
+        return self.uint(2)
+
+    def u32(self) -> int:
+        """Read a uint32."""
+        return self.uint(4)
+
+    def u64(self) -> int:
+        """Read a uint64."""
+        return self.uint(8)
+
+    def varint(self) -> int:
+        """Read a minimal QUIC-style varint (prefix 0b11 is invalid in MLS)."""
+        first = self.u8()
+        prefix = first >> 6
+        if prefix == 3:
+            raise DecodeError("invalid varint prefix 0b11")
+        length = 1 << prefix
+        value = first & 0x3F
+        for _ in range(length - 1):
+            value = (value << 8) | self.u8()
+        if prefix >= 1 and value < 1 << (8 * (length // 2) - 2):
+            raise DecodeError("non-minimal varint encoding")
+        return value
+
+    def opaque(self) -> bytes:
+        """Read ``opaque data<V>``."""
+        return self.fixed(self.varint())
+
+    def sub(self) -> Reader:
+        """Read a varint length and return a reader confined to that many bytes."""
+        n = self.varint()
+        if self._pos + n > self._end:
+            raise DecodeError(f"vector length {n} exceeds input ({self.remaining} left)")
+        inner = Reader.__new__(Reader)
+        inner._data = self._data
+        inner._pos = self._pos
+        inner._end = self._pos + n
+        self._pos += n
+        return inner
+
+    def vector(self, item: Callable[[Reader], T]) -> list[T]:
+        """Read ``T items<V>``; the items must consume the vector exactly."""
+        inner = self.sub()
+        out: list[T] = []
+        while not inner.at_end():
+            out.append(item(inner))
+        return out
+
+    def optional(self, item: Callable[[Reader], T]) -> T | None:
+        """Read ``optional<T>``."""
+        present = self.u8()
+        if present == 0:
+            return None
+        if present != 1:
+            raise DecodeError(f"invalid optional presence octet {present}")
+        return item(self)
+
+    def boolean(self) -> bool:
+        """Read a TLS bool (uint8 restricted to 0/1)."""
+        value = self.u8()
+        if value > 1:
+            raise DecodeError(f"invalid boolean {value}")
+        return value == 1
+
+
+class Writer:
+    """Append-only byte builder for TLS encoding."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def getvalue(self) -> bytes:
+        """Return the bytes written so far."""
+        return bytes(self._buf)
+
+    def raw(self, data: bytes) -> None:
+        """Append raw bytes (a fixed-size field)."""
+        self._buf += data
+
+    def uint(self, value: int, size: int) -> None:
+        """Append a big-endian unsigned integer of ``size`` bytes."""
+        if value < 0 or value >= 1 << (8 * size):
+            raise EncodeError(f"value {value} does not fit in uint{8 * size}")
+        self._buf += value.to_bytes(size, "big")
+
+    def u8(self, value: int) -> None:
+        """Append a uint8."""
+        self.uint(value, 1)
+
+    def u16(self, value: int) -> None:
+        """Append a uint16."""
+        self.uint(value, 2)
+
+    def u32(self, value: int) -> None:
+        """Append a uint32."""
+        self.uint(value, 4)
+
+    def u64(self, value: int) -> None:
+        """Append a uint64."""
+        self.uint(value, 8)
+
+    def varint(self, value: int) -> None:
+        """Append a minimal varint."""
+        self._buf += encode_varint(value)
+
+    def opaque(self, data: bytes) -> None:
+        """Append ``opaque data<V>``."""
+        self.varint(len(data))
+        self._buf += data
+
+    def vector(self, items: Iterable[T], item: Callable[[Writer, T], None]) -> None:
+        """Append ``T items<V>``."""
+        inner = Writer()
+        for value in items:
+            item(inner, value)
+        self.opaque(inner.getvalue())
+
+    def optional(self, value: T | None, item: Callable[[Writer, T], None]) -> None:
+        """Append ``optional<T>``."""
+        if value is None:
+            self.u8(0)
+        else:
+            self.u8(1)
+            item(self, value)
+
+    def boolean(self, value: bool) -> None:
+        """Append a TLS bool."""
+        self.u8(1 if value else 0)
+
+
+def decode_exact(data: bytes, item: Callable[[Reader], T]) -> T:
+    """Decode one value that must span ``data`` exactly."""
+    reader = Reader(data)
+    value = item(reader)
+    reader.finish()
+    return value
+
+
+def encode_with(value: T, item: Callable[[Writer, T], None]) -> bytes:
+    """Encode one value with an item writer."""
+    writer = Writer()
+    item(writer, value)
+    return writer.getvalue()
+
+
+def opaque_bytes(data: bytes) -> bytes:
+    """Encode ``opaque<V>`` as a standalone byte string."""
+    return encode_varint(len(data)) + data
+
+
+def write_opaque(w: Writer, data: bytes) -> None:
+    """Item writer for ``opaque<V>`` elements."""
+    w.opaque(data)
+
+
+def read_opaque(r: Reader) -> bytes:
+    """Item reader for ``opaque<V>`` elements."""
+    return r.opaque()
+
+
+def write_u16(w: Writer, value: int) -> None:
+    """Item writer for uint16 elements."""
+    w.u16(value)
+
+
+def read_u16(r: Reader) -> int:
+    """Item reader for uint16 elements."""
+    return r.u16()
+
+
+def write_u32(w: Writer, value: int) -> None:
+    """Item writer for uint32 elements."""
+    w.u32(value)
+
+
+def read_u32(r: Reader) -> int:
+    """Item reader for uint32 elements."""
+    return r.u32()

@@ -1,0 +1,50 @@
+"""Exception tree of the native MLS engine.
+
+Every public function of :mod:`mls.native` raises only subclasses of :class:`MlsError`, so
+callers can handle engine failures without knowing which library sits underneath.
+"""
+
+from __future__ import annotations
+
+
+class MlsError(Exception):
+    """Base class of every error raised by the native engine."""
+
+
+class DecodeError(MlsError):
+    """Malformed TLS-encoded input (truncation, trailing bytes, bad varint, bad value)."""
+
+
+class EncodeError(MlsError):
+    """A value cannot be encoded (out of range for its wire type)."""
+
+
+class UnsupportedCipherSuite(MlsError):
+    """The cipher suite identifier is unknown or not implemented."""
+
+
+class CryptoError(MlsError):
+    """A cryptographic operation failed (bad key material, invalid point...)."""
+
+
+class InvalidSignature(CryptoError):
+    """A signature did not verify."""
+
+
+class AuthenticationError(CryptoError):
+    """An AEAD tag, MAC, membership tag or confirmation tag did not verify."""
+
+
+InvalidTag = AuthenticationError
+
+
+class InvalidTree(MlsError):
+    """A ratchet tree is structurally or cryptographically invalid."""
+
+
+class InvalidMessage(MlsError):
+    """A message is well formed but semantically unacceptable."""
+
+
+class KeyNotFound(MlsError):
+    """A ratchet key is unavailable (already used, deleted, or outside the window)."""
