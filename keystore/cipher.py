@@ -1,0 +1,283 @@
+"""The store cipher: row encryption, row-key hashing, and wrapping of the vault secrets.
+
+Key hierarchy (StoreCipher-style, see ``docs/format.md``)::
+
+    passphrase --Argon2id(salt, t, m, p)--> KEK ---+
+    raw key    --HKDF-SHA256(salt)--------> KEK ---+--AES-256-GCM wrap--> data_key || hash_key
+                                                   (AAD = header)
+    data_key: AES-256-GCM over every row value
+    hash_key: BLAKE2b-256 keyed hash of row keys, one derived key per category
+
+The two secrets are random and independent of the passphrase, so changing the
+passphrase rewraps 64 bytes and touches no row.
+
+Python cannot promise that secrets leave memory: ``bytes`` objects are immutable
+and may be copied by the interpreter, and OpenSSL keeps its own copy inside an
+``AESGCM`` object.  We keep our copies in ``bytearray`` objects that :meth:`wipe`
+overwrites, and drop every reference to derived objects, which is the best a pure
+Python library can do.  See ``docs/threat-model.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import unicodedata
+from collections.abc import Iterable
+
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from keystore.errors import IntegrityError, WrongPassphrase
+from keystore.header import (
+    KDF_ARGON2ID,
+    NONCE_LEN,
+    WRAPPED_LEN,
+    Header,
+)
+
+__all__ = [
+    "KEY_LEN",
+    "VALUE_FORMAT",
+    "StoreCipher",
+    "derive_wrapping_key",
+    "normalize_passphrase",
+    "unwrap_secrets",
+    "wrap_secrets",
+]
+
+KEY_LEN = 32
+VALUE_FORMAT = 1
+_VALUE_PREFIX = bytes([VALUE_FORMAT])
+_MIN_VALUE_LEN = 1 + NONCE_LEN + 4 + 16
+_RAW_KEY_INFO = b"mls-keystore v1 raw-key wrap"
+_CATEGORY_PERSON = b"mlks-category"
+_ROW_PERSON = b"mlks-row-key"
+_LEN = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+
+
+def normalize_passphrase(passphrase: str | bytes) -> bytes:
+    """Turn a passphrase into the exact bytes fed to Argon2id.
+
+    ``str`` passphrases are NFC-normalized before UTF-8 encoding, so the same
+    passphrase typed on systems that compose accents differently still unlocks.
+
+    Raises:
+        TypeError: not ``str`` or ``bytes``.
+        ValueError: empty.
+    """
+    if isinstance(passphrase, str):
+        data = unicodedata.normalize("NFC", passphrase).encode("utf-8")
+    elif isinstance(passphrase, bytes | bytearray):
+        data = bytes(passphrase)
+    else:
+        raise TypeError("passphrase must be str or bytes")
+    if not data:
+        raise ValueError("passphrase must not be empty")
+    return data
+
+
+def check_raw_key(key: bytes) -> bytes:
+    """Validate a caller-supplied raw key (32 bytes)."""
+    if not isinstance(key, bytes | bytearray):
+        raise TypeError("raw key must be bytes")
+    if len(key) != KEY_LEN:
+        raise ValueError(f"raw key must be exactly {KEY_LEN} bytes, got {len(key)}")
+    return bytes(key)
+
+
+def derive_wrapping_key(header: Header, secret: bytes) -> bytearray:
+    """Derive the key-encryption key (KEK) that wraps the vault's two secrets.
+
+    ``secret`` is the normalized passphrase for Argon2id headers and the 32-byte raw
+    key for raw-key headers.
+    """
+    if header.kdf_id == KDF_ARGON2ID:
+        assert header.kdf is not None
+        return bytearray(
+            hash_secret_raw(
+                secret,
+                header.salt,
+                time_cost=header.kdf.time_cost,
+                memory_cost=header.kdf.memory_cost,
+                parallelism=header.kdf.parallelism,
+                hash_len=KEY_LEN,
+                type=Type.ID,
+            )
+        )
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=header.salt, info=_RAW_KEY_INFO)
+    return bytearray(hkdf.derive(secret))
+
+
+def wrap_secrets(kek: bytearray, header: Header, secrets: bytearray) -> Header:
+    """Return ``header`` carrying ``secrets`` (data key || hash key) wrapped under ``kek``."""
+    nonce = os.urandom(NONCE_LEN)
+    wrapped = AESGCM(bytes(kek)).encrypt(nonce, bytes(secrets), header.authenticated_part())
+    return header.with_wrap(nonce, wrapped)
+
+
+def unwrap_secrets(kek: bytearray, header: Header) -> bytearray:
+    """Unwrap data key || hash key.
+
+    Raises:
+        WrongPassphrase: the KEK is wrong or any header field was edited.
+    """
+    try:
+        secrets = AESGCM(bytes(kek)).decrypt(
+            header.wrap_nonce, header.wrapped, header.authenticated_part()
+        )
+    except InvalidTag:
+        raise WrongPassphrase(
+            "wrong passphrase or key (or the vault header was modified)"
+        ) from None
+    if len(secrets) != WRAPPED_LEN - 16:
+        raise IntegrityError("vault header holds secrets of the wrong length")
+    return bytearray(secrets)
+
+
+def _encrypt_from_parts(
+    aead: AESGCM, aad: bytes, key: bytes, value: bytes, nonce: bytes
+) -> bytes:
+    """Encrypt one row with a given nonce (the seam known-answer tests use)."""
+    return _VALUE_PREFIX + nonce + aead.encrypt(nonce, _LEN.pack(len(key)) + key + value, aad)
+
+
+def row_aad(store_id: bytes, category: str, key_hash: bytes) -> bytes:
+    """The associated data binding a row's ciphertext to its vault, category and key."""
+    cat = category.encode("utf-8")
+    return _VALUE_PREFIX + store_id + _U16.pack(len(cat)) + cat + key_hash
+
+
+class StoreCipher:
+    """The two secrets of an unlocked vault, and what is done with them."""
+
+    __slots__ = ("_aead", "_aad_prefix", "_category_keys", "_data_key", "_hash_key", "store_id")
+
+    def __init__(self, secrets: bytearray, store_id: bytes):
+        if len(secrets) != 2 * KEY_LEN:
+            raise ValueError("store cipher needs 64 bytes of secrets")
+        self._data_key = bytearray(secrets[:KEY_LEN])
+        self._hash_key = bytearray(secrets[KEY_LEN:])
+        self.store_id = store_id
+        self._aead: AESGCM | None = AESGCM(bytes(self._data_key))
+        self._category_keys: dict[str, bytes] = {}
+        self._aad_prefix: dict[str, bytes] = {}
+
+    @classmethod
+    def generate(cls, store_id: bytes) -> StoreCipher:
+        """Fresh random data and hash keys."""
+        return cls(bytearray(os.urandom(2 * KEY_LEN)), store_id)
+
+    def secrets(self) -> bytearray:
+        """A copy of data key || hash key, for wrapping (wipe it after use)."""
+        return self._data_key + self._hash_key
+
+    def with_new_data_key(self) -> StoreCipher:
+        """A cipher with a fresh data key and the same hash key (row identities unchanged)."""
+        return StoreCipher(bytearray(os.urandom(KEY_LEN)) + self._hash_key, self.store_id)
+
+    def wipe(self) -> None:
+        """Overwrite our copies of the secrets and drop derived state."""
+        for buf in (self._data_key, self._hash_key):
+            buf[:] = bytes(len(buf))
+        self._aead = None
+        self._category_keys.clear()
+        self._aad_prefix.clear()
+
+    def _aead_or_fail(self) -> AESGCM:
+        if self._aead is None:
+            raise RuntimeError("store cipher was wiped")
+        return self._aead
+
+    def _category_key(self, category: str) -> bytes:
+        ck = self._category_keys.get(category)
+        if ck is None:
+            ck = hashlib.blake2b(
+                category.encode("utf-8"),
+                key=bytes(self._hash_key),
+                digest_size=32,
+                person=_CATEGORY_PERSON,
+            ).digest()
+            self._category_keys[category] = ck
+        return ck
+
+    def key_hash(self, category: str, key: bytes) -> bytes:
+        """The keyed hash under which a row key is stored (32 bytes)."""
+        return hashlib.blake2b(
+            key, key=self._category_key(category), digest_size=32, person=_ROW_PERSON
+        ).digest()
+
+    def _aad(self, category: str, key_hash: bytes) -> bytes:
+        prefix = self._aad_prefix.get(category)
+        if prefix is None:
+            cat = category.encode("utf-8")
+            prefix = _VALUE_PREFIX + self.store_id + _U16.pack(len(cat)) + cat
+            self._aad_prefix[category] = prefix
+        return prefix + key_hash
+
+    def encrypt_row(self, category: str, key_hash: bytes, key: bytes, value: bytes) -> bytes:
+        """Encrypt one row: ``format || nonce || AES-GCM(len(key) || key || value)``."""
+        return _encrypt_from_parts(
+            self._aead_or_fail(), self._aad(category, key_hash), key, value, os.urandom(NONCE_LEN)
+        )
+
+    def encrypt_rows(
+        self, rows: Iterable[tuple[str, bytes, bytes, bytes]], count: int
+    ) -> list[bytes]:
+        """Encrypt ``count`` rows ``(category, key_hash, key, value)`` at once.
+
+        Nonces come from one ``os.urandom`` call sliced in 12-byte pieces: the same
+        CSPRNG output as one call per row, without a system call per row.
+        """
+        aead = self._aead_or_fail()
+        pool = os.urandom(NONCE_LEN * count)
+        out = []
+        enc = aead.encrypt
+        aad = self._aad
+        for i, (category, key_hash, key, value) in enumerate(rows):
+            nonce = pool[i * NONCE_LEN : (i + 1) * NONCE_LEN]
+            out.append(
+                _VALUE_PREFIX
+                + nonce
+                + enc(nonce, _LEN.pack(len(key)) + key + value, aad(category, key_hash))
+            )
+        if len(out) != count:
+            raise ValueError("row count does not match")
+        return out
+
+    def decrypt_row(self, category: str, key_hash: bytes, blob: bytes) -> tuple[bytes, bytes]:
+        """Decrypt one row and return ``(key, value)``.
+
+        Raises:
+            IntegrityError: unknown format, truncated, tampered, or moved from elsewhere.
+        """
+        def fail(why: str) -> IntegrityError:
+            return IntegrityError(
+                f"row failed authentication ({why}) in category {category!r}, "
+                f"key hash {key_hash.hex()}",
+                category=category,
+                key_hash=key_hash.hex(),
+            )
+
+        if len(blob) < _MIN_VALUE_LEN:
+            raise fail("truncated")
+        if blob[0] != VALUE_FORMAT:
+            raise fail(f"unknown value format {blob[0]}")
+        try:
+            plain = self._aead_or_fail().decrypt(
+                blob[1 : 1 + NONCE_LEN], blob[1 + NONCE_LEN :], self._aad(category, key_hash)
+            )
+        except InvalidTag:
+            raise fail("bad tag") from None
+        (key_len,) = _LEN.unpack_from(plain)
+        if key_len > len(plain) - 4:
+            raise fail("bad key length")
+        key = plain[4 : 4 + key_len]
+        if self.key_hash(category, key) != key_hash:
+            raise fail("row key does not match its hash")
+        return key, plain[4 + key_len :]

@@ -1,0 +1,238 @@
+"""Versioned schema migrations: an ordered list of small named steps.
+
+Each step runs together with its record (version, name, checksum, time) in one
+``BEGIN IMMEDIATE`` transaction, and bumps ``PRAGMA user_version`` inside that same
+transaction, so a crash leaves the file entirely at the old version or entirely at
+the new one.  :func:`applied` and :func:`pending` only read.
+
+Rules for adding a step: append, never edit a shipped one (its checksum is
+recorded in every vault that applied it and a mismatch is reported), and keep the
+SQL deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from keystore.errors import MigrationError
+
+__all__ = [
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "AppliedMigration",
+    "Migration",
+    "applied",
+    "check_recorded",
+    "migrate",
+    "pending",
+    "schema_version",
+]
+
+BOOKKEEPING_TABLE = "keystore_migrations"
+
+#: Called after each statement of a migration with (version, statement index); a
+#: test seam for the kill -9 campaign, ``None`` in production.
+StatementHook = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step from ``version - 1`` to ``version``.
+
+    Attributes:
+        version: the schema version this step produces.
+        name: short, stable, human-readable name.
+        statements: SQL run in order inside the step's transaction.
+        python: optional extra work on the connection, in the same transaction.
+        python_id: a stable string naming the Python part (part of the checksum).
+    """
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+    python: Callable[[sqlite3.Connection], None] | None = field(default=None, compare=False)
+    python_id: str = ""
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 over name, SQL and the id of the Python part."""
+        h = hashlib.sha256()
+        for part in (str(self.version), self.name, *self.statements, self.python_id):
+            data = part.encode("utf-8")
+            h.update(len(data).to_bytes(4, "big"))
+            h.update(data)
+        return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedMigration:
+    """The record of a step applied to a vault."""
+
+    version: int
+    name: str
+    checksum: str
+    applied_at: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial schema: header and encrypted rows",
+        (
+            "CREATE TABLE keystore_header ("
+            " id INTEGER PRIMARY KEY CHECK (id = 1),"
+            " header BLOB NOT NULL)",
+            "CREATE TABLE keystore_rows ("
+            " category TEXT NOT NULL,"
+            " key_hash BLOB NOT NULL,"
+            " value BLOB NOT NULL,"
+            " PRIMARY KEY (category, key_hash)) WITHOUT ROWID",
+        ),
+    ),
+    Migration(
+        2,
+        "nonce-budget counter",
+        (
+            "CREATE TABLE keystore_counters ("
+            " name TEXT PRIMARY KEY,"
+            " value INTEGER NOT NULL CHECK (value >= 0)) WITHOUT ROWID",
+            # Version 1 kept no count: every stored row was encrypted at least once
+            # under the current key, so the row count is a lower bound to start from.
+            "INSERT INTO keystore_counters (name, value)"
+            " SELECT 'encryptions', COUNT(*) FROM keystore_rows",
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version mirrored in ``PRAGMA user_version`` (0 for an empty database)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _has_bookkeeping(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (BOOKKEEPING_TABLE,)
+    ).fetchone()
+    return row is not None
+
+
+def applied(conn: sqlite3.Connection) -> list[AppliedMigration]:
+    """The recorded steps, oldest first.  Never writes."""
+    if not _has_bookkeeping(conn):
+        return []
+    rows = conn.execute(
+        f"SELECT version, name, checksum, applied_at FROM {BOOKKEEPING_TABLE} ORDER BY version"
+    ).fetchall()
+    return [AppliedMigration(int(v), str(n), str(c), str(t)) for v, n, c, t in rows]
+
+
+def pending(
+    conn: sqlite3.Connection,
+    target: int = LATEST_VERSION,
+    migrations: Sequence[Migration] = MIGRATIONS,
+) -> list[Migration]:
+    """The steps that would bring the vault to ``target``.  Never writes."""
+    current = schema_version(conn)
+    return [m for m in migrations if current < m.version <= target]
+
+
+def check_recorded(
+    conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS
+) -> None:
+    """Compare the recorded steps with the shipped ones.
+
+    Raises:
+        MigrationError: a recorded checksum or name differs from the shipped step,
+            or the records disagree with ``user_version``.
+    """
+    shipped = {m.version: m for m in migrations}
+    records = applied(conn)
+    for rec in records:
+        m = shipped.get(rec.version)
+        if m is None:
+            continue  # a newer version's step: SchemaTooNew is raised elsewhere
+        if rec.checksum != m.checksum:
+            raise MigrationError(
+                f"migration {rec.version} ({rec.name!r}) recorded in the vault has checksum "
+                f"{rec.checksum[:16]}…, but this code ships {m.checksum[:16]}…"
+            )
+    version = schema_version(conn)
+    if records and records[-1].version != version:
+        raise MigrationError(
+            f"schema version {version} disagrees with the last recorded migration "
+            f"{records[-1].version}"
+        )
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    target: int = LATEST_VERSION,
+    *,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    hook: StatementHook | None = None,
+) -> list[Migration]:
+    """Apply every pending step up to ``target``, each in its own transaction.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``).  A failing step
+    is rolled back entirely (its record and ``user_version`` included) and reported
+    as :class:`MigrationError`; the steps before it stay applied, so a re-run
+    continues where it stopped and applies each step exactly once.
+
+    Returns:
+        The steps applied.
+    """
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError("migrations must be numbered 1, 2, 3, … without gaps")
+    if not 0 <= target <= len(versions):
+        raise ValueError(f"no migration produces version {target}")
+    check_recorded(conn, migrations)
+    done: list[Migration] = []
+    for m in pending(conn, target, migrations):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {BOOKKEEPING_TABLE} ("
+                " version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL,"
+                " checksum TEXT NOT NULL,"
+                " applied_at TEXT NOT NULL)"
+            )
+            if schema_version(conn) != m.version - 1:
+                raise MigrationError(
+                    f"vault changed underneath: expected version {m.version - 1}"
+                )
+            for i, statement in enumerate(m.statements):
+                conn.execute(statement)
+                if hook is not None:
+                    hook(m.version, i)
+            if m.python is not None:
+                m.python(conn)
+            conn.execute(
+                f"INSERT INTO {BOOKKEEPING_TABLE} (version, name, checksum, applied_at)"
+                " VALUES (?, ?, ?, ?)",
+                (m.version, m.name, m.checksum, datetime.now(UTC).isoformat(timespec="seconds")),
+            )
+            conn.execute(f"PRAGMA user_version = {int(m.version)}")
+            if hook is not None:
+                hook(m.version, len(m.statements))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, MigrationError):
+                raise
+            if isinstance(exc, Exception):
+                raise MigrationError(
+                    f"migration {m.version} ({m.name!r}) failed and was rolled back: {exc}"
+                ) from exc
+            raise
+        done.append(m)
+    return done
