@@ -156,7 +156,7 @@ def row_aad(store_id: bytes, category: str, key_hash: bytes) -> bytes:
 class StoreCipher:
     """The two secrets of an unlocked vault, and what is done with them."""
 
-    __slots__ = ("_aead", "_aad_prefix", "_category_keys", "_data_key", "_hash_key", "store_id")
+    __slots__ = ("_aad_prefix", "_aead", "_category_keys", "_data_key", "_hash_key", "store_id")
 
     def __init__(self, secrets: bytearray, store_id: bytes):
         if len(secrets) != 2 * KEY_LEN:

@@ -73,7 +73,8 @@ class Header:
             t, m, p = self.kdf.time_cost, self.kdf.memory_cost, self.kdf.parallelism
         return (
             _FIXED.pack(
-                MAGIC, HEADER_FORMAT, self.flags, self.store_id, self.kdf_id, t, m, p, len(self.salt)
+                MAGIC, HEADER_FORMAT, self.flags, self.store_id, self.kdf_id,
+                t, m, p, len(self.salt),
             )
             + self.salt
             + _GEN.pack(self.key_generation)

@@ -73,4 +73,5 @@ def by_name(name: str) -> KdfParameters:
     try:
         return _PROFILES[name]
     except KeyError:
-        raise ValueError(f"unknown KDF profile {name!r}; choose one of {sorted(_PROFILES)}") from None
+        choices = sorted(_PROFILES)
+        raise ValueError(f"unknown KDF profile {name!r}; choose one of {choices}") from None
