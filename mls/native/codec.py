@@ -250,3 +250,19 @@ def write_u32(w: Writer, value: int) -> None:
 def read_u32(r: Reader) -> int:
     """Item reader for uint32 elements."""
     return r.u32()
+
+
+class Struct:
+    """Mixin for wire structs: subclasses provide ``encode`` and a ``decode`` classmethod."""
+
+    __slots__ = ()
+
+    def encode(self, w: Writer) -> None:
+        """Append the TLS encoding of ``self``."""
+        raise EncodeError(f"{type(self).__name__} does not define encode")
+
+    def to_bytes(self) -> bytes:
+        """TLS encoding of ``self``."""
+        w = Writer()
+        self.encode(w)
+        return w.getvalue()
