@@ -153,7 +153,7 @@ class CipherSuite:
             if self.sig == "ed448":
                 return ed448.Ed448PrivateKey.from_private_bytes(private_key).sign(message)
             curve, h, size = _SIG_CURVES[self.sig]
-            if len(private_key) != size:
+            if not 0 < len(private_key) <= size:
                 raise ValueError("wrong private key length")
             key = ec.derive_private_key(int.from_bytes(private_key, "big"), curve)
             return key.sign(message, ec.ECDSA(hash_algorithm(h)))
