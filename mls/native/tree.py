@@ -1,0 +1,339 @@
+"""Ratchet tree (RFC 9420 §4, §7): nodes, resolution, evolution, tree and parent hashes.
+
+:class:`RatchetTree` is an immutable value: every mutation returns a new tree. Nodes are kept
+in the array layout of :mod:`tree_math`, always padded to a full (power-of-two) width; the wire
+form (`optional<Node> ratchet_tree<V>`) drops trailing blanks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from . import tree_math as tm
+from .codec import Reader, Struct, Writer, decode_exact, read_u32, write_u32
+from .errors import DecodeError, InvalidTree, MlsError
+from .leaf_node import LeafNode, LeafNodeSource
+from .suites import CipherSuite
+
+
+class NodeType(IntEnum):
+    """Tag of a serialized Node."""
+
+    LEAF = 1
+    PARENT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ParentNode(Struct):
+    """Interior node: HPKE key, parent hash and leaves added since the key was set."""
+
+    encryption_key: bytes
+    parent_hash: bytes
+    unmerged_leaves: tuple[int, ...]
+
+    def encode(self, w: Writer) -> None:
+        """Encode."""
+        w.opaque(self.encryption_key)
+        w.opaque(self.parent_hash)
+        w.vector(self.unmerged_leaves, write_u32)
+
+    @classmethod
+    def decode(cls, r: Reader) -> ParentNode:
+        """Decode."""
+        return cls(r.opaque(), r.opaque(), tuple(r.vector(read_u32)))
+
+
+Node = LeafNode | ParentNode
+
+
+def _write_node(w: Writer, node: Node) -> None:
+    w.u8(NodeType.LEAF if isinstance(node, LeafNode) else NodeType.PARENT)
+    node.encode(w)
+
+
+def _read_node(r: Reader) -> Node:
+    t = r.u8()
+    if t == NodeType.LEAF:
+        return LeafNode.decode(r)
+    if t == NodeType.PARENT:
+        return ParentNode.decode(r)
+    raise DecodeError(f"invalid node type {t}")
+
+
+def _write_opt_node(w: Writer, node: Node | None) -> None:
+    w.u8(0 if node is None else 1)
+    if node is not None:
+        _write_node(w, node)
+
+
+def _read_opt_node(r: Reader) -> Node | None:
+    return r.optional(_read_node)
+
+
+@dataclass(frozen=True, slots=True)
+class RatchetTree(Struct):
+    """Full-width array of optional nodes (even indices leaves, odd indices parents)."""
+
+    nodes: tuple[Node | None, ...]
+
+    def __post_init__(self) -> None:
+        """Enforce the full-width layout and node kinds."""
+        width = len(self.nodes)
+        n_leaves = (width + 1) // 2
+        if width == 0 or width % 2 == 0 or n_leaves & (n_leaves - 1):
+            raise InvalidTree(f"invalid ratchet tree width {width}")
+        for i, node in enumerate(self.nodes):
+            if node is None:
+                continue
+            if tm.is_leaf(i) != isinstance(node, LeafNode):
+                raise InvalidTree(f"node {i} has the wrong kind")
+
+    # -- wire form ---------------------------------------------------------------------------
+
+    def encode(self, w: Writer) -> None:
+        """Encode with trailing blank nodes removed."""
+        nodes = list(self.nodes)
+        while nodes and nodes[-1] is None:
+            nodes.pop()
+        w.vector(nodes, _write_opt_node)
+
+    @classmethod
+    def decode(cls, r: Reader) -> RatchetTree:
+        """Decode and pad to full width; the last node must be a non-blank leaf."""
+        nodes = r.vector(_read_opt_node)
+        if not nodes or nodes[-1] is None:
+            raise DecodeError("ratchet tree empty or ending with a blank node")
+        if len(nodes) % 2 == 0:
+            raise DecodeError("ratchet tree must end with a leaf")
+        n_leaves = (len(nodes) + 1) // 2
+        full = 1 << (n_leaves - 1).bit_length()
+        padded = [*nodes, *([None] * (tm.node_width(full) - len(nodes)))]
+        try:
+            return cls(tuple(padded))
+        except InvalidTree as exc:
+            raise DecodeError(str(exc)) from exc
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RatchetTree:
+        """Strict decode of a serialized ratchet tree."""
+        return decode_exact(data, cls.decode)
+
+    # -- accessors ---------------------------------------------------------------------------
+
+    @property
+    def n_leaves(self) -> int:
+        """Leaf capacity (a power of two)."""
+        return (len(self.nodes) + 1) // 2
+
+    @property
+    def root(self) -> int:
+        """Root node index."""
+        return tm.root(self.n_leaves)
+
+    def leaf(self, leaf_index: int) -> LeafNode | None:
+        """Leaf node at ``leaf_index`` (None if blank)."""
+        if not 0 <= leaf_index < self.n_leaves:
+            raise InvalidTree(f"leaf {leaf_index} outside the tree")
+        node = self.nodes[tm.leaf_to_node(leaf_index)]
+        assert node is None or isinstance(node, LeafNode)
+        return node
+
+    def parent_node(self, x: int) -> ParentNode | None:
+        """Parent node at node index ``x`` (None if blank)."""
+        node = self.nodes[x]
+        assert node is None or isinstance(node, ParentNode)
+        return node
+
+    def encryption_key(self, x: int) -> bytes:
+        """HPKE public key of non-blank node ``x``."""
+        node = self.nodes[x]
+        if node is None:
+            raise InvalidTree(f"node {x} is blank")
+        return node.encryption_key
+
+    def member_leaves(self) -> list[int]:
+        """Indices of non-blank leaves."""
+        return [i for i in range(self.n_leaves) if self.nodes[2 * i] is not None]
+
+    def resolution(self, x: int) -> list[int]:
+        """Resolution of node ``x``: non-blank cover of its subtree, plus unmerged leaves."""
+        node = self.nodes[x]
+        if node is None:
+            return (
+                [] if tm.is_leaf(x) else self.resolution(tm.left(x)) + self.resolution(tm.right(x))
+            )
+        if isinstance(node, ParentNode):
+            return [x, *(tm.leaf_to_node(i) for i in node.unmerged_leaves)]
+        return [x]
+
+    def filtered_direct_path(self, leaf_index: int) -> list[int]:
+        """Direct path of the leaf minus nodes whose copath child has an empty resolution."""
+        x = tm.leaf_to_node(leaf_index)
+        path = tm.direct_path(x, self.n_leaves)
+        copath = tm.copath(x, self.n_leaves)
+        return [p for p, c in zip(path, copath, strict=True) if self.resolution(c)]
+
+    # -- hashes ------------------------------------------------------------------------------
+
+    def tree_hash(self, cs: CipherSuite, x: int | None = None) -> bytes:
+        """Tree hash of the subtree at ``x`` (the root by default)."""
+        return self._tree_hash(cs, self.root if x is None else x, frozenset(), {})
+
+    def tree_hashes(self, cs: CipherSuite) -> list[bytes]:
+        """Tree hash of every node, sharing work through a cache."""
+        cache: dict[int, bytes] = {}
+        return [self._tree_hash(cs, x, frozenset(), cache) for x in range(len(self.nodes))]
+
+    def _tree_hash(
+        self, cs: CipherSuite, x: int, excluded: frozenset[int], cache: dict[int, bytes]
+    ) -> bytes:
+        if x in cache:
+            return cache[x]
+        w = Writer()
+        node = self.nodes[x]
+        if tm.is_leaf(x):
+            leaf_index = tm.node_to_leaf(x)
+            w.u8(NodeType.LEAF)
+            w.u32(leaf_index)
+            leaf = None if leaf_index in excluded else node
+            w.optional(leaf, _write_struct)
+        else:
+            parent: ParentNode | None = None
+            if node is not None:
+                assert isinstance(node, ParentNode)
+                unmerged = tuple(i for i in node.unmerged_leaves if i not in excluded)
+                parent = ParentNode(node.encryption_key, node.parent_hash, unmerged)
+            w.u8(NodeType.PARENT)
+            w.optional(parent, _write_struct)
+            w.opaque(self._tree_hash(cs, tm.left(x), excluded, cache))
+            w.opaque(self._tree_hash(cs, tm.right(x), excluded, cache))
+        out = cs.hash(w.getvalue())
+        cache[x] = out
+        return out
+
+    def parent_hash_of(self, cs: CipherSuite, p: int, sibling: int) -> bytes:
+        """Parent hash of ``p`` with copath child ``sibling`` (original sibling tree hash)."""
+        node = self.parent_node(p)
+        if node is None:
+            raise InvalidTree(f"parent hash of blank node {p}")
+        excluded = frozenset(node.unmerged_leaves)
+        sibling_hash = self._tree_hash(cs, sibling, excluded, {})
+        w = Writer()
+        w.opaque(node.encryption_key)
+        w.opaque(node.parent_hash)
+        w.opaque(sibling_hash)
+        return cs.hash(w.getvalue())
+
+    def verify_parent_hashes(self, cs: CipherSuite) -> None:
+        """Every non-blank parent must be parent-hash valid via exactly one descendant."""
+        for p in range(1, len(self.nodes), 2):
+            node = self.parent_node(p)
+            if node is None:
+                continue
+            unmerged = {tm.leaf_to_node(i) for i in node.unmerged_leaves}
+            matches = 0
+            for c, s in ((tm.left(p), tm.right(p)), (tm.right(p), tm.left(p))):
+                res = self.resolution(c)
+                below = {u for u in unmerged if tm.is_in_subtree(u, c)}
+                expected = self.parent_hash_of(cs, p, s)
+                for d in res:
+                    if below != set(res) - {d}:
+                        continue
+                    dnode = self.nodes[d]
+                    assert dnode is not None
+                    if isinstance(dnode, LeafNode) and (
+                        dnode.leaf_node_source != LeafNodeSource.COMMIT
+                    ):
+                        continue
+                    if dnode.parent_hash == expected:
+                        matches += 1
+            if matches != 1:
+                raise InvalidTree(f"parent node {p} is not parent-hash valid")
+
+    def verify_leaf_signatures(self, cs: CipherSuite, group_id: bytes) -> None:
+        """Verify every leaf signature in the context of ``group_id``."""
+        for i in self.member_leaves():
+            leaf = self.leaf(i)
+            assert leaf is not None
+            leaf.verify(cs, group_id, i)
+
+    def verify(self, cs: CipherSuite, group_id: bytes) -> None:
+        """Checks a joiner runs on a received tree: structure, parent hashes, signatures."""
+        for p in range(1, len(self.nodes), 2):
+            node = self.parent_node(p)
+            if node is None:
+                continue
+            for i in node.unmerged_leaves:
+                if not tm.is_in_subtree(tm.leaf_to_node(i), p) or self.leaf(i) is None:
+                    raise InvalidTree(f"bad unmerged leaf {i} at node {p}")
+        try:
+            self.verify_parent_hashes(cs)
+            self.verify_leaf_signatures(cs, group_id)
+        except InvalidTree:
+            raise
+        except MlsError as exc:
+            raise InvalidTree(f"tree verification failed: {exc}") from exc
+
+    # -- evolution ---------------------------------------------------------------------------
+
+    def with_nodes(self, changes: dict[int, Node | None]) -> RatchetTree:
+        """Copy with some nodes replaced."""
+        nodes = list(self.nodes)
+        for x, node in changes.items():
+            nodes[x] = node
+        return RatchetTree(tuple(nodes))
+
+    def extended(self) -> RatchetTree:
+        """Double the leaf capacity (the old tree becomes the left subtree)."""
+        return RatchetTree(self.nodes + (None,) * (len(self.nodes) + 1))
+
+    def truncated(self) -> RatchetTree:
+        """Halve while the right half of the leaves is entirely blank."""
+        nodes = self.nodes
+        while len(nodes) > 1:
+            half = (len(nodes) + 1) // 2
+            if any(nodes[x] is not None for x in range(half, len(nodes), 2)):
+                break
+            nodes = nodes[: half - 1]
+        return RatchetTree(nodes)
+
+    def add_leaf(self, leaf: LeafNode) -> tuple[RatchetTree, int]:
+        """Place ``leaf`` in the leftmost blank leaf (extending if full), marking it unmerged."""
+        tree = self
+        free = next((i for i in range(tree.n_leaves) if tree.nodes[2 * i] is None), None)
+        if free is None:
+            free = tree.n_leaves
+            tree = tree.extended()
+        x = tm.leaf_to_node(free)
+        changes: dict[int, Node | None] = {x: leaf}
+        for p in tm.direct_path(x, tree.n_leaves):
+            node = tree.parent_node(p)
+            if node is not None:
+                changes[p] = ParentNode(
+                    node.encryption_key, node.parent_hash, (*node.unmerged_leaves, free)
+                )
+        return tree.with_nodes(changes), free
+
+    def blank_path(self, leaf_index: int) -> RatchetTree:
+        """Blank the intermediate nodes on the leaf's direct path."""
+        x = tm.leaf_to_node(leaf_index)
+        return self.with_nodes(dict.fromkeys(tm.direct_path(x, self.n_leaves)))
+
+    def update_leaf(self, leaf_index: int, leaf: LeafNode) -> RatchetTree:
+        """Replace a member's leaf and blank its direct path."""
+        if self.leaf(leaf_index) is None:
+            raise InvalidTree(f"update of blank leaf {leaf_index}")
+        tree = self.blank_path(leaf_index)
+        return tree.with_nodes({tm.leaf_to_node(leaf_index): leaf})
+
+    def remove_leaf(self, leaf_index: int) -> RatchetTree:
+        """Blank a member's leaf and direct path, then truncate."""
+        if self.leaf(leaf_index) is None:
+            raise InvalidTree(f"removal of blank leaf {leaf_index}")
+        tree = self.blank_path(leaf_index)
+        return tree.with_nodes({tm.leaf_to_node(leaf_index): None}).truncated()
+
+
+def _write_struct(w: Writer, s: Struct) -> None:
+    s.encode(w)
