@@ -91,6 +91,12 @@ def joiner_secret(
     return cs.expand_with_label(prk, "joiner", group_context, cs.hash_size)
 
 
+def welcome_secret(cs: CipherSuite, joiner: bytes, psk_secret: bytes | None) -> bytes:
+    """welcome_secret = DeriveSecret(Extract(joiner_secret, psk_secret), "welcome")."""
+    member = cs.extract(joiner, psk_secret if psk_secret is not None else zero(cs))
+    return cs.derive_secret(member, "welcome")
+
+
 def epoch_from_joiner(
     cs: CipherSuite, joiner: bytes, psk_secret: bytes | None, group_context: bytes
 ) -> EpochSecrets:
