@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from .codec import Reader, Struct, Writer, read_opaque, read_u16, write_opaque, write_u16
-from .errors import DecodeError
+from .errors import DecodeError, EncodeError
 from .suites import CipherSuite
 
 PROTOCOL_VERSION_MLS10 = 1
@@ -167,7 +167,7 @@ class LeafNode(Struct):
         w.u8(self.leaf_node_source)
         if self.leaf_node_source == LeafNodeSource.KEY_PACKAGE:
             if self.lifetime is None:
-                raise DecodeError("key_package leaf without lifetime")
+                raise EncodeError("key_package leaf without lifetime")
             self.lifetime.encode(w)
         elif self.leaf_node_source == LeafNodeSource.COMMIT:
             w.opaque(self.parent_hash)
@@ -184,7 +184,7 @@ class LeafNode(Struct):
         self._encode_body(w)
         if self.leaf_node_source != LeafNodeSource.KEY_PACKAGE:
             if group_id is None or leaf_index is None:
-                raise DecodeError("update/commit leaf needs group id and leaf index")
+                raise EncodeError("update/commit leaf needs group id and leaf index")
             w.opaque(group_id)
             w.u32(leaf_index)
         return w.getvalue()

@@ -15,7 +15,7 @@ from enum import IntEnum
 
 from . import tree_math as tm
 from .codec import Reader, Struct, Writer, decode_exact
-from .errors import KeyNotFound
+from .errors import DecodeError, KeyNotFound
 from .suites import CipherSuite, get_suite
 
 DEFAULT_MAX_FORWARD = 1024
@@ -170,7 +170,10 @@ class SecretTree(Struct):
         ratchets: dict[tuple[int, RatchetType], HashRatchet] = {}
         for _ in range(r.u32()):
             leaf = r.u32()
-            rtype = RatchetType(r.u8())
+            raw = r.u8()
+            if raw not in (RatchetType.HANDSHAKE, RatchetType.APPLICATION):
+                raise DecodeError(f"invalid ratchet type {raw}")
+            rtype = RatchetType(raw)
             ratchets[(leaf, rtype)] = HashRatchet.decode(r)
         return cls(suite_id, n_leaves, nodes, ratchets, max_forward, window)
 

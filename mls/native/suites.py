@@ -196,6 +196,18 @@ class CipherSuite:
         except ValueError as exc:
             raise CryptoError(f"invalid signature private key: {exc}") from exc
 
+    def generate_signature_key_pair(self) -> tuple[bytes, bytes]:
+        """Fresh signature key pair as serialized (private, public) bytes."""
+        if self.sig == "ed25519":
+            priv = ed25519.Ed25519PrivateKey.generate().private_bytes_raw()
+        elif self.sig == "ed448":
+            priv = ed448.Ed448PrivateKey.generate().private_bytes_raw()
+        else:
+            curve, _, size = _SIG_CURVES[self.sig]
+            scalar = ec.generate_private_key(curve).private_numbers().private_value
+            priv = scalar.to_bytes(size, "big")
+        return priv, self.signature_public_key(priv)
+
     def sign_with_label(self, private_key: bytes, label: str, content: bytes) -> bytes:
         """SignWithLabel(SignatureKey, Label, Content)."""
         return self.sign(private_key, self._labeled(label, content))

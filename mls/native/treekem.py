@@ -63,6 +63,8 @@ class TreePrivate(Struct):
         """Every held private key must match the public key of a non-blank tree node."""
         held = {tm.leaf_to_node(self.leaf_index): self.encryption_priv, **self.node_privs}
         for node, priv in held.items():
+            if not 0 <= node < len(tree.nodes):
+                raise InvalidTree(f"private key for node {node} outside the tree")
             pub = tree.nodes[node]
             if pub is None or cs.hpke.public_from_private(priv) != pub.encryption_key:
                 raise InvalidTree(f"private key for node {node} does not match the tree")
