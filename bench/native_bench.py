@@ -1,7 +1,7 @@
 """Micro-benchmark of the native MLS engine: message protection and tree operations.
 
-Run from the repository root with ``python -m bench.native_bench``; prints operations per second per cipher suite.
-Not a test: numbers depend on the machine.
+Run from the repository root with ``python -m bench.native_bench``; prints operations per
+second per cipher suite. Not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
