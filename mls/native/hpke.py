@@ -220,7 +220,7 @@ class Hpke:
                 return x25519.X25519PrivateKey.from_private_bytes(sk)
             if self.kem == "x448":
                 return x448.X448PrivateKey.from_private_bytes(sk)
-            if len(sk) != self._kem.n_sk:
+            if not 0 < len(sk) <= self._kem.n_sk:
                 raise ValueError("wrong private key length")
             return ec.derive_private_key(int.from_bytes(sk, "big"), _CURVES[self.kem])
         except ValueError as exc:

@@ -1,4 +1,4 @@
-"""Official vectors: welcome, messages."""
+"""Official vectors: welcome, messages, passive-client-welcome (join only)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from mls.native.codec import Reader, Struct, decode_exact
 from mls.native.framing import MLSMessage, PrivateMessage, PublicMessage, WireFormat
+from mls.native.join import GroupEpoch, join_from_welcome
 from mls.native.key_package import KeyPackage
 from mls.native.key_schedule import epoch_from_joiner, welcome_secret
 from mls.native.proposals import (
@@ -91,3 +92,23 @@ def test_messages(case: dict[str, Any]) -> None:
     for field, decoder in _STRUCTS.items():
         raw = h(case[field])
         assert decode_exact(raw, decoder).to_bytes() == raw, field
+
+
+@pytest.mark.parametrize("case", vector_cases("passive-client-welcome"))
+def test_passive_client_welcome(case: dict[str, Any]) -> None:
+    """Joining via the Welcome reproduces the initial epoch authenticator."""
+    cs = get_suite(case["cipher_suite"])
+    kp = decode_exact(h(case["key_package"]), MLSMessage.decode).body
+    assert isinstance(kp, KeyPackage)
+    assert cs.signature_public_key(h(case["signature_priv"])) == kp.leaf_node.signature_key
+    assert cs.hpke.public_from_private(h(case["encryption_priv"])) == kp.leaf_node.encryption_key
+    assert cs.hpke.public_from_private(h(case["init_priv"])) == kp.init_key
+    welcome = decode_exact(h(case["welcome"]), MLSMessage.decode).body
+    assert isinstance(welcome, Welcome)
+    tree = RatchetTree.from_bytes(h(case["ratchet_tree"])) if case["ratchet_tree"] else None
+    psks = {h(p["psk_id"]): h(p["psk"]) for p in case["external_psks"]}
+    group = join_from_welcome(
+        welcome, kp, h(case["init_priv"]), h(case["encryption_priv"]), psks, tree
+    )
+    assert group.secrets.epoch_authenticator == h(case["initial_epoch_authenticator"])
+    assert GroupEpoch.from_bytes(group.to_bytes()) == group
