@@ -11,6 +11,12 @@ A vault is a SQLite database (WAL, ``synchronous=FULL`` by default) holding
 Every write goes through :meth:`Vault.apply`, one ``BEGIN IMMEDIATE`` transaction:
 all of a batch lands or none of it.  No failure path deletes, truncates or rewrites
 the file: errors roll back and are raised as :mod:`keystore.errors` exceptions.
+
+A vault created with ``sqlcipher=True`` is additionally encrypted page by page with
+SQLCipher (:mod:`keystore.sqlcipher`).  Its header then lives in ``<vault>.header``
+(:mod:`keystore.sidecar`), because the database cannot be read before the key
+derived from that header is known: such a vault connects to its database only on
+unlock, and ``keystore_header`` stays empty.  See ``docs/sqlcipher.md``.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol
 
 from keystore import migrations
+from keystore import sqlcipher as sqlcipher_layer
 from keystore.cipher import (
     StoreCipher,
     check_raw_key,
@@ -46,8 +53,10 @@ from keystore.errors import (
     VaultClosed,
     VaultIOError,
     VaultLocked,
+    WrongPassphrase,
 )
 from keystore.header import (
+    FLAG_SQLCIPHER,
     HEADER_FORMAT,
     KDF_ARGON2ID,
     KDF_RAW_KEY,
@@ -67,6 +76,7 @@ from keystore.reports import (
     StatsReport,
     VerifyReport,
 )
+from keystore.sidecar import Sidecar, sidecar_path_for
 
 __all__ = ["MAX_KEY_LEN", "MAX_VALUE_LEN", "Change", "ChangeLike", "Vault"]
 
@@ -77,6 +87,16 @@ _CATEGORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 ProgressCallback = Callable[[int, int], None]
+#: Seconds SQLite waits on a lock taken outside our writer lock (a reader's
+#: checkpoint, a foreign connection) before the operation raises VaultBusy.
+DEFAULT_BUSY_TIMEOUT = 5.0
+#: Test seam for the kill -9 campaign: called with the name of each completed step
+#: of a SQLCipher rekey ("pending-written", "rows-committed", "page-rekeyed",
+#: "done").  ``None`` in production.
+_rekey_step_hook: Callable[[str], None] | None = None
+#: The counter row naming the key generation the rows of a SQLCipher vault are
+#: encrypted under; it changes in the same transaction as the rows themselves.
+_ROW_GENERATION = "key_generation"
 
 
 class ChangeLike(Protocol):
@@ -129,12 +149,12 @@ def check_value(value: object) -> bytes:
     return bytes(value)
 
 
-def _translate(exc: sqlite3.Error, path: Path) -> KeystoreError:
-    """Map a SQLite error to the keystore's own exception (never leak it raw)."""
+def _translate(exc: Exception, path: Path) -> KeystoreError:
+    """Map a SQLite/SQLCipher error to the keystore's own exception (never leak it raw)."""
     msg = str(exc).lower()
     if "locked" in msg or "busy" in msg:
-        return VaultBusy(f"vault {path} is busy: {exc}")
-    if isinstance(exc, sqlite3.DatabaseError) and (
+        return VaultBusy(f"vault {path} is busy (a SQLite lock is held elsewhere): {exc}")
+    if sqlcipher_layer.is_database_error(exc) and (
         "malformed" in msg or "not a database" in msg or "corrupt" in msg
     ):
         return IntegrityError(f"vault {path} is corrupt: {exc}")
@@ -145,23 +165,60 @@ def _translate(exc: sqlite3.Error, path: Path) -> KeystoreError:
 def _db_errors(path: Path) -> Iterator[None]:
     try:
         yield
-    except sqlite3.Error as exc:
+    except sqlcipher_layer.db_error_types() as exc:
         raise _translate(exc, path) from exc
 
 
-def _connect(path: Path, *, readonly: bool, create: bool = False) -> sqlite3.Connection:
+def _connect(
+    path: Path, *, readonly: bool, create: bool = False,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+) -> sqlite3.Connection:
     mode = "ro" if readonly else ("rwc" if create else "rw")
     uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
-                           timeout=5.0)
+                           timeout=busy_timeout)
     return conn
 
 
-def probe(path: Path) -> None:
-    """Check, without writing, that ``path`` looks like a plain-SQLite vault file.
+def _row_generation(conn: sqlite3.Connection) -> int | None:
+    """The key generation a SQLCipher vault's rows are under (``None``: not recorded)."""
+    has_counters = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keystore_counters'"
+    ).fetchone()
+    if has_counters is None:
+        return None
+    row = conn.execute(
+        "SELECT value FROM keystore_counters WHERE name = ?", (_ROW_GENERATION,)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _store_row_generation(conn: sqlite3.Connection, generation: int) -> None:
+    conn.execute(
+        "INSERT INTO keystore_counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (_ROW_GENERATION, generation),
+    )
+
+
+def _wipe(*buffers: bytearray | None) -> None:
+    for buf in buffers:
+        if buf is not None:
+            buf[:] = bytes(len(buf))
+
+
+def probe(path: Path) -> Sidecar | None:
+    """Check, without writing, that ``path`` looks like a vault, and say which kind.
+
+    Returns:
+        ``None`` for a plain-SQLite vault; the parsed header file for a SQLCipher one.
 
     Raises:
-        NotAVault: missing, a directory, empty, or not a SQLite file.
+        NotAVault: missing, a directory, empty, or neither a SQLite file nor a file
+            with a SQLCipher vault header file beside it.
+        IntegrityError: a plain SQLite file with a SQLCipher vault header file beside
+            it (the encrypted database may have been swapped for a plain one), or a
+            malformed header file.
     """
     if not path.exists():
         raise NotAVault(f"no vault at {path}: the file does not exist")
@@ -174,8 +231,25 @@ def probe(path: Path) -> None:
         raise NotAVault(f"cannot read {path}: {exc.strerror}") from None
     if not magic:
         raise NotAVault(f"{path} is an empty file, not a vault")
-    if magic != SQLITE_MAGIC:
-        raise NotAVault(f"{path} is not an mls-keystore vault (not a SQLite file)")
+    try:
+        sidecar = Sidecar.read(path)
+    except NotAVault:
+        sidecar = None  # a stray file of someone else's; not ours to judge
+        if magic != SQLITE_MAGIC:
+            raise
+    if magic == SQLITE_MAGIC:
+        if sidecar is not None:
+            raise IntegrityError(
+                f"{path} is plain SQLite, but a SQLCipher vault header file is beside it: "
+                "the encrypted database may have been replaced; nothing was opened"
+            )
+        return None
+    if sidecar is None:
+        raise NotAVault(
+            f"{path} is not an mls-keystore vault (not a SQLite file, and no SQLCipher "
+            f"vault header file {sidecar_path_for(path).name} beside it)"
+        )
+    return sidecar
 
 
 class Vault:
@@ -188,17 +262,27 @@ class Vault:
     def __init__(
         self,
         path: Path,
-        conn: sqlite3.Connection,
+        conn: sqlite3.Connection | None,
         header: Header,
         *,
         readonly: bool,
         writer_lock: WriterLock | None,
+        sidecar: Sidecar | None = None,
+        auto_migrate: bool = False,
+        synchronous: Synchronous = "FULL",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ):
         self._path = path
+        # None while a SQLCipher vault is locked: its database cannot be read then.
         self._conn: sqlite3.Connection | None = conn
+        self._closed = False
         self._header = header
+        self._sidecar = sidecar
         self._readonly = readonly
         self._writer_lock = writer_lock
+        self._auto_migrate = auto_migrate
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
         self._cipher: StoreCipher | None = None
         self._kek: bytearray | None = None
         self._mutex = threading.RLock()
@@ -212,18 +296,24 @@ class Vault:
         passphrase: str | bytes,
         kdf: KdfParameters = RFC_9106_LOW_MEMORY,
         *,
+        sqlcipher: bool = False,
         synchronous: Synchronous = "FULL",
     ) -> Vault:
         """Create a new vault at ``path`` (which must not exist), returned unlocked.
 
+        Args:
+            sqlcipher: also encrypt the whole file with SQLCipher (needs the
+                ``[sqlcipher]`` extra); the header then lives in ``<path>.header``.
+
         Raises:
-            FileExistsError: something is already at ``path``; it is left alone.
+            FileExistsError: something is already at ``path`` (or ``<path>.header``).
+            SQLCipherUnavailable: ``sqlcipher=True`` without the extra installed.
             ValueError/TypeError: empty or non-string passphrase, bad parameters.
         """
         if not isinstance(kdf, KdfParameters):
             raise TypeError("kdf must be a keystore.profiles.KdfParameters")
         secret = normalize_passphrase(passphrase)
-        return cls._create(Path(path), KDF_ARGON2ID, kdf, secret, synchronous)
+        return cls._create(Path(path), KDF_ARGON2ID, kdf, secret, synchronous, sqlcipher)
 
     @classmethod
     def create_with_key(
@@ -231,14 +321,18 @@ class Vault:
         path: str | os.PathLike[str],
         key: bytes,
         *,
+        sqlcipher: bool = False,
         synchronous: Synchronous = "FULL",
     ) -> Vault:
         """Create a new vault whose secrets are wrapped by a caller-held 32-byte key.
 
         For applications that already hold a strong secret (e.g. from the OS
         keychain): the KEK is HKDF-SHA256 of it, no password hashing.
+        ``sqlcipher`` is as in :meth:`create`.
         """
-        return cls._create(Path(path), KDF_RAW_KEY, None, check_raw_key(key), synchronous)
+        return cls._create(
+            Path(path), KDF_RAW_KEY, None, check_raw_key(key), synchronous, sqlcipher
+        )
 
     @classmethod
     def _create(
@@ -248,11 +342,17 @@ class Vault:
         kdf: KdfParameters | None,
         secret: bytes,
         synchronous: Synchronous,
+        sqlcipher: bool = False,
     ) -> Vault:
         if synchronous not in _SYNC_MODES:
             raise ValueError(f"synchronous must be one of {_SYNC_MODES}")
+        if sqlcipher:
+            sqlcipher_layer.require()  # fail before anything touches the disk
         if path.exists() or path.is_symlink():
             raise FileExistsError(f"{path} already exists; refusing to overwrite it")
+        side = sidecar_path_for(path)
+        if sqlcipher and (side.exists() or side.is_symlink()):
+            raise FileExistsError(f"{side} already exists; refusing to overwrite it")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"directory {path.parent} does not exist")
         store_id = os.urandom(STORE_ID_LEN)
@@ -264,28 +364,42 @@ class Vault:
             key_generation=1,
             wrap_nonce=bytes(NONCE_LEN),
             wrapped=bytes(WRAPPED_LEN),
+            flags=FLAG_SQLCIPHER if sqlcipher else 0,
         )
         kek = derive_wrapping_key(header, secret)
         cipher = StoreCipher.generate(store_id)
         secrets = cipher.secrets()
+        page_key = sqlcipher_layer.derive_page_key(secrets, store_id) if sqlcipher else None
         try:
             header = wrap_secrets(kek, header, secrets)
         finally:
             secrets[:] = bytes(len(secrets))
         # Build the file under a temporary name and link it into place: a crash or
         # error never leaves a half-initialized vault at ``path``, and ``os.link``
-        # refuses to replace a file that appeared meanwhile.
+        # refuses to replace a file that appeared meanwhile.  A SQLCipher vault's
+        # header file is linked first: a crash in between leaves only that small
+        # file (and ``create`` refusing to overwrite it), never a database whose
+        # keys are nowhere.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.creating")
+        side_written = linked = False
         try:
-            conn = _connect(tmp, readonly=False, create=True)
+            if page_key is None:
+                conn = _connect(tmp, readonly=False, create=True)
+            else:
+                conn = sqlcipher_layer.connect(tmp, page_key, readonly=False, create=True)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 migrations.migrate(conn)
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute(
-                    "INSERT INTO keystore_header (id, header) VALUES (1, ?)", (header.to_bytes(),)
-                )
+                if page_key is None:
+                    conn.execute(
+                        "INSERT INTO keystore_header (id, header) VALUES (1, ?)",
+                        (header.to_bytes(),),
+                    )
+                else:
+                    _store_row_generation(conn, header.key_generation)
                 conn.execute("COMMIT")
+                version = migrations.schema_version(conn)
             finally:
                 conn.close()
             fd = os.open(tmp, os.O_RDONLY)
@@ -293,14 +407,34 @@ class Vault:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if page_key is not None:
+                Sidecar(header, None, version).write(path, create=True)
+                side_written = True
             os.link(tmp, path)
+            linked = True
             _fsync_dir(path.parent)
+        except BaseException:
+            if side_written and not linked:
+                with contextlib.suppress(FileNotFoundError):
+                    side.unlink()  # ours, seconds old, and no database uses it
+            _wipe(kek)
+            cipher.wipe()
+            raise
         finally:
+            _wipe(page_key)
             for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
         vault = cls.open(path, synchronous=synchronous)
-        vault._install_keys(cipher, kek)
+        try:
+            if sqlcipher:
+                cipher.wipe()  # the same secrets are unwrapped again from the header file
+                vault._unlock_sqlcipher(kek)
+            else:
+                vault._install_keys(cipher, kek)
+        except BaseException:
+            vault.close()
+            raise
         return vault
 
     @classmethod
@@ -312,13 +446,20 @@ class Vault:
         auto_migrate: bool = False,
         timeout: float = 0.0,
         synchronous: Synchronous = "FULL",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> Vault:
         """Open an existing vault, locked.  Reads and checks the header only.
 
+        A SQLCipher vault is not connected to until :meth:`unlock`: its schema
+        version comes from the header file's mirror, checked again on unlock.
+
         Args:
             readonly: never write, take no writer lock (for status/stats/verify).
-            auto_migrate: upgrade an older schema in place (after a backup beside it).
+            auto_migrate: upgrade an older schema in place (after a backup beside it;
+                on unlock for a SQLCipher vault).
             timeout: seconds to wait for another writer to release the vault.
+            busy_timeout: seconds SQLite waits on a lock held outside the writer
+                lock (a reader's checkpoint, a foreign connection).
 
         Raises:
             NotAVault, SchemaTooNew, MigrationRequired, VaultBusy, IntegrityError.
@@ -326,15 +467,30 @@ class Vault:
         path = Path(path)
         if synchronous not in _SYNC_MODES:
             raise ValueError(f"synchronous must be one of {_SYNC_MODES}")
-        probe(path)
+        sidecar = probe(path)
+        if sidecar is not None:
+            cls._needs_migration(path, sidecar.schema_version, readonly, auto_migrate)
         writer_lock = None if readonly else WriterLock.acquire(path, timeout)
         try:
-            conn = cls._open_connection(path, readonly=readonly, auto_migrate=auto_migrate)
+            if sidecar is not None:
+                return cls(
+                    path, None, sidecar.current, readonly=readonly, writer_lock=writer_lock,
+                    sidecar=sidecar, auto_migrate=auto_migrate, synchronous=synchronous,
+                    busy_timeout=busy_timeout,
+                )
+            conn = cls._open_connection(
+                path, readonly=readonly, auto_migrate=auto_migrate, busy_timeout=busy_timeout
+            )
             try:
                 with _db_errors(path):
                     if not readonly:
                         conn.execute(f"PRAGMA synchronous={synchronous}")
                     header = cls._read_header(conn, path)
+                if header.sqlcipher:
+                    raise IntegrityError(
+                        f"{path} is plain SQLite, but its header says SQLCipher: "
+                        "the encrypted database may have been replaced"
+                    )
             except BaseException:
                 conn.close()
                 raise
@@ -342,47 +498,81 @@ class Vault:
             if writer_lock is not None:
                 writer_lock.release()
             raise
-        return cls(path, conn, header, readonly=readonly, writer_lock=writer_lock)
+        return cls(path, conn, header, readonly=readonly, writer_lock=writer_lock,
+                   synchronous=synchronous, busy_timeout=busy_timeout)
 
     @classmethod
     def _open_connection(
-        cls, path: Path, *, readonly: bool, auto_migrate: bool
+        cls, path: Path, *, readonly: bool, auto_migrate: bool,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> sqlite3.Connection:
         try:
-            conn = _connect(path, readonly=readonly)
+            conn = _connect(path, readonly=readonly, busy_timeout=busy_timeout)
         except sqlite3.Error as exc:
             raise NotAVault(f"cannot open {path} as a vault: {exc}") from None
         try:
-            try:
-                tables = {
-                    r[0]
-                    for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                }
-                version = migrations.schema_version(conn)
-            except sqlite3.DatabaseError as exc:
-                raise NotAVault(f"{path} is not a readable vault: {exc}") from None
-            if "keystore_header" not in tables:
-                raise NotAVault(f"{path} is a SQLite database, but not an mls-keystore vault")
-            if version > migrations.LATEST_VERSION:
-                raise SchemaTooNew(
-                    f"{path} has schema version {version}; this code reads up to "
-                    f"{migrations.LATEST_VERSION}. Upgrade mls-keystore; the file was not changed."
-                )
-            with _db_errors(path):
-                migrations.check_recorded(conn)
-            if version < migrations.LATEST_VERSION:
-                if not auto_migrate or readonly:
-                    raise MigrationRequired(
-                        f"{path} has schema version {version}; this code needs "
-                        f"{migrations.LATEST_VERSION}. Run `mls-keystore migrate {path}` "
-                        "(it makes a backup first)."
-                    )
-                backup_vault_file(conn, path, f"v{version}")
-                migrations.migrate(conn)
+            cls._prepare_schema(
+                conn, path, readonly=readonly, auto_migrate=auto_migrate,
+                backup=lambda label: backup_vault_file(conn, path, label),
+            )
         except BaseException:
             conn.close()
             raise
         return conn
+
+    @classmethod
+    def _prepare_schema(
+        cls,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        readonly: bool,
+        auto_migrate: bool,
+        backup: Callable[[str], Path],
+    ) -> None:
+        """Check the schema of a connected vault; migrate it when allowed."""
+        try:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            version = migrations.schema_version(conn)
+        except sqlcipher_layer.db_error_types() as exc:
+            err = _translate(exc, path)
+            if isinstance(err, VaultBusy):
+                raise err from exc
+            raise NotAVault(f"{path} is not a readable vault: {exc}") from None
+        if "keystore_header" not in tables:
+            raise NotAVault(f"{path} is a SQLite database, but not an mls-keystore vault")
+        if version > migrations.LATEST_VERSION:
+            cls._needs_migration(path, version, readonly, auto_migrate)
+        with _db_errors(path):
+            migrations.check_recorded(conn)
+        if cls._needs_migration(path, version, readonly, auto_migrate):
+            backup(f"v{version}")
+            migrations.migrate(conn)
+
+    @staticmethod
+    def _needs_migration(path: Path, version: int, readonly: bool, auto_migrate: bool) -> bool:
+        """Whether schema ``version`` must be migrated (and may be).
+
+        Raises:
+            SchemaTooNew: newer than this code.
+            MigrationRequired: older, and migrating was not asked for (or read-only).
+        """
+        if version > migrations.LATEST_VERSION:
+            raise SchemaTooNew(
+                f"{path} has schema version {version}; this code reads up to "
+                f"{migrations.LATEST_VERSION}. Upgrade mls-keystore; the file was not changed."
+            )
+        if version < migrations.LATEST_VERSION:
+            if not auto_migrate or readonly:
+                raise MigrationRequired(
+                    f"{path} has schema version {version}; this code needs "
+                    f"{migrations.LATEST_VERSION}. Run `mls-keystore migrate {path}` "
+                    "(it makes a backup first)."
+                )
+            return True
+        return False
 
     @staticmethod
     def _read_header(conn: sqlite3.Connection, path: Path) -> Header:
@@ -394,6 +584,7 @@ class Vault:
     def close(self) -> None:
         """Lock, close the database and release the writer lock (idempotent)."""
         with self._mutex:
+            self._closed = True
             self._drop_keys()
             if self._conn is not None:
                 conn, self._conn = self._conn, None
@@ -415,7 +606,7 @@ class Vault:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._conn is None else ("locked" if self.locked else "unlocked")
+        state = "closed" if self._closed else ("locked" if self.locked else "unlocked")
         return f"<Vault {str(self._path)!r} {state}>"
 
     # ------------------------------------------------------------------ properties
@@ -441,10 +632,21 @@ class Vault:
         return self._header.store_id
 
     @property
+    def sqlcipher(self) -> bool:
+        """Whether the whole file is SQLCipher-encrypted (header in ``<path>.header``)."""
+        return self._header.sqlcipher
+
+    @property
     def schema_version(self) -> int:
-        """The schema version of the file (``PRAGMA user_version``)."""
+        """The schema version of the file (``PRAGMA user_version``).
+
+        For a locked SQLCipher vault: the mirror in its header file.
+        """
         with self._mutex:
-            return migrations.schema_version(self._connection())
+            if self._conn is None and self._sidecar is not None and not self._closed:
+                return self._sidecar.schema_version
+            with _db_errors(self._path):
+                return migrations.schema_version(self._connection())
 
     @property
     def kdf(self) -> KdfParameters | None:
@@ -474,6 +676,11 @@ class Vault:
 
     def _unlock(self, kdf_id: int, secret: bytes) -> None:
         with self._mutex:
+            if self._header.sqlcipher:
+                header = self._read_sidecar().current
+                self._check_kdf_kind(header, kdf_id)
+                self._unlock_sqlcipher(derive_wrapping_key(header, secret))
+                return
             conn = self._connection()
             with _db_errors(self._path):
                 header = self._read_header(conn, self._path)
@@ -490,6 +697,123 @@ class Vault:
                 secrets[:] = bytes(len(secrets))
             self._header = header
             self._install_keys(cipher, kek)
+
+    def _read_sidecar(self) -> Sidecar:
+        """Re-read a SQLCipher vault's header file (another process may have changed it)."""
+        if self._closed:
+            raise VaultClosed(f"vault {self._path} is closed")
+        sidecar = Sidecar.read(self._path)
+        if sidecar is None:
+            raise NotAVault(
+                f"the header file {sidecar_path_for(self._path)} of SQLCipher vault "
+                f"{self._path} has disappeared"
+            )
+        if sidecar.current.store_id != self._header.store_id:
+            raise IntegrityError(
+                f"the header file {sidecar_path_for(self._path)} now belongs to another vault"
+            )
+        return sidecar
+
+    def _unlock_sqlcipher(self, kek: bytearray) -> None:
+        """Unlock a SQLCipher vault with its KEK (which this takes over; wiped on failure).
+
+        Finds which header's key opens the database and which one its rows are
+        under, and, when writable, finishes a rekey that a crash interrupted:
+        the rows' generation (committed with the rows) is the truth, and the
+        page key and header file are brought in line with it.
+        """
+        with self._mutex:
+            try:
+                sidecar = self._read_sidecar()
+                keyed = _unwrap_headers(kek, sidecar, self._path)
+            except BaseException:
+                _wipe(kek)
+                raise
+            conn: sqlite3.Connection | None = None
+            page_key: bytearray | None = None
+            try:
+                self._drop_keys()
+                conn, page_generation = self._connect_keyed(keyed)
+                with _db_errors(self._path):
+                    row_generation = _row_generation(conn)
+                if row_generation is None:  # never rekeyed since the schema predates it
+                    row_generation = sidecar.current.key_generation
+                match = [(h, s) for h, s in keyed if h.key_generation == row_generation]
+                if not match:
+                    raise IntegrityError(
+                        f"the rows of vault {self._path} are under key generation "
+                        f"{row_generation}, which its header file does not hold"
+                    )
+                header, secrets = match[0]
+                page_key = sqlcipher_layer.derive_page_key(secrets, header.store_id)
+                if not self._readonly:
+                    with _db_errors(self._path):
+                        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                        if page_generation != row_generation:
+                            sqlcipher_layer.set_page_key(conn, page_key)
+                    if sidecar.pending is not None:
+                        sidecar = Sidecar(header, None, sidecar.schema_version)
+                        sidecar.write(self._path)
+                keyed_conn, backup_key = conn, page_key
+                self._prepare_schema(
+                    conn, self._path, readonly=self._readonly, auto_migrate=self._auto_migrate,
+                    backup=lambda label: backup_vault_file(
+                        keyed_conn, self._path, label, page_key=backup_key, header=header
+                    ),
+                )
+                with _db_errors(self._path):
+                    version = migrations.schema_version(conn)
+                if not self._readonly and version != sidecar.schema_version:
+                    sidecar = sidecar.with_schema_version(version)
+                    sidecar.write(self._path)
+                cipher = StoreCipher(secrets, header.store_id)
+            except BaseException:
+                if conn is not None:
+                    with contextlib.suppress(*sqlcipher_layer.db_error_types()):
+                        conn.close()
+                _wipe(kek)
+                raise
+            finally:
+                _wipe(page_key, *(s for _, s in keyed))
+            self._conn = conn
+            self._sidecar = sidecar
+            self._header = header
+            self._cipher = cipher
+            self._kek = kek
+
+    def _connect_keyed(
+        self, keyed: list[tuple[Header, bytearray]]
+    ) -> tuple[sqlite3.Connection, int]:
+        """Connect with the first header's page key that opens the database.
+
+        Returns:
+            The connection and the key generation of the header whose key opened it.
+        """
+        for header, secrets in keyed:
+            page_key = sqlcipher_layer.derive_page_key(secrets, header.store_id)
+            try:
+                conn = sqlcipher_layer.connect(
+                    self._path, page_key, readonly=self._readonly,
+                    busy_timeout=self._busy_timeout,
+                )
+            except sqlcipher_layer.db_error_types() as exc:
+                raise _translate(exc, self._path) from exc
+            finally:
+                _wipe(page_key)
+            try:
+                # SQLCipher checks the key on the first read of page 1.
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlcipher_layer.db_error_types() as exc:
+                conn.close()
+                err = _translate(exc, self._path)
+                if isinstance(err, IntegrityError):
+                    continue  # "file is not a database": not this key
+                raise err from exc
+            return conn, header.key_generation
+        raise IntegrityError(
+            f"no key in {sidecar_path_for(self._path)} opens the database {self._path}: "
+            "the database or its header file was replaced or is corrupt"
+        )
 
     @staticmethod
     def _check_kdf_kind(header: Header, kdf_id: int) -> None:
@@ -511,17 +835,31 @@ class Vault:
         if self._kek is not None:
             self._kek[:] = bytes(len(self._kek))
             self._kek = None
+        if self._header.sqlcipher and self._conn is not None:
+            # SQLCipher keeps the page key inside the connection: locking closes it.
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(*sqlcipher_layer.db_error_types()):
+                conn.close()
 
     def lock(self) -> None:
-        """Drop (overwrite) every key held in memory; the file stays open."""
+        """Drop (overwrite) every key held in memory; the file stays open.
+
+        A SQLCipher vault also closes its database connection, which holds the
+        page key; the writer lock is kept.
+        """
         with self._mutex:
             self._drop_keys()
 
     # ------------------------------------------------------------------ rows
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
+        if self._closed:
             raise VaultClosed(f"vault {self._path} is closed")
+        if self._conn is None:
+            raise VaultLocked(
+                f"vault {self._path} is encrypted with SQLCipher: nothing in it can be "
+                "read until it is unlocked"
+            )
         return self._conn
 
     def _unlocked(self) -> StoreCipher:
@@ -549,7 +887,7 @@ class Vault:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+        except sqlcipher_layer.db_error_types() as exc:
             raise _translate(exc, self._path) from exc
 
     def put(self, category: str, key: bytes, value: bytes) -> None:
@@ -617,30 +955,28 @@ class Vault:
             The number of distinct rows written or deleted.
         """
         latest: dict[tuple[str, bytes], bytes | None] = {}
+        known_categories: set[str] = set()
         for ch in changes:
-            value = ch.value
-            latest[(check_category(ch.category), check_key(ch.key))] = (
-                None if value is None else check_value(value)
-            )
+            category, key, value = ch.category, ch.key, ch.value
+            # Fast paths for the common exact types; the checks give the messages.
+            if type(category) is not str or category not in known_categories:
+                known_categories.add(check_category(category))
+            if type(key) is not bytes or len(key) > MAX_KEY_LEN:
+                key = check_key(key)
+            if value is not None and (type(value) is not bytes or len(value) > MAX_VALUE_LEN):
+                value = check_value(value)
+            latest[(category, key)] = value
         if not latest:
             return 0
         with self._mutex:
             cipher = self._writable()
-            kh = cipher.key_hash
-            upserts: list[tuple[str, bytes, bytes, bytes]] = []
-            deletes: list[tuple[str, bytes]] = []
-            for (category, key), value in latest.items():
-                if value is None:
-                    deletes.append((category, kh(category, key)))
-                else:
-                    upserts.append((category, kh(category, key), key, value))
-            blobs = cipher.encrypt_rows(upserts, len(upserts))
+            upserts, deletes = cipher.seal_changes(latest.items(), len(latest))
             with self._write_txn() as conn:
                 if upserts:
                     conn.executemany(
                         "INSERT INTO keystore_rows (category, key_hash, value) VALUES (?, ?, ?)"
                         " ON CONFLICT (category, key_hash) DO UPDATE SET value = excluded.value",
-                        [(u[0], u[1], b) for u, b in zip(upserts, blobs, strict=True)],
+                        upserts,
                     )
                     conn.execute(
                         "UPDATE keystore_counters SET value = value + ? WHERE name = 'encryptions'",
@@ -681,45 +1017,70 @@ class Vault:
     def _rewrap(
         self, kdf_id: int, old: bytes, new: bytes, kdf: KdfParameters | None
     ) -> None:
+        """Rewrap the secrets under a new KEK and store the header(s) atomically.
+
+        A SQLCipher vault's header file may hold a pending header (an interrupted
+        rekey): both are rewrapped, under one new salt, in one atomic replace.
+        """
         with self._mutex:
-            conn = self._connection()
+            sidecar = self._read_sidecar() if self._header.sqlcipher else None
+            if sidecar is None:
+                conn = self._connection()
             if self._readonly:
                 raise VaultIOError(f"vault {self._path} was opened read-only")
-            with _db_errors(self._path):
-                header = self._read_header(conn, self._path)
-            self._check_kdf_kind(header, kdf_id)
-            old_kek = derive_wrapping_key(header, old)
+            if sidecar is None:
+                with _db_errors(self._path):
+                    headers: tuple[Header, ...] = (self._read_header(conn, self._path),)
+            else:
+                headers = sidecar.headers()
+            self._check_kdf_kind(headers[0], kdf_id)
+            old_kek = derive_wrapping_key(headers[0], old)
             try:
-                secrets = unwrap_secrets(old_kek, header)
-            finally:
-                old_kek[:] = bytes(len(old_kek))
-            try:
-                new_header = Header(
-                    store_id=header.store_id,
-                    kdf_id=header.kdf_id,
-                    kdf=kdf if kdf is not None else header.kdf,
-                    salt=os.urandom(SALT_LEN),
-                    key_generation=header.key_generation,
-                    wrap_nonce=header.wrap_nonce,
-                    wrapped=header.wrapped,
-                    flags=header.flags,
+                keyed = (
+                    [(headers[0], unwrap_secrets(old_kek, headers[0]))]
+                    if sidecar is None
+                    else _unwrap_headers(old_kek, sidecar, self._path)
                 )
-                new_kek = derive_wrapping_key(new_header, new)
-                new_header = wrap_secrets(new_kek, new_header, secrets)
             finally:
-                secrets[:] = bytes(len(secrets))
+                _wipe(old_kek)
+            salt = os.urandom(SALT_LEN)
+            new_kek: bytearray | None = None
             try:
-                with self._write_txn() as conn:
-                    self._store_header(conn, new_header)
+                rewrapped: list[Header] = []
+                for header, secrets in keyed:
+                    fresh = replace(header, kdf=kdf if kdf is not None else header.kdf, salt=salt)
+                    if new_kek is None:  # every header shares salt and KDF: one derivation
+                        new_kek = derive_wrapping_key(fresh, new)
+                    rewrapped.append(wrap_secrets(new_kek, fresh, secrets))
             except BaseException:
-                new_kek[:] = bytes(len(new_kek))
+                _wipe(new_kek)
                 raise
-            self._header = new_header
+            finally:
+                _wipe(*(s for _, s in keyed))
+            assert new_kek is not None
+            try:
+                if sidecar is None:
+                    with self._write_txn() as conn:
+                        self._store_header(conn, rewrapped[0])
+                else:
+                    sidecar = Sidecar(
+                        rewrapped[0], rewrapped[1] if len(rewrapped) > 1 else None,
+                        sidecar.schema_version,
+                    )
+                    sidecar.write(self._path)
+                    self._sidecar = sidecar
+            except BaseException:
+                _wipe(new_kek)
+                raise
+            in_use = self._header.key_generation
+            self._header = next(
+                (h for h in rewrapped if h.key_generation == in_use), rewrapped[0]
+            )
             if self._kek is not None:
-                self._kek[:] = bytes(len(self._kek))
+                _wipe(self._kek)
                 self._kek = new_kek
             else:
-                new_kek[:] = bytes(len(new_kek))
+                _wipe(new_kek)
 
     def _store_header(self, conn: sqlite3.Connection, header: Header) -> None:
         conn.execute("UPDATE keystore_header SET header = ? WHERE id = 1", (header.to_bytes(),))
@@ -730,6 +1091,16 @@ class Vault:
         The hash key is kept, so row identities do not change.  Every row is
         authenticated under the old key first: a corrupt row aborts the rekey and
         nothing is written.  Resets the nonce-budget counter.
+
+        A SQLCipher vault's page key derives from the data key, so it changes too.
+        A file rename and a SQLite transaction cannot be one atomic step, so that
+        rekey has two phases: (1) the header file gets the next header as
+        *pending* beside the current one; (2) one transaction rewrites the rows and
+        records their new key generation; (3) ``PRAGMA rekey`` re-encrypts every
+        page (itself atomic); (4) the header file keeps only the new header.
+        After a crash at any point, :meth:`unlock` finds the key that opens the
+        pages, trusts the generation recorded with the rows, and completes (or,
+        before step 2, drops) the rekey.
 
         Args:
             progress: called as ``progress(done, total)`` while rows are re-encrypted.
@@ -772,29 +1143,78 @@ class Vault:
                     )
                 finally:
                     secrets[:] = bytes(len(secrets))
-                with self._write_txn() as txn:
-                    txn.executemany(
-                        "UPDATE keystore_rows SET value = ? WHERE category = ? AND key_hash = ?",
-                        updated,
-                    )
-                    txn.execute(
-                        "UPDATE keystore_counters SET value = ? WHERE name = 'encryptions'",
-                        (total,),
-                    )
-                    self._store_header(txn, next_header)
+                sidecar = self._sidecar if self._header.sqlcipher else None
+                if sidecar is not None:
+                    sidecar = Sidecar(self._header, next_header, sidecar.schema_version)
+                    sidecar.write(self._path)
+                    _rekey_step("pending-written")
+                try:
+                    with self._write_txn() as txn:
+                        txn.executemany(
+                            "UPDATE keystore_rows SET value = ? WHERE category = ?"
+                            " AND key_hash = ?",
+                            updated,
+                        )
+                        txn.execute(
+                            "UPDATE keystore_counters SET value = ? WHERE name = 'encryptions'",
+                            (total,),
+                        )
+                        if sidecar is None:
+                            self._store_header(txn, next_header)
+                        else:
+                            _store_row_generation(txn, next_header.key_generation)
+                except BaseException:
+                    if sidecar is not None:
+                        # Nothing changed in the database: withdraw the pending header
+                        # (if this fails too, the next unlock drops it).
+                        with contextlib.suppress(KeystoreError):
+                            Sidecar(self._header, None, sidecar.schema_version).write(
+                                self._path
+                            )
+                    raise
             except BaseException:
                 new.wipe()
                 raise
-            if progress is not None:
-                progress(total, total)
+            # The rows are committed under the new data key: from here on it is the
+            # key in use, whatever happens to the SQLCipher phases below.
             self._header = next_header
             old.wipe()
             self._cipher = new
+            if sidecar is not None:
+                _rekey_step("rows-committed")
+                self._finish_page_rekey(next_header, sidecar.schema_version)
+            if progress is not None:
+                progress(total, total)
+
+    def _finish_page_rekey(self, header: Header, schema_version: int) -> None:
+        """Phases 3 and 4 of a SQLCipher rekey: new page key, then the header file.
+
+        Raises:
+            VaultIOError/VaultBusy: a phase failed; the rows are already rekeyed
+                and the next writable unlock completes the rest.
+        """
+        assert self._cipher is not None
+        secrets = self._cipher.secrets()
+        page_key = sqlcipher_layer.derive_page_key(secrets, header.store_id)
+        try:
+            with _db_errors(self._path):
+                sqlcipher_layer.set_page_key(self._connection(), page_key)
+        finally:
+            _wipe(secrets, page_key)
+        _rekey_step("page-rekeyed")
+        sidecar = Sidecar(header, None, schema_version)
+        sidecar.write(self._path)
+        self._sidecar = sidecar
+        _rekey_step("done")
 
     # ------------------------------------------------------------------ reports
 
     def stats(self) -> StatsReport:
-        """Rows and bytes per category and the nonce budget.  Needs no key."""
+        """Rows and bytes per category and the nonce budget.
+
+        Needs no key for a plain vault.  A SQLCipher vault hides exactly these
+        figures until it is unlocked (:class:`VaultLocked` before).
+        """
         with self._mutex:
             conn = self._connection()
             with _db_errors(self._path):
@@ -876,23 +1296,38 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def backup_vault_file(conn: sqlite3.Connection, path: Path, label: str) -> Path:
+def backup_vault_file(
+    conn: sqlite3.Connection,
+    path: Path,
+    label: str,
+    *,
+    page_key: bytearray | None = None,
+    header: Header | None = None,
+) -> Path:
     """Write a consistent copy of the open database beside it (SQLite backup API).
 
     The name is ``<vault>.<label>.bak`` (with a counter when taken); the copy is
-    fsync'd before this returns.  Returns its path.
+    fsync'd before this returns.  Returns its path.  For a SQLCipher vault pass
+    its current ``page_key`` and ``header``: the copy is encrypted under the same
+    key and gets its own header file, so it opens like the original.
     """
     candidate = path.with_name(f"{path.name}.{label}.bak")
     n = 1
-    while candidate.exists():
+    while candidate.exists() or sidecar_path_for(candidate).exists():
         n += 1
         candidate = path.with_name(f"{path.name}.{label}.{n}.bak")
-    dest = sqlite3.connect(str(candidate))
+    if page_key is None:
+        dest = sqlite3.connect(str(candidate))
+    else:
+        dest = sqlcipher_layer.connect(candidate, page_key, readonly=False, create=True)
     try:
         with _db_errors(path):
             conn.backup(dest)
+            version = migrations.schema_version(dest)
     finally:
         dest.close()
+    if header is not None:
+        Sidecar(header, None, version).write(candidate, create=True)
     fd = os.open(candidate, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -900,3 +1335,36 @@ def backup_vault_file(conn: sqlite3.Connection, path: Path, label: str) -> Path:
         os.close(fd)
     return candidate
 
+
+
+def _rekey_step(step: str) -> None:
+    if _rekey_step_hook is not None:
+        _rekey_step_hook(step)
+
+
+def _unwrap_headers(
+    kek: bytearray, sidecar: Sidecar, path: Path
+) -> list[tuple[Header, bytearray]]:
+    """Unwrap the secrets of every header in a header file (current first).
+
+    Raises:
+        WrongPassphrase: the KEK does not open the current header.
+        IntegrityError: it opens the current one but not the pending one, which
+            shares its salt and KDF: the pending header was modified.
+    """
+    out: list[tuple[Header, bytearray]] = []
+    try:
+        for header in sidecar.headers():
+            try:
+                out.append((header, unwrap_secrets(kek, header)))
+            except WrongPassphrase:
+                if not out:
+                    raise
+                raise IntegrityError(
+                    f"the pending header in {sidecar_path_for(path)} fails authentication "
+                    "although the current one opens: it was modified"
+                ) from None
+    except BaseException:
+        _wipe(*(s for _, s in out))
+        raise
+    return out
