@@ -41,14 +41,17 @@ def test_random_nonces_differ() -> None:
     assert a[1:13] != b[1:13] and a != b
 
 
-def test_batch_encryption_decrypts_row_by_row() -> None:
-    """encrypt_rows() output decrypts with decrypt_row(), each with its own nonce."""
+def test_batch_sealing_decrypts_row_by_row() -> None:
+    """seal_changes() output decrypts with decrypt_row(), each row with its own nonce."""
     cipher = StoreCipher.generate(bytes(16))
-    rows = [("c", cipher.key_hash("c", bytes([i])), bytes([i]), bytes([i]) * i) for i in range(50)]
-    blobs = cipher.encrypt_rows(rows, len(rows))
-    assert len({b[1:13] for b in blobs}) == 50
-    for (cat, kh, key, value), blob in zip(rows, blobs, strict=True):
-        assert cipher.decrypt_row(cat, kh, blob) == (key, value)
+    changes = [(("c", bytes([i])), bytes([i]) * i) for i in range(50)]
+    changes.append((("c", b"gone"), None))
+    upserts, deletes = cipher.seal_changes(changes, len(changes))
+    assert deletes == [("c", cipher.key_hash("c", b"gone"))]
+    assert len({blob[1:13] for _, _, blob in upserts}) == 50
+    assert [kh for _, kh, _ in upserts] == sorted(kh for _, kh, _ in upserts)
+    decrypted = {cipher.decrypt_row(cat, kh, blob) for cat, kh, blob in upserts}
+    assert decrypted == {(k, v) for (_, k), v in changes if v is not None}
 
 
 def test_unknown_value_format_rejected() -> None:

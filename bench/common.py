@@ -1,0 +1,58 @@
+"""Shared measurement helpers: repeated timing, median and spread, ratios.
+
+The machine is shared and noisy, so no absolute time is ever the claim: each
+benchmark times its subject and its baseline alternately in the same run and
+reports the ratio of medians, with the spread (min-max over repeats) beside it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Seconds per repeat: median and the spread around it."""
+
+    median: float
+    low: float
+    high: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain-number form for JSON output."""
+        return {"median_s": self.median, "min_s": self.low, "max_s": self.high}
+
+
+def measure_pair(
+    subject: Callable[[], object],
+    baseline: Callable[[], object],
+    repeats: int,
+    setup: Callable[[], object] | None = None,
+) -> tuple[Timing, Timing]:
+    """Time ``subject`` and ``baseline`` alternately, ``repeats`` times each.
+
+    Alternating keeps a burst of machine noise from landing on one side only.
+    """
+    s_times: list[float] = []
+    b_times: list[float] = []
+    for _ in range(repeats):
+        for fn, sink in ((subject, s_times), (baseline, b_times)):
+            if setup is not None:
+                setup()
+            t0 = time.perf_counter()
+            fn()
+            sink.append(time.perf_counter() - t0)
+    return summarize(s_times), summarize(b_times)
+
+
+def summarize(samples: list[float]) -> Timing:
+    """Median, min and max of a list of samples."""
+    return Timing(statistics.median(samples), min(samples), max(samples))
+
+
+def ratio(numerator: Timing, denominator: Timing) -> float:
+    """Ratio of medians."""
+    return numerator.median / denominator.median
