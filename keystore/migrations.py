@@ -5,6 +5,12 @@ Each step runs together with its record (version, name, checksum, time) in one
 transaction, so a crash leaves the file entirely at the old version or entirely at
 the new one.  :func:`applied` and :func:`pending` only read.
 
+A step is SQL, optionally followed by Python on the connection and, for a *data*
+step, Python that also receives the vault's unlocked :class:`~keystore.cipher.StoreCipher`
+(to re-encrypt rows, say).  A data step runs only when the caller passes the
+cipher, and inside the step's single transaction like everything else, so a
+half re-encrypted table is never committed.
+
 Rules for adding a step: append, never edit a shipped one (its checksum is
 recorded in every vault that applied it and a mismatch is reported), and keep the
 SQL deterministic.
@@ -17,14 +23,21 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from keystore.errors import MigrationError
+from keystore.errors import MigrationError, VaultLocked
+
+if TYPE_CHECKING:
+    from keystore.cipher import StoreCipher
 
 __all__ = [
+    "BOOKKEEPING_TABLE",
     "LATEST_VERSION",
     "MIGRATIONS",
     "AppliedMigration",
+    "DataStep",
     "Migration",
+    "StatementHook",
     "applied",
     "check_recorded",
     "migrate",
@@ -34,9 +47,15 @@ __all__ = [
 
 BOOKKEEPING_TABLE = "keystore_migrations"
 
-#: Called after each statement of a migration with (version, statement index); a
-#: test seam for the kill -9 campaign, ``None`` in production.
+#: Called with ``(version, point)`` at every point of a step where the process could
+#: die: after ``BEGIN``, after each statement (the step's own and the bookkeeping
+#: ones), and once more after ``COMMIT``.  ``point`` counts from 0 within the step.
+#: A seam for the kill -9 campaign; ``None`` in production.
 StatementHook = Callable[[int, int], None]
+
+#: A data step: re-encrypts or rewrites rows with the unlocked vault's cipher, on the
+#: step's connection, inside its transaction (it must not commit).
+DataStep = Callable[[sqlite3.Connection, "StoreCipher"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +67,8 @@ class Migration:
         name: short, stable, human-readable name.
         statements: SQL run in order inside the step's transaction.
         python: optional extra work on the connection, in the same transaction.
-        python_id: a stable string naming the Python part (part of the checksum).
+        python_id: a stable string naming the Python parts (part of the checksum).
+        data: optional work that needs the unlocked cipher, in the same transaction.
     """
 
     version: int
@@ -56,6 +76,17 @@ class Migration:
     statements: tuple[str, ...]
     python: Callable[[sqlite3.Connection], None] | None = field(default=None, compare=False)
     python_id: str = ""
+    data: DataStep | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.python is not None or self.data is not None) and not self.python_id:
+            # Without an id, editing the Python part would leave the checksum unchanged.
+            raise ValueError(f"migration {self.version} has Python code but no python_id")
+
+    @property
+    def needs_keys(self) -> bool:
+        """Whether the step can only run on an unlocked vault."""
+        return self.data is not None
 
     @property
     def checksum(self) -> str:
@@ -146,11 +177,11 @@ def pending(
 def check_recorded(
     conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS
 ) -> None:
-    """Compare the recorded steps with the shipped ones.
+    """Compare the recorded steps with the shipped ones.  Never writes.
 
     Raises:
-        MigrationError: a recorded checksum or name differs from the shipped step,
-            or the records disagree with ``user_version``.
+        MigrationError: a recorded checksum differs from the shipped step, or the
+            records disagree with ``user_version``.
     """
     shipped = {m.version: m for m in migrations}
     records = applied(conn)
@@ -164,10 +195,10 @@ def check_recorded(
                 f"{rec.checksum[:16]}…, but this code ships {m.checksum[:16]}…"
             )
     version = schema_version(conn)
-    if records and records[-1].version != version:
+    recorded = [rec.version for rec in records]
+    if recorded != list(range(1, version + 1)):
         raise MigrationError(
-            f"schema version {version} disagrees with the last recorded migration "
-            f"{records[-1].version}"
+            f"schema version {version} disagrees with the recorded migrations {recorded}"
         )
 
 
@@ -176,6 +207,7 @@ def migrate(
     target: int = LATEST_VERSION,
     *,
     migrations: Sequence[Migration] = MIGRATIONS,
+    cipher: StoreCipher | None = None,
     hook: StatementHook | None = None,
 ) -> list[Migration]:
     """Apply every pending step up to ``target``, each in its own transaction.
@@ -185,8 +217,17 @@ def migrate(
     as :class:`MigrationError`; the steps before it stay applied, so a re-run
     continues where it stopped and applies each step exactly once.
 
+    Args:
+        cipher: the unlocked vault's cipher; required when a pending step is a data step.
+        hook: test seam, see :data:`StatementHook`.
+
     Returns:
         The steps applied.
+
+    Raises:
+        MigrationError: a step failed (and was rolled back) or the records are inconsistent.
+        VaultLocked: a pending step needs the keys and ``cipher`` is ``None``;
+            checked before anything is written.
     """
     versions = [m.version for m in migrations]
     if versions != list(range(1, len(versions) + 1)):
@@ -194,45 +235,72 @@ def migrate(
     if not 0 <= target <= len(versions):
         raise ValueError(f"no migration produces version {target}")
     check_recorded(conn, migrations)
-    done: list[Migration] = []
-    for m in pending(conn, target, migrations):
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {BOOKKEEPING_TABLE} ("
-                " version INTEGER PRIMARY KEY,"
-                " name TEXT NOT NULL,"
-                " checksum TEXT NOT NULL,"
-                " applied_at TEXT NOT NULL)"
-            )
-            if schema_version(conn) != m.version - 1:
-                raise MigrationError(
-                    f"vault changed underneath: expected version {m.version - 1}"
-                )
-            for i, statement in enumerate(m.statements):
-                conn.execute(statement)
-                if hook is not None:
-                    hook(m.version, i)
-            if m.python is not None:
-                m.python(conn)
-            conn.execute(
-                f"INSERT INTO {BOOKKEEPING_TABLE} (version, name, checksum, applied_at)"
-                " VALUES (?, ?, ?, ?)",
-                (m.version, m.name, m.checksum, datetime.now(UTC).isoformat(timespec="seconds")),
-            )
-            conn.execute(f"PRAGMA user_version = {int(m.version)}")
-            if hook is not None:
-                hook(m.version, len(m.statements))
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, MigrationError):
-                raise
-            if isinstance(exc, Exception):
-                raise MigrationError(
-                    f"migration {m.version} ({m.name!r}) failed and was rolled back: {exc}"
-                ) from exc
+    steps = pending(conn, target, migrations)
+    locked_steps = [m.version for m in steps if m.needs_keys and cipher is None]
+    if locked_steps:
+        raise VaultLocked(
+            f"migration {locked_steps[0]} rewrites encrypted rows and needs the vault "
+            "unlocked: run `mls-keystore migrate` with the passphrase"
+        )
+    for m in steps:
+        _apply_step(conn, m, cipher, hook)
+    return steps
+
+
+def _apply_step(
+    conn: sqlite3.Connection,
+    m: Migration,
+    cipher: StoreCipher | None,
+    hook: StatementHook | None,
+) -> None:
+    point = 0
+
+    def reached() -> None:
+        nonlocal point
+        if hook is not None:
+            hook(m.version, point)
+        point += 1
+
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        reached()
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {BOOKKEEPING_TABLE} ("
+            " version INTEGER PRIMARY KEY,"
+            " name TEXT NOT NULL,"
+            " checksum TEXT NOT NULL,"
+            " applied_at TEXT NOT NULL)"
+        )
+        reached()
+        if schema_version(conn) != m.version - 1:
+            raise MigrationError(f"vault changed underneath: expected version {m.version - 1}")
+        for statement in m.statements:
+            conn.execute(statement)
+            reached()
+        if m.python is not None:
+            m.python(conn)
+            reached()
+        if m.data is not None:
+            assert cipher is not None  # checked by migrate() before the first step
+            m.data(conn, cipher)
+            reached()
+        conn.execute(
+            f"INSERT INTO {BOOKKEEPING_TABLE} (version, name, checksum, applied_at)"
+            " VALUES (?, ?, ?, ?)",
+            (m.version, m.name, m.checksum, datetime.now(UTC).isoformat(timespec="seconds")),
+        )
+        reached()
+        conn.execute(f"PRAGMA user_version = {int(m.version)}")
+        reached()
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, MigrationError):
             raise
-        done.append(m)
-    return done
+        if isinstance(exc, Exception):
+            raise MigrationError(
+                f"migration {m.version} ({m.name!r}) failed and was rolled back: {exc}"
+            ) from exc
+        raise
+    reached()
