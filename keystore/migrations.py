@@ -137,6 +137,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             " SELECT 'encryptions', COUNT(*) FROM keystore_rows",
         ),
     ),
+    Migration(
+        3,
+        "rows in a rowid table with a unique (category, key_hash) index",
+        (
+            # Encrypted values are ~1 KiB and their keys are random hashes: in a
+            # WITHOUT ROWID table every insert lands on a random leaf holding whole
+            # values, and bench/keystore_bench.py measured batch writes 3-4x slower
+            # than in a rowid table, whose random inserts touch only the small index.
+            "CREATE TABLE keystore_rows_v3 ("
+            " id INTEGER PRIMARY KEY,"
+            " category TEXT NOT NULL,"
+            " key_hash BLOB NOT NULL,"
+            " value BLOB NOT NULL,"
+            " UNIQUE (category, key_hash))",
+            "INSERT INTO keystore_rows_v3 (category, key_hash, value)"
+            " SELECT category, key_hash, value FROM keystore_rows ORDER BY category, key_hash",
+            "DROP TABLE keystore_rows",
+            "ALTER TABLE keystore_rows_v3 RENAME TO keystore_rows",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
