@@ -1,0 +1,105 @@
+"""An MlsClient in its own process, driven line by line over stdin/stdout (test helper).
+
+Usage: ``python _client_actor.py VAULT`` with the passphrase in ``MLS_KEYSTORE_PASSPHRASE``.
+Each stdin line is a JSON list ``[op, *args]`` (bytes as hex); each answer is one JSON
+line ``{"ok": result}`` or ``{"error": "ExceptionType"}``, flushed at once so that it
+survives a ``kill -9`` that follows.  ``crash_before_apply`` / ``crash_after_apply`` make
+the next vault transaction SIGKILL the process just before / just after it commits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from keystore import Vault, profiles
+from mls.client import MlsClient, Received
+
+
+def _arm_crash(after: bool) -> None:
+    original = Vault.apply
+
+    def apply(self: Vault, changes: Iterable[Any]) -> int:
+        if not after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        n = original(self, changes)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return n
+
+    Vault.apply = apply  # type: ignore[method-assign]
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Received):
+        return {
+            "kind": value.kind.value,
+            "sender": _encode(value.sender),
+            "data": _encode(value.data),
+            "removed": value.removed,
+        }
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def main(vault: str) -> int:
+    passphrase = os.environ["MLS_KEYSTORE_PASSPHRASE"]
+    client: MlsClient | None = None
+
+    def c() -> MlsClient:
+        assert client is not None, "send create or open first"
+        return client
+
+    h = bytes.fromhex
+    ops: dict[str, Callable[..., Any]] = {
+        "kp": lambda: c().generate_key_package(),
+        "create_group": lambda gid: c().create_group(h(gid)),
+        "add": lambda gid, *kps: c().add_members(h(gid), [h(k) for k in kps]),
+        "join": lambda w: c().join(h(w)),
+        "encrypt": lambda gid, text: c().encrypt(h(gid), text.encode()),
+        "process": lambda gid, msg: c().process(h(gid), h(msg)),
+        "update": lambda gid: c().update_keys(h(gid)),
+        "leave": lambda gid: c().leave(h(gid)),
+        "remove": lambda gid, *ids: c().remove_members(h(gid), [h(i) for i in ids]),
+        "groups": lambda: c().group_ids(),
+        "members": lambda gid: c().members(h(gid)),
+        "export": lambda gid: c().export_secret(h(gid), b"test", b"", 32),
+        "lost": lambda: [k.ref for k in c().lost_key_packages()],
+        "crash_before_apply": lambda: _arm_crash(after=False),
+        "crash_after_apply": lambda: _arm_crash(after=True),
+        "kill": lambda: os.kill(os.getpid(), signal.SIGKILL),
+    }
+    for line in sys.stdin:
+        op, *args = json.loads(line)
+        try:
+            if op == "create":
+                client = MlsClient.create(
+                    vault, passphrase, identity=h(args[0]), kdf=profiles.INSECURE_FOR_TESTS_ONLY
+                )
+                result: Any = None
+            elif op == "open":
+                client = MlsClient.open(vault, passphrase)
+                result = None
+            else:
+                result = ops[op](*args)
+            answer: dict[str, Any] = {"ok": _encode(result)}
+        except Exception as exc:
+            answer = {"error": type(exc).__name__}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    if client is not None:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
