@@ -48,6 +48,54 @@ def measure_pair(
     return summarize(s_times), summarize(b_times)
 
 
+@dataclass(frozen=True, slots=True)
+class PairedRatio:
+    """Subject ÷ baseline, one ratio per repeat (the two timed back to back).
+
+    The spread of per-repeat ratios is honest about noise that hits both sides
+    alike; min/max of the two medians' own spreads would overstate it.
+    """
+
+    median: float
+    low: float
+    high: float
+    subject: Timing
+    baseline: Timing
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain-number form for JSON output."""
+        return {
+            "ratio": self.median,
+            "ratio_min": self.low,
+            "ratio_max": self.high,
+            "ours": self.subject.as_dict(),
+            "baseline": self.baseline.as_dict(),
+        }
+
+
+def measure_ratio(
+    subject: Callable[[], object],
+    baseline: Callable[[], object],
+    repeats: int,
+    setup: Callable[[], object] | None = None,
+) -> PairedRatio:
+    """Like :func:`measure_pair`, but also keep each repeat's subject ÷ baseline."""
+    s_times: list[float] = []
+    b_times: list[float] = []
+    for _ in range(repeats):
+        for fn, sink in ((subject, s_times), (baseline, b_times)):
+            if setup is not None:
+                setup()
+            t0 = time.perf_counter()
+            fn()
+            sink.append(time.perf_counter() - t0)
+    ratios = [s / b for s, b in zip(s_times, b_times, strict=True)]
+    return PairedRatio(
+        statistics.median(ratios), min(ratios), max(ratios), summarize(s_times),
+        summarize(b_times),
+    )
+
+
 def summarize(samples: list[float]) -> Timing:
     """Median, min and max of a list of samples."""
     return Timing(statistics.median(samples), min(samples), max(samples))
