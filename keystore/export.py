@@ -1,0 +1,542 @@
+"""The export file: every row of a vault, encrypted under its own backup passphrase.
+
+An export is for moving a vault or keeping a copy off the machine, so it depends
+on nothing of the vault it came from: its own Argon2id salt and parameters, its
+own key, no store id.  Byte layout of format 1 (integers big-endian; the
+byte-by-byte table is in ``docs/cli.md``)::
+
+     0   8  magic          b"MLKSEXP\\x00"
+     8   1  format         1
+     9   1  kdf_id         1 = Argon2id(backup passphrase)
+    10   4  time_cost
+    14   4  memory_cost    KiB
+    18   4  parallelism
+    22  16  salt
+    38   4  chunk_size     plaintext bytes per chunk
+    42  16  header_tag     AES-256-GCM(key, nonce = 12 x 0xFF, b"", AAD = bytes 0..41)
+    58   …  chunks         AES-256-GCM(key, nonce = index(11) || last(1), piece, AAD = bytes 0..41)
+
+The plaintext is one stream of records cut into ``chunk_size`` pieces; every chunk
+but the last is exactly ``chunk_size + 16`` bytes, the last is shorter (an empty
+last piece when the stream is a whole number of chunks).  Chunked, not one blob,
+so that neither side ever holds the whole vault in memory and a damaged file is
+caught at the chunk that fails; the index in the nonce stops reordering, the
+``last`` flag stops truncation at a chunk boundary.  The key is fresh for every
+file (fresh salt), so counter nonces never repeat under a key.
+
+Records: ``0x01 || u16 len || category || u32 len || key || u32 len || value``,
+ended by ``0x00 || u64 record_count``; nothing may follow.
+
+Failures: a wrong passphrase or an edited header fails the header tag
+(:class:`WrongPassphrase`); any later damage is an :class:`IntegrityError`; a newer
+format is :class:`SchemaTooNew`; all are found before the importer renames its
+new vault into place, so nothing is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import struct
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from keystore.cipher import normalize_passphrase
+from keystore.errors import IntegrityError, SchemaTooNew, VaultBusy, WrongPassphrase
+from keystore.lockfile import WriterLock
+from keystore.profiles import RFC_9106_HIGH_MEMORY, RFC_9106_LOW_MEMORY, KdfParameters
+from keystore.vault import MAX_KEY_LEN, MAX_VALUE_LEN, Change, Vault
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "EXPORT_FORMAT",
+    "EXPORT_MAGIC",
+    "ExportHeader",
+    "ExportSummary",
+    "export_vault",
+    "import_vault",
+    "read_export",
+    "read_header",
+    "write_export",
+]
+
+EXPORT_MAGIC = b"MLKSEXP\x00"
+EXPORT_FORMAT = 1
+KDF_ARGON2ID = 1
+DEFAULT_CHUNK_SIZE = 1 << 20
+MIN_CHUNK_SIZE = 1 << 10
+MAX_CHUNK_SIZE = 1 << 24
+#: Refuse to run Argon2 with parameters above these: the header is read before it
+#: can be authenticated, and a doctored one must not make us allocate 4 TiB.
+MAX_TIME_COST = 16
+MAX_MEMORY_KIB = RFC_9106_HIGH_MEMORY.memory_cost
+MAX_PARALLELISM = 64
+
+_HEADER = struct.Struct(">8sBBIII16sI")
+_TAG_LEN = 16
+_HEADER_NONCE = b"\xff" * 12
+_SALT_LEN = 16
+_REC_ROW, _REC_END = 1, 0
+_U16, _U32, _U64 = struct.Struct(">H"), struct.Struct(">I"), struct.Struct(">Q")
+_IMPORT_BATCH = 1000
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportHeader:
+    """The unencrypted first 42 bytes of an export (authenticated by the tag after them)."""
+
+    kdf: KdfParameters
+    salt: bytes
+    chunk_size: int
+
+    def to_bytes(self) -> bytes:
+        """The header bytes, which are also the AAD of every chunk."""
+        k = self.kdf
+        return _HEADER.pack(
+            EXPORT_MAGIC, EXPORT_FORMAT, KDF_ARGON2ID,
+            k.time_cost, k.memory_cost, k.parallelism, self.salt, self.chunk_size,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ExportHeader:
+        """Parse and bound-check a header; the format byte is checked before anything else.
+
+        Raises:
+            IntegrityError: not an export file, or malformed.
+            SchemaTooNew: written by a newer version of this package.
+        """
+        if len(data) < len(EXPORT_MAGIC) or data[: len(EXPORT_MAGIC)] != EXPORT_MAGIC:
+            raise IntegrityError("not an mls-keystore export file (bad magic)")
+        if len(data) < _HEADER.size:
+            raise IntegrityError("export file is truncated (incomplete header)")
+        _, fmt, kdf_id, t, m, p, salt, chunk_size = _HEADER.unpack_from(data)
+        if fmt > EXPORT_FORMAT:
+            raise SchemaTooNew(
+                f"export format {fmt} is newer than this code reads ({EXPORT_FORMAT}); "
+                "upgrade mls-keystore"
+            )
+        if fmt != EXPORT_FORMAT:
+            raise IntegrityError(f"unknown export format {fmt}")
+        if kdf_id != KDF_ARGON2ID:
+            raise IntegrityError(f"unknown export KDF id {kdf_id}")
+        if not (t <= MAX_TIME_COST and m <= MAX_MEMORY_KIB and p <= MAX_PARALLELISM):
+            raise IntegrityError("export header asks for implausibly expensive KDF parameters")
+        try:
+            kdf = KdfParameters(t, m, p, "stored")
+        except ValueError as exc:
+            raise IntegrityError(f"export header has invalid KDF parameters ({exc})") from None
+        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise IntegrityError(f"export header has an invalid chunk size {chunk_size}")
+        return cls(kdf, bytes(salt), chunk_size)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSummary:
+    """What an export or import moved."""
+
+    rows: int
+    categories: int
+    plaintext_bytes: int
+
+
+def _derive(header: ExportHeader, passphrase: str | bytes) -> AESGCM:
+    key = hash_secret_raw(
+        normalize_passphrase(passphrase),
+        header.salt,
+        time_cost=header.kdf.time_cost,
+        memory_cost=header.kdf.memory_cost,
+        parallelism=header.kdf.parallelism,
+        hash_len=32,
+        type=Type.ID,
+    )
+    return AESGCM(key)
+
+
+def _nonce(index: int, last: bool) -> bytes:
+    return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def _encode_record(category: str, key: bytes, value: bytes) -> bytes:
+    cat = category.encode("utf-8")
+    return b"".join(
+        (bytes([_REC_ROW]), _U16.pack(len(cat)), cat, _U32.pack(len(key)), key,
+         _U32.pack(len(value)), value)
+    )
+
+
+def write_export(
+    out: BinaryIO,
+    records: Iterable[tuple[str, bytes, bytes]],
+    passphrase: str | bytes,
+    kdf: KdfParameters = RFC_9106_LOW_MEMORY,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> ExportSummary:
+    """Write ``records`` ``(category, key, value)`` to ``out`` as an export file.
+
+    Raises:
+        ValueError/TypeError: empty passphrase, chunk size out of range.
+    """
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
+    header = ExportHeader(kdf, os.urandom(_SALT_LEN), chunk_size)
+    aad = header.to_bytes()
+    aead = _derive(header, passphrase)
+    out.write(aad + aead.encrypt(_HEADER_NONCE, b"", aad))
+    buffer = bytearray()
+    index = rows = plain = 0
+    categories: set[str] = set()
+    for category, key, value in records:
+        buffer += _encode_record(category, key, value)
+        rows += 1
+        plain += len(key) + len(value)
+        categories.add(category)
+        while len(buffer) >= chunk_size:
+            out.write(aead.encrypt(_nonce(index, False), bytes(buffer[:chunk_size]), aad))
+            del buffer[:chunk_size]
+            index += 1
+    buffer += bytes([_REC_END]) + _U64.pack(rows)
+    while len(buffer) >= chunk_size:
+        out.write(aead.encrypt(_nonce(index, False), bytes(buffer[:chunk_size]), aad))
+        del buffer[:chunk_size]
+        index += 1
+    out.write(aead.encrypt(_nonce(index, True), bytes(buffer), aad))
+    return ExportSummary(rows=rows, categories=len(categories), plaintext_bytes=plain)
+
+
+def read_header(fh: BinaryIO) -> ExportHeader:
+    """Read and parse the header (no passphrase needed); leaves ``fh`` after it."""
+    return ExportHeader.from_bytes(fh.read(_HEADER.size))
+
+
+def _read_exactly(fh: BinaryIO, n: int) -> bytes:
+    parts = []
+    while n > 0:
+        part = fh.read(n)
+        if not part:
+            break
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def read_export(
+    fh: BinaryIO, passphrase: str | bytes
+) -> Iterator[tuple[str, bytes, bytes]]:
+    """Yield the records of an export file, authenticating chunk by chunk.
+
+    A damaged, truncated or extended file raises before the generator finishes:
+    whoever consumes it must commit nothing until it is exhausted.
+
+    Raises:
+        WrongPassphrase: wrong backup passphrase, or the header was edited.
+        IntegrityError: not an export file, or any damage after the header.
+        SchemaTooNew: a newer export format.
+    """
+    header = read_header(fh)
+    aad = header.to_bytes()
+    aead = _derive(header, passphrase)
+    try:
+        aead.decrypt(_HEADER_NONCE, _read_exactly(fh, _TAG_LEN), aad)
+    except InvalidTag:
+        raise WrongPassphrase(
+            "wrong backup passphrase (or the export file's header was modified)"
+        ) from None
+    parser = _RecordParser()
+    full = header.chunk_size + _TAG_LEN
+    index = 0
+    while True:
+        blob = _read_exactly(fh, full)
+        last = len(blob) < full
+        if len(blob) < _TAG_LEN:
+            raise IntegrityError("export file is truncated (final chunk missing)")
+        try:
+            piece = aead.decrypt(_nonce(index, last), blob, aad)
+        except InvalidTag:
+            raise IntegrityError(
+                f"export file is damaged or was modified (chunk {index} failed authentication)"
+            ) from None
+        yield from parser.feed(piece)
+        index += 1
+        if last:
+            break
+    parser.finish()
+
+
+class _RecordParser:
+    """Cuts the decrypted stream back into records, whatever the chunk boundaries."""
+
+    __slots__ = ("_buf", "_count", "_ended")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._count = 0
+        self._ended = False
+
+    def feed(self, data: bytes) -> Iterator[tuple[str, bytes, bytes]]:
+        if self._ended and data:
+            raise IntegrityError("export file has data after its end record")
+        self._buf += data
+        pos = 0
+        buf = self._buf
+        while not self._ended and pos < len(buf):
+            if buf[pos] == _REC_END:
+                if len(buf) - pos < 1 + _U64.size:
+                    break
+                (expected,) = _U64.unpack_from(buf, pos + 1)
+                if expected != self._count:
+                    raise IntegrityError("export file's record count does not match")
+                pos += 1 + _U64.size
+                self._ended = True
+                break
+            if buf[pos] != _REC_ROW:
+                raise IntegrityError(f"export file has an unknown record type {buf[pos]}")
+            record = self._row_at(pos)
+            if record is None:
+                break
+            pos, row = record
+            self._count += 1
+            yield row
+        del buf[:pos]
+        if self._ended and buf:
+            raise IntegrityError("export file has data after its end record")
+
+    def _row_at(self, pos: int) -> tuple[int, tuple[str, bytes, bytes]] | None:
+        buf = self._buf
+        p = pos + 1
+        if len(buf) < p + _U16.size:
+            return None
+        (cat_len,) = _U16.unpack_from(buf, p)
+        p += _U16.size
+        if len(buf) < p + cat_len + _U32.size:
+            return None
+        category = bytes(buf[p : p + cat_len])
+        p += cat_len
+        (key_len,) = _U32.unpack_from(buf, p)
+        if key_len > MAX_KEY_LEN:
+            raise IntegrityError("export file holds a row key over the size limit")
+        p += _U32.size
+        if len(buf) < p + key_len + _U32.size:
+            return None
+        key = bytes(buf[p : p + key_len])
+        p += key_len
+        (value_len,) = _U32.unpack_from(buf, p)
+        if value_len > MAX_VALUE_LEN:
+            raise IntegrityError("export file holds a value over the size limit")
+        p += _U32.size
+        if len(buf) < p + value_len:
+            return None
+        value = bytes(buf[p : p + value_len])
+        try:
+            name = category.decode("utf-8")
+        except UnicodeDecodeError:
+            raise IntegrityError("export file holds an undecodable category name") from None
+        return p + value_len, (name, key, value)
+
+    def finish(self) -> None:
+        if not self._ended:
+            raise IntegrityError("export file is truncated (no end record)")
+
+
+def _vault_records(vault: Vault, progress: ProgressCallback | None, total: int) -> Iterator[
+    tuple[str, bytes, bytes]
+]:
+    done = 0
+    for category in vault.categories():
+        for key, value in vault.items(category):
+            yield category, key, value
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+
+def export_vault(
+    vault: Vault,
+    out_path: str | os.PathLike[str],
+    backup_passphrase: str | bytes,
+    kdf: KdfParameters = RFC_9106_LOW_MEMORY,
+    *,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> ExportSummary:
+    """Export every row of an unlocked vault to ``out_path``.
+
+    The file is written under a temporary name beside ``out_path``, fsync'd, then
+    put in place: a crash never leaves half an export under the real name.
+
+    Raises:
+        FileExistsError: ``out_path`` exists and ``overwrite`` is false.
+        VaultLocked, IntegrityError: from reading the vault.
+    """
+    out = Path(out_path)
+    if not overwrite and (out.exists() or out.is_symlink()):
+        raise FileExistsError(f"{out} already exists; refusing to overwrite it")
+    normalize_passphrase(backup_passphrase)
+    total = vault.stats().total_rows
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.exporting")
+    try:
+        with tmp.open("xb") as fh:
+            summary = write_export(
+                fh, _vault_records(vault, progress, total), backup_passphrase, kdf
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, out)
+        else:
+            os.link(tmp, out)  # refuses a file that appeared meanwhile
+        _fsync_dir(out.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return summary
+
+
+def import_vault(
+    in_path: str | os.PathLike[str],
+    vault_path: str | os.PathLike[str],
+    backup_passphrase: str | bytes,
+    vault_passphrase: str | bytes,
+    kdf: KdfParameters = RFC_9106_LOW_MEMORY,
+    *,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> ExportSummary:
+    """Restore an export into a NEW vault at ``vault_path`` (new store id, new keys).
+
+    The new vault is built completely under a temporary name beside ``vault_path``
+    and renamed into place only after the whole export authenticated.  With
+    ``overwrite``, an existing vault is replaced only by that final rename, while
+    holding its writer lock; it is never deleted or truncated before.
+
+    Args:
+        progress: called as ``progress(bytes_read, file_size)``.
+
+    Raises:
+        FileExistsError: ``vault_path`` exists and ``overwrite`` is false.
+        VaultBusy: ``overwrite`` and the existing vault is open.
+        WrongPassphrase, IntegrityError, SchemaTooNew: the export is unusable;
+            nothing was written at ``vault_path``.
+    """
+    src, dest = Path(in_path), Path(vault_path)
+    normalize_passphrase(backup_passphrase)
+    normalize_passphrase(vault_passphrase)
+    lock: WriterLock | None = None
+    if dest.exists() or dest.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{dest} already exists; refusing to overwrite it")
+        if not dest.is_file():
+            raise FileExistsError(f"{dest} exists and is not a regular file; not replacing it")
+        lock = WriterLock.acquire(dest)
+    try:
+        if lock is not None:
+            _check_not_in_use(dest)
+        size = src.stat().st_size
+        with src.open("rb") as fh:
+            read_header(fh)  # fail on a non-export before building anything
+            fh.seek(0)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}.importing")
+            try:
+                summary = _build(tmp, fh, size, backup_passphrase, vault_passphrase, kdf,
+                                 progress)
+                if overwrite:
+                    os.replace(tmp, dest)
+                else:
+                    os.link(tmp, dest)
+                _fsync_dir(dest.parent)
+            finally:
+                for leftover in (tmp, *_sidecars(tmp)):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
+    finally:
+        if lock is not None:
+            lock.release()
+    return summary
+
+
+def _build(
+    tmp: Path,
+    fh: BinaryIO,
+    size: int,
+    backup_passphrase: str | bytes,
+    vault_passphrase: str | bytes,
+    kdf: KdfParameters,
+    progress: ProgressCallback | None,
+) -> ExportSummary:
+    rows = plain = 0
+    categories: set[str] = set()
+    with Vault.create(tmp, vault_passphrase, kdf=kdf) as vault:
+        batch: list[Change] = []
+        for category, key, value in read_export(fh, backup_passphrase):
+            batch.append(Change(category, key, value))
+            rows += 1
+            plain += len(key) + len(value)
+            categories.add(category)
+            if len(batch) >= _IMPORT_BATCH:
+                vault.apply(batch)
+                batch.clear()
+                if progress is not None:
+                    progress(fh.tell(), size)
+        vault.apply(batch)
+        if vault.stats().total_rows != rows:
+            raise IntegrityError("export file holds the same row twice")
+    if progress is not None:
+        progress(size, size)
+    if Path(f"{tmp}-wal").exists():
+        raise VaultBusy(f"could not checkpoint the new vault {tmp}; nothing was replaced")
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return ExportSummary(rows=rows, categories=len(categories), plaintext_bytes=plain)
+
+
+def _sidecars(path: Path) -> tuple[Path, ...]:
+    return tuple(Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", ".lock"))
+
+
+def _check_not_in_use(dest: Path) -> None:
+    """Refuse to replace a vault that a reader has open; fold in its write-ahead log.
+
+    A ``-wal`` or ``-shm`` file left beside the new vault would be read as its own.
+    Read-only connections leave both behind, so with the writer lock held we open
+    and close the old vault once: as the last connection, SQLite checkpoints and
+    removes them.  If they survive, someone still has the vault open.
+    """
+    sidecars = (Path(f"{dest}-wal"), Path(f"{dest}-shm"))
+    if not any(s.exists() for s in sidecars):
+        return
+    uri = f"file:{urllib.parse.quote(str(dest))}?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise VaultBusy(f"{dest} is in use or damaged ({exc}); not replacing it") from None
+    for sidecar in sidecars:
+        if sidecar.exists():
+            raise VaultBusy(
+                f"{dest} is open in another program ({sidecar.name} is in use); "
+                "close it, then retry"
+            )
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,247 @@
+"""The export file format and the export/import flows, in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keystore import (
+    Change,
+    IntegrityError,
+    SchemaTooNew,
+    Vault,
+    VaultBusy,
+    WrongPassphrase,
+    profiles,
+)
+from keystore.export import (
+    MIN_CHUNK_SIZE,
+    export_vault,
+    import_vault,
+    read_export,
+    write_export,
+)
+
+FAST = profiles.INSECURE_FOR_TESTS_ONLY
+PW = "vault passphrase"
+BACKUP_PW = "backup passphrase"
+CHUNK = MIN_CHUNK_SIZE
+HEADER_END = 42
+TAG_END = 58
+RECORDS = [
+    ("key_packages", b"kp-1", b"one"),
+    ("key_packages", b"", b""),
+    ("groups/epoch", b"\x00\xff", bytes(range(256)) * 20),  # spans several chunks
+    ("psks", "ключ".encode(), b"x" * CHUNK),
+]
+
+
+def _export_bytes(records: list[tuple[str, bytes, bytes]] = RECORDS) -> bytes:
+    out = io.BytesIO()
+    write_export(out, records, BACKUP_PW, FAST, chunk_size=CHUNK)
+    return out.getvalue()
+
+
+def _read(data: bytes, passphrase: str = BACKUP_PW) -> list[tuple[str, bytes, bytes]]:
+    return list(read_export(io.BytesIO(data), passphrase))
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A closed vault holding RECORDS."""
+    path = tmp_path / "source.vault"
+    with Vault.create(path, PW, kdf=FAST) as v:
+        v.apply(Change(c, k, val) for c, k, val in RECORDS)
+    return path
+
+
+@pytest.fixture
+def exported(source: Path, tmp_path: Path) -> Path:
+    """An export file of ``source``."""
+    out = tmp_path / "backup.mlksx"
+    with Vault.open(source, readonly=True) as v:
+        v.unlock(PW)
+        export_vault(v, out, BACKUP_PW, FAST)
+    return out
+
+
+def test_round_trip_restores_every_row_exactly() -> None:
+    """Every (category, key, value) read back equals what was written, in order."""
+    assert _read(_export_bytes()) == RECORDS
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "groups/x", "k.p:1"]),
+            st.binary(max_size=300),
+            st.binary(max_size=3000),
+        ),
+        max_size=12,
+    )
+)
+def test_round_trip_holds_for_any_records(records: list[tuple[str, bytes, bytes]]) -> None:
+    """Any record list survives, whatever falls on chunk boundaries."""
+    assert _read(_export_bytes(records)) == records
+
+
+@pytest.mark.parametrize("size", range(CHUNK - 40, CHUNK - 10))
+def test_stream_ending_on_a_chunk_boundary_round_trips(size: int) -> None:
+    """A stream that fills whole chunks exactly still ends with an authenticated last chunk."""
+    records = [("c", b"", b"v" * size)]
+    assert _read(_export_bytes(records)) == records
+
+
+def test_wrong_backup_passphrase_is_reported_as_such() -> None:
+    """A wrong backup passphrase fails the header tag: WrongPassphrase, no record yielded."""
+    with pytest.raises(WrongPassphrase, match="backup passphrase"):
+        _read(_export_bytes(), "not it")
+
+
+@pytest.mark.parametrize("offset", [9, 13, 25, 40, HEADER_END + 3])
+def test_edited_header_fails_as_wrong_passphrase(offset: int) -> None:
+    """Editing KDF parameters, salt, chunk size or header tag fails before any row is read."""
+    data = bytearray(_export_bytes())
+    data[offset] ^= 0x01
+    with pytest.raises((WrongPassphrase, IntegrityError)):
+        _read(bytes(data))
+
+
+@pytest.mark.parametrize("where", [0, 1, 2, -1])
+def test_flipped_byte_in_a_chunk_is_an_integrity_error(where: int) -> None:
+    """One flipped ciphertext bit in any chunk, first to last, raises IntegrityError."""
+    data = bytearray(_export_bytes())
+    offset = len(data) - 5 if where == -1 else TAG_END + where * (CHUNK + 16) + 7
+    data[offset] ^= 0x80
+    with pytest.raises(IntegrityError, match="chunk"):
+        _read(bytes(data))
+
+
+def test_truncation_at_a_chunk_boundary_is_detected() -> None:
+    """Dropping the last chunk (so the file ends on a full chunk) raises IntegrityError."""
+    data = _export_bytes()
+    full = CHUNK + 16
+    n_full = (len(data) - TAG_END) // full
+    with pytest.raises(IntegrityError):
+        _read(data[: TAG_END + n_full * full])
+
+
+def test_swapped_chunks_are_detected() -> None:
+    """Chunks are bound to their position: swapping two raises IntegrityError."""
+    data = _export_bytes()
+    full = CHUNK + 16
+    first, second = data[TAG_END : TAG_END + full], data[TAG_END + full : TAG_END + 2 * full]
+    swapped = data[:TAG_END] + second + first + data[TAG_END + 2 * full :]
+    with pytest.raises(IntegrityError):
+        _read(swapped)
+
+
+def test_appended_bytes_are_detected() -> None:
+    """Bytes after the last chunk make it a non-final chunk that fails: IntegrityError."""
+    with pytest.raises(IntegrityError):
+        _read(_export_bytes() + b"\x00")
+
+
+def test_newer_format_is_schema_too_new() -> None:
+    """A format byte above ours raises SchemaTooNew before any key derivation."""
+    data = bytearray(_export_bytes())
+    data[8] = 2
+    with pytest.raises(SchemaTooNew):
+        _read(bytes(data))
+
+
+def test_implausible_kdf_cost_is_refused_before_hashing() -> None:
+    """A header asking for 4 TiB of Argon2 memory is refused, not attempted."""
+    data = bytearray(_export_bytes())
+    data[14:18] = b"\xff\xff\xff\xff"
+    with pytest.raises(IntegrityError, match="implausibly"):
+        _read(bytes(data))
+
+
+@pytest.mark.parametrize("data", [b"", b"SQLite format 3\x00" + bytes(100), b"MLKSEXP\x00\x01"])
+def test_non_export_input_is_an_integrity_error(data: bytes) -> None:
+    """Empty, foreign or truncated-header input raises IntegrityError with a clear message."""
+    with pytest.raises(IntegrityError, match="export file"):
+        _read(data)
+
+
+def test_import_makes_a_new_vault_with_new_store_id_and_keys(
+    source: Path, exported: Path, tmp_path: Path
+) -> None:
+    """The imported vault holds every row under a new store id and new row-key hashes."""
+    dest = tmp_path / "restored.vault"
+    summary = import_vault(exported, dest, BACKUP_PW, "new passphrase", FAST)
+    assert summary.rows == len(RECORDS)
+    with Vault.open(dest) as v:
+        v.unlock("new passphrase")
+        assert sorted((c, k, val) for c in v.categories() for k, val in v.items(c)) == sorted(
+            RECORDS
+        )
+        new_id = v.store_id
+    with Vault.open(source, readonly=True) as old:
+        assert old.store_id != new_id
+    hashes = [
+        {bytes(r[0]) for r in sqlite3.connect(p).execute("SELECT key_hash FROM keystore_rows")}
+        for p in (source, dest)
+    ]
+    assert not hashes[0] & hashes[1]
+
+
+def test_import_refuses_an_existing_vault(source: Path, exported: Path) -> None:
+    """Without overwrite, import onto an existing vault raises and leaves it byte-identical."""
+    before = _digest(source)
+    with pytest.raises(FileExistsError):
+        import_vault(exported, source, BACKUP_PW, PW, FAST)
+    assert _digest(source) == before
+
+
+def test_import_overwrite_replaces_the_vault(source: Path, exported: Path) -> None:
+    """With overwrite, the old vault is replaced by the complete new one."""
+    with Vault.open(source, readonly=True) as v:
+        old_id = v.store_id
+    import_vault(exported, source, BACKUP_PW, "replaced", FAST, overwrite=True)
+    with Vault.open(source) as v:
+        v.unlock("replaced")
+        assert v.store_id != old_id
+        assert v.get("psks", "ключ".encode()) == b"x" * CHUNK
+
+
+def test_tampered_import_with_overwrite_keeps_the_old_vault(
+    source: Path, exported: Path, tmp_path: Path
+) -> None:
+    """A damaged export fails before the rename: old vault unchanged, no temporary left."""
+    data = bytearray(exported.read_bytes())
+    data[-3] ^= 0x01
+    exported.write_bytes(bytes(data))
+    before = _digest(source)
+    with pytest.raises(IntegrityError):
+        import_vault(exported, source, BACKUP_PW, PW, FAST, overwrite=True)
+    assert _digest(source) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_import_overwrite_of_an_open_vault_is_busy(source: Path, exported: Path) -> None:
+    """A vault open for writing elsewhere is not replaced: VaultBusy."""
+    with Vault.open(source), pytest.raises(VaultBusy):
+        import_vault(exported, source, BACKUP_PW, PW, FAST, overwrite=True)
+
+
+def test_export_refuses_an_existing_file(source: Path, exported: Path) -> None:
+    """Export does not overwrite an existing output file unless asked."""
+    before = _digest(exported)
+    with Vault.open(source, readonly=True) as v:
+        v.unlock(PW)
+        with pytest.raises(FileExistsError):
+            export_vault(v, exported, BACKUP_PW, FAST)
+    assert _digest(exported) == before
