@@ -1,0 +1,291 @@
+"""Regenerate ``format.json``: known answers for the vault formats in docs/format.md.
+
+Written from the byte-level spec alone, with Argon2id and the primitives of
+``cryptography``; nothing here imports ``keystore``, so the test that checks the
+implementation against these vectors compares two independent readings of the spec.
+Every input is fixed, so a rerun reproduces the file byte for byte.  Run from the
+project root: ``python -m tests.vectors.make_format_vectors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+MAGIC = b"MLKS"
+RAW_KEY_INFO = b"mls-keystore v1 raw-key wrap"
+PAGE_KEY_INFO = b"mls-keystore v1 sqlcipher page key"
+SIDECAR_MAGIC = b"MLKSSQLC"
+
+
+def _fill(start: int, n: int) -> bytes:
+    """``n`` bytes counting up from ``start`` (mod 256): recognizable in a hex dump."""
+    return bytes((start + i) % 256 for i in range(n))
+
+
+def authenticated_part(
+    *, flags: int, store_id: bytes, kdf_id: int, t: int, m: int, p: int, salt: bytes,
+    key_generation: int,
+) -> bytes:
+    """Header bytes 0..55, the AAD of the wrap."""
+    return (
+        MAGIC
+        + bytes([1, flags])
+        + store_id
+        + bytes([kdf_id])
+        + struct.pack(">III", t, m, p)
+        + bytes([len(salt)])
+        + salt
+        + struct.pack(">I", key_generation)
+    )
+
+
+def kek_from_passphrase(passphrase: str, salt: bytes, t: int, m: int, p: int) -> bytes:
+    """Argon2id v1.3, 32-byte tag, over the NFC-normalized UTF-8 passphrase."""
+    secret = unicodedata.normalize("NFC", passphrase).encode("utf-8")
+    return hash_secret_raw(secret, salt, t, m, p, 32, Type.ID)
+
+
+def kek_from_raw_key(raw_key: bytes, salt: bytes) -> bytes:
+    """HKDF-SHA256 with the header salt and the raw-key info label."""
+    return HKDF(hashes.SHA256(), 32, salt, RAW_KEY_INFO).derive(raw_key)
+
+
+def header_case(
+    name: str, *, passphrase: str | None, raw_key: bytes | None, flags: int,
+    kdf: tuple[int, int, int] | None, key_generation: int, seed: int,
+) -> dict[str, Any]:
+    """One header: its bytes, its fields, the KEK derived from its secret, and the unwrap."""
+    store_id, salt, nonce = _fill(seed, 16), _fill(seed + 0x40, 16), _fill(seed + 0x80, 12)
+    data_key, hash_key = _fill(seed + 0x10, 32), _fill(seed + 0xC0, 32)
+    t, m, p = kdf if kdf is not None else (0, 0, 0)
+    kdf_id = 1 if kdf is not None else 2
+    aad = authenticated_part(
+        flags=flags, store_id=store_id, kdf_id=kdf_id, t=t, m=m, p=p, salt=salt,
+        key_generation=key_generation,
+    )
+    if passphrase is not None:
+        kek = kek_from_passphrase(passphrase, salt, t, m, p)
+    else:
+        assert raw_key is not None
+        kek = kek_from_raw_key(raw_key, salt)
+    wrapped = AESGCM(kek).encrypt(nonce, data_key + hash_key, aad)
+    header = aad + nonce + bytes([len(wrapped)]) + wrapped
+    case: dict[str, Any] = {
+        "name": name,
+        "header": header.hex(),
+        "fields": {
+            "flags": flags,
+            "store_id": store_id.hex(),
+            "kdf_id": kdf_id,
+            "time_cost": t,
+            "memory_cost_kib": m,
+            "parallelism": p,
+            "salt": salt.hex(),
+            "key_generation": key_generation,
+            "wrap_nonce": nonce.hex(),
+            "wrapped": wrapped.hex(),
+        },
+        "aad": aad.hex(),
+    }
+    if passphrase is not None:
+        case["passphrase"] = passphrase
+        case["passphrase_bytes"] = unicodedata.normalize("NFC", passphrase).encode().hex()
+    else:
+        assert raw_key is not None
+        case["raw_key"] = raw_key.hex()
+    case.update(kek=kek.hex(), data_key=data_key.hex(), hash_key=hash_key.hex())
+    return case
+
+
+def header_cases() -> list[dict[str, Any]]:
+    """Argon2id (ASCII and a decomposed-Unicode passphrase), raw key, SQLCipher flag."""
+    return [
+        header_case(
+            "argon2id-ascii", passphrase="correct horse battery staple", raw_key=None,
+            flags=0, kdf=(1, 8, 1), key_generation=1, seed=0x00,
+        ),
+        header_case(
+            # "Zürich Ångström" typed with combining marks: NFC makes it 3 bytes shorter.
+            "argon2id-nfd-passphrase", passphrase="Zu\u0308rich A\u030angstro\u0308m",
+            raw_key=None, flags=0, kdf=(2, 16, 2), key_generation=3, seed=0x20,
+        ),
+        header_case(
+            "raw-key", passphrase=None, raw_key=_fill(0xE0, 32), flags=0, kdf=None,
+            key_generation=1, seed=0x50,
+        ),
+        header_case(
+            "argon2id-sqlcipher", passphrase="page keys too", raw_key=None, flags=1,
+            kdf=(1, 8, 1), key_generation=2, seed=0x70,
+        ),
+    ]
+
+
+def invalid_header_cases(valid: bytes) -> list[dict[str, str]]:
+    """Structurally bad headers a reader must refuse before deriving any key."""
+
+    def edit(offset: int, new: bytes) -> bytes:
+        return valid[:offset] + new + valid[offset + len(new) :]
+
+    raw_with_params = edit(22, bytes([2]))  # raw-key id, but t/m/p still non-zero
+    return [
+        {"name": "bad-magic", "header": edit(0, b"MLKT").hex()},
+        {"name": "unknown-header-format", "header": edit(4, bytes([2])).hex()},
+        {"name": "unknown-flag", "header": edit(5, bytes([0x02])).hex()},
+        {"name": "unknown-kdf-id", "header": edit(22, bytes([3])).hex()},
+        {"name": "raw-key-with-kdf-parameters", "header": raw_with_params.hex()},
+        {"name": "memory-below-argon2-minimum", "header": edit(27, struct.pack(">I", 7)).hex()},
+        {"name": "zero-time-cost", "header": edit(23, struct.pack(">I", 0)).hex()},
+        {"name": "salt-length-not-16", "header": edit(35, bytes([15])).hex()},
+        {"name": "wrapped-length-not-80", "header": edit(68, bytes([79])).hex()},
+        {"name": "truncated", "header": valid[:-1].hex()},
+        {"name": "trailing-byte", "header": (valid + b"\x00").hex()},
+        {"name": "too-short-for-fixed-part", "header": valid[:20].hex()},
+    ]
+
+
+def tampered_header_cases(case: dict[str, Any]) -> list[dict[str, str]]:
+    """Well-formed headers whose authenticated part was edited: the unwrap must fail."""
+    valid = bytes.fromhex(case["header"])
+
+    def edit(offset: int, new: bytes) -> dict[str, str]:
+        return {"header": (valid[:offset] + new + valid[offset + len(new) :]).hex()}
+
+    out = []
+    for name, offset, new in (
+        ("store-id-changed", 6, b"\xff"),
+        ("time-cost-raised", 23, struct.pack(">I", 2)),
+        ("salt-changed", 36, b"\x00"),
+        ("key-generation-changed", 52, struct.pack(">I", 9)),
+        ("wrap-nonce-changed", 56, b"\x00"),
+        ("wrapped-tag-changed", 148, b"\x00"),
+    ):
+        out.append({"name": name, "passphrase": case["passphrase"], **edit(offset, new)})
+    return out
+
+
+def key_hash_cases() -> list[dict[str, str]]:
+    """Keyed BLAKE2b-256 of row keys, per category."""
+    out = []
+    for i, (category, key) in enumerate(
+        (
+            ("c", b""),
+            ("openmls/v1/key_package", bytes.fromhex("0001020304")),
+            ("openmls/v1/key_package", bytes.fromhex("0001020305")),
+            ("mlsrs/v1/epoch", _fill(0x33, 24)),
+            ("A" + "z" * 127, b"max-length category"),
+        )
+    ):
+        hash_key = _fill(0x90 + i, 32)
+        category_key = hashlib.blake2b(
+            category.encode(), key=hash_key, digest_size=32, person=b"mlks-category"
+        ).digest()
+        key_hash = hashlib.blake2b(
+            key, key=category_key, digest_size=32, person=b"mlks-row-key"
+        ).digest()
+        out.append(
+            {
+                "hash_key": hash_key.hex(),
+                "category": category,
+                "row_key": key.hex(),
+                "category_key": category_key.hex(),
+                "key_hash": key_hash.hex(),
+            }
+        )
+    return out
+
+
+def page_key_cases(headers: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The SQLCipher page key of the SQLCipher-flagged header case."""
+    out = []
+    for case in headers:
+        if case["fields"]["flags"] & 1:
+            secrets = bytes.fromhex(case["data_key"] + case["hash_key"])
+            store_id = bytes.fromhex(case["fields"]["store_id"])
+            page_key = HKDF(hashes.SHA256(), 32, store_id, PAGE_KEY_INFO).derive(secrets)
+            out.append(
+                {
+                    "header_case": case["name"],
+                    "data_key": case["data_key"],
+                    "hash_key": case["hash_key"],
+                    "store_id": store_id.hex(),
+                    "page_key": page_key.hex(),
+                    "pragma_key": f"PRAGMA key = \"x'{page_key.hex()}'\"",
+                }
+            )
+    return out
+
+
+def sidecar_cases(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """A header file with one header, and one mid-rekey with a pending header."""
+    current = bytes.fromhex(case["header"])
+    f = case["fields"]
+    next_data_key = _fill(0xA5, 32)
+    salt = bytes.fromhex(f["salt"])
+    kek = bytes.fromhex(case["kek"])
+    pending_aad = authenticated_part(
+        flags=f["flags"], store_id=bytes.fromhex(f["store_id"]), kdf_id=f["kdf_id"],
+        t=f["time_cost"], m=f["memory_cost_kib"], p=f["parallelism"], salt=salt,
+        key_generation=f["key_generation"] + 1,
+    )
+    pending_nonce = _fill(0xD0, 12)
+    pending_wrapped = AESGCM(kek).encrypt(
+        pending_nonce, next_data_key + bytes.fromhex(case["hash_key"]), pending_aad
+    )
+    pending = pending_aad + pending_nonce + bytes([len(pending_wrapped)]) + pending_wrapped
+
+    def sidecar(schema_version: int, headers: list[bytes]) -> bytes:
+        body = b"".join(struct.pack(">H", len(h)) + h for h in headers)
+        return SIDECAR_MAGIC + bytes([1]) + struct.pack(">I", schema_version) + bytes(
+            [len(headers)]
+        ) + body
+
+    return [
+        {
+            "name": "one-header",
+            "header_case": case["name"],
+            "sidecar": sidecar(3, [current]).hex(),
+            "schema_version": 3,
+            "current": current.hex(),
+            "pending": None,
+        },
+        {
+            "name": "rekey-in-progress",
+            "header_case": case["name"],
+            "sidecar": sidecar(3, [current, pending]).hex(),
+            "schema_version": 3,
+            "current": current.hex(),
+            "pending": pending.hex(),
+            "pending_data_key": next_data_key.hex(),
+        },
+    ]
+
+
+def make() -> dict[str, Any]:
+    """Every vector set, deterministically."""
+    headers = header_cases()
+    return {
+        "description": "mls-keystore header, key wrapping, key hash, SQLCipher page key and "
+        "header file (docs/format.md); the row value format is in value_format.json",
+        "headers": headers,
+        "invalid_headers": invalid_header_cases(bytes.fromhex(headers[0]["header"])),
+        "tampered_headers": tampered_header_cases(headers[0]),
+        "key_hashes": key_hash_cases(),
+        "page_keys": page_key_cases(headers),
+        "sidecars": sidecar_cases(headers[3]),
+    }
+
+
+if __name__ == "__main__":
+    target = Path(__file__).with_name("format.json")
+    target.write_text(json.dumps(make(), indent=2) + "\n")
+    print(f"wrote {target}")
