@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from keystore.errors import VaultBusy
+from keystore.errors import VaultBusy, VaultIOError
 
 __all__ = ["WriterLock", "lock_path_for"]
 
@@ -39,9 +39,16 @@ class WriterLock:
 
         Raises:
             VaultBusy: another writer holds it (its pid is in the message when known).
+            VaultIOError: the lock file cannot be opened (read-only directory, a
+                directory in its place); nothing was written.
         """
         path = lock_path_for(vault_path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise VaultIOError(
+                f"cannot open the writer lock file {path}: {exc.strerror}"
+            ) from None
         deadline = time.monotonic() + max(0.0, timeout)
         delay = 0.005
         while True:
