@@ -7,6 +7,7 @@ bytes. Any violation raises :class:`~mls.native.errors.DecodeError`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -252,14 +253,14 @@ def read_u32(r: Reader) -> int:
     return r.u32()
 
 
-class Struct:
-    """Mixin for wire structs: subclasses provide ``encode`` and a ``decode`` classmethod."""
+class Struct(ABC):
+    """Base of wire structs: subclasses provide ``encode`` and a ``decode`` classmethod."""
 
     __slots__ = ()
 
+    @abstractmethod
     def encode(self, w: Writer) -> None:
         """Append the TLS encoding of ``self``."""
-        raise EncodeError(f"{type(self).__name__} does not define encode")
 
     def to_bytes(self) -> bytes:
         """TLS encoding of ``self``."""
