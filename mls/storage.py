@@ -204,8 +204,8 @@ class GranularStorage:
         self._policy: BackpressurePolicy = backpressure
         self._wake: Callable[[], None] | None = None
         self._flush: Callable[[], object] | None = None
-        self._wake_threshold = _NEVER
-        self._wake_at = _NEVER
+        self._wake_threshold = _NEVER  # pending events that wake the drainer, minus one
+        self._wake_at = _NEVER  # the same, or _NEVER once woken until the next drain
         self._attention_at = max_pending_events
 
     # ------------------------------------------------------------------ generic rows
@@ -368,7 +368,7 @@ class GranularStorage:
                 return
             self._commit(op)
         if len(self._log) >= self._wake_at:
-            self._attend()
+            self._wake_if_due()
 
     def _undo(self, op: _Operation, mark: int, *, release: bool) -> None:
         """Drop ``op``'s writes numbered above ``mark``; each row takes its last remaining value."""
@@ -468,7 +468,9 @@ class GranularStorage:
             if self._wake is not None:
                 raise RuntimeError("a drainer is already attached to this storage")
             self._wake, self._flush = wake, flush
-            self._wake_threshold = self._wake_at = max(1, threshold)
+            # Checked before a write appends: finding threshold-1 pending means the
+            # write about to be logged makes it threshold.
+            self._wake_threshold = self._wake_at = max(1, threshold) - 1
             self._attention_at = min(self._wake_at, self._max_events)
 
     def _detach(self, wake: Callable[[], None]) -> None:
@@ -494,6 +496,10 @@ class GranularStorage:
                     f"dirty log is full and flushing it failed ({type(exc).__name__})"
                 ) from exc
             return
+        self._wake_if_due()
+
+    def _wake_if_due(self) -> None:
+        """Wake the attached drainer once per drain when the log reaches its threshold."""
         wake = None
         with self._lock:
             if len(self._log) >= self._wake_at:
