@@ -1,0 +1,243 @@
+"""SQLCipher: our design against SQLCipher-only storage, and what the optional layer costs.
+
+Run: ``python -m bench.sqlcipher_bench [--quick] [--json OUT]``.
+
+* ``ours_vs_sqlcipher_plaintext``: ``Vault.apply`` on a plain-SQLite vault (row
+  encryption) ÷ SQLCipher holding *plaintext* rows, the design of Wire's native
+  keystore and of mls-rs's SQLite provider.  Same 1 KiB rows, batches of 1000, one
+  transaction per batch, same pragmas (WAL, ``synchronous=FULL``), raw SQLCipher key.
+  Reported as a throughput ratio (goal ≥ 1.5); run again with ``synchronous=OFF``
+  on both sides to separate CPU cost from fsync cost.
+* ``sqlcipher_layer_cost``: ``Vault.apply`` on a ``sqlcipher=True`` vault ÷ the same
+  on a plain vault (throughput ratio; 1.0 would be free).
+* ``sqlcipher_page_cost``: plaintext rows in SQLCipher ÷ in stdlib SQLite, fsync
+  off: what SQLCipher's page encryption itself costs.
+* ``raw_key_open``: opening a SQLCipher connection keyed by a passphrase
+  (SQLCipher's own PBKDF2) ÷ keyed by a raw key, as the vault does.
+
+Every ratio compares two subjects timed alternately in the same run (see
+``bench.common``); no absolute time is a claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import measure_pair, ratio
+from keystore import Change, Vault, profiles, sqlcipher
+from keystore.vault import Synchronous
+
+ROW_BYTES = 1024
+BATCH = 1000
+
+
+def _batches(count: int) -> list[list[Change]]:
+    return [
+        [Change("bench", f"row-{b}-{i}".encode(), os.urandom(ROW_BYTES)) for i in range(BATCH)]
+        for b in range(count)
+    ]
+
+
+def _vault_writer(vault: Vault, data: list[list[Change]]) -> Callable[[], None]:
+    def write() -> None:
+        for rows in data:
+            vault.apply(rows)
+
+    return write
+
+
+def _plaintext_store(
+    path: Path, synchronous: Synchronous, encrypted: bool = True
+) -> sqlite3.Connection:
+    """Plaintext rows in SQLCipher (or, ``encrypted=False``, stdlib SQLite): one table."""
+    conn = (
+        sqlcipher.connect(path, bytearray(os.urandom(32)), readonly=False, create=True)
+        if encrypted
+        else sqlite3.connect(path, isolation_level=None)
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute(
+        "CREATE TABLE kv (category TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,"
+        " PRIMARY KEY (category, key))"
+    )
+    return conn
+
+
+def _plaintext_writer(conn: sqlite3.Connection, data: list[list[Change]]) -> Callable[[], None]:
+    def write() -> None:
+        for rows in data:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO kv (category, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (category, key) DO UPDATE SET value = excluded.value",
+                [(r.category, r.key, r.value) for r in rows],
+            )
+            conn.execute("COMMIT")
+
+    return write
+
+
+def ours_vs_sqlcipher_plaintext(
+    batches: int = 10, repeats: int = 5, synchronous: Synchronous = "FULL"
+) -> dict[str, Any]:
+    """Plain vault ``apply`` throughput ÷ plaintext-rows-in-SQLCipher throughput.
+
+    ``synchronous="OFF"`` on both sides takes the fsync out, leaving the CPU cost
+    of each design (row sealing vs page encryption); it is not a durable setting.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        vault = Vault.create(
+            Path(tmp) / "v", "bench", kdf=profiles.INSECURE_FOR_TESTS_ONLY,
+            synchronous=synchronous,
+        )
+        base = _plaintext_store(Path(tmp) / "sqlcipher.db", synchronous)
+        data = _batches(batches)
+        try:
+            t_ours, t_base = measure_pair(
+                _vault_writer(vault, data), _plaintext_writer(base, data), repeats
+            )
+        finally:
+            vault.close()
+            base.close()
+    rows_total = batches * BATCH
+    return {
+        "name": "ours_vs_sqlcipher_plaintext",
+        "synchronous": synchronous,
+        "rows_per_repeat": rows_total,
+        "ours_rows_per_s": rows_total / t_ours.median,
+        "baseline_rows_per_s": rows_total / t_base.median,
+        "throughput_ratio": ratio(t_base, t_ours),
+        "goal": ">= 1.5",
+        "ours": t_ours.as_dict(),
+        "baseline": t_base.as_dict(),
+    }
+
+
+def sqlcipher_layer_cost(batches: int = 10, repeats: int = 5) -> dict[str, Any]:
+    """``sqlcipher=True`` vault ``apply`` throughput ÷ plain vault ``apply`` throughput."""
+    with tempfile.TemporaryDirectory() as tmp:
+        kdf = profiles.INSECURE_FOR_TESTS_ONLY
+        layered = Vault.create(Path(tmp) / "enc", "bench", kdf=kdf, sqlcipher=True)
+        plain = Vault.create(Path(tmp) / "plain", "bench", kdf=kdf)
+        data = _batches(batches)
+        try:
+            t_layered, t_plain = measure_pair(
+                _vault_writer(layered, data), _vault_writer(plain, data), repeats
+            )
+        finally:
+            layered.close()
+            plain.close()
+    rows_total = batches * BATCH
+    return {
+        "name": "sqlcipher_layer_cost",
+        "rows_per_repeat": rows_total,
+        "sqlcipher_vault_rows_per_s": rows_total / t_layered.median,
+        "plain_vault_rows_per_s": rows_total / t_plain.median,
+        "throughput_ratio": ratio(t_plain, t_layered),
+        "sqlcipher_vault": t_layered.as_dict(),
+        "plain_vault": t_plain.as_dict(),
+    }
+
+
+def sqlcipher_page_cost(batches: int = 10, repeats: int = 5) -> dict[str, Any]:
+    """Plaintext rows: SQLCipher throughput ÷ stdlib SQLite throughput, fsync taken out.
+
+    What SQLCipher's page encryption itself costs, to set against our row sealing.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        enc = _plaintext_store(Path(tmp) / "enc.db", "OFF")
+        plain = _plaintext_store(Path(tmp) / "plain.db", "OFF", encrypted=False)
+        data = _batches(batches)
+        try:
+            t_enc, t_plain = measure_pair(
+                _plaintext_writer(enc, data), _plaintext_writer(plain, data), repeats
+            )
+        finally:
+            enc.close()
+            plain.close()
+    rows_total = batches * BATCH
+    return {
+        "name": "sqlcipher_page_cost",
+        "synchronous": "OFF",
+        "sqlcipher_rows_per_s": rows_total / t_enc.median,
+        "sqlite_rows_per_s": rows_total / t_plain.median,
+        "throughput_ratio": ratio(t_plain, t_enc),
+    }
+
+
+def raw_key_open(repeats: int = 7) -> dict[str, Any]:
+    """Connect-and-read cost: passphrase-keyed SQLCipher (PBKDF2) ÷ raw-key SQLCipher."""
+    module = sqlcipher.require()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw_path, pw_path = Path(tmp) / "raw.db", Path(tmp) / "pw.db"
+        raw_key = bytearray(os.urandom(32))
+        conn = sqlcipher.connect(raw_path, raw_key, readonly=False, create=True)
+        conn.execute("CREATE TABLE t (x)")
+        conn.close()
+        conn = module.connect(str(pw_path))
+        conn.execute("PRAGMA key = 'a passphrase'")
+        conn.execute("CREATE TABLE t (x)")
+        conn.close()
+
+        def with_raw_key() -> None:
+            c = sqlcipher.connect(raw_path, raw_key, readonly=True)
+            c.execute("SELECT count(*) FROM t").fetchone()
+            c.close()
+
+        def with_passphrase() -> None:
+            c = module.connect(str(pw_path))
+            c.execute("PRAGMA key = 'a passphrase'")
+            c.execute("SELECT count(*) FROM t").fetchone()
+            c.close()
+
+        t_pw, t_raw = measure_pair(with_passphrase, with_raw_key, repeats)
+    return {
+        "name": "raw_key_open",
+        "passphrase_open_ms": t_pw.median * 1e3,
+        "raw_key_open_ms": t_raw.median * 1e3,
+        "passphrase_over_raw": ratio(t_pw, t_raw),
+    }
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Every SQLCipher benchmark, as plain dicts."""
+    if quick:
+        return [
+            ours_vs_sqlcipher_plaintext(batches=3, repeats=3),
+            ours_vs_sqlcipher_plaintext(batches=3, repeats=3, synchronous="OFF"),
+            sqlcipher_layer_cost(batches=3, repeats=3),
+            sqlcipher_page_cost(batches=3, repeats=3),
+            raw_key_open(repeats=3),
+        ]
+    return [
+        ours_vs_sqlcipher_plaintext(),
+        ours_vs_sqlcipher_plaintext(synchronous="OFF"),
+        sqlcipher_layer_cost(),
+        sqlcipher_page_cost(),
+        raw_key_open(),
+    ]
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    results = run(args.quick)
+    for r in results:
+        print(json.dumps(r, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
