@@ -157,6 +157,12 @@ def _translate(exc: Exception, path: Path) -> KeystoreError:
     if sqlcipher_layer.is_database_error(exc) and (
         "malformed" in msg or "not a database" in msg or "corrupt" in msg
     ):
+        if "not a database" in msg and sidecar_path_for(path).exists():
+            # A SQLCipher page failed its HMAC under the key this connection holds.
+            return IntegrityError(
+                f"vault {path} cannot be read with the page key in use: its writer "
+                "rekeyed it (lock and unlock again), or the file is corrupt"
+            )
         return IntegrityError(f"vault {path} is corrupt: {exc}")
     return VaultIOError(f"storage failure on vault {path}: {exc}")
 
@@ -286,6 +292,7 @@ class Vault:
         self._cipher: StoreCipher | None = None
         self._kek: bytearray | None = None
         self._mutex = threading.RLock()
+        self._file_id = _file_identity(path)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -882,6 +889,7 @@ class Vault:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                self._check_file_identity()
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -889,6 +897,19 @@ class Vault:
                 raise
         except sqlcipher_layer.db_error_types() as exc:
             raise _translate(exc, self._path) from exc
+
+    def _check_file_identity(self) -> None:
+        """Refuse to commit into a file that is no longer at our path.
+
+        SQLite keeps writing to the inode it opened: after the file was deleted or
+        replaced underneath, a commit would report success while the rows go to an
+        orphan that nobody will ever open again.
+        """
+        if _file_identity(self._path) != self._file_id:
+            raise VaultIOError(
+                f"vault {self._path} was deleted or replaced while open; nothing was "
+                "written. Put the file back (or close and reopen) and write again."
+            )
 
     def put(self, category: str, key: bytes, value: bytes) -> None:
         """Write one row (one transaction)."""
@@ -1278,6 +1299,15 @@ def _kdf_info(header: Header) -> KdfInfo:
         memory_cost_kib=header.kdf.memory_cost,
         parallelism=header.kdf.parallelism,
     )
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of the file at ``path`` now, or ``None`` if nothing is there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _file_bytes(path: Path) -> int:
