@@ -1,0 +1,293 @@
+"""What the durability barrier of ``MlsClient`` costs, against baselines measured in the same run.
+
+A durable send is at least an in-memory send plus one fsync'd commit, so that is the
+floor: mls-rs ``encrypt_application_message`` on an in-memory group, then one SQLite
+transaction (WAL, ``synchronous=FULL``) writing the same bytes our barrier writes (the
+group snapshot).  Three figures:
+
+* ``durable_send_over_floor`` — ``MlsClient.encrypt`` ÷ that floor (goal ≤ 1.3);
+* ``group_commit_16_over_memory_send`` — ``encrypt_many`` over 16 groups (one fsync),
+  per send, ÷ the in-memory send (goal ≤ 2);
+* ``send_cost_by_group_size`` — members 2 → 200: bytes written and time per durable
+  send, beside the in-memory send, because mls-rs hands over a whole group snapshot on
+  every write (no goal: a measurement).
+
+Run: ``python -m bench.client_bench [--quick] [--json PATH] [--dir DIR]``.  Vaults use
+the cheapest KDF profile: unlocking is not what is measured here (see unlock_bench).
+``--dir`` should be on the disk you care about: on tmpfs an fsync costs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import measure_ratio, summarize
+from keystore import profiles
+from mls.client import MlsClient
+from mls.mlsrs import load_binding
+
+__all__ = [
+    "durable_send_over_floor",
+    "group_commit_over_memory_send",
+    "main",
+    "run",
+    "send_cost_by_group_size",
+]
+
+PASSPHRASE = "bench passphrase"
+KDF = profiles.INSECURE_FOR_TESTS_ONLY  # unlocking is not measured here
+PLAINTEXT = b"x" * 100
+
+
+class _MemoryGroup:
+    """A raw mls-rs group with in-memory storage: the no-persistence send."""
+
+    def __init__(self, members: int):
+        b = load_binding()
+        suite = b.CipherSuite.CURVE25519_AES128
+
+        def client(name: bytes) -> Any:
+            return b.Client(name, b.generate_signature_keypair(suite), b.client_config_default())
+
+        self.group = client(b"sender").create_group(None)
+        if members > 1:
+            kps = [client(b"m%d" % i).generate_key_package_message() for i in range(members - 1)]
+            out = self.group.add_members(kps)
+            self.group.process_incoming_message(out.commit_message)
+
+    def send(self) -> bytes:
+        return bytes(self.group.encrypt_application_message(PLAINTEXT).to_bytes())
+
+
+class _SqliteFloor:
+    """One fsync'd SQLite transaction per call, writing a row of the given size."""
+
+    def __init__(self, path: Path, value: bytes):
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL)")
+        self.value = value
+
+    def commit(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (b"group", self.value))
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _client_with_group(directory: Path, name: str, members: int) -> tuple[MlsClient, bytes]:
+    """An MlsClient whose group has ``members`` members (the others live in memory only)."""
+    b = load_binding()
+    suite = b.CipherSuite.CURVE25519_AES128
+    client = MlsClient.create(directory / f"{name}.vault", PASSPHRASE, identity=b"sender", kdf=KDF)
+    gid = client.create_group()
+    if members > 1:
+        kps = [
+            bytes(
+                b.Client(b"m%d" % i, b.generate_signature_keypair(suite), b.client_config_default())
+                .generate_key_package_message()
+                .to_bytes()
+            )
+            for i in range(members - 1)
+        ]
+        client.add_members(gid, kps)
+    return client, gid
+
+
+def _snapshot_bytes(client: MlsClient) -> int:
+    """Stored (encrypted) bytes of the group-state rows: what each send rewrites."""
+    return client.vault.stats().categories["mlsrs/v1/group_state"].bytes
+
+
+def _times(fn: Callable[[], object], batch: int) -> Callable[[], None]:
+    def run_batch() -> None:
+        for _ in range(batch):
+            fn()
+
+    return run_batch
+
+
+def durable_send_over_floor(
+    directory: Path, *, batch: int = 20, repeats: int = 15
+) -> dict[str, Any]:
+    """``MlsClient.encrypt`` (barrier) ÷ (in-memory send + one fsync'd SQLite commit)."""
+    client, gid = _client_with_group(directory, "barrier", 2)
+    memory = _MemoryGroup(2)
+    client.encrypt(gid, PLAINTEXT)
+    row_bytes = _snapshot_bytes(client)
+    floor_db = _SqliteFloor(directory / "floor.sqlite", os.urandom(row_bytes))
+    try:
+
+        def floor() -> None:
+            memory.send()
+            floor_db.commit()
+
+        result = measure_ratio(
+            _times(lambda: client.encrypt(gid, PLAINTEXT), batch), _times(floor, batch), repeats
+        )
+        parts = measure_ratio(_times(memory.send, batch), _times(floor_db.commit, batch), repeats)
+    finally:
+        floor_db.close()
+        client.close()
+    return {
+        "name": "durable_send_over_floor",
+        "goal": "<= 1.3",
+        **result.as_dict(),
+        "per_send_ms": result.subject.median / batch * 1e3,
+        "floor_per_send_ms": result.baseline.median / batch * 1e3,
+        "memory_send_ms": parts.subject.median / batch * 1e3,
+        "sqlite_commit_ms": parts.baseline.median / batch * 1e3,
+        "bytes_written_per_send": row_bytes,
+        "batch": batch,
+        "repeats": repeats,
+    }
+
+
+def group_commit_over_memory_send(
+    directory: Path, *, groups: int = 16, repeats: int = 15
+) -> dict[str, Any]:
+    """``encrypt_many`` over ``groups`` groups (one fsync), per send ÷ in-memory send."""
+    client = MlsClient.create(directory / "many.vault", PASSPHRASE, identity=b"sender", kdf=KDF)
+    b = load_binding()
+    suite = b.CipherSuite.CURVE25519_AES128
+    gids = []
+    for i in range(groups):
+        gid = client.create_group()
+        peer = b.Client(b"p%d" % i, b.generate_signature_keypair(suite), b.client_config_default())
+        client.add_members(gid, [bytes(peer.generate_key_package_message().to_bytes())])
+        gids.append(gid)
+    memory = [_MemoryGroup(2) for _ in range(groups)]
+    items = [(gid, PLAINTEXT) for gid in gids]
+
+    def memory_sends() -> None:
+        for group in memory:
+            group.send()
+
+    try:
+        result = measure_ratio(lambda: client.encrypt_many(items), memory_sends, repeats)
+        single = measure_ratio(
+            _times(lambda: client.encrypt(gids[0], PLAINTEXT), groups), memory_sends, repeats
+        )
+    finally:
+        client.close()
+    return {
+        "name": "group_commit_16_over_memory_send" if groups == 16 else f"group_commit_{groups}",
+        "goal": "<= 2",
+        **result.as_dict(),
+        "groups": groups,
+        "amortized_send_ms": result.subject.median / groups * 1e3,
+        "memory_send_ms": result.baseline.median / groups * 1e3,
+        "unbatched_durable_send_ms": single.subject.median / groups * 1e3,
+        "speedup_over_unbatched": single.subject.median / result.subject.median,
+    }
+
+
+def send_cost_by_group_size(
+    directory: Path,
+    *,
+    sizes: tuple[int, ...] = (2, 10, 50, 100, 200),
+    batch: int = 5,
+    repeats: int = 9,
+) -> dict[str, Any]:
+    """Bytes written and time per durable send as the group grows (whole-snapshot writes).
+
+    At each size the durable send is timed alternately with its floor at that size
+    (in-memory send of a group as large + one fsync'd commit of as many bytes).
+    """
+    rows = []
+    for members in sizes:
+        client, gid = _client_with_group(directory, f"size{members}", members)
+        memory = _MemoryGroup(members)
+        client.encrypt(gid, PLAINTEXT)
+        row_bytes = _snapshot_bytes(client)
+        floor_db = _SqliteFloor(directory / f"floor{members}.sqlite", os.urandom(row_bytes))
+        try:
+
+            def floor(memory: _MemoryGroup = memory, db: _SqliteFloor = floor_db) -> None:
+                memory.send()
+                db.commit()
+
+            def send(client: MlsClient = client, gid: bytes = gid) -> None:
+                client.encrypt(gid, PLAINTEXT)
+
+            result = measure_ratio(_times(send, batch), _times(floor, batch), repeats)
+            memory_only = summarize(
+                [_timed(_times(memory.send, batch)) for _ in range(repeats)]
+            )
+            t0 = time.perf_counter()
+            client.update_keys(gid)
+            commit_s = time.perf_counter() - t0
+        finally:
+            floor_db.close()
+            client.close()
+        rows.append(
+            {
+                "members": members,
+                "bytes_written_per_send": row_bytes,
+                "durable_send_ms": result.subject.median / batch * 1e3,
+                "floor_ms": result.baseline.median / batch * 1e3,
+                "durable_over_floor": result.median,
+                "memory_send_ms": memory_only.median / batch * 1e3,
+                "update_keys_ms": commit_s * 1e3,
+            }
+        )
+    first, last = rows[0], rows[-1]
+    return {
+        "name": "send_cost_by_group_size",
+        "figure": "bytes_growth",
+        "bytes_growth": last["bytes_written_per_send"] / first["bytes_written_per_send"],
+        "time_growth": last["durable_send_ms"] / first["durable_send_ms"],
+        "rows": rows,
+    }
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(quick: bool = False, directory: Path | None = None) -> list[dict[str, Any]]:
+    """Every client benchmark, as plain dicts (``quick``: small sizes, seconds)."""
+    with tempfile.TemporaryDirectory(prefix="client-bench-", dir=directory) as tmp:
+        base = Path(tmp)
+        if quick:
+            return [
+                durable_send_over_floor(base, batch=5, repeats=5),
+                group_commit_over_memory_send(base, repeats=5),
+                send_cost_by_group_size(base, sizes=(2, 20), batch=3, repeats=3),
+            ]
+        return [
+            durable_send_over_floor(base),
+            group_commit_over_memory_send(base),
+            send_cost_by_group_size(base),
+        ]
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--dir", type=Path, help="where to put the vaults (default: $TMPDIR)")
+    args = parser.parse_args()
+    results = run(args.quick, args.dir)
+    for r in results:
+        print(json.dumps(r, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
