@@ -240,3 +240,19 @@ def test_without_extra_import_works_and_errors_name_it(vault_path: Path) -> None
     assert lines[1] == "created: False False"
     assert lines[2] == f"status: True {migrations.LATEST_VERSION}"
     assert lines[3].startswith("unlock:") and "mls-keystore[sqlcipher]" in lines[3]
+
+
+def test_reader_across_writer_rekey(vault_path: Path) -> None:
+    """A reader keyed before the writer's rekey is told to unlock again, and then reads."""
+    with _create(vault_path) as writer:
+        writer.put("groups", b"g", b"old")
+        with Vault.open(vault_path, readonly=True) as reader:
+            reader.unlock(PASSPHRASE)
+            assert reader.get("groups", b"g") == b"old"
+            writer.rekey()
+            writer.put("groups", b"g", b"new")
+            with pytest.raises(IntegrityError, match="unlock again"):
+                reader.get("groups", b"g")
+            reader.lock()
+            reader.unlock(PASSPHRASE)
+            assert reader.get("groups", b"g") == b"new"
