@@ -15,6 +15,7 @@ from keystore import (
     VaultLocked,
     WrongPassphrase,
 )
+from keystore.export import export_vault, import_vault
 from tests.conftest import FAST_KDF, PASSPHRASE
 from tests.sqlcipher.helpers import open_raw, page_key_of
 
@@ -161,3 +162,15 @@ def test_kind_survives_reopen(vault_path: Path, vault_kind: str) -> None:
     with Vault.open(vault_path) as v:
         assert v.sqlcipher is sqlcipher
         assert v.locked
+
+
+def test_export_then_import(kind_vault: Vault, tmp_path: Path) -> None:
+    """The export of either kind imports into a vault holding the same rows."""
+    _fill(kind_vault)
+    out = tmp_path / "backup.mlksx"
+    export_vault(kind_vault, out, "backup pass", kdf=FAST_KDF)
+    imported = tmp_path / "imported.vault"
+    import_vault(out, imported, "backup pass", PASSPHRASE, kdf=FAST_KDF)
+    with Vault.open(imported) as v:
+        v.unlock(PASSPHRASE)
+        assert _contents(v) == ROWS
