@@ -78,8 +78,18 @@ def measure_ratio(
     baseline: Callable[[], object],
     repeats: int,
     setup: Callable[[], object] | None = None,
+    warmup: int = 1,
 ) -> PairedRatio:
-    """Like :func:`measure_pair`, but also keep each repeat's subject ÷ baseline."""
+    """Like :func:`measure_pair`, but also keep each repeat's subject ÷ baseline.
+
+    ``warmup`` untimed rounds first, so one-time costs (imports, first allocations,
+    cold caches) are not charged to whichever side happens to run first.
+    """
+    for _ in range(warmup):
+        for fn in (subject, baseline):
+            if setup is not None:
+                setup()
+            fn()
     s_times: list[float] = []
     b_times: list[float] = []
     for _ in range(repeats):

@@ -1,0 +1,142 @@
+"""Persist cost against state size: granular write-behind vs whole-state snapshots.
+
+Run: ``python -m bench.persist_bench [--quick]`` (or through ``python -m bench``).
+
+For each state size N (entries of 1 KiB in 10 categories; 10k entries ≈ 10 MB), one
+changed entry is made durable two ways, timed alternately in the same run:
+
+* *granular* (ours): ``GranularStorage.write`` of the entry, then
+  ``WriteBehindDrainer.flush`` — one ``Vault.apply`` transaction of that one row,
+  durable when it returns.  The worst case for us: nothing is batched.
+* *snapshot* (:class:`bench.baselines.SnapshotStore`): serialize the whole state,
+  AES-256-GCM it as one blob, write, fsync, rename, fsync the directory.
+
+Figures: snapshot ÷ granular at each N (goal ≥ 1000x at 10k entries), and how flat the
+granular cost stays as N grows (goal: within ±20 % of its cost at 1k entries).  Both
+sides pay one fsync per change, which is what bounds the first ratio; the amortized
+figure (``batched_speedup``: 1000 changes per flush) shows what write-behind buys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.baselines import SnapshotStore
+from bench.common import measure_ratio
+from keystore import Change, Vault, profiles
+from mls import GranularStorage, WriteBehindDrainer
+
+__all__ = ["persist_curve", "run"]
+
+_VALUE_BYTES = 1024
+_CATEGORIES = 10
+_BATCH = 1000
+
+
+def _category(i: int) -> str:
+    return f"bench/c{i % _CATEGORIES}"
+
+
+def _one_size(entries: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    keys = [f"entry-{i}".encode() for i in range(entries)]
+    vault = Vault.create(tmp / f"v{entries}", "bench", kdf=profiles.INSECURE_FOR_TESTS_ONLY)
+    try:
+        vault.apply(Change(_category(i), k, os.urandom(_VALUE_BYTES)) for i, k in enumerate(keys))
+        storage = GranularStorage.load(vault)
+        drainer = WriteBehindDrainer(storage, vault)
+        state: dict[str, dict[bytes, bytes]] = {
+            c: dict(storage.items(c)) for c in storage.categories()
+        }
+        snapshot = SnapshotStore(tmp / f"s{entries}", os.urandom(32))
+        snapshot.save(state)
+        state_bytes = sum(len(k) + len(v) for rows in state.values() for k, v in rows.items())
+        turn = iter(range(1 << 62))
+
+        def granular() -> None:
+            i = next(turn) % entries
+            storage.write(_category(i), keys[i], os.urandom(_VALUE_BYTES))
+            drainer.flush()
+
+        def snapshot_one() -> None:
+            i = next(turn) % entries
+            state[_category(i)][keys[i]] = os.urandom(_VALUE_BYTES)
+            snapshot.save(state)
+
+        one = measure_ratio(snapshot_one, granular, repeats)
+
+        def granular_batch() -> None:
+            for _ in range(_BATCH):
+                i = next(turn) % entries
+                storage.write(_category(i), keys[i], os.urandom(_VALUE_BYTES))
+            drainer.flush()
+
+        # One batch of writes per repeat, against one snapshot (per change) per repeat.
+        batched = measure_ratio(granular_batch, snapshot_one, repeats)
+    finally:
+        vault.close()
+    per_change = batched.subject.median / _BATCH
+    return {
+        "name": f"persist_one_change_{entries}",
+        "entries": entries,
+        "state_bytes": state_bytes,
+        "figure": "speedup",
+        "speedup": one.median,
+        "speedup_min": one.low,
+        "speedup_max": one.high,
+        "ours": one.baseline.as_dict(),
+        "baseline": one.subject.as_dict(),
+        "batched_per_change_s": per_change,
+        "batched_speedup": one.subject.median / per_change,
+        **({"goal": ">= 1000"} if entries == 10_000 else {}),
+    }
+
+
+def persist_curve(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    """One result per state size, then the flatness of the granular cost."""
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [_one_size(n, repeats, Path(tmp)) for n in sizes]
+    base = next((r for r in results if r["entries"] == 1000), results[0])
+    base_s = base["ours"]["median_s"]
+    deviations = {
+        r["entries"]: r["ours"]["median_s"] / base_s - 1
+        for r in results
+        if r["entries"] >= base["entries"]
+    }
+    worst = max(deviations.values(), key=abs)
+    results.append(
+        {
+            "name": f"granular_cost_flatness_vs_{base['entries']}",
+            "figure": "worst_deviation",
+            "worst_deviation": worst,
+            "deviation_by_entries": deviations,
+            "goal": "flat ±20 %",
+            "met": all(abs(d) <= 0.2 for d in deviations.values()),
+        }
+    )
+    return results
+
+
+def run(quick: bool = False, *, tiny: bool = False) -> list[dict[str, Any]]:
+    """The curve at 100 → 100k entries (full), 100 → 10k (quick) or two tiny sizes."""
+    if tiny:
+        return persist_curve([100, 1000], 3)
+    if quick:
+        return persist_curve([100, 1000, 10_000], 3)
+    return persist_curve([100, 1000, 10_000, 100_000], 7)
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
+    args = parser.parse_args()
+    print(json.dumps(run(args.quick), indent=2))
+
+
+if __name__ == "__main__":
+    main()

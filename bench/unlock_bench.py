@@ -1,0 +1,158 @@
+"""Unlock and rehydrate: what opening a client costs beyond the KDF it cannot avoid.
+
+Run: ``python -m bench.unlock_bench [--quick]`` (or through ``python -m bench``).
+
+* ``unlock_rehydrate``: ``Vault.open`` + ``unlock`` + ``GranularStorage.load`` of a vault
+  holding N entries ÷ the least any encrypted store must do to get the same maps into
+  memory: Argon2id with the same profile, a plain ``SELECT`` of every row from a
+  stdlib-SQLite table of AES-GCM-sealed values, and one AES-GCM decrypt per row into
+  ``{category: {key: value}}`` (goal ≤ 1.3x).  Measured with the default profile, where
+  the KDF dominates, and with the test-only profile, where the ratio is the rehydrate
+  overhead alone.
+* ``unlock_per_profile``: ``Vault.open`` + ``unlock`` ÷ bare Argon2id of the same
+  profile, for each named profile (informative: the absolute time is what a user
+  waits, the ratio is what the vault adds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from bench.baselines import PlaintextRows, seal_values
+from bench.common import measure_ratio
+from keystore import Change, KdfParameters, Vault, profiles
+from mls import GranularStorage
+
+__all__ = ["run", "unlock_per_profile", "unlock_rehydrate"]
+
+_PASSPHRASE = "bench passphrase"
+_VALUE_BYTES = 1024
+_CATEGORIES = 10
+_NONCE_LEN = 12
+
+
+def _argon2id(profile: KdfParameters, salt: bytes) -> bytes:
+    return hash_secret_raw(
+        _PASSPHRASE.encode(),
+        salt,
+        time_cost=profile.time_cost,
+        memory_cost=profile.memory_cost,
+        parallelism=profile.parallelism,
+        hash_len=32,
+        type=Type.ID,
+    )
+
+
+def _entries(n: int) -> list[tuple[str, bytes, bytes]]:
+    return [
+        (f"bench/c{i % _CATEGORIES}", f"entry-{i}".encode(), os.urandom(_VALUE_BYTES))
+        for i in range(n)
+    ]
+
+
+def unlock_rehydrate(
+    entries: int, profile: KdfParameters, repeats: int
+) -> dict[str, Any]:
+    """Open + unlock + rehydrate N entries ÷ (Argon2id + raw scan + AES-GCM decrypt)."""
+    rows = _entries(entries)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "v"
+        with Vault.create(path, _PASSPHRASE, kdf=profile) as vault:
+            vault.apply(Change(c, k, v) for c, k, v in rows)
+
+        data_key = os.urandom(32)
+        salt = os.urandom(16)
+        plain = PlaintextRows(Path(tmp) / "plain.db")
+        sealed = seal_values(AESGCM(data_key), (v for _, _, v in rows), len(rows))
+        plain.upsert([(c, k, s) for (c, k, _), s in zip(rows, sealed, strict=True)])
+        plain.close()
+
+        def ours() -> None:
+            with Vault.open(path) as v:
+                v.unlock(_PASSPHRASE)
+                GranularStorage.load(v)
+
+        def baseline() -> None:
+            _argon2id(profile, salt)
+            decrypt = AESGCM(data_key).decrypt
+            conn = sqlite3.connect(Path(tmp) / "plain.db")
+            state: dict[str, dict[bytes, bytes]] = {}
+            try:
+                for category, key, blob in conn.execute("SELECT category, key, value FROM kv"):
+                    rows_of = state.get(category)
+                    if rows_of is None:
+                        rows_of = state[category] = {}
+                    rows_of[key] = decrypt(blob[:_NONCE_LEN], blob[_NONCE_LEN:], None)
+            finally:
+                conn.close()
+            if sum(map(len, state.values())) != entries:
+                raise AssertionError("baseline rehydrated the wrong number of rows")
+
+        result = measure_ratio(ours, baseline, repeats)
+    return {
+        "name": f"unlock_rehydrate_{entries}_{profile.name}",
+        "entries": entries,
+        "value_bytes": _VALUE_BYTES,
+        "kdf": profile.name,
+        **result.as_dict(),
+        "goal": "<= 1.3",
+    }
+
+
+def unlock_per_profile(profile: KdfParameters, repeats: int) -> dict[str, Any]:
+    """``Vault.open`` + ``unlock`` of an empty vault ÷ Argon2id of the same profile."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "v"
+        Vault.create(path, _PASSPHRASE, kdf=profile).close()
+        salt = os.urandom(16)
+
+        def ours() -> None:
+            with Vault.open(path) as v:
+                v.unlock(_PASSPHRASE)
+
+        result = measure_ratio(ours, lambda: _argon2id(profile, salt), repeats)
+    return {
+        "name": f"unlock_{profile.name}",
+        "kdf": profile.name,
+        "unlock_ms": result.subject.median * 1e3,
+        **result.as_dict(),
+    }
+
+
+def run(quick: bool = False, *, tiny: bool = False) -> list[dict[str, Any]]:
+    """Every unlock benchmark as plain dicts; ``tiny`` is for the harness smoke test.
+
+    RFC_9106_HIGH_MEMORY (2 GiB, seconds per unlock) runs only at full size.
+    """
+    fast, default = profiles.INSECURE_FOR_TESTS_ONLY, profiles.RFC_9106_LOW_MEMORY
+    if tiny:
+        return [unlock_rehydrate(200, fast, 3), unlock_per_profile(fast, 3)]
+    entries, repeats = (10_000, 3) if quick else (10_000, 7)
+    results = [
+        unlock_rehydrate(entries, default, repeats),
+        unlock_rehydrate(entries, fast, repeats),
+    ]
+    per_profile = [fast, default] if quick else [fast, default, profiles.RFC_9106_HIGH_MEMORY]
+    results += [unlock_per_profile(p, repeats) for p in per_profile]
+    return results
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
+    args = parser.parse_args()
+    print(json.dumps(run(args.quick), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The benchmark harness: end-to-end tiny run, crash and missing-module handling, goals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import bench.__main__ as bench_main
+from bench.harness import Suite, SuiteOutcome, figures_of, judge, run_suites
+
+CRASHING = Suite("boom", "tests.bench._crashing_bench", tiny=True)
+MISSING = Suite("ghost", "bench.no_such_bench_module", tiny=True)
+UNLOCK = Suite("unlock", "bench.unlock_bench", tiny=True)
+
+
+def test_tiny_run_end_to_end_writes_json_plots_and_table(tmp_path: Path) -> None:
+    """`python -m bench --tiny` runs every tiny suite, writes JSON and PNG plots, exits 0."""
+    out = tmp_path / "bench.json"
+    rc = bench_main.main(["--tiny", "--json", str(out), "--plots", str(tmp_path / "img")])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    ran = {s["suite"] for s in report["suites"] if s["status"] == "ok"}
+    assert {"unlock", "persist", "throughput"} <= ran
+    assert {f["suite"] for f in report["figures"]} >= {"unlock", "persist", "throughput"}
+    pngs = sorted((tmp_path / "img").glob("*.png"))
+    assert len(pngs) == 3
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_crashing_suite_is_reported_and_the_others_still_run() -> None:
+    """A benchmark that raises is recorded as crashed; later suites still run."""
+    outcomes = run_suites("tiny", [CRASHING, UNLOCK])
+    assert [o.status for o in outcomes] == ["crashed", "ok"]
+    assert "benchmark exploded" in (outcomes[0].error or "")
+
+
+def test_crash_makes_the_command_exit_non_zero(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a crash fails the command (exit 1)."""
+    monkeypatch.setattr(bench_main, "SUITES", (CRASHING,))
+    assert bench_main.main(["--tiny"]) == 1
+    assert "boom: crashed" in capsys.readouterr().out
+
+
+def test_missing_module_is_reported_without_failing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A benchmark module that does not exist yet is listed as missing; exit 0."""
+    monkeypatch.setattr(bench_main, "SUITES", (MISSING,))
+    assert bench_main.main(["--tiny"]) == 0
+    assert "ghost: missing" in capsys.readouterr().out
+
+
+def test_missed_goal_does_not_fail_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A figure that misses its goal is a finding, not an error (exit 0)."""
+    monkeypatch.setattr(bench_main, "SUITES", (UNLOCK,))
+    monkeypatch.setattr(
+        "bench.unlock_bench.run",
+        lambda quick=False, tiny=False: [{"name": "slow", "ratio": 9.0, "goal": "<= 1.3"}],
+    )
+    assert bench_main.main(["--tiny"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "goal", "met", "verdict"),
+    [
+        (0.6, ">= 0.75", None, "missed"),
+        (0.8, ">= 0.75", None, "met"),
+        (3.9, "<= 4", None, "met"),
+        (12.0, "< 10 ms", None, "missed"),
+        (1.0, "≤ 1.3", None, "met"),
+        (0.3, "flat ±20 %", False, "missed"),
+        (0.1, "flat ±20 %", None, "unjudged"),
+        (5.0, None, None, "info"),
+    ],
+)
+def test_judge_compares_a_figure_with_its_goal(
+    value: float, goal: str | None, met: bool | None, verdict: str
+) -> None:
+    """Threshold goals are parsed; an explicit `met` wins; no goal is informative."""
+    assert judge(value, goal, met) == verdict
+
+
+def test_spread_of_a_throughput_ratio_is_derived_from_its_timings() -> None:
+    """A baseline÷ours figure without its own spread gets one from both timing ranges."""
+    result = {
+        "name": "apply",
+        "throughput_ratio": 2.0 / 4.0,
+        "ours": {"median_s": 4.0, "min_s": 3.0, "max_s": 5.0},
+        "baseline": {"median_s": 2.0, "min_s": 1.0, "max_s": 3.0},
+    }
+    [figure] = figures_of([SuiteOutcome("keystore", "ok", results=[result])])
+    assert (figure.low, figure.high) == (1.0 / 5.0, 3.0 / 3.0)
+
+
+def test_update_doc_replaces_only_the_generated_section(tmp_path: Path) -> None:
+    """--update-doc rewrites the table between its markers and keeps the prose."""
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Intro\n\n{bench_main.BEGIN}\nold table\n{bench_main.END}\n\n## Why\n")
+    assert bench_main.main(["--tiny", "--suite", "unlock", "--update-doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# Intro\n\n") and text.endswith("\n\n## Why\n")
+    assert "old table" not in text
+    assert "unlock_rehydrate_200" in text
+
+
+def test_update_doc_without_markers_is_refused_before_running(tmp_path: Path) -> None:
+    """A Markdown file with no generated section is left untouched (exit 2)."""
+    doc = tmp_path / "notes.md"
+    doc.write_text("# Hand-written\n")
+    assert bench_main.main(["--tiny", "--suite", "unlock", "--update-doc", str(doc)]) == 2
+    assert doc.read_text() == "# Hand-written\n"
