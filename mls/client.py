@@ -315,12 +315,22 @@ class MlsClient:
 
     @contextlib.contextmanager
     def _durable(self, what: str) -> Iterator[None]:
-        """One storage operation around the block, then a flush: the barrier."""
+        """One storage operation around the block, then a flush: the barrier.
+
+        If anything fails, the cached engine groups are dropped: they may be ahead of
+        the storage (whose operation was rolled back), and are reloaded from it on next
+        use, so a failed call leaves the client as if it had not been made.
+        """
         with self._lock:
             self._check_open()
-            with self._engine(what), self._storage.operation():
-                yield
-            self._flush()
+            try:
+                with self._engine(what), self._storage.operation():
+                    yield
+                self._flush()
+            except BaseException:
+                self._groups.clear()
+                self._members.clear()
+                raise
 
     def _group(self, group_id: bytes) -> Any:
         group_id = _check_bytes(group_id, "group id")
@@ -461,9 +471,9 @@ class MlsClient:
             group_id = _check_bytes(group_id, "group id")
             if not group_id:
                 raise ValueError("group id must not be empty")
-            if group_id in self._store.group_ids():
-                raise ValueError("this client already has a group with that id")
         with self._durable("create a group"):
+            if group_id is not None and group_id in self._store.group_ids():
+                raise ValueError("this client already has a group with that id")
             group = self._client.create_group(group_id)
             gid = self._save(group)
             self._groups[gid] = group

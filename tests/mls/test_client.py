@@ -224,6 +224,16 @@ def test_engine_errors_are_wrapped(make: Factory) -> None:
         bob.process(gid, ct)
 
 
+def test_failed_batch_leaves_messages_processable(make: Factory) -> None:
+    """When one message of a batch fails, none counts: each can be processed again."""
+    alice, bob, gid = pair(make)
+    first, second = alice.encrypt(gid, b"first"), alice.encrypt(gid, b"second")
+    bob.process(gid, second)
+    with pytest.raises(MlsEngineError):
+        bob.process_many([(gid, first), (gid, second)])
+    assert bob.process(gid, first).data == b"first"
+
+
 def test_garbage_message_is_rejected(make: Factory) -> None:
     """Bytes that are not an MLS message raise an MlsError subclass."""
     alice, _, gid = pair(make)
