@@ -6,9 +6,11 @@ callers can handle engine failures without knowing which library sits underneath
 
 from __future__ import annotations
 
+from mls.errors import MlsError as _LayerError
 
-class MlsError(Exception):
-    """Base class of every error raised by the native engine."""
+
+class MlsError(_LayerError):
+    """Base class of every error raised by the native engine (a :class:`mls.errors.MlsError`)."""
 
 
 class DecodeError(MlsError):
@@ -48,3 +50,23 @@ class InvalidMessage(MlsError):
 
 class KeyNotFound(MlsError):
     """A ratchet key is unavailable (already used, deleted, or outside the window)."""
+
+
+class InvalidProposal(InvalidMessage):
+    """A proposal, or a commit's list of proposals, breaks the rules of RFC 9420 §12.1-§12.2."""
+
+
+class InvalidLeafNode(InvalidMessage):
+    """A LeafNode or KeyPackage fails validation (§7.3, §10.1): capabilities, lifetime, keys."""
+
+
+class EpochMismatch(InvalidMessage):
+    """A message is for an epoch this member cannot process (stale, future, or aged out)."""
+
+
+class UnknownGroup(MlsError):
+    """The engine holds no group with this id (never joined, or removed and forgotten)."""
+
+
+class UnknownKeyPackage(MlsError):
+    """A Welcome addresses none of the key packages this engine holds."""
