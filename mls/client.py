@@ -538,13 +538,18 @@ class MlsClient:
         return self.encrypt_many([(group_id, plaintext)])[0]
 
     def encrypt_many(self, items: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
-        """Encrypt for many groups with ONE vault commit (group commit); results in order."""
+        """Encrypt for many groups with ONE vault commit (group commit); results in order.
+
+        Each group's snapshot is written once, however many of the messages are for it.
+        """
         pairs = [(g, _check_bytes(p, "plaintext")) for g, p in items]
         out: list[bytes] = []
         with self._durable("encrypt"):
+            touched: dict[bytes, Any] = {}
             for group_id, plaintext in pairs:
-                group = self._group(group_id)
+                group = touched[group_id] = self._group(group_id)
                 out.append(bytes(group.encrypt_application_message(plaintext).to_bytes()))
+            for group in touched.values():
                 self._save(group)
         return out
 

@@ -272,6 +272,19 @@ def test_encrypt_many_and_process_many_across_groups(make: Factory) -> None:
     assert [r.data for r in got] == [f"to {i}".encode() for i in range(4)]
 
 
+def test_encrypt_many_in_one_group_survives_reopen(tmp_path: Path, make: Factory) -> None:
+    """Several messages for one group in a batch: all decrypt, also after a reopen."""
+    alice, bob, gid = pair(make)
+    batch = alice.encrypt_many([(gid, b"a"), (gid, b"b"), (gid, b"c")])
+    alice = reopen(tmp_path, alice)
+    try:
+        later = alice.encrypt(gid, b"d")
+    finally:
+        alice.close()
+    got = bob.process_many([(gid, m) for m in [*batch, later]])
+    assert [r.data for r in got] == [b"a", b"b", b"c", b"d"]
+
+
 def test_closed_client_refuses_calls(make: Factory) -> None:
     """Calls on a closed client raise instead of touching a closed vault."""
     alice = make("alice")
