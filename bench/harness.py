@@ -130,9 +130,7 @@ class Figure:
 
 
 def _call(module: ModuleType, suite: Suite, size: Size) -> object:
-    run = getattr(module, "run", None)
-    if not callable(run):
-        raise TypeError(f"{suite.module} has no run(quick) entry point")
+    run = module.run
     if size == "tiny":
         return run(True, tiny=True)
     return run(size == "quick")
@@ -173,6 +171,17 @@ def run_suites(
         start = time.perf_counter()
         try:
             module = importlib.import_module(suite.module)
+            if not callable(getattr(module, "run", None)):
+                # Not wired into the harness yet: a gap to report, not a crash.
+                outcomes.append(
+                    SuiteOutcome(
+                        suite.name,
+                        "skipped",
+                        time.perf_counter() - start,
+                        error=f"{suite.module} has no run(quick) entry point",
+                    )
+                )
+                continue
             results = _as_results(_call(module, suite, size), suite.module)
         except Exception as exc:
             outcomes.append(
@@ -260,11 +269,31 @@ def _spread(
     return None, None
 
 
+def _labels(results: list[dict[str, Any]]) -> list[str]:
+    """Result names, with the scalar fields that tell same-named results apart."""
+    names = [str(r.get("name", "?")) for r in results]
+    labels = list(names)
+    for name in set(names):
+        same = [i for i, n in enumerate(names) if n == name]
+        if len(same) < 2:
+            continue
+        fields = [
+            k
+            for k, v in results[same[0]].items()
+            if isinstance(v, str | int) and k != "name"
+            and len({repr(results[i].get(k)) for i in same}) > 1
+        ]
+        for i in same:
+            extra = ", ".join(f"{k}={results[i].get(k)}" for k in fields[:2])
+            labels[i] = f"{name} [{extra}]" if extra else f"{name} #{same.index(i) + 1}"
+    return labels
+
+
 def figures_of(outcomes: Iterable[SuiteOutcome]) -> list[Figure]:
     """The headline figure of every result that has one."""
     figures = []
     for outcome in outcomes:
-        for result in outcome.results:
+        for result, label in zip(outcome.results, _labels(outcome.results), strict=True):
             key = _figure_key(result)
             if key is None:
                 continue
@@ -276,7 +305,7 @@ def figures_of(outcomes: Iterable[SuiteOutcome]) -> list[Figure]:
             figures.append(
                 Figure(
                     outcome.suite,
-                    str(result.get("name", "?")),
+                    label,
                     key,
                     value,
                     low,

@@ -54,6 +54,23 @@ def test_missing_module_is_reported_without_failing(
     assert "ghost: missing" in capsys.readouterr().out
 
 
+def test_module_without_entry_point_is_skipped_not_crashed() -> None:
+    """A module with no run(quick) is reported as not wired in, and is no crash."""
+    [outcome] = run_suites("tiny", [Suite("norun", "tests.bench", tiny=True)])
+    assert outcome.status == "skipped"
+    assert "no run(quick) entry point" in (outcome.error or "")
+
+
+def test_same_named_results_are_told_apart_by_their_fields() -> None:
+    """Two results with one name are labelled with the field that differs."""
+    results = [
+        {"name": "ours", "synchronous": sync, "ratio": 1.0, "repeats": 5}
+        for sync in ("FULL", "OFF")
+    ]
+    figures = figures_of([SuiteOutcome("s", "ok", results=results)])
+    assert [f.name for f in figures] == ["ours [synchronous=FULL]", "ours [synchronous=OFF]"]
+
+
 def test_missed_goal_does_not_fail_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     """A figure that misses its goal is a finding, not an error (exit 0)."""
     monkeypatch.setattr(bench_main, "SUITES", (UNLOCK,))
