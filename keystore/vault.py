@@ -1164,9 +1164,10 @@ class Vault:
                     )
                 finally:
                     secrets[:] = bytes(len(secrets))
-                sidecar = self._sidecar if self._header.sqlcipher else None
-                if sidecar is not None:
-                    sidecar = Sidecar(self._header, next_header, sidecar.schema_version)
+                sidecar: Sidecar | None = None
+                if self._header.sqlcipher:
+                    assert self._sidecar is not None  # open() sets it for every SQLCipher vault
+                    sidecar = Sidecar(self._header, next_header, self._sidecar.schema_version)
                     sidecar.write(self._path)
                     _rekey_step("pending-written")
                 try:
@@ -1186,12 +1187,7 @@ class Vault:
                             _store_row_generation(txn, next_header.key_generation)
                 except BaseException:
                     if sidecar is not None:
-                        # Nothing changed in the database: withdraw the pending header
-                        # (if this fails too, the next unlock drops it).
-                        with contextlib.suppress(KeystoreError):
-                            Sidecar(self._header, None, sidecar.schema_version).write(
-                                self._path
-                            )
+                        self._withdraw_pending(sidecar.schema_version)
                     raise
             except BaseException:
                 new.wipe()
@@ -1206,6 +1202,17 @@ class Vault:
                 self._finish_page_rekey(next_header, sidecar.schema_version)
             if progress is not None:
                 progress(total, total)
+
+    def _withdraw_pending(self, schema_version: int) -> None:
+        """After a failed rekey transaction, drop the pending header from the header file.
+
+        Only when the rows provably still carry the current generation: if the
+        commit landed after all (an interrupt just after it), the pending header is
+        the one the rows need, and the next unlock settles it.
+        """
+        with contextlib.suppress(KeystoreError, *sqlcipher_layer.db_error_types()):
+            if _row_generation(self._connection()) == self._header.key_generation:
+                Sidecar(self._header, None, schema_version).write(self._path)
 
     def _finish_page_rekey(self, header: Header, schema_version: int) -> None:
         """Phases 3 and 4 of a SQLCipher rekey: new page key, then the header file.

@@ -333,6 +333,12 @@ def test_async_client_round_trip(tmp_path: Path) -> None:
             gid = await alice.create_group()
             _, welcome = await alice.add_members(gid, [await bob.generate_key_package()])
             await bob.join(welcome)
-            return (await bob.process(gid, await alice.encrypt(gid, b"async"))).data
+            await alice.process(gid, await bob.update_keys(gid))
+            got = await bob.process_many(
+                [(gid, m) for m in await alice.encrypt_many([(gid, b"async")])]
+            )
+            await bob.process(gid, await alice.remove_members(gid, [b"bob"]))
+            assert bob.sync.group_ids() == []
+            return got[0].data
 
     assert asyncio.run(scenario()) == b"async"
