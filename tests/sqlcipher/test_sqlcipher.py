@@ -16,6 +16,7 @@ from keystore import (
     IntegrityError,
     NotAVault,
     Vault,
+    VaultBusy,
     VaultLocked,
     WrongPassphrase,
     migrations,
@@ -256,3 +257,23 @@ def test_reader_across_writer_rekey(vault_path: Path) -> None:
             reader.lock()
             reader.unlock(PASSPHRASE)
             assert reader.get("groups", b"g") == b"new"
+
+
+def test_blocked_rekey_withdraws_pending_header(vault_path: Path) -> None:
+    """A rekey whose transaction cannot run (VaultBusy) leaves no pending header behind."""
+    _create(vault_path).close()
+    with Vault.open(vault_path, busy_timeout=0.05) as v:
+        v.unlock(PASSPHRASE)
+        v.put("groups", b"g", b"x")
+        foreign = open_raw(vault_path, page_key_of(vault_path, PASSPHRASE))
+        try:
+            foreign.execute("BEGIN IMMEDIATE")
+            with pytest.raises(VaultBusy):
+                v.rekey()
+        finally:
+            foreign.close()
+        side = Sidecar.read(vault_path)
+        assert side is not None and side.pending is None and side.current.key_generation == 1
+        assert v.get("groups", b"g") == b"x"
+        v.rekey()
+        assert v.get("groups", b"g") == b"x"
