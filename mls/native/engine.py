@@ -1,0 +1,1272 @@
+"""``NativeEngine``: the RFC 9420 group state machine, with every secret kept in GranularStorage.
+
+The engine holds no state of its own: each call reads the rows it needs from a
+:class:`mls.storage.GranularStorage`, computes, and writes back only the rows that changed,
+inside one ``storage.operation()`` (so a failure half-way leaves memory and the dirty log as
+they were, and the drainer lands the whole operation in one vault transaction).  A process
+restarted from the vault (``GranularStorage.load(vault)``) therefore continues every group,
+and can join through every key package it published before.  Decoded rows are cached by the
+identity of the stored bytes, so the cache can never disagree with storage (a rolled-back
+write restores the old bytes object, which misses the cache).
+
+Layout (OpenMLS ``StorageProvider`` v1 categories, see :mod:`mls.categories`):
+
+=============================  ===========================================================
+category                       rows
+=============================  ===========================================================
+signature_key_pair             our signature key pair, under its public key
+key_package                    a published KeyPackage with its private init and leaf keys
+encryption_key_pair            our current leaf HPKE key (and pending Update leaves' keys)
+encryption_epoch_key_pairs     our parent-node HPKE keys of the current epoch
+psk                            external PSKs, under their id
+mls_join_config                the group's :class:`GroupConfig`
+tree, group_context,           the public group state of the current epoch
+interim_transcript_hash,
+confirmation_tag
+group_epoch_secrets            the current epoch's secrets (tree root and joiner secrets
+                               erased once used)
+own_leaf_index, group_state    where we sit; 1 = operational
+own_leaf_nodes                 leaves of our pending Update proposals
+proposal_queue,                received and own proposals by reference, until a commit
+queued_proposal
+resumption_psk_store           resumption PSKs of the retained epochs
+message_secrets                the index of retained epochs (current + ``max_past_epochs``)
+message_secrets/epoch          per epoch: sender-data secret, unconsumed secret-tree nodes
+message_secrets/members        per epoch: context and members' signature keys (late messages)
+message_secrets/ratchet        per epoch, leaf and ratchet type: one hash ratchet
+=============================  ===========================================================
+
+The three ``message_secrets/*`` sub-categories split OpenMLS's single message-secrets row so
+that an application message writes only the one ratchet it advanced (plus, the first time a
+sender is seen in an epoch, that epoch's node secrets), never a whole-group snapshot.
+Our own identity (credential and signature public key) is in ``native/v1/identity``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from mls import categories as cat
+from mls.storage import GranularStorage
+
+from . import tree_math as tm
+from .codec import Reader, Struct, Writer, decode_exact
+from .commit import (
+    create_commit,
+    new_psk_nonce,
+    resolve_proposals,
+)
+from .commit import process_commit as apply_commit
+from .errors import (
+    DecodeError,
+    EpochMismatch,
+    InvalidMessage,
+    InvalidProposal,
+    KeyNotFound,
+    UnknownGroup,
+    UnknownKeyPackage,
+)
+from .framing import (
+    AuthenticatedContent,
+    ContentType,
+    FramedContent,
+    MLSMessage,
+    PrivateMessage,
+    PublicMessage,
+    Sender,
+    SenderType,
+    WireFormat,
+)
+from .group_context import GroupContext
+from .join import GroupEpoch, join_from_welcome
+from .key_package import KeyPackage
+from .key_schedule import EpochSecrets, next_epoch
+from .leaf_node import (
+    PROTOCOL_VERSION_MLS10,
+    Capabilities,
+    Credential,
+    CredentialType,
+    Extension,
+    LeafNode,
+    LeafNodeSource,
+    Lifetime,
+)
+from .proposals import (
+    Add,
+    GroupContextExtensions,
+    PreSharedKey,
+    PreSharedKeyID,
+    Proposal,
+    ProposalBody,
+    PskType,
+    Remove,
+    ResumptionPskUsage,
+    Update,
+)
+from .protection import (
+    decrypt_sender_data,
+    protect_private,
+    protect_public,
+    sign_content,
+    unprotect_private,
+    unprotect_public,
+)
+from .secret_tree import DEFAULT_MAX_FORWARD, DEFAULT_WINDOW, HashRatchet, RatchetType, SecretTree
+from .suites import SUITES, CipherSuite, get_suite
+from .transcript import interim_transcript_hash
+from .tree import RatchetTree
+from .treekem import TreePrivate
+from .validation import PendingProposal, validate_key_package, validate_leaf_node
+from .welcome import Welcome
+
+__all__ = [
+    "DEFAULT_KEY_PACKAGE_LIFETIME",
+    "GroupConfig",
+    "NativeEngine",
+    "Processed",
+    "ProcessedKind",
+]
+
+CATEGORY_IDENTITY = "native/v1/identity"
+CATEGORY_EPOCH = cat.MESSAGE_SECRETS + "/epoch"
+CATEGORY_MEMBERS = cat.MESSAGE_SECRETS + "/members"
+CATEGORY_RATCHET = cat.MESSAGE_SECRETS + "/ratchet"
+_IDENTITY_KEY = b"self"
+_FORMAT = 1
+_OPERATIONAL = b"\x01"
+#: Validity of a new key package: 90 days, starting an hour early to absorb clock skew.
+DEFAULT_KEY_PACKAGE_LIFETIME = 90 * 24 * 3600
+_SKEW = 3600
+_T = TypeVar("_T")
+
+
+# ---------------------------------------------------------------------------- row formats
+
+
+def _versioned(write: Callable[[Writer], None]) -> bytes:
+    w = Writer()
+    w.u8(_FORMAT)
+    write(w)
+    return w.getvalue()
+
+
+def _read_versioned(data: bytes, read: Callable[[Reader], _T]) -> _T:
+    def inner(r: Reader) -> _T:
+        if r.u8() != _FORMAT:
+            raise DecodeError("stored MLS row has an unknown format")
+        return read(r)
+
+    return decode_exact(data, inner)
+
+
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def _epoch_row_key(group_id: bytes, epoch: int) -> bytes:
+    return len(group_id).to_bytes(4, "big") + group_id + _u64(epoch)
+
+
+def _ratchet_row_key(group_id: bytes, epoch: int, leaf: int, rtype: RatchetType) -> bytes:
+    return _epoch_row_key(group_id, epoch) + leaf.to_bytes(4, "big") + bytes((rtype,))
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig(Struct):
+    """Per-group settings, stored as the group's join config.
+
+    Attributes:
+        handshake: wire format of our proposals and commits (PublicMessage, as mls-rs does
+            by default, or PrivateMessage).
+        padding: zero bytes appended inside every PrivateMessage.
+        max_past_epochs: past epochs whose secrets are kept for late application messages.
+        max_forward: how far ahead of a ratchet a message generation may be.
+        window: skipped-generation keys kept per ratchet for out-of-order delivery.
+        ratchet_tree_extension: put the ratchet tree in the GroupInfo of our Welcomes.
+    """
+
+    handshake: WireFormat = WireFormat.PUBLIC_MESSAGE
+    padding: int = 0
+    max_past_epochs: int = 2
+    max_forward: int = DEFAULT_MAX_FORWARD
+    window: int = DEFAULT_WINDOW
+    ratchet_tree_extension: bool = True
+
+    def __post_init__(self) -> None:
+        """Reject settings the engine cannot honour."""
+        if self.handshake not in (WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE):
+            raise ValueError("handshake must be PUBLIC_MESSAGE or PRIVATE_MESSAGE")
+        for name in ("padding", "max_past_epochs", "max_forward", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**16:
+                raise ValueError(f"{name} must be an int in [0, 65535]")
+
+    def encode(self, w: Writer) -> None:
+        """Serialize for storage."""
+        w.u8(_FORMAT)
+        w.u16(self.handshake)
+        for value in (self.padding, self.max_past_epochs, self.max_forward, self.window):
+            w.u32(value)
+        w.boolean(self.ratchet_tree_extension)
+
+    @classmethod
+    def decode(cls, r: Reader) -> GroupConfig:
+        """Deserialize from storage."""
+        if r.u8() != _FORMAT:
+            raise DecodeError("stored group config has an unknown format")
+        handshake = r.u16()
+        if handshake not in (WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE):
+            raise DecodeError("stored group config has a bad wire format")
+        return cls(WireFormat(handshake), r.u32(), r.u32(), r.u32(), r.u32(), r.boolean())
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class _EpochRow:
+    """``message_secrets/epoch``: what decrypting in one epoch needs besides the ratchets."""
+
+    suite_id: int
+    n_leaves: int
+    max_forward: int
+    window: int
+    sender_data_secret: bytes
+    node_secrets: dict[int, bytes]
+    leaves: frozenset[int]  # leaves whose ratchets exist (rows in message_secrets/ratchet)
+
+    def to_bytes(self) -> bytes:
+        def write(w: Writer) -> None:
+            w.u16(self.suite_id)
+            for value in (self.n_leaves, self.max_forward, self.window):
+                w.u32(value)
+            w.opaque(self.sender_data_secret)
+            w.u32(len(self.node_secrets))
+            for node, secret in sorted(self.node_secrets.items()):
+                w.u32(node)
+                w.opaque(secret)
+            w.u32(len(self.leaves))
+            for leaf in sorted(self.leaves):
+                w.u32(leaf)
+
+        return _versioned(write)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> _EpochRow:
+        def read(r: Reader) -> _EpochRow:
+            suite, n, fwd, win, sds = r.u16(), r.u32(), r.u32(), r.u32(), r.opaque()
+            nodes = {r.u32(): r.opaque() for _ in range(r.u32())}
+            return cls(suite, n, fwd, win, sds, nodes, frozenset(r.u32() for _ in range(r.u32())))
+
+        return _read_versioned(data, read)
+
+
+@dataclass(frozen=True, slots=True)
+class _MembersRow:
+    """``message_secrets/members``: an epoch's context and members, for late messages."""
+
+    context: GroupContext
+    members: dict[int, tuple[bytes, bytes]]  # leaf -> (signature key, identity)
+
+    def to_bytes(self) -> bytes:
+        def write(w: Writer) -> None:
+            w.opaque(self.context.to_bytes())
+            w.u32(len(self.members))
+            for leaf, (key, identity) in sorted(self.members.items()):
+                w.u32(leaf)
+                w.opaque(key)
+                w.opaque(identity)
+
+        return _versioned(write)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> _MembersRow:
+        def read(r: Reader) -> _MembersRow:
+            context = decode_exact(r.opaque(), GroupContext.decode)
+            return cls(context, {r.u32(): (r.opaque(), r.opaque()) for _ in range(r.u32())})
+
+        return _read_versioned(data, read)
+
+    @classmethod
+    def of(cls, context: GroupContext, tree: RatchetTree) -> _MembersRow:
+        members = {}
+        for i in tree.member_leaves():
+            leaf = tree.leaf(i)
+            assert leaf is not None
+            members[i] = (leaf.signature_key, leaf.credential.identity)
+        return cls(context, members)
+
+
+def _encode_epochs(epochs: Sequence[int]) -> bytes:
+    def write(w: Writer) -> None:
+        for epoch in epochs:
+            w.u64(epoch)
+
+    return _versioned(write)
+
+
+def _encode_node_key(node: int, priv: bytes) -> bytes:
+    def write(w: Writer) -> None:
+        w.u32(node)
+        w.opaque(priv)
+
+    return _versioned(write)
+
+
+def _encode_secret(secret: bytes) -> bytes:
+    return _versioned(lambda w: w.opaque(secret))
+
+
+def _decode_secret(row: bytes) -> bytes:
+    return _read_versioned(row, lambda r: r.opaque())
+
+
+def _decode_epochs(data: bytes) -> list[int]:
+    def read(r: Reader) -> list[int]:
+        out = []
+        while r.remaining:
+            out.append(r.u64())
+        return out
+
+    return _read_versioned(data, read)
+
+
+def _encode_pairs(pairs: Iterable[tuple[int, bytes]]) -> bytes:
+    def write(w: Writer) -> None:
+        for number, value in pairs:
+            w.u64(number)
+            w.opaque(value)
+
+    return _versioned(write)
+
+
+def _decode_pairs(data: bytes) -> list[tuple[int, bytes]]:
+    def read(r: Reader) -> list[tuple[int, bytes]]:
+        out = []
+        while r.remaining:
+            out.append((r.u64(), r.opaque()))
+        return out
+
+    return _read_versioned(data, read)
+
+
+def _stored_secrets(secrets: EpochSecrets) -> EpochSecrets:
+    """The epoch secrets worth keeping: the tree root and joiner/welcome secrets are erased.
+
+    The secret tree's root lives (until consumed) in ``message_secrets/epoch``; keeping it
+    here too would defeat the secret tree's deletion schedule.
+    """
+    return replace(secrets, encryption_secret=b"", joiner_secret=b"", welcome_secret=b"")
+
+
+class ProcessedKind(enum.StrEnum):
+    """What :meth:`NativeEngine.process` found in a message."""
+
+    APPLICATION = "application"
+    PROPOSAL = "proposal"
+    COMMIT = "commit"
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """The outcome of one processed group message.
+
+    Attributes:
+        sender: the sender's (committer's) leaf index; ``identity`` its credential identity.
+        data: the plaintext of an application message.
+        removed: the commit removed us; the group has been forgotten.
+        epoch: the epoch the message belonged to.
+    """
+
+    kind: ProcessedKind
+    sender: int
+    identity: bytes
+    epoch: int
+    data: bytes | None = None
+    removed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    suite_id: int
+    credential: Credential
+    signature_key: bytes
+
+
+class NativeEngine:
+    """An MLS client whose entire state lives in a :class:`GranularStorage`.
+
+    Construct with :meth:`create` (new identity) or directly on a storage that holds one.
+    Thread-safe: calls are serialized by an internal lock.
+
+    Args:
+        storage: the storage holding this client's state.
+        clock: Unix time source for key-package lifetimes (tests inject it).
+    """
+
+    def __init__(self, storage: GranularStorage, *, clock: Callable[[], float] = time.time) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._cache: dict[tuple[str, bytes], tuple[bytes, object]] = {}
+        row = storage.read(CATEGORY_IDENTITY, _IDENTITY_KEY)
+        if row is None:
+            raise UnknownKeyPackage("this storage holds no native MLS identity")
+        self._identity = _read_versioned(
+            row, lambda r: _Identity(r.u16(), Credential.decode(r), r.opaque())
+        )
+        self._cs = get_suite(self._identity.suite_id)
+        pair = storage.signature_key_pair(self._identity.signature_key)
+        if pair is None:
+            raise KeyNotFound("the identity's signature key pair is missing from storage")
+        self._sig_priv = _read_versioned(pair, lambda r: (r.u16(), r.opaque(), r.opaque()))[1]
+
+    @classmethod
+    def create(
+        cls,
+        storage: GranularStorage,
+        identity: bytes,
+        *,
+        suite: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> NativeEngine:
+        """Generate a signature key pair for a basic credential and store both; one operation.
+
+        Raises:
+            ValueError: the storage already holds an identity, or ``identity`` is empty.
+        """
+        if not isinstance(identity, bytes) or not identity:
+            raise ValueError("identity must be non-empty bytes")
+        if storage.read(CATEGORY_IDENTITY, _IDENTITY_KEY) is not None:
+            raise ValueError("this storage already holds a native MLS identity")
+        cs = get_suite(suite)
+        priv, pub = cs.generate_signature_key_pair()
+        credential = Credential(CredentialType.BASIC, identity=identity)
+
+        def identity_row(w: Writer) -> None:
+            w.u16(suite)
+            credential.encode(w)
+            w.opaque(pub)
+
+        def key_row(w: Writer) -> None:
+            w.u16(suite)
+            w.opaque(priv)
+            w.opaque(pub)
+
+        with storage.operation():
+            storage.write_signature_key_pair(pub, _versioned(key_row))
+            storage.write(CATEGORY_IDENTITY, _IDENTITY_KEY, _versioned(identity_row))
+        return cls(storage, clock=clock)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def identity(self) -> bytes:
+        """Our basic-credential identity."""
+        return self._identity.credential.identity
+
+    @property
+    def suite(self) -> CipherSuite:
+        """The cipher suite of our identity, key packages and groups."""
+        return self._cs
+
+    @property
+    def storage(self) -> GranularStorage:
+        """The storage holding our state."""
+        return self._storage
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    # ------------------------------------------------------------------ decoding cache
+
+    def _decoded(self, category: str, key: bytes, decode: Callable[[bytes], _T]) -> _T | None:
+        raw = self._storage.read(category, key)
+        if raw is None:
+            return None
+        hit = self._cache.get((category, key))
+        if hit is not None and hit[0] is raw:
+            return hit[1]  # type: ignore[return-value]
+        value = decode(raw)
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[(category, key)] = (raw, value)
+        return value
+
+    def _need(self, category: str, key: bytes, decode: Callable[[bytes], _T]) -> _T:
+        value = self._decoded(category, key, decode)
+        if value is None:
+            raise UnknownGroup("this engine holds no such group (or its state is incomplete)")
+        return value
+
+    # ------------------------------------------------------------------ key packages
+
+    def generate_key_package(
+        self,
+        *,
+        lifetime: int = DEFAULT_KEY_PACKAGE_LIFETIME,
+        extensions: Sequence[Extension] = (),
+        leaf_extensions: Sequence[Extension] = (),
+    ) -> bytes:
+        """A new KeyPackage (MLSMessage); its private keys are stored before it is returned.
+
+        Args:
+            lifetime: seconds the key package stays valid from now.
+            extensions: KeyPackage extensions; ``leaf_extensions`` go in its LeafNode (their
+                non-default types are advertised in the leaf's capabilities).
+        """
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
+            raise ValueError("lifetime must be a positive number of seconds")
+        cs = self._cs
+        now = self._now()
+        init_priv, init_pub = cs.hpke.generate_key_pair()
+        enc_priv, enc_pub = cs.hpke.generate_key_pair()
+        leaf = LeafNode(
+            enc_pub,
+            self._identity.signature_key,
+            self._identity.credential,
+            self._capabilities(leaf_extensions),
+            LeafNodeSource.KEY_PACKAGE,
+            Lifetime(max(0, now - _SKEW), now + lifetime),
+            b"",
+            tuple(leaf_extensions),
+            b"",
+        ).signed(cs, self._sig_priv, None, None)
+        kp = KeyPackage(PROTOCOL_VERSION_MLS10, cs.suite_id, init_pub, leaf, tuple(extensions), b"")
+        kp = replace(kp, signature=cs.sign_with_label(self._sig_priv, "KeyPackageTBS", kp.tbs()))
+        kp.verify(cs)
+
+        def bundle(w: Writer) -> None:
+            w.opaque(kp.to_bytes())
+            w.opaque(init_priv)
+            w.opaque(enc_priv)
+
+        with self._lock, self._storage.operation():
+            self._storage.write_key_package(kp.ref(cs), _versioned(bundle))
+        return MLSMessage(kp).to_bytes()
+
+    def _capabilities(self, leaf_extensions: Sequence[Extension]) -> Capabilities:
+        custom = tuple(sorted({e.extension_type for e in leaf_extensions if e.extension_type > 5}))
+        return Capabilities(
+            (PROTOCOL_VERSION_MLS10,), tuple(sorted(SUITES)), custom, (), (CredentialType.BASIC,)
+        )
+
+    def key_package_refs(self) -> list[bytes]:
+        """References of the key packages we published and have not joined with yet."""
+        return self._storage.keys(cat.KEY_PACKAGE)
+
+    def store_external_psk(self, psk_id: bytes, secret: bytes) -> None:
+        """Store an external PSK under its id (write_psk)."""
+        if not psk_id or not secret:
+            raise ValueError("psk_id and secret must be non-empty bytes")
+        with self._lock, self._storage.operation():
+            self._storage.write_psk(psk_id, _encode_secret(secret))
+
+    # ------------------------------------------------------------------ group state
+
+    def group_ids(self) -> list[bytes]:
+        """The groups we are a member of, sorted."""
+        return sorted(self._storage.keys(cat.GROUP_STATE))
+
+    def _config(self, gid: bytes) -> GroupConfig:
+        return self._need(cat.MLS_JOIN_CONFIG, gid, lambda b: decode_exact(b, GroupConfig.decode))
+
+    def _context(self, gid: bytes) -> GroupContext:
+        return self._need(cat.GROUP_CONTEXT, gid, lambda b: decode_exact(b, GroupContext.decode))
+
+    def _tree(self, gid: bytes) -> RatchetTree:
+        return self._need(cat.TREE, gid, RatchetTree.from_bytes)
+
+    def _own_leaf(self, gid: bytes) -> int:
+        return self._need(cat.OWN_LEAF_INDEX, gid, lambda b: int.from_bytes(b, "big"))
+
+    def _secrets(self, gid: bytes) -> EpochSecrets:
+        return self._need(cat.GROUP_EPOCH_SECRETS, gid, EpochSecrets.from_bytes)
+
+    def _check_group(self, gid: bytes) -> None:
+        if not isinstance(gid, bytes):
+            raise TypeError(f"group id must be bytes, not {type(gid).__name__}")
+        if self._storage.read(cat.GROUP_STATE, gid) is None:
+            raise UnknownGroup("this engine is not a member of that group")
+
+    def _private(self, gid: bytes, tree: RatchetTree, me: int, epoch: int) -> TreePrivate:
+        leaf = tree.leaf(me)
+        assert leaf is not None
+        leaf_priv = self._leaf_key(leaf.encryption_key)
+        if leaf_priv is None:
+            raise KeyNotFound("our leaf's private key is missing from storage")
+        rows = self._storage.encryption_epoch_key_pairs(gid, _u64(epoch), me)
+        nodes = {}
+        for row in rows:
+            node, priv = _read_versioned(row, lambda r: (r.u32(), r.opaque()))
+            nodes[node] = priv
+        return TreePrivate(me, leaf_priv, nodes)
+
+    def _leaf_key(self, public: bytes) -> bytes | None:
+        row = self._storage.encryption_key_pair(public)
+        return None if row is None else _decode_secret(row)
+
+    def _group(self, gid: bytes) -> GroupEpoch:
+        """The current epoch as a :class:`GroupEpoch` (its secret tree is not loaded)."""
+        self._check_group(gid)
+        context, tree, me = self._context(gid), self._tree(gid), self._own_leaf(gid)
+        interim = self._storage.interim_transcript_hash(gid)
+        if interim is None:
+            raise UnknownGroup("the group's interim transcript hash is missing")
+        return GroupEpoch(
+            context,
+            tree,
+            self._private(gid, tree, me, context.epoch),
+            self._secrets(gid),
+            SecretTree(context.cipher_suite, tree.n_leaves, {}, {}),
+            interim,
+        )
+
+    def epoch(self, group_id: bytes) -> int:
+        """The group's current epoch number."""
+        with self._lock:
+            self._check_group(group_id)
+            return self._context(group_id).epoch
+
+    def epoch_authenticator(self, group_id: bytes) -> bytes:
+        """The current epoch authenticator (equal on every member; RFC 9420 §8.7)."""
+        with self._lock:
+            self._check_group(group_id)
+            return self._secrets(group_id).epoch_authenticator
+
+    def own_leaf_index(self, group_id: bytes) -> int:
+        """Our leaf index in the group."""
+        with self._lock:
+            self._check_group(group_id)
+            return self._own_leaf(group_id)
+
+    def members(self, group_id: bytes) -> list[tuple[int, bytes]]:
+        """``(leaf index, identity)`` of every member, in leaf order."""
+        with self._lock:
+            self._check_group(group_id)
+            tree = self._tree(group_id)
+            out = []
+            for i in tree.member_leaves():
+                leaf = tree.leaf(i)
+                assert leaf is not None
+                out.append((i, leaf.credential.identity))
+            return out
+
+    def export_secret(self, group_id: bytes, label: bytes, context: bytes, length: int) -> bytes:
+        """MLS-Exporter(label, context, length) of the current epoch (§8.5)."""
+        if not isinstance(label, bytes) or not isinstance(context, bytes):
+            raise TypeError("label and context must be bytes")
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 < length < 2**16:
+            raise ValueError("length must be an int in [1, 65535]")
+        with self._lock:
+            self._check_group(group_id)
+            cs, secret = self._cs, self._secrets(group_id).exporter_secret
+            derived = _expand_raw_label(cs, secret, label, b"", cs.hash_size)
+            return _expand_raw_label(cs, derived, b"exported", cs.hash(context), length)
+
+    # ------------------------------------------------------------------ secret trees
+
+    def _epoch_row(self, gid: bytes, epoch: int) -> _EpochRow | None:
+        return self._decoded(CATEGORY_EPOCH, _epoch_row_key(gid, epoch), _EpochRow.from_bytes)
+
+    def _secret_tree(self, gid: bytes, epoch: int, leaf: int) -> tuple[_EpochRow, SecretTree]:
+        """The epoch's secret tree with only ``leaf``'s ratchets loaded."""
+        row = self._epoch_row(gid, epoch)
+        if row is None:
+            raise EpochMismatch("the secrets of that epoch are no longer kept")
+        ratchets: dict[tuple[int, RatchetType], HashRatchet] = {}
+        if leaf in row.leaves:
+            for rtype in RatchetType:
+                key = _ratchet_row_key(gid, epoch, leaf, rtype)
+                ratchet = self._decoded(CATEGORY_RATCHET, key, _decode_ratchet)
+                if ratchet is None:
+                    raise KeyNotFound("a hash ratchet is missing from storage")
+                ratchets[(leaf, rtype)] = ratchet
+        tree = SecretTree(
+            row.suite_id, row.n_leaves, row.node_secrets, ratchets, row.max_forward, row.window
+        )
+        return row, tree
+
+    def _save_secret_tree(
+        self, gid: bytes, epoch: int, row: _EpochRow, before: SecretTree, after: SecretTree
+    ) -> None:
+        """Write only what changed: the touched ratchets, and node secrets if consumed."""
+        for (leaf, rtype), ratchet in after.ratchets.items():
+            if before.ratchets.get((leaf, rtype)) is not ratchet:
+                key = _ratchet_row_key(gid, epoch, leaf, rtype)
+                self._storage.write(CATEGORY_RATCHET, key, ratchet.to_bytes())
+        if after.node_secrets is not before.node_secrets:
+            leaves = row.leaves | {leaf for leaf, _ in after.ratchets}
+            new_row = replace(row, node_secrets=after.node_secrets, leaves=frozenset(leaves))
+            self._storage.write(CATEGORY_EPOCH, _epoch_row_key(gid, epoch), new_row.to_bytes())
+
+    def _drop_epoch(self, gid: bytes, epoch: int) -> None:
+        row = self._epoch_row(gid, epoch)
+        if row is not None:
+            for leaf in row.leaves:
+                for rtype in RatchetType:
+                    key = _ratchet_row_key(gid, epoch, leaf, rtype)
+                    self._storage.delete(CATEGORY_RATCHET, key)
+        self._storage.delete(CATEGORY_EPOCH, _epoch_row_key(gid, epoch))
+        self._storage.delete(CATEGORY_MEMBERS, _epoch_row_key(gid, epoch))
+
+    def _members_row(self, gid: bytes, epoch: int) -> _MembersRow:
+        row = self._decoded(CATEGORY_MEMBERS, _epoch_row_key(gid, epoch), _MembersRow.from_bytes)
+        if row is None:
+            raise EpochMismatch("the members of that epoch are no longer kept")
+        return row
+
+    # ------------------------------------------------------------------ epoch persistence
+
+    def _write_epoch(
+        self,
+        gid: bytes,
+        group: GroupEpoch,
+        confirmation_tag: bytes,
+        config: GroupConfig,
+        previous: GroupEpoch | None,
+    ) -> None:
+        """Persist a new current epoch; age out old epochs, proposals and pending leaves."""
+        s = self._storage
+        ctx, cs = group.context, get_suite(group.context.cipher_suite)
+        epoch = ctx.epoch
+        me = group.private.leaf_index
+        s.write_tree(gid, group.tree.to_bytes())
+        s.write_context(gid, ctx.to_bytes())
+        s.write_interim_transcript_hash(gid, group.interim_transcript_hash)
+        s.write_confirmation_tag(gid, confirmation_tag)
+        s.write_group_epoch_secrets(gid, _stored_secrets(group.secrets).to_bytes())
+        s.write_own_leaf_index(gid, me.to_bytes(4, "big"))
+        s.write_group_state(gid, _OPERATIONAL)
+        s.write_encryption_epoch_key_pairs(
+            gid,
+            _u64(epoch),
+            me,
+            [_encode_node_key(n, k) for n, k in sorted(group.private.node_privs.items())],
+        )
+        leaf = group.tree.leaf(me)
+        assert leaf is not None
+        s.write_encryption_key_pair(
+            leaf.encryption_key, _encode_secret(group.private.encryption_priv)
+        )
+        row = _EpochRow(
+            cs.suite_id,
+            group.tree.n_leaves,
+            config.max_forward,
+            config.window,
+            group.secrets.sender_data_secret,
+            {_secret_tree_root(group.tree.n_leaves): group.secrets.encryption_secret},
+            frozenset(),
+        )
+        s.write(CATEGORY_EPOCH, _epoch_row_key(gid, epoch), row.to_bytes())
+        s.write(
+            CATEGORY_MEMBERS, _epoch_row_key(gid, epoch), _MembersRow.of(ctx, group.tree).to_bytes()
+        )
+        index = s.message_secrets(gid)
+        epochs = [*(_decode_epochs(index) if index is not None else []), epoch]
+        keep = epochs[-(config.max_past_epochs + 1) :]
+        for old in epochs[: -len(keep)]:
+            self._drop_epoch(gid, old)
+        s.write_message_secrets(gid, _encode_epochs(keep))
+        psk_row = s.resumption_psk_store(gid)
+        psks = [
+            *(_decode_pairs(psk_row) if psk_row is not None else []),
+            (epoch, group.secrets.resumption_psk),
+        ]
+        s.write_resumption_psk_store(gid, _encode_pairs(psks[-(config.max_past_epochs + 1) :]))
+        if previous is not None:
+            old_epoch = previous.context.epoch
+            s.delete_encryption_epoch_key_pairs(gid, _u64(old_epoch), previous.private.leaf_index)
+            old_leaf = previous.tree.leaf(previous.private.leaf_index)
+            assert old_leaf is not None
+            if old_leaf.encryption_key != leaf.encryption_key:
+                s.delete_encryption_key_pair(old_leaf.encryption_key)
+        for raw in s.own_leaf_nodes(gid):
+            pending = decode_exact(raw, LeafNode.decode)
+            if pending.encryption_key != leaf.encryption_key:
+                s.delete_encryption_key_pair(pending.encryption_key)
+        s.delete_own_leaf_nodes(gid)
+        s.clear_proposal_queue(gid)
+
+    def _forget(self, gid: bytes) -> None:
+        """Delete every row of a group we left (removed by a commit)."""
+        s = self._storage
+        context, tree, me = self._context(gid), self._tree(gid), self._own_leaf(gid)
+        index = s.message_secrets(gid)
+        for epoch in _decode_epochs(index) if index is not None else []:
+            self._drop_epoch(gid, epoch)
+        s.delete_encryption_epoch_key_pairs(gid, _u64(context.epoch), me)
+        leaf = tree.leaf(me)
+        if leaf is not None:
+            s.delete_encryption_key_pair(leaf.encryption_key)
+        for raw in s.own_leaf_nodes(gid):
+            s.delete_encryption_key_pair(decode_exact(raw, LeafNode.decode).encryption_key)
+        for delete in (
+            s.delete_own_leaf_nodes,
+            s.clear_proposal_queue,
+            s.delete_tree,
+            s.delete_context,
+            s.delete_interim_transcript_hash,
+            s.delete_confirmation_tag,
+            s.delete_group_epoch_secrets,
+            s.delete_own_leaf_index,
+            s.delete_message_secrets,
+            s.delete_all_resumption_psk_secrets,
+            s.delete_group_config,
+            s.delete_group_state,
+        ):
+            delete(gid)
+
+    # ------------------------------------------------------------------ create / join
+
+    def create_group(
+        self,
+        group_id: bytes | None = None,
+        *,
+        config: GroupConfig | None = None,
+        extensions: Sequence[Extension] = (),
+    ) -> bytes:
+        """Create a group with only us in it (epoch 0); returns its id (random if omitted)."""
+        gid = os.urandom(16) if group_id is None else group_id
+        if not isinstance(gid, bytes) or not gid:
+            raise ValueError("group id must be non-empty bytes")
+        config = GroupConfig() if config is None else config
+        cs = self._cs
+        with self._lock:
+            if self._storage.read(cat.GROUP_STATE, gid) is not None:
+                raise ValueError("this engine already has a group with that id")
+            enc_priv, enc_pub = cs.hpke.generate_key_pair()
+            now = self._now()
+            leaf = LeafNode(
+                enc_pub,
+                self._identity.signature_key,
+                self._identity.credential,
+                self._capabilities(()),
+                LeafNodeSource.KEY_PACKAGE,
+                Lifetime(max(0, now - _SKEW), now + DEFAULT_KEY_PACKAGE_LIFETIME * 4),
+                b"",
+                (),
+                b"",
+            ).signed(cs, self._sig_priv, None, None)
+            tree = RatchetTree((leaf,))
+            context = GroupContext(cs.suite_id, gid, 0, tree.tree_hash(cs), b"", tuple(extensions))
+            secrets = next_epoch(cs, os.urandom(cs.hash_size), None, None, context.to_bytes())
+            tag = secrets.confirmation_tag(b"")
+            group = GroupEpoch(
+                context,
+                tree,
+                TreePrivate(0, enc_priv, {}),
+                secrets,
+                SecretTree.create(cs, secrets.encryption_secret, 1),
+                interim_transcript_hash(cs, b"", tag),
+            )
+            with self._storage.operation():
+                self._storage.write_mls_join_config(gid, config.to_bytes())
+                self._write_epoch(gid, group, tag, config, None)
+        return gid
+
+    def join(self, welcome: bytes, *, config: GroupConfig | None = None) -> bytes:
+        """Join a group from a Welcome (MLSMessage); returns the group id.
+
+        Raises:
+            UnknownKeyPackage: the Welcome addresses none of our key packages.
+            InvalidMessage/InvalidTree/CryptoError: it does not verify.
+        """
+        msg = _parse(welcome)
+        if not isinstance(msg.body, Welcome):
+            raise InvalidMessage("not a Welcome")
+        body = msg.body
+        config = GroupConfig() if config is None else config
+        with self._lock:
+            entry = next(
+                (
+                    (e.new_member, row)
+                    for e in body.secrets
+                    if (row := self._storage.key_package(e.new_member)) is not None
+                ),
+                None,
+            )
+            if entry is None:
+                raise UnknownKeyPackage("this Welcome addresses none of our key packages")
+            ref, row = entry
+            kp_bytes, init_priv, enc_priv = _read_versioned(
+                row, lambda r: (r.opaque(), r.opaque(), r.opaque())
+            )
+            kp = decode_exact(kp_bytes, KeyPackage.decode)
+            group = join_from_welcome(body, kp, init_priv, enc_priv, self._external_psks())
+            cs = get_suite(group.context.cipher_suite)
+            for i in group.tree.member_leaves():
+                leaf = group.tree.leaf(i)
+                assert leaf is not None
+                validate_leaf_node(
+                    cs,
+                    leaf,
+                    group.tree,
+                    group.context,
+                    source=leaf.leaf_node_source,
+                    replaces=i,
+                )
+            gid = group.context.group_id
+            if self._storage.read(cat.GROUP_STATE, gid) is not None:
+                raise InvalidMessage("this engine is already a member of that group")
+            info_tag = group.secrets.confirmation_tag(group.context.confirmed_transcript_hash)
+            with self._storage.operation():
+                self._storage.write_mls_join_config(gid, config.to_bytes())
+                self._write_epoch(gid, group, info_tag, config, None)
+                self._storage.delete_key_package(ref)
+        return gid
+
+    def _external_psks(self) -> dict[bytes, bytes]:
+        return {k: _decode_secret(v) for k, v in self._storage.items(cat.PSK)}
+
+    def _psk_lookup(self, gid: bytes) -> Callable[[PreSharedKeyID], bytes]:
+        def lookup(psk: PreSharedKeyID) -> bytes:
+            if psk.psktype == PskType.EXTERNAL:
+                row = self._storage.psk(psk.psk_id)
+                if row is not None:
+                    return _decode_secret(row)
+            elif psk.psk_group_id == gid:
+                row = self._storage.resumption_psk_store(gid)
+                for epoch, value in _decode_pairs(row) if row is not None else []:
+                    if epoch == psk.psk_epoch:
+                        return value
+            raise InvalidProposal("a PSK named by the commit is not available")
+
+        return lookup
+
+    # ------------------------------------------------------------------ sending
+
+    def _protect(self, gid: bytes, auth: AuthenticatedContent, config: GroupConfig) -> bytes:
+        """Frame signed content as the config says; a PrivateMessage advances our ratchet."""
+        cs = self._cs
+        if auth.wire_format == WireFormat.PUBLIC_MESSAGE:
+            msg = protect_public(cs, auth, self._secrets(gid).membership_key, self._context(gid))
+            return MLSMessage(msg).to_bytes()
+        epoch, me = auth.content.epoch, auth.content.sender.index
+        row, before = self._secret_tree(gid, epoch, me)
+        private, after = protect_private(cs, auth, before, row.sender_data_secret, config.padding)
+        self._save_secret_tree(gid, epoch, row, before, after)
+        return MLSMessage(private).to_bytes()
+
+    def encrypt(self, group_id: bytes, plaintext: bytes, *, aad: bytes = b"") -> bytes:
+        """An application PrivateMessage; the advanced ratchet is stored in the same operation."""
+        if not isinstance(plaintext, bytes) or not isinstance(aad, bytes):
+            raise TypeError("plaintext and aad must be bytes")
+        with self._lock:
+            self._check_group(group_id)
+            context, me = self._context(group_id), self._own_leaf(group_id)
+            content = FramedContent(
+                group_id, context.epoch, Sender(SenderType.MEMBER, me), aad, plaintext
+            )
+            auth = sign_content(
+                self._cs, WireFormat.PRIVATE_MESSAGE, content, self._sig_priv, context
+            )
+            with self._storage.operation():
+                return self._protect(group_id, auth, self._config(group_id))
+
+    def _propose(self, gid: bytes, body: ProposalBody) -> bytes:
+        """Sign, queue (by reference) and frame one of our own proposals."""
+        self._check_group(gid)
+        context, me, config = self._context(gid), self._own_leaf(gid), self._config(gid)
+        content = FramedContent(
+            gid, context.epoch, Sender(SenderType.MEMBER, me), b"", Proposal(body)
+        )
+        auth = sign_content(self._cs, config.handshake, content, self._sig_priv, context)
+        ref = self._cs.make_proposal_ref(auth.to_bytes())
+        self._storage.queue_proposal(gid, ref, auth.to_bytes())
+        return self._protect(gid, auth, config)
+
+    def propose_add(self, group_id: bytes, key_package: bytes) -> bytes:
+        """A proposal (by reference) to add the member of ``key_package``."""
+        kp = _key_package(key_package)
+        with self._lock, self._storage.operation():
+            self._check_group(group_id)
+            validate_key_package(
+                self._cs, kp, self._tree(group_id), self._context(group_id), now=self._now()
+            )
+            return self._propose(group_id, Add(kp))
+
+    def propose_remove(self, group_id: bytes, leaf_index: int) -> bytes:
+        """A proposal to remove the member at ``leaf_index`` (our own to leave)."""
+        with self._lock, self._storage.operation():
+            self._check_group(group_id)
+            tree = self._tree(group_id)
+            if not 0 <= leaf_index < tree.n_leaves or tree.leaf(leaf_index) is None:
+                raise InvalidProposal("no member at that leaf index")
+            return self._propose(group_id, Remove(leaf_index))
+
+    def propose_update(self, group_id: bytes) -> bytes:
+        """A proposal replacing our leaf with a fresh HPKE key; the key is stored first."""
+        with self._lock, self._storage.operation():
+            self._check_group(group_id)
+            tree, me = self._tree(group_id), self._own_leaf(group_id)
+            old = tree.leaf(me)
+            assert old is not None
+            enc_priv, enc_pub = self._cs.hpke.generate_key_pair()
+            leaf = replace(
+                old,
+                encryption_key=enc_pub,
+                leaf_node_source=LeafNodeSource.UPDATE,
+                lifetime=None,
+                parent_hash=b"",
+            ).signed(self._cs, self._sig_priv, group_id, me)
+            self._storage.write_encryption_key_pair(enc_pub, _encode_secret(enc_priv))
+            self._storage.append_own_leaf_node(group_id, leaf.to_bytes())
+            return self._propose(group_id, Update(leaf))
+
+    def propose_external_psk(self, group_id: bytes, psk_id: bytes) -> bytes:
+        """A proposal injecting a stored external PSK into the next epoch."""
+        with self._lock, self._storage.operation():
+            if self._storage.psk(psk_id) is None:
+                raise KeyNotFound("no external PSK with that id is stored")
+            psk = PreSharedKeyID(PskType.EXTERNAL, new_psk_nonce(self._cs), psk_id=psk_id)
+            return self._propose(group_id, PreSharedKey(psk))
+
+    def propose_resumption_psk(self, group_id: bytes, epoch: int) -> bytes:
+        """A proposal injecting the resumption PSK of one of the group's retained epochs."""
+        with self._lock, self._storage.operation():
+            self._check_group(group_id)
+            row = self._storage.resumption_psk_store(group_id)
+            kept = {e for e, _ in _decode_pairs(row)} if row is not None else set()
+            if epoch not in kept:
+                raise KeyNotFound("the resumption PSK of that epoch is not kept")
+            psk = PreSharedKeyID(
+                PskType.RESUMPTION,
+                new_psk_nonce(self._cs),
+                usage=ResumptionPskUsage.APPLICATION,
+                psk_group_id=group_id,
+                psk_epoch=epoch,
+            )
+            return self._propose(group_id, PreSharedKey(psk))
+
+    def propose_group_context_extensions(
+        self, group_id: bytes, extensions: Sequence[Extension]
+    ) -> bytes:
+        """A proposal replacing the GroupContext extensions."""
+        with self._lock, self._storage.operation():
+            return self._propose(group_id, GroupContextExtensions(tuple(extensions)))
+
+    def _queued(self, gid: bytes) -> dict[bytes, PendingProposal]:
+        out = {}
+        for ref, raw in self._storage.queued_proposals(gid):
+            auth = decode_exact(raw, AuthenticatedContent.decode)
+            body = auth.content.content
+            assert isinstance(body, Proposal)
+            out[ref] = PendingProposal(auth.content.sender.index, body, ref)
+        return out
+
+    def _select(self, queued: Iterable[PendingProposal], me: int) -> list[PendingProposal]:
+        """The queued proposals we may commit: not our own Update or removal, no conflicts."""
+        chosen: list[PendingProposal] = []
+        touched: set[int] = set()
+        for p in queued:
+            body = p.proposal.body
+            if isinstance(body, Update):
+                if p.sender == me or p.sender in touched:
+                    continue
+                touched.add(p.sender)
+            elif isinstance(body, Remove):
+                if body.removed == me or body.removed in touched:
+                    continue
+                touched.add(body.removed)
+            chosen.append(p)
+        return chosen
+
+    def commit(
+        self,
+        group_id: bytes,
+        *,
+        add: Sequence[bytes] = (),
+        remove: Sequence[int] = (),
+        psks: Sequence[PreSharedKeyID] = (),
+        extensions: Sequence[Extension] | None = None,
+        force_path: bool = False,
+        aad: bytes = b"",
+    ) -> tuple[bytes, bytes | None]:
+        """Commit the queued proposals plus ``add``/``remove``/``psks``/``extensions`` inline.
+
+        Applied to our state at once (we move to the next epoch before return).
+
+        Returns:
+            ``(commit, welcome)`` as MLSMessage bytes; ``welcome`` is ``None`` without adds.
+        """
+        kps = [_key_package(k) for k in add]
+        with self._lock:
+            group = self._group(group_id)
+            me = group.private.leaf_index
+            config = self._config(group_id)
+            proposals = self._select(self._queued(group_id).values(), me)
+            proposals += [PendingProposal(me, Proposal(Remove(i))) for i in remove]
+            proposals += [PendingProposal(me, Proposal(Add(kp))) for kp in kps]
+            proposals += [PendingProposal(me, Proposal(PreSharedKey(p))) for p in psks]
+            if extensions is not None:
+                gce = GroupContextExtensions(tuple(extensions))
+                proposals.append(PendingProposal(me, Proposal(gce)))
+            output = create_commit(
+                group,
+                self._sig_priv,
+                proposals,
+                self._psk_lookup(group_id),
+                wire_format=config.handshake,
+                force_path=force_path,
+                ratchet_tree_extension=config.ratchet_tree_extension,
+                authenticated_data=aad,
+                now=self._now(),
+            )
+            with self._storage.operation():
+                commit = self._protect(group_id, output.auth, config)
+                tag = output.auth.auth.confirmation_tag
+                assert tag is not None
+                self._write_epoch(group_id, output.group, tag, config, group)
+            welcome = None if output.welcome is None else MLSMessage(output.welcome).to_bytes()
+        return commit, welcome
+
+    # ------------------------------------------------------------------ receiving
+
+    def process(self, group_id: bytes, message: bytes) -> Processed:
+        """Verify and apply one group message (MLSMessage); one storage operation.
+
+        Application messages of the ``max_past_epochs`` previous epochs are still accepted;
+        handshake messages only in the current epoch.
+
+        Raises:
+            EpochMismatch, InvalidMessage, InvalidProposal, InvalidLeafNode, CryptoError,
+            KeyNotFound (replayed or too-distant generation): nothing is changed.
+        """
+        msg = _parse(message)
+        with self._lock:
+            self._check_group(group_id)
+            body = msg.body
+            if not isinstance(body, PublicMessage | PrivateMessage):
+                raise InvalidMessage("not a group message (Welcome, GroupInfo or key package?)")
+            msg_gid = body.content.group_id if isinstance(body, PublicMessage) else body.group_id
+            if msg_gid != group_id:
+                raise InvalidMessage("the message belongs to another group")
+            with self._storage.operation():
+                if isinstance(body, PrivateMessage):
+                    return self._process_private(group_id, body)
+                return self._process_public(group_id, body)
+
+    def _process_private(self, gid: bytes, msg: PrivateMessage) -> Processed:
+        cs = self._cs
+        current = self._context(gid).epoch
+        if msg.epoch != current and not (
+            msg.content_type == ContentType.APPLICATION and msg.epoch < current
+        ):
+            raise EpochMismatch(f"message for epoch {msg.epoch}, the group is at {current}")
+        members = self._members_row(gid, msg.epoch)
+        row = self._epoch_row(gid, msg.epoch)
+        if row is None:
+            raise EpochMismatch("the secrets of that epoch are no longer kept")
+        sender = decrypt_sender_data(cs, msg, row.sender_data_secret).leaf_index
+        if sender == self._own_leaf(gid):
+            raise InvalidMessage("a message from ourselves")
+        if sender not in members.members:
+            raise InvalidMessage("the sender is not a member in that epoch")
+        row, before = self._secret_tree(gid, msg.epoch, sender)
+        key, identity = members.members[sender]
+        auth, after = unprotect_private(
+            cs, msg, before, row.sender_data_secret, members.context, {sender: key}
+        )
+        self._save_secret_tree(gid, msg.epoch, row, before, after)
+        return self._handle(gid, auth, identity)
+
+    def _process_public(self, gid: bytes, msg: PublicMessage) -> Processed:
+        context = self._context(gid)
+        sender = msg.content.sender
+        if msg.content.epoch != context.epoch:
+            raise EpochMismatch(
+                f"handshake for epoch {msg.content.epoch}, the group is at {context.epoch}"
+            )
+        if sender.sender_type != SenderType.MEMBER:
+            raise InvalidMessage("only member senders are supported")
+        if sender.index == self._own_leaf(gid):
+            raise InvalidMessage("a message from ourselves")
+        members = self._members_row(gid, context.epoch)
+        if sender.index not in members.members:
+            raise InvalidMessage("the sender is not a member")
+        key, identity = members.members[sender.index]
+        auth = unprotect_public(self._cs, msg, self._secrets(gid).membership_key, context, key)
+        return self._handle(gid, auth, identity)
+
+    def _handle(self, gid: bytes, auth: AuthenticatedContent, identity: bytes) -> Processed:
+        content = auth.content
+        sender, epoch = content.sender.index, content.epoch
+        body = content.content
+        if isinstance(body, bytes):
+            return Processed(ProcessedKind.APPLICATION, sender, identity, epoch, body)
+        if isinstance(body, Proposal):
+            self._check_proposal(gid, sender, body)
+            ref = self._cs.make_proposal_ref(auth.to_bytes())
+            self._storage.queue_proposal(gid, ref, auth.to_bytes())
+            return Processed(ProcessedKind.PROPOSAL, sender, identity, epoch)
+        group = self._group(gid)
+        proposals = resolve_proposals(body, sender, self._queued(gid))
+        new = apply_commit(
+            group,
+            auth,
+            proposals,
+            self._psk_lookup(gid),
+            leaf_key=self._leaf_key,
+            now=self._now(),
+        )
+        if new is None:
+            self._forget(gid)
+            return Processed(ProcessedKind.COMMIT, sender, identity, epoch, removed=True)
+        tag = auth.auth.confirmation_tag
+        assert tag is not None
+        self._write_epoch(gid, new, tag, self._config(gid), group)
+        return Processed(ProcessedKind.COMMIT, sender, identity, epoch)
+
+    def _check_proposal(self, gid: bytes, sender: int, proposal: Proposal) -> None:
+        """§12.1 checks a receiver can make before the proposal is committed."""
+        cs, tree, context = self._cs, self._tree(gid), self._context(gid)
+        body = proposal.body
+        if isinstance(body, Add):
+            validate_key_package(cs, body.key_package, tree, context, now=self._now())
+        elif isinstance(body, Update):
+            body.leaf_node.verify(cs, gid, sender)
+            validate_leaf_node(
+                cs, body.leaf_node, tree, context, source=LeafNodeSource.UPDATE, replaces=sender
+            )
+        elif isinstance(body, Remove):
+            if not 0 <= body.removed < tree.n_leaves or tree.leaf(body.removed) is None:
+                raise InvalidProposal("Remove of a blank or absent leaf")
+        elif not isinstance(body, PreSharedKey | GroupContextExtensions):
+            raise InvalidProposal(f"{type(body).__name__} proposals are not supported")
+
+
+def _secret_tree_root(n_leaves: int) -> int:
+    """Root node index of the secret tree of ``n_leaves`` (padded to a power of two)."""
+    return tm.root(1 << max(0, (n_leaves - 1).bit_length()))
+
+
+def _expand_raw_label(
+    cs: CipherSuite, secret: bytes, label: bytes, context: bytes, length: int
+) -> bytes:
+    """ExpandWithLabel with a byte-string label (the exporter takes arbitrary labels)."""
+    w = Writer()
+    w.u16(length)
+    w.opaque(b"MLS 1.0 " + label)
+    w.opaque(context)
+    return cs.expand(secret, w.getvalue(), length)
+
+
+def _parse(data: bytes) -> MLSMessage:
+    if not isinstance(data, bytes):
+        raise TypeError(f"message must be bytes, not {type(data).__name__}")
+    return decode_exact(data, MLSMessage.decode)
+
+
+def _key_package(data: bytes) -> KeyPackage:
+    msg = _parse(data)
+    if not isinstance(msg.body, KeyPackage):
+        raise InvalidMessage("not a key package")
+    return msg.body
+
+
+def _decode_ratchet(data: bytes) -> HashRatchet:
+    return decode_exact(data, HashRatchet.decode)
