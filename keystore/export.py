@@ -53,6 +53,7 @@ from keystore.cipher import normalize_passphrase
 from keystore.errors import IntegrityError, SchemaTooNew, VaultBusy, WrongPassphrase
 from keystore.lockfile import WriterLock
 from keystore.profiles import RFC_9106_HIGH_MEMORY, RFC_9106_LOW_MEMORY, KdfParameters
+from keystore.sidecar import sidecar_path_for
 from keystore.vault import MAX_KEY_LEN, MAX_VALUE_LEN, Change, Vault
 
 __all__ = [
@@ -437,6 +438,13 @@ def import_vault(
             raise FileExistsError(f"{dest} already exists; refusing to overwrite it")
         if not dest.is_file():
             raise FileExistsError(f"{dest} exists and is not a regular file; not replacing it")
+        if sidecar_path_for(dest).exists():
+            # Two files cannot be replaced in one atomic step; refuse rather than
+            # leave a SQLCipher header file beside a plain vault.
+            raise FileExistsError(
+                f"{dest} is a SQLCipher vault (it has {sidecar_path_for(dest).name}); "
+                "import to a new path instead of replacing it"
+            )
         lock = WriterLock.acquire(dest)
     try:
         if lock is not None:
