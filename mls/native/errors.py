@@ -6,11 +6,16 @@ callers can handle engine failures without knowing which library sits underneath
 
 from __future__ import annotations
 
-from mls.errors import MlsError as _LayerError
+from mls.errors import MlsEngineError
+from mls.errors import UnknownGroup as _UnknownGroup
 
 
-class MlsError(_LayerError):
-    """Base class of every error raised by the native engine (a :class:`mls.errors.MlsError`)."""
+class MlsError(MlsEngineError):
+    """Base class of every error raised by the native engine.
+
+    It is an :class:`mls.errors.MlsEngineError`, so code written against
+    :class:`mls.client.MlsClient` handles native engine failures unchanged.
+    """
 
 
 class DecodeError(MlsError):
@@ -64,7 +69,7 @@ class EpochMismatch(InvalidMessage):
     """A message is for an epoch this member cannot process (stale, future, or aged out)."""
 
 
-class UnknownGroup(MlsError):
+class UnknownGroup(MlsError, _UnknownGroup):
     """The engine holds no group with this id (never joined, or removed and forgotten)."""
 
 
