@@ -222,9 +222,7 @@ def send_cost_by_group_size(
                 client.encrypt(gid, PLAINTEXT)
 
             result = measure_ratio(_times(send, batch), _times(floor, batch), repeats)
-            memory_only = summarize(
-                [_timed(_times(memory.send, batch)) for _ in range(repeats)]
-            )
+            memory_only = summarize([_timed(_times(memory.send, batch)) for _ in range(repeats)])
             t0 = time.perf_counter()
             client.update_keys(gid)
             commit_s = time.perf_counter() - t0

@@ -167,9 +167,7 @@ class MlsClient:
             public_key=_binding.SignaturePublicKey(bytes=public),
             secret_key=_binding.SignatureSecretKey(bytes=secret),
         )
-        self._store: VaultGroupStateStorage = new_group_state_storage(
-            storage, retention=retention
-        )
+        self._store: VaultGroupStateStorage = new_group_state_storage(storage, retention=retention)
         config = _binding.ClientConfig(
             group_state_storage=self._store, use_ratchet_tree_extension=True
         )

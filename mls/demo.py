@@ -62,8 +62,10 @@ class _Run:
     live_scan: tuple[list[tuple[str, int]], list[str]] = ([], [])
 
     def record(self, actor: str, action: str, seconds: float, out: Any) -> None:
-        size = sum(len(x) for x in out) if isinstance(out, tuple) else (
-            len(out) if isinstance(out, bytes) else 0
+        size = (
+            sum(len(x) for x in out)
+            if isinstance(out, tuple)
+            else (len(out) if isinstance(out, bytes) else 0)
         )
         self.steps.append(_Step(actor, action, seconds, size))
 
@@ -119,8 +121,11 @@ def _encode(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_encode(v) for v in value]
     if isinstance(value, Received):
-        return {"data": _encode(value.data), "sender": _encode(value.sender),
-                "removed": value.removed}
+        return {
+            "data": _encode(value.data),
+            "sender": _encode(value.sender),
+            "removed": value.removed,
+        }
     return value
 
 
@@ -209,10 +214,18 @@ def _scenario(directory: Path, passphrase: str, kdf: KdfParameters, run: _Run) -
         return message
 
     # Phase 1: one process, both clients.
-    alice = _timed(run, "alice", "create vault", lambda: MlsClient.create(
-        paths["alice"], passphrase, identity=b"alice", kdf=kdf))
-    bob = _timed(run, "bob", "create vault", lambda: MlsClient.create(
-        paths["bob"], passphrase, identity=b"bob", kdf=kdf))
+    alice = _timed(
+        run,
+        "alice",
+        "create vault",
+        lambda: MlsClient.create(paths["alice"], passphrase, identity=b"alice", kdf=kdf),
+    )
+    bob = _timed(
+        run,
+        "bob",
+        "create vault",
+        lambda: MlsClient.create(paths["bob"], passphrase, identity=b"bob", kdf=kdf),
+    )
     with alice, bob:
         gid = _timed(run, "alice", "create group", alice.create_group)
         run.group_id = gid
@@ -224,10 +237,18 @@ def _scenario(directory: Path, passphrase: str, kdf: KdfParameters, run: _Run) -
             (bob, alice, "Thanks Alice! Saved before I send."),
         ):
             message = say(text)
-            ct = _timed(run, sender.identity.decode(), "encrypt",
-                        functools.partial(sender.encrypt, gid, message))
-            got = _timed(run, receiver.identity.decode(), "process",
-                         functools.partial(receiver.process, gid, ct))
+            ct = _timed(
+                run,
+                sender.identity.decode(),
+                "encrypt",
+                functools.partial(sender.encrypt, gid, message),
+            )
+            got = _timed(
+                run,
+                receiver.identity.decode(),
+                "process",
+                functools.partial(receiver.process, gid, ct),
+            )
             if got.data != message:
                 raise RuntimeError("a message did not decrypt to what was sent")
 
@@ -292,8 +313,9 @@ def _report(directory: Path, run: _Run) -> int:
         path = directory / f"{name}.vault"
         with Vault.open(path, readonly=True) as vault:
             stats = vault.stats()
-        print(f"  {path.name}: {stats.file_bytes} bytes on disk (file + wal), "
-              f"{stats.total_rows} rows")
+        print(
+            f"  {path.name}: {stats.file_bytes} bytes on disk (file + wal), {stats.total_rows} rows"
+        )
         for category, cs in stats.categories.items():
             print(f"      {category:<24} {cs.rows:4d} rows {cs.bytes:8d} bytes")
     needles = [*run.plaintexts, run.group_id]
@@ -307,8 +329,10 @@ def _report(directory: Path, run: _Run) -> int:
             print(f"\nLEAK ({when}): plaintext or group id in vault files: {', '.join(found)}")
             code = 1
         else:
-            print(f"\nLeak scan {when}: none of the {len(run.plaintexts)} messages nor the "
-                  f"group id appears in {len(files)} files ({sizes}).")
+            print(
+                f"\nLeak scan {when}: none of the {len(run.plaintexts)} messages nor the "
+                f"group id appears in {len(files)} files ({sizes})."
+            )
     return code
 
 
@@ -356,9 +380,7 @@ def main(argv: list[str]) -> int:
         passphrase, origin = _passphrase(args)
         if not passphrase:
             raise ValueError("the passphrase is empty")
-        taken = [
-            p.name for n in NAMES for p in directory.glob(f"{n}.vault*") if directory.is_dir()
-        ]
+        taken = [p.name for n in NAMES for p in directory.glob(f"{n}.vault*") if directory.is_dir()]
         if taken:
             raise ValueError(
                 f"{directory} already holds demo files ({', '.join(sorted(taken))}); "

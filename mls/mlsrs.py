@@ -149,9 +149,7 @@ class VaultGroupStateStorage:
             self._storage.write(CATEGORY_GROUPS, group_id, bytes(group_state))
             for record in (*epoch_inserts, *epoch_updates):
                 eid = int(record.id)
-                self._storage.write(
-                    CATEGORY_EPOCHS, _epoch_key(group_id, eid), bytes(record.data)
-                )
+                self._storage.write(CATEGORY_EPOCHS, _epoch_key(group_id, eid), bytes(record.data))
                 if eid not in ids:
                     bisect.insort(ids, eid)
             while len(ids) > self._retention:

@@ -77,9 +77,7 @@ def test_kill_after_encrypt_then_send_again_is_accepted(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("moment", ["crash_before_apply", "crash_after_apply"])
-def test_kill_during_process_leaves_new_epoch_or_reprocessable(
-    tmp_path: Path, moment: str
-) -> None:
+def test_kill_during_process_leaves_new_epoch_or_reprocessable(tmp_path: Path, moment: str) -> None:
     """kill -9 in the middle of process(commit): after reopening, the receiver either
     re-processes the commit or is already in the new epoch; it then keeps talking."""
     alice, bob, gid = setup_pair(tmp_path)
