@@ -141,7 +141,12 @@ class Sidecar:
             raise NotAVault(f"cannot read {path}: {exc.strerror}") from None
         if len(data) > _MAX_BYTES:
             raise NotAVault(f"{path} is too large to be a vault header file")
-        return cls.from_bytes(data)
+        try:
+            return cls.from_bytes(data)
+        except NotAVault:
+            raise NotAVault(
+                f"{path} is not an mls-keystore SQLCipher header file (bad magic)"
+            ) from None
 
     def write(self, vault_path: Path, *, create: bool = False) -> None:
         """Replace the header file atomically and durably.

@@ -82,15 +82,6 @@ def test_random_file_is_not_a_vault(tmp_path: Path) -> None:
         Vault.open(path)
 
 
-def test_random_header_file_is_not_a_vault(tmp_path: Path) -> None:
-    """A random file beside a random '.header' file raises NotAVault."""
-    path = tmp_path / "random.bin"
-    path.write_bytes(os.urandom(4096))
-    sidecar_path_for(path).write_bytes(os.urandom(300))
-    with pytest.raises(NotAVault):
-        Vault.open(path)
-
-
 def test_missing_header_file(vault_path: Path) -> None:
     """A SQLCipher database whose header file is gone raises NotAVault naming it."""
     _create(vault_path).close()
@@ -277,3 +268,21 @@ def test_blocked_rekey_withdraws_pending_header(vault_path: Path) -> None:
         assert v.get("groups", b"g") == b"x"
         v.rekey()
         assert v.get("groups", b"g") == b"x"
+
+
+def test_unrelated_header_file_beside_plain_vault(vault_path: Path) -> None:
+    """A plain vault opens even if some unrelated file is named like a header file."""
+    Vault.create(vault_path, PASSPHRASE, kdf=FAST_KDF).close()
+    sidecar_path_for(vault_path).write_bytes(b"notes of another program")
+    with Vault.open(vault_path) as v:
+        v.unlock(PASSPHRASE)
+        assert not v.sqlcipher
+
+
+def test_random_header_file_named_in_error(tmp_path: Path) -> None:
+    """The NotAVault for a foreign header file names that file."""
+    path = tmp_path / "random.bin"
+    path.write_bytes(os.urandom(4096))
+    sidecar_path_for(path).write_bytes(os.urandom(300))
+    with pytest.raises(NotAVault, match=r"random\.bin\.header"):
+        Vault.open(path)
