@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 import bench.__main__ as bench_main
-from bench.harness import Suite, SuiteOutcome, figures_of, judge, run_suites
+from bench.harness import (
+    Derived,
+    Suite,
+    SuiteOutcome,
+    derived_figures,
+    figures_of,
+    judge,
+    run_suites,
+)
 
 CRASHING = Suite("boom", "tests.bench._crashing_bench", tiny=True)
 MISSING = Suite("ghost", "bench.no_such_bench_module", tiny=True)
@@ -130,3 +138,12 @@ def test_update_doc_without_markers_is_refused_before_running(tmp_path: Path) ->
     doc.write_text("# Hand-written\n")
     assert bench_main.main(["--tiny", "--suite", "unlock", "--update-doc", str(doc)]) == 2
     assert doc.read_text() == "# Hand-written\n"
+
+
+def test_derived_figure_divides_two_measured_numbers_and_judges_its_own_goal() -> None:
+    """A derived figure is numerator ÷ denominator of one result, judged on its goal."""
+    result = {"name": "send", "per_send_ms": 5.0, "memory_send_ms": 0.5, "ratio": 1.1}
+    rule = Derived("client", "send", "per_send_ms", "memory_send_ms", "send_vs_memory", "<= 2")
+    [figure] = derived_figures([SuiteOutcome("client", "ok", results=[result])], [rule])
+    assert (figure.value, figure.verdict) == (10.0, "missed")
+    assert derived_figures([SuiteOutcome("client", "ok", results=[])], [rule]) == []
