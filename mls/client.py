@@ -35,7 +35,7 @@ from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
 from keystore import Vault, profiles
-from keystore.errors import KeystoreError
+from keystore.errors import KeystoreError, VaultClosed
 from keystore.profiles import KdfParameters
 from mls.drainer import WriteBehindDrainer
 from mls.errors import (
@@ -286,7 +286,7 @@ class MlsClient:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise MlsError("this MlsClient is closed")
+            raise VaultClosed("this MlsClient (and its vault) is closed")
 
     @contextlib.contextmanager
     def _engine(self, what: str) -> Iterator[None]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keystore import VaultBusy, WrongPassphrase, profiles
+from keystore import VaultBusy, VaultClosed, WrongPassphrase, profiles
 from mls.client import AsyncMlsClient, MlsClient, Received, ReceivedKind
 from mls.errors import (
     InvalidMessage,
@@ -235,12 +235,17 @@ def test_failed_batch_leaves_messages_processable(make: Factory) -> None:
 
 
 def test_garbage_message_is_rejected(make: Factory) -> None:
-    """Bytes that are not an MLS message raise an MlsError subclass."""
+    """Bytes that are not an MLS message raise an MlsError subclass; nothing is written."""
     alice, _, gid = pair(make)
+    before = alice.vault.stats()
     with pytest.raises((MlsEngineError, InvalidMessage)):
         alice.process(gid, b"\x00\x01garbage")
     with pytest.raises(InvalidMessage):
         alice.join(b"\x00\x01\x00\x05not a welcome")
+    with pytest.raises(TypeError):
+        alice.encrypt(gid, "text, not bytes")  # type: ignore[arg-type]
+    after = alice.vault.stats()
+    assert (after.categories, after.encryptions) == (before.categories, before.encryptions)
 
 
 def test_unknown_group_and_member(make: Factory) -> None:
@@ -289,8 +294,10 @@ def test_closed_client_refuses_calls(make: Factory) -> None:
     """Calls on a closed client raise instead of touching a closed vault."""
     alice = make("alice")
     alice.close()
-    with pytest.raises(Exception, match="closed"):
+    with pytest.raises(VaultClosed):
         alice.create_group()
+    with pytest.raises(VaultClosed):
+        alice.group_ids()
 
 
 def test_epoch_retention_prunes_old_epochs(tmp_path: Path) -> None:
