@@ -506,10 +506,13 @@ def _status(path: Path) -> StatusReport:
                 )
                 for a in migrations.applied(conn)
             ]
-            pending = [_step_info(m) for m in migrations.pending(conn)]
+            pending = [
+                _step_info(m)
+                for m in migrations.pending(conn, migrations.LATEST_VERSION, migrations.MIGRATIONS)
+            ]
             problems = []
             try:
-                migrations.check_recorded(conn)
+                migrations.check_recorded(conn, migrations.MIGRATIONS)
             except KeystoreError as exc:
                 problems.append(str(exc))
             rows = int(conn.execute("SELECT COUNT(*) FROM keystore_rows").fetchone()[0])
@@ -555,15 +558,17 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     sidecar = probe(path)
     if sidecar is not None:
         return _migrate_sqlcipher(args, path, sidecar.schema_version)
+    # Looked up at call time, not bound as defaults, so that tests can ship a data step.
+    shipped = migrations.MIGRATIONS
     lock = None if args.dry_run else WriterLock.acquire(path)
     cipher: StoreCipher | None = None
     try:
         conn = _connect(path, readonly=args.dry_run)
         try:
             version = _check_schema(conn, path)
-            migrations.check_recorded(conn)
+            migrations.check_recorded(conn, shipped)
             target = _target(args, version)
-            steps = migrations.pending(conn, target)
+            steps = migrations.pending(conn, target, shipped)
             backup = None
             if steps and not args.dry_run:
                 if any(m.needs_keys for m in steps):
@@ -575,7 +580,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
                 with _progress("migrating") as update:
                     for i, step in enumerate(steps):
                         update(i, len(steps))
-                        migrations.migrate(conn, step.version, cipher=cipher)
+                        migrations.migrate(conn, step.version, migrations=shipped, cipher=cipher)
                     update(len(steps), len(steps))
         except sqlite3.DatabaseError as exc:
             raise VaultIOError(f"storage failure on vault {path}: {exc}") from None
@@ -870,7 +875,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the MLS end-to-end demo in DIR")
     p.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="DIR ...")
-    p.set_defaults(func=_cmd_demo, json=False)
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

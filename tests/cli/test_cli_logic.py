@@ -18,6 +18,7 @@ from tests.cli.conftest import FAST, PASSPHRASE, ROWS, Runner, digest, read_rows
 from tests.fixtures.make_fixtures import PASSPHRASE as V1_PASSPHRASE
 from tests.fixtures.make_fixtures import ROWS as V1_ROWS
 from tests.fixtures.make_fixtures import VAULT_V1
+from tests.migrations.conftest import DATA_VERSION, WITH_DATA_STEP, unlock_cipher
 
 
 @pytest.fixture
@@ -259,3 +260,53 @@ def test_sqlcipher_vault_status_needs_no_passphrase(cli: Runner, tmp_path: Path,
     assert cli("migrate", path, "--dry-run").out.endswith("nothing to do\n")
     stats = cli("stats", path, "--passphrase-file", pwfile, "--json")
     assert stats.code == ExitCode.OK and stats.json()["sqlcipher"] is True
+
+
+@pytest.fixture
+def ships_data_step(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Pretend this code ships the test-only re-encrypting step (it never really does)."""
+    monkeypatch.setattr(migrations, "MIGRATIONS", WITH_DATA_STEP)
+    monkeypatch.setattr(migrations, "LATEST_VERSION", DATA_VERSION)
+    return DATA_VERSION
+
+
+def _blobs(path: Path) -> dict[bytes, bytes]:
+    conn = sqlite3.connect(path)
+    try:
+        return {bytes(k): bytes(v) for k, v in conn.execute(
+            "SELECT key_hash, value FROM keystore_rows")}
+    finally:
+        conn.close()
+
+
+def test_migrate_unlocks_the_vault_for_a_data_step(
+    cli: Runner, old_vault: Path, ships_data_step: int
+) -> None:
+    """A pending data step makes migrate take the passphrase; every row is re-encrypted."""
+    before = _blobs(old_vault)
+    result = cli("migrate", old_vault, "--json", env={PASSPHRASE_ENV: V1_PASSPHRASE})
+    assert result.code == ExitCode.OK, result.err
+    assert result.json()["steps"][-1]["needs_unlock"] is True
+    after = _blobs(old_vault)
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in before)
+    conn = sqlite3.connect(old_vault)
+    assert migrations.schema_version(conn) == ships_data_step
+    cipher = unlock_cipher(conn, V1_PASSPHRASE)
+    rows = conn.execute("SELECT category, key_hash, value FROM keystore_rows").fetchall()
+    assert {cipher.decrypt_row(c, bytes(k), bytes(v)) for c, k, v in rows} == {
+        (key, value) for _, key, value in V1_ROWS
+    }
+    conn.close()
+
+
+@pytest.mark.parametrize(("env", "code"), [({}, ExitCode.USAGE),
+                                           ({PASSPHRASE_ENV: "wrong"}, ExitCode.WRONG_PASSPHRASE)])
+def test_data_step_without_the_right_passphrase_writes_nothing(
+    cli: Runner, old_vault: Path, ships_data_step: int, env: dict[str, str], code: ExitCode
+) -> None:
+    """No passphrase source, or a wrong one: migrate stops before any step or backup."""
+    before = digest(old_vault)
+    result = cli("migrate", old_vault, env=env)
+    assert result.code == code
+    assert digest(old_vault) == before
+    assert not list(old_vault.parent.glob("*.bak"))

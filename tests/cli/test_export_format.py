@@ -245,3 +245,18 @@ def test_export_refuses_an_existing_file(source: Path, exported: Path) -> None:
         with pytest.raises(FileExistsError):
             export_vault(v, exported, BACKUP_PW, FAST)
     assert _digest(exported) == before
+
+
+def test_failed_export_leaves_no_file(source: Path, tmp_path: Path) -> None:
+    """An export that fails half-way (a corrupt row) leaves neither OUT nor a temporary."""
+    conn = sqlite3.connect(source)
+    conn.execute("UPDATE keystore_rows SET value = X'00' WHERE category = 'psks'")
+    conn.commit()
+    conn.close()
+    out = tmp_path / "partial.mlksx"
+    with Vault.open(source, readonly=True) as v:
+        v.unlock(PW)
+        with pytest.raises(IntegrityError):
+            export_vault(v, out, BACKUP_PW, FAST)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
