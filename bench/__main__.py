@@ -117,12 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "suites": [o.as_dict() for o in outcomes],
         }
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    plots_failed = False
     if args.plots is not None:
-        from bench.plots import make_plots  # matplotlib is a bench extra: import on demand
+        try:
+            from bench.plots import make_plots  # matplotlib is a bench extra: on demand
 
-        results = [r for o in outcomes for r in o.results]
-        for path in make_plots(results, args.plots):
-            progress(f"wrote {path}")
+            results = [r for o in outcomes for r in o.results]
+            for path in make_plots(results, args.plots):
+                progress(f"wrote {path}")
+        except Exception as exc:  # a broken plot must not hide the table already printed
+            plots_failed = True
+            progress(f"plots: crashed ({type(exc).__name__}: {exc})")
     if args.update_doc is not None:
         table = markdown_table(figures, outcomes)
         _update_doc(args.update_doc, _doc_section(command.strip(), machine, table, when))
@@ -130,8 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     crashed = [o.suite for o in outcomes if o.status == "crashed"]
     if crashed:
         progress(f"crashed: {', '.join(crashed)}")
-        return 1
-    return 0
+    return 1 if crashed or plots_failed else 0
 
 
 if __name__ == "__main__":

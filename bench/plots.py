@@ -16,7 +16,13 @@ matplotlib.use("Agg")  # no display on CI or over SSH; must precede pyplot
 
 import matplotlib.pyplot as plt
 
-__all__ = ["apply_breakdown_plot", "make_plots", "persist_plot", "throughput_plot"]
+__all__ = [
+    "apply_breakdown_plot",
+    "group_size_plot",
+    "make_plots",
+    "persist_plot",
+    "throughput_plot",
+]
 
 Result = Mapping[str, Any]
 
@@ -123,6 +129,37 @@ def apply_breakdown_plot(results: Iterable[Result], out: Path) -> Path | None:
     return out
 
 
+def group_size_plot(results: Iterable[Result], out: Path) -> Path | None:
+    """Bytes and time per durable send as a group grows (mls-rs writes whole snapshots)."""
+    found = _named(results, "send_cost_by_group_size")
+    if not found or len(found[0].get("rows", [])) < 2:
+        return None
+    rows = found[0]["rows"]
+    members = [r["members"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120)
+    left.plot(members, [r["bytes_written_per_send"] / 1024 for r in rows], "o-")
+    left.set_xlabel("group members")
+    left.set_ylabel("KiB written per durable send")
+    left.set_title("Group snapshot rewritten per send")
+    for key, label, style in (
+        ("durable_send_ms", "durable send (ours)", "s-"),
+        ("floor_ms", "floor: in-memory send + 1 fsync'd commit", "o--"),
+        ("memory_send_ms", "in-memory mls-rs send", "^:"),
+    ):
+        right.plot(members, [r[key] for r in rows], style, label=label)
+    right.set_yscale("log")
+    right.set_xlabel("group members")
+    right.set_ylabel("ms per send (median)")
+    right.set_title("Send cost vs group size")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def make_plots(results: Iterable[Result], outdir: Path) -> list[Path]:
     """Every plot the results allow; returns the files written."""
     outdir.mkdir(parents=True, exist_ok=True)
@@ -131,5 +168,6 @@ def make_plots(results: Iterable[Result], outdir: Path) -> list[Path]:
         persist_plot(results, outdir / "persist_cost_vs_state_size.png"),
         throughput_plot(results, outdir / "write_throughput_vs_baselines.png"),
         apply_breakdown_plot(results, outdir / "apply_breakdown.png"),
+        group_size_plot(results, outdir / "send_cost_vs_group_size.png"),
     ]
     return [p for p in made if p is not None]

@@ -318,7 +318,8 @@ class MlsClient:
 
         If anything fails, the cached engine groups are dropped: they may be ahead of
         the storage (whose operation was rolled back), and are reloaded from it on next
-        use, so a failed call leaves the client as if it had not been made.
+        use, so a failed call leaves the client as if it had not been made.  The
+        adapter's epoch index is rebuilt for the same reason.
         """
         with self._lock:
             self._check_open()
@@ -329,6 +330,7 @@ class MlsClient:
             except BaseException:
                 self._groups.clear()
                 self._members.clear()
+                self._store.reindex()
                 raise
 
     def _group(self, group_id: bytes) -> Any:

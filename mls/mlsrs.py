@@ -92,11 +92,21 @@ class VaultGroupStateStorage:
         self._storage = storage
         self._retention = retention
         self._epochs: dict[bytes, list[int]] = {}
-        for key in storage.keys(CATEGORY_EPOCHS):
-            gid, eid = key[:-_EPOCH_ID_LEN], int.from_bytes(key[-_EPOCH_ID_LEN:], "big")
-            bisect.insort(self._epochs.setdefault(gid, []), eid)
+        self.reindex()
         self.last_written: bytes | None = None
         self.callback_error: BaseException | None = None
+
+    def reindex(self) -> None:
+        """Rebuild the epoch index from the storage.
+
+        Needed after an enclosing storage operation was rolled back: the index follows
+        each ``write`` that succeeded, and cannot see a rollback that happens later.
+        """
+        epochs: dict[bytes, list[int]] = {}
+        for key in self._storage.keys(CATEGORY_EPOCHS):
+            gid, eid = key[:-_EPOCH_ID_LEN], int.from_bytes(key[-_EPOCH_ID_LEN:], "big")
+            bisect.insort(epochs.setdefault(gid, []), eid)
+        self._epochs = epochs
 
     @property
     def retention(self) -> int:

@@ -147,3 +147,18 @@ def test_derived_figure_divides_two_measured_numbers_and_judges_its_own_goal() -
     [figure] = derived_figures([SuiteOutcome("client", "ok", results=[result])], [rule])
     assert (figure.value, figure.verdict) == (10.0, "missed")
     assert derived_figures([SuiteOutcome("client", "ok", results=[])], [rule]) == []
+
+
+def test_broken_plot_fails_the_command_after_writing_the_json(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A plot that raises exits 1, but the table and JSON of the run are kept."""
+
+    def explode(results: object, outdir: Path) -> list[Path]:
+        raise KeyError("series")
+
+    monkeypatch.setattr(bench_main, "SUITES", (UNLOCK,))
+    monkeypatch.setattr("bench.plots.make_plots", explode)
+    out = tmp_path / "r.json"
+    assert bench_main.main(["--tiny", "--json", str(out), "--plots", str(tmp_path)]) == 1
+    assert json.loads(out.read_text())["figures"]

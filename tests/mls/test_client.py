@@ -234,6 +234,24 @@ def test_failed_batch_leaves_messages_processable(make: Factory) -> None:
     assert bob.process(gid, first).data == b"first"
 
 
+def test_failed_batch_with_a_commit_can_be_replayed(tmp_path: Path, make: Factory) -> None:
+    """A batch holding a commit that fails as a whole leaves the old epoch: the commit
+    is processed again, and the state survives a reopen."""
+    alice, bob, gid = pair(make)
+    stale = alice.encrypt(gid, b"stale")
+    bob.process(gid, stale)
+    commit = alice.update_keys(gid)
+    with pytest.raises(MlsEngineError):
+        bob.process_many([(gid, commit), (gid, stale)])
+    assert bob.process(gid, commit).kind is ReceivedKind.COMMIT
+    bob = reopen(tmp_path, bob)
+    try:
+        assert bob.export_secret(gid, b"x", b"", 16) == alice.export_secret(gid, b"x", b"", 16)
+        assert bob.process(gid, alice.encrypt(gid, b"after")).data == b"after"
+    finally:
+        bob.close()
+
+
 def test_garbage_message_is_rejected(make: Factory) -> None:
     """Bytes that are not an MLS message raise an MlsError subclass; nothing is written."""
     alice, _, gid = pair(make)

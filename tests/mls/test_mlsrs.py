@@ -85,6 +85,18 @@ def test_failed_write_changes_nothing() -> None:
     assert storage.pending_events() == 0
 
 
+def test_reindex_follows_a_rolled_back_enclosing_operation() -> None:
+    """After an outer operation is rolled back, reindex() forgets the epochs it wrote."""
+    storage = GranularStorage()
+    store = new_group_state_storage(storage)
+    store.write(GID, b"s0", [Record(0, b"e0")], [])
+    with pytest.raises(RuntimeError), storage.operation():
+        store.write(GID, b"s1", [Record(1, b"e1")], [])
+        raise RuntimeError("the enclosing call failed")
+    store.reindex()
+    assert (store.state(GID), store.epoch_ids(GID), store.max_epoch_id(GID)) == (b"s0", [0], 0)
+
+
 def test_old_epochs_are_pruned_to_the_retention() -> None:
     """Only the newest ``retention`` epochs stay, in memory and in the dirty log."""
     storage = GranularStorage()
