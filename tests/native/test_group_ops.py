@@ -1,0 +1,166 @@
+"""Native engine group operations: conversations, proposals, commits, Welcomes, PSKs, exporter."""
+
+from __future__ import annotations
+
+import pytest
+
+from mls.native.codec import decode_exact
+from mls.native.engine import GroupConfig, ProcessedKind
+from mls.native.framing import MessageBody, MLSMessage, PrivateMessage, PublicMessage, WireFormat
+from mls.native.leaf_node import Extension
+from mls.native.proposals import Commit
+from tests.native.engine_helpers import GID, agreed, deliver, group, member
+
+HANDSHAKES = [
+    pytest.param(WireFormat.PUBLIC_MESSAGE, id="public-handshake"),
+    pytest.param(WireFormat.PRIVATE_MESSAGE, id="private-handshake"),
+]
+
+
+def body(message: bytes) -> MessageBody:
+    """The body of an MLSMessage."""
+    return decode_exact(message, MLSMessage.decode).body
+
+
+def test_two_members_exchange_application_messages_both_ways() -> None:
+    """A creator and a joiner read each other's application messages."""
+    alice, bob = group(["alice", "bob"])
+    got = bob.process(GID, alice.encrypt(GID, b"hello bob"))
+    assert (got.kind, got.identity, got.data) == (ProcessedKind.APPLICATION, b"alice", b"hello bob")
+    got = alice.process(GID, bob.encrypt(GID, b"hello alice", aad=b"meta"))
+    assert (got.identity, got.data) == (b"bob", b"hello alice")
+
+
+@pytest.mark.parametrize("handshake", HANDSHAKES)
+def test_three_member_conversation_with_adds_updates_and_removes(handshake: WireFormat) -> None:
+    """Adds, an Update proposal, path commits and a removal keep every member in step."""
+    config = GroupConfig(handshake=handshake)
+    alice, bob = group(["alice", "bob"], config=config)
+    carol = member("carol")
+    commit, welcome = bob.commit(GID, add=[carol.generate_key_package()], force_path=True)
+    expected = PublicMessage if handshake == WireFormat.PUBLIC_MESSAGE else PrivateMessage
+    assert isinstance(body(commit), expected)
+    assert welcome is not None
+    alice.process(GID, commit)
+    carol.join(welcome, config=config)
+    assert agreed([alice, bob, carol])
+    for sender in (alice, bob, carol):
+        msg = sender.encrypt(GID, b"hi from " + sender.identity)
+        for receiver in {alice, bob, carol} - {sender}:
+            assert receiver.process(GID, msg).data == b"hi from " + sender.identity
+    proposal = carol.propose_update(GID)
+    deliver(proposal, [alice, bob])
+    commit, _ = alice.commit(GID)
+    deliver(commit, [bob, carol])
+    assert agreed([alice, bob, carol])
+    commit, _ = carol.commit(GID, remove=[1])
+    assert bob.process(GID, commit).removed
+    alice.process(GID, commit)
+    assert agreed([alice, carol])
+    assert alice.members(GID) == [(0, b"alice"), (2, b"carol")]
+    assert carol.process(GID, alice.encrypt(GID, b"after")).data == b"after"
+
+
+def test_add_only_commit_has_no_path_and_update_commit_has_one() -> None:
+    """An Add-only commit omits the UpdatePath (§12.4); a key update carries one."""
+    alice, bob = group(["alice", "bob"])
+    carol = member("carol")
+    add, _ = alice.commit(GID, add=[carol.generate_key_package()])
+    update, _ = alice.commit(GID, force_path=True)
+    for raw, has_path in ((add, False), (update, True)):
+        message = body(raw)
+        assert isinstance(message, PublicMessage)
+        content = message.content.content
+        assert isinstance(content, Commit)
+        assert (content.path is not None) == has_path
+    bob.process(GID, add)
+    bob.process(GID, update)
+    assert agreed([alice, bob])
+
+
+def test_update_proposal_rotates_the_proposers_leaf_key() -> None:
+    """A committed Update replaces the proposer's leaf; it keeps decrypting."""
+    alice, bob = group(["alice", "bob"])
+    before = alice.storage.tree(GID)
+    alice.process(GID, bob.propose_update(GID))
+    commit, _ = alice.commit(GID)
+    bob.process(GID, commit)
+    assert agreed([alice, bob])
+    assert alice.storage.tree(GID) != before
+    assert bob.process(GID, alice.encrypt(GID, b"x")).data == b"x"
+
+
+def test_leave_proposal_committed_by_another_member_removes_the_leaver() -> None:
+    """A member proposes its own removal; the commit tells it it was removed."""
+    alice, bob, carol = group(["alice", "bob", "carol"])
+    proposal = bob.propose_remove(GID, bob.own_leaf_index(GID))
+    deliver(proposal, [alice, carol])
+    commit, _ = alice.commit(GID)
+    assert bob.process(GID, commit).removed
+    carol.process(GID, commit)
+    assert bob.group_ids() == []
+    assert [i for i, _ in alice.members(GID)] == [0, 2]
+    assert agreed([alice, carol])
+
+
+def test_external_psk_is_mixed_into_the_next_epoch() -> None:
+    """A commit with an external PSK agrees only among members holding that PSK."""
+    alice, bob = group(["alice", "bob"])
+    for e in (alice, bob):
+        e.store_external_psk(b"psk-1", b"\x42" * 32)
+    deliver(alice.propose_external_psk(GID, b"psk-1"), [bob])
+    commit, _ = alice.commit(GID)
+    bob.process(GID, commit)
+    assert agreed([alice, bob])
+
+
+def test_resumption_psk_of_a_past_epoch_is_accepted() -> None:
+    """A resumption PSK of an earlier epoch of the group can be injected."""
+    alice, bob = group(["alice", "bob"])
+    deliver(bob.propose_resumption_psk(GID, 1), [alice])
+    commit, _ = alice.commit(GID)
+    bob.process(GID, commit)
+    assert agreed([alice, bob])
+    assert alice.epoch(GID) == 2
+
+
+def test_group_context_extensions_commit_updates_every_member() -> None:
+    """A GroupContextExtensions commit changes the context for everyone."""
+    alice, bob = group(["alice", "bob"])
+    commit, _ = alice.commit(GID, extensions=[Extension(0xFF00, b"topic")])
+    bob.process(GID, commit)
+    assert agreed([alice, bob])
+
+
+def test_welcome_with_path_secret_lets_the_joiner_follow_later_commits() -> None:
+    """Joiners added by a path commit receive a path secret and follow later commits."""
+    alice, bob, carol, dave = group(["alice", "bob", "carol", "dave"])
+    erin = member("erin")
+    commit, welcome = bob.commit(GID, add=[erin.generate_key_package()], force_path=True)
+    deliver(commit, [alice, carol, dave])
+    assert welcome is not None
+    erin.join(welcome)
+    commit, _ = erin.commit(GID, force_path=True)
+    deliver(commit, [alice, bob, carol, dave])
+    assert agreed([alice, bob, carol, dave, erin])
+
+
+def test_exporter_is_equal_on_every_member() -> None:
+    """MLS-Exporter yields the same secret for every member and differs by label."""
+    alice, bob = group(["alice", "bob"])
+    assert alice.export_secret(GID, b"label", b"ctx", 32) == bob.export_secret(
+        GID, b"label", b"ctx", 32
+    )
+    assert alice.export_secret(GID, b"other", b"ctx", 32) != bob.export_secret(
+        GID, b"label", b"ctx", 32
+    )
+
+
+@pytest.mark.parametrize("suite", range(1, 8))
+def test_every_cipher_suite_runs_a_group(suite: int) -> None:
+    """Each RFC 9420 suite supports join, a path commit and messages."""
+    alice, bob = group(["alice", "bob"], suite=suite)
+    commit, _ = bob.commit(GID, force_path=True)
+    alice.process(GID, commit)
+    assert agreed([alice, bob])
+    assert bob.process(GID, alice.encrypt(GID, b"m")).data == b"m"
