@@ -188,3 +188,39 @@ def read_vault(path: Path, secret: str | bytes) -> SpecVault:
     finally:
         conn.close()
     return SpecVault(header, int(version), rows, int(counter[0]))
+
+
+def read_export_file(data: bytes, passphrase: str) -> list[tuple[str, bytes, bytes]]:
+    """Every ``(category, key, value)`` of an export file, per docs/format.md §11."""
+    if data[:8] != b"MLKSEXP\x00" or data[8] != 1 or data[9] != 1:
+        raise SpecError("not a format-1 export")
+    header = data[:42]
+    t, m, p = struct.unpack_from(">III", header, 10)
+    (chunk_size,) = struct.unpack_from(">I", header, 38)
+    password = unicodedata.normalize("NFC", passphrase).encode("utf-8")
+    aead = AESGCM(hash_secret_raw(password, header[22:38], t, m, p, 32, Type.ID))
+    aead.decrypt(b"\xff" * 12, data[42:58], header)
+    stream, pos, index = b"", 58, 0
+    while True:
+        blob = data[pos : pos + chunk_size + 16]
+        last = len(blob) < chunk_size + 16
+        nonce = index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+        stream += aead.decrypt(nonce, blob, header)
+        pos, index = pos + len(blob), index + 1
+        if last:
+            break
+    records, pos = [], 0
+    while stream[pos] == 1:
+        (cat_len,) = struct.unpack_from(">H", stream, pos + 1)
+        category = stream[pos + 3 : pos + 3 + cat_len].decode("utf-8")
+        pos += 3 + cat_len
+        (key_len,) = struct.unpack_from(">I", stream, pos)
+        key = stream[pos + 4 : pos + 4 + key_len]
+        pos += 4 + key_len
+        (value_len,) = struct.unpack_from(">I", stream, pos)
+        records.append((category, key, stream[pos + 4 : pos + 4 + value_len]))
+        pos += 4 + value_len
+    (count,) = struct.unpack_from(">Q", stream, pos + 1)
+    if stream[pos] != 0 or count != len(records) or pos + 9 != len(stream):
+        raise SpecError("bad end record")
+    return records

@@ -270,18 +270,69 @@ def sidecar_cases(case: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def export_case(name: str, records: list[tuple[str, bytes, bytes]], seed: int) -> dict[str, Any]:
+    """An export file: Argon2id key, 42-byte header, header tag, counter-nonce chunks."""
+    passphrase, chunk_size = "backup passphrase", 1024
+    t, m, p, salt = 1, 8, 1, _fill(seed, 16)
+    header = b"MLKSEXP\x00" + bytes([1, 1]) + struct.pack(">III", t, m, p) + salt
+    header += struct.pack(">I", chunk_size)
+    key = kek_from_passphrase(passphrase, salt, t, m, p)
+    aead = AESGCM(key)
+    stream = b"".join(
+        b"\x01" + struct.pack(">H", len(c)) + c.encode() + struct.pack(">I", len(k)) + k
+        + struct.pack(">I", len(v)) + v
+        for c, k, v in records
+    ) + b"\x00" + struct.pack(">Q", len(records))
+    out = header + aead.encrypt(b"\xff" * 12, b"", header)
+    pieces = [stream[i : i + chunk_size] for i in range(0, len(stream), chunk_size)]
+    if len(stream) % chunk_size == 0:
+        pieces.append(b"")  # the final chunk is always present, empty if need be
+    for index, piece in enumerate(pieces):
+        last = b"\x01" if index == len(pieces) - 1 else b"\x00"
+        out += aead.encrypt(index.to_bytes(11, "big") + last, piece, header)
+    return {
+        "name": name,
+        "passphrase": passphrase,
+        "key": key.hex(),
+        "chunk_size": chunk_size,
+        "chunks": len(pieces),
+        "records": [{"category": c, "key": k.hex(), "value": v.hex()} for c, k, v in records],
+        "export": out.hex(),
+    }
+
+
+def export_cases() -> list[dict[str, Any]]:
+    """Two chunks with a short last one, and a stream that fills its chunk exactly."""
+    return [
+        export_case(
+            "two-chunks",
+            [
+                ("openmls/v1/key_package", b"ref", _fill(0x00, 700)),
+                ("mlsrs/v1/epoch", _fill(0x10, 12), _fill(0x20, 500)),
+                ("c", b"", b""),
+            ],
+            seed=0x31,
+        ),
+        # 1 + 2 + 1 + 4 + 1 + 4 + 1002 record bytes + 9 end bytes = 1024: one full chunk,
+        # then an empty last chunk.
+        export_case("exact-chunk", [("c", b"k", _fill(0x40, 1002))], seed=0x32),
+    ]
+
+
 def make() -> dict[str, Any]:
     """Every vector set, deterministically."""
     headers = header_cases()
     return {
-        "description": "mls-keystore header, key wrapping, key hash, SQLCipher page key and "
-        "header file (docs/format.md); the row value format is in value_format.json",
+        "description": "mls-keystore header, key wrapping, key hash, SQLCipher page key, "
+        "header file and export file (docs/format.md); the row value format is in "
+        "value_format.json",
         "headers": headers,
         "invalid_headers": invalid_header_cases(bytes.fromhex(headers[0]["header"])),
         "tampered_headers": tampered_header_cases(headers[0]),
         "key_hashes": key_hash_cases(),
         "page_keys": page_key_cases(headers),
         "sidecars": sidecar_cases(headers[3]),
+        "exports": export_cases(),
     }
 
 
