@@ -121,7 +121,7 @@ def connect(
     """Open ``path`` with SQLCipher, keyed, in autocommit mode.
 
     The key is only checked when the first page is read: the caller must read
-    something (see :func:`keystore.vault`) to learn whether it was right.
+    something (``Vault`` reads ``sqlite_master``) to learn whether it was right.
 
     The returned object is a ``sqlcipher3`` connection; it is typed as the stdlib
     ``sqlite3.Connection`` whose API it copies.

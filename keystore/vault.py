@@ -1115,10 +1115,11 @@ class Vault:
 
         A SQLCipher vault's page key derives from the data key, so it changes too.
         A file rename and a SQLite transaction cannot be one atomic step, so that
-        rekey has two phases: (1) the header file gets the next header as
-        *pending* beside the current one; (2) one transaction rewrites the rows and
-        records their new key generation; (3) ``PRAGMA rekey`` re-encrypts every
-        page (itself atomic); (4) the header file keeps only the new header.
+        rekey is two-phase, in four steps: (1) prepare: the header file gets the
+        next header as *pending* beside the current one; (2) commit: one
+        transaction rewrites the rows and records their new key generation; then
+        (3) ``PRAGMA rekey`` re-encrypts every page (itself atomic) and (4) the
+        header file keeps only the new header.
         After a crash at any point, :meth:`unlock` finds the key that opens the
         pages, trusts the generation recorded with the rows, and completes (or,
         before step 2, drops) the rekey.
