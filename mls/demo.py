@@ -373,7 +373,10 @@ def main(argv: list[str]) -> int:
     """Run the demo; returns the process exit code."""
     if argv[:1] == [_WORKER_FLAG] and len(argv) == 2:
         return _worker(argv[1])
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else 2
     directory: Path = args.directory
     try:
         kdf = profiles.by_name(args.kdf_profile)

@@ -55,3 +55,9 @@ def test_demo_rejects_an_unknown_kdf_profile(
     """A bad --kdf-profile is a one-line error and exit code 2."""
     assert demo.main([str(tmp_path), "--kdf-profile", "FAST_PLEASE"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_demo_usage_errors_return_a_code(capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing DIR returns exit code 2 instead of raising SystemExit."""
+    assert demo.main([]) == 2
+    assert "directory" in capsys.readouterr().err
