@@ -46,6 +46,7 @@ from keystore.cipher import (
 from keystore.errors import (
     IntegrityError,
     KeystoreError,
+    MigrationError,
     MigrationRequired,
     NotAVault,
     SchemaTooNew,
@@ -556,7 +557,17 @@ class Vault:
             migrations.check_recorded(conn)
         if cls._needs_migration(path, version, readonly, auto_migrate):
             backup(f"v{version}")
-            migrations.migrate(conn)
+            try:
+                migrations.migrate(conn)
+            except MigrationError as exc:
+                # A step that could not take SQLite's write lock is contention, not a
+                # broken migration: say so, as everywhere else.
+                cause = exc.__cause__
+                if isinstance(cause, sqlcipher_layer.db_error_types()) and isinstance(
+                    busy := _translate(cause, path), VaultBusy
+                ):
+                    raise busy from exc
+                raise
 
     @staticmethod
     def _needs_migration(path: Path, version: int, readonly: bool, auto_migrate: bool) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from keystore import MigrationRequired, Vault, migrations
+from keystore import MigrationRequired, Vault, VaultBusy, migrations
 from keystore.cipher import StoreCipher, derive_wrapping_key, normalize_passphrase, wrap_secrets
 from keystore.header import FLAG_SQLCIPHER, KDF_ARGON2ID, Header
 from keystore.sidecar import Sidecar, sidecar_path_for
@@ -75,3 +75,21 @@ def test_unlock_migrates_with_backup(vault_path: Path) -> None:
     with Vault.open(vault_path) as v:  # no further migration needed
         v.unlock(PASSPHRASE)
         assert v.verify().ok
+
+
+def test_migration_blocked_by_foreign_lock_is_busy(vault_path: Path) -> None:
+    """A migration that cannot take SQLite's write lock raises VaultBusy; nothing migrates."""
+    _old_vault(vault_path)
+    foreign = open_raw(vault_path, page_key_of(vault_path, PASSPHRASE))
+    try:
+        foreign.execute("BEGIN IMMEDIATE")
+        with Vault.open(vault_path, auto_migrate=True, busy_timeout=0.05) as v, pytest.raises(
+            VaultBusy
+        ):
+            v.unlock(PASSPHRASE)
+    finally:
+        foreign.close()
+    with Vault.open(vault_path, auto_migrate=True) as v:
+        v.unlock(PASSPHRASE)  # and it migrates once the lock is gone
+        assert v.schema_version == migrations.LATEST_VERSION
+        assert dict(v.items("groups")) == ROWS
