@@ -40,6 +40,7 @@ from keystore.cipher import (
 from keystore.errors import (
     IntegrityError,
     KeystoreError,
+    MigrationError,
     MigrationRequired,
     NotAVault,
     SchemaTooNew,
@@ -577,11 +578,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
                 if not args.no_backup:
                     with _working("backing up"):
                         backup = str(backup_vault_file(conn, path, f"v{version}"))
-                with _progress("migrating") as update:
-                    for i, step in enumerate(steps):
-                        update(i, len(steps))
-                        migrations.migrate(conn, step.version, migrations=shipped, cipher=cipher)
-                    update(len(steps), len(steps))
+                _run_steps(conn, steps, shipped, cipher, backup)
         except sqlite3.DatabaseError as exc:
             raise VaultIOError(f"storage failure on vault {path}: {exc}") from None
         finally:
@@ -597,6 +594,26 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     )
     _emit(args, report, _migrate_lines(report))
     return ExitCode.OK
+
+
+def _run_steps(
+    conn: sqlite3.Connection,
+    steps: Sequence[migrations.Migration],
+    shipped: Sequence[migrations.Migration],
+    cipher: StoreCipher | None,
+    backup: str | None,
+) -> None:
+    """Apply ``steps`` one transaction each, with a progress bar."""
+    with _progress("migrating") as update:
+        for i, step in enumerate(steps):
+            update(i, len(steps))
+            try:
+                migrations.migrate(conn, step.version, migrations=shipped, cipher=cipher)
+            except MigrationError as exc:
+                # The steps before this one stay applied; say where the old copy is.
+                where = f"; the copy made before migrating is {backup}" if backup else ""
+                raise MigrationError(f"{exc}{where}") from exc
+        update(len(steps), len(steps))
 
 
 def _target(args: argparse.Namespace, version: int) -> int:
@@ -758,8 +775,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     with _progress("importing") as update:
         summary = import_vault(src, dest, backup_pw, vault_pw, kdf, overwrite=args.force,
                                progress=update)
-    with Vault.open(dest, readonly=True) as vault:
-        store_id = vault.store_id.hex()
+    assert summary.store_id is not None  # import_vault always reports the new vault's id
+    store_id = summary.store_id.hex()
     report = TransferReport(source=str(src), destination=str(dest), rows=summary.rows,
                             categories=summary.categories,
                             plaintext_bytes=summary.plaintext_bytes, store_id=store_id)

@@ -148,6 +148,7 @@ class ExportSummary:
     rows: int
     categories: int
     plaintext_bytes: int
+    store_id: bytes | None = None  # of the new vault, after an import
 
 
 def _derive(header: ExportHeader, passphrase: str | bytes) -> AESGCM:
@@ -498,6 +499,7 @@ def _build(
         vault.apply(batch)
         if vault.stats().total_rows != rows:
             raise IntegrityError("export file holds the same row twice")
+        store_id = vault.store_id
     if progress is not None:
         progress(size, size)
     if Path(f"{tmp}-wal").exists():
@@ -507,7 +509,9 @@ def _build(
         os.fsync(fd)
     finally:
         os.close(fd)
-    return ExportSummary(rows=rows, categories=len(categories), plaintext_bytes=plain)
+    return ExportSummary(
+        rows=rows, categories=len(categories), plaintext_bytes=plain, store_id=store_id
+    )
 
 
 def _sidecars(path: Path) -> tuple[Path, ...]:

@@ -310,3 +310,25 @@ def test_data_step_without_the_right_passphrase_writes_nothing(
     assert result.code == code
     assert digest(old_vault) == before
     assert not list(old_vault.parent.glob("*.bak"))
+
+
+def test_failed_step_is_reported_with_the_backup(
+    cli: Runner, old_vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that fails: exit 1, rolled back, earlier steps kept, the backup named."""
+
+    def explode(conn: sqlite3.Connection) -> None:
+        raise RuntimeError("no space left on device")
+
+    broken = migrations.Migration(DATA_VERSION, "breaks", ("CREATE TABLE t (x)",),
+                                  python=explode, python_id="explode")
+    shipped = migrations.MIGRATIONS
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*shipped, broken))
+    monkeypatch.setattr(migrations, "LATEST_VERSION", DATA_VERSION)
+    result = cli("migrate", old_vault)
+    assert result.code == ExitCode.FAILURE
+    (backup,) = old_vault.parent.glob("*.bak")
+    assert "rolled back" in result.err and str(backup) in result.err
+    conn = sqlite3.connect(old_vault)
+    assert migrations.schema_version(conn) == shipped[-1].version
+    conn.close()
