@@ -152,7 +152,7 @@ class SpecVault:
     header: SpecHeader
     schema_version: int
     rows: dict[tuple[str, bytes], bytes]
-    encryptions: int
+    encryptions: int | None  # None: schema version 1 kept no counter
 
 
 def read_vault(path: Path, secret: str | bytes) -> SpecVault:
@@ -182,12 +182,15 @@ def read_vault(path: Path, secret: str | bytes) -> SpecVault:
                 data_key, hash_key, header.store_id, category, bytes(kh), bytes(stored)
             )
             rows[(category, key)] = value
-        counter = conn.execute(
-            "SELECT value FROM keystore_counters WHERE name = 'encryptions'"
-        ).fetchone()
+        counter = (
+            conn.execute("SELECT value FROM keystore_counters WHERE name = 'encryptions'")
+            .fetchone()
+            if version >= 2
+            else None
+        )
     finally:
         conn.close()
-    return SpecVault(header, int(version), rows, int(counter[0]))
+    return SpecVault(header, int(version), rows, None if counter is None else int(counter[0]))
 
 
 def read_export_file(data: bytes, passphrase: str) -> list[tuple[str, bytes, bytes]]:

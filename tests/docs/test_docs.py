@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib
 import re
 import sqlite3
@@ -133,3 +134,13 @@ def test_format_doc_constants_match_the_code() -> None:
         sqlcipher_layer.PAGE_KEY_INFO,
     ):
         assert f'"{constant.decode()}"' in text or f"`{constant.decode()}`" in text
+
+
+def test_documented_checksum_recipe_reproduces_every_shipped_checksum() -> None:
+    """SHA-256 over u32-length-prefixed version, name, statements and python_id (§7.2)."""
+    for m in migrations.MIGRATIONS:
+        h = hashlib.sha256()
+        for part in (str(m.version), m.name, *m.statements, m.python_id):
+            data = part.encode("utf-8")
+            h.update(len(data).to_bytes(4, "big") + data)
+        assert h.hexdigest() == m.checksum

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from keystore.profiles import KdfParameters
 from keystore.sidecar import Sidecar
 from tests.conftest import FAST_KDF, PASSPHRASE
 from tests.docs import spec_reader
+from tests.fixtures import make_fixtures
 
 VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parents[1] / "vectors" / "format.json").read_text()
@@ -252,6 +254,15 @@ def test_spec_reader_follows_rekey_and_passphrase_change(vault_path: Path) -> No
     read = spec_reader.read_vault(vault_path, "another passphrase")
     assert read.rows == ROWS
     assert read.header.key_generation == 2
+
+
+def test_spec_reader_reads_the_schema_version_1_fixture(tmp_path: Path) -> None:
+    """The row layout is unchanged since version 1: the checked-in v1 vault reads too."""
+    copy = tmp_path / "v1.vault"
+    shutil.copy2(make_fixtures.VAULT_V1, copy)
+    read = spec_reader.read_vault(copy, make_fixtures.PASSPHRASE)
+    assert read.schema_version == 1 and read.encryptions is None
+    assert read.rows == {(c, k): v for c, k, v in make_fixtures.ROWS}
 
 
 @needs_sqlcipher
