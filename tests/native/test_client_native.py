@@ -1,0 +1,155 @@
+"""The native engine behind MlsClient's API: vault persistence, durability barrier, restarts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keystore import Vault, profiles
+from mls.client import ReceivedKind
+from mls.errors import MlsEngineError, MlsError, NotAnMlsVault, UnknownGroup, UnknownMember
+from mls.native.client import NativeClient
+from mls.native.engine import NativeEngine
+from mls.storage import GranularStorage
+
+PASSPHRASE = "native client passphrase"
+FAST = profiles.INSECURE_FOR_TESTS_ONLY
+GID = b"room"
+
+
+class Clients:
+    """Native clients in their own vaults under one folder, restartable."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.made: list[NativeClient] = []
+
+    def path(self, name: str) -> Path:
+        """Where ``name``'s vault lives."""
+        return self.folder / f"{name}.vault"
+
+    def make(self, name: str) -> NativeClient:
+        """A new client for identity ``name``."""
+        client = NativeClient.create(self.path(name), PASSPHRASE, identity=name.encode(), kdf=FAST)
+        self.made.append(client)
+        return client
+
+    def restart(self, client: NativeClient) -> NativeClient:
+        """Close and reopen from the vault, as a new process would."""
+        client.close()
+        again = NativeClient.open(self.path(client.identity.decode()), PASSPHRASE)
+        self.made.append(again)
+        return again
+
+    def snapshot(self, client: NativeClient) -> NativeEngine:
+        """An engine on what the vault holds right now (read-only, beside the writer)."""
+        with Vault.open(self.path(client.identity.decode()), readonly=True) as vault:
+            vault.unlock(PASSPHRASE)
+            return NativeEngine(GranularStorage.load(vault))
+
+
+@pytest.fixture
+def clients(tmp_path: Path) -> Iterator[Clients]:
+    """A client factory; every client is closed after the test."""
+    c = Clients(tmp_path)
+    yield c
+    for client in c.made:
+        client.close()
+
+
+def pair(clients: Clients) -> tuple[NativeClient, NativeClient]:
+    """Alice creates the room and adds Bob."""
+    alice, bob = clients.make("alice"), clients.make("bob")
+    alice.create_group(GID)
+    _, welcome = alice.add_members(GID, [bob.generate_key_package()])
+    assert bob.join(welcome) == GID
+    return alice, bob
+
+
+def test_conversation_continues_across_restarts(clients: Clients) -> None:
+    """Messages, a key update and a removal work with both members restarted in between."""
+    alice, bob = pair(clients)
+    carol = clients.make("carol")
+    commit, welcome = bob.add_members(GID, [carol.generate_key_package()])
+    alice.process(GID, commit)
+    carol.join(welcome)
+    alice, bob = clients.restart(alice), clients.restart(bob)
+    got = bob.process(GID, alice.encrypt(GID, b"hello"))
+    assert (got.kind, got.sender, got.data) == (ReceivedKind.APPLICATION, b"alice", b"hello")
+    commit = bob.update_keys(GID)
+    alice.process(GID, commit)
+    carol.process(GID, commit)
+    carol = clients.restart(carol)
+    commit = carol.remove_members(GID, [b"alice"])
+    assert alice.process(GID, commit).removed
+    bob.process(GID, commit)
+    assert alice.group_ids() == []
+    assert bob.members(GID) == carol.members(GID) == [b"bob", b"carol"]
+    assert bob.process(GID, carol.encrypt(GID, b"two left")).data == b"two left"
+
+
+def test_key_packages_survive_restarts_and_none_is_lost(clients: Clients) -> None:
+    """A key package published before a restart joins after it; nothing is ever lost."""
+    alice, bob = clients.make("alice"), clients.make("bob")
+    key_package = bob.generate_key_package()
+    bob = clients.restart(bob)
+    assert bob.lost_key_packages() == []
+    assert bob.discard_lost_key_packages() == 0
+    alice.create_group(GID)
+    _, welcome = alice.add_members(GID, [key_package])
+    assert bob.join(welcome) == GID
+    assert alice.process(GID, bob.encrypt(GID, b"joined")).data == b"joined"
+
+
+def test_encrypt_is_durable_before_it_returns(clients: Clients) -> None:
+    """The vault already holds the advanced ratchet when the ciphertext is returned."""
+    alice, bob = pair(clients)
+    sent = alice.encrypt(GID, b"first")
+    crashed = clients.snapshot(alice)  # what a process restarted right now would have
+    resent = crashed.encrypt(GID, b"second")
+    assert bob.process(GID, sent).data == b"first"
+    assert bob.process(GID, resent).data == b"second"  # a new generation, not a reuse
+
+
+def test_process_is_durable_before_it_returns(clients: Clients) -> None:
+    """After processing a commit returns, the vault is already in the new epoch."""
+    alice, bob = pair(clients)
+    bob.process(GID, alice.update_keys(GID))
+    assert clients.snapshot(bob).export_secret(GID, b"l", b"", 16) == alice.export_secret(
+        GID, b"l", b"", 16
+    )
+
+
+def test_join_is_durable_before_it_returns(clients: Clients) -> None:
+    """A joined group is in the vault when join returns (no restore-before-drain loss)."""
+    _, bob = pair(clients)
+    assert clients.snapshot(bob).group_ids() == [GID]
+
+
+def test_errors_are_the_mls_layer_types(clients: Clients) -> None:
+    """Unknown groups and members raise the same errors as MlsClient."""
+    alice, _ = pair(clients)
+    with pytest.raises(UnknownGroup):
+        alice.encrypt(b"nope", b"x")
+    with pytest.raises(UnknownMember):
+        alice.remove_members(GID, [b"mallory"])
+    with pytest.raises(MlsEngineError):
+        alice.process(GID, b"\x00\x01\x00\x01garbage")
+
+
+def test_vault_without_a_native_identity_is_refused(tmp_path: Path) -> None:
+    """Opening a vault that holds no native identity raises NotAnMlsVault."""
+    path = tmp_path / "plain.vault"
+    Vault.create(path, PASSPHRASE, kdf=FAST).close()
+    with pytest.raises(NotAnMlsVault):
+        NativeClient.open(path, PASSPHRASE)
+
+
+def test_closed_client_refuses_calls(clients: Clients) -> None:
+    """Calls after close raise instead of touching a closed vault."""
+    alice = clients.make("alice")
+    alice.close()
+    with pytest.raises(MlsError):
+        alice.group_ids()
