@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from keystore import Vault, migrations
+from keystore import Vault, migrations, profiles
+from keystore.export import export_vault
 from tests.cli.conftest import FAST, PASSPHRASE, ROWS, Runner, digest, read_rows
 from tests.fixtures.make_fixtures import PASSPHRASE as V1_PASSPHRASE
 from tests.fixtures.make_fixtures import ROWS as V1_ROWS
@@ -363,19 +364,25 @@ def test_stats_reads_counts_without_a_passphrase(run: Runner, vault_file: Path) 
 
 
 @pytest.fixture
-def backup(run: Runner, tmp_path: Path, vault_file: Path, pwfile: Path) -> Path:
-    """An export of ``vault_file`` under the passphrase in backup-pass.txt."""
+def backup(tmp_path: Path, vault_file: Path) -> Path:
+    """An export of ``vault_file`` (made in-process) under the passphrase in backup-pass.txt."""
+    _secret_file(tmp_path, "backup-pass.txt", "the backup passphrase\n")
+    out = tmp_path / "backup.mlksx"
+    with Vault.open(vault_file, readonly=True) as v:
+        v.unlock(PASSPHRASE)
+        export_vault(v, out, "the backup passphrase", profiles.INSECURE_FOR_TESTS_ONLY)
+    return out
+
+
+def test_export_then_import_restores_every_row(
+    run: Runner, tmp_path: Path, vault_file: Path, pwfile: Path
+) -> None:
+    """import of an export gives a new vault (new store id) with exactly the same rows."""
     bpw = _secret_file(tmp_path, "backup-pass.txt", "the backup passphrase\n")
     result = run("export", vault_file, "backup.mlksx", "--passphrase-file", pwfile,
                  "--backup-passphrase-file", bpw, *FAST)
     assert result.code == 0, result.err
-    return tmp_path / "backup.mlksx"
-
-
-def test_export_then_import_restores_every_row(
-    run: Runner, tmp_path: Path, vault_file: Path, backup: Path
-) -> None:
-    """import of an export gives a new vault (new store id) with exactly the same rows."""
+    backup = tmp_path / "backup.mlksx"
     new_pw = _secret_file(tmp_path, "new.txt", "restored passphrase\n")
     result = run("import", backup, "restored.vault", "--backup-passphrase-file",
                  tmp_path / "backup-pass.txt", "--passphrase-file", new_pw, *FAST, "--json")
