@@ -172,3 +172,29 @@ def test_vault_file_mode_follows_the_umask(tmp_path: Path, umask: int, mode: int
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "v.vault").stat().st_mode) == mode
+
+
+def test_lowering_the_nonce_counter_is_not_detected(vault_path: Path) -> None:
+    """The encryption counter is not authenticated: resetting it only resets the report."""
+    with Vault.create(vault_path, PASSPHRASE, kdf=FAST_KDF) as v:
+        for i in range(5):
+            v.put("c", bytes([i]), b"v")
+    _run_sql(
+        vault_path, "UPDATE keystore_counters SET value = 0 WHERE name = ?", ("encryptions",)
+    )
+    with Vault.open(vault_path) as v:
+        v.unlock(PASSPHRASE)
+        assert v.stats().encryptions == 0
+        assert v.verify().ok
+
+
+def test_lock_and_header_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """The lock file (and a SQLCipher vault's header file) are created 0600 under umask 022."""
+    sqlcipher = sqlcipher_layer.available()
+    previous = os.umask(0o022)
+    try:
+        Vault.create(tmp_path / "v.vault", PASSPHRASE, kdf=FAST_KDF, sqlcipher=sqlcipher).close()
+    finally:
+        os.umask(previous)
+    private = [tmp_path / "v.vault.lock"] + ([tmp_path / "v.vault.header"] if sqlcipher else [])
+    assert [stat.S_IMODE(p.stat().st_mode) for p in private] == [0o600] * len(private)
