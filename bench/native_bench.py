@@ -1,15 +1,35 @@
-"""Micro-benchmark of the native MLS engine: message protection and tree operations.
+"""Benchmarks of the native MLS engine, against mls-rs measured in the same run.
 
-Run from the repository root with ``python -m bench.native_bench``; prints operations per
-second per cipher suite. Not a test: numbers depend on the machine.
+Run from the repository root:
+
+* ``python -m bench.native_bench`` — native vs mls-rs (suite 0x0001), printed as JSON:
+
+  - ``messages``: N application messages encrypted by one member and decrypted by the
+    other, both engines in memory (no vault), time ratio native ÷ mls-rs;
+  - ``create_add``: create a group and add M members in one commit (key packages made
+    beforehand, untimed), time ratio native ÷ mls-rs;
+  - ``bytes_per_message``: in a group of K members, the bytes (row keys + values) each
+    application message hands to the vault — native: the rows the engine changed in
+    ``GranularStorage``; mls-rs: what ``MlsClient`` persists, i.e. the snapshot written
+    by ``write_to_storage`` through ``mls.mlsrs.VaultGroupStateStorage``.
+
+* ``python -m bench.native_bench --micro`` — the part-1 micro-benchmark: operations per
+  second of message protection and tree operations per cipher suite.
+
+Numbers depend on the machine; only the ratios measured in one run are claims.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
+from typing import Any
 
+from bench.common import measure_ratio, summarize
+from mls.mlsrs import load_binding, new_group_state_storage
+from mls.native.engine import NativeEngine
 from mls.native.framing import FramedContent, Sender, SenderType, WireFormat
 from mls.native.group_context import GroupContext
 from mls.native.leaf_node import (
@@ -25,6 +45,7 @@ from mls.native.secret_tree import SecretTree
 from mls.native.suites import SUITES, CipherSuite
 from mls.native.tree import RatchetTree
 from mls.native.treekem import TreePrivate, create_update_path, process_update_path
+from mls.storage import GranularStorage
 
 
 def _rate(fn: Callable[[], object], seconds: float) -> float:
@@ -88,15 +109,189 @@ def bench_suite(cs: CipherSuite, members: int, seconds: float) -> None:
         print(f"suite {cs.suite_id} ({members} members) {name:>24}: {rate:10.1f} ops/s")
 
 
+# ---------------------------------------------------------------------------- vs mls-rs
+
+_GID = b"bench-group"
+
+
+def _native(name: str) -> NativeEngine:
+    return NativeEngine.create(GranularStorage(), name.encode())
+
+
+def _rs_client(binding: Any, name: str, storage: GranularStorage | None = None) -> Any:
+    keypair = binding.generate_signature_keypair(binding.CipherSuite.CURVE25519_AES128)
+    if storage is None:
+        config = binding.client_config_default()
+    else:
+        config = binding.ClientConfig(
+            group_state_storage=new_group_state_storage(storage), use_ratchet_tree_extension=True
+        )
+    return binding.Client(name.encode(), keypair, config)
+
+
+def _native_pair(members: int) -> tuple[NativeEngine, NativeEngine]:
+    """A native group of ``members``: the first two joined, the rest only in the tree."""
+    alice, bob = _native("alice"), _native("bob")
+    alice.create_group(_GID)
+    kps = [bob.generate_key_package()] + [
+        _native(f"m{i}").generate_key_package() for i in range(members - 2)
+    ]
+    _, welcome = alice.commit(_GID, add=kps)
+    assert welcome is not None
+    bob.join(welcome)
+    return alice, bob
+
+
+def _rs_pair(
+    binding: Any, members: int, storages: tuple[GranularStorage, GranularStorage] | None = None
+) -> tuple[Any, Any]:
+    """The same group on mls-rs; with ``storages``, both clients persist through them."""
+    alice = _rs_client(binding, "alice", storages[0] if storages else None)
+    bob = _rs_client(binding, "bob", storages[1] if storages else None)
+    group = alice.create_group(_GID)
+    kps = [bob.generate_key_package_message()] + [
+        _rs_client(binding, f"m{i}").generate_key_package_message() for i in range(members - 2)
+    ]
+    out = group.add_members(kps)
+    group.process_incoming_message(out.commit_message)
+    joined = bob.join_group(None, out.welcome_message).group
+    return group, joined
+
+
+def messages(count: int = 1000, repeats: int = 3) -> dict[str, Any]:
+    """``count`` application messages encrypted and decrypted, native ÷ mls-rs time."""
+    binding = load_binding()
+    n_alice, n_bob = _native_pair(2)
+    r_alice, r_bob = _rs_pair(binding, 2)
+    payload = b"x" * 100
+
+    def native() -> None:
+        for _ in range(count):
+            n_bob.process(_GID, n_alice.encrypt(_GID, payload))
+            n_alice.storage.drain_storage_events()
+            n_bob.storage.drain_storage_events()
+
+    def mls_rs() -> None:
+        for _ in range(count):
+            r_bob.process_incoming_message(r_alice.encrypt_application_message(payload))
+
+    result = measure_ratio(native, mls_rs, repeats)
+    return {"messages": count, "time_ratio_native_over_mls_rs": result.as_dict()}
+
+
+def create_add(members: int = 50, repeats: int = 3) -> dict[str, Any]:
+    """Create a group and add ``members`` in one commit, native ÷ mls-rs time."""
+    binding = load_binding()
+    native_times: list[float] = []
+    rs_times: list[float] = []
+    for _ in range(repeats):
+        creator = _native("creator")
+        n_kps = [_native(f"m{i}").generate_key_package() for i in range(members)]
+        rs_creator = _rs_client(binding, "creator")
+        r_kps = [
+            _rs_client(binding, f"m{i}").generate_key_package_message() for i in range(members)
+        ]
+        t0 = time.perf_counter()
+        creator.create_group(_GID)
+        creator.commit(_GID, add=n_kps)
+        native_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        group = rs_creator.create_group(_GID)
+        out = group.add_members(r_kps)
+        group.process_incoming_message(out.commit_message)
+        rs_times.append(time.perf_counter() - t0)
+    ratios = [n / r for n, r in zip(native_times, rs_times, strict=True)]
+    return {
+        "members_added": members,
+        "native": summarize(native_times).as_dict(),
+        "mls_rs": summarize(rs_times).as_dict(),
+        "time_ratio_native_over_mls_rs": summarize(ratios).median,
+    }
+
+
+def _event_bytes(storage: GranularStorage) -> int:
+    return sum(len(e.key) + len(e.value or b"") for e in storage.drain_storage_events())
+
+
+def bytes_per_message(members: int = 200, count: int = 50) -> dict[str, Any]:
+    """Bytes handed to the vault per application message in a ``members`` group."""
+    binding = load_binding()
+    n_alice, n_bob = _native_pair(members)
+    n_alice.storage.drain_storage_events()
+    first = n_alice.encrypt(_GID, b"first")
+    native_first = _event_bytes(n_alice.storage)
+    n_bob.process(_GID, first)
+    n_bob.storage.drain_storage_events()
+    native_send = native_recv = 0
+    for _ in range(count):
+        msg = n_alice.encrypt(_GID, b"m")
+        native_send += _event_bytes(n_alice.storage)
+        n_bob.process(_GID, msg)
+        native_recv += _event_bytes(n_bob.storage)
+    storages = (GranularStorage(), GranularStorage())
+    r_alice, r_bob = _rs_pair(binding, members, storages)
+    for group, storage in ((r_alice, storages[0]), (r_bob, storages[1])):
+        group.write_to_storage()
+        storage.drain_storage_events()
+    rs_send = rs_recv = 0
+    for _ in range(count):
+        msg = r_alice.encrypt_application_message(b"m")
+        r_alice.write_to_storage()
+        rs_send += _event_bytes(storages[0])
+        r_bob.process_incoming_message(msg)
+        r_bob.write_to_storage()
+        rs_recv += _event_bytes(storages[1])
+    per = {
+        "native_sender": native_send / count,
+        "native_receiver": native_recv / count,
+        "mls_rs_sender": rs_send / count,
+        "mls_rs_receiver": rs_recv / count,
+    }
+    return {
+        "members": members,
+        "messages": count,
+        "bytes_per_message": per,
+        "native_first_message_of_epoch_sender": native_first,
+        "reduction_sender": per["mls_rs_sender"] / per["native_sender"],
+        "reduction_receiver": per["mls_rs_receiver"] / per["native_receiver"],
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """All native-vs-mls-rs benchmarks; ``quick`` shrinks them for a smoke run."""
+    if quick:
+        return {
+            "messages": messages(100, 2),
+            "create_add": create_add(10, 2),
+            "bytes_per_message": bytes_per_message(20, 10),
+        }
+    return {
+        "messages": messages(),
+        "create_add": create_add(),
+        "bytes_per_message": bytes_per_message(),
+    }
+
+
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--micro", action="store_true", help="part-1 micro-benchmark")
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--suite", type=int, action="append")
     args = parser.parse_args()
-    for suite_id in args.suite or sorted(SUITES):
-        bench_suite(SUITES[suite_id], args.members, args.seconds)
+    if args.micro:
+        for suite_id in args.suite or sorted(SUITES):
+            bench_suite(SUITES[suite_id], args.members, args.seconds)
+        return
+    results = run(args.quick)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text + "\n")
 
 
 if __name__ == "__main__":
