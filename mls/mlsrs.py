@@ -312,7 +312,10 @@ def welcome_key_package_refs(welcome: bytes) -> list[bytes]:
         s.opaque()  # ciphertext
         return ref
 
-    return list(r.vector().items(new_member))
+    refs = list(r.vector().items(new_member))
+    r.opaque()  # encrypted_group_info
+    r.finish()
+    return refs
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,12 +354,17 @@ def key_package_identity(key_package: bytes) -> bytes:
     r.uint(2)  # cipher suite
     r.opaque()  # init_key
     identity, _ = _read_leaf_node(r)
+    r.opaque()  # extensions
+    r.opaque()  # signature
+    r.finish()
     return identity
 
 
 def ratchet_tree_members(tree: bytes) -> list[TreeMember]:
     """The occupied leaves of a serialized ratchet tree (``optional<Node> tree<V>``)."""
-    nodes = _Reader(bytes(tree)).vector()
+    outer = _Reader(bytes(tree))
+    nodes = outer.vector()
+    outer.finish()
     members: list[TreeMember] = []
     index = 0
     while not nodes.at_end():

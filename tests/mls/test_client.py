@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from keystore import VaultBusy, VaultClosed, WrongPassphrase, profiles
+from keystore import VaultBusy, VaultClosed, VaultIOError, WrongPassphrase, profiles
 from mls.client import AsyncMlsClient, MlsClient, Received, ReceivedKind
 from mls.errors import (
     InvalidMessage,
     KeyPackageLost,
     MlsEngineError,
+    MlsRsUnavailable,
     NotAnMlsVault,
     UnknownGroup,
     UnknownMember,
 )
 from mls.mlsrs import key_package_ref
+from mls.storage import GranularStorage
 
 PASSPHRASE = "test passphrase"
 FAST = profiles.INSECURE_FOR_TESTS_ONLY
@@ -306,6 +309,34 @@ def test_encrypt_many_in_one_group_survives_reopen(tmp_path: Path, make: Factory
         alice.close()
     got = bob.process_many([(gid, m) for m in [*batch, later]])
     assert [r.data for r in got] == [b"a", b"b", b"c", b"d"]
+
+
+def test_storage_failure_inside_the_engine_surfaces_as_itself(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vault error raised in the engine's storage callback is re-raised as itself, no
+    ciphertext is returned, and the client works once storage recovers."""
+    alice, bob, gid = pair(make)
+    original = GranularStorage.write
+
+    def failing(self: GranularStorage, category: str, key: bytes, value: bytes) -> None:
+        if category == "mlsrs/v1/group_state":
+            raise VaultIOError("simulated: the disk went away")
+        original(self, category, key, value)
+
+    monkeypatch.setattr(GranularStorage, "write", failing)
+    with pytest.raises(VaultIOError, match="simulated"):
+        alice.encrypt(gid, b"never sent")
+    monkeypatch.setattr(GranularStorage, "write", original)
+    assert bob.process(gid, alice.encrypt(gid, b"sent")).data == b"sent"
+
+
+def test_missing_engine_creates_no_vault(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the mls-rs extra, create() fails before writing any file."""
+    monkeypatch.setitem(sys.modules, "mls_rs_uniffi", None)
+    with pytest.raises(MlsRsUnavailable):
+        MlsClient.create(tmp_path / "a.vault", PASSPHRASE, identity=b"a", kdf=FAST)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_closed_client_refuses_calls(make: Factory) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mls.errors import InvalidMessage, MlsRsUnavailable
 from mls.mlsrs import (
@@ -211,3 +214,30 @@ def test_key_package_ref_rejects_other_messages() -> None:
         key_package_ref(b"\x00\x01\x00\x03whatever")
     with pytest.raises(TypeError):
         key_package_ref("not bytes")  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_parsers_raise_only_invalid_message_on_arbitrary_bytes(data: bytes) -> None:
+    """Arbitrary input never escapes the parsers as anything but InvalidMessage."""
+    for parse in (welcome_key_package_refs, ratchet_tree_members, key_package_identity):
+        with contextlib.suppress(InvalidMessage):
+            parse(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_truncated_real_messages_are_rejected(data: st.DataObject) -> None:
+    """Every strict prefix of a real Welcome or tree is rejected as InvalidMessage."""
+    alice = engine_client(b"alice", GranularStorage())
+    group = alice.create_group(GID)
+    kp = engine_client(b"bob", GranularStorage()).generate_key_package_message()
+    out = group.add_members([kp])
+    welcome = bytes(out.welcome_message.to_bytes())
+    tree = bytes(group.export_tree().bytes)
+    cut = data.draw(st.integers(0, len(welcome) - 1))
+    with pytest.raises(InvalidMessage):
+        welcome_key_package_refs(welcome[:cut])
+    cut = data.draw(st.integers(0, len(tree) - 1))
+    with pytest.raises(InvalidMessage):
+        ratchet_tree_members(tree[:cut])
