@@ -645,8 +645,9 @@ class MlsClient:
 class AsyncMlsClient:
     """The asyncio flavour: each call runs :class:`MlsClient` in a worker thread.
 
-    The fsync of the durability barrier then never blocks the event loop; calls are
-    still serialized by the client's lock, so their order is the order awaited.
+    The fsync of the durability barrier then never blocks the event loop.  The
+    client's lock still runs calls one at a time: await one before starting the next
+    when their order matters (it always does for messages of the same group).
     """
 
     def __init__(self, client: MlsClient):
