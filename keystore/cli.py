@@ -450,10 +450,10 @@ def _step_info(m: migrations.Migration) -> StepInfo:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    if args.raw_key_file and args.kdf_profile:
+        raise UsageError("--kdf-profile does not apply to a raw-key vault")
     kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
     if args.raw_key_file:
-        if args.kdf_profile:
-            raise UsageError("--kdf-profile does not apply to a raw-key vault")
         vault = Vault.create_with_key(path, _raw_key(args.raw_key_file), sqlcipher=args.sqlcipher)
     else:
         if path.exists() or path.is_symlink():
@@ -814,85 +814,87 @@ def _parser() -> argparse.ArgumentParser:
     # SUPPRESS: a --json given before the subcommand is not reset by the subparser.
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output on stdout")
-    unlock = _Parser(add_help=False)
-    unlock.add_argument("--passphrase-file", metavar="FILE",
-                        help=f"read the vault passphrase from FILE (else ${PASSPHRASE_ENV}, "
-                             "else a prompt)")
-    unlock.add_argument("--raw-key-file", metavar="FILE",
-                        help="unlock a raw-key vault with FILE (32 bytes or 64 hex digits)")
+    passphrase = _Parser(add_help=False)
+    passphrase.add_argument("--passphrase-file", metavar="FILE",
+                            help=f"read the vault passphrase from FILE (else "
+                                 f"${PASSPHRASE_ENV}, else a prompt)")
+    raw_key = _Parser(add_help=False)
+    raw_key.add_argument("--raw-key-file", metavar="FILE",
+                         help="unlock a raw-key vault with FILE (32 bytes or 64 hex digits)")
     kdf = _Parser(add_help=False)
     kdf.add_argument("--kdf-profile", metavar="NAME",
                      help="Argon2id profile: RFC_9106_LOW_MEMORY (default) or "
                           "RFC_9106_HIGH_MEMORY")
+    unlock = [common, passphrase, raw_key]
 
     parser = _Parser(prog=_PROG, description="Manage an mls-keystore vault.",
                      epilog="Exit codes: 0 ok, 1 failure found, 2 usage, 3 wrong passphrase, "
                             "4 busy, 5 schema too new, 6 not a vault, 7 migration required, "
-                            "8 I/O error.")
+                            "8 I/O error.  See docs/cli.md.")
     parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
 
-    p = sub.add_parser("init", parents=[common, unlock, kdf], help="create a new vault")
-    p.add_argument("path")
+    def command(name: str, parents: list[_Parser], help_text: str,
+                func: Callable[[argparse.Namespace], int]) -> _Parser:
+        p = sub.add_parser(name, parents=parents, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("init", [common, passphrase, kdf], "create a new vault", _cmd_init)
+    p.add_argument("path", metavar="PATH", help="where to create it (must not exist)")
+    p.add_argument("--raw-key-file", metavar="FILE",
+                   help="key the vault by FILE (32 bytes or 64 hex digits) instead of a "
+                        "passphrase")
     p.add_argument("--sqlcipher", action="store_true",
                    help="also encrypt the whole file with SQLCipher")
-    p.set_defaults(func=_cmd_init)
 
-    p = sub.add_parser("status", parents=[common],
-                       help="versions, pending migrations, KDF, store id (no passphrase)")
-    p.add_argument("path")
-    p.set_defaults(func=_cmd_status)
+    p = command("status", [common], "versions, pending migrations, KDF, store id "
+                "(no passphrase needed)", _cmd_status)
+    p.add_argument("path", metavar="PATH")
 
-    p = sub.add_parser("migrate", parents=[common, unlock],
-                       help="upgrade the schema (after a backup beside the vault)")
-    p.add_argument("path")
+    p = command("migrate", unlock, "upgrade the schema (after a backup beside the vault)",
+                _cmd_migrate)
+    p.add_argument("path", metavar="PATH")
     p.add_argument("--dry-run", action="store_true", help="list the steps, write nothing")
     p.add_argument("--to", type=int, metavar="N", help="stop at schema version N")
     p.add_argument("--no-backup", action="store_true", help="do not copy the vault first")
-    p.set_defaults(func=_cmd_migrate)
 
-    p = sub.add_parser("passwd", parents=[common, unlock, kdf], help="change the passphrase")
-    p.add_argument("path")
+    p = command("passwd", [common, passphrase, kdf],
+                "change the passphrase (O(1): no row is touched)", _cmd_passwd)
+    p.add_argument("path", metavar="PATH")
     p.add_argument("--new-passphrase-file", metavar="FILE",
                    help="read the new passphrase from FILE (else prompt twice)")
-    p.set_defaults(func=_cmd_passwd)
 
-    p = sub.add_parser("rekey", parents=[common, unlock],
-                       help="new data key, every row re-encrypted")
-    p.add_argument("path")
-    p.set_defaults(func=_cmd_rekey)
+    p = command("rekey", unlock, "new data key, every row re-encrypted", _cmd_rekey)
+    p.add_argument("path", metavar="PATH")
 
-    p = sub.add_parser("verify", parents=[common, unlock], help="decrypt and check every row")
-    p.add_argument("path")
-    p.set_defaults(func=_cmd_verify)
+    p = command("verify", unlock, "decrypt and check every row", _cmd_verify)
+    p.add_argument("path", metavar="PATH")
 
-    p = sub.add_parser("stats", parents=[common, unlock],
-                       help="rows and bytes per category, nonce budget")
-    p.add_argument("path")
-    p.set_defaults(func=_cmd_stats)
+    p = command("stats", unlock, "rows and bytes per category, nonce budget "
+                "(passphrase only for SQLCipher)", _cmd_stats)
+    p.add_argument("path", metavar="PATH")
 
-    p = sub.add_parser("export", parents=[common, unlock, kdf],
-                       help="write an encrypted backup file")
-    p.add_argument("path")
-    p.add_argument("out")
-    p.add_argument("--backup-passphrase-file", metavar="FILE")
+    backup_help = "read the backup passphrase from FILE (else a prompt)"
+    p = command("export", [*unlock, kdf], "write every row to an encrypted export file",
+                _cmd_export)
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--backup-passphrase-file", metavar="FILE", help=backup_help)
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("import", parents=[common, unlock, kdf],
-                       help="restore a backup file into a new vault")
+    p = command("import", [common, passphrase, kdf],
+                "restore an export file into a new vault (new store id, new keys)", _cmd_import)
     p.add_argument("input", metavar="IN")
-    p.add_argument("path")
-    p.add_argument("--backup-passphrase-file", metavar="FILE")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--backup-passphrase-file", metavar="FILE", help=backup_help)
     p.add_argument("--force", action="store_true",
                    help="replace an existing vault (only once the new one is complete)")
-    p.set_defaults(func=_cmd_import)
 
-    p = sub.add_parser("demo", help="run the MLS end-to-end demo in DIR")
+    p = command("demo", [], "run the MLS end-to-end demo in DIR", _cmd_demo)
     p.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="DIR ...")
-    p.set_defaults(func=_cmd_demo)
     return parser
 
 
