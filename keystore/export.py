@@ -19,8 +19,9 @@ byte-by-byte table is in ``docs/cli.md``)::
 The plaintext is one stream of records cut into ``chunk_size`` pieces; every chunk
 but the last is exactly ``chunk_size + 16`` bytes, the last is shorter (an empty
 last piece when the stream is a whole number of chunks).  Chunked, not one blob,
-so that neither side ever holds the whole vault in memory and a damaged file is
-caught at the chunk that fails; the index in the nonce stops reordering, the
+so that the file is streamed, never held whole in memory (the exporter reads
+the vault a category at a time), and a damaged file is caught at the chunk that
+fails; the index in the nonce stops reordering, the
 ``last`` flag stops truncation at a chunk boundary.  The key is fresh for every
 file (fresh salt), so counter nonces never repeat under a key.
 
