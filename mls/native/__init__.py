@@ -1,16 +1,29 @@
-"""Native, dependency-light implementation of the MLS (RFC 9420) building blocks."""
+"""Native, dependency-light implementation of MLS (RFC 9420).
 
+Building blocks (codec, suites, HPKE, trees, key schedule, framing) in the submodules; the
+group state machine persisted through :class:`mls.storage.GranularStorage` in
+:class:`NativeEngine`; :class:`NativeClient` offers :class:`mls.client.MlsClient`'s API on it.
+"""
+
+from .client import NativeClient
+from .engine import GroupConfig, NativeEngine, Processed, ProcessedKind
 from .errors import (
     AuthenticationError,
     CryptoError,
     DecodeError,
     EncodeError,
+    EpochMismatch,
+    InvalidLeafNode,
     InvalidMessage,
+    InvalidProposal,
     InvalidSignature,
     InvalidTag,
     InvalidTree,
     KeyNotFound,
     MlsError,
+    NoIdentity,
+    UnknownGroup,
+    UnknownKeyPackage,
     UnsupportedCipherSuite,
 )
 from .suites import SUITES, CipherSuite, get_suite
@@ -22,12 +35,23 @@ __all__ = [
     "CryptoError",
     "DecodeError",
     "EncodeError",
+    "EpochMismatch",
+    "GroupConfig",
+    "InvalidLeafNode",
     "InvalidMessage",
+    "InvalidProposal",
     "InvalidSignature",
     "InvalidTag",
     "InvalidTree",
     "KeyNotFound",
     "MlsError",
+    "NativeClient",
+    "NativeEngine",
+    "NoIdentity",
+    "Processed",
+    "ProcessedKind",
+    "UnknownGroup",
+    "UnknownKeyPackage",
     "UnsupportedCipherSuite",
     "get_suite",
 ]

@@ -69,6 +69,7 @@ from .errors import (
     InvalidMessage,
     InvalidProposal,
     KeyNotFound,
+    NoIdentity,
     UnknownGroup,
     UnknownKeyPackage,
 )
@@ -414,7 +415,7 @@ class NativeEngine:
         self._cache: dict[tuple[str, bytes], tuple[bytes, object]] = {}
         row = storage.read(CATEGORY_IDENTITY, _IDENTITY_KEY)
         if row is None:
-            raise UnknownKeyPackage("this storage holds no native MLS identity")
+            raise NoIdentity("this storage holds no native MLS identity")
         self._identity = _read_versioned(
             row, lambda r: _Identity(r.u16(), Credential.decode(r), r.opaque())
         )

@@ -75,3 +75,7 @@ class UnknownGroup(MlsError, _UnknownGroup):
 
 class UnknownKeyPackage(MlsError):
     """A Welcome addresses none of the key packages this engine holds."""
+
+
+class NoIdentity(MlsError):
+    """The storage holds no native MLS identity (create one with ``NativeEngine.create``)."""
