@@ -39,6 +39,9 @@ DEFAULT_INTERVAL = 0.05
 DEFAULT_THRESHOLD = 4096
 #: Longest wait between retries after failures.
 DEFAULT_MAX_BACKOFF = 5.0
+#: AsyncDrainer's transaction size: small enough that no single GIL-holding step of
+#: Vault.apply stalls the event loop for long.
+DEFAULT_ASYNC_BATCH_EVENTS = 2048
 
 ErrorCallback = Callable[[BaseException], None]
 
@@ -63,7 +66,14 @@ class _Flusher:
         max_backoff: float,
         on_error: ErrorCallback | None,
         wake: Callable[[], None],
+        max_batch_events: int | None,
     ) -> None:
+        if max_batch_events is not None and (
+            isinstance(max_batch_events, bool)
+            or not isinstance(max_batch_events, int)
+            or max_batch_events < 1
+        ):
+            raise ValueError("max_batch_events must be a positive int or None")
         if not interval > 0:
             raise ValueError("interval must be positive")
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
@@ -75,6 +85,7 @@ class _Flusher:
         self.interval = interval
         self.max_backoff = max_backoff
         self.on_error = on_error
+        self.max_batch_events = max_batch_events
         self.lock = threading.Lock()
         self.persisted = 0
         self.failures = 0
@@ -84,18 +95,28 @@ class _Flusher:
         storage._attach(wake=wake, flush=self.flush, threshold=threshold)
 
     def flush(self) -> int:
-        """Persist everything pending; raise (after requeueing) if the vault refuses."""
+        """Persist everything pending; raise (after requeueing) if the vault refuses.
+
+        With ``max_batch_events`` the events pending at the start are applied in
+        several transactions of whole units, front first; events written meanwhile
+        are left to the next flush, so a busy writer cannot keep a flush running.
+        """
         with self.lock:
-            events = self.storage.drain_storage_events()
-            if not events:
-                return 0
-            try:
-                self.vault.apply(events)
-            except BaseException:
-                self.storage.requeue(events)
-                raise
-            self.persisted += len(events)
-            return len(events)
+            storage, limit = self.storage, self.max_batch_events
+            target = storage.pending_events()
+            done = 0
+            while done < target:
+                events = storage.drain_storage_events(limit)
+                if not events:
+                    break
+                try:
+                    self.vault.apply(events)
+                except BaseException:
+                    storage.requeue(events)
+                    raise
+                done += len(events)
+                self.persisted += len(events)
+            return done
 
     def succeeded(self) -> None:
         self.consecutive_failures = 0
@@ -136,6 +157,8 @@ class WriteBehindDrainer:
         threshold: pending events that trigger a background flush at once.
         on_error: called with each background failure (after it is logged).
         max_backoff: the longest wait between retries after failures.
+        max_batch_events: split a flush into transactions of about this many events
+            (whole operations only); ``None`` (default) applies a flush in one.
     """
 
     def __init__(
@@ -147,6 +170,7 @@ class WriteBehindDrainer:
         threshold: int = DEFAULT_THRESHOLD,
         on_error: ErrorCallback | None = None,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
+        max_batch_events: int | None = None,
     ) -> None:
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -158,6 +182,7 @@ class WriteBehindDrainer:
             max_backoff=max_backoff,
             on_error=on_error,
             wake=self._wake.set,
+            max_batch_events=max_batch_events,
         )
         self._state = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -259,6 +284,11 @@ class AsyncDrainer:
     The drain, the encryption and the SQLite transaction run on one worker thread owned
     by the drainer, so the event loop only schedules and awaits.  The background task
     starts with ``async with`` (or :meth:`start`, called on the running loop).
+
+    A flush is applied in transactions of about ``max_batch_events`` events (whole
+    operations only; default 2048): the vault sorts and binds a batch in C calls that
+    hold the GIL throughout, so one 100k-event transaction would stall the loop for as
+    long as they take.
     """
 
     def __init__(
@@ -270,6 +300,7 @@ class AsyncDrainer:
         threshold: int = DEFAULT_THRESHOLD,
         on_error: ErrorCallback | None = None,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
+        max_batch_events: int | None = DEFAULT_ASYNC_BATCH_EVENTS,
     ) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -282,6 +313,7 @@ class AsyncDrainer:
             max_backoff=max_backoff,
             on_error=on_error,
             wake=self._on_threshold,
+            max_batch_events=max_batch_events,
         )
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="mls-async-drainer"

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -96,9 +96,15 @@ class BackpressureError(MlsError):
 
 
 # A raw log entry: (seq, category, key, value).  Plain tuples keep the hot path cheap;
-# they become StorageEvents when drained.
+# they become StorageEvents when drained.  A unit of several events (a committed
+# operation, a requeued batch) sits in the log as one list, so no drain can split it.
 _Entry = tuple[int, str, bytes, bytes | None]
+_Unit = _Entry | list[_Entry]
 _Row = tuple[str, bytes]
+
+
+def _entry_bytes(entry: _Entry) -> int:
+    return len(entry[2]) + (0 if entry[3] is None else len(entry[3]))
 
 
 class _Operation:
@@ -157,6 +163,14 @@ def _reject(key: object, value: object) -> None:
             raise ValueError(f"{what} is {len(obj)} bytes; the limit is {limit}")
 
 
+def _flatten(units: list[_Unit]) -> Iterator[_Entry]:
+    for unit in units:
+        if isinstance(unit, list):
+            yield from unit
+        else:
+            yield unit
+
+
 def _check_bytes(name: str, obj: object) -> bytes:
     if not isinstance(obj, bytes):
         raise TypeError(f"{name} must be bytes, not {type(obj).__name__}")
@@ -193,7 +207,8 @@ class GranularStorage:
                 raise ValueError(f"{name} must be a positive int")
         self._lock = threading.RLock()
         self._maps: dict[str, dict[bytes, bytes]] = {}
-        self._log: list[_Entry] = []
+        self._log: list[_Unit] = []
+        self._grouped = 0  # events in the log beyond the first of each multi-event unit
         self._seq = itertools.count(1)
         self._pending_bytes = 0
         self._ops: dict[int, _Operation] = {}
@@ -206,6 +221,8 @@ class GranularStorage:
         self._flush: Callable[[], object] | None = None
         self._wake_threshold = _NEVER  # pending events that wake the drainer, minus one
         self._wake_at = _NEVER  # the same, or _NEVER once woken until the next drain
+        # The hot path compares len(self._log) (units) with this; it folds in the
+        # events grouped into units, so the comparison is in events.
         self._attention_at = max_pending_events
 
     # ------------------------------------------------------------------ generic rows
@@ -367,7 +384,7 @@ class GranularStorage:
                 self._undo(op, 0, release=True)
                 return
             self._commit(op)
-        if len(self._log) >= self._wake_at:
+        if self.pending_events() >= self._wake_at:
             self._wake_if_due()
 
     def _undo(self, op: _Operation, mark: int, *, release: bool) -> None:
@@ -395,9 +412,8 @@ class GranularStorage:
         That value is ``op``'s own last write unless another thread wrote the row later;
         then it is that later write, so the vault never ends older than memory.
         """
-        log = self._log
         seq = self._seq
-        size = 0
+        unit: list[_Entry] = []
         for row in op.touched:
             history = self._history[row]
             history.ops.discard(op)
@@ -406,34 +422,71 @@ class GranularStorage:
                 if writer is None or not writer.open:
                     value = entry_value
                     break
-            log.append((next(seq), row[0], row[1], value))
-            size += len(row[1]) + (0 if value is None else len(value))
+            unit.append((next(seq), row[0], row[1], value))
             if not history.ops:
                 del self._history[row]
-        self._pending_bytes += size
+        self._push_unit(unit, front=False)
+
+    def _push_unit(self, unit: list[_Entry], *, front: bool) -> None:
+        """Add events that must be drained together (lock held)."""
+        if not unit:
+            return
+        item: _Unit = unit[0] if len(unit) == 1 else unit
+        if front:
+            self._log.insert(0, item)
+        else:
+            self._log.append(item)
+        self._grouped += len(unit) - 1
+        self._pending_bytes += sum(map(_entry_bytes, unit))
+        self._refresh_attention()
+
+    def _refresh_attention(self) -> None:
+        self._attention_at = min(self._wake_at, self._max_events) - self._grouped
 
     # ------------------------------------------------------------------ dirty log
 
-    def drain_storage_events(self) -> list[StorageEvent]:
-        """Take every event of completed operations and standalone writes, in order.
+    def drain_storage_events(self, max_events: int | None = None) -> list[StorageEvent]:
+        """Take the events of completed operations and standalone writes, in order.
 
-        Events of a still-open operation stay behind (they are not in the log yet), so a
-        batch never holds part of an operation.  The caller owns the batch: apply it, or
-        give it back with :meth:`requeue`.
+        Events of a still-open operation stay behind (they are not in the log yet), and
+        the events of one operation are always taken together, so a batch never holds
+        part of an operation.  The caller owns the batch: apply it, or give it back
+        with :meth:`requeue`.
+
+        Args:
+            max_events: take whole units from the front until at least this many events
+                are taken (one unit may overshoot it); ``None`` takes everything.
         """
         with self._lock:
             log = self._log
             if not log:
                 return []
-            self._log = []
-            self._pending_bytes = 0
+            if max_events is None or self.pending_events() <= max_events:
+                taken = log
+                self._log = []
+                self._grouped = 0
+                self._pending_bytes = 0
+            else:
+                if max_events < 1:
+                    raise ValueError("max_events must be positive")
+                count = i = 0
+                while count < max_events:
+                    unit = log[i]
+                    count += len(unit) if type(unit) is list else 1
+                    i += 1
+                taken = log[:i]
+                self._log = log[i:]
+                self._grouped -= count - i
+                self._pending_bytes -= sum(map(_entry_bytes, _flatten(taken)))
             self._wake_at = self._wake_threshold
-            self._attention_at = min(self._wake_at, self._max_events)
+            self._refresh_attention()
         make = StorageEvent._make
-        return [make(entry) for entry in log]
+        return [make(entry) for entry in _flatten(taken)]
 
     def requeue(self, events: Iterable[StorageEvent]) -> None:
         """Put a drained batch back at the front of the log (its apply failed).
+
+        The batch becomes one unit: it was drained together and will be again.
 
         Raises:
             ValueError: the batch is not older than the events now pending, i.e. it is
@@ -443,16 +496,16 @@ class GranularStorage:
         if not batch:
             return
         with self._lock:
-            if self._log and batch[-1][0] >= self._log[0][0]:
-                raise ValueError("requeued events must be older than the pending ones")
-            self._log[0:0] = batch
-            self._pending_bytes += sum(
-                len(e[2]) + (0 if e[3] is None else len(e[3])) for e in batch
-            )
+            if self._log:
+                first = self._log[0]
+                first_seq = first[0][0] if isinstance(first, list) else first[0]
+                if batch[-1][0] >= first_seq:
+                    raise ValueError("requeued events must be older than the pending ones")
+            self._push_unit(batch, front=True)
 
     def pending_events(self) -> int:
         """How many events wait in the dirty log (open operations not counted)."""
-        return len(self._log)
+        return len(self._log) + self._grouped
 
     def pending_bytes(self) -> int:
         """Bytes of keys and values waiting in the dirty log."""
@@ -471,22 +524,23 @@ class GranularStorage:
             # Checked before a write appends: finding threshold-1 pending means the
             # write about to be logged makes it threshold.
             self._wake_threshold = self._wake_at = max(1, threshold) - 1
-            self._attention_at = min(self._wake_at, self._max_events)
+            self._refresh_attention()
 
     def _detach(self, wake: Callable[[], None]) -> None:
         with self._lock:
             if self._wake is wake:
                 self._wake = self._flush = None
                 self._wake_threshold = self._wake_at = _NEVER
-                self._attention_at = self._max_events
+                self._refresh_attention()
 
     def _attend(self) -> None:
         """Slow path of a write that found the log at a threshold (lock not held)."""
-        if len(self._log) >= self._max_events or self._pending_bytes >= self._max_bytes:
+        pending = self.pending_events()
+        if pending >= self._max_events or self._pending_bytes >= self._max_bytes:
             flush = self._flush
             if self._policy == "raise" or flush is None:
                 raise BackpressureError(
-                    f"dirty log is full ({len(self._log)} events, {self._pending_bytes} bytes)"
+                    f"dirty log is full ({pending} events, {self._pending_bytes} bytes)"
                     + ("" if flush is not None else "; no drainer is attached")
                 )
             try:
@@ -502,10 +556,10 @@ class GranularStorage:
         """Wake the attached drainer once per drain when the log reaches its threshold."""
         wake = None
         with self._lock:
-            if len(self._log) >= self._wake_at:
+            if self.pending_events() >= self._wake_at:
                 wake = self._wake
                 self._wake_at = _NEVER
-                self._attention_at = self._max_events
+                self._refresh_attention()
         if wake is not None:
             wake()
 

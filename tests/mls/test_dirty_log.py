@@ -155,3 +155,34 @@ def test_bad_bounds_are_refused(kwargs: dict[str, object]) -> None:
     """Nonsense bounds or policies raise ValueError at construction."""
     with pytest.raises(ValueError):
         GranularStorage(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bounded_drain_takes_whole_operations(storage: GranularStorage) -> None:
+    """A drain of at most 2 events still takes a 5-row operation whole."""
+    with storage.operation():
+        for i in range(5):
+            storage.write("c", b"op-%d" % i, b"v")
+    storage.write("c", b"after", b"v")
+    first = storage.drain_storage_events(max_events=2)
+    assert [e.key for e in first] == [b"op-%d" % i for i in range(5)]
+    assert [e.key for e in storage.drain_storage_events(max_events=2)] == [b"after"]
+
+
+def test_bounded_drain_stops_at_the_bound_between_units(storage: GranularStorage) -> None:
+    """Standalone writes are units of one: a bound of 3 takes exactly 3."""
+    for i in range(10):
+        storage.write("c", b"%d" % i, b"v")
+    assert len(storage.drain_storage_events(max_events=3)) == 3
+    assert storage.pending_events() == 7
+    assert storage.pending_bytes() == sum(len(b"%d" % i) + 1 for i in range(3, 10))
+
+
+def test_a_requeued_batch_is_drained_whole_again(storage: GranularStorage) -> None:
+    """A batch that failed together is retried together, even under a bound."""
+    for i in range(4):
+        storage.write("c", b"%d" % i, b"v")
+    batch = storage.drain_storage_events()
+    storage.write("c", b"new", b"v")
+    storage.requeue(batch)
+    assert storage.pending_events() == 5
+    assert storage.drain_storage_events(max_events=1) == batch

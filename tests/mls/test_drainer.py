@@ -209,3 +209,43 @@ def test_eight_writer_threads_and_a_running_drainer_end_with_vault_equal_to_memo
             t.join()
     assert storage.pending_events() == 0
     assert vault_rows(vault) == storage_rows(storage)
+
+
+def test_bounded_batches_split_a_flush_but_never_an_operation(
+    storage: GranularStorage, flaky: FlakyVault
+) -> None:
+    """max_batch_events makes several transactions, each holding whole operations."""
+    drainer = WriteBehindDrainer(storage, flaky, max_batch_events=4)  # type: ignore[arg-type]
+    for i in range(6):
+        storage.write("c", b"s%d" % i, b"v")
+    with storage.operation():
+        for i in range(7):
+            storage.write("c", b"op%d" % i, b"v")
+    assert drainer.flush() == 13
+    drainer.close()
+    assert [len(batch) for batch in flaky.batches] == [4, 9]
+    assert vault_rows(flaky.vault) == storage_rows(storage)
+
+
+def test_failure_in_a_later_bounded_batch_keeps_the_rest_pending(
+    storage: GranularStorage, flaky: FlakyVault
+) -> None:
+    """Batches already applied stay applied; the failed one and the rest stay in order."""
+    drainer = WriteBehindDrainer(storage, flaky, max_batch_events=2)  # type: ignore[arg-type]
+    for i in range(6):
+        storage.write("c", b"%d" % i, b"v%d" % i)
+    real_apply = flaky.apply
+    calls = []
+
+    def fail_second(changes: object) -> int:
+        calls.append(1)
+        if len(calls) == 2:
+            raise VaultIOError("injected")
+        return real_apply(changes)  # type: ignore[arg-type]
+
+    flaky.apply = fail_second  # type: ignore[method-assign]
+    with pytest.raises(VaultIOError):
+        drainer.flush()
+    assert len(vault_rows(flaky.vault)) == 2
+    assert [e.key for e in storage.drain_storage_events()] == [b"%d" % i for i in range(2, 6)]
+    drainer.close()
