@@ -17,7 +17,11 @@ pytest.importorskip("mls_rs_uniffi")
 
 from keystore import profiles
 from mls.client import MlsClient, ReceivedKind
+from mls.mlsrs import load_binding
 from mls.native.client import NativeClient
+from mls.native.engine import GroupConfig, NativeEngine
+from mls.native.framing import WireFormat
+from mls.storage import GranularStorage
 
 PASSPHRASE = "interop passphrase"
 FAST = profiles.INSECURE_FOR_TESTS_ONLY
@@ -190,3 +194,28 @@ def test_mixed_three_member_group_survives_restarts(clients: Clients) -> None:
     for sender in everyone:
         exchange(sender, [m for m in everyone if m is not sender], b"round two")
     assert carol.lost_key_packages() == []
+
+
+def test_private_message_handshakes_and_update_proposals_reach_mls_rs() -> None:
+    """Engine level: native commits and Update proposals as PrivateMessages work with mls-rs."""
+    binding = load_binding()
+    keys = binding.generate_signature_keypair(binding.CipherSuite.CURVE25519_AES128)
+    config = binding.ClientConfig(
+        group_state_storage=binding.client_config_default().group_state_storage,
+        use_ratchet_tree_extension=True,
+    )
+    rs_client = binding.Client(b"rs", keys, config)
+    native = NativeEngine.create(GranularStorage(), b"native")
+    native.create_group(GID, config=GroupConfig(handshake=WireFormat.PRIVATE_MESSAGE))
+    kp = bytes(rs_client.generate_key_package_message().to_bytes())
+    _, welcome = native.commit(GID, add=[kp])
+    assert welcome is not None
+    rs = rs_client.join_group(None, binding.Message.from_bytes(welcome)).group
+    commit, _ = native.commit(GID, force_path=True)
+    assert rs.process_incoming_message(binding.Message.from_bytes(commit)).is_commit()
+    proposal = native.propose_update(GID)
+    assert rs.process_incoming_message(binding.Message.from_bytes(proposal)).is_received_proposal()
+    output = rs.commit()
+    rs.process_incoming_message(output.commit_message)
+    native.process(GID, bytes(output.commit_message.to_bytes()))
+    assert bytes(rs.export_secret(b"l", b"", 32)) == native.export_secret(GID, b"l", b"", 32)
