@@ -497,6 +497,11 @@ class NativeEngine:
         self._cache[(category, key)] = (raw, value)
         return value
 
+    def _write_cached(self, category: str, key: bytes, raw: bytes, value: object) -> None:
+        """Write a row and remember its decoded form (storage keeps this very bytes object)."""
+        self._storage.write(category, key, raw)
+        self._cache[(category, key)] = (raw, value)
+
     def _need(self, category: str, key: bytes, decode: Callable[[bytes], _T]) -> _T:
         value = self._decoded(category, key, decode)
         if value is None:
@@ -698,11 +703,12 @@ class NativeEngine:
         for (leaf, rtype), ratchet in after.ratchets.items():
             if before.ratchets.get((leaf, rtype)) is not ratchet:
                 key = _ratchet_row_key(gid, epoch, leaf, rtype)
-                self._storage.write(CATEGORY_RATCHET, key, ratchet.to_bytes())
+                self._write_cached(CATEGORY_RATCHET, key, ratchet.to_bytes(), ratchet)
         if after.node_secrets is not before.node_secrets:
             leaves = row.leaves | {leaf for leaf, _ in after.ratchets}
             new_row = replace(row, node_secrets=after.node_secrets, leaves=frozenset(leaves))
-            self._storage.write(CATEGORY_EPOCH, _epoch_row_key(gid, epoch), new_row.to_bytes())
+            key = _epoch_row_key(gid, epoch)
+            self._write_cached(CATEGORY_EPOCH, key, new_row.to_bytes(), new_row)
 
     def _drop_epoch(self, gid: bytes, epoch: int) -> None:
         row = self._epoch_row(gid, epoch)
