@@ -323,11 +323,32 @@ def _labels(results: list[dict[str, Any]]) -> list[str]:
     return labels
 
 
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The result, named; or, when its figure is a ratio dict under some key, a flat view.
+
+    A nameless result is named after its figure key, so the table still says what
+    was measured.
+    """
+    key = _figure_key(result)
+    if key is not None:
+        return result if "name" in result else {**result, "name": key}
+    for nested_key, value in result.items():
+        if isinstance(value, Mapping) and _number(value.get("ratio")) is not None:
+            scalars = {
+                k: v
+                for k, v in result.items()
+                if isinstance(v, str | int | float) and not isinstance(v, bool)
+            }
+            return {**scalars, **value, "name": result.get("name", nested_key)}
+    return result
+
+
 def figures_of(outcomes: Iterable[SuiteOutcome]) -> list[Figure]:
     """The headline figure of every result that has one."""
     figures = []
     for outcome in outcomes:
-        for result, label in zip(outcome.results, _labels(outcome.results), strict=True):
+        heads = [_headline(r) for r in outcome.results]
+        for result, label in zip(heads, _labels(heads), strict=True):
             key = _figure_key(result)
             if key is None:
                 continue

@@ -162,3 +162,13 @@ def test_broken_plot_fails_the_command_after_writing_the_json(
     out = tmp_path / "r.json"
     assert bench_main.main(["--tiny", "--json", str(out), "--plots", str(tmp_path)]) == 1
     assert json.loads(out.read_text())["figures"]
+
+
+def test_nameless_result_with_a_nested_ratio_is_named_after_its_key() -> None:
+    """A result without a name whose ratio sits in a nested dict still gets a row."""
+    result = {"messages": 10, "native_over_mls_rs": {"ratio": 1.5, "ratio_min": 1.0,
+                                                     "ratio_max": 2.0}}
+    [figure] = figures_of([SuiteOutcome("native", "ok", results=[result])])
+    assert (figure.name, figure.value, figure.low, figure.high) == (
+        "native_over_mls_rs", 1.5, 1.0, 2.0
+    )
