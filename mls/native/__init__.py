@@ -6,7 +6,7 @@ group state machine persisted through :class:`mls.storage.GranularStorage` in
 """
 
 from .client import NativeClient
-from .engine import GroupConfig, NativeEngine, Processed, ProcessedKind
+from .engine import NativeEngine, Processed, ProcessedKind
 from .errors import (
     AuthenticationError,
     CryptoError,
@@ -26,6 +26,7 @@ from .errors import (
     UnknownKeyPackage,
     UnsupportedCipherSuite,
 )
+from .rows import GroupConfig
 from .suites import SUITES, CipherSuite, get_suite
 
 __all__ = [

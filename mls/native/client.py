@@ -27,7 +27,8 @@ from mls.errors import MlsError, NotAnMlsVault, UnknownMember
 from mls.mlsrs import DEFAULT_EPOCH_RETENTION
 from mls.storage import GranularStorage
 
-from .engine import CATEGORY_IDENTITY, GroupConfig, NativeEngine, ProcessedKind
+from .engine import NativeEngine, ProcessedKind
+from .rows import CATEGORY_IDENTITY, IDENTITY_KEY, GroupConfig
 
 __all__ = ["NativeClient"]
 
@@ -57,7 +58,7 @@ class NativeClient:
     def __init__(self, vault: Vault, storage: GranularStorage, *, retention: int) -> None:
         if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
             raise ValueError("epoch retention must be an int >= 1")
-        if storage.read(CATEGORY_IDENTITY, b"self") is None:
+        if storage.read(CATEGORY_IDENTITY, IDENTITY_KEY) is None:
             raise NotAnMlsVault(
                 "this vault holds no native MLS identity; create it with "
                 "NativeClient.create() (or open it with the engine that created it)"

@@ -9,37 +9,7 @@ and can join through every key package it published before.  Decoded rows are ca
 identity of the stored bytes, so the cache can never disagree with storage (a rolled-back
 write restores the old bytes object, which misses the cache).
 
-Layout (OpenMLS ``StorageProvider`` v1 categories, see :mod:`mls.categories`):
-
-=============================  ===========================================================
-category                       rows
-=============================  ===========================================================
-signature_key_pair             our signature key pair, under its public key
-key_package                    a published KeyPackage with its private init and leaf keys
-encryption_key_pair            our current leaf HPKE key (and pending Update leaves' keys)
-encryption_epoch_key_pairs     our parent-node HPKE keys of the current epoch
-psk                            external PSKs, under their id
-mls_join_config                the group's :class:`GroupConfig`
-tree, group_context,           the public group state of the current epoch
-interim_transcript_hash,
-confirmation_tag
-group_epoch_secrets            the current epoch's secrets (tree root and joiner secrets
-                               erased once used)
-own_leaf_index, group_state    where we sit; 1 = operational
-own_leaf_nodes                 leaves of our pending Update proposals
-proposal_queue,                received and own proposals by reference, until a commit
-queued_proposal
-resumption_psk_store           resumption PSKs of the retained epochs
-message_secrets                the index of retained epochs (current + ``max_past_epochs``)
-message_secrets/epoch          per epoch: sender-data secret, unconsumed secret-tree nodes
-message_secrets/members        per epoch: context and members' signature keys (late messages)
-message_secrets/ratchet        per epoch, leaf and ratchet type: one hash ratchet
-=============================  ===========================================================
-
-The three ``message_secrets/*`` sub-categories split OpenMLS's single message-secrets row so
-that an application message writes only the one ratchet it advanced (plus, the first time a
-sender is seen in an epoch, that epoch's node secrets), never a whole-group snapshot.
-Our own identity (credential and signature public key) is in ``native/v1/identity``.
+Where each piece of state lives, and its byte format, is in :mod:`mls.native.rows`.
 """
 
 from __future__ import annotations
@@ -55,8 +25,7 @@ from typing import TypeVar
 from mls import categories as cat
 from mls.storage import GranularStorage
 
-from . import tree_math as tm
-from .codec import Reader, Struct, Writer, decode_exact
+from .codec import Writer, decode_exact
 from .commit import (
     create_commit,
     new_psk_nonce,
@@ -64,7 +33,6 @@ from .commit import (
 )
 from .commit import process_commit as apply_commit
 from .errors import (
-    DecodeError,
     EpochMismatch,
     InvalidMessage,
     InvalidProposal,
@@ -118,7 +86,33 @@ from .protection import (
     unprotect_private,
     unprotect_public,
 )
-from .secret_tree import DEFAULT_MAX_FORWARD, DEFAULT_WINDOW, HashRatchet, RatchetType, SecretTree
+from .rows import (
+    CATEGORY_EPOCH,
+    CATEGORY_IDENTITY,
+    CATEGORY_MEMBERS,
+    CATEGORY_RATCHET,
+    IDENTITY_KEY,
+    OPERATIONAL,
+    EpochRow,
+    GroupConfig,
+    MembersRow,
+    decode_epochs,
+    decode_pairs,
+    decode_ratchet,
+    decode_secret,
+    encode_epochs,
+    encode_node_key,
+    encode_pairs,
+    encode_secret,
+    epoch_row_key,
+    ratchet_row_key,
+    read_versioned,
+    secret_tree_root,
+    stored_secrets,
+    u64,
+    versioned,
+)
+from .secret_tree import HashRatchet, RatchetType, SecretTree
 from .suites import SUITES, CipherSuite, get_suite
 from .transcript import interim_transcript_hash
 from .tree import RatchetTree
@@ -128,239 +122,15 @@ from .welcome import Welcome
 
 __all__ = [
     "DEFAULT_KEY_PACKAGE_LIFETIME",
-    "GroupConfig",
     "NativeEngine",
     "Processed",
     "ProcessedKind",
 ]
 
-CATEGORY_IDENTITY = "native/v1/identity"
-CATEGORY_EPOCH = cat.MESSAGE_SECRETS + "/epoch"
-CATEGORY_MEMBERS = cat.MESSAGE_SECRETS + "/members"
-CATEGORY_RATCHET = cat.MESSAGE_SECRETS + "/ratchet"
-_IDENTITY_KEY = b"self"
-_FORMAT = 1
-_OPERATIONAL = b"\x01"
 #: Validity of a new key package: 90 days, starting an hour early to absorb clock skew.
 DEFAULT_KEY_PACKAGE_LIFETIME = 90 * 24 * 3600
 _SKEW = 3600
 _T = TypeVar("_T")
-
-
-# ---------------------------------------------------------------------------- row formats
-
-
-def _versioned(write: Callable[[Writer], None]) -> bytes:
-    w = Writer()
-    w.u8(_FORMAT)
-    write(w)
-    return w.getvalue()
-
-
-def _read_versioned(data: bytes, read: Callable[[Reader], _T]) -> _T:
-    def inner(r: Reader) -> _T:
-        if r.u8() != _FORMAT:
-            raise DecodeError("stored MLS row has an unknown format")
-        return read(r)
-
-    return decode_exact(data, inner)
-
-
-def _u64(value: int) -> bytes:
-    return value.to_bytes(8, "big")
-
-
-def _epoch_row_key(group_id: bytes, epoch: int) -> bytes:
-    return len(group_id).to_bytes(4, "big") + group_id + _u64(epoch)
-
-
-def _ratchet_row_key(group_id: bytes, epoch: int, leaf: int, rtype: RatchetType) -> bytes:
-    return _epoch_row_key(group_id, epoch) + leaf.to_bytes(4, "big") + bytes((rtype,))
-
-
-@dataclass(frozen=True, slots=True)
-class GroupConfig(Struct):
-    """Per-group settings, stored as the group's join config.
-
-    Attributes:
-        handshake: wire format of our proposals and commits (PublicMessage, as mls-rs does
-            by default, or PrivateMessage).
-        padding: zero bytes appended inside every PrivateMessage.
-        max_past_epochs: past epochs whose secrets are kept for late application messages.
-        max_forward: how far ahead of a ratchet a message generation may be.
-        window: skipped-generation keys kept per ratchet for out-of-order delivery.
-        ratchet_tree_extension: put the ratchet tree in the GroupInfo of our Welcomes.
-    """
-
-    handshake: WireFormat = WireFormat.PUBLIC_MESSAGE
-    padding: int = 0
-    max_past_epochs: int = 2
-    max_forward: int = DEFAULT_MAX_FORWARD
-    window: int = DEFAULT_WINDOW
-    ratchet_tree_extension: bool = True
-
-    def __post_init__(self) -> None:
-        """Reject settings the engine cannot honour."""
-        if self.handshake not in (WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE):
-            raise ValueError("handshake must be PUBLIC_MESSAGE or PRIVATE_MESSAGE")
-        for name in ("padding", "max_past_epochs", "max_forward", "window"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**16:
-                raise ValueError(f"{name} must be an int in [0, 65535]")
-
-    def encode(self, w: Writer) -> None:
-        """Serialize for storage."""
-        w.u8(_FORMAT)
-        w.u16(self.handshake)
-        for value in (self.padding, self.max_past_epochs, self.max_forward, self.window):
-            w.u32(value)
-        w.boolean(self.ratchet_tree_extension)
-
-    @classmethod
-    def decode(cls, r: Reader) -> GroupConfig:
-        """Deserialize from storage."""
-        if r.u8() != _FORMAT:
-            raise DecodeError("stored group config has an unknown format")
-        handshake = r.u16()
-        if handshake not in (WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE):
-            raise DecodeError("stored group config has a bad wire format")
-        return cls(WireFormat(handshake), r.u32(), r.u32(), r.u32(), r.u32(), r.boolean())
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class _EpochRow:
-    """``message_secrets/epoch``: what decrypting in one epoch needs besides the ratchets."""
-
-    suite_id: int
-    n_leaves: int
-    max_forward: int
-    window: int
-    sender_data_secret: bytes
-    node_secrets: dict[int, bytes]
-    leaves: frozenset[int]  # leaves whose ratchets exist (rows in message_secrets/ratchet)
-
-    def to_bytes(self) -> bytes:
-        def write(w: Writer) -> None:
-            w.u16(self.suite_id)
-            for value in (self.n_leaves, self.max_forward, self.window):
-                w.u32(value)
-            w.opaque(self.sender_data_secret)
-            w.u32(len(self.node_secrets))
-            for node, secret in sorted(self.node_secrets.items()):
-                w.u32(node)
-                w.opaque(secret)
-            w.u32(len(self.leaves))
-            for leaf in sorted(self.leaves):
-                w.u32(leaf)
-
-        return _versioned(write)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> _EpochRow:
-        def read(r: Reader) -> _EpochRow:
-            suite, n, fwd, win, sds = r.u16(), r.u32(), r.u32(), r.u32(), r.opaque()
-            nodes = {r.u32(): r.opaque() for _ in range(r.u32())}
-            return cls(suite, n, fwd, win, sds, nodes, frozenset(r.u32() for _ in range(r.u32())))
-
-        return _read_versioned(data, read)
-
-
-@dataclass(frozen=True, slots=True)
-class _MembersRow:
-    """``message_secrets/members``: an epoch's context and members, for late messages."""
-
-    context: GroupContext
-    members: dict[int, tuple[bytes, bytes]]  # leaf -> (signature key, identity)
-
-    def to_bytes(self) -> bytes:
-        def write(w: Writer) -> None:
-            w.opaque(self.context.to_bytes())
-            w.u32(len(self.members))
-            for leaf, (key, identity) in sorted(self.members.items()):
-                w.u32(leaf)
-                w.opaque(key)
-                w.opaque(identity)
-
-        return _versioned(write)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> _MembersRow:
-        def read(r: Reader) -> _MembersRow:
-            context = decode_exact(r.opaque(), GroupContext.decode)
-            return cls(context, {r.u32(): (r.opaque(), r.opaque()) for _ in range(r.u32())})
-
-        return _read_versioned(data, read)
-
-    @classmethod
-    def of(cls, context: GroupContext, tree: RatchetTree) -> _MembersRow:
-        members = {}
-        for i in tree.member_leaves():
-            leaf = tree.leaf(i)
-            assert leaf is not None
-            members[i] = (leaf.signature_key, leaf.credential.identity)
-        return cls(context, members)
-
-
-def _encode_epochs(epochs: Sequence[int]) -> bytes:
-    def write(w: Writer) -> None:
-        for epoch in epochs:
-            w.u64(epoch)
-
-    return _versioned(write)
-
-
-def _encode_node_key(node: int, priv: bytes) -> bytes:
-    def write(w: Writer) -> None:
-        w.u32(node)
-        w.opaque(priv)
-
-    return _versioned(write)
-
-
-def _encode_secret(secret: bytes) -> bytes:
-    return _versioned(lambda w: w.opaque(secret))
-
-
-def _decode_secret(row: bytes) -> bytes:
-    return _read_versioned(row, lambda r: r.opaque())
-
-
-def _decode_epochs(data: bytes) -> list[int]:
-    def read(r: Reader) -> list[int]:
-        out = []
-        while r.remaining:
-            out.append(r.u64())
-        return out
-
-    return _read_versioned(data, read)
-
-
-def _encode_pairs(pairs: Iterable[tuple[int, bytes]]) -> bytes:
-    def write(w: Writer) -> None:
-        for number, value in pairs:
-            w.u64(number)
-            w.opaque(value)
-
-    return _versioned(write)
-
-
-def _decode_pairs(data: bytes) -> list[tuple[int, bytes]]:
-    def read(r: Reader) -> list[tuple[int, bytes]]:
-        out = []
-        while r.remaining:
-            out.append((r.u64(), r.opaque()))
-        return out
-
-    return _read_versioned(data, read)
-
-
-def _stored_secrets(secrets: EpochSecrets) -> EpochSecrets:
-    """The epoch secrets worth keeping: the tree root and joiner/welcome secrets are erased.
-
-    The secret tree's root lives (until consumed) in ``message_secrets/epoch``; keeping it
-    here too would defeat the secret tree's deletion schedule.
-    """
-    return replace(secrets, encryption_secret=b"", joiner_secret=b"", welcome_secret=b"")
 
 
 class ProcessedKind(enum.StrEnum):
@@ -413,17 +183,17 @@ class NativeEngine:
         self._clock = clock
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, bytes], tuple[bytes, object]] = {}
-        row = storage.read(CATEGORY_IDENTITY, _IDENTITY_KEY)
+        row = storage.read(CATEGORY_IDENTITY, IDENTITY_KEY)
         if row is None:
             raise NoIdentity("this storage holds no native MLS identity")
-        self._identity = _read_versioned(
+        self._identity = read_versioned(
             row, lambda r: _Identity(r.u16(), Credential.decode(r), r.opaque())
         )
         self._cs = get_suite(self._identity.suite_id)
         pair = storage.signature_key_pair(self._identity.signature_key)
         if pair is None:
             raise KeyNotFound("the identity's signature key pair is missing from storage")
-        self._sig_priv = _read_versioned(pair, lambda r: (r.u16(), r.opaque(), r.opaque()))[1]
+        self._sig_priv = read_versioned(pair, lambda r: (r.u16(), r.opaque(), r.opaque()))[1]
 
     @classmethod
     def create(
@@ -441,7 +211,7 @@ class NativeEngine:
         """
         if not isinstance(identity, bytes) or not identity:
             raise ValueError("identity must be non-empty bytes")
-        if storage.read(CATEGORY_IDENTITY, _IDENTITY_KEY) is not None:
+        if storage.read(CATEGORY_IDENTITY, IDENTITY_KEY) is not None:
             raise ValueError("this storage already holds a native MLS identity")
         cs = get_suite(suite)
         priv, pub = cs.generate_signature_key_pair()
@@ -458,8 +228,8 @@ class NativeEngine:
             w.opaque(pub)
 
         with storage.operation():
-            storage.write_signature_key_pair(pub, _versioned(key_row))
-            storage.write(CATEGORY_IDENTITY, _IDENTITY_KEY, _versioned(identity_row))
+            storage.write_signature_key_pair(pub, versioned(key_row))
+            storage.write(CATEGORY_IDENTITY, IDENTITY_KEY, versioned(identity_row))
         return cls(storage, clock=clock)
 
     # ------------------------------------------------------------------ properties
@@ -551,7 +321,7 @@ class NativeEngine:
             w.opaque(enc_priv)
 
         with self._lock, self._storage.operation():
-            self._storage.write_key_package(kp.ref(cs), _versioned(bundle))
+            self._storage.write_key_package(kp.ref(cs), versioned(bundle))
         return MLSMessage(kp).to_bytes()
 
     def _capabilities(self, leaf_extensions: Sequence[Extension]) -> Capabilities:
@@ -569,7 +339,7 @@ class NativeEngine:
         if not psk_id or not secret:
             raise ValueError("psk_id and secret must be non-empty bytes")
         with self._lock, self._storage.operation():
-            self._storage.write_psk(psk_id, _encode_secret(secret))
+            self._storage.write_psk(psk_id, encode_secret(secret))
 
     # ------------------------------------------------------------------ group state
 
@@ -604,16 +374,16 @@ class NativeEngine:
         leaf_priv = self._leaf_key(leaf.encryption_key)
         if leaf_priv is None:
             raise KeyNotFound("our leaf's private key is missing from storage")
-        rows = self._storage.encryption_epoch_key_pairs(gid, _u64(epoch), me)
+        rows = self._storage.encryption_epoch_key_pairs(gid, u64(epoch), me)
         nodes = {}
         for row in rows:
-            node, priv = _read_versioned(row, lambda r: (r.u32(), r.opaque()))
+            node, priv = read_versioned(row, lambda r: (r.u32(), r.opaque()))
             nodes[node] = priv
         return TreePrivate(me, leaf_priv, nodes)
 
     def _leaf_key(self, public: bytes) -> bytes | None:
         row = self._storage.encryption_key_pair(public)
-        return None if row is None else _decode_secret(row)
+        return None if row is None else decode_secret(row)
 
     def _group(self, gid: bytes) -> GroupEpoch:
         """The current epoch as a :class:`GroupEpoch` (its secret tree is not loaded)."""
@@ -675,10 +445,10 @@ class NativeEngine:
 
     # ------------------------------------------------------------------ secret trees
 
-    def _epoch_row(self, gid: bytes, epoch: int) -> _EpochRow | None:
-        return self._decoded(CATEGORY_EPOCH, _epoch_row_key(gid, epoch), _EpochRow.from_bytes)
+    def _epoch_row(self, gid: bytes, epoch: int) -> EpochRow | None:
+        return self._decoded(CATEGORY_EPOCH, epoch_row_key(gid, epoch), EpochRow.from_bytes)
 
-    def _secret_tree(self, gid: bytes, epoch: int, leaf: int) -> tuple[_EpochRow, SecretTree]:
+    def _secret_tree(self, gid: bytes, epoch: int, leaf: int) -> tuple[EpochRow, SecretTree]:
         """The epoch's secret tree with only ``leaf``'s ratchets loaded."""
         row = self._epoch_row(gid, epoch)
         if row is None:
@@ -686,8 +456,8 @@ class NativeEngine:
         ratchets: dict[tuple[int, RatchetType], HashRatchet] = {}
         if leaf in row.leaves:
             for rtype in RatchetType:
-                key = _ratchet_row_key(gid, epoch, leaf, rtype)
-                ratchet = self._decoded(CATEGORY_RATCHET, key, _decode_ratchet)
+                key = ratchet_row_key(gid, epoch, leaf, rtype)
+                ratchet = self._decoded(CATEGORY_RATCHET, key, decode_ratchet)
                 if ratchet is None:
                     raise KeyNotFound("a hash ratchet is missing from storage")
                 ratchets[(leaf, rtype)] = ratchet
@@ -697,17 +467,17 @@ class NativeEngine:
         return row, tree
 
     def _save_secret_tree(
-        self, gid: bytes, epoch: int, row: _EpochRow, before: SecretTree, after: SecretTree
+        self, gid: bytes, epoch: int, row: EpochRow, before: SecretTree, after: SecretTree
     ) -> None:
         """Write only what changed: the touched ratchets, and node secrets if consumed."""
         for (leaf, rtype), ratchet in after.ratchets.items():
             if before.ratchets.get((leaf, rtype)) is not ratchet:
-                key = _ratchet_row_key(gid, epoch, leaf, rtype)
+                key = ratchet_row_key(gid, epoch, leaf, rtype)
                 self._write_cached(CATEGORY_RATCHET, key, ratchet.to_bytes(), ratchet)
         if after.node_secrets is not before.node_secrets:
             leaves = row.leaves | {leaf for leaf, _ in after.ratchets}
             new_row = replace(row, node_secrets=after.node_secrets, leaves=frozenset(leaves))
-            key = _epoch_row_key(gid, epoch)
+            key = epoch_row_key(gid, epoch)
             self._write_cached(CATEGORY_EPOCH, key, new_row.to_bytes(), new_row)
 
     def _drop_epoch(self, gid: bytes, epoch: int) -> None:
@@ -715,13 +485,13 @@ class NativeEngine:
         if row is not None:
             for leaf in row.leaves:
                 for rtype in RatchetType:
-                    key = _ratchet_row_key(gid, epoch, leaf, rtype)
+                    key = ratchet_row_key(gid, epoch, leaf, rtype)
                     self._storage.delete(CATEGORY_RATCHET, key)
-        self._storage.delete(CATEGORY_EPOCH, _epoch_row_key(gid, epoch))
-        self._storage.delete(CATEGORY_MEMBERS, _epoch_row_key(gid, epoch))
+        self._storage.delete(CATEGORY_EPOCH, epoch_row_key(gid, epoch))
+        self._storage.delete(CATEGORY_MEMBERS, epoch_row_key(gid, epoch))
 
-    def _members_row(self, gid: bytes, epoch: int) -> _MembersRow:
-        row = self._decoded(CATEGORY_MEMBERS, _epoch_row_key(gid, epoch), _MembersRow.from_bytes)
+    def _members_row(self, gid: bytes, epoch: int) -> MembersRow:
+        row = self._decoded(CATEGORY_MEMBERS, epoch_row_key(gid, epoch), MembersRow.from_bytes)
         if row is None:
             raise EpochMismatch("the members of that epoch are no longer kept")
         return row
@@ -745,48 +515,48 @@ class NativeEngine:
         s.write_context(gid, ctx.to_bytes())
         s.write_interim_transcript_hash(gid, group.interim_transcript_hash)
         s.write_confirmation_tag(gid, confirmation_tag)
-        s.write_group_epoch_secrets(gid, _stored_secrets(group.secrets).to_bytes())
+        s.write_group_epoch_secrets(gid, stored_secrets(group.secrets).to_bytes())
         s.write_own_leaf_index(gid, me.to_bytes(4, "big"))
-        s.write_group_state(gid, _OPERATIONAL)
+        s.write_group_state(gid, OPERATIONAL)
         s.write_encryption_epoch_key_pairs(
             gid,
-            _u64(epoch),
+            u64(epoch),
             me,
-            [_encode_node_key(n, k) for n, k in sorted(group.private.node_privs.items())],
+            [encode_node_key(n, k) for n, k in sorted(group.private.node_privs.items())],
         )
         leaf = group.tree.leaf(me)
         assert leaf is not None
         s.write_encryption_key_pair(
-            leaf.encryption_key, _encode_secret(group.private.encryption_priv)
+            leaf.encryption_key, encode_secret(group.private.encryption_priv)
         )
-        row = _EpochRow(
+        row = EpochRow(
             cs.suite_id,
             group.tree.n_leaves,
             config.max_forward,
             config.window,
             group.secrets.sender_data_secret,
-            {_secret_tree_root(group.tree.n_leaves): group.secrets.encryption_secret},
+            {secret_tree_root(group.tree.n_leaves): group.secrets.encryption_secret},
             frozenset(),
         )
-        s.write(CATEGORY_EPOCH, _epoch_row_key(gid, epoch), row.to_bytes())
+        s.write(CATEGORY_EPOCH, epoch_row_key(gid, epoch), row.to_bytes())
         s.write(
-            CATEGORY_MEMBERS, _epoch_row_key(gid, epoch), _MembersRow.of(ctx, group.tree).to_bytes()
+            CATEGORY_MEMBERS, epoch_row_key(gid, epoch), MembersRow.of(ctx, group.tree).to_bytes()
         )
         index = s.message_secrets(gid)
-        epochs = [*(_decode_epochs(index) if index is not None else []), epoch]
+        epochs = [*(decode_epochs(index) if index is not None else []), epoch]
         keep = epochs[-(config.max_past_epochs + 1) :]
         for old in epochs[: -len(keep)]:
             self._drop_epoch(gid, old)
-        s.write_message_secrets(gid, _encode_epochs(keep))
+        s.write_message_secrets(gid, encode_epochs(keep))
         psk_row = s.resumption_psk_store(gid)
         psks = [
-            *(_decode_pairs(psk_row) if psk_row is not None else []),
+            *(decode_pairs(psk_row) if psk_row is not None else []),
             (epoch, group.secrets.resumption_psk),
         ]
-        s.write_resumption_psk_store(gid, _encode_pairs(psks[-(config.max_past_epochs + 1) :]))
+        s.write_resumption_psk_store(gid, encode_pairs(psks[-(config.max_past_epochs + 1) :]))
         if previous is not None:
             old_epoch = previous.context.epoch
-            s.delete_encryption_epoch_key_pairs(gid, _u64(old_epoch), previous.private.leaf_index)
+            s.delete_encryption_epoch_key_pairs(gid, u64(old_epoch), previous.private.leaf_index)
             old_leaf = previous.tree.leaf(previous.private.leaf_index)
             assert old_leaf is not None
             if old_leaf.encryption_key != leaf.encryption_key:
@@ -803,9 +573,9 @@ class NativeEngine:
         s = self._storage
         context, tree, me = self._context(gid), self._tree(gid), self._own_leaf(gid)
         index = s.message_secrets(gid)
-        for epoch in _decode_epochs(index) if index is not None else []:
+        for epoch in decode_epochs(index) if index is not None else []:
             self._drop_epoch(gid, epoch)
-        s.delete_encryption_epoch_key_pairs(gid, _u64(context.epoch), me)
+        s.delete_encryption_epoch_key_pairs(gid, u64(context.epoch), me)
         leaf = tree.leaf(me)
         if leaf is not None:
             s.delete_encryption_key_pair(leaf.encryption_key)
@@ -899,7 +669,7 @@ class NativeEngine:
             if entry is None:
                 raise UnknownKeyPackage("this Welcome addresses none of our key packages")
             ref, row = entry
-            kp_bytes, init_priv, enc_priv = _read_versioned(
+            kp_bytes, init_priv, enc_priv = read_versioned(
                 row, lambda r: (r.opaque(), r.opaque(), r.opaque())
             )
             kp = decode_exact(kp_bytes, KeyPackage.decode)
@@ -927,17 +697,17 @@ class NativeEngine:
         return gid
 
     def _external_psks(self) -> dict[bytes, bytes]:
-        return {k: _decode_secret(v) for k, v in self._storage.items(cat.PSK)}
+        return {k: decode_secret(v) for k, v in self._storage.items(cat.PSK)}
 
     def _psk_lookup(self, gid: bytes) -> Callable[[PreSharedKeyID], bytes]:
         def lookup(psk: PreSharedKeyID) -> bytes:
             if psk.psktype == PskType.EXTERNAL:
                 row = self._storage.psk(psk.psk_id)
                 if row is not None:
-                    return _decode_secret(row)
+                    return decode_secret(row)
             elif psk.psk_group_id == gid:
                 row = self._storage.resumption_psk_store(gid)
-                for epoch, value in _decode_pairs(row) if row is not None else []:
+                for epoch, value in decode_pairs(row) if row is not None else []:
                     if epoch == psk.psk_epoch:
                         return value
             raise InvalidProposal("a PSK named by the commit is not available")
@@ -1020,7 +790,7 @@ class NativeEngine:
                 lifetime=None,
                 parent_hash=b"",
             ).signed(self._cs, self._sig_priv, group_id, me)
-            self._storage.write_encryption_key_pair(enc_pub, _encode_secret(enc_priv))
+            self._storage.write_encryption_key_pair(enc_pub, encode_secret(enc_priv))
             self._storage.append_own_leaf_node(group_id, leaf.to_bytes())
             return self._propose(group_id, Update(leaf))
 
@@ -1037,7 +807,7 @@ class NativeEngine:
         with self._lock, self._storage.operation():
             self._check_group(group_id)
             row = self._storage.resumption_psk_store(group_id)
-            kept = {e for e, _ in _decode_pairs(row)} if row is not None else set()
+            kept = {e for e, _ in decode_pairs(row)} if row is not None else set()
             if epoch not in kept:
                 raise KeyNotFound("the resumption PSK of that epoch is not kept")
             psk = PreSharedKeyID(
@@ -1246,11 +1016,6 @@ class NativeEngine:
             raise InvalidProposal(f"{type(body).__name__} proposals are not supported")
 
 
-def _secret_tree_root(n_leaves: int) -> int:
-    """Root node index of the secret tree of ``n_leaves`` (padded to a power of two)."""
-    return tm.root(1 << max(0, (n_leaves - 1).bit_length()))
-
-
 def _expand_raw_label(
     cs: CipherSuite, secret: bytes, label: bytes, context: bytes, length: int
 ) -> bytes:
@@ -1273,7 +1038,3 @@ def _key_package(data: bytes) -> KeyPackage:
     if not isinstance(msg.body, KeyPackage):
         raise InvalidMessage("not a key package")
     return msg.body
-
-
-def _decode_ratchet(data: bytes) -> HashRatchet:
-    return decode_exact(data, HashRatchet.decode)

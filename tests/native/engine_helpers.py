@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mls.native.engine import GroupConfig, NativeEngine
+from mls.native import GroupConfig, NativeEngine
 from mls.storage import GranularStorage
 
 GID = b"test-group"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mls.native import GroupConfig, ProcessedKind
 from mls.native.codec import decode_exact
-from mls.native.engine import GroupConfig, ProcessedKind
 from mls.native.framing import MessageBody, MLSMessage, PrivateMessage, PublicMessage, WireFormat
 from mls.native.leaf_node import Extension
 from mls.native.proposals import Commit

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
+from mls.native import GroupConfig
 from mls.native.codec import decode_exact
-from mls.native.engine import GroupConfig
 from mls.native.errors import (
     AuthenticationError,
     EpochMismatch,

@@ -18,8 +18,8 @@ pytest.importorskip("mls_rs_uniffi")
 from keystore import profiles
 from mls.client import MlsClient, ReceivedKind
 from mls.mlsrs import load_binding
+from mls.native import GroupConfig, NativeEngine
 from mls.native.client import NativeClient
-from mls.native.engine import GroupConfig, NativeEngine
 from mls.native.framing import WireFormat
 from mls.storage import GranularStorage
 

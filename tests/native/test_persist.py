@@ -10,12 +10,12 @@ import pytest
 from keystore import Vault
 from mls import categories as cat
 from mls.drainer import WriteBehindDrainer
-from mls.native.engine import (
+from mls.native import NativeEngine
+from mls.native.rows import (
     CATEGORY_EPOCH,
     CATEGORY_IDENTITY,
     CATEGORY_MEMBERS,
     CATEGORY_RATCHET,
-    NativeEngine,
 )
 from mls.storage import GranularStorage
 from tests.conftest import FAST_KDF, PASSPHRASE
