@@ -117,7 +117,12 @@ from .suites import SUITES, CipherSuite, get_suite
 from .transcript import interim_transcript_hash
 from .tree import RatchetTree
 from .treekem import TreePrivate
-from .validation import PendingProposal, validate_key_package, validate_leaf_node
+from .validation import (
+    DEFAULT_EXTENSION_TYPES,
+    PendingProposal,
+    validate_key_package,
+    validate_leaf_node,
+)
 from .welcome import Welcome
 
 __all__ = [
@@ -325,7 +330,9 @@ class NativeEngine:
         return MLSMessage(kp).to_bytes()
 
     def _capabilities(self, leaf_extensions: Sequence[Extension]) -> Capabilities:
-        custom = tuple(sorted({e.extension_type for e in leaf_extensions if e.extension_type > 5}))
+        custom = tuple(
+            sorted({e.extension_type for e in leaf_extensions} - DEFAULT_EXTENSION_TYPES)
+        )
         return Capabilities(
             (PROTOCOL_VERSION_MLS10,), tuple(sorted(SUITES)), custom, (), (CredentialType.BASIC,)
         )
