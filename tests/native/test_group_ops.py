@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from mls.native import GroupConfig, ProcessedKind
+from mls.native import GroupConfig, NativeEngine, ProcessedKind
 from mls.native.codec import decode_exact
 from mls.native.framing import MessageBody, MLSMessage, PrivateMessage, PublicMessage, WireFormat
 from mls.native.leaf_node import Extension
 from mls.native.proposals import Commit
+from mls.storage import GranularStorage
 from tests.native.engine_helpers import GID, agreed, deliver, group, member
 
 HANDSHAKES = [
@@ -164,3 +167,56 @@ def test_every_cipher_suite_runs_a_group(suite: int) -> None:
     alice.process(GID, commit)
     assert agreed([alice, bob])
     assert bob.process(GID, alice.encrypt(GID, b"m")).data == b"m"
+
+
+def _reloaded(engine: NativeEngine) -> NativeEngine:
+    """A new engine on a copy of the rows only: nothing may live in Python objects."""
+    storage = GranularStorage()
+    for category in engine.storage.categories():
+        for key, value in engine.storage.items(category):
+            storage.write(category, key, value)
+    return NativeEngine(storage)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_conversation_keeps_every_member_in_step(seed: int) -> None:
+    """Random adds, removes, updates, leaves, messages and reloads never split the group."""
+    rnd = random.Random(seed)
+    handshake = rnd.choice([WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE])
+    config = GroupConfig(handshake=handshake)
+    pool = [member(f"p{i}") for i in range(6)]
+    members = [pool[0]]
+    pool[0].create_group(GID, config=config)
+    for step in range(40):
+        op = rnd.choice(["message", "add", "remove", "update", "propose_update", "reload"])
+        actor = rnd.choice(members)
+        others = [m for m in members if m is not actor]
+        if op == "message":
+            text = b"step %d" % step
+            msg = actor.encrypt(GID, text)
+            assert all(o.process(GID, msg).data == text for o in others)
+        elif op == "add" and len(members) < len(pool):
+            new = rnd.choice([p for p in pool if p not in members])
+            commit, welcome = actor.commit(GID, add=[new.generate_key_package()])
+            deliver(commit, others)
+            assert welcome is not None
+            new.join(welcome, config=config)
+            members.append(new)
+        elif op == "remove" and others:
+            victim = rnd.choice(others)
+            commit, _ = actor.commit(GID, remove=[victim.own_leaf_index(GID)])
+            assert [o.process(GID, commit).removed for o in others] == [o is victim for o in others]
+            members.remove(victim)
+        elif op == "update":
+            commit, _ = actor.commit(GID, force_path=True)
+            deliver(commit, others)
+        elif op == "propose_update" and others:
+            deliver(actor.propose_update(GID), others)
+            committer = rnd.choice(others)
+            commit, _ = committer.commit(GID)
+            deliver(commit, [m for m in members if m is not committer])
+        elif op == "reload":
+            fresh = _reloaded(actor)
+            pool[pool.index(actor)] = fresh
+            members[members.index(actor)] = fresh
+        assert agreed(members), (step, op)
