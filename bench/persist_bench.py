@@ -40,14 +40,14 @@ __all__ = ["persist_curve", "run"]
 
 _VALUE_BYTES = 1024
 _CATEGORIES = 10
-_BATCH = 1000
+_BATCH = 1000  # changes per write-behind flush
 
 
 def _category(i: int) -> str:
     return f"bench/c{i % _CATEGORIES}"
 
 
-def _one_size(entries: int, repeats: int, tmp: Path) -> dict[str, Any]:
+def _one_size(entries: int, repeats: int, tmp: Path, batch: int) -> dict[str, Any]:
     keys = [f"entry-{i}".encode() for i in range(entries)]
     vault = Vault.create(tmp / f"v{entries}", "bench", kdf=profiles.INSECURE_FOR_TESTS_ONLY)
     try:
@@ -83,7 +83,7 @@ def _one_size(entries: int, repeats: int, tmp: Path) -> dict[str, Any]:
         cpu_timing = summarize(cpu)
 
         def granular_batch() -> None:
-            for _ in range(_BATCH):
+            for _ in range(batch):
                 i = next(turn) % entries
                 storage.write(_category(i), keys[i], os.urandom(_VALUE_BYTES))
             drainer.flush()
@@ -105,7 +105,7 @@ def _one_size(entries: int, repeats: int, tmp: Path) -> dict[str, Any]:
             os.close(fd)
     finally:
         vault.close()
-    per_change = batched.subject.median / _BATCH
+    per_change = batched.subject.median / batch
     return {
         "name": f"persist_one_change_{entries}",
         "entries": entries,
@@ -117,6 +117,7 @@ def _one_size(entries: int, repeats: int, tmp: Path) -> dict[str, Any]:
         "ours": one.baseline.as_dict(),
         "baseline": one.subject.as_dict(),
         "granular_cpu_s": cpu_timing.as_dict(),
+        "batch": batch,
         "batched_per_change_s": per_change,
         "batched_speedup": one.subject.median / per_change,
         "fsync_1k_s": bound.baseline.as_dict(),
@@ -125,10 +126,10 @@ def _one_size(entries: int, repeats: int, tmp: Path) -> dict[str, Any]:
     }
 
 
-def persist_curve(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+def persist_curve(sizes: list[int], repeats: int, batch: int = _BATCH) -> list[dict[str, Any]]:
     """One result per state size, then the flatness of the granular cost."""
     with tempfile.TemporaryDirectory() as tmp:
-        results = [_one_size(n, repeats, Path(tmp)) for n in sizes]
+        results = [_one_size(n, repeats, Path(tmp), batch) for n in sizes]
     base = next((r for r in results if r["entries"] == 1000), results[0])
     scale = [r for r in results if r["entries"] >= base["entries"]]
 
@@ -156,7 +157,7 @@ def persist_curve(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict[str, Any]]:
     """The curve at 100 → 100k entries (full), 100 → 10k (quick) or two tiny sizes."""
     if tiny:
-        return persist_curve([100, 1000], 3)
+        return persist_curve([100, 300], 3, batch=100)
     if quick:
         return persist_curve([100, 1000, 10_000], 3)
     return persist_curve([100, 1000, 10_000, 100_000], 7)

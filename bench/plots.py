@@ -47,7 +47,8 @@ def persist_plot(results: Iterable[Result], out: Path) -> Path | None:
         high = [r[key]["max_s"] * 1e3 - m for m, r in zip(med, points, strict=True)]
         ax.errorbar(mib, med, yerr=[low, high], fmt=style, capsize=3, label=label)
     batched = [r["batched_per_change_s"] * 1e3 for r in points]
-    ax.plot(mib, batched, "^--", label="granular, write-behind: per change, 1000 per flush")
+    per_flush = points[0].get("batch", "?")
+    ax.plot(mib, batched, "^--", label=f"granular, write-behind: per change, {per_flush} per flush")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("state size (MiB; 1 KiB entries)")
