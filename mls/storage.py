@@ -371,7 +371,9 @@ class GranularStorage:
     def _end(self, *, committed: bool) -> None:
         with self._lock:
             tid = threading.get_ident()
-            op = self._ops[tid]
+            op = self._ops.get(tid)
+            if op is None:
+                raise RuntimeError("an operation must end on the thread that opened it")
             op.depth -= 1
             if op.depth:
                 mark = op.marks.pop()

@@ -203,3 +203,25 @@ def test_an_operation_lands_in_a_single_vault_transaction(
     finally:
         drainer.close()
     assert [len(batch) for batch in flaky.batches] == [50]
+
+
+def test_ending_an_operation_on_another_thread_is_refused(storage: GranularStorage) -> None:
+    """An operation belongs to its thread: closing it elsewhere is a clear error."""
+    scope = storage.operation()
+    scope.__enter__()
+    storage.write("c", b"k", b"v")
+    errors: list[BaseException] = []
+
+    def close_elsewhere() -> None:
+        try:
+            scope.__exit__(None, None, None)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=close_elsewhere)
+    worker.start()
+    worker.join()
+    assert len(errors) == 1
+    assert storage.pending_events() == 0
+    scope.__exit__(None, None, None)
+    assert storage.pending_events() == 1
