@@ -3,8 +3,10 @@
 Usage: ``python _client_actor.py VAULT`` with the passphrase in ``MLS_KEYSTORE_PASSPHRASE``.
 Each stdin line is a JSON list ``[op, *args]`` (bytes as hex); each answer is one JSON
 line ``{"ok": result}`` or ``{"error": "ExceptionType"}``, flushed at once so that it
-survives a ``kill -9`` that follows.  ``crash_before_apply`` / ``crash_after_apply`` make
-the next vault transaction SIGKILL the process just before / just after it commits.
+survives a ``kill -9`` that follows.  A ``*_stream`` op answers one line per item as
+soon as that item's call returned, then ``{"ok": null}``.  ``crash_before_apply`` /
+``crash_after_apply`` make the next vault transaction SIGKILL the process just before /
+just after it commits.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,15 @@ def _arm_crash(after: bool) -> None:
     Vault.apply = apply  # type: ignore[method-assign]
 
 
+def _each(fn: Callable[[str], Any], items: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Apply ``fn`` to each item; yield its answer or the type of its error."""
+    for item in items:
+        try:
+            yield {"ok": _encode(fn(item))}
+        except Exception as exc:
+            yield {"error": type(exc).__name__}
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
@@ -45,6 +56,7 @@ def _encode(value: Any) -> Any:
             "sender": _encode(value.sender),
             "data": _encode(value.data),
             "removed": value.removed,
+            "replay": value.replay,
         }
     if isinstance(value, list | tuple):
         return [_encode(v) for v in value]
@@ -77,6 +89,11 @@ def main(vault: str) -> int:
         "crash_before_apply": lambda: _arm_crash(after=False),
         "crash_after_apply": lambda: _arm_crash(after=True),
         "kill": lambda: os.kill(os.getpid(), signal.SIGKILL),
+        # Streams: one answer line per item, as soon as the call for it returned.
+        "encrypt_stream": lambda gid, tag, n: (
+            c().encrypt(h(gid), f"{tag} {i}".encode()) for i in range(n)
+        ),
+        "process_stream": lambda gid, *msgs: _each(lambda m: c().process(h(gid), h(m)), msgs),
     }
     for line in sys.stdin:
         op, *args = json.loads(line)
@@ -88,6 +105,12 @@ def main(vault: str) -> int:
                 result: Any = None
             elif op == "open":
                 client = MlsClient.open(vault, passphrase)
+                result = None
+            elif op.endswith("_stream"):
+                for item in ops[op](*args):
+                    line = item if isinstance(item, dict) else {"ok": _encode(item)}
+                    sys.stdout.write(json.dumps(line) + "\n")
+                    sys.stdout.flush()
                 result = None
             else:
                 result = ops[op](*args)

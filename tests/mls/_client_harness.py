@@ -49,6 +49,21 @@ class Actor:
             raise ActorError(answer["error"])
         return answer["ok"]
 
+    def read_answer(self) -> dict[str, Any] | None:
+        """The next whole answer line, or ``None`` at end of output (a cut line counts
+        as no answer: the actor died before it finished writing it)."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.endswith("\n"):
+            return None
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def kill(self) -> None:
+        """SIGKILL the actor now and wait for it."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
     def close(self) -> int:
         """Close stdin (the actor closes its client and exits); return the exit code."""
         assert self.proc.stdin is not None

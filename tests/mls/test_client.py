@@ -218,35 +218,69 @@ def test_welcome_for_someone_else_is_an_engine_error(make: Factory) -> None:
         carol.join(welcome)
 
 
+def tampered(message: bytes) -> bytes:
+    """The message with one bit flipped near its end (inside the AEAD ciphertext)."""
+    return message[:-8] + bytes([message[-8] ^ 1]) + message[-7:]
+
+
 def test_engine_errors_are_wrapped(make: Factory) -> None:
-    """A replayed message fails with MlsEngineError, not a binding exception."""
+    """A tampered message fails with MlsEngineError, not a binding exception."""
+    alice, bob, gid = pair(make)
+    with pytest.raises(MlsEngineError):
+        bob.process(gid, tampered(alice.encrypt(gid, b"once")))
+
+
+def test_processing_a_message_again_returns_the_stored_outcome(make: Factory) -> None:
+    """A message processed twice yields the same outcome, marked as a replay."""
     alice, bob, gid = pair(make)
     ct = alice.encrypt(gid, b"once")
-    bob.process(gid, ct)
-    with pytest.raises(MlsEngineError):
-        bob.process(gid, ct)
+    first = bob.process(gid, ct)
+    again = bob.process(gid, ct)
+    assert again == Received(ReceivedKind.APPLICATION, b"alice", b"once", replay=True)
+    assert not first.replay
+
+
+def test_receipts_are_pruned_to_their_retention(tmp_path: Path, make: Factory) -> None:
+    """Only the newest receipts are kept; older messages are no longer replayable."""
+    alice = make("alice")
+    bob = MlsClient.create(
+        tmp_path / "b.vault", PASSPHRASE, identity=b"bob", kdf=FAST, receipt_retention=2
+    )
+    try:
+        gid = alice.create_group()
+        _, welcome = alice.add_members(gid, [bob.generate_key_package()])
+        bob.join(welcome)
+        cts = [alice.encrypt(gid, bytes([i])) for i in range(3)]
+        for ct in cts:
+            bob.process(gid, ct)
+        assert bob.vault.stats().categories["mlsrs/v1/receipt"].rows == 2
+        assert bob.process(gid, cts[2]).replay
+        with pytest.raises(MlsEngineError):
+            bob.process(gid, cts[0])
+    finally:
+        bob.close()
 
 
 def test_failed_batch_leaves_messages_processable(make: Factory) -> None:
     """When one message of a batch fails, none counts: each can be processed again."""
     alice, bob, gid = pair(make)
     first, second = alice.encrypt(gid, b"first"), alice.encrypt(gid, b"second")
-    bob.process(gid, second)
     with pytest.raises(MlsEngineError):
-        bob.process_many([(gid, first), (gid, second)])
-    assert bob.process(gid, first).data == b"first"
+        bob.process_many([(gid, first), (gid, tampered(second))])
+    assert bob.process(gid, first) == Received(ReceivedKind.APPLICATION, b"alice", b"first")
+    assert bob.process(gid, second).data == b"second"
 
 
 def test_failed_batch_with_a_commit_can_be_replayed(tmp_path: Path, make: Factory) -> None:
     """A batch holding a commit that fails as a whole leaves the old epoch: the commit
     is processed again, and the state survives a reopen."""
     alice, bob, gid = pair(make)
-    stale = alice.encrypt(gid, b"stale")
-    bob.process(gid, stale)
     commit = alice.update_keys(gid)
+    broken = tampered(alice.encrypt(gid, b"broken"))
     with pytest.raises(MlsEngineError):
-        bob.process_many([(gid, commit), (gid, stale)])
-    assert bob.process(gid, commit).kind is ReceivedKind.COMMIT
+        bob.process_many([(gid, commit), (gid, broken)])
+    got = bob.process(gid, commit)
+    assert (got.kind, got.replay) == (ReceivedKind.COMMIT, False)
     bob = reopen(tmp_path, bob)
     try:
         assert bob.export_secret(gid, b"x", b"", 16) == alice.export_secret(gid, b"x", b"", 16)
