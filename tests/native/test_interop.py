@@ -8,8 +8,10 @@ Skipped when the ``mls_rs_uniffi`` binding is not installed.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,3 +221,107 @@ def test_private_message_handshakes_and_update_proposals_reach_mls_rs() -> None:
     rs.process_incoming_message(output.commit_message)
     native.process(GID, bytes(output.commit_message.to_bytes()))
     assert bytes(rs.export_secret(b"l", b"", 32)) == native.export_secret(GID, b"l", b"", 32)
+
+
+class _RsMember:
+    """An in-memory mls-rs member driven through the binding (engine level)."""
+
+    def __init__(self, name: bytes) -> None:
+        self.b = load_binding()
+        keys = self.b.generate_signature_keypair(self.b.CipherSuite.CURVE25519_AES128)
+        config = self.b.ClientConfig(
+            group_state_storage=self.b.client_config_default().group_state_storage,
+            use_ratchet_tree_extension=True,
+        )
+        self.client = self.b.Client(name, keys, config)
+        self.group: Any = None
+
+    def key_package(self) -> bytes:
+        return bytes(self.client.generate_key_package_message().to_bytes())
+
+    def join(self, welcome: bytes) -> None:
+        self.group = self.client.join_group(None, self.b.Message.from_bytes(welcome)).group
+
+    def encrypt(self, text: bytes) -> bytes:
+        return bytes(self.group.encrypt_application_message(text).to_bytes())
+
+    def process(self, message: bytes) -> bytes | None:
+        got = self.group.process_incoming_message(self.b.Message.from_bytes(message))
+        return bytes(got.data) if got.is_application_message() else None
+
+    def _own(self, output: Any) -> bytes:
+        commit = output.commit_message
+        self.group.process_incoming_message(commit)
+        return bytes(commit.to_bytes())
+
+    def add(self, key_package: bytes) -> tuple[bytes, bytes]:
+        output = self.group.add_members([self.b.Message.from_bytes(key_package)])
+        return self._own(output), bytes(output.welcome_message.to_bytes())
+
+    def update(self) -> bytes:
+        return self._own(self.group.commit())
+
+    def secret(self) -> bytes:
+        return bytes(self.group.export_secret(b"interop", b"", 32))
+
+
+class _NativeMember:
+    """A native member with the same small interface as :class:`_RsMember`."""
+
+    def __init__(self, name: bytes) -> None:
+        self.engine = NativeEngine.create(GranularStorage(), name)
+
+    def key_package(self) -> bytes:
+        return self.engine.generate_key_package()
+
+    def join(self, welcome: bytes) -> None:
+        self.engine.join(welcome)
+
+    def encrypt(self, text: bytes) -> bytes:
+        return self.engine.encrypt(GID, text)
+
+    def process(self, message: bytes) -> bytes | None:
+        return self.engine.process(GID, message).data
+
+    def add(self, key_package: bytes) -> tuple[bytes, bytes]:
+        commit, welcome = self.engine.commit(GID, add=[key_package])
+        assert welcome is not None
+        return commit, welcome
+
+    def update(self) -> bytes:
+        return self.engine.commit(GID, force_path=True)[0]
+
+    def secret(self) -> bytes:
+        return self.engine.export_secret(GID, b"interop", b"", 32)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_mixed_group_stays_in_step(seed: int) -> None:
+    """Random adds, path commits and messages by either engine keep one shared epoch."""
+    rnd = random.Random(seed)
+    pool: list[_RsMember | _NativeMember] = [
+        (_NativeMember if i % 2 else _RsMember)(b"p%d" % i) for i in range(6)
+    ]
+    creator = _NativeMember(b"creator")
+    creator.engine.create_group(GID)
+    members: list[_RsMember | _NativeMember] = [creator]
+    for step in range(30):
+        op = rnd.choice(["message", "add", "update"])
+        actor = rnd.choice(members)
+        others = [m for m in members if m is not actor]
+        if op == "message":
+            text = b"step %d" % step
+            message = actor.encrypt(text)
+            assert all(o.process(message) == text for o in others)
+        elif op == "add" and pool:
+            new = pool.pop(rnd.randrange(len(pool)))
+            commit, welcome = actor.add(new.key_package())
+            for o in others:
+                o.process(commit)
+            new.join(welcome)
+            members.append(new)
+        elif op == "update":
+            commit = actor.update()
+            for o in others:
+                o.process(commit)
+        assert len({m.secret() for m in members}) == 1, (step, op)
