@@ -35,6 +35,7 @@ from mls.client import MlsClient
 from mls.mlsrs import load_binding
 
 __all__ = [
+    "durable_process_over_floor",
     "durable_send_over_floor",
     "group_commit_over_memory_send",
     "main",
@@ -256,6 +257,57 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def durable_process_over_floor(
+    directory: Path, *, batch: int = 20, repeats: int = 15
+) -> dict[str, Any]:
+    """``MlsClient.process`` (state + receipt, barrier) ÷ (in-memory process + one fsync'd
+    SQLite commit of as many bytes).  No goal: it shows what the receipt adds."""
+    b = load_binding()
+    suite = b.CipherSuite.CURVE25519_AES128
+    receiver = MlsClient.create(directory / "recv.vault", PASSPHRASE, identity=b"r", kdf=KDF)
+    sender = b.Client(b"s", b.generate_signature_keypair(suite), b.client_config_default())
+    twin = b.Client(b"t", b.generate_signature_keypair(suite), b.client_config_default())
+    group = sender.create_group(None)
+    kp = b.Message.from_bytes(receiver.generate_key_package())
+    out = group.add_members([kp, twin.generate_key_package_message()])
+    group.process_incoming_message(out.commit_message)
+    gid = receiver.join(bytes(out.welcome_message.to_bytes()))
+    memory = twin.join_group(None, out.welcome_message).group
+    total = 2 * batch * (repeats + 2)  # + a warm-up round + slack
+    stream = iter(
+        [bytes(group.encrypt_application_message(PLAINTEXT).to_bytes()) for _ in range(total)]
+    )
+    receiver.process(gid, next(stream))
+    memory.process_incoming_message(b.Message.from_bytes(next(stream)))
+    stats = receiver.vault.stats().categories
+    row_bytes = stats["mlsrs/v1/group_state"].bytes + stats["mlsrs/v1/receipt"].bytes
+    floor_db = _SqliteFloor(directory / "recv-floor.sqlite", os.urandom(row_bytes))
+    pending = list(stream)
+    mine, theirs = pending[0::2][::-1], pending[1::2][::-1]  # pop() yields them in order
+    try:
+
+        def durable() -> None:
+            for _ in range(batch):
+                receiver.process(gid, mine.pop())
+
+        def floor() -> None:
+            for _ in range(batch):
+                memory.process_incoming_message(b.Message.from_bytes(theirs.pop()))
+                floor_db.commit()
+
+        result = measure_ratio(durable, floor, repeats)
+    finally:
+        floor_db.close()
+        receiver.close()
+    return {
+        "name": "durable_process_over_floor",
+        **result.as_dict(),
+        "per_process_ms": result.subject.median / batch * 1e3,
+        "floor_per_process_ms": result.baseline.median / batch * 1e3,
+        "bytes_written_per_process": row_bytes,
+    }
+
+
 def run(quick: bool = False, directory: Path | None = None) -> list[dict[str, Any]]:
     """Every client benchmark, as plain dicts (``quick``: small sizes, seconds)."""
     with tempfile.TemporaryDirectory(prefix="client-bench-", dir=directory) as tmp:
@@ -263,11 +315,13 @@ def run(quick: bool = False, directory: Path | None = None) -> list[dict[str, An
         if quick:
             return [
                 durable_send_over_floor(base, batch=5, repeats=5),
+                durable_process_over_floor(base, batch=5, repeats=5),
                 group_commit_over_memory_send(base, repeats=5),
                 send_cost_by_group_size(base, sizes=(2, 20), batch=3, repeats=3),
             ]
         return [
             durable_send_over_floor(base),
+            durable_process_over_floor(base),
             group_commit_over_memory_send(base),
             send_cost_by_group_size(base),
         ]
