@@ -12,6 +12,8 @@ advanced instead of a whole-group snapshot.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,24 +22,59 @@ from pathlib import Path
 from types import TracebackType
 
 from keystore import Vault, profiles
+from keystore.errors import VaultClosed
 from keystore.profiles import KdfParameters
-from mls.client import LostKeyPackage, Received, ReceivedKind
+from mls.client import DEFAULT_RECEIPT_RETENTION, LostKeyPackage, Received, ReceivedKind
 from mls.drainer import WriteBehindDrainer
-from mls.errors import MlsError, NotAnMlsVault, UnknownMember
+from mls.errors import NotAnMlsVault, UnknownMember
 from mls.mlsrs import DEFAULT_EPOCH_RETENTION
 from mls.storage import GranularStorage
 
+from .codec import Reader, Writer
 from .engine import NativeEngine, ProcessedKind
-from .rows import CATEGORY_IDENTITY, IDENTITY_KEY, GroupConfig
+from .errors import DecodeError
+from .rows import CATEGORY_IDENTITY, IDENTITY_KEY, GroupConfig, read_versioned, versioned
 
-__all__ = ["NativeClient"]
+__all__ = ["CATEGORY_RECEIPTS", "NativeClient"]
 
+#: Outcomes of recently processed messages (key: SHA-256 of group id and message).
+CATEGORY_RECEIPTS = "native/v1/receipt"
 _MAX_IDENTITY_LEN = 0xFFFF
 _KINDS = {
     ProcessedKind.APPLICATION: ReceivedKind.APPLICATION,
     ProcessedKind.PROPOSAL: ReceivedKind.PROPOSAL,
     ProcessedKind.COMMIT: ReceivedKind.COMMIT,
 }
+_KIND_CODES = {ReceivedKind.APPLICATION: 0, ReceivedKind.COMMIT: 1, ReceivedKind.PROPOSAL: 2}
+_KIND_OF_CODE = {code: kind for kind, code in _KIND_CODES.items()}
+
+
+def _encode_receipt(seq: int, got: Received) -> bytes:
+    def write(w: Writer) -> None:
+        w.u64(seq)
+        w.u8(_KIND_CODES[got.kind])
+        w.boolean(got.removed)
+        w.optional(got.sender, Writer.opaque)
+        w.optional(got.data, Writer.opaque)
+
+    return versioned(write)
+
+
+def _decode_receipt(row: bytes) -> tuple[int, Received]:
+    """Inverse of :func:`_encode_receipt`; the outcome comes back marked as a replay."""
+
+    def read(r: Reader) -> tuple[int, Received]:
+        seq, code, removed = r.u64(), r.u8(), r.boolean()
+        if code not in _KIND_OF_CODE:
+            raise DecodeError("stored receipt has an unknown kind")
+        sender, data = r.optional(Reader.opaque), r.optional(Reader.opaque)
+        return seq, Received(_KIND_OF_CODE[code], sender, data, removed, replay=True)
+
+    return read_versioned(row, read)
+
+
+def _receipt_key(group_id: bytes, message: bytes) -> bytes:
+    return hashlib.sha256(len(group_id).to_bytes(4, "big") + group_id + message).digest()
 
 
 def _check_bytes(value: object, what: str) -> bytes:
@@ -55,9 +92,20 @@ class NativeClient:
     an internal lock.
     """
 
-    def __init__(self, vault: Vault, storage: GranularStorage, *, retention: int) -> None:
+    def __init__(
+        self,
+        vault: Vault,
+        storage: GranularStorage,
+        *,
+        retention: int,
+        receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
+    ) -> None:
         if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
             raise ValueError("epoch retention must be an int >= 1")
+        if isinstance(receipt_retention, bool) or not isinstance(receipt_retention, int):
+            raise TypeError("receipt_retention must be an int")
+        if receipt_retention < 0:
+            raise ValueError("receipt_retention must be >= 0")
         if storage.read(CATEGORY_IDENTITY, IDENTITY_KEY) is None:
             raise NotAnMlsVault(
                 "this vault holds no native MLS identity; create it with "
@@ -70,6 +118,10 @@ class NativeClient:
         self._config = GroupConfig(max_past_epochs=retention)
         self._lock = threading.RLock()
         self._closed = False
+        self._receipt_retention = receipt_retention
+        self._receipts: collections.deque[bytes] = collections.deque()
+        self._next_receipt = 0
+        self._load_receipts()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -82,8 +134,16 @@ class NativeClient:
         identity: bytes,
         kdf: KdfParameters = profiles.RFC_9106_LOW_MEMORY,
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
+        receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
     ) -> NativeClient:
         """Create a new vault holding a new signature key pair for ``identity``.
+
+        Args:
+            identity: the basic-credential identity other members will see (1-65535 bytes).
+            kdf: Argon2id parameters for the passphrase.
+            epoch_retention: past epochs kept per group for late application messages.
+            receipt_retention: outcomes of the last processed messages kept (encrypted)
+                so that processing one again after a crash returns it (0: keep none).
 
         Raises:
             FileExistsError: something is already at ``vault_path``; it is left alone.
@@ -95,7 +155,12 @@ class NativeClient:
         try:
             storage = GranularStorage.load(vault)
             NativeEngine.create(storage, identity)
-            client = cls(vault, storage, retention=epoch_retention)
+            client = cls(
+                vault,
+                storage,
+                retention=epoch_retention,
+                receipt_retention=receipt_retention,
+            )
             client._drainer.flush()
         except BaseException:
             vault.close()
@@ -110,6 +175,7 @@ class NativeClient:
         *,
         timeout: float = 0.0,
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
+        receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
     ) -> NativeClient:
         """Open a client vault: unlock, rehydrate the storage, then start the engine.
 
@@ -120,7 +186,12 @@ class NativeClient:
         try:
             vault.unlock(passphrase)
             storage = GranularStorage.load(vault)
-            return cls(vault, storage, retention=epoch_retention)
+            return cls(
+                vault,
+                storage,
+                retention=epoch_retention,
+                receipt_retention=receipt_retention,
+            )
         except BaseException:
             vault.close()
             raise
@@ -166,16 +237,23 @@ class NativeClient:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise MlsError("this client is closed")
+            raise VaultClosed("this NativeClient (and its vault) is closed")
 
     @contextmanager
     def _durable(self) -> Iterator[None]:
-        """One storage operation around the block, then a flush: the durability barrier."""
+        """One storage operation around the block, then a flush: the durability barrier.
+
+        A failed call rolls the storage back; the receipt order is rebuilt from it.
+        """
         with self._lock:
             self._check_open()
-            with self._storage.operation():
-                yield
-            self._drainer.flush()
+            try:
+                with self._storage.operation():
+                    yield
+                self._drainer.flush()
+            except BaseException:
+                self._load_receipts()
+                raise
 
     # ------------------------------------------------------------------ key packages
 
@@ -282,13 +360,39 @@ class NativeClient:
 
     def process_many(self, items: Iterable[tuple[bytes, bytes]]) -> list[Received]:
         """Process many messages with ONE vault commit; results in order."""
-        pairs = [(g, _check_bytes(m, "message")) for g, m in items]
+        pairs = [(_check_bytes(g, "group id"), _check_bytes(m, "message")) for g, m in items]
         out: list[Received] = []
         with self._durable():
             for group_id, message in pairs:
+                key = _receipt_key(group_id, message)
+                stored = self._storage.read(CATEGORY_RECEIPTS, key)
+                if stored is not None:
+                    out.append(_decode_receipt(stored)[1])
+                    continue
                 got = self._engine.process(group_id, message)
-                out.append(Received(_KINDS[got.kind], got.identity, got.data, got.removed))
+                received = Received(_KINDS[got.kind], got.identity, got.data, got.removed)
+                self._remember(key, received)
+                out.append(received)
         return out
+
+    # A processed message's outcome is stored in the same operation as the state it
+    # produced: if the process dies after the vault commit but before its caller saw the
+    # outcome, processing the message again returns it instead of an engine error.
+
+    def _load_receipts(self) -> None:
+        rows = sorted(
+            (_decode_receipt(row)[0], key) for key, row in self._storage.items(CATEGORY_RECEIPTS)
+        )
+        self._receipts = collections.deque(key for _, key in rows)
+        self._next_receipt = rows[-1][0] + 1 if rows else 0
+
+    def _remember(self, key: bytes, got: Received) -> None:
+        if self._receipt_retention:
+            self._storage.write(CATEGORY_RECEIPTS, key, _encode_receipt(self._next_receipt, got))
+            self._next_receipt += 1
+            self._receipts.append(key)
+        while len(self._receipts) > self._receipt_retention:
+            self._storage.delete(CATEGORY_RECEIPTS, self._receipts.popleft())
 
     def join(self, welcome: bytes) -> bytes:
         """Join a group from a Welcome; returns the group id.  Durable before return.

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from keystore import Vault, profiles
+from keystore import Vault, VaultClosed, profiles
 from mls.client import ReceivedKind
-from mls.errors import MlsEngineError, MlsError, NotAnMlsVault, UnknownGroup, UnknownMember
+from mls.errors import MlsEngineError, NotAnMlsVault, UnknownGroup, UnknownMember
 from mls.native.client import NativeClient
 from mls.native.engine import NativeEngine
 from mls.storage import GranularStorage
@@ -151,5 +151,38 @@ def test_closed_client_refuses_calls(clients: Clients) -> None:
     """Calls after close raise instead of touching a closed vault."""
     alice = clients.make("alice")
     alice.close()
-    with pytest.raises(MlsError):
+    with pytest.raises(VaultClosed):
         alice.group_ids()
+
+
+def test_processing_a_message_again_returns_the_stored_outcome(clients: Clients) -> None:
+    """A message processed twice (e.g. after a crash hid the result) replays its outcome."""
+    alice, bob = pair(clients)
+    message = alice.encrypt(GID, b"once")
+    commit = alice.update_keys(GID)
+    first = bob.process_many([(GID, message), (GID, commit)])
+    bob = clients.restart(bob)
+    again = bob.process_many([(GID, message), (GID, commit)])
+    assert [r.replay for r in first] == [False, False]
+    assert [r.replay for r in again] == [True, True]
+    assert [(r.kind, r.sender, r.data) for r in again] == [
+        (r.kind, r.sender, r.data) for r in first
+    ]
+
+
+def test_receipts_are_bounded_by_their_retention(tmp_path: Path) -> None:
+    """Only the last ``receipt_retention`` outcomes are kept; older messages are errors."""
+    alice = NativeClient.create(tmp_path / "a.vault", PASSPHRASE, identity=b"alice", kdf=FAST)
+    bob = NativeClient.create(
+        tmp_path / "b.vault", PASSPHRASE, identity=b"bob", kdf=FAST, receipt_retention=2
+    )
+    with alice, bob:
+        alice.create_group(GID)
+        _, welcome = alice.add_members(GID, [bob.generate_key_package()])
+        bob.join(welcome)
+        messages = [alice.encrypt(GID, bytes([i])) for i in range(3)]
+        for m in messages:
+            bob.process(GID, m)
+        assert bob.process(GID, messages[2]).replay
+        with pytest.raises(MlsEngineError):
+            bob.process(GID, messages[0])
