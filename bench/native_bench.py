@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bench.common import measure_ratio, summarize
+from keystore import profiles
+from mls.client import MlsClient
 from mls.mlsrs import load_binding, new_group_state_storage
+from mls.native.client import NativeClient
 from mls.native.engine import NativeEngine
 from mls.native.framing import FramedContent, Sender, SenderType, WireFormat
 from mls.native.group_context import GroupContext
@@ -112,6 +116,8 @@ def bench_suite(cs: CipherSuite, members: int, seconds: float) -> None:
 # ---------------------------------------------------------------------------- vs mls-rs
 
 _GID = b"bench-group"
+#: Bench vaults hold throw-away keys; the passphrase KDF is not what is measured.
+_KDF = profiles.INSECURE_FOR_TESTS_ONLY
 
 
 def _native(name: str) -> NativeEngine:
@@ -127,6 +133,10 @@ def _rs_client(binding: Any, name: str, storage: GranularStorage | None = None) 
             group_state_storage=new_group_state_storage(storage), use_ratchet_tree_extension=True
         )
     return binding.Client(name.encode(), keypair, config)
+
+
+def _rs_key_package(binding: Any, name: str) -> bytes:
+    return bytes(_rs_client(binding, name).generate_key_package_message().to_bytes())
 
 
 def _native_pair(members: int) -> tuple[NativeEngine, NativeEngine]:
@@ -255,6 +265,57 @@ def bytes_per_message(members: int = 200, count: int = 50) -> dict[str, Any]:
         "reduction_sender": per["mls_rs_sender"] / per["native_sender"],
         "reduction_receiver": per["mls_rs_receiver"] / per["native_receiver"],
     }
+
+
+def _count_vault_bytes(client: MlsClient | NativeClient) -> list[int]:
+    """Make the client's vault record the bytes of every batch it applies."""
+    vault = client.vault
+    applied: list[int] = []
+    real = vault.apply
+
+    def apply(changes: Iterable[Any]) -> int:
+        batch = list(changes)
+        applied.append(sum(len(c.key) + len(c.value or b"") for c in batch))
+        return real(batch)
+
+    vault.apply = apply  # type: ignore[method-assign]
+    return applied
+
+
+def client_bytes_per_message(members: int = 200, count: int = 20) -> dict[str, Any]:
+    """Bytes each application message makes ``Vault.apply`` write, through the clients.
+
+    End to end: ``NativeClient`` vs ``MlsClient`` (mls-rs), message receipts included,
+    both members of a ``members`` group whose other leaves come from bare engines.
+    """
+    binding = load_binding()
+    out: dict[str, Any] = {"members": members, "messages": count}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cls in (("native", NativeClient), ("mls_rs", MlsClient)):
+            alice = cls.create(f"{tmp}/{name}-a", "bench", identity=b"alice", kdf=_KDF)
+            bob = cls.create(f"{tmp}/{name}-b", "bench", identity=b"bob", kdf=_KDF)
+            with alice, bob:
+                alice.create_group(_GID)
+                if cls is NativeClient:
+                    others = [_native(f"m{i}").generate_key_package() for i in range(members - 2)]
+                else:
+                    others = [
+                        bytes(
+                            _rs_client(binding, f"m{i}").generate_key_package_message().to_bytes()
+                        )
+                        for i in range(members - 2)
+                    ]
+                _, welcome = alice.add_members(_GID, [bob.generate_key_package(), *others])
+                bob.join(welcome)
+                bob.process(_GID, alice.encrypt(_GID, b"first"))
+                sent, received = _count_vault_bytes(alice), _count_vault_bytes(bob)
+                for _ in range(count):
+                    bob.process(_GID, alice.encrypt(_GID, b"m"))
+                out[f"{name}_sender"] = sum(sent) / count
+                out[f"{name}_receiver"] = sum(received) / count
+    out["reduction_sender"] = out["mls_rs_sender"] / out["native_sender"]
+    out["reduction_receiver"] = out["mls_rs_receiver"] / out["native_receiver"]
+    return out
 
 
 def run(quick: bool = False) -> dict[str, Any]:
