@@ -10,11 +10,20 @@ from dataclasses import dataclass
 
 __all__ = [
     "INSECURE_FOR_TESTS_ONLY",
+    "MAX_MEMORY_KIB",
+    "MAX_PARALLELISM",
+    "MAX_TIME_COST",
     "RFC_9106_HIGH_MEMORY",
     "RFC_9106_LOW_MEMORY",
     "KdfParameters",
     "by_name",
 ]
+
+
+#: The costliest parameters accepted, when creating a vault and when reading a header.
+MAX_TIME_COST = 16
+MAX_MEMORY_KIB = 2 * 1024 * 1024
+MAX_PARALLELISM = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +51,17 @@ class KdfParameters:
                 raise ValueError(f"{field_name} must be between 1 and 2**32-1")
         if self.memory_cost < 8 * self.parallelism:
             raise ValueError("memory_cost must be at least 8 KiB per lane (Argon2 minimum)")
+        # Upper bounds: the parameters are read back from a file anyone with write access
+        # can edit, and t or m near 2**32 would make unlock run for days or exhaust memory.
+        if (
+            self.time_cost > MAX_TIME_COST
+            or self.memory_cost > MAX_MEMORY_KIB
+            or self.parallelism > MAX_PARALLELISM
+        ):
+            raise ValueError(
+                f"KDF parameters beyond the accepted maximum (t <= {MAX_TIME_COST}, "
+                f"m <= {MAX_MEMORY_KIB} KiB, p <= {MAX_PARALLELISM})"
+            )
 
     def same_cost(self, other: KdfParameters) -> bool:
         """Whether two parameter sets cost the same (names are ignored)."""
