@@ -695,9 +695,9 @@ class Vault:
     def _unlock(self, kdf_id: int, secret: bytes) -> None:
         with self._mutex:
             if self._header.sqlcipher:
-                header = self._read_sidecar().current
-                self._check_kdf_kind(header, kdf_id)
-                self._unlock_sqlcipher(derive_wrapping_key(header, secret))
+                sidecar = self._read_sidecar()
+                self._check_kdf_kind(sidecar.current, kdf_id)
+                self._unlock_sqlcipher(derive_wrapping_key(sidecar.current, secret), sidecar)
                 return
             conn = self._connection()
             with _db_errors(self._path):
@@ -732,8 +732,11 @@ class Vault:
             )
         return sidecar
 
-    def _unlock_sqlcipher(self, kek: bytearray) -> None:
+    def _unlock_sqlcipher(self, kek: bytearray, sidecar: Sidecar | None = None) -> None:
         """Unlock a SQLCipher vault with its KEK (which this takes over; wiped on failure).
+
+        ``sidecar`` is the header file the KEK was derived from, when the caller
+        has read it: reading it again could see a newer one (a writer's passwd).
 
         Finds which header's key opens the database and which one its rows are
         under, and, when writable, finishes a rekey that a crash interrupted:
@@ -742,7 +745,8 @@ class Vault:
         """
         with self._mutex:
             try:
-                sidecar = self._read_sidecar()
+                if sidecar is None:
+                    sidecar = self._read_sidecar()
                 keyed = _unwrap_headers(kek, sidecar, self._path)
             except BaseException:
                 _wipe(kek)
