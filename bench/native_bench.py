@@ -325,11 +325,13 @@ def run(quick: bool = False) -> dict[str, Any]:
             "messages": messages(100, 2),
             "create_add": create_add(10, 2),
             "bytes_per_message": bytes_per_message(20, 10),
+            "client_bytes_per_message": client_bytes_per_message(20, 5),
         }
     return {
         "messages": messages(),
         "create_add": create_add(),
         "bytes_per_message": bytes_per_message(),
+        "client_bytes_per_message": client_bytes_per_message(),
     }
 
 
