@@ -1360,32 +1360,43 @@ def backup_vault_file(
     """Write a consistent copy of the open database beside it (SQLite backup API).
 
     The name is ``<vault>.<label>.bak`` (with a counter when taken); the copy is
-    fsync'd before this returns.  Returns its path.  For a SQLCipher vault pass
-    its current ``page_key`` and ``header``: the copy is encrypted under the same
-    key and gets its own header file, so it opens like the original.
+    fsync'd before this returns, and appears under that name only when complete.
+    Returns its path.  For a SQLCipher vault pass its current ``page_key`` and
+    ``header``: the copy is encrypted under the same key and gets its own header
+    file, so it opens like the original.
     """
     candidate = path.with_name(f"{path.name}.{label}.bak")
     n = 1
     while candidate.exists() or sidecar_path_for(candidate).exists():
         n += 1
         candidate = path.with_name(f"{path.name}.{label}.{n}.bak")
-    if page_key is None:
-        dest = sqlite3.connect(str(candidate))
-    else:
-        dest = sqlcipher_layer.connect(candidate, page_key, readonly=False, create=True)
+    # Copy under a temporary name and link it into place only once complete and
+    # fsync'd: a crash or a full disk never leaves a partial copy named as a backup.
+    tmp = candidate.with_name(f".{candidate.name}.{os.getpid()}.partial")
     try:
-        with _db_errors(path):
-            conn.backup(dest)
-            version = migrations.schema_version(dest)
+        if page_key is None:
+            dest = sqlite3.connect(str(tmp))
+        else:
+            dest = sqlcipher_layer.connect(tmp, page_key, readonly=False, create=True)
+        try:
+            with _db_errors(path):
+                conn.backup(dest)
+                version = migrations.schema_version(dest)
+        finally:
+            dest.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if header is not None:
+            Sidecar(header, None, version).write(candidate, create=True)
+        os.link(tmp, candidate)
+        _fsync_dir(path.parent)
     finally:
-        dest.close()
-    if header is not None:
-        Sidecar(header, None, version).write(candidate, create=True)
-    fd = os.open(candidate, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        for leftover in (tmp, Path(f"{tmp}-journal")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
     return candidate
 
 
