@@ -10,7 +10,7 @@ import pytest
 from keystore import Vault
 from mls import categories as cat
 from mls.drainer import WriteBehindDrainer
-from mls.native import NativeEngine
+from mls.native import DecodeError, GroupConfig, NativeEngine, NoIdentity
 from mls.native.rows import (
     CATEGORY_EPOCH,
     CATEGORY_IDENTITY,
@@ -255,3 +255,29 @@ def test_key_package_published_before_a_restart_can_join(home: VaultHome) -> Non
     assert bob.join(welcome) == GID
     bob = home.restart()
     assert bob.process(GID, alice.encrypt(GID, b"welcome")).data == b"welcome"
+
+
+def test_engine_on_a_storage_without_identity_is_refused() -> None:
+    """An engine needs the identity rows; an empty storage raises NoIdentity."""
+    with pytest.raises(NoIdentity):
+        NativeEngine(GranularStorage())
+
+
+def test_stored_row_of_an_unknown_format_is_rejected() -> None:
+    """Every row carries a format byte; an unknown one is a DecodeError, not a misread."""
+    alice, _ = group(["alice", "bob"])
+    key = alice.storage.keys(cat.MESSAGE_SECRETS)[0]
+    row = alice.storage.read(cat.MESSAGE_SECRETS, key)
+    assert row is not None
+    alice.storage.write(cat.MESSAGE_SECRETS, key, b"\x09" + row[1:])
+    with pytest.raises(DecodeError):
+        alice.commit(GID, force_path=True)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"padding": -1}, {"max_past_epochs": 70000}, {"window": True}, {"handshake": 3}]
+)
+def test_group_config_rejects_values_it_cannot_honour(bad: dict[str, object]) -> None:
+    """GroupConfig validates its fields at construction."""
+    with pytest.raises(ValueError):
+        GroupConfig(**bad)  # type: ignore[arg-type]
