@@ -120,18 +120,14 @@ class _Operation:
         self.touched: dict[_Row, None] = {}  # rows written, in first-write order
 
 
-# (writer or None for a standalone write or the value before, writer's count, value)
+# (writer or None for a standalone write or the value before, writer's count, value).
+# A row's history starts with the value it had before the first open operation wrote it.
 _HistoryEntry = tuple[_Operation | None, int, bytes | None]
 
 
-class _RowHistory:
-    """The value a row had before the first open operation wrote it, then every write."""
-
-    __slots__ = ("entries", "ops")
-
-    def __init__(self, before: bytes | None) -> None:
-        self.entries: list[_HistoryEntry] = [(None, 0, before)]
-        self.ops: set[_Operation] = set()
+def _held_open(history: list[_HistoryEntry]) -> bool:
+    """Whether an open operation still has a write in this history."""
+    return any(writer is not None and writer.open for writer, _, _ in history)
 
 
 class _OperationScope:
@@ -212,7 +208,7 @@ class GranularStorage:
         self._seq = itertools.count(1)
         self._pending_bytes = 0
         self._ops: dict[int, _Operation] = {}
-        self._history: dict[_Row, _RowHistory] = {}
+        self._history: dict[_Row, list[_HistoryEntry]] = {}
         self._loaded = False
         self._max_events = max_pending_events
         self._max_bytes = max_pending_bytes
@@ -331,17 +327,15 @@ class GranularStorage:
         op = self._ops.get(threading.get_ident())
         if op is None:
             if history is not None:
-                history.entries.append((None, 0, value))
+                history.append((None, 0, value))
             self._log.append((next(self._seq), category, key, value))
             self._pending_bytes += len(key) + (0 if value is None else len(value))
         else:
             if history is None:
-                history = self._history[row] = _RowHistory(rows.get(key))
-            if op not in history.ops:
-                history.ops.add(op)
-                op.touched[row] = None
+                history = self._history[row] = [(None, 0, rows.get(key))]
+            op.touched[row] = None
             op.writes += 1
-            history.entries.append((op, op.writes, value))
+            history.append((op, op.writes, value))
         if value is None:
             rows.pop(key, None)
         else:
@@ -378,35 +372,38 @@ class GranularStorage:
             if op.depth:
                 mark = op.marks.pop()
                 if not committed:
-                    self._undo(op, mark, release=False)
+                    self._undo(op, mark)
                 return
             del self._ops[tid]
             op.open = False
             if not committed:
-                self._undo(op, 0, release=True)
+                self._undo(op, 0)
                 return
             self._commit(op)
         if self.pending_events() >= self._wake_at:
             self._wake_if_due()
 
-    def _undo(self, op: _Operation, mark: int, *, release: bool) -> None:
-        """Drop ``op``'s writes numbered above ``mark``; each row takes its last remaining value."""
+    def _undo(self, op: _Operation, mark: int) -> None:
+        """Drop ``op``'s writes numbered above ``mark``; each row takes its last remaining value.
+
+        A row's history is dropped once no open operation has a write left in it.
+        """
         for row in op.touched:
-            history = self._history[row]
-            entries = history.entries
-            kept = [e for e in entries if e[0] is not op or e[1] <= mark]
-            if len(kept) != len(entries):
-                history.entries = kept
+            history = self._history.get(row)
+            if history is None:  # released: a savepoint already dropped op's writes here
+                continue
+            kept = [e for e in history if e[0] is not op or e[1] <= mark]
+            if len(kept) != len(history):
                 value = kept[-1][2]
                 rows = self._maps[row[0]]
                 if value is None:
                     rows.pop(row[1], None)
                 else:
                     rows[row[1]] = value
-            if release:
-                history.ops.discard(op)
-                if not history.ops:
-                    del self._history[row]
+            if _held_open(kept):
+                self._history[row] = kept
+            else:
+                del self._history[row]
 
     def _commit(self, op: _Operation) -> None:
         """Log one event per row ``op`` touched, carrying the row's last committed value.
@@ -417,16 +414,18 @@ class GranularStorage:
         seq = self._seq
         unit: list[_Entry] = []
         for row in op.touched:
-            history = self._history[row]
-            history.ops.discard(op)
-            value: bytes | None = None
-            for writer, _, entry_value in reversed(history.entries):
-                if writer is None or not writer.open:
-                    value = entry_value
-                    break
+            history = self._history.get(row)
+            if history is None:  # no open operation holds it: memory is committed
+                value = self._maps[row[0]].get(row[1])
+            else:
+                value = None
+                for writer, _, entry_value in reversed(history):
+                    if writer is None or not writer.open:
+                        value = entry_value
+                        break
+                if not _held_open(history):
+                    del self._history[row]
             unit.append((next(seq), row[0], row[1], value))
-            if not history.ops:
-                del self._history[row]
         self._push_unit(unit, front=False)
 
     def _push_unit(self, unit: list[_Entry], *, front: bool) -> None:

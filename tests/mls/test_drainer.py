@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -201,12 +202,18 @@ def test_eight_writer_threads_and_a_running_drainer_end_with_vault_equal_to_memo
                 except KeyError:
                     pass
 
-    with WriteBehindDrainer(storage, vault, interval=0.001, threshold=64):
-        threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    # Switch threads every microsecond so operations of different threads interleave.
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with WriteBehindDrainer(storage, vault, interval=0.001, threshold=64):
+            threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(previous)
     assert storage.pending_events() == 0
     assert vault_rows(vault) == storage_rows(storage)
 
