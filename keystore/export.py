@@ -55,7 +55,15 @@ from keystore.errors import IntegrityError, SchemaTooNew, VaultBusy, WrongPassph
 from keystore.lockfile import WriterLock
 from keystore.profiles import RFC_9106_HIGH_MEMORY, RFC_9106_LOW_MEMORY, KdfParameters
 from keystore.sidecar import sidecar_path_for
-from keystore.vault import MAX_KEY_LEN, MAX_VALUE_LEN, Change, Vault
+from keystore.vault import (
+    MAX_KEY_LEN,
+    MAX_VALUE_LEN,
+    Change,
+    Vault,
+    check_category,
+    check_key,
+    check_value,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -170,6 +178,8 @@ def _nonce(index: int, last: bool) -> bytes:
 
 
 def _encode_record(category: str, key: bytes, value: bytes) -> bytes:
+    # The vault's own limits: whatever is written can be imported again.
+    category, key, value = check_category(category), check_key(key), check_value(value)
     cat = category.encode("utf-8")
     return b"".join(
         (bytes([_REC_ROW]), _U16.pack(len(cat)), cat, _U32.pack(len(key)), key,

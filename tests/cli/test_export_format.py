@@ -260,3 +260,9 @@ def test_failed_export_leaves_no_file(source: Path, tmp_path: Path) -> None:
             export_vault(v, out, BACKUP_PW, FAST)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_writer_refuses_a_row_the_vault_could_not_hold() -> None:
+    """write_export applies the vault's limits, so every export can be imported again."""
+    with pytest.raises(ValueError, match="category"):
+        write_export(io.BytesIO(), [("bad category!", b"k", b"v")], BACKUP_PW, FAST)
