@@ -945,7 +945,8 @@ class NativeEngine:
         row = self._epoch_row(gid, msg.epoch)
         if row is None:
             raise EpochMismatch("the secrets of that epoch are no longer kept")
-        sender = decrypt_sender_data(cs, msg, row.sender_data_secret).leaf_index
+        sender_data = decrypt_sender_data(cs, msg, row.sender_data_secret)
+        sender = sender_data.leaf_index
         if sender == self._own_leaf(gid):
             raise InvalidMessage("a message from ourselves")
         if sender not in members.members:
@@ -953,7 +954,7 @@ class NativeEngine:
         row, before = self._secret_tree(gid, msg.epoch, sender)
         key, identity = members.members[sender]
         auth, after = unprotect_private(
-            cs, msg, before, row.sender_data_secret, members.context, {sender: key}
+            cs, msg, before, row.sender_data_secret, members.context, {sender: key}, sender_data
         )
         self._save_secret_tree(gid, msg.epoch, row, before, after)
         return self._handle(gid, auth, identity)

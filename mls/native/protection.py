@@ -228,11 +228,16 @@ def unprotect_private(
     sender_data_secret: bytes,
     context: GroupContext,
     sig_pub_of: dict[int, bytes],
+    sender_data: SenderData | None = None,
 ) -> tuple[AuthenticatedContent, SecretTree]:
-    """Decrypt and verify a PrivateMessage; ``sig_pub_of`` maps leaf index to signature key."""
+    """Decrypt and verify a PrivateMessage; ``sig_pub_of`` maps leaf index to signature key.
+
+    ``sender_data`` is the result of :func:`decrypt_sender_data` when the caller already
+    needed it (to load the sender's ratchet), so it is not decrypted twice.
+    """
     if msg.group_id != context.group_id or msg.epoch != context.epoch:
         raise InvalidMessage("PrivateMessage for another group or epoch")
-    sd = decrypt_sender_data(cs, msg, sender_data_secret)
+    sd = decrypt_sender_data(cs, msg, sender_data_secret) if sender_data is None else sender_data
     if sd.leaf_index not in sig_pub_of:
         raise InvalidMessage(f"unknown sender leaf {sd.leaf_index}")
     kn, tree = tree.get_key(sd.leaf_index, _ratchet_for(msg.content_type), sd.generation)
