@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import resource
+import signal
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -266,3 +270,61 @@ def test_writer_refuses_a_row_the_vault_could_not_hold() -> None:
     """write_export applies the vault's limits, so every export can be imported again."""
     with pytest.raises(ValueError, match="category"):
         write_export(io.BytesIO(), [("bad category!", b"k", b"v")], BACKUP_PW, FAST)
+
+
+def _killed_past(limit: int, body: Callable[[], object]) -> None:
+    """Run ``body`` in a child that the kernel kills (SIGXFSZ) once a write passes ``limit``."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            body()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXFSZ
+
+
+@pytest.fixture
+def big_source(tmp_path: Path) -> Path:
+    """A vault of about 1 MiB of rows."""
+    path = tmp_path / "big.vault"
+    with Vault.create(path, PW, kdf=FAST) as v:
+        v.apply(Change("bulk", i.to_bytes(4, "big"), os.urandom(1024)) for i in range(1000))
+    return path
+
+
+def test_export_killed_half_way_leaves_no_output(big_source: Path, tmp_path: Path) -> None:
+    """An export killed in the middle of writing never leaves a file under OUT's name."""
+    out = tmp_path / "out.mlksx"
+
+    def export() -> None:
+        with Vault.open(big_source, readonly=True) as v:
+            v.unlock(PW)
+            export_vault(v, out, BACKUP_PW, FAST)
+
+    _killed_past(256 * 1024, export)
+    assert not out.exists()
+
+
+def test_import_killed_half_way_keeps_the_old_vault(
+    big_source: Path, tmp_path: Path
+) -> None:
+    """import --force killed while building the new vault leaves the old one as it was."""
+    backup = tmp_path / "big.mlksx"
+    with Vault.open(big_source, readonly=True) as v:
+        v.unlock(PW)
+        export_vault(v, backup, BACKUP_PW, FAST)
+    target = tmp_path / "target.vault"
+    with Vault.create(target, PW, kdf=FAST) as v:
+        v.put("keep", b"me", b"old data")
+    before = _digest(target)
+    _killed_past(
+        256 * 1024,
+        lambda: import_vault(backup, target, BACKUP_PW, PW, FAST, overwrite=True),
+    )
+    assert _digest(target) == before
+    with Vault.open(target, readonly=True) as v:
+        v.unlock(PW)
+        assert v.get("keep", b"me") == b"old data"
