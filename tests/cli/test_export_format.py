@@ -328,3 +328,59 @@ def test_import_killed_half_way_keeps_the_old_vault(
     with Vault.open(target, readonly=True) as v:
         v.unlock(PW)
         assert v.get("keep", b"me") == b"old data"
+
+
+def _record_durability(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Log fsync (by path) and link/replace (by destination) calls, in order."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_link, real_replace = os.fsync, os.link, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append(("link", str(dst)))
+        real_link(src, dst)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append(("link", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def _assert_synced_then_linked(events: list[tuple[str, str]], final: Path) -> None:
+    put = events.index(("link", str(final)))
+    before = [p for kind, p in events[:put] if kind == "fsync"]
+    after = [p for kind, p in events[put:] if kind == "fsync"]
+    assert any(Path(p).parent == final.parent and p.endswith(("exporting", "importing"))
+               for p in before), events
+    assert str(final.parent) in after, events
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_export_is_fsynced_before_and_after_it_is_put_in_place(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export's bytes reach the disk before its name does, and the name after."""
+    events = _record_durability(monkeypatch)
+    out = tmp_path / "durable.mlksx"
+    with Vault.open(source, readonly=True) as v:
+        v.unlock(PW)
+        export_vault(v, out, BACKUP_PW, FAST)
+    _assert_synced_then_linked(events, out)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_import_is_fsynced_before_and_after_it_is_put_in_place(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The imported vault's bytes reach the disk before its name does, and the name after."""
+    events = _record_durability(monkeypatch)
+    dest = tmp_path / "durable.vault"
+    import_vault(exported, dest, BACKUP_PW, PW, FAST)
+    _assert_synced_then_linked(events, dest)
