@@ -93,3 +93,16 @@ def one_shot(vault: Path, *steps: tuple[Any, ...]) -> list[Any]:
         out = [actor.call(*step) for step in steps]
         assert actor.close() == 0
     return out
+
+
+def setup_pair(tmp_path: Path) -> tuple[Path, Path, str]:
+    """Alice (new process) creates a group and adds Bob (his own process)."""
+    alice, bob = tmp_path / "alice.vault", tmp_path / "bob.vault"
+    with Actor(alice) as a, Actor(bob) as b:
+        a.call("create", b"alice")
+        b.call("create", b"bob")
+        gid = a.call("create_group", b"room")
+        _, welcome = a.call("add", gid, b.call("kp"))
+        assert b.call("join", welcome) == gid
+        assert a.close() == b.close() == 0
+    return alice, bob, gid

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mls._client_harness import Actor, one_shot
-from tests.mls.test_client_restart import setup_pair
+from tests.mls._client_harness import Actor, one_shot, setup_pair
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -11,22 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mls._client_harness import Actor, ActorError, one_shot
+from tests.mls._client_harness import Actor, ActorError, one_shot, setup_pair
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def setup_pair(tmp_path: Path) -> tuple[Path, Path, str]:
-    """Alice (new process) creates a group and adds Bob (his own process)."""
-    alice, bob = tmp_path / "alice.vault", tmp_path / "bob.vault"
-    with Actor(alice) as a, Actor(bob) as b:
-        a.call("create", b"alice")
-        b.call("create", b"bob")
-        gid = a.call("create_group", b"room")
-        _, welcome = a.call("add", gid, b.call("kp"))
-        assert b.call("join", welcome) == gid
-        assert a.close() == b.close() == 0
-    return alice, bob, gid
 
 
 def test_conversation_with_a_restart_before_every_step(tmp_path: Path) -> None:
