@@ -26,6 +26,7 @@ from keystore.errors import (
 )
 from keystore.profiles import KdfParameters
 from keystore.reports import CategoryStats, RowFailure, StatsReport, VerifyReport
+from keystore.sqlcipher import SQLCipherUnavailable
 from keystore.vault import Change, ChangeLike, Vault
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "MigrationRequired",
     "NotAVault",
     "RowFailure",
+    "SQLCipherUnavailable",
     "SchemaTooNew",
     "StatsReport",
     "Vault",

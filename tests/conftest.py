@@ -17,6 +17,16 @@ PASSPHRASE = "correct horse battery staple"
 FAST_KDF = profiles.INSECURE_FOR_TESTS_ONLY
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--full``: run the long campaigns (crash loops, soaks) at full size, by hand."""
+    parser.addoption(
+        "--full",
+        action="store_true",
+        default=False,
+        help="run crash/soak campaigns at full size (slow; not for CI)",
+    )
+
+
 @pytest.fixture
 def vault_path(tmp_path: Path) -> Path:
     """A path where no vault exists yet."""

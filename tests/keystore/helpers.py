@@ -1,4 +1,8 @@
-"""Helpers for keystore tests that look at the raw SQLite file underneath a vault."""
+"""Helpers for keystore tests that look at the raw database underneath a vault.
+
+They open the file behind the vault's back, as an attacker with write access would;
+for a SQLCipher vault that attacker also needs the passphrase (to get the page key).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,21 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+from keystore.sidecar import sidecar_path_for
+from tests.conftest import PASSPHRASE
 
-def raw_rows(path: Path) -> dict[tuple[str, bytes], bytes]:
-    """Every stored row as ``{(category, key_hash): value_blob}``, read with plain sqlite3."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+def _raw_connection(path: Path, passphrase: str) -> sqlite3.Connection:
+    if sidecar_path_for(path).exists():
+        from tests.sqlcipher.helpers import open_raw, page_key_of
+
+        return open_raw(path, page_key_of(path, passphrase))
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def raw_rows(path: Path, passphrase: str = PASSPHRASE) -> dict[tuple[str, bytes], bytes]:
+    """Every stored row as ``{(category, key_hash): value_blob}``."""
+    conn = _raw_connection(path, passphrase)
     try:
         return {
             (c, bytes(k)): bytes(v)
@@ -19,9 +34,11 @@ def raw_rows(path: Path) -> dict[tuple[str, bytes], bytes]:
         conn.close()
 
 
-def write_raw(path: Path, sql: str, params: tuple[object, ...] = ()) -> None:
+def write_raw(
+    path: Path, sql: str, params: tuple[object, ...] = (), passphrase: str = PASSPHRASE
+) -> None:
     """Run one statement against the file behind the vault's back (an attacker's edit)."""
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = _raw_connection(path, passphrase)
     try:
         conn.execute(sql, params)
     finally:

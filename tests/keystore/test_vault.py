@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from keystore import (
     WrongPassphrase,
     profiles,
 )
+from keystore.sidecar import sidecar_path_for
 from tests.conftest import FAST_KDF, PASSPHRASE
 from tests.keystore.helpers import raw_rows, write_raw
 
@@ -335,9 +337,10 @@ def test_change_key_for_raw_key_vault(vault_path: Path) -> None:
 
 
 def write_header_snapshot(path: Path) -> bytes:
-    """The stored header bytes."""
-    import sqlite3
-
+    """The stored header bytes (the header file of a SQLCipher vault, else the header row)."""
+    side = sidecar_path_for(path)
+    if side.exists():
+        return side.read_bytes()
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return bytes(conn.execute("SELECT header FROM keystore_header").fetchone()[0])
@@ -415,11 +418,15 @@ def test_stats_counts_rows_bytes_and_encryptions(vault: Vault) -> None:
     assert s.kdf.kind == "argon2id" and s.kdf.memory_cost_kib == FAST_KDF.memory_cost
 
 
-def test_stats_works_locked(vault: Vault) -> None:
-    """stats() needs no key: it reports only sizes and counts."""
+def test_stats_locked(vault: Vault) -> None:
+    """A locked plain vault reports stats without a key; a SQLCipher one needs the key."""
     vault.put("a", b"k", b"v")
     vault.lock()
-    assert vault.stats().total_rows == 1
+    if vault.sqlcipher:  # the whole file is encrypted: even row counts need the key
+        with pytest.raises(VaultLocked):
+            vault.stats()
+    else:
+        assert vault.stats().total_rows == 1
 
 
 def test_encryption_counter_persists_and_resets_on_rekey(vault_path: Path) -> None:
