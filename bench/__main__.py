@@ -17,8 +17,7 @@ from pathlib import Path
 from bench.harness import (
     SUITES,
     Size,
-    derived_figures,
-    figures_of,
+    all_figures,
     machine_info,
     markdown_table,
     run_suites,
@@ -101,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     outcomes = run_suites(chosen, suites, progress)
-    figures = figures_of(outcomes) + derived_figures(outcomes)
+    figures = all_figures(outcomes)
     machine = machine_info()
     print(text_table(figures, outcomes))
 

@@ -42,6 +42,7 @@ __all__ = [
     "Size",
     "Suite",
     "SuiteOutcome",
+    "all_figures",
     "derived_figures",
     "figures_of",
     "judge",
@@ -311,14 +312,17 @@ def _labels(results: list[dict[str, Any]]) -> list[str]:
         same = [i for i, n in enumerate(names) if n == name]
         if len(same) < 2:
             continue
+        keys = dict.fromkeys(k for i in same for k in results[i])
         fields = [
             k
-            for k, v in results[same[0]].items()
-            if isinstance(v, str | int) and k != "name"
+            for k in keys
+            if k != "name"
+            and all(isinstance(results[i].get(k), str | int | None) for i in same)
             and len({repr(results[i].get(k)) for i in same}) > 1
         ]
         for i in same:
-            extra = ", ".join(f"{k}={results[i].get(k)}" for k in fields[:2])
+            present = [k for k in fields if results[i].get(k) is not None]
+            extra = ", ".join(f"{k}={results[i][k]}" for k in present[:2])
             labels[i] = f"{name} [{extra}]" if extra else f"{name} #{same.index(i) + 1}"
     return labels
 
@@ -413,6 +417,16 @@ def derived_figures(
                 None, None, d.goal, judge(value, d.goal), top / 1e3, bottom / 1e3,
             )
         )
+    return figures
+
+
+def all_figures(outcomes: Iterable[SuiteOutcome]) -> list[Figure]:
+    """Every headline figure, each derived one placed after the last row of its suite."""
+    outcomes = list(outcomes)
+    figures = figures_of(outcomes)
+    for extra in derived_figures(outcomes):
+        last = max((i for i, f in enumerate(figures) if f.suite == extra.suite), default=None)
+        figures.insert(len(figures) if last is None else last + 1, extra)
     return figures
 
 
