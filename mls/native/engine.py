@@ -692,6 +692,7 @@ class NativeEngine:
                     group.context,
                     source=leaf.leaf_node_source,
                     replaces=i,
+                    in_tree=True,
                 )
             gid = group.context.group_id
             if self._storage.read(cat.GROUP_STATE, gid) is not None:

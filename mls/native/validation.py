@@ -86,12 +86,15 @@ def validate_leaf_node(
     source: LeafNodeSource,
     replaces: int | None = None,
     now: int | None = None,
+    in_tree: bool = False,
 ) -> None:
     """Group-level LeafNode checks of §7.3 (the signature is checked by the caller).
 
     Args:
         replaces: the leaf index this node takes over (Update/UpdatePath), excluded from the
-            uniqueness and credential comparisons.
+            uniqueness and credential comparisons; such a leaf must bring a new encryption
+            key (§12.1.2, §12.4.2).
+        in_tree: the leaf already sits at ``replaces`` (a joiner checking a received tree).
         now: Unix time for the lifetime check of key_package leaves; ``None`` skips it.
     """
     if leaf.leaf_node_source != source:
@@ -113,6 +116,10 @@ def validate_leaf_node(
         lifetime = leaf.lifetime
         if lifetime is None or not lifetime.not_before <= now <= lifetime.not_after:
             raise InvalidLeafNode("key package leaf is outside its lifetime")
+    if replaces is not None and not in_tree and source != LeafNodeSource.KEY_PACKAGE:
+        current = tree.leaf(replaces) if replaces < tree.n_leaves else None
+        if current is not None and current.encryption_key == leaf.encryption_key:
+            raise InvalidLeafNode("an Update or UpdatePath leaf must bring a new encryption key")
     for i in tree.member_leaves():
         if i == replaces:
             continue

@@ -21,7 +21,13 @@ from mls.native.errors import (
 from mls.native.framing import MLSMessage
 from mls.native.group_context import GroupContext
 from mls.native.key_package import KeyPackage
-from mls.native.leaf_node import Capabilities, CredentialType, Extension, ExtensionType
+from mls.native.leaf_node import (
+    Capabilities,
+    CredentialType,
+    Extension,
+    ExtensionType,
+    LeafNodeSource,
+)
 from mls.native.proposals import Proposal, Remove, Update
 from mls.native.tree import RatchetTree
 from mls.native.validation import PendingProposal, validate_leaf_node, validate_proposal_list
@@ -264,3 +270,16 @@ def test_remove_of_a_blank_leaf_is_rejected() -> None:
     proposals = [PendingProposal(0, Proposal(Remove(5)))]
     with pytest.raises(InvalidProposal):
         validate_proposal_list(CS, tree, ctx, proposals, 0, has_path=True, now=None)
+
+
+def test_update_leaf_keeping_the_old_encryption_key_is_rejected() -> None:
+    """An Update (or UpdatePath) leaf must carry a fresh encryption key (§12.1.2, §12.4.2)."""
+    tree, sigs, _ = small_group(CS, 2)
+    old = tree.leaf(1)
+    assert old is not None
+    stale = replace(old, leaf_node_source=LeafNodeSource.UPDATE, lifetime=None).signed(
+        CS, sigs[1], GID, 1
+    )
+    ctx = GroupContext(1, GID, 1, b"", b"")
+    with pytest.raises(InvalidLeafNode):
+        validate_leaf_node(CS, stale, tree, ctx, source=LeafNodeSource.UPDATE, replaces=1)
