@@ -69,6 +69,7 @@ class Applied:
     extensions: tuple[Extension, ...]
     joiners: tuple[tuple[int, KeyPackage], ...]
     psk_ids: tuple[PreSharedKeyID, ...]
+    removed: frozenset[int]
 
 
 def resolve_proposals(
@@ -92,6 +93,7 @@ def apply_proposals(
     """Apply in the §12.3 order: GroupContextExtensions, Update, Remove, Add; collect PSKs."""
     joiners: list[tuple[int, KeyPackage]] = []
     psks: list[PreSharedKeyID] = []
+    removed: set[int] = set()
     for p in proposals:
         if isinstance(p.proposal.body, GroupContextExtensions):
             extensions = p.proposal.body.extensions
@@ -101,6 +103,7 @@ def apply_proposals(
     for p in proposals:
         if isinstance(p.proposal.body, Remove):
             tree = tree.remove_leaf(p.proposal.body.removed)
+            removed.add(p.proposal.body.removed)
     for p in proposals:
         if isinstance(p.proposal.body, Add):
             kp = p.proposal.body.key_package
@@ -108,14 +111,12 @@ def apply_proposals(
             joiners.append((index, kp))
         elif isinstance(p.proposal.body, PreSharedKey):
             psks.append(p.proposal.body.psk)
-    return Applied(tree, extensions, tuple(joiners), tuple(psks))
+    return Applied(tree, extensions, tuple(joiners), tuple(psks), frozenset(removed))
 
 
 def _kept_private(private: TreePrivate, tree: RatchetTree, leaf_priv: bytes) -> TreePrivate:
     """Our private keys minus those of nodes the proposals blanked."""
-    nodes = {
-        n: k for n, k in private.node_privs.items() if n < len(tree.nodes) and tree.nodes[n]
-    }
+    nodes = {n: k for n, k in private.node_privs.items() if n < len(tree.nodes) and tree.nodes[n]}
     return TreePrivate(private.leaf_index, leaf_priv, nodes)
 
 
@@ -174,7 +175,7 @@ def process_commit(
     _check_required_capabilities(applied, group.context)
     me = group.private.leaf_index
     tree = applied.tree
-    if me >= tree.n_leaves or tree.leaf(me) is None:
+    if me in applied.removed:  # our leaf may already hold someone added by the same commit
         return None
     own, before = tree.leaf(me), group.tree.leaf(me)
     assert own is not None and before is not None

@@ -8,9 +8,10 @@ import pytest
 
 from mls.native import GroupConfig, NativeEngine, ProcessedKind
 from mls.native.codec import decode_exact
+from mls.native.errors import InvalidMessage
 from mls.native.framing import MessageBody, MLSMessage, PrivateMessage, PublicMessage, WireFormat
 from mls.native.leaf_node import Extension
-from mls.native.proposals import Commit
+from mls.native.proposals import Commit, PreSharedKeyID, PskType
 from mls.storage import GranularStorage
 from tests.native.engine_helpers import GID, agreed, deliver, group, member
 
@@ -220,3 +221,29 @@ def test_random_conversation_keeps_every_member_in_step(seed: int) -> None:
             pool[pool.index(actor)] = fresh
             members[members.index(actor)] = fresh
         assert agreed(members), (step, op)
+
+
+def test_a_member_can_be_removed_and_re_added_in_one_commit() -> None:
+    """An Add of a client already in the group is valid when the same commit removes it."""
+    alice, bob = group(["alice", "bob"])
+    commit, welcome = alice.commit(GID, remove=[1], add=[bob.generate_key_package()])
+    assert bob.process(GID, commit).removed
+    assert welcome is not None
+    bob.join(welcome)
+    assert agreed([alice, bob])
+
+
+def test_joiner_needs_the_external_psk_the_welcome_names() -> None:
+    """A Welcome that mixes in an external PSK can only be opened by holders of that PSK."""
+    alice = group(["alice"])[0]
+    alice.store_external_psk(b"shared", b"\x07" * 32)
+    bob, carol = member("bob"), member("carol")
+    bob.store_external_psk(b"shared", b"\x07" * 32)
+    psk = PreSharedKeyID(PskType.EXTERNAL, b"\x01" * 32, psk_id=b"shared")
+    kps = [bob.generate_key_package(), carol.generate_key_package()]
+    _, welcome = alice.commit(GID, add=kps, psks=[psk])
+    assert welcome is not None
+    bob.join(welcome)
+    assert agreed([alice, bob])
+    with pytest.raises(InvalidMessage):
+        carol.join(welcome)
