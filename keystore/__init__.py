@@ -10,6 +10,8 @@ See ``docs/format.md`` for the bytes on disk and ``docs/threat-model.md`` for wh
 it protects against.
 """
 
+from typing import TYPE_CHECKING
+
 from keystore import profiles
 from keystore.errors import (
     IntegrityError,
@@ -25,11 +27,25 @@ from keystore.errors import (
     WrongPassphrase,
 )
 from keystore.profiles import KdfParameters
-from keystore.reports import CategoryStats, RowFailure, StatsReport, VerifyReport
 from keystore.sqlcipher import SQLCipherUnavailable
 from keystore.vault import Change, ChangeLike, Vault
 
+if TYPE_CHECKING:
+    from keystore.reports import CategoryStats, RowFailure, StatsReport, VerifyReport
+
 __version__ = "0.1.0"
+
+# The report models need pydantic, whose import costs ~0.5 s: they load on first use,
+# so a process that only opens a vault and reads rows starts fast.
+_LAZY_REPORTS = ("CategoryStats", "RowFailure", "StatsReport", "VerifyReport")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_REPORTS:
+        from keystore import reports
+
+        return getattr(reports, name)
+    raise AttributeError(f"module 'keystore' has no attribute {name!r}")
 
 __all__ = [
     "CategoryStats",

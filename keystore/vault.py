@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from keystore import migrations
 from keystore import sqlcipher as sqlcipher_layer
@@ -69,15 +69,11 @@ from keystore.header import (
 )
 from keystore.lockfile import WriterLock
 from keystore.profiles import RFC_9106_LOW_MEMORY, KdfParameters
-from keystore.reports import (
-    REKEY_RECOMMENDED_AT,
-    CategoryStats,
-    KdfInfo,
-    RowFailure,
-    StatsReport,
-    VerifyReport,
-)
 from keystore.sidecar import Sidecar, sidecar_path_for
+
+if TYPE_CHECKING:
+    # pydantic costs ~0.5 s of import time; the reports load only when a report is made.
+    from keystore.reports import KdfInfo, StatsReport, VerifyReport
 
 __all__ = ["MAX_KEY_LEN", "MAX_VALUE_LEN", "Change", "ChangeLike", "Vault"]
 
@@ -1271,6 +1267,8 @@ class Vault:
                 ).fetchone()
                 version = migrations.schema_version(conn)
             header = self._header
+        from keystore.reports import REKEY_RECOMMENDED_AT, CategoryStats, StatsReport
+
         cats = {str(c): CategoryStats(rows=int(n), bytes=int(b)) for c, n, b in per_cat}
         encryptions = int(counter[0]) if counter else 0
         return StatsReport(
@@ -1292,6 +1290,8 @@ class Vault:
 
     def verify(self) -> VerifyReport:
         """Decrypt and authenticate every row; list the failures (no plaintext)."""
+        from keystore.reports import RowFailure, VerifyReport
+
         with self._mutex:
             cipher = self._unlocked()
             with _db_errors(self._path):
@@ -1314,6 +1314,8 @@ class Vault:
 
 
 def _kdf_info(header: Header) -> KdfInfo:
+    from keystore.reports import KdfInfo
+
     if header.kdf is None:
         return KdfInfo(kind="raw-key")
     return KdfInfo(
