@@ -36,6 +36,7 @@ def _doc_section(command: str, machine: dict[str, str], table: str, when: str) -
             "",
             f"Machine: {machine['cpu']}, nproc {machine['nproc']}, Python {machine['python']},"
             f" {machine['platform']}; temporary files on {machine.get('tmp_fs', '?')};"
+            f" load average (1/5/15 min) at the end of the run {machine.get('loadavg', '?')};"
             f" {machine['note']}.",
             "",
             table,

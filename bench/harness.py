@@ -441,8 +441,14 @@ def machine_info() -> dict[str, str]:
                     break
     except OSError:
         pass
+    try:
+        with open("/proc/loadavg", encoding="utf-8") as f:
+            load = " / ".join(f.read().split()[:3])
+    except OSError:
+        load = "unknown"
     return {
         "cpu": cpu,
+        "loadavg": load,
         "tmp_fs": _tmp_filesystem(),
         "nproc": str(os.cpu_count()),
         "python": platform.python_version(),
