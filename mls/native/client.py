@@ -26,7 +26,7 @@ from keystore.errors import VaultClosed
 from keystore.profiles import KdfParameters
 from mls.client import DEFAULT_RECEIPT_RETENTION, LostKeyPackage, Received, ReceivedKind
 from mls.drainer import WriteBehindDrainer
-from mls.errors import NotAnMlsVault, UnknownMember
+from mls.errors import MlsEngineError, NotAnMlsVault, UnknownMember
 from mls.mlsrs import DEFAULT_EPOCH_RETENTION
 from mls.storage import GranularStorage
 
@@ -310,7 +310,8 @@ class NativeClient:
             raise ValueError("add_members needs at least one key package")
         with self._durable():
             commit, welcome = self._engine.commit(group_id, add=kps)
-        assert welcome is not None
+            if welcome is None:  # the engine makes one whenever members are added
+                raise MlsEngineError("the engine produced no Welcome for the added members")
         return commit, welcome
 
     def remove_members(self, group_id: bytes, identities: Sequence[bytes]) -> bytes:

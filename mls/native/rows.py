@@ -137,7 +137,11 @@ class GroupConfig(Struct):
         handshake = r.u16()
         if handshake not in (WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE):
             raise DecodeError("stored group config has a bad wire format")
-        return cls(WireFormat(handshake), r.u32(), r.u32(), r.u32(), r.u32(), r.boolean())
+        values = (r.u32(), r.u32(), r.u32(), r.u32(), r.boolean())
+        try:
+            return cls(WireFormat(handshake), *values)
+        except ValueError as exc:
+            raise DecodeError(f"stored group config is out of range: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True, repr=False)
