@@ -3,19 +3,20 @@
 Each benchmark module exposes ``run(quick: bool) -> list[dict]`` (or one dict).  A result
 dict is free-form, but the harness reads these keys from it:
 
-* ``name`` — what was measured (required);
+* ``name`` — what was measured (a nameless result is named after its figure key);
 * ``figure`` — the key holding the headline number; without it the first of ``ratio``,
   ``throughput_ratio``, ``speedup``, then any numeric key containing ``ratio``,
   ``_over_`` or ``_vs_``;
 * ``goal`` — ``">= 0.75"``, ``"<= 4"``, ``"< 10 ms"`` … compared with the figure;
   ``met`` (bool) instead, for goals that are not a threshold (``"flat ±20 %"``);
-* ``ratio_min``/``ratio_max`` (or ``<figure>_min``/``<figure>_max``) — the spread;
-  otherwise derived from ``ours``/``baseline`` timings (``median_s``/``min_s``/``max_s``)
-  when the figure is their ratio.
+* ``<figure>_min``/``<figure>_max`` — the spread; otherwise derived from
+  ``ours``/``baseline`` timings (``median_s``/``min_s``/``max_s``) when the figure is
+  their ratio.  A figure held as a nested ``{"ratio": …, "ratio_min": …}`` dict is
+  read too.
 
-A module that is not there is reported as missing; one that raises is reported as
-crashed, and only a crash makes the command fail: a missed goal is a finding, not an
-error, and a slow CI machine must not turn it into one.
+A module that is not there is reported as missing, one without ``run`` as skipped, one
+that raises as crashed; only a crash makes the command fail: a missed goal is a
+finding, not an error, and a slow CI machine must not turn it into one.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ Verdict = Literal["met", "missed", "info", "unjudged"]
 
 @dataclass(frozen=True, slots=True)
 class Suite:
-    """One benchmark module and who owns it.
+    """One benchmark module, by the name the table and ``--suite`` use.
 
     ``tiny`` marks modules whose ``run`` takes ``tiny=True`` (seconds, for the smoke
     test); the others are skipped at that size.
@@ -164,7 +165,7 @@ class Figure:
         }
 
 
-def _call(module: ModuleType, suite: Suite, size: Size) -> object:
+def _call(module: ModuleType, size: Size) -> object:
     run = module.run
     if size == "tiny":
         return run(True, tiny=True)
@@ -217,7 +218,7 @@ def run_suites(
                     )
                 )
                 continue
-            results = _as_results(_call(module, suite, size), suite.module)
+            results = _as_results(_call(module, size), suite.module)
         except Exception as exc:
             outcomes.append(
                 SuiteOutcome(
