@@ -507,13 +507,10 @@ def _status(path: Path) -> StatusReport:
                 )
                 for a in migrations.applied(conn)
             ]
-            pending = [
-                _step_info(m)
-                for m in migrations.pending(conn, migrations.LATEST_VERSION, migrations.MIGRATIONS)
-            ]
+            pending = [_step_info(m) for m in migrations.pending(conn)]
             problems = []
             try:
-                migrations.check_recorded(conn, migrations.MIGRATIONS)
+                migrations.check_recorded(conn)
             except KeystoreError as exc:
                 problems.append(str(exc))
             rows = int(conn.execute("SELECT COUNT(*) FROM keystore_rows").fetchone()[0])
@@ -559,17 +556,15 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     sidecar = probe(path)
     if sidecar is not None:
         return _migrate_sqlcipher(args, path, sidecar.schema_version)
-    # Looked up at call time, not bound as defaults, so that tests can ship a data step.
-    shipped = migrations.MIGRATIONS
     lock = None if args.dry_run else WriterLock.acquire(path)
     cipher: StoreCipher | None = None
     try:
         conn = _connect(path, readonly=args.dry_run)
         try:
             version = _check_schema(conn, path)
-            migrations.check_recorded(conn, shipped)
+            migrations.check_recorded(conn)
             target = _target(args, version)
-            steps = migrations.pending(conn, target, shipped)
+            steps = migrations.pending(conn, target)
             backup = None
             if steps and not args.dry_run:
                 if any(m.needs_keys for m in steps):
@@ -578,7 +573,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
                 if not args.no_backup:
                     with _working("backing up"):
                         backup = str(backup_vault_file(conn, path, f"v{version}"))
-                _run_steps(conn, steps, shipped, cipher, backup)
+                _run_steps(conn, steps, cipher, backup)
         except sqlite3.DatabaseError as exc:
             raise VaultIOError(f"storage failure on vault {path}: {exc}") from None
         finally:
@@ -599,7 +594,6 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 def _run_steps(
     conn: sqlite3.Connection,
     steps: Sequence[migrations.Migration],
-    shipped: Sequence[migrations.Migration],
     cipher: StoreCipher | None,
     backup: str | None,
 ) -> None:
@@ -608,7 +602,7 @@ def _run_steps(
         for i, step in enumerate(steps):
             update(i, len(steps))
             try:
-                migrations.migrate(conn, step.version, migrations=shipped, cipher=cipher)
+                migrations.migrate(conn, step.version, cipher=cipher)
             except MigrationError as exc:
                 # The steps before this one stay applied; say where the old copy is.
                 where = f"; the copy made before migrating is {backup}" if backup else ""

@@ -184,18 +184,30 @@ def applied(conn: sqlite3.Connection) -> list[AppliedMigration]:
     return [AppliedMigration(int(v), str(n), str(c), str(t)) for v, n, c, t in rows]
 
 
+def _steps(migrations: Sequence[Migration] | None) -> Sequence[Migration]:
+    # Defaults are resolved at call time, not bound at definition, so that every
+    # caller (the vault's auto-migrate included) sees one list: the one shipped,
+    # or the one a test puts in its place.
+    return MIGRATIONS if migrations is None else migrations
+
+
 def pending(
     conn: sqlite3.Connection,
-    target: int = LATEST_VERSION,
-    migrations: Sequence[Migration] = MIGRATIONS,
+    target: int | None = None,
+    migrations: Sequence[Migration] | None = None,
 ) -> list[Migration]:
-    """The steps that would bring the vault to ``target``.  Never writes."""
+    """The steps that would bring the vault to ``target`` (default: the last one).
+
+    Never writes.
+    """
+    steps = _steps(migrations)
+    last = target if target is not None else (steps[-1].version if steps else 0)
     current = schema_version(conn)
-    return [m for m in migrations if current < m.version <= target]
+    return [m for m in steps if current < m.version <= last]
 
 
 def check_recorded(
-    conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS
+    conn: sqlite3.Connection, migrations: Sequence[Migration] | None = None
 ) -> None:
     """Compare the recorded steps with the shipped ones.  Never writes.
 
@@ -203,7 +215,7 @@ def check_recorded(
         MigrationError: a recorded checksum differs from the shipped step, or the
             records disagree with ``user_version``.
     """
-    shipped = {m.version: m for m in migrations}
+    shipped = {m.version: m for m in _steps(migrations)}
     records = applied(conn)
     for rec in records:
         m = shipped.get(rec.version)
@@ -224,9 +236,9 @@ def check_recorded(
 
 def migrate(
     conn: sqlite3.Connection,
-    target: int = LATEST_VERSION,
+    target: int | None = None,
     *,
-    migrations: Sequence[Migration] = MIGRATIONS,
+    migrations: Sequence[Migration] | None = None,
     cipher: StoreCipher | None = None,
     hook: StatementHook | None = None,
 ) -> list[Migration]:
@@ -238,6 +250,8 @@ def migrate(
     continues where it stopped and applies each step exactly once.
 
     Args:
+        target: the version to reach; default the last step of ``migrations``.
+        migrations: the steps; default the shipped :data:`MIGRATIONS`.
         cipher: the unlocked vault's cipher; required when a pending step is a data step.
         hook: test seam, see :data:`StatementHook`.
 
@@ -249,13 +263,16 @@ def migrate(
         VaultLocked: a pending step needs the keys and ``cipher`` is ``None``;
             checked before anything is written.
     """
-    versions = [m.version for m in migrations]
+    shipped = _steps(migrations)
+    versions = [m.version for m in shipped]
     if versions != list(range(1, len(versions) + 1)):
         raise ValueError("migrations must be numbered 1, 2, 3, … without gaps")
+    if target is None:
+        target = len(versions)
     if not 0 <= target <= len(versions):
         raise ValueError(f"no migration produces version {target}")
-    check_recorded(conn, migrations)
-    steps = pending(conn, target, migrations)
+    check_recorded(conn, shipped)
+    steps = pending(conn, target, shipped)
     locked_steps = [m.version for m in steps if m.needs_keys and cipher is None]
     if locked_steps:
         raise VaultLocked(

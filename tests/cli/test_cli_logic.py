@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from keystore import Vault, migrations
+from keystore import Change, MigrationRequired, Vault, migrations, profiles
 from keystore.cli import PASSPHRASE_ENV, ExitCode
+from keystore.sidecar import sidecar_path_for
 from tests.cli.conftest import FAST, PASSPHRASE, ROWS, Runner, digest, read_rows
 from tests.fixtures.make_fixtures import PASSPHRASE as V1_PASSPHRASE
 from tests.fixtures.make_fixtures import ROWS as V1_ROWS
@@ -332,3 +333,30 @@ def test_failed_step_is_reported_with_the_backup(
     conn = sqlite3.connect(old_vault)
     assert migrations.schema_version(conn) == shipped[-1].version
     conn.close()
+
+
+def test_older_sqlcipher_vault_migrates_on_unlock_after_a_backup(
+    cli: Runner, tmp_path: Path, pwfile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """migrate unlocks an older SQLCipher vault, backs it up with its header file, upgrades it."""
+    pytest.importorskip("sqlcipher3")
+    path = tmp_path / "enc.vault"
+    with Vault.create(path, PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY,
+                      sqlcipher=True) as v:
+        v.apply(Change(c, k, val) for c, k, val in ROWS)
+    old = migrations.LATEST_VERSION
+    marker = migrations.Migration(old + 1, "test only: marker", ("CREATE TABLE marker (x)",))
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, marker))
+    monkeypatch.setattr(migrations, "LATEST_VERSION", old + 1)
+    status = cli("status", path, "--json").json()
+    assert [s["version"] for s in status["pending"]] == [old + 1]
+    result = cli("migrate", path, "--passphrase-file", pwfile, "--json")
+    assert result.code == ExitCode.OK, result.err
+    report = result.json()
+    assert (report["from_version"], report["to_version"]) == (old, old + 1)
+    backup = Path(report["backup"])
+    assert sidecar_path_for(backup).exists()
+    assert cli("status", path, "--json").json()["schema_version"] == old + 1
+    assert read_rows(path) == sorted(ROWS)
+    with pytest.raises(MigrationRequired):
+        Vault.open(backup)  # the copy is still the old version, and opens as a vault
