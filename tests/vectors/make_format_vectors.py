@@ -145,6 +145,17 @@ def invalid_header_cases(valid: bytes) -> list[dict[str, str]]:
         {"name": "raw-key-with-kdf-parameters", "header": raw_with_params.hex()},
         {"name": "memory-below-argon2-minimum", "header": edit(27, struct.pack(">I", 7)).hex()},
         {"name": "zero-time-cost", "header": edit(23, struct.pack(">I", 0)).hex()},
+        # Above the caps (t <= 16, m <= 2 GiB, p <= 64): refused before Argon2 runs.
+        {"name": "time-cost-above-cap", "header": edit(23, struct.pack(">I", 17)).hex()},
+        {"name": "time-cost-near-2-32", "header": edit(23, struct.pack(">I", 2**31)).hex()},
+        {
+            "name": "memory-above-cap",
+            "header": edit(27, struct.pack(">I", 2 * 1024 * 1024 + 1)).hex(),
+        },
+        {
+            "name": "parallelism-above-cap",
+            "header": edit(27, struct.pack(">II", 1024, 65)).hex(),
+        },
         {"name": "salt-length-not-16", "header": edit(35, bytes([15])).hex()},
         {"name": "wrapped-length-not-80", "header": edit(68, bytes([79])).hex()},
         {"name": "truncated", "header": valid[:-1].hex()},
