@@ -325,3 +325,24 @@ def test_random_mixed_group_stays_in_step(seed: int) -> None:
             for o in others:
                 o.process(commit)
         assert len({m.secret() for m in members}) == 1, (step, op)
+
+
+def test_native_path_commit_welcomes_an_mls_rs_member_with_a_path_secret() -> None:
+    """An mls-rs joiner accepts the path secret of a native commit that adds it with a path."""
+    creator = _NativeMember(b"creator")
+    creator.engine.create_group(GID)
+    natives = [_NativeMember(b"n%d" % i) for i in range(3)]
+    _, welcome = creator.engine.commit(GID, add=[n.key_package() for n in natives])
+    assert welcome is not None
+    for n in natives:
+        n.join(welcome)
+    rs = _RsMember(b"rs")
+    commit, welcome = creator.engine.commit(GID, add=[rs.key_package()], force_path=True)
+    assert welcome is not None
+    for n in natives:
+        n.process(commit)
+    rs.join(welcome)
+    update = rs.update()
+    for m in (creator, *natives):
+        m.process(update)
+    assert len({m.secret() for m in (creator, rs, *natives)}) == 1
