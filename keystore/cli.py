@@ -272,11 +272,14 @@ def _read_secret_file(path: str, what: str) -> str:
 def _prompt(label: str, *, confirm: bool, hint: str) -> str:
     if not sys.stdin.isatty():
         raise UsageError(f"no {label.lower()} given and no terminal to ask on: {hint}")
-    secret = getpass.getpass(f"{label}: ")
-    if not secret:
-        raise UsageError(f"empty {label.lower()}")
-    if confirm and getpass.getpass(f"{label} (again): ") != secret:
-        raise UsageError(f"the two {label.lower()}s differ")
+    try:
+        secret = getpass.getpass(f"{label}: ")
+        if not secret:
+            raise UsageError(f"empty {label.lower()}")
+        if confirm and getpass.getpass(f"{label} (again): ") != secret:
+            raise UsageError(f"the two {label.lower()}s differ")
+    except EOFError:  # Ctrl-D at the prompt
+        raise UsageError(f"no {label.lower()} entered") from None
     return secret
 
 

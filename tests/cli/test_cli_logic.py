@@ -360,3 +360,18 @@ def test_older_sqlcipher_vault_migrates_on_unlock_after_a_backup(
     assert read_rows(path) == sorted(ROWS)
     with pytest.raises(MigrationRequired):
         Vault.open(backup)  # the copy is still the old version, and opens as a vault
+
+
+def test_end_of_input_at_the_prompt_is_a_usage_error(
+    cli: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-D at the passphrase prompt ends the command with one line, not a traceback."""
+
+    def eof(prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(getpass, "getpass", eof)
+    result = cli("init", tmp_path / "t.vault", *FAST)
+    assert result.code == ExitCode.USAGE
+    assert "no new vault passphrase entered" in result.err
