@@ -345,4 +345,5 @@ def test_native_path_commit_welcomes_an_mls_rs_member_with_a_path_secret() -> No
     update = rs.update()
     for m in (creator, *natives):
         m.process(update)
-    assert len({m.secret() for m in (creator, rs, *natives)}) == 1
+    everyone: list[_RsMember | _NativeMember] = [creator, rs, *natives]
+    assert len({m.secret() for m in everyone}) == 1
