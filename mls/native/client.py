@@ -141,7 +141,8 @@ class NativeClient:
         Args:
             identity: the basic-credential identity other members will see (1-65535 bytes).
             kdf: Argon2id parameters for the passphrase.
-            epoch_retention: past epochs kept per group for late application messages.
+            epoch_retention: past epochs kept for late application messages, stored with each
+                group created or joined (a group keeps the value it started with).
             receipt_retention: outcomes of the last processed messages kept (encrypted)
                 so that processing one again after a crash returns it (0: keep none).
 
