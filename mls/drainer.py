@@ -335,7 +335,13 @@ class AsyncDrainer:
 
         Raises:
             KeystoreError: the vault refused the batch; it is back in the storage.
+            RuntimeError: the drainer was closed (its worker thread is gone).
         """
+        if self._closed:
+            raise RuntimeError("the drainer is closed")
+        return await self._flush_on_worker()
+
+    async def _flush_on_worker(self) -> int:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._core.flush)
 
@@ -360,7 +366,7 @@ class AsyncDrainer:
             if stop.is_set():
                 return
             try:
-                await self.flush()
+                await self._flush_on_worker()
             except Exception as exc:
                 try:
                     await asyncio.wait_for(stop.wait(), core.failed(exc))
@@ -385,7 +391,7 @@ class AsyncDrainer:
             self._wake.set()
             await self._task
         try:
-            await self.flush()
+            await self._flush_on_worker()
         finally:
             self._core.detach()
             self._executor.shutdown(wait=False)

@@ -111,3 +111,15 @@ def test_the_event_loop_keeps_running_during_a_flush(
 
     assert asyncio.run(main()) > 1
     assert len(vault_rows(vault)) == 20_000
+
+
+def test_flush_after_aclose_is_refused(storage: GranularStorage, vault: Vault) -> None:
+    """A closed drainer says so instead of failing inside its stopped worker."""
+
+    async def main() -> None:
+        drainer = AsyncDrainer(storage, vault)
+        await drainer.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await drainer.flush()
+
+    asyncio.run(main())
