@@ -286,9 +286,9 @@ class AsyncDrainer:
     starts with ``async with`` (or :meth:`start`, called on the running loop).
 
     A flush is applied in transactions of about ``max_batch_events`` events (whole
-    operations only; default 2048): the vault sorts and binds a batch in C calls that
-    hold the GIL throughout, so one 100k-event transaction would stall the loop for as
-    long as they take.
+    operations only; default 2048): some of the vault's steps over a whole batch hold
+    the GIL from start to end (sorting the sealed rows is one C call), so one
+    100k-event transaction would stall the loop for as long as they take.
     """
 
     def __init__(
