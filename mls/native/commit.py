@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from cryptography.hazmat.primitives import constant_time
 
 from . import tree_math as tm
-from .errors import AuthenticationError, InvalidMessage, KeyNotFound
+from .errors import AuthenticationError, InvalidMessage, InvalidProposal, KeyNotFound
 from .framing import (
     AuthenticatedContent,
     FramedContent,
@@ -47,6 +47,7 @@ from .transcript import interim_transcript_hash
 from .tree import RatchetTree
 from .treekem import TreePrivate, create_update_path, process_update_path
 from .validation import (
+    DEFAULT_EXTENSION_TYPES,
     PendingProposal,
     RequiredCapabilities,
     path_required,
@@ -121,16 +122,18 @@ def _kept_private(private: TreePrivate, tree: RatchetTree, leaf_priv: bytes) -> 
 
 
 def _check_required_capabilities(applied: Applied, before: GroupContext) -> None:
-    """New GroupContext extensions must not require what a member lacks (§12.1.7)."""
+    """Every member must support new GroupContext extensions and their requirements (§12.1.7)."""
     if applied.extensions == before.extensions:
         return
     required = RequiredCapabilities.from_extensions(applied.extensions)
-    if required is None:
-        return
+    custom = {e.extension_type for e in applied.extensions} - DEFAULT_EXTENSION_TYPES
     for i in applied.tree.member_leaves():
         leaf = applied.tree.leaf(i)
         assert leaf is not None
-        required.check(leaf)
+        if not custom <= set(leaf.capabilities.extensions):
+            raise InvalidProposal("a member does not support the new GroupContext extensions")
+        if required is not None:
+            required.check(leaf)
 
 
 def _psk_secret(cs: CipherSuite, ids: Sequence[PreSharedKeyID], lookup: PskLookup) -> bytes | None:

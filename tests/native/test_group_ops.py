@@ -10,7 +10,7 @@ from mls.native import GroupConfig, NativeEngine, ProcessedKind
 from mls.native.codec import decode_exact
 from mls.native.errors import InvalidMessage
 from mls.native.framing import MessageBody, MLSMessage, PrivateMessage, PublicMessage, WireFormat
-from mls.native.leaf_node import Extension
+from mls.native.leaf_node import Extension, ExtensionType
 from mls.native.proposals import Commit, PreSharedKeyID, PskType
 from mls.storage import GranularStorage
 from tests.native.engine_helpers import GID, agreed, deliver, group, member
@@ -131,9 +131,11 @@ def test_resumption_psk_of_a_past_epoch_is_accepted() -> None:
 def test_group_context_extensions_commit_updates_every_member() -> None:
     """A GroupContextExtensions commit changes the context for everyone."""
     alice, bob = group(["alice", "bob"])
-    commit, _ = alice.commit(GID, extensions=[Extension(0xFF00, b"topic")])
+    nothing_required = Extension(ExtensionType.REQUIRED_CAPABILITIES, b"\x00\x00\x00")
+    commit, _ = alice.commit(GID, extensions=[nothing_required])
     bob.process(GID, commit)
     assert agreed([alice, bob])
+    assert bob.process(GID, alice.encrypt(GID, b"new context")).data == b"new context"
 
 
 def test_welcome_with_path_secret_lets_the_joiner_follow_later_commits() -> None:

@@ -283,3 +283,11 @@ def test_update_leaf_keeping_the_old_encryption_key_is_rejected() -> None:
     ctx = GroupContext(1, GID, 1, b"", b"")
     with pytest.raises(InvalidLeafNode):
         validate_leaf_node(CS, stale, tree, ctx, source=LeafNodeSource.UPDATE, replaces=1)
+
+
+def test_group_context_extension_a_member_does_not_support_is_rejected() -> None:
+    """New GroupContext extensions must be listed in every member's capabilities."""
+    alice, _ = group(["alice", "bob"])
+    with pytest.raises(InvalidProposal):
+        alice.commit(GID, extensions=[Extension(0xFF00, b"topic")])
+    assert alice.epoch(GID) == 1
