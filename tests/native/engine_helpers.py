@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from mls.native import GroupConfig, NativeEngine
 from mls.storage import GranularStorage
 
 GID = b"test-group"
+#: Run the random campaigns at full size by hand: ``MLS_NATIVE_FULL=1 python -m pytest
+#: tests/native -k random``; CI runs them small.
+FULL = os.environ.get("MLS_NATIVE_FULL") == "1"
+SEEDS = list(range(1, 21)) if FULL else [1, 2, 3]
+STEPS = 200 if FULL else 40
 
 
 def member(name: str, *, suite: int = 1, clock: float | None = None) -> NativeEngine:
