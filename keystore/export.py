@@ -351,9 +351,11 @@ class _RecordParser:
             return None
         value = bytes(buf[p : p + value_len])
         try:
-            name = category.decode("utf-8")
-        except UnicodeDecodeError:
-            raise IntegrityError("export file holds an undecodable category name") from None
+            # An authenticated file can still come from a buggy or hostile exporter: a
+            # bad name must fail here as damage, not later as a ValueError from apply().
+            name = check_category(category.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError included
+            raise IntegrityError("export file holds an invalid category name") from None
         return p + value_len, (name, key, value)
 
     def finish(self) -> None:
