@@ -161,6 +161,8 @@ def _translate(exc: Exception, path: Path) -> KeystoreError:
                 "rekeyed it (lock and unlock again), or the file is corrupt"
             )
         return IntegrityError(f"vault {path} is corrupt: {exc}")
+    if "could not decode to utf-8" in msg:  # a damaged TEXT field: corruption, not I/O
+        return IntegrityError(f"vault {path} is corrupt: a text field is not UTF-8")
     return VaultIOError(f"storage failure on vault {path}: {exc}")
 
 
@@ -170,6 +172,10 @@ def _db_errors(path: Path) -> Iterator[None]:
         yield
     except sqlcipher_layer.db_error_types() as exc:
         raise _translate(exc, path) from exc
+    except UnicodeDecodeError:
+        # sqlite3 decodes TEXT columns (category names, the schema) as it fetches them:
+        # a damaged page surfaces here, before any row authentication could run.
+        raise IntegrityError(f"vault {path} is corrupt: a text field is not UTF-8") from None
 
 
 def _connect(
@@ -545,6 +551,8 @@ class Vault:
             if isinstance(err, VaultBusy):
                 raise err from exc
             raise NotAVault(f"{path} is not a readable vault: {exc}") from None
+        except UnicodeDecodeError:
+            raise NotAVault(f"{path} is not a readable vault: its schema is not UTF-8") from None
         if "keystore_header" not in tables:
             raise NotAVault(f"{path} is a SQLite database, but not an mls-keystore vault")
         if version > migrations.LATEST_VERSION:
