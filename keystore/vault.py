@@ -955,7 +955,7 @@ class Vault:
                 ).fetchone()
             if row is None:
                 return None
-            _, value = cipher.decrypt_row(category, key_hash, bytes(row[0]))
+            _, value = cipher.decrypt_row(category, key_hash, _stored(row[0], self._path))
             return value
 
     def items(self, category: str) -> Iterator[tuple[bytes, bytes]]:
@@ -972,7 +972,9 @@ class Vault:
         for key_hash, blob in rows:
             with self._mutex:
                 cipher = self._unlocked()
-                yield cipher.decrypt_row(category, bytes(key_hash), bytes(blob))
+                yield cipher.decrypt_row(
+                    category, _stored(key_hash, self._path), _stored(blob, self._path)
+                )
 
     def categories(self) -> list[str]:
         """The categories that hold at least one row, sorted."""
@@ -982,7 +984,15 @@ class Vault:
                 rows = self._connection().execute(
                     "SELECT DISTINCT category FROM keystore_rows ORDER BY category"
                 ).fetchall()
-        return [str(r[0]) for r in rows]
+        names = [str(r[0]) for r in rows]
+        for name in names:
+            try:
+                check_category(name)
+            except ValueError:  # the vault never writes such a name: the file is damaged
+                raise IntegrityError(
+                    f"vault {self._path} is corrupt: a row has an invalid category name"
+                ) from None
+        return names
 
     def apply(self, changes: Iterable[ChangeLike]) -> int:
         """Write and delete many rows in ONE transaction: all applied or none.
@@ -1160,8 +1170,8 @@ class Vault:
                 updated: list[tuple[bytes, str, bytes]] = []
                 step = max(1, total // 100)
                 for i, (category, key_hash, blob) in enumerate(rows):
-                    kh = bytes(key_hash)
-                    key, value = old.decrypt_row(category, kh, bytes(blob))
+                    kh = _stored(key_hash, self._path)
+                    key, value = old.decrypt_row(category, kh, _stored(blob, self._path))
                     updated.append((new.encrypt_row(category, kh, key, value), category, kh))
                     if progress is not None and (i % step == 0):
                         progress(i, total)
@@ -1309,16 +1319,25 @@ class Vault:
             failures = []
             for category, key_hash, blob in rows:
                 try:
-                    cipher.decrypt_row(str(category), bytes(key_hash), bytes(blob))
+                    cipher.decrypt_row(
+                        str(category), _stored(key_hash, self._path), _stored(blob, self._path)
+                    )
                 except IntegrityError as exc:
                     failures.append(
                         RowFailure(
                             category=str(category),
-                            key_hash=bytes(key_hash).hex(),
+                            key_hash=key_hash.hex() if isinstance(key_hash, bytes) else "",
                             reason=str(exc).split(" in category")[0],
                         )
                     )
         return VerifyReport(ok=not failures, rows_checked=len(rows), failures=failures)
+
+
+def _stored(value: object, path: Path) -> bytes:
+    """A BLOB read back from the file; a NULL, number or text there means corruption."""
+    if isinstance(value, bytes):
+        return value
+    raise IntegrityError(f"vault {path} is corrupt: a stored key hash or value is not a blob")
 
 
 def _kdf_info(header: Header) -> KdfInfo:
