@@ -79,12 +79,25 @@ def hot_path(writes: int = 200_000, repeats: int = 7) -> dict[str, Any]:
                 write("bench", key, value)
 
     result = measure_ratio(ours, bare, repeats, setup=setup)
+    # The same pair in CPU time of this thread: steadier than wall time on a busy machine.
+    cpu_ratios = []
+    for _ in range(repeats):
+        spent = []
+        for fn in (ours, bare):
+            setup()
+            t0 = time.thread_time()
+            fn()
+            spent.append(time.thread_time() - t0)
+        cpu_ratios.append(spent[0] / spent[1])
     via_provider = measure_ratio(provider, bare, repeats, setup=setup)
     via_operation = measure_ratio(in_operation, bare, repeats, setup=setup)
     return {
         "name": "storage_hot_path",
         "writes": writes,
         **result.as_dict(),
+        "cpu_ratio": statistics.median(cpu_ratios),
+        "cpu_ratio_min": min(cpu_ratios),
+        "cpu_ratio_max": max(cpu_ratios),
         "per_write_ns": result.subject.median / writes * 1e9,
         "bare_per_write_ns": result.baseline.median / writes * 1e9,
         "provider_write_tree_ratio": via_provider.median,
