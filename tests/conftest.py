@@ -6,6 +6,7 @@ fast; nothing outside tests ever picks that profile.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run crash/soak campaigns at full size (slow; not for CI)",
     )
+
+
+#: Environment switches some campaigns read at import time; ``--full`` sets them all.
+FULL_SWITCHES = ("MLS_KEYSTORE_FULL", "MLS_CLIENT_FULL", "MLS_STORAGE_FULL", "MLS_NATIVE_FULL")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Make ``--full`` reach the campaigns that read an environment switch."""
+    if config.getoption("--full"):
+        for name in FULL_SWITCHES:
+            os.environ[name] = "1"
 
 
 @pytest.fixture
