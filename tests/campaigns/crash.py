@@ -19,8 +19,13 @@ Workloads: ``vault`` (``Vault.apply`` batches, passphrase changes, rekeys) and
 ``storage`` (operations on a :class:`~mls.storage.GranularStorage` drained by a
 background :class:`~mls.drainer.WriteBehindDrainer` plus explicit flushes, with
 passphrase changes and rekeys from the same process), each over a plain and a
-SQLCipher vault.  The same vault lives through every round, so crashes land on
-the recovery of earlier crashes too.
+SQLCipher vault; and ``mls``: two :class:`~mls.client.MlsClient` (mls-rs) in one
+group exchanging application messages, each acknowledged once ``encrypt`` (sent) or
+``process`` (received) returned.  After a kill, every acknowledged-sent message not
+acknowledged as received is delivered again, in order, and must decrypt to what was
+sent (exactly once: a replay returns the stored outcome); then both clients must
+still talk both ways, and both vaults verify.  The same vault lives through every
+round, so crashes land on the recovery of earlier crashes too.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ WORKLOADS: tuple[tuple[str, str], ...] = (
     ("storage", "plain"),
     ("vault", "sqlcipher"),
     ("storage", "sqlcipher"),
+    ("mls", "plain"),
 )
 DATA = "campaign/data"
 MANIFEST = "campaign/manifest"
@@ -112,6 +118,7 @@ class _State:
     passphrase_pending: int | None = None
     rekeys_acked: int = 0
     next_batch: int = 0
+    messages: dict[int, tuple[int, bytes]] = field(default_factory=dict)
 
 
 class _Reporter:
@@ -188,6 +195,77 @@ def _child(
         batch += 1
 
 
+MLS_GROUP = b"crash-campaign-group"
+MLS_NAMES = ("alice", "bob")
+
+
+def _message(index: int) -> bytes:
+    return f"crash campaign message {index}".encode()
+
+
+def _mls_setup(directory: Path) -> None:
+    from mls.client import MlsClient
+
+    alice = MlsClient.create(directory / "alice.vault", PASSPHRASES[0], identity=b"alice",
+                             kdf=FAST_KDF)
+    bob = MlsClient.create(directory / "bob.vault", PASSPHRASES[0], identity=b"bob",
+                           kdf=FAST_KDF)
+    try:
+        alice.create_group(MLS_GROUP)
+        _, welcome = alice.add_members(MLS_GROUP, [bob.generate_key_package()])
+        bob.join(welcome)
+    finally:
+        alice.close()
+        bob.close()
+
+
+def _mls_child(directory: Path, first: int, seed: int, say: _Reporter) -> None:
+    """Alice and Bob exchange messages until killed; acks carry the ciphertext."""
+    from mls.client import MlsClient
+
+    rng = random.Random(seed)
+    clients = [MlsClient.open(directory / f"{n}.vault", PASSPHRASES[0]) for n in MLS_NAMES]
+    say("ready")
+    index = first
+    while True:
+        sender = rng.randrange(2)
+        wire = clients[sender].encrypt(MLS_GROUP, _message(index))
+        say(f"sent {index} {sender} {wire.hex()}")
+        clients[1 - sender].process(MLS_GROUP, wire)
+        say(f"recv {index}")
+        index += 1
+
+
+def check_mls(directory: Path, pending: dict[int, tuple[int, bytes]]) -> list[str]:
+    """Redeliver acknowledged-sent messages, then both clients must still talk."""
+    from mls.client import MlsClient
+
+    problems: list[str] = []
+    try:
+        clients = [MlsClient.open(directory / f"{n}.vault", PASSPHRASES[0]) for n in MLS_NAMES]
+    except KeystoreError as exc:
+        return [f"a client does not open after the kill: {type(exc).__name__}: {exc}"]
+    try:
+        for index in sorted(pending):
+            sender, wire = pending.pop(index)
+            got = clients[1 - sender].process(MLS_GROUP, wire)
+            if got.data != _message(index):
+                problems.append(f"message {index} decrypted to something else after the kill")
+        for sender in (0, 1):
+            wire = clients[sender].encrypt(MLS_GROUP, b"after the kill")
+            if clients[1 - sender].process(MLS_GROUP, wire).data != b"after the kill":
+                problems.append("the clients can no longer talk after the kill")
+        for client in clients:
+            if not client.vault.verify().ok:
+                problems.append("a client vault does not verify after the kill")
+    except Exception as exc:  # any failure to carry on is the finding
+        problems.append(f"the group broke after the kill: {type(exc).__name__}: {exc}")
+    finally:
+        for client in clients:
+            client.close()
+    return problems
+
+
 def _fork_child(
     path: Path, workload: str, state: _State, first_batch: int, seed: int
 ) -> tuple[int, int]:
@@ -199,7 +277,10 @@ def _fork_child(
         status = 0
         say = _Reporter(write_fd)
         try:
-            _child(path, workload, state.passphrase, first_batch, seed, say)
+            if workload == "mls":
+                _mls_child(path, first_batch, seed, say)
+            else:
+                _child(path, workload, state.passphrase, first_batch, seed, say)
         except BaseException as exc:
             with contextlib.suppress(BaseException):
                 say(f"error {type(exc).__name__}: {exc}".replace("\n", " "))
@@ -312,7 +393,15 @@ def _apply_events(lines: list[str], state: _State, report: CampaignReport) -> in
     batches = 0
     for line in lines:
         word, _, arg = line.partition(" ")
-        if word == "batch":
+        if word == "sent":
+            index, sender, wire = arg.split(" ")
+            state.messages[int(index)] = (int(sender), bytes.fromhex(wire))
+            state.next_batch = int(index) + 1
+            report.count("messages sent (acked)")
+        elif word == "recv":
+            state.messages.pop(int(arg), None)
+            report.count("messages received (acked)")
+        elif word == "batch":
             state.acked.add(int(arg))
             batches += 1
         elif word == "pw-start":
@@ -342,7 +431,12 @@ def run_workload(
     """Kill one workload ``kills`` times over one vault, checking after every kill."""
     rng = random.Random(seed)
     path = directory / f"{workload}-{kind}.vault"
-    Vault.create(path, PASSPHRASES[0], kdf=FAST_KDF, sqlcipher=kind == "sqlcipher").close()
+    if workload == "mls":
+        path = directory / "mls"
+        path.mkdir()
+        _mls_setup(path)
+    else:
+        Vault.create(path, PASSPHRASES[0], kdf=FAST_KDF, sqlcipher=kind == "sqlcipher").close()
     state = _State()
     for _ in range(kills):
         pid, fd = _fork_child(path, workload, state, state.next_batch, rng.getrandbits(32))
@@ -360,7 +454,12 @@ def run_workload(
             report.count("children that exited before the kill")
         lines = _read_all(fd)
         _apply_events(lines, state, report)
-        for problem in check_vault(path, state):
+        if workload == "mls":
+            problems = check_mls(path, state.messages)
+            state.next_batch += 1  # a message sent without its ack keeps its number
+        else:
+            problems = check_vault(path, state)
+        for problem in problems:
             report.find(f"[{workload}/{kind}] {problem}")
         report.count(f"kills {workload}/{kind}")
 
