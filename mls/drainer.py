@@ -29,7 +29,14 @@ if TYPE_CHECKING:
     from keystore.vault import Vault
     from mls.storage import GranularStorage
 
-__all__ = ["DEFAULT_INTERVAL", "DEFAULT_THRESHOLD", "AsyncDrainer", "WriteBehindDrainer"]
+__all__ = [
+    "DEFAULT_ASYNC_BATCH_EVENTS",
+    "DEFAULT_INTERVAL",
+    "DEFAULT_MAX_BACKOFF",
+    "DEFAULT_THRESHOLD",
+    "AsyncDrainer",
+    "WriteBehindDrainer",
+]
 
 logger = logging.getLogger("mls.drainer")
 
@@ -189,7 +196,9 @@ class WriteBehindDrainer:
         self._closed = False
 
     def flush(self) -> int:
-        """Apply every pending event in one vault transaction; return when it is durable.
+        """Apply every pending event to the vault; return when it is durable.
+
+        One transaction, or with ``max_batch_events`` several, each of whole operations.
 
         Safe to call from many threads: flushes run one at a time, and a caller returns
         only once everything written before its call is durable.  Writes inside an
@@ -328,7 +337,7 @@ class AsyncDrainer:
             loop.call_soon_threadsafe(wake.set)
 
     async def flush(self) -> int:
-        """Apply every pending event in one vault transaction, off the event loop.
+        """Apply every pending event to the vault, off the event loop; durable on return.
 
         Returns:
             The number of events applied by this call.
