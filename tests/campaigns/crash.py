@@ -144,7 +144,7 @@ def _open_unlocked(path: Path, passphrase: str) -> Vault:
 def _child(
     path: Path, workload: str, passphrase: int, first_batch: int, seed: int, say: _Reporter
 ) -> None:
-    """The workload; runs until killed."""
+    """The workload; runs until killed (or until the parent is gone)."""
     rng = random.Random(seed)
     vault = _open_unlocked(path, PASSPHRASES[passphrase])
     manifests = {int(k): _parse_manifest(v) for k, v in vault.items(MANIFEST)}
@@ -160,7 +160,8 @@ def _child(
         drainer.start()
     say("ready")
     completed: list[int] = []
-    while True:
+    parent = os.getppid()
+    while os.getppid() == parent:  # never outlive a campaign that died itself
         roll = rng.random()
         if roll < 0.03:
             new = 1 - passphrase
@@ -227,7 +228,8 @@ def _mls_child(directory: Path, first: int, seed: int, say: _Reporter) -> None:
     clients = [MlsClient.open(directory / f"{n}.vault", PASSPHRASES[0]) for n in MLS_NAMES]
     say("ready")
     index = first
-    while True:
+    parent = os.getppid()
+    while os.getppid() == parent:
         sender = rng.randrange(2)
         wire = clients[sender].encrypt(MLS_GROUP, _message(index))
         say(f"sent {index} {sender} {wire.hex()}")
