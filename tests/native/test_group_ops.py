@@ -249,3 +249,18 @@ def test_joiner_needs_the_external_psk_the_welcome_names() -> None:
     assert agreed([alice, bob])
     with pytest.raises(InvalidMessage):
         carol.join(welcome)
+
+
+def test_add_proposal_by_reference_is_committed_by_another_member() -> None:
+    """Bob proposes Carol; Alice's commit includes it by reference and welcomes her."""
+    alice, bob = group(["alice", "bob"])
+    carol = member("carol")
+    alice.process(GID, bob.propose_add(GID, carol.generate_key_package()))
+    commit, welcome = alice.commit(GID)
+    message = body(commit)
+    assert isinstance(message, PublicMessage) and isinstance(message.content.content, Commit)
+    assert [p.proposal for p in message.content.content.proposals] == [None]
+    bob.process(GID, commit)
+    assert welcome is not None
+    carol.join(welcome)
+    assert agreed([alice, bob, carol])
