@@ -6,16 +6,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from keystore import Vault
 from mls import categories as cat
 from mls.drainer import WriteBehindDrainer
 from mls.native import DecodeError, GroupConfig, NativeEngine, NoIdentity
+from mls.native.codec import decode_exact
+from mls.native.framing import WireFormat
 from mls.native.rows import (
     CATEGORY_EPOCH,
     CATEGORY_IDENTITY,
     CATEGORY_MEMBERS,
     CATEGORY_RATCHET,
+    EpochRow,
 )
 from mls.storage import GranularStorage
 from tests.conftest import FAST_KDF, PASSPHRASE
@@ -281,3 +286,33 @@ def test_group_config_rejects_values_it_cannot_honour(bad: dict[str, object]) ->
     """GroupConfig validates its fields at construction."""
     with pytest.raises(ValueError):
         GroupConfig(**bad)  # type: ignore[arg-type]
+
+
+@given(
+    padding=st.integers(0, 65535),
+    past=st.integers(0, 65535),
+    forward=st.integers(0, 65535),
+    window=st.integers(0, 65535),
+    private=st.booleans(),
+    tree_ext=st.booleans(),
+)
+def test_group_config_round_trips(
+    padding: int, past: int, forward: int, window: int, private: bool, tree_ext: bool
+) -> None:
+    """A stored GroupConfig decodes to the same value."""
+    handshake = WireFormat.PRIVATE_MESSAGE if private else WireFormat.PUBLIC_MESSAGE
+    config = GroupConfig(handshake, padding, past, forward, window, tree_ext)
+    assert decode_exact(config.to_bytes(), GroupConfig.decode) == config
+
+
+@given(
+    nodes=st.dictionaries(st.integers(0, 2**32 - 1), st.binary(max_size=64), max_size=8),
+    leaves=st.frozensets(st.integers(0, 2**32 - 1), max_size=8),
+    secret=st.binary(max_size=64),
+)
+def test_epoch_row_round_trips(
+    nodes: dict[int, bytes], leaves: frozenset[int], secret: bytes
+) -> None:
+    """A stored epoch row (sender-data secret, node secrets, leaves) decodes to the same value."""
+    row = EpochRow(1, 5, 1024, 32, secret, nodes, leaves)
+    assert EpochRow.from_bytes(row.to_bytes()) == row
