@@ -12,6 +12,7 @@ Run: ``python -m bench.throughput_bench [--quick]`` (or through ``python -m benc
   what our design adds on purpose (keyed BLAKE2b of each row key) and the rest (per-row
   Python: validation, coalescing, framing, sorting).  ``bound_if_no_python`` is the
   throughput ratio against the floor the vault would reach if that rest cost nothing.
+  Each part is timed in wall time and in this process's CPU time.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ Run: ``python -m bench.unlock_bench [--quick]`` (or through ``python -m bench``)
   ``{category: {key: value}}`` (goal ≤ 1.3x).  Measured with the default profile, where
   the KDF dominates, and with the test-only profile, where the ratio is the rehydrate
   overhead alone.
+* ``rehydrate_breakdown``: ``GranularStorage.load`` of an unlocked vault split into the
+  SQLite scan, the AES-GCM decrypts, the per-row key-hash check and the rest (per-row
+  Python), with the ratio that would remain if that rest cost nothing.
 * ``unlock_per_profile``: ``Vault.open`` + ``unlock`` ÷ bare Argon2id of the same
   profile, for each named profile (informative: the absolute time is what a user
   waits, the ratio is what the vault adds).
