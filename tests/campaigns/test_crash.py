@@ -39,7 +39,7 @@ def test_campaign_catches_an_apply_that_loses_acknowledged_batches(
 
     monkeypatch.setattr(Vault, "apply", lossy_apply)  # inherited by the forked children
     report = CampaignReport("lossy")
-    crash.run_workload(tmp_path, "vault", "plain", 4, 1, report)
+    crash.run_workload(tmp_path, "vault", "plain", 8, 1, report)
     assert any("has no manifest" in f for f in report.findings), report.summary()
 
 
