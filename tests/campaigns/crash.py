@@ -25,7 +25,12 @@ group exchanging application messages, each acknowledged once ``encrypt`` (sent)
 acknowledged as received is delivered again, in order, and must decrypt to what was
 sent (exactly once: a replay returns the stored outcome); then both clients must
 still talk both ways, and both vaults verify.  The same vault lives through every
-round, so crashes land on the recovery of earlier crashes too.
+round, so crashes land on the recovery of earlier crashes too.  Except for ``migrate``:
+each of its rounds takes a fresh copy of the checked-in version-1 vault, opens it with
+``auto_migrate`` (backup, then every step) and writes batches; mostly it is killed
+within 120 ms of the fork, i.e. during the backup or the migration.  After the kill the
+vault must open (finishing the migration), hold every row of the old vault unchanged
+plus the acknowledged batches, and verify; a ``*.bak`` beside it must be complete.
 """
 
 from __future__ import annotations
@@ -33,16 +38,21 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keystore import Change, KeystoreError, Vault, WrongPassphrase
+from keystore import Change, KeystoreError, Vault, WrongPassphrase, migrations
 from keystore.vault import ChangeLike
 from tests.campaigns.common import FAST_KDF, CampaignReport, Size
+from tests.fixtures.make_fixtures import PASSPHRASE as V1_PASSPHRASE
+from tests.fixtures.make_fixtures import ROWS as V1_ROWS
+from tests.fixtures.make_fixtures import VAULT_V1
 
 __all__ = ["KILLS", "WORKLOADS", "run", "run_workload"]
 
@@ -54,6 +64,7 @@ WORKLOADS: tuple[tuple[str, str], ...] = (
     ("vault", "sqlcipher"),
     ("storage", "sqlcipher"),
     ("mls", "plain"),
+    ("migrate", "plain"),
 )
 DATA = "campaign/data"
 MANIFEST = "campaign/manifest"
@@ -238,6 +249,54 @@ def _mls_child(directory: Path, first: int, seed: int, say: _Reporter) -> None:
         index += 1
 
 
+def _migrate_child(path: Path, first: int, seed: int, say: _Reporter) -> None:
+    """Migrate an old vault on open, then write batches until killed."""
+    rng = random.Random(seed)
+    vault = Vault.open(path, auto_migrate=True)
+    vault.unlock(V1_PASSPHRASE)
+    say("ready")
+    live: dict[int, int] = {}
+    batch = first
+    parent = os.getppid()
+    while os.getppid() == parent:
+        changes, size, victim = _batch_changes(rng, batch, live)
+        vault.apply(changes)
+        say(f"batch {batch}")
+        live.pop(victim, None)
+        live[batch] = size
+        batch += 1
+
+
+def check_migrated(path: Path, acked: set[int]) -> list[str]:
+    """The old rows survive an interrupted migration; acknowledged batches too."""
+    try:
+        vault = Vault.open(path, auto_migrate=True)  # finishes an interrupted migration
+        vault.unlock(V1_PASSPHRASE)
+    except KeystoreError as exc:
+        return [f"the old vault does not open after the kill: {type(exc).__name__}: {exc}"]
+    problems: list[str] = []
+    with vault:
+        if not vault.verify().ok:
+            problems.append("verify failed after an interrupted migration")
+        for category, key, value in V1_ROWS:
+            if vault.get(category, key) != value:
+                problems.append("a row of the old vault was lost or changed by the migration")
+        manifests = {int(k): _parse_manifest(v) for k, v in vault.items(MANIFEST)}
+        problems += _check_batches(manifests, dict(vault.items(DATA)), acked)
+    for backup in path.parent.glob(f"{path.name}.*bak"):
+        conn = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+        try:
+            ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            rows = conn.execute("SELECT COUNT(*) FROM keystore_rows").fetchone()[0]
+        except sqlite3.Error:
+            ok, rows = False, -1
+        finally:
+            conn.close()
+        if not ok or rows != len(V1_ROWS):
+            problems.append(f"the backup {backup.name} is incomplete or damaged")
+    return problems
+
+
 def check_mls(directory: Path, pending: dict[int, tuple[int, bytes]]) -> list[str]:
     """Redeliver acknowledged-sent messages, then both clients must still talk."""
     from mls.client import MlsClient
@@ -281,6 +340,8 @@ def _fork_child(
         try:
             if workload == "mls":
                 _mls_child(path, first_batch, seed, say)
+            elif workload == "migrate":
+                _migrate_child(path, first_batch, seed, say)
             else:
                 _child(path, workload, state.passphrase, first_batch, seed, say)
         except BaseException as exc:
@@ -437,13 +498,20 @@ def run_workload(
         path = directory / "mls"
         path.mkdir()
         _mls_setup(path)
+    elif workload == "migrate":
+        pass  # a fresh copy of the old vault every round
     else:
         Vault.create(path, PASSPHRASES[0], kdf=FAST_KDF, sqlcipher=kind == "sqlcipher").close()
     state = _State()
-    for _ in range(kills):
+    for round_no in range(kills):
+        if workload == "migrate":
+            path = directory / f"migrate-{round_no}.vault"
+            shutil.copyfile(VAULT_V1, path)
+            state = _State()
         pid, fd = _fork_child(path, workload, state, state.next_batch, rng.getrandbits(32))
-        if rng.random() < 0.15:
-            sleep(rng.uniform(0.0, 0.03))  # kill while it opens, recovers or loads
+        if rng.random() < (0.7 if workload == "migrate" else 0.15):
+            # kill while it opens, recovers, loads (or migrates)
+            sleep(rng.uniform(0.0, 0.12 if workload == "migrate" else 0.03))
             report.count("kills before ready")
         elif _wait_ready(fd, 10.0):
             sleep(rng.uniform(0.0, MAX_DELAY))
@@ -459,6 +527,13 @@ def run_workload(
         if workload == "mls":
             problems = check_mls(path, state.messages)
             state.next_batch += 1  # a message sent without its ack keeps its number
+        elif workload == "migrate":
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.close()
+            if version < migrations.LATEST_VERSION:
+                report.count("kills before the migration committed")
+            problems = check_migrated(path, state.acked)
         else:
             problems = check_vault(path, state)
         for problem in problems:
@@ -469,7 +544,7 @@ def run_workload(
 def run(kills: int, seed: int = 0, directory: Path | None = None) -> CampaignReport:
     """Share ``kills`` SIGKILLs out between every workload; return what was found."""
     report = CampaignReport("crash (kill -9)")
-    per = max(1, kills // len(WORKLOADS))
+    per = -(-kills // len(WORKLOADS))  # round up: at least ``kills`` in all
     with contextlib.ExitStack() as stack:
         base = directory or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         for i, (workload, kind) in enumerate(WORKLOADS):
