@@ -20,6 +20,7 @@ binds root too), and the file deleted or replaced underneath the open vault.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import sqlite3
@@ -122,8 +123,8 @@ class _Rig:
     rng: random.Random
 
     @classmethod
-    def create(cls, path: Path, seed: int) -> _Rig:
-        vault = Vault.create(path, PASSPHRASE, kdf=FAST_KDF)
+    def create(cls, path: Path, seed: int, sqlcipher: bool = False) -> _Rig:
+        vault = Vault.create(path, PASSPHRASE, kdf=FAST_KDF, sqlcipher=sqlcipher)
         storage = GranularStorage()
         drainer = WriteBehindDrainer(storage, vault)
         return cls(path, vault, storage, drainer, {}, random.Random(seed))
@@ -257,10 +258,12 @@ def _no_plaintext(message: str, model: Model) -> bool:
     )
 
 
-def run_scenario(directory: Path, fault: Fault, seed: int, report: CampaignReport) -> None:
+def run_scenario(
+    directory: Path, fault: Fault, seed: int, report: CampaignReport, sqlcipher: bool = False
+) -> None:
     """Run the four steps of the module docstring for one fault."""
-    rig = _Rig.create(directory / "vault", seed)
-    tag = f"[{fault.name}]"
+    rig = _Rig.create(directory / "vault", seed, sqlcipher)
+    tag = f"[{fault.name}{'/sqlcipher' if sqlcipher else ''}]"
     try:
         rig.work(40)
         rig.drainer.flush()
@@ -308,24 +311,26 @@ def run_scenario(directory: Path, fault: Fault, seed: int, report: CampaignRepor
         for problem in rig.reopen_and_compare():
             report.find(f"{tag} {problem}")
         report.trials += 1
-        report.count(f"scenario {fault.name}")
+        report.count(f"scenario {fault.name}{'/sqlcipher' if sqlcipher else ''}")
     finally:
         rig.vault.close()
 
 
-def run_one(name: str, directory: Path, seed: int, report: CampaignReport) -> str | None:
+def run_one(
+    name: str, directory: Path, seed: int, report: CampaignReport, sqlcipher: bool = False
+) -> str | None:
     """Run the named scenario in ``directory``; return why it was skipped, if it was."""
     fault = SCENARIOS[name]
     if name == "disk-full":
         try:
             with tmpfs(directory / "small"):
-                run_scenario(directory / "small", fault, seed, report)
+                run_scenario(directory / "small", fault, seed, report, sqlcipher)
         except MountUnavailable as exc:
             return f"disk-full on a real small filesystem: {exc}"
         return None
     if name == "read-only-file" and not _chattr_works(directory):
         return "read-only-file: chattr +i is not available on this filesystem"
-    run_scenario(directory, fault, seed, report)
+    run_scenario(directory, fault, seed, report, sqlcipher)
     return None
 
 
@@ -336,10 +341,10 @@ def run(rounds: int, seed: int = 0, directory: Path | None = None) -> CampaignRe
     with contextlib.ExitStack() as stack:
         base = directory or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         for round_no in range(rounds):
-            for name in SCENARIOS:
-                where = base / f"{round_no}-{name}"
+            for name, sqlcipher in itertools.product(SCENARIOS, (False, True)):
+                where = base / f"{round_no}-{name}-{'sqlcipher' if sqlcipher else 'plain'}"
                 where.mkdir()
-                skipped = run_one(name, where, rng.getrandbits(32), report)
+                skipped = run_one(name, where, rng.getrandbits(32), report, sqlcipher)
                 if skipped and skipped not in report.skipped:
                     report.skipped.append(skipped)
     return report

@@ -13,12 +13,15 @@ from tests.campaigns.common import FAST_KDF, PASSPHRASE, CampaignReport
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["plain", "sqlcipher"])
 @pytest.mark.parametrize("name", list(iofaults.SCENARIOS))
-def test_fault_scenario_loses_nothing(tmp_path: Path, name: str, campaign_seed: int) -> None:
+def test_fault_scenario_loses_nothing(
+    tmp_path: Path, name: str, kind: str, campaign_seed: int
+) -> None:
     """While the fault is on every flush fails with VaultIOError naming the cause, memory
     keeps answering and the log keeps every event; after it, one flush persists all."""
     report = CampaignReport(name)
-    skipped = iofaults.run_one(name, tmp_path, campaign_seed, report)
+    skipped = iofaults.run_one(name, tmp_path, campaign_seed, report, kind == "sqlcipher")
     if skipped:
         pytest.skip(skipped)
     assert report.ok, f"seed {campaign_seed}\n{report.summary()}"
