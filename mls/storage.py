@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -159,7 +160,7 @@ def _reject(key: object, value: object) -> None:
             raise ValueError(f"{what} is {len(obj)} bytes; the limit is {limit}")
 
 
-def _flatten(units: list[_Unit]) -> Iterator[_Entry]:
+def _flatten(units: Iterable[_Unit]) -> Iterator[_Entry]:
     for unit in units:
         if isinstance(unit, list):
             yield from unit
@@ -203,7 +204,7 @@ class GranularStorage:
                 raise ValueError(f"{name} must be a positive int")
         self._lock = threading.RLock()
         self._maps: dict[str, dict[bytes, bytes]] = {}
-        self._log: list[_Unit] = []
+        self._log: deque[_Unit] = deque()  # deque: bounded drains pop from the front
         self._grouped = 0  # events in the log beyond the first of each multi-event unit
         self._seq = itertools.count(1)
         self._pending_bytes = 0
@@ -434,7 +435,7 @@ class GranularStorage:
             return
         item: _Unit = unit[0] if len(unit) == 1 else unit
         if front:
-            self._log.insert(0, item)
+            self._log.appendleft(item)
         else:
             self._log.append(item)
         self._grouped += len(unit) - 1
@@ -463,24 +464,25 @@ class GranularStorage:
             if not log:
                 return []
             if max_events is None or self.pending_events() <= max_events:
-                taken = log
+                taken: Iterable[_Unit] = log
                 flat = not self._grouped
-                self._log = []
+                self._log = deque()
                 self._grouped = 0
                 self._pending_bytes = 0
             else:
                 if max_events < 1:
                     raise ValueError("max_events must be positive")
-                count = i = 0
+                front: list[_Unit] = []
+                count = 0
+                pop = log.popleft
                 while count < max_events:
-                    unit = log[i]
+                    unit = pop()
+                    front.append(unit)
                     count += len(unit) if type(unit) is list else 1
-                    i += 1
-                taken = log[:i]
-                flat = count == i
-                self._log = log[i:]
-                self._grouped -= count - i
-                self._pending_bytes -= sum(map(_entry_bytes, _flatten(taken)))
+                taken = front
+                flat = count == len(front)
+                self._grouped -= count - len(front)
+                self._pending_bytes -= sum(map(_entry_bytes, _flatten(front)))
             self._wake_at = self._wake_threshold
             self._refresh_attention()
         # tuple.__new__ directly: a third cheaper than StorageEvent._make per event.

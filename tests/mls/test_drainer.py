@@ -256,3 +256,51 @@ def test_failure_in_a_later_bounded_batch_keeps_the_rest_pending(
     assert len(vault_rows(flaky.vault)) == 2
     assert [e.key for e in storage.drain_storage_events()] == [b"%d" % i for i in range(2, 6)]
     drainer.close()
+
+
+def test_a_busy_writer_cannot_keep_a_bounded_flush_running(
+    storage: GranularStorage, flaky: FlakyVault
+) -> None:
+    """flush() applies what was pending at its call and returns, while writes continue.
+
+    The writer starts flooding once the first ten-event transaction is in, faster than
+    such transactions drain, so a flush that chased the log would never end.
+    """
+    drainer = WriteBehindDrainer(storage, flaky, max_batch_events=10)  # type: ignore[arg-type]
+    for i in range(50):
+        storage.write("c", b"before-%d" % i, b"v")
+    first_batch_applied = threading.Event()
+    real_apply = flaky.apply
+
+    def apply(changes: object) -> int:
+        count = real_apply(changes)  # type: ignore[arg-type]
+        first_batch_applied.set()
+        return count
+
+    flaky.apply = apply  # type: ignore[method-assign]
+    stop = threading.Event()
+
+    def flood() -> None:
+        first_batch_applied.wait(30)
+        n = 0
+        while not stop.is_set():
+            storage.write("c", b"during-%d" % n, b"v")
+            n += 1
+            if n % 100 == 0:
+                time.sleep(0)
+
+    writer = threading.Thread(target=flood)
+    writer.start()
+    try:
+        flusher = threading.Thread(target=drainer.flush)
+        flusher.start()
+        flusher.join(20)
+        returned = not flusher.is_alive()
+    finally:
+        stop.set()
+        writer.join()
+        flusher.join()
+    storage.drain_storage_events()  # the flood itself need not reach the disk
+    drainer.close()
+    assert returned
+    assert all(flaky.vault.get("c", b"before-%d" % i) == b"v" for i in range(50))
