@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from keystore import Vault, profiles
 from keystore.errors import KeystoreError, VaultClosed
@@ -61,7 +61,14 @@ from mls.mlsrs import (
 )
 from mls.storage import GranularStorage
 
-__all__ = ["AsyncMlsClient", "LostKeyPackage", "MlsClient", "Received", "ReceivedKind"]
+if TYPE_CHECKING:
+    from mls.native.client import NativeClient
+
+__all__ = ["AsyncMlsClient", "Engine", "LostKeyPackage", "MlsClient", "Received", "ReceivedKind"]
+
+#: The engines :meth:`MlsClient.create` and :meth:`MlsClient.open` can run on: mls-rs, or
+#: the native one (:class:`mls.native.NativeClient`, same API, key packages persisted too).
+Engine = Literal["mls-rs", "native"]
 
 CATEGORY_IDENTITY = "mlsrs/v1/identity"
 CATEGORY_KEY_PACKAGES = "mlsrs/v1/key_package"
@@ -234,6 +241,34 @@ class MlsClient:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @overload
+    @classmethod
+    def create(
+        cls,
+        vault_path: str | os.PathLike[str],
+        passphrase: str | bytes,
+        *,
+        identity: bytes,
+        kdf: KdfParameters = ...,
+        epoch_retention: int = ...,
+        receipt_retention: int = ...,
+        engine: Literal["mls-rs"] = ...,
+    ) -> MlsClient: ...
+
+    @overload
+    @classmethod
+    def create(
+        cls,
+        vault_path: str | os.PathLike[str],
+        passphrase: str | bytes,
+        *,
+        identity: bytes,
+        kdf: KdfParameters = ...,
+        epoch_retention: int = ...,
+        receipt_retention: int = ...,
+        engine: Literal["native"],
+    ) -> NativeClient: ...
+
     @classmethod
     def create(
         cls,
@@ -244,7 +279,8 @@ class MlsClient:
         kdf: KdfParameters = profiles.RFC_9106_LOW_MEMORY,
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
         receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
-    ) -> MlsClient:
+        engine: Engine = "mls-rs",
+    ) -> MlsClient | NativeClient:
         """Create a new vault holding a new signature key pair for ``identity``.
 
         Args:
@@ -253,11 +289,26 @@ class MlsClient:
             epoch_retention: past epochs kept per group for late messages.
             receipt_retention: outcomes of the last processed messages kept (encrypted)
                 so that processing one again after a crash returns it (0: keep none).
+            engine: ``"mls-rs"``, or ``"native"`` for a :class:`mls.native.NativeClient`
+                (same API; it persists key-package private keys too, so none is ever lost).
 
         Raises:
             FileExistsError: something is already at ``vault_path``; it is left alone.
             MlsRsUnavailable: the engine (extra ``[mls-rs]``) is not installed.
         """
+        if engine == "native":
+            from mls.native.client import NativeClient
+
+            return NativeClient.create(
+                vault_path,
+                passphrase,
+                identity=identity,
+                kdf=kdf,
+                epoch_retention=epoch_retention,
+                receipt_retention=receipt_retention,
+            )
+        if engine != "mls-rs":
+            raise ValueError('engine must be "mls-rs" or "native"')
         identity = _check_bytes(identity, "identity")
         if not 1 <= len(identity) <= _MAX_IDENTITY_LEN:
             raise ValueError("identity must be 1 to 65535 bytes")
@@ -284,6 +335,32 @@ class MlsClient:
             raise
         return client
 
+    @overload
+    @classmethod
+    def open(
+        cls,
+        vault_path: str | os.PathLike[str],
+        passphrase: str | bytes,
+        *,
+        timeout: float = ...,
+        epoch_retention: int = ...,
+        receipt_retention: int = ...,
+        engine: Literal["mls-rs"] = ...,
+    ) -> MlsClient: ...
+
+    @overload
+    @classmethod
+    def open(
+        cls,
+        vault_path: str | os.PathLike[str],
+        passphrase: str | bytes,
+        *,
+        timeout: float = ...,
+        epoch_retention: int = ...,
+        receipt_retention: int = ...,
+        engine: Literal["native"],
+    ) -> NativeClient: ...
+
     @classmethod
     def open(
         cls,
@@ -293,16 +370,31 @@ class MlsClient:
         timeout: float = 0.0,
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
         receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
-    ) -> MlsClient:
+        engine: Engine = "mls-rs",
+    ) -> MlsClient | NativeClient:
         """Open a client vault: unlock, rehydrate the storage, then start the engine.
 
         The order is fixed so the engine can never run on a storage that a later
         restore would overwrite (the "restore before drain" race).
 
+        ``engine`` must be the one the vault was created with (see :meth:`create`).
+
         Raises:
             VaultBusy: the vault is open elsewhere (after ``timeout`` seconds).
             WrongPassphrase, NotAVault, NotAnMlsVault, MlsRsUnavailable.
         """
+        if engine == "native":
+            from mls.native.client import NativeClient
+
+            return NativeClient.open(
+                vault_path,
+                passphrase,
+                timeout=timeout,
+                epoch_retention=epoch_retention,
+                receipt_retention=receipt_retention,
+            )
+        if engine != "mls-rs":
+            raise ValueError('engine must be "mls-rs" or "native"')
         binding = load_binding()
         vault = Vault.open(Path(vault_path), timeout=timeout)
         try:

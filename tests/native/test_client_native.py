@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from keystore import Vault, VaultClosed, profiles
-from mls.client import ReceivedKind
+from mls.client import MlsClient, ReceivedKind
 from mls.errors import MlsEngineError, NotAnMlsVault, UnknownGroup, UnknownMember
 from mls.native.client import NativeClient
 from mls.native.engine import NativeEngine
@@ -186,3 +186,28 @@ def test_receipts_are_bounded_by_their_retention(tmp_path: Path) -> None:
         assert bob.process(GID, messages[2]).replay
         with pytest.raises(MlsEngineError):
             bob.process(GID, messages[0])
+
+
+def test_mls_client_factory_runs_the_native_engine(tmp_path: Path) -> None:
+    """MlsClient.create/open(engine="native") give a NativeClient on the same vault."""
+    path = tmp_path / "factory.vault"
+    client = MlsClient.create(path, PASSPHRASE, identity=b"f", kdf=FAST, engine="native")
+    assert isinstance(client, NativeClient)
+    key_package = client.generate_key_package()
+    client.close()
+    with MlsClient.open(path, PASSPHRASE, engine="native") as again:
+        assert isinstance(again, NativeClient)
+        assert again.lost_key_packages() == []
+        owner = NativeClient.create(tmp_path / "o.vault", PASSPHRASE, identity=b"o", kdf=FAST)
+        with owner:
+            owner.create_group(GID)
+            _, welcome = owner.add_members(GID, [key_package])
+            assert again.join(welcome) == GID
+
+
+def test_mls_client_factory_rejects_an_unknown_engine(tmp_path: Path) -> None:
+    """An unknown engine name is a ValueError and creates no file."""
+    path = tmp_path / "bogus.vault"
+    with pytest.raises(ValueError):
+        MlsClient.create(path, PASSPHRASE, identity=b"x", kdf=FAST, engine="bogus")  # type: ignore[call-overload]
+    assert not path.exists()

@@ -1,8 +1,9 @@
 """Interop in one group between the native engine and mls-rs (suite 0x0001), through vaults.
 
-Both sides use the public client API — :class:`mls.client.MlsClient` on mls-rs and
-:class:`mls.native.client.NativeClient` — so every message crosses the wire format and every
-state change goes through a vault; members are restarted from their vaults mid-conversation.
+Members are made with the public API, ``MlsClient.create(..., engine="mls-rs" | "native")``
+and reopened with ``MlsClient.open(..., engine=...)``, so every message crosses the wire
+format and every state change goes through a vault; members are restarted from their vaults
+mid-conversation.
 Skipped when the ``mls_rs_uniffi`` binding is not installed.
 """
 
@@ -42,18 +43,26 @@ class Clients:
 
     def make(self, name: str, engine: str) -> Client:
         """A new client named ``name`` on ``engine`` ("native" or "mls-rs")."""
-        cls = NativeClient if engine == "native" else MlsClient
-        client = cls.create(
-            self.folder / f"{name}.vault", PASSPHRASE, identity=name.encode(), kdf=FAST
-        )
+        path = self.folder / f"{name}.vault"
+        client: Client
+        if engine == "native":
+            client = MlsClient.create(
+                path, PASSPHRASE, identity=name.encode(), kdf=FAST, engine="native"
+            )
+        else:
+            client = MlsClient.create(path, PASSPHRASE, identity=name.encode(), kdf=FAST)
         self.open.append(client)
         return client
 
     def restart(self, client: Client) -> Client:
         """Close a client and open its vault again, like a new process would."""
         client.close()
-        cls = type(client)
-        again = cls.open(self.folder / f"{client.identity.decode()}.vault", PASSPHRASE)
+        path = self.folder / f"{client.identity.decode()}.vault"
+        again: Client
+        if isinstance(client, NativeClient):
+            again = MlsClient.open(path, PASSPHRASE, engine="native")
+        else:
+            again = MlsClient.open(path, PASSPHRASE)
         self.open.append(again)
         return again
 
