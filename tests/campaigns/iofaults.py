@@ -57,12 +57,15 @@ def tmpfs(directory: Path, size: str = "2M") -> Iterator[Path]:
         MountUnavailable: the mount was refused; the reason is in the message.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise MountUnavailable("there is no mount command here") from None
     if done.returncode != 0:
         raise MountUnavailable(f"mount -t tmpfs refused: {done.stderr.strip() or done.returncode}")
     try:
