@@ -417,6 +417,9 @@ class Vault:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            # A writer may still hold the lock of a vault whose file was moved away:
+            # open() below would then fail after the new file is in place.  Fail first.
+            WriterLock.acquire(path).release()
             if page_key is not None:
                 Sidecar(header, None, version).write(path, create=True)
                 side_written = True

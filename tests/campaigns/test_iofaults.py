@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from keystore import Vault, VaultIOError
+from keystore import Vault, VaultBusy, VaultIOError
 from tests.campaigns import iofaults
 from tests.campaigns.common import FAST_KDF, PASSPHRASE, CampaignReport
 
@@ -55,3 +55,17 @@ def test_commit_into_a_replaced_vault_file_is_refused(tmp_path: Path) -> None:
         os.replace(tmp_path / "aside", path)
         vault.put("c", b"k2", b"v2")  # the file is back: writes go through again
         assert vault.get("c", b"k2") == b"v2"
+
+
+def test_create_where_a_writer_still_holds_the_lock_leaves_no_file(tmp_path: Path) -> None:
+    """Regression: creating a vault at the path of one that is open elsewhere (its file
+    moved away) raised VaultBusy only after linking the new file into place, leaving a
+    vault behind that the caller was told had failed; now nothing is created."""
+    path = tmp_path / "v"
+    with Vault.create(path, PASSPHRASE, kdf=FAST_KDF):
+        os.replace(path, tmp_path / "moved")
+        before = sorted(p.name for p in tmp_path.iterdir())
+        with pytest.raises(VaultBusy):
+            Vault.create(path, PASSPHRASE, kdf=FAST_KDF)
+        assert not path.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
