@@ -211,3 +211,17 @@ def test_mls_client_factory_rejects_an_unknown_engine(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         MlsClient.create(path, PASSPHRASE, identity=b"x", kdf=FAST, engine="bogus")  # type: ignore[call-overload]
     assert not path.exists()
+
+
+def test_opening_with_the_other_engine_is_refused(tmp_path: Path) -> None:
+    """A vault opened with the engine it was not created with raises NotAnMlsVault."""
+    pytest.importorskip("mls_rs_uniffi")
+    native_path, rs_path = tmp_path / "native.vault", tmp_path / "rs.vault"
+    MlsClient.create(native_path, PASSPHRASE, identity=b"n", kdf=FAST, engine="native").close()
+    MlsClient.create(rs_path, PASSPHRASE, identity=b"r", kdf=FAST).close()
+    with pytest.raises(NotAnMlsVault):
+        MlsClient.open(native_path, PASSPHRASE)
+    with pytest.raises(NotAnMlsVault):
+        MlsClient.open(rs_path, PASSPHRASE, engine="native")
+    with MlsClient.open(native_path, PASSPHRASE, engine="native") as client:
+        assert client.identity == b"n"
