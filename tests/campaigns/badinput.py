@@ -143,6 +143,11 @@ def _future_export(f: Fixture) -> None:
     f.target.write_bytes(bytes(data))
 
 
+def _sqlcipher_without_header_file(f: Fixture) -> None:
+    Vault.create(f.root / "sc.vault", PASSPHRASE, kdf=FAST_KDF, sqlcipher=True).close()
+    (f.root / "sc.vault.header").unlink()
+
+
 def _key_file(length: int) -> Callable[[Fixture], None]:
     def prepare(f: Fixture) -> None:
         f.target.write_bytes(b"\x01" * length)
@@ -285,19 +290,10 @@ CASES: tuple[Case, ...] = (
     Case("init-onto-existing-file", _write(b"precious"),
          lambda f: Vault.create(f.target, PASSPHRASE, kdf=FAST_KDF), (FileExistsError,),
          lambda f: ["init", str(f.target)], (USAGE,)),
-    Case("sqlcipher-database-without-header-file", _nothing,
-         lambda f: _sqlcipher_without_header(f), (NotAVault,),
+    Case("sqlcipher-database-without-header-file", _sqlcipher_without_header_file,
+         lambda f: Vault.open(f.root / "sc.vault"), (NotAVault,),
          _verify_cmd(lambda f: f.root / "sc.vault"), (NOT_A_VAULT,)),
 )
-
-
-def _sqlcipher_without_header(f: Fixture) -> object:
-    return Vault.open(f.root / "sc.vault")
-
-
-def _prepare_sqlcipher(f: Fixture) -> None:
-    Vault.create(f.root / "sc.vault", PASSPHRASE, kdf=FAST_KDF, sqlcipher=True).close()
-    (f.root / "sc.vault.header").unlink()
 
 
 def run_cli(
@@ -318,8 +314,6 @@ def run_cli(
 def run_case(case: Case, root: Path, report: CampaignReport) -> None:
     """Run one case through the library, then the CLI, on a fresh fixture."""
     fixture = Fixture.build(root)
-    if case.name == "sqlcipher-database-without-header-file":
-        _prepare_sqlcipher(fixture)
     case.prepare(fixture)
     tag = f"[{case.name}]"
     before = _digest(root)

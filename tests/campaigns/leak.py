@@ -17,7 +17,6 @@ the SQLCipher vault also for its category names.  The expected count is 0.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import tempfile
@@ -82,7 +81,7 @@ def _mls_workload(d: Path, rng: random.Random, needles: list[bytes]) -> list[str
                 raise AssertionError("a message did not round-trip")
             if i == 6:
                 alice.process(group_id, bob.update_keys(group_id))
-        needles += [p.encode() for p in (PASSPHRASE,)]
+        needles.append(PASSPHRASE.encode())
         _scan_now(d, needles)
     finally:
         alice.close()
@@ -165,5 +164,4 @@ def run(rounds: int, seed: int = 0, directory: Path | None = None) -> CampaignRe
                 report.find("the migration left no backup to scan")
             if not (d / "alice.export").exists() and not report.skipped:
                 report.find("the export file to scan is missing")
-    os.sync()
     return report

@@ -31,7 +31,7 @@ from keystore import (
     Vault,
     WrongPassphrase,
 )
-from keystore.profiles import MAX_MEMORY_KIB
+from keystore.profiles import MAX_MEMORY_KIB, KdfParameters
 from tests.campaigns.common import FAST_KDF, PASSPHRASE, CampaignReport
 
 __all__ = ["CASES", "Outcome", "run"]
@@ -328,7 +328,7 @@ def header_kdf_cost_inflated(d: Path, full: bool) -> Outcome:
 def header_kdf_downgrade(d: Path, full: bool) -> Outcome:
     """KDF parameters lowered to the cheapest (a brute-force helper): WrongPassphrase."""
     out, path = Outcome(), d / "v"
-    with Vault.create(path, PASSPHRASE, kdf=FAST_KDF.__class__(2, 16, 1)) as vault:
+    with Vault.create(path, PASSPHRASE, kdf=KdfParameters(2, 16, 1)) as vault:
         vault.put(CATEGORY, b"ROWKEY-x", b"PLAINTEXT-x")
     header = bytearray(_header(path))
     header[23:35] = struct.pack(">III", 1, 8, 1)
@@ -549,13 +549,12 @@ def whole_file_rollback_is_not_detected(d: Path, full: bool) -> Outcome:
 def counter_reset_is_not_detected(d: Path, full: bool) -> Outcome:
     """Known limit: the nonce-budget counter can be reset; rows are unaffected."""
     out, path = Outcome(tried=1), d / "v"
-    plain = _victim(path)
+    _victim(path)
     _raw(path, "UPDATE keystore_counters SET value = 0 WHERE name = 'encryptions'")
     with Vault.open(path) as vault:
         vault.unlock(PASSPHRASE)
         if vault.stats().encryptions != 0 or not vault.verify().ok:
             out.problems.append("a reset counter did not behave as documented")
-    del plain
     return out
 
 
