@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from keystore import Vault, VaultClosed, profiles
-from mls.client import MlsClient, ReceivedKind
+from mls.client import AsyncMlsClient, MlsClient, ReceivedKind
 from mls.errors import MlsEngineError, NotAnMlsVault, UnknownGroup, UnknownMember
 from mls.native.client import NativeClient
 from mls.native.engine import NativeEngine
@@ -225,3 +226,22 @@ def test_opening_with_the_other_engine_is_refused(tmp_path: Path) -> None:
         MlsClient.open(rs_path, PASSPHRASE, engine="native")
     with MlsClient.open(native_path, PASSPHRASE, engine="native") as client:
         assert client.identity == b"n"
+
+
+def test_async_client_runs_the_native_engine(tmp_path: Path) -> None:
+    """AsyncMlsClient.create(..., engine="native") drives NativeClients off the event loop."""
+
+    async def conversation() -> bytes | None:
+        alice = await AsyncMlsClient.create(
+            tmp_path / "a.vault", PASSPHRASE, identity=b"a", kdf=FAST, engine="native"
+        )
+        bob = await AsyncMlsClient.create(
+            tmp_path / "b.vault", PASSPHRASE, identity=b"b", kdf=FAST, engine="native"
+        )
+        async with alice, bob:
+            await alice.create_group(GID)
+            _, welcome = await alice.add_members(GID, [await bob.generate_key_package()])
+            await bob.join(welcome)
+            return (await bob.process(GID, await alice.encrypt(GID, b"async"))).data
+
+    assert asyncio.run(conversation()) == b"async"
