@@ -91,7 +91,9 @@ def _client_with_group(directory: Path, name: str, members: int) -> tuple[MlsCli
     """An MlsClient whose group has ``members`` members (the others live in memory only)."""
     b = load_binding()
     suite = b.CipherSuite.CURVE25519_AES128
-    client = MlsClient.create(directory / f"{name}.vault", PASSPHRASE, identity=b"sender", kdf=KDF)
+    client = MlsClient.create(
+        directory / f"{name}.vault", PASSPHRASE, identity=b"sender", kdf=KDF, engine="mls-rs"
+    )
     gid = client.create_group()
     if members > 1:
         kps = [
@@ -159,7 +161,9 @@ def group_commit_over_memory_send(
     directory: Path, *, groups: int = 16, repeats: int = 15
 ) -> dict[str, Any]:
     """``encrypt_many`` over ``groups`` groups (one fsync), per send ÷ in-memory send."""
-    client = MlsClient.create(directory / "many.vault", PASSPHRASE, identity=b"sender", kdf=KDF)
+    client = MlsClient.create(
+        directory / "many.vault", PASSPHRASE, identity=b"sender", kdf=KDF, engine="mls-rs"
+    )
     b = load_binding()
     suite = b.CipherSuite.CURVE25519_AES128
     gids = []
@@ -264,7 +268,9 @@ def durable_process_over_floor(
     SQLite commit of as many bytes).  No goal: it shows what the receipt adds."""
     b = load_binding()
     suite = b.CipherSuite.CURVE25519_AES128
-    receiver = MlsClient.create(directory / "recv.vault", PASSPHRASE, identity=b"r", kdf=KDF)
+    receiver = MlsClient.create(
+        directory / "recv.vault", PASSPHRASE, identity=b"r", kdf=KDF, engine="mls-rs"
+    )
     sender = b.Client(b"s", b.generate_signature_keypair(suite), b.client_config_default())
     twin = b.Client(b"t", b.generate_signature_keypair(suite), b.client_config_default())
     group = sender.create_group(None)

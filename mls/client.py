@@ -184,6 +184,17 @@ def _check_bytes(value: object, what: str) -> bytes:
     return bytes(value)
 
 
+def _stored_engine(storage: GranularStorage) -> Engine:
+    """Which engine a client vault belongs to, from the identity row it holds."""
+    from mls.native import rows as native_rows
+
+    if storage.read(native_rows.CATEGORY_IDENTITY, native_rows.IDENTITY_KEY) is not None:
+        return "native"
+    if storage.read(CATEGORY_IDENTITY, _IDENTITY_KEY) is not None:
+        return "mls-rs"
+    raise NotAnMlsVault("this vault holds no MLS client identity of any engine")
+
+
 class MlsClient:
     """An MLS client persisted in an encrypted vault.  See the module docstring.
 
@@ -252,7 +263,7 @@ class MlsClient:
         kdf: KdfParameters = ...,
         epoch_retention: int = ...,
         receipt_retention: int = ...,
-        engine: Literal["mls-rs"] = ...,
+        engine: Literal["mls-rs"],
     ) -> MlsClient: ...
 
     @overload
@@ -266,7 +277,7 @@ class MlsClient:
         kdf: KdfParameters = ...,
         epoch_retention: int = ...,
         receipt_retention: int = ...,
-        engine: Literal["native"],
+        engine: Literal["native"] = ...,
     ) -> NativeClient: ...
 
     @classmethod
@@ -279,7 +290,7 @@ class MlsClient:
         kdf: KdfParameters = profiles.RFC_9106_LOW_MEMORY,
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
         receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
-        engine: Engine = "mls-rs",
+        engine: Engine = "native",
     ) -> MlsClient | NativeClient:
         """Create a new vault holding a new signature key pair for ``identity``.
 
@@ -289,8 +300,10 @@ class MlsClient:
             epoch_retention: past epochs kept per group for late messages.
             receipt_retention: outcomes of the last processed messages kept (encrypted)
                 so that processing one again after a crash returns it (0: keep none).
-            engine: ``"mls-rs"``, or ``"native"`` for a :class:`mls.native.NativeClient`
-                (same API; it persists key-package private keys too, so none is ever lost).
+            engine: ``"native"`` (the default: a :class:`mls.native.NativeClient`, same API,
+                which persists every secret granularly, key-package private keys included,
+                so none is ever lost), or ``"mls-rs"`` (the binding; whole-group snapshots,
+                key packages die with the process).
 
         Raises:
             FileExistsError: something is already at ``vault_path``; it is left alone.
@@ -345,7 +358,7 @@ class MlsClient:
         timeout: float = ...,
         epoch_retention: int = ...,
         receipt_retention: int = ...,
-        engine: Literal["mls-rs"] = ...,
+        engine: Literal["mls-rs"],
     ) -> MlsClient: ...
 
     @overload
@@ -361,6 +374,19 @@ class MlsClient:
         engine: Literal["native"],
     ) -> NativeClient: ...
 
+    @overload
+    @classmethod
+    def open(
+        cls,
+        vault_path: str | os.PathLike[str],
+        passphrase: str | bytes,
+        *,
+        timeout: float = ...,
+        epoch_retention: int = ...,
+        receipt_retention: int = ...,
+        engine: None = ...,
+    ) -> MlsClient | NativeClient: ...
+
     @classmethod
     def open(
         cls,
@@ -370,42 +396,43 @@ class MlsClient:
         timeout: float = 0.0,
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
         receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
-        engine: Engine = "mls-rs",
+        engine: Engine | None = None,
     ) -> MlsClient | NativeClient:
         """Open a client vault: unlock, rehydrate the storage, then start the engine.
 
         The order is fixed so the engine can never run on a storage that a later
         restore would overwrite (the "restore before drain" race).
 
-        ``engine`` must be the one the vault was created with (see :meth:`create`).
+        ``engine=None`` (the default) runs the engine the vault was created with,
+        recognised by the identity row it holds; naming an engine checks that it is
+        that one.
 
         Raises:
             VaultBusy: the vault is open elsewhere (after ``timeout`` seconds).
-            WrongPassphrase, NotAVault, NotAnMlsVault, MlsRsUnavailable.
+            WrongPassphrase, NotAVault, NotAnMlsVault (no identity of the named or
+            any engine), MlsRsUnavailable.
         """
-        if engine == "native":
-            from mls.native.client import NativeClient
-
-            return NativeClient.open(
-                vault_path,
-                passphrase,
-                timeout=timeout,
-                epoch_retention=epoch_retention,
-                receipt_retention=receipt_retention,
-            )
-        if engine != "mls-rs":
-            raise ValueError('engine must be "mls-rs" or "native"')
-        binding = load_binding()
+        if engine not in (None, "mls-rs", "native"):
+            raise ValueError('engine must be "mls-rs", "native" or None')
+        binding = load_binding() if engine == "mls-rs" else None  # fail before the vault
         vault = Vault.open(Path(vault_path), timeout=timeout)
         try:
             vault.unlock(passphrase)
             storage = GranularStorage.load(vault)
+            if engine is None:
+                engine = _stored_engine(storage)
+            if engine == "native":
+                from mls.native.client import NativeClient
+
+                return NativeClient(
+                    vault, storage, retention=epoch_retention, receipt_retention=receipt_retention
+                )
             return cls(
                 vault,
                 storage,
                 retention=epoch_retention,
                 receipt_retention=receipt_retention,
-                _binding=binding,
+                _binding=binding if binding is not None else load_binding(),
             )
         except BaseException:
             vault.close()

@@ -1,6 +1,7 @@
 """``mls-keystore demo DIR``: two (then three) MLS clients that survive restarts.
 
-What it shows, end to end on real mls-rs:
+What it shows, end to end on a real MLS engine (the native one by default, or mls-rs
+with ``--engine mls-rs``):
 
 1. In this process, Alice and Bob each get a vault in ``DIR``; Alice creates a group,
    adds Bob, and they exchange messages.  Both clients are closed.
@@ -34,8 +35,9 @@ from typing import Any
 
 from keystore import KeystoreError, Vault, profiles
 from keystore.profiles import KdfParameters
-from mls.client import MlsClient, Received
+from mls.client import Engine, MlsClient, Received
 from mls.errors import MlsError
+from mls.native.client import NativeClient
 
 __all__ = ["main"]
 
@@ -76,7 +78,7 @@ class _Run:
 def _worker(vault: str) -> int:
     """A client in its own process, driven by JSON lines on stdin (one answer per line)."""
     passphrase = os.environ[PASSPHRASE_ENV]
-    client: MlsClient | None = None
+    client: MlsClient | NativeClient | None = None
     h = bytes.fromhex
 
     def run(op: str, args: list[Any]) -> Any:
@@ -86,7 +88,7 @@ def _worker(vault: str) -> int:
             return None
         if op == "create":
             kdf = profiles.by_name(args[1])
-            client = MlsClient.create(vault, passphrase, identity=h(args[0]), kdf=kdf)
+            client = _create(Path(vault), passphrase, h(args[0]), kdf, args[2])
             return None
         assert client is not None
         calls: dict[str, Callable[..., Any]] = {
@@ -205,7 +207,17 @@ def _expect(received: Any, plaintext: bytes, sender: bytes) -> None:
         raise RuntimeError("a message came from an unexpected sender")
 
 
-def _scenario(directory: Path, passphrase: str, kdf: KdfParameters, run: _Run) -> None:
+def _create(
+    path: Path, passphrase: str, identity: bytes, kdf: KdfParameters, engine: str
+) -> MlsClient | NativeClient:
+    if engine == "mls-rs":
+        return MlsClient.create(path, passphrase, identity=identity, kdf=kdf, engine="mls-rs")
+    return MlsClient.create(path, passphrase, identity=identity, kdf=kdf, engine="native")
+
+
+def _scenario(
+    directory: Path, passphrase: str, kdf: KdfParameters, engine: Engine, run: _Run
+) -> None:
     paths = {name: directory / f"{name}.vault" for name in NAMES}
 
     def say(text: str) -> bytes:
@@ -218,13 +230,13 @@ def _scenario(directory: Path, passphrase: str, kdf: KdfParameters, run: _Run) -
         run,
         "alice",
         "create vault",
-        lambda: MlsClient.create(paths["alice"], passphrase, identity=b"alice", kdf=kdf),
+        lambda: _create(paths["alice"], passphrase, b"alice", kdf, engine),
     )
     bob = _timed(
         run,
         "bob",
         "create vault",
-        lambda: MlsClient.create(paths["bob"], passphrase, identity=b"bob", kdf=kdf),
+        lambda: _create(paths["bob"], passphrase, b"bob", kdf, engine),
     )
     with alice, bob:
         gid = _timed(run, "alice", "create group", alice.create_group)
@@ -267,7 +279,7 @@ def _scenario(directory: Path, passphrase: str, kdf: KdfParameters, run: _Run) -
         a("process", gid, commit)
         message = say("Bob here: keys updated after my restart.")
         _expect(a("process", gid, b("encrypt", gid, message)), message, b"bob")
-        c("create", b"carol", kdf.name)
+        c("create", b"carol", kdf.name, engine)
         commit, welcome = a("add", gid, c("kp"))
         b("process", gid, commit)
         c("join", welcome)
@@ -317,7 +329,7 @@ def _report(directory: Path, run: _Run) -> int:
             f"  {path.name}: {stats.file_bytes} bytes on disk (file + wal), {stats.total_rows} rows"
         )
         for category, cs in stats.categories.items():
-            print(f"      {category:<24} {cs.rows:4d} rows {cs.bytes:8d} bytes")
+            print(f"      {category:<38} {cs.rows:4d} rows {cs.bytes:8d} bytes")
     needles = [*run.plaintexts, run.group_id]
     code = 0
     for when, (files, found) in (
@@ -342,9 +354,15 @@ def _report(directory: Path, run: _Run) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mls-keystore demo",
-        description="Two MLS clients (mls-rs) whose state survives restarts in encrypted vaults.",
+        description="MLS clients whose state survives restarts in encrypted vaults.",
     )
     p.add_argument("directory", type=Path, help="where to create the vaults (made if missing)")
+    p.add_argument(
+        "--engine",
+        choices=("native", "mls-rs"),
+        default="native",
+        help="MLS engine (default native; mls-rs needs the [mls-rs] extra)",
+    )
     p.add_argument("--passphrase-file", type=Path, help="read the passphrase from this file")
     p.add_argument("--prompt", action="store_true", help="ask for the passphrase")
     p.add_argument(
@@ -393,11 +411,11 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         print(f"mls-keystore demo: {exc}", file=sys.stderr)
         return 2
-    print(f"Demo in {directory}: mls-rs, KDF {kdf.name}; passphrase {origin}.")
+    print(f"Demo in {directory}: {args.engine} engine, KDF {kdf.name}; passphrase {origin}.")
     run = _Run()
     start = time.perf_counter()
     try:
-        _scenario(directory, passphrase, kdf, run)
+        _scenario(directory, passphrase, kdf, args.engine, run)
     except (KeystoreError, MlsError, RuntimeError, OSError) as exc:
         print(f"mls-keystore demo: failed: {exc}", file=sys.stderr)
         return 1

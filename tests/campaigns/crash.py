@@ -218,10 +218,12 @@ def _message(index: int) -> bytes:
 def _mls_setup(directory: Path) -> None:
     from mls.client import MlsClient
 
-    alice = MlsClient.create(directory / "alice.vault", PASSPHRASES[0], identity=b"alice",
-                             kdf=FAST_KDF)
-    bob = MlsClient.create(directory / "bob.vault", PASSPHRASES[0], identity=b"bob",
-                           kdf=FAST_KDF)
+    alice = MlsClient.create(
+        directory / "alice.vault", PASSPHRASES[0], identity=b"alice", kdf=FAST_KDF, engine="mls-rs"
+    )
+    bob = MlsClient.create(
+        directory / "bob.vault", PASSPHRASES[0], identity=b"bob", kdf=FAST_KDF, engine="mls-rs"
+    )
     try:
         alice.create_group(MLS_GROUP)
         _, welcome = alice.add_members(MLS_GROUP, [bob.generate_key_package()])
@@ -534,7 +536,8 @@ def run_workload(
             if version < migrations.LATEST_VERSION:
                 started = any(path.parent.glob(f"*{path.name}.v*"))  # backup, maybe partial
                 report.count(
-                    "kills during backup or migration" if started
+                    "kills during backup or migration"
+                    if started
                     else "kills before the migration started"
                 )
             problems = check_migrated(path, state.acked)

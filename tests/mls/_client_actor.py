@@ -100,7 +100,11 @@ def main(vault: str) -> int:
         try:
             if op == "create":
                 client = MlsClient.create(
-                    vault, passphrase, identity=h(args[0]), kdf=profiles.INSECURE_FOR_TESTS_ONLY
+                    vault,
+                    passphrase,
+                    identity=h(args[0]),
+                    kdf=profiles.INSECURE_FOR_TESTS_ONLY,
+                    engine="mls-rs",
                 )
                 result: Any = None
             elif op == "open":

@@ -36,7 +36,11 @@ def make(tmp_path: Path) -> Iterator[Factory]:
 
     def factory(name: str) -> MlsClient:
         client = MlsClient.create(
-            tmp_path / f"{name}.vault", PASSPHRASE, identity=name.encode(), kdf=FAST
+            tmp_path / f"{name}.vault",
+            PASSPHRASE,
+            identity=name.encode(),
+            kdf=FAST,
+            engine="mls-rs",
         )
         made.append(client)
         return client
@@ -163,7 +167,9 @@ def test_create_refuses_an_existing_file(tmp_path: Path, make: Factory) -> None:
     make("alice").close()
     size = (tmp_path / "alice.vault").stat().st_size
     with pytest.raises(FileExistsError):
-        MlsClient.create(tmp_path / "alice.vault", PASSPHRASE, identity=b"x", kdf=FAST)
+        MlsClient.create(
+            tmp_path / "alice.vault", PASSPHRASE, identity=b"x", kdf=FAST, engine="mls-rs"
+        )
     assert (tmp_path / "alice.vault").stat().st_size == size
 
 
@@ -244,7 +250,12 @@ def test_receipts_are_pruned_to_their_retention(tmp_path: Path, make: Factory) -
     """Only the newest receipts are kept; older messages are no longer replayable."""
     alice = make("alice")
     bob = MlsClient.create(
-        tmp_path / "b.vault", PASSPHRASE, identity=b"bob", kdf=FAST, receipt_retention=2
+        tmp_path / "b.vault",
+        PASSPHRASE,
+        identity=b"bob",
+        kdf=FAST,
+        receipt_retention=2,
+        engine="mls-rs",
     )
     try:
         gid = alice.create_group()
@@ -369,7 +380,7 @@ def test_missing_engine_creates_no_vault(tmp_path: Path, monkeypatch: pytest.Mon
     """Without the mls-rs extra, create() fails before writing any file."""
     monkeypatch.setitem(sys.modules, "mls_rs_uniffi", None)
     with pytest.raises(MlsRsUnavailable):
-        MlsClient.create(tmp_path / "a.vault", PASSPHRASE, identity=b"a", kdf=FAST)
+        MlsClient.create(tmp_path / "a.vault", PASSPHRASE, identity=b"a", kdf=FAST, engine="mls-rs")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -386,7 +397,12 @@ def test_closed_client_refuses_calls(make: Factory) -> None:
 def test_epoch_retention_prunes_old_epochs(tmp_path: Path) -> None:
     """Only the configured number of past epochs stays in the vault."""
     with MlsClient.create(
-        tmp_path / "a.vault", PASSPHRASE, identity=b"a", kdf=FAST, epoch_retention=2
+        tmp_path / "a.vault",
+        PASSPHRASE,
+        identity=b"a",
+        kdf=FAST,
+        epoch_retention=2,
+        engine="mls-rs",
     ) as alice:
         gid = alice.create_group()
         for _ in range(5):
@@ -414,10 +430,10 @@ def test_async_client_round_trip(tmp_path: Path) -> None:
 
     async def scenario() -> bytes | None:
         alice = await AsyncMlsClient.create(
-            tmp_path / "a.vault", PASSPHRASE, identity=b"alice", kdf=FAST
+            tmp_path / "a.vault", PASSPHRASE, identity=b"alice", kdf=FAST, engine="mls-rs"
         )
         bob = await AsyncMlsClient.create(
-            tmp_path / "b.vault", PASSPHRASE, identity=b"bob", kdf=FAST
+            tmp_path / "b.vault", PASSPHRASE, identity=b"bob", kdf=FAST, engine="mls-rs"
         )
         async with alice, bob:
             gid = await alice.create_group()

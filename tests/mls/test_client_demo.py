@@ -11,15 +11,24 @@ from mls import demo
 FAST = ["--kdf-profile", "INSECURE_FOR_TESTS_ONLY"]
 
 
+@pytest.mark.parametrize(
+    ("engine", "category"),
+    [("native", "openmls/v1/message_secrets/ratchet"), ("mls-rs", "mlsrs/v1/group_state")],
+)
 def test_demo_runs_end_to_end_and_finds_no_leak(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    engine: str,
+    category: str,
 ) -> None:
-    """The demo completes with exit code 0, reports both leak scans clean, prints no message."""
+    """On either engine the demo exits 0, reports both leak scans clean, prints no message."""
     monkeypatch.setenv(demo.PASSPHRASE_ENV, "demo test passphrase")
-    assert demo.main([str(tmp_path / "d"), *FAST]) == 0
+    assert demo.main([str(tmp_path / "d"), "--engine", engine, *FAST]) == 0
     out = capsys.readouterr().out
+    assert f"{engine} engine" in out
     assert out.count("none of the 6 messages nor the group id") == 2
-    assert "(fresh process)" in out and "mlsrs/v1/group_state" in out
+    assert "(fresh process)" in out and category in out
     assert "Hi Bob" not in out and "demo test passphrase" not in out
 
 

@@ -219,13 +219,34 @@ def test_opening_with_the_other_engine_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("mls_rs_uniffi")
     native_path, rs_path = tmp_path / "native.vault", tmp_path / "rs.vault"
     MlsClient.create(native_path, PASSPHRASE, identity=b"n", kdf=FAST, engine="native").close()
-    MlsClient.create(rs_path, PASSPHRASE, identity=b"r", kdf=FAST).close()
+    MlsClient.create(rs_path, PASSPHRASE, identity=b"r", kdf=FAST, engine="mls-rs").close()
     with pytest.raises(NotAnMlsVault):
-        MlsClient.open(native_path, PASSPHRASE)
+        MlsClient.open(native_path, PASSPHRASE, engine="mls-rs")
     with pytest.raises(NotAnMlsVault):
         MlsClient.open(rs_path, PASSPHRASE, engine="native")
     with MlsClient.open(native_path, PASSPHRASE, engine="native") as client:
         assert client.identity == b"n"
+
+
+def test_open_runs_the_engine_the_vault_was_created_with(tmp_path: Path) -> None:
+    """Without engine=, open() recognises each vault's engine by its identity row."""
+    pytest.importorskip("mls_rs_uniffi")
+    native_path, rs_path = tmp_path / "native.vault", tmp_path / "rs.vault"
+    MlsClient.create(native_path, PASSPHRASE, identity=b"n", kdf=FAST).close()  # the default
+    MlsClient.create(rs_path, PASSPHRASE, identity=b"r", kdf=FAST, engine="mls-rs").close()
+    with MlsClient.open(native_path, PASSPHRASE) as native:
+        assert isinstance(native, NativeClient) and native.identity == b"n"
+    with MlsClient.open(rs_path, PASSPHRASE) as rs:
+        assert isinstance(rs, MlsClient) and rs.identity == b"r"
+
+
+def test_open_refuses_a_vault_without_identity(tmp_path: Path) -> None:
+    """A plain vault with no client identity is NotAnMlsVault, and stays openable."""
+    path = tmp_path / "plain.vault"
+    Vault.create(path, PASSPHRASE, kdf=FAST).close()
+    with pytest.raises(NotAnMlsVault):
+        MlsClient.open(path, PASSPHRASE)
+    Vault.open(path).close()
 
 
 def test_async_client_runs_the_native_engine(tmp_path: Path) -> None:

@@ -50,7 +50,9 @@ class Clients:
                 path, PASSPHRASE, identity=name.encode(), kdf=FAST, engine="native"
             )
         else:
-            client = MlsClient.create(path, PASSPHRASE, identity=name.encode(), kdf=FAST)
+            client = MlsClient.create(
+                path, PASSPHRASE, identity=name.encode(), kdf=FAST, engine="mls-rs"
+            )
         self.open.append(client)
         return client
 
