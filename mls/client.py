@@ -22,10 +22,7 @@ and :meth:`MlsClient.join` raises :class:`mls.errors.KeyPackageLost` for them.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import enum
-import hashlib
 import os
 import struct
 import threading
@@ -59,6 +56,12 @@ from mls.mlsrs import (
     ratchet_tree_members,
     welcome_key_package_refs,
 )
+from mls.receipts import (
+    DEFAULT_RECEIPT_RETENTION,
+    ReceiptLog,
+    Received,
+    ReceivedKind,
+)
 from mls.storage import GranularStorage
 
 if TYPE_CHECKING:
@@ -73,80 +76,13 @@ Engine = Literal["mls-rs", "native"]
 CATEGORY_IDENTITY = "mlsrs/v1/identity"
 CATEGORY_KEY_PACKAGES = "mlsrs/v1/key_package"
 CATEGORY_RECEIPTS = "mlsrs/v1/receipt"
-#: Outcomes of the most recently processed messages kept for replay after a crash.
-DEFAULT_RECEIPT_RETENTION = 256
 _IDENTITY_KEY = b"signature"
 _RECORD_FORMAT = 1
 _SESSION_LEN = 16
 _KP_RECORD = struct.Struct(">B16sQ")  # format, session id, created (unix seconds)
-_RECEIPT_HEAD = struct.Struct(">BQBB")  # format, sequence number, kind, removed
 
 _MAX_IDENTITY_LEN = 0xFFFF
 _T = TypeVar("_T")
-
-
-class ReceivedKind(enum.StrEnum):
-    """What :meth:`MlsClient.process` found in a message."""
-
-    APPLICATION = "application"
-    COMMIT = "commit"
-    PROPOSAL = "proposal"
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """The outcome of processing one group message.
-
-    Attributes:
-        kind: application data, a commit (new epoch), or a proposal held for the next commit.
-        sender: the sender's (committer's) identity, or ``None`` if it is no longer in the tree.
-        data: the plaintext of an application message, else ``None``.
-        removed: this commit removed us; the group has been forgotten.
-        replay: this message had been processed before (e.g. by a process that died
-            before its caller saw the result); this is the stored outcome.
-    """
-
-    kind: ReceivedKind
-    sender: bytes | None
-    data: bytes | None = None
-    removed: bool = False
-    replay: bool = False
-
-
-_KIND_CODES = {ReceivedKind.APPLICATION: 0, ReceivedKind.COMMIT: 1, ReceivedKind.PROPOSAL: 2}
-_KINDS = {code: kind for kind, code in _KIND_CODES.items()}
-
-
-def _optional(value: bytes | None) -> bytes:
-    return b"\x00" if value is None else b"\x01" + len(value).to_bytes(4, "big") + value
-
-
-def _encode_receipt(seq: int, got: Received) -> bytes:
-    head = _RECEIPT_HEAD.pack(_RECORD_FORMAT, seq, _KIND_CODES[got.kind], int(got.removed))
-    return head + _optional(got.sender) + _optional(got.data)
-
-
-def _decode_receipt(row: bytes) -> tuple[int, Received]:
-    """Inverse of :func:`_encode_receipt`; the outcome comes back marked as a replay."""
-    try:
-        fmt, seq, kind, removed = _RECEIPT_HEAD.unpack_from(row)
-        if fmt != _RECORD_FORMAT:
-            raise ValueError("format")
-        pos = _RECEIPT_HEAD.size
-        fields: list[bytes | None] = []
-        for _ in range(2):
-            if row[pos] == 0:
-                fields.append(None)
-                pos += 1
-                continue
-            n = int.from_bytes(row[pos + 1 : pos + 5], "big")
-            fields.append(row[pos + 5 : pos + 5 + n])
-            pos += 5 + n
-        if pos != len(row):
-            raise ValueError("length")
-        return seq, Received(_KINDS[kind], fields[0], fields[1], bool(removed), replay=True)
-    except (ValueError, IndexError, KeyError, struct.error):
-        raise InvalidMessage("stored message receipt is malformed") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +149,6 @@ class MlsClient:
         receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
         _binding: ModuleType,
     ):
-        if isinstance(receipt_retention, bool) or not isinstance(receipt_retention, int):
-            raise TypeError("receipt_retention must be an int")
-        if receipt_retention < 0:
-            raise ValueError("receipt_retention must be >= 0")
         self._vault = vault
         self._storage = storage
         self._drainer = WriteBehindDrainer(storage, vault)
@@ -245,10 +177,7 @@ class MlsClient:
         self._groups: dict[bytes, Any] = {}
         self._members: dict[bytes, list[TreeMember]] = {}
         self._signing_identities: dict[tuple[bytes, bytes], Any] = {}
-        self._receipt_retention = receipt_retention
-        self._receipts: collections.deque[bytes] = collections.deque()
-        self._next_receipt = 0
-        self._load_receipts()
+        self._receipts = ReceiptLog(storage, CATEGORY_RECEIPTS, receipt_retention)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -521,7 +450,7 @@ class MlsClient:
                 self._groups.clear()
                 self._members.clear()
                 self._store.reindex()
-                self._load_receipts()
+                self._receipts.reload()
                 raise
 
     def _group(self, group_id: bytes) -> Any:
@@ -767,40 +696,14 @@ class MlsClient:
         out: list[Received] = []
         with self._durable("process a message"):
             for group_id, raw in pairs:
-                key = self._receipt_key(group_id, raw)
-                stored = self._storage.read(CATEGORY_RECEIPTS, key)
+                stored = self._receipts.lookup(group_id, raw)
                 if stored is not None:
-                    out.append(_decode_receipt(stored)[1])
+                    out.append(stored)
                     continue
                 got = self._process_one(group_id, self._message(raw, "message"))
-                self._remember(key, got)
+                self._receipts.remember(group_id, raw, got)
                 out.append(got)
         return out
-
-    # A processed message's outcome is stored with the state it produced, in the same
-    # operation: if the process dies after the commit but before its caller saw the
-    # outcome, processing the message again returns it instead of an engine error.
-
-    @staticmethod
-    def _receipt_key(group_id: bytes, message: bytes) -> bytes:
-        return hashlib.sha256(len(group_id).to_bytes(4, "big") + group_id + message).digest()
-
-    def _load_receipts(self) -> None:
-        """Rebuild the receipt order from storage (also after a rolled-back call)."""
-        rows = sorted(
-            (_decode_receipt(row)[0], key) for key, row in self._storage.items(CATEGORY_RECEIPTS)
-        )
-        self._receipts = collections.deque(key for _, key in rows)
-        self._next_receipt = rows[-1][0] + 1 if rows else 0
-
-    def _remember(self, key: bytes, got: Received) -> None:
-        if self._receipt_retention:
-            receipt = _encode_receipt(self._next_receipt, got)
-            self._storage.write(CATEGORY_RECEIPTS, key, receipt)
-            self._next_receipt += 1
-            self._receipts.append(key)
-        while len(self._receipts) > self._receipt_retention:
-            self._storage.delete(CATEGORY_RECEIPTS, self._receipts.popleft())
 
     def _process_one(self, group_id: bytes, message: Any) -> Received:
         group = self._group(group_id)

@@ -12,8 +12,6 @@ advanced instead of a whole-group snapshot.
 
 from __future__ import annotations
 
-import collections
-import hashlib
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,16 +22,15 @@ from types import TracebackType
 from keystore import Vault, profiles
 from keystore.errors import VaultClosed
 from keystore.profiles import KdfParameters
-from mls.client import DEFAULT_RECEIPT_RETENTION, LostKeyPackage, Received, ReceivedKind
+from mls.client import LostKeyPackage
 from mls.drainer import WriteBehindDrainer
 from mls.errors import MlsEngineError, NotAnMlsVault, UnknownMember
 from mls.mlsrs import DEFAULT_EPOCH_RETENTION
+from mls.receipts import DEFAULT_RECEIPT_RETENTION, ReceiptLog, Received, ReceivedKind
 from mls.storage import GranularStorage
 
-from .codec import Reader, Writer
 from .engine import NativeEngine, ProcessedKind
-from .errors import DecodeError
-from .rows import CATEGORY_IDENTITY, IDENTITY_KEY, GroupConfig, read_versioned, versioned
+from .rows import CATEGORY_IDENTITY, IDENTITY_KEY, GroupConfig
 
 __all__ = ["CATEGORY_RECEIPTS", "NativeClient"]
 
@@ -45,38 +42,6 @@ _KINDS = {
     ProcessedKind.PROPOSAL: ReceivedKind.PROPOSAL,
     ProcessedKind.COMMIT: ReceivedKind.COMMIT,
 }
-_KIND_CODES = {ReceivedKind.APPLICATION: 0, ReceivedKind.COMMIT: 1, ReceivedKind.PROPOSAL: 2}
-_KIND_OF_CODE = {code: kind for kind, code in _KIND_CODES.items()}
-
-
-def _encode_receipt(seq: int, got: Received) -> bytes:
-    def write(w: Writer) -> None:
-        w.u64(seq)
-        w.u8(_KIND_CODES[got.kind])
-        w.boolean(got.removed)
-        w.optional(got.sender, Writer.opaque)
-        w.optional(got.data, Writer.opaque)
-
-    return versioned(write)
-
-
-def _decode_receipt(row: bytes) -> tuple[int, Received]:
-    """Inverse of :func:`_encode_receipt`; the outcome comes back marked as a replay."""
-
-    def read(r: Reader) -> tuple[int, Received]:
-        seq, code, removed = r.u64(), r.u8(), r.boolean()
-        if code not in _KIND_OF_CODE:
-            raise DecodeError("stored receipt has an unknown kind")
-        sender, data = r.optional(Reader.opaque), r.optional(Reader.opaque)
-        return seq, Received(_KIND_OF_CODE[code], sender, data, removed, replay=True)
-
-    return read_versioned(row, read)
-
-
-def _receipt_key(group_id: bytes, message: bytes) -> bytes:
-    return hashlib.sha256(len(group_id).to_bytes(4, "big") + group_id + message).digest()
-
-
 def _check_bytes(value: object, what: str) -> bytes:
     if not isinstance(value, bytes | bytearray):
         raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
@@ -102,10 +67,6 @@ class NativeClient:
     ) -> None:
         if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
             raise ValueError("epoch retention must be an int >= 1")
-        if isinstance(receipt_retention, bool) or not isinstance(receipt_retention, int):
-            raise TypeError("receipt_retention must be an int")
-        if receipt_retention < 0:
-            raise ValueError("receipt_retention must be >= 0")
         if storage.read(CATEGORY_IDENTITY, IDENTITY_KEY) is None:
             raise NotAnMlsVault(
                 "this vault holds no native MLS identity; create it with "
@@ -118,10 +79,7 @@ class NativeClient:
         self._config = GroupConfig(max_past_epochs=retention)
         self._lock = threading.RLock()
         self._closed = False
-        self._receipt_retention = receipt_retention
-        self._receipts: collections.deque[bytes] = collections.deque()
-        self._next_receipt = 0
-        self._load_receipts()
+        self._receipts = ReceiptLog(storage, CATEGORY_RECEIPTS, receipt_retention)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -253,7 +211,7 @@ class NativeClient:
                     yield
                 self._drainer.flush()
             except BaseException:
-                self._load_receipts()
+                self._receipts.reload()
                 raise
 
     # ------------------------------------------------------------------ key packages
@@ -366,35 +324,15 @@ class NativeClient:
         out: list[Received] = []
         with self._durable():
             for group_id, message in pairs:
-                key = _receipt_key(group_id, message)
-                stored = self._storage.read(CATEGORY_RECEIPTS, key)
+                stored = self._receipts.lookup(group_id, message)
                 if stored is not None:
-                    out.append(_decode_receipt(stored)[1])
+                    out.append(stored)
                     continue
                 got = self._engine.process(group_id, message)
                 received = Received(_KINDS[got.kind], got.identity, got.data, got.removed)
-                self._remember(key, received)
+                self._receipts.remember(group_id, message, received)
                 out.append(received)
         return out
-
-    # A processed message's outcome is stored in the same operation as the state it
-    # produced: if the process dies after the vault commit but before its caller saw the
-    # outcome, processing the message again returns it instead of an engine error.
-
-    def _load_receipts(self) -> None:
-        rows = sorted(
-            (_decode_receipt(row)[0], key) for key, row in self._storage.items(CATEGORY_RECEIPTS)
-        )
-        self._receipts = collections.deque(key for _, key in rows)
-        self._next_receipt = rows[-1][0] + 1 if rows else 0
-
-    def _remember(self, key: bytes, got: Received) -> None:
-        if self._receipt_retention:
-            self._storage.write(CATEGORY_RECEIPTS, key, _encode_receipt(self._next_receipt, got))
-            self._next_receipt += 1
-            self._receipts.append(key)
-        while len(self._receipts) > self._receipt_retention:
-            self._storage.delete(CATEGORY_RECEIPTS, self._receipts.popleft())
 
     def join(self, welcome: bytes) -> bytes:
         """Join a group from a Welcome; returns the group id.  Durable before return.

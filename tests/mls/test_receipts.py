@@ -1,0 +1,64 @@
+"""Message receipts: stored outcomes, their bounded retention and their strict decoding."""
+
+from __future__ import annotations
+
+import pytest
+
+from mls.errors import InvalidMessage
+from mls.receipts import ReceiptLog, Received, ReceivedKind, decode_receipt, encode_receipt
+from mls.storage import GranularStorage
+
+CATEGORY = "test/v1/receipt"
+
+
+def test_receipt_round_trip_marks_replay() -> None:
+    """A stored outcome decodes equal to the original, flagged as a replay."""
+    got = Received(ReceivedKind.APPLICATION, b"alice", b"hello", removed=False)
+    seq, back = decode_receipt(encode_receipt(7, got))
+    assert seq == 7 and back.replay
+    assert (back.kind, back.sender, back.data, back.removed) == (
+        got.kind,
+        b"alice",
+        b"hello",
+        False,
+    )
+
+
+@pytest.mark.parametrize("cut", [0, 5, 11, 13])
+def test_truncated_receipt_is_rejected(cut: int) -> None:
+    """A damaged receipt row is InvalidMessage, never an IndexError or a wrong outcome."""
+    row = encode_receipt(1, Received(ReceivedKind.COMMIT, b"bob"))
+    with pytest.raises(InvalidMessage):
+        decode_receipt(row[:cut])
+    with pytest.raises(InvalidMessage):
+        decode_receipt(row + b"\x00")
+
+
+def test_log_keeps_the_last_n_and_survives_reload() -> None:
+    """Beyond the retention the oldest receipts are deleted; a reload keeps the order."""
+    storage = GranularStorage()
+    log = ReceiptLog(storage, CATEGORY, retention=2)
+    for i in range(3):
+        log.remember(b"g", bytes([i]), Received(ReceivedKind.COMMIT, None))
+    assert log.lookup(b"g", b"\x00") is None
+    assert log.lookup(b"g", b"\x02") is not None
+    again = ReceiptLog(storage, CATEGORY, retention=2)
+    again.remember(b"g", b"\x03", Received(ReceivedKind.COMMIT, None))
+    assert again.lookup(b"g", b"\x01") is None and len(storage.keys(CATEGORY)) == 2
+
+
+def test_retention_zero_stores_nothing() -> None:
+    """receipt_retention=0 keeps no plaintext at all."""
+    storage = GranularStorage()
+    ReceiptLog(storage, CATEGORY, retention=0).remember(
+        b"g", b"m", Received(ReceivedKind.APPLICATION, b"a", b"secret")
+    )
+    assert storage.keys(CATEGORY) == []
+
+
+def test_retention_must_be_a_non_negative_int() -> None:
+    """Nonsense retention values are refused."""
+    with pytest.raises(ValueError):
+        ReceiptLog(GranularStorage(), CATEGORY, retention=-1)
+    with pytest.raises(TypeError):
+        ReceiptLog(GranularStorage(), CATEGORY, retention=True)
