@@ -400,7 +400,9 @@ def export_vault(
     total = vault.stats().total_rows
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.exporting")
     try:
-        with tmp.open("xb") as fh:
+        # Owner-only from the first byte: the file is encrypted, but its size and
+        # KDF parameters are nobody else's business either.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
             summary = write_export(
                 fh, _vault_records(vault, progress, total), backup_passphrase, kdf
             )

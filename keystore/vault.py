@@ -84,6 +84,9 @@ _CATEGORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 ProgressCallback = Callable[[int, int], None]
+#: Overwrite deleted content with zeros: whether SQLite does by default depends on how
+#: it was built (on for many system builds, off for sqlcipher3's), so say it.
+_SECURE_DELETE = "PRAGMA secure_delete = ON"
 #: Seconds SQLite waits on a lock taken outside our writer lock (a reader's
 #: checkpoint, a foreign connection) before the operation raises VaultBusy.
 DEFAULT_BUSY_TIMEOUT = 5.0
@@ -412,6 +415,7 @@ class Vault:
                 version = migrations.schema_version(conn)
             finally:
                 conn.close()
+            _make_private(tmp)
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -498,6 +502,7 @@ class Vault:
                 with _db_errors(path):
                     if not readonly:
                         conn.execute(f"PRAGMA synchronous={synchronous}")
+                        conn.execute(_SECURE_DELETE)
                     header = cls._read_header(conn, path)
                 if header.sqlcipher:
                     raise IntegrityError(
@@ -778,6 +783,7 @@ class Vault:
                 if not self._readonly:
                     with _db_errors(self._path):
                         conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                        conn.execute(_SECURE_DELETE)
                         if page_generation != row_generation:
                             sqlcipher_layer.set_page_key(conn, page_key)
                     if sidecar.pending is not None:
@@ -1373,6 +1379,15 @@ def _file_bytes(path: Path) -> int:
     return total
 
 
+#: Vault, WAL, backup and export files are readable by their owner only, whatever the
+#: umask (SQLite gives its journal files the database file's mode).
+PRIVATE_FILE_MODE = 0o600
+
+
+def _make_private(path: Path) -> None:
+    os.chmod(path, PRIVATE_FILE_MODE)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -1416,6 +1431,7 @@ def backup_vault_file(
                 version = migrations.schema_version(dest)
         finally:
             dest.close()
+        _make_private(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -163,15 +163,19 @@ def test_an_old_header_still_confirms_guessed_row_keys_after_rekey(vault_path: P
     assert spec_reader.key_hash(hash_key, "secrets", b"guessable group id") == kh
 
 
-@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
-def test_vault_file_mode_follows_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
-    """The database gets SQLite's 0644 less the umask: 077 is what keeps others out."""
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_vault_files_are_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """The database, its WAL and its migration backup are created 0600 under any umask."""
     previous = os.umask(umask)
     try:
-        Vault.create(tmp_path / "v.vault", PASSPHRASE, kdf=FAST_KDF).close()
+        path = tmp_path / "v.vault"
+        with Vault.create(path, PASSPHRASE, kdf=FAST_KDF) as v:
+            v.put("c", b"k", b"v")
+            wal = Path(f"{path}-wal")
+            assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "v.vault").stat().st_mode) == mode
 
 
 def test_lowering_the_nonce_counter_is_not_detected(vault_path: Path) -> None:
@@ -198,3 +202,24 @@ def test_lock_and_header_files_are_private_whatever_the_umask(tmp_path: Path) ->
         os.umask(previous)
     private = [tmp_path / "v.vault.lock"] + ([tmp_path / "v.vault.header"] if sqlcipher else [])
     assert [stat.S_IMODE(p.stat().st_mode) for p in private] == [0o600] * len(private)
+
+
+def test_backups_and_exports_are_private(tmp_path: Path) -> None:
+    """A migration backup and an export file are created 0600 under umask 022."""
+    import shutil
+
+    from keystore.export import export_vault
+    from tests.fixtures.make_fixtures import PASSPHRASE as V1_PASSPHRASE
+
+    previous = os.umask(0o022)
+    try:
+        old = tmp_path / "old.vault"
+        shutil.copyfile(Path(__file__).parents[1] / "fixtures" / "vault_v1.sqlite", old)
+        with Vault.open(old, auto_migrate=True) as v:
+            v.unlock(V1_PASSPHRASE)
+            export_vault(v, tmp_path / "out.export", "backup passphrase", kdf=FAST_KDF)
+        (backup,) = tmp_path.glob("old.vault.*.bak")
+        for made in (backup, tmp_path / "out.export"):
+            assert stat.S_IMODE(made.stat().st_mode) == 0o600, made.name
+    finally:
+        os.umask(previous)
