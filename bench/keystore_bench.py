@@ -95,7 +95,8 @@ def key_hash_choice(n: int = 200_000) -> dict[str, Any]:
         for m in inputs:
             hmac.digest(key, m, "sha256")
 
-    samples_b, samples_h = [], []
+    samples_b: list[float] = []
+    samples_h: list[float] = []
     for _ in range(3):
         for fn, sink in ((blake, samples_b), (hmac_sha256, samples_h)):
             t0 = time.perf_counter()

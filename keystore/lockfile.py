@@ -69,8 +69,11 @@ class WriterLock:
             except BaseException:
                 os.close(fd)
                 raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Write, then cut to length: truncating to 0 first costs milliseconds under load
+        # (measured by bench), and a reader sees either the old pid or ours, never "".
+        record = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, record, 0)
+        os.ftruncate(fd, len(record))
         return cls(path, fd)
 
     def release(self) -> None:
