@@ -26,6 +26,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from bench.common import measure_ratio, summarize
@@ -219,6 +220,71 @@ def create_add(members: int = 50, repeats: int = 3) -> dict[str, Any]:
     }
 
 
+def commits_with_path(members: int = 100, commits: int = 100) -> dict[str, Any]:
+    """``commits`` empty commits (each with an UpdatePath) in a ``members`` group, made by
+    one member and processed by another: native ÷ mls-rs time, same run."""
+    binding = load_binding()
+    n_alice, n_bob = _native_pair(members)
+    r_alice, r_bob = _rs_pair(binding, members)
+
+    def native() -> None:
+        for _ in range(commits):
+            commit, _ = n_alice.commit(_GID, force_path=True)
+            n_bob.process(_GID, commit)
+            n_alice.storage.drain_storage_events()
+            n_bob.storage.drain_storage_events()
+
+    def mls_rs() -> None:
+        for _ in range(commits):
+            out = r_alice.commit()
+            r_alice.process_incoming_message(out.commit_message)
+            r_bob.process_incoming_message(out.commit_message)
+
+    t0 = time.perf_counter()
+    native()
+    t_native = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mls_rs()
+    t_rs = time.perf_counter() - t0
+    return {
+        "members": members,
+        "commits": commits,
+        "native_s": t_native,
+        "mls_rs_s": t_rs,
+        "time_ratio_native_over_mls_rs": t_native / t_rs,
+        "goal": "<= 5",
+    }
+
+
+def reopen_many_groups(groups: int = 50) -> dict[str, Any]:
+    """Unlock + rehydrate + first message for a client in ``groups`` groups, through the
+    public client API on both engines (same KDF, same run): native ÷ mls-rs time."""
+    out: dict[str, Any] = {"groups": groups}
+    times: dict[str, float] = {}
+    for engine in ("native", "mls-rs"):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            if engine == "native":
+                client: MlsClient | NativeClient = MlsClient.create(
+                    folder / "c.vault", "bench", identity=b"c", kdf=_KDF, engine="native"
+                )
+            else:
+                client = MlsClient.create(
+                    folder / "c.vault", "bench", identity=b"c", kdf=_KDF, engine="mls-rs"
+                )
+            gids = [client.create_group() for _ in range(groups)]
+            client.close()
+            t0 = time.perf_counter()
+            reopened = MlsClient.open(folder / "c.vault", "bench")
+            reopened.encrypt(gids[-1], b"first message after the restart")
+            times[engine] = time.perf_counter() - t0
+            reopened.close()
+    out["native_s"] = times["native"]
+    out["mls_rs_s"] = times["mls-rs"]
+    out["time_ratio_native_over_mls_rs"] = times["native"] / times["mls-rs"]
+    return out
+
+
 def _event_bytes(storage: GranularStorage) -> int:
     return sum(len(e.key) + len(e.value or b"") for e in storage.drain_storage_events())
 
@@ -326,12 +392,16 @@ def run(quick: bool = False) -> dict[str, Any]:
             "create_add": create_add(10, 2),
             "bytes_per_message": bytes_per_message(20, 10),
             "client_bytes_per_message": client_bytes_per_message(20, 5),
+            "commits_with_path": commits_with_path(10, 5),
+            "reopen_many_groups": reopen_many_groups(5),
         }
     return {
         "messages": messages(),
         "create_add": create_add(),
         "bytes_per_message": bytes_per_message(),
         "client_bytes_per_message": client_bytes_per_message(),
+        "commits_with_path": commits_with_path(),
+        "reopen_many_groups": reopen_many_groups(),
     }
 
 
