@@ -151,7 +151,28 @@ class _Flusher:
         self.storage._detach(self.wake)
 
 
-class WriteBehindDrainer:
+class _DrainerStats:
+    """What both drainers report about their flushes (shared by the thread and asyncio one)."""
+
+    _core: _Flusher
+
+    @property
+    def persisted_events(self) -> int:
+        """Events applied to the vault so far."""
+        return self._core.persisted
+
+    @property
+    def failures(self) -> int:
+        """Background flushes that failed so far."""
+        return self._core.failures
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The latest background failure, if any."""
+        return self._core.last_error
+
+
+class WriteBehindDrainer(_DrainerStats):
     """Flushes a storage's dirty log to a vault, on demand and on a background thread.
 
     Constructing it attaches it to the storage (one drainer per storage), so the
@@ -271,23 +292,8 @@ class WriteBehindDrainer:
     ) -> None:
         self.close()
 
-    @property
-    def persisted_events(self) -> int:
-        """Events applied to the vault so far."""
-        return self._core.persisted
 
-    @property
-    def failures(self) -> int:
-        """Background flushes that failed so far."""
-        return self._core.failures
-
-    @property
-    def last_error(self) -> BaseException | None:
-        """The latest background failure, if any."""
-        return self._core.last_error
-
-
-class AsyncDrainer:
+class AsyncDrainer(_DrainerStats):
     """:class:`WriteBehindDrainer` for asyncio: ``await flush()``, ``async with``.
 
     The drain, the encryption and the SQLite transaction run on one worker thread owned
@@ -416,18 +422,3 @@ class AsyncDrainer:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-    @property
-    def persisted_events(self) -> int:
-        """Events applied to the vault so far."""
-        return self._core.persisted
-
-    @property
-    def failures(self) -> int:
-        """Background flushes that failed so far."""
-        return self._core.failures
-
-    @property
-    def last_error(self) -> BaseException | None:
-        """The latest background failure, if any."""
-        return self._core.last_error
