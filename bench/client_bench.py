@@ -20,7 +20,6 @@ the cheapest KDF profile: unlocking is not what is measured here (see unlock_ben
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import tempfile
@@ -29,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import measure_ratio, summarize
+from bench.common import emit_results, measure_ratio, summarize
 from keystore import profiles
 from mls.client import MlsClient
 from mls.mlsrs import load_binding
@@ -341,10 +340,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where to put the vaults (default: $TMPDIR)")
     args = parser.parse_args()
     results = run(args.quick, args.dir)
-    for r in results:
-        print(json.dumps(r, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit_results(results, args.json)
 
 
 if __name__ == "__main__":

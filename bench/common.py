@@ -7,10 +7,13 @@ reports the ratio of medians, with the spread (min-max over repeats) beside it.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +117,11 @@ def summarize(samples: list[float]) -> Timing:
 def ratio(numerator: Timing, denominator: Timing) -> float:
     """Ratio of medians."""
     return numerator.median / denominator.median
+
+
+def emit_results(results: list[dict[str, Any]], json_path: Path | None) -> None:
+    """Print each result as JSON, and write them all to ``json_path`` when given."""
+    for r in results:
+        print(json.dumps(r, indent=2))
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")

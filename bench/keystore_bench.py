@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import json
 import os
 import sqlite3
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import measure_pair, ratio, summarize
+from bench.common import emit_results, measure_pair, ratio, summarize
 from keystore import Change, Vault, profiles
 
 ROW_BYTES = 1024
@@ -125,10 +124,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = run(args.quick)
-    for r in results:
-        print(json.dumps(r, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit_results(results, args.json)
 
 
 if __name__ == "__main__":

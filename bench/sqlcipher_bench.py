@@ -27,7 +27,6 @@ against other load on a shared machine).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import tempfile
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import Timing, ratio, summarize
+from bench.common import Timing, emit_results, ratio, summarize
 from keystore import Change, Vault, profiles, sqlcipher
 from keystore.cipher import StoreCipher
 from keystore.vault import Synchronous
@@ -314,10 +313,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = run(args.quick)
-    for r in results:
-        print(json.dumps(r, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.baselines import PlaintextRows
-from bench.common import measure_ratio
+from bench.common import emit_results, measure_ratio
 from keystore import Vault, profiles
 from mls import AsyncDrainer, GranularStorage, WriteBehindDrainer
 
@@ -284,10 +283,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = run(args.quick, include_headline=not args.no_headline)
-    for r in results:
-        print(json.dumps(r, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit_results(results, args.json)
 
 
 if __name__ == "__main__":
