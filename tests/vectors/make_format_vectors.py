@@ -5,12 +5,17 @@ Written from the byte-level spec alone, with Argon2id and the primitives of
 implementation against these vectors compares two independent readings of the spec.
 Every input is fixed, so a rerun reproduces the file byte for byte.  Run from the
 project root: ``python -m tests.vectors.make_format_vectors``.
+
+The migration steps are read from the spec itself (the statement blocks of
+docs/format.md §7.2): their checksums are computed here from that text, and a step
+whose documented checksum disagrees with its documented text stops the generator.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import unicodedata
 from pathlib import Path
@@ -25,6 +30,11 @@ MAGIC = b"MLKS"
 RAW_KEY_INFO = b"mls-keystore v1 raw-key wrap"
 PAGE_KEY_INFO = b"mls-keystore v1 sqlcipher page key"
 SIDECAR_MAGIC = b"MLKSSQLC"
+FORMAT_DOC = Path(__file__).parents[2] / "docs" / "format.md"
+#: "Step N, `name`, checksum `hex`:" followed by a ```text block, one statement a line.
+_STEP = re.compile(
+    r"^Step (\d+), `([^`]+)`, checksum `([0-9a-f]{64})`:\n\n```text\n(.*?)\n```", re.M | re.S
+)
 
 
 def _fill(start: int, n: int) -> bytes:
@@ -330,6 +340,42 @@ def export_cases() -> list[dict[str, Any]]:
     ]
 
 
+def checksum_input(version: int, name: str, statements: list[str], python_id: str) -> bytes:
+    """The bytes §7.2 hashes: each part as u32 length || UTF-8."""
+    out = b""
+    for part in (str(version), name, *statements, python_id):
+        data = part.encode("utf-8")
+        out += struct.pack(">I", len(data)) + data
+    return out
+
+
+def migration_cases(spec: str) -> list[dict[str, Any]]:
+    """Every shipped step as documented: name, statements, hashed bytes and checksum."""
+    out = []
+    for version, name, documented, block in _STEP.findall(spec):
+        statements = block.split("\n")
+        hashed = checksum_input(int(version), name, statements, "")
+        checksum = hashlib.sha256(hashed).hexdigest()
+        if checksum != documented:
+            raise SystemExit(
+                f"docs/format.md: step {version} documents checksum {documented}, "
+                f"but its documented text hashes to {checksum}"
+            )
+        out.append(
+            {
+                "version": int(version),
+                "name": name,
+                "statements": statements,
+                "python_id": "",
+                "checksum_input": hashed.hex(),
+                "checksum": checksum,
+            }
+        )
+    if [c["version"] for c in out] != list(range(1, len(out) + 1)) or not out:
+        raise SystemExit("docs/format.md: the migration steps are not numbered 1, 2, 3, …")
+    return out
+
+
 def make() -> dict[str, Any]:
     """Every vector set, deterministically."""
     headers = header_cases()
@@ -344,6 +390,7 @@ def make() -> dict[str, Any]:
         "page_keys": page_key_cases(headers),
         "sidecars": sidecar_cases(headers[3]),
         "exports": export_cases(),
+        "migrations": migration_cases(FORMAT_DOC.read_text(encoding="utf-8")),
     }
 
 
