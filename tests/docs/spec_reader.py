@@ -67,6 +67,10 @@ class SpecError(Exception):
         self.kind = kind
 
 
+class SpecTagError(SpecError, InvalidTag):
+    """An AES-GCM tag did not verify; an ``InvalidTag`` too, as ``cryptography`` reports it."""
+
+
 def _integrity(message: str) -> SpecError:
     return SpecError("IntegrityError", message)
 
@@ -136,7 +140,7 @@ def unwrap(header: SpecHeader, kek: bytes) -> tuple[bytes, bytes]:
     try:
         secrets = AESGCM(kek).decrypt(header.wrap_nonce, header.wrapped, header.raw[:56])
     except InvalidTag:
-        raise SpecError("WrongPassphrase", "the wrap does not open") from None
+        raise SpecTagError("WrongPassphrase", "the wrap does not open") from None
     return secrets[:32], secrets[32:]
 
 
@@ -163,7 +167,7 @@ def open_row(
     try:
         plain = AESGCM(data_key).decrypt(stored[1:13], stored[13:], row_aad(store_id, category, kh))
     except InvalidTag:
-        raise _integrity(f"row {category}/{kh.hex()} fails authentication") from None
+        raise SpecTagError("IntegrityError", f"row {category}/{kh.hex()} forged") from None
     (key_len,) = struct.unpack_from(">I", plain)
     if key_len > len(plain) - 4:
         raise _integrity("row key length beyond the plaintext")
@@ -402,7 +406,7 @@ def read_export_file(data: bytes, passphrase: str) -> list[tuple[str, bytes, byt
     try:
         aead.decrypt(b"\xff" * 12, data[42:58], header)
     except InvalidTag:
-        raise SpecError("WrongPassphrase", "the header tag does not verify") from None
+        raise SpecTagError("WrongPassphrase", "the header tag does not verify") from None
     stream, pos, index = b"", 58, 0
     while True:
         blob = data[pos : pos + chunk_size + 16]
@@ -411,7 +415,7 @@ def read_export_file(data: bytes, passphrase: str) -> list[tuple[str, bytes, byt
         try:
             stream += aead.decrypt(nonce, blob, header)
         except InvalidTag:
-            raise _integrity(f"chunk {index}") from None
+            raise SpecTagError("IntegrityError", f"chunk {index} fails authentication") from None
         pos, index = pos + len(blob), index + 1
         if last:
             break
