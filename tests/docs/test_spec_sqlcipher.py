@@ -77,6 +77,28 @@ def test_settings_table_is_what_sqlcipher_reports_on_a_vault(vault_path: Path) -
     assert int(documented["cipher_page_size"]) == spec_reader.PAGE_SIZE
 
 
+def test_documented_settings_open_a_vault_from_sqlcipher_3_defaults(vault_path: Path) -> None:
+    """A connection on SQLCipher 3 settings cannot read a vault until it runs the §8.1 pragmas."""
+    _make(vault_path)
+    key = _keys(vault_path)[2]
+    db_error = sqlcipher_layer.require().DatabaseError
+    conn = _connect(vault_path, key)
+    try:
+        conn.execute("PRAGMA cipher_compatibility = 3")
+        with pytest.raises(db_error):
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    finally:
+        conn.close()
+    conn = _connect(vault_path, key)
+    try:
+        conn.execute("PRAGMA cipher_compatibility = 3")
+        for setting in spec_reader.SQLCIPHER_SETTINGS:
+            conn.execute(setting)
+        assert conn.execute("SELECT count(*) FROM keystore_rows").fetchone()[0] == len(ROWS)
+    finally:
+        conn.close()
+
+
 def test_spec_page_recipe_decrypts_a_vault_to_plain_sqlite(
     vault_path: Path, tmp_path: Path
 ) -> None:
