@@ -361,6 +361,9 @@ def read_vault(path: Path, secret: str | bytes) -> SpecVault:
         ):
             if not isinstance(kh, bytes) or not isinstance(stored, bytes):
                 raise _integrity("key_hash and value must be BLOBs")
+            if not isinstance(category, str) or not category.isascii():
+                raise _integrity("category must be a valid name")
+            _check_record(category.encode("ascii"), b"", b"")
             key, value = open_row(data_key, hash_key, header.store_id, category, kh, stored)
             rows[(category, key)] = value
         encryptions = _counter(conn, "encryptions") if version >= 2 else None

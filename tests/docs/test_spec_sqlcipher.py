@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import keystore.vault
 from keystore import IntegrityError, Vault
 from keystore import sqlcipher as sqlcipher_layer
 from tests.conftest import FAST_KDF, PASSPHRASE
@@ -202,3 +203,30 @@ def test_missing_generation_counter_means_the_current_header(
         with Vault.open(vault_path, readonly=readonly) as v:
             v.unlock(PASSPHRASE)
             assert {(c, k): v.get(c, k) for c, k in ROWS} == ROWS
+
+
+class _Stop(Exception):
+    """Raised by the rekey seam to leave a rekey half done."""
+
+
+@pytest.mark.parametrize("step", ["rows-committed", "page-rekeyed"])
+def test_spec_reader_follows_an_interrupted_rekey(
+    vault_path: Path, step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§8.3: with two headers, the key that opens the pages and the rows' generation decide."""
+    _make(vault_path)
+
+    def stop(name: str) -> None:
+        if name == step:
+            raise _Stop(name)
+
+    monkeypatch.setattr(keystore.vault, "_rekey_step_hook", stop)
+    with Vault.open(vault_path) as v:
+        v.unlock(PASSPHRASE)
+        with pytest.raises(_Stop):
+            v.rekey()
+    monkeypatch.setattr(keystore.vault, "_rekey_step_hook", None)
+    sidecar = vault_path.with_name(vault_path.name + ".header").read_bytes()
+    assert [h.key_generation for h in spec_reader.parse_sidecar(sidecar)[1]] == [1, 2]
+    read = spec_reader.read_vault(vault_path, PASSPHRASE)
+    assert read.rows == ROWS and read.header.key_generation == 2
