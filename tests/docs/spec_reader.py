@@ -309,7 +309,12 @@ def _open_sqlcipher(path: Path, headers: list[SpecHeader], secret: str | bytes) 
     """§8.3 steps 1-2: unwrap every header, then try each page key, current first."""
     sqlcipher = importlib.import_module("sqlcipher3")
     kek = derive_kek(headers[0], secret)
-    keyed = [(h, *unwrap(h, kek)) for h in headers]
+    keyed = [(headers[0], *unwrap(headers[0], kek))]  # fails: WrongPassphrase
+    for pending in headers[1:]:
+        try:
+            keyed.append((pending, *unwrap(pending, kek)))
+        except SpecError:  # current opened under the same KEK: pending was edited
+            raise _integrity("the pending header does not unwrap") from None
     for header, data_key, hash_key in keyed:
         conn = sqlcipher.connect(f"file:{path}?mode=ro", uri=True)
         key = page_key(data_key, hash_key, header.store_id)
