@@ -230,3 +230,30 @@ def test_spec_reader_follows_an_interrupted_rekey(
     assert [h.key_generation for h in spec_reader.parse_sidecar(sidecar)[1]] == [1, 2]
     read = spec_reader.read_vault(vault_path, PASSPHRASE)
     assert read.rows == ROWS and read.header.key_generation == 2
+
+
+def test_edited_pending_header_is_integrity_error_not_wrong_passphrase(
+    vault_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§8.3 step 1: current opens, pending (same KEK) does not: IntegrityError for both."""
+    _make(vault_path)
+
+    def stop(name: str) -> None:
+        if name == "rows-committed":
+            raise _Stop(name)
+
+    monkeypatch.setattr(keystore.vault, "_rekey_step_hook", stop)
+    with Vault.open(vault_path) as v:
+        v.unlock(PASSPHRASE)
+        with pytest.raises(_Stop):
+            v.rekey()
+    monkeypatch.setattr(keystore.vault, "_rekey_step_hook", None)
+    side = vault_path.with_name(vault_path.name + ".header")
+    data = bytearray(side.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the pending header's wrap tag
+    side.write_bytes(bytes(data))
+    with Vault.open(vault_path, readonly=True) as v, pytest.raises(IntegrityError):
+        v.unlock(PASSPHRASE)
+    with pytest.raises(spec_reader.SpecError) as caught:
+        spec_reader.read_vault(vault_path, PASSPHRASE)
+    assert caught.value.kind == "IntegrityError"
