@@ -878,10 +878,16 @@ class NativeEngine:
             out[ref] = PendingProposal(auth.content.sender.index, body, ref)
         return out
 
-    def _select(self, queued: Iterable[PendingProposal], me: int) -> list[PendingProposal]:
-        """The queued proposals we may commit: not our own Update or removal, no conflicts."""
+    def _select(
+        self, queued: Iterable[PendingProposal], me: int, removing: Iterable[int] = ()
+    ) -> list[PendingProposal]:
+        """The queued proposals we may commit: not our own Update or removal, no conflicts.
+
+        Leaves in ``removing`` (our inline removals) win over queued Updates and Removes
+        of the same leaf, as §12.2 recommends.
+        """
         chosen: list[PendingProposal] = []
-        touched: set[int] = set()
+        touched: set[int] = set(removing)
         for p in queued:
             body = p.proposal.body
             if isinstance(body, Update):
@@ -926,7 +932,7 @@ class NativeEngine:
             group = self._group(group_id)
             me = group.private.leaf_index
             config = self._config(group_id)
-            proposals = self._select(self._queued(group_id).values(), me)
+            proposals = self._select(self._queued(group_id).values(), me, remove)
             proposals += [PendingProposal(me, Proposal(Remove(i))) for i in remove]
             proposals += [PendingProposal(me, Proposal(Add(kp))) for kp in kps]
             proposals += [PendingProposal(me, Proposal(PreSharedKey(p))) for p in psks]
