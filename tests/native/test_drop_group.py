@@ -12,7 +12,7 @@ from mls.native import NativeEngine, UnknownGroup
 from mls.native.engine import _parse
 from mls.native.key_package import KeyPackage
 from mls.storage import GranularStorage
-from tests.native.engine_helpers import GID, agreed, group, member, rows
+from tests.native.engine_helpers import GID, agreed, member, rows
 from tests.native.test_persist import VaultHome
 
 
