@@ -731,6 +731,7 @@ class NativeEngine:
             gid = group.context.group_id
             if self._storage.read(cat.GROUP_STATE, gid) is not None:
                 raise InvalidMessage("this engine is already a member of that group")
+            self._refuse_if_pending(gid)  # an external join of ours awaits its answer
             info_tag = group.secrets.confirmation_tag(group.context.confirmed_transcript_hash)
             with self._storage.operation():
                 self._storage.write_mls_join_config(gid, config.to_bytes())

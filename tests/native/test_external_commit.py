@@ -341,3 +341,16 @@ def test_external_commit_for_a_past_epoch_is_rejected() -> None:
     commit, _ = h.alice.commit(GID, force_path=True)
     h.bob.process(GID, commit)
     rejected(h.bob, h.raw, EpochMismatch, "epoch")
+
+
+def test_welcome_refused_while_an_external_join_is_pending() -> None:
+    """One way into a group at a time: a pending external join blocks a Welcome."""
+    alice, _ = group(["alice", "bob"])
+    carol = member("carol")
+    carol.join_by_external_commit(alice.group_info(GID), pending=True)
+    _, welcome = alice.commit(GID, add=[carol.generate_key_package()])
+    assert welcome is not None
+    with pytest.raises(PendingCommitExists):
+        carol.join(welcome)
+    carol.clear_pending_commit(GID)
+    assert carol.join(welcome) == GID
