@@ -7,6 +7,7 @@ it to every member, the committer included (an echo).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from mls.native.framing import WireFormat
 from mls.native.pending import PendingCommit, PendingCommitRow
 from mls.native.rows import CATEGORY_PENDING_COMMIT
 from tests.conftest import PASSPHRASE
-from tests.native.engine_helpers import GID, agreed, group, member, rows
+from tests.native.engine_helpers import GID, SEEDS, STEPS, agreed, group, member, rows
 from tests.native.test_persist import VaultHome
 
 HANDSHAKES = [
@@ -255,3 +256,33 @@ def test_kill_9_after_sending_then_resend_is_byte_identical(home: VaultHome) -> 
     assert alice.process(GID, pending.commit).merged_pending_commit
     carol.join(sent_welcome)
     assert agreed([alice, bob, carol])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_commit_races_keep_everyone_in_step(seed: int) -> None:
+    """Rounds where random members commit at once and the DS picks a random winner."""
+    rng = random.Random(seed)
+    handshake = rng.choice([WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE])
+    members = group(["m0", "m1", "m2", "m3"], config=GroupConfig(handshake=handshake))
+    for _ in range(STEPS // 4):
+        if rng.random() < 0.5:  # a queued Update proposal the racers may all commit
+            proposer = rng.choice(members)
+            proposal = proposer.propose_update(GID)
+            for m in members:
+                if m is not proposer:
+                    m.process(GID, proposal)
+        racers = [m for m in members if rng.random() < 0.5] or [rng.choice(members)]
+        sent = {m.identity: m.commit(GID, force_path=True, pending=True)[0] for m in racers}
+        winner = rng.choice(racers)
+        for m in members:
+            got = m.process(GID, sent[winner.identity])
+            assert got.merged_pending_commit == (m is winner)
+            assert got.cleared_pending_commit == (m in racers and m is not winner)
+            assert m.pending_commit(GID) is None
+        assert agreed(members)
+        speaker = rng.choice(members)
+        text = b"after the round, from " + speaker.identity
+        message = speaker.encrypt(GID, text)
+        for m in members:
+            if m is not speaker:
+                assert m.process(GID, message).data == text
