@@ -286,3 +286,19 @@ def test_random_commit_races_keep_everyone_in_step(seed: int) -> None:
         for m in members:
             if m is not speaker:
                 assert m.process(GID, message).data == text
+
+
+def test_pending_external_join_survives_a_restart(home: VaultHome) -> None:
+    """A joiner restarted before the DS answered resends the same external commit, then merges."""
+    alice, bob = group(["alice", "bob"])
+    carol = NativeEngine.create(home.start(), b"carol")
+    _, commit = carol.join_by_external_commit(alice.group_info(GID), pending=True)
+    carol = home.restart()
+    pending = carol.pending_commit(GID)
+    assert pending is not None and pending.external and pending.commit == commit
+    for m in (alice, bob):
+        m.process(GID, pending.commit)
+    carol.merge_pending_commit(GID)
+    carol = home.restart()
+    assert agreed([alice, bob, carol])
+    assert carol.process(GID, alice.encrypt(GID, b"in")).data == b"in"
