@@ -79,3 +79,13 @@ class UnknownKeyPackage(MlsError):
 
 class NoIdentity(MlsError):
     """The storage holds no native MLS identity (create one with ``NativeEngine.create``)."""
+
+
+class InvalidCredential(InvalidLeafNode):
+    """A credential the application's credential validator refuses (§5.3.1): not a valid
+    member, not a valid successor of the credential it replaces, or a second leaf claiming
+    an identity the group already has."""
+
+
+class MessageTooLarge(InvalidMessage):
+    """A message exceeds the engine's ``max_message_size``; it was refused before decoding."""

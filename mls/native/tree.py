@@ -212,21 +212,61 @@ class RatchetTree(Struct):
         cache[x] = out
         return out
 
-    def parent_hash_of(self, cs: CipherSuite, p: int, sibling: int) -> bytes:
-        """Parent hash of ``p`` with copath child ``sibling`` (original sibling tree hash)."""
+    def parent_hash_of(
+        self,
+        cs: CipherSuite,
+        p: int,
+        sibling: int,
+        plain: dict[int, bytes] | None = None,
+    ) -> bytes:
+        """Parent hash of ``p`` with copath child ``sibling`` (original sibling tree hash).
+
+        ``plain`` caches ordinary tree hashes across calls: only the part of the sibling's
+        subtree above an unmerged leaf of ``p`` needs hashing again, which keeps verifying
+        a whole tree near O(n log n) hashes instead of re-hashing every subtree per parent.
+        """
         node = self.parent_node(p)
         if node is None:
             raise InvalidTree(f"parent hash of blank node {p}")
         excluded = frozenset(node.unmerged_leaves)
-        sibling_hash = self._tree_hash(cs, sibling, excluded, {})
+        sibling_hash = self._original_hash(cs, sibling, excluded, {} if plain is None else plain)
         w = Writer()
         w.opaque(node.encryption_key)
         w.opaque(node.parent_hash)
         w.opaque(sibling_hash)
         return cs.hash(w.getvalue())
 
+    def _original_hash(
+        self, cs: CipherSuite, x: int, excluded: frozenset[int], plain: dict[int, bytes]
+    ) -> bytes:
+        """Tree hash of ``x`` without ``excluded`` leaves; plain hashes where none is below."""
+        span = tm.subtree_leaves(x)
+        inside = frozenset(i for i in excluded if i in span)
+        if not inside:
+            return self._tree_hash(cs, x, frozenset(), plain)
+        if tm.is_leaf(x):
+            return self._tree_hash(cs, x, inside, {})
+        w = Writer()
+        node = self.nodes[x]
+        parent: ParentNode | None = None
+        if node is not None:
+            assert isinstance(node, ParentNode)
+            unmerged = tuple(i for i in node.unmerged_leaves if i not in inside)
+            parent = ParentNode(node.encryption_key, node.parent_hash, unmerged)
+        w.u8(NodeType.PARENT)
+        w.optional(parent, _write_struct)
+        w.opaque(self._original_hash(cs, tm.left(x), inside, plain))
+        w.opaque(self._original_hash(cs, tm.right(x), inside, plain))
+        return cs.hash(w.getvalue())
+
     def verify_parent_hashes(self, cs: CipherSuite) -> None:
-        """Every non-blank parent must be parent-hash valid via exactly one descendant."""
+        """Every non-blank parent must be parent-hash valid via exactly one descendant.
+
+        Resolutions are computed once per node, bottom-up, and compared as sets; with
+        unmerged leaves unique (checked by :meth:`verify`) the work is O(n log n).
+        """
+        resolutions = self._resolutions()
+        plain: dict[int, bytes] = {}
         for p in range(1, len(self.nodes), 2):
             node = self.parent_node(p)
             if node is None:
@@ -234,22 +274,37 @@ class RatchetTree(Struct):
             unmerged = {tm.leaf_to_node(i) for i in node.unmerged_leaves}
             matches = 0
             for c, s in ((tm.left(p), tm.right(p)), (tm.right(p), tm.left(p))):
-                res = self.resolution(c)
+                res = resolutions[c]
                 below = {u for u in unmerged if tm.is_in_subtree(u, c)}
-                expected = self.parent_hash_of(cs, p, s)
-                for d in res:
-                    if below != set(res) - {d}:
-                        continue
-                    dnode = self.nodes[d]
-                    assert dnode is not None
-                    if isinstance(dnode, LeafNode) and (
-                        dnode.leaf_node_source != LeafNodeSource.COMMIT
-                    ):
-                        continue
-                    if dnode.parent_hash == expected:
-                        matches += 1
+                # The descendant d must satisfy resolution(c) minus {d} == below.
+                if len(res) != len(below) + 1 or not below <= res:
+                    continue
+                (d,) = res - below
+                dnode = self.nodes[d]
+                assert dnode is not None
+                if isinstance(dnode, LeafNode) and dnode.leaf_node_source != LeafNodeSource.COMMIT:
+                    continue
+                if dnode.parent_hash == self.parent_hash_of(cs, p, s, plain):
+                    matches += 1
             if matches != 1:
                 raise InvalidTree(f"parent node {p} is not parent-hash valid")
+
+    def _resolutions(self) -> dict[int, frozenset[int]]:
+        """Resolution of every node as a set, each built from its children's (bottom-up)."""
+        out: dict[int, frozenset[int]] = {}
+        for lvl in range(tm.level(self.root) + 1):
+            step = 1 << (lvl + 1)
+            for x in range((1 << lvl) - 1, len(self.nodes), step):
+                node = self.nodes[x]
+                if node is None:
+                    out[x] = (
+                        frozenset() if lvl == 0 else out[tm.left(x)] | out[tm.right(x)]
+                    )
+                elif isinstance(node, ParentNode):
+                    out[x] = frozenset({x, *(tm.leaf_to_node(i) for i in node.unmerged_leaves)})
+                else:
+                    out[x] = frozenset({x})
+        return out
 
     def verify_leaf_signatures(self, cs: CipherSuite, group_id: bytes) -> None:
         """Verify every leaf signature in the context of ``group_id``."""
@@ -259,12 +314,21 @@ class RatchetTree(Struct):
             leaf.verify(cs, group_id, i)
 
     def verify(self, cs: CipherSuite, group_id: bytes) -> None:
-        """Checks a joiner runs on a received tree: structure, parent hashes, signatures."""
+        """Checks a joiner runs on a received tree: structure, parent hashes, signatures.
+
+        Unmerged leaves must be members inside the node's subtree, each listed once (a
+        crafted tree repeating one leaf thousands of times made the parent-hash check
+        quadratic).
+        """
         for p in range(1, len(self.nodes), 2):
             node = self.parent_node(p)
             if node is None:
                 continue
+            if len(set(node.unmerged_leaves)) != len(node.unmerged_leaves):
+                raise InvalidTree(f"node {p} lists an unmerged leaf twice")
             for i in node.unmerged_leaves:
+                if not 0 <= i < self.n_leaves:
+                    raise InvalidTree(f"bad unmerged leaf {i} at node {p}")
                 if not tm.is_in_subtree(tm.leaf_to_node(i), p) or self.leaf(i) is None:
                     raise InvalidTree(f"bad unmerged leaf {i} at node {p}")
         try:
