@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from . import tree_math as tm
-from .codec import Reader, Struct, Writer, decode_exact, read_u32, write_u32
+from .codec import Reader, Struct, Writer, decode_exact, write_u32
 from .errors import DecodeError, InvalidTree, MlsError
 from .leaf_node import LeafNode, LeafNodeSource
 from .suites import CipherSuite
@@ -41,7 +41,7 @@ class ParentNode(Struct):
     @classmethod
     def decode(cls, r: Reader) -> ParentNode:
         """Decode."""
-        return cls(r.opaque(), r.opaque(), tuple(r.vector(read_u32)))
+        return cls(r.opaque(), r.opaque(), r.uint_vector(4))
 
 
 Node = LeafNode | ParentNode
@@ -116,8 +116,14 @@ class RatchetTree(Struct):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RatchetTree:
-        """Strict decode of a serialized ratchet tree."""
+        """Strict decode of a serialized ratchet tree from the wire (codec limits apply)."""
         return decode_exact(data, cls.decode)
+
+    @classmethod
+    def from_stored(cls, data: bytes) -> RatchetTree:
+        """Strict decode of a tree we stored ourselves: a group may outgrow the limits a
+        single received message is held to, so only the input's length bounds the items."""
+        return decode_exact(data, cls.decode, max_items=max(len(data), 1))
 
     # -- accessors ---------------------------------------------------------------------------
 

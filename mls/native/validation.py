@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .codec import Reader, decode_exact, read_u16
+from .codec import Reader, decode_exact
 from .errors import InvalidCredential, InvalidLeafNode, InvalidProposal, MlsError
 from .group_context import GroupContext
 from .identity import BasicCredentialValidator, CredentialValidator
@@ -60,7 +60,7 @@ class RequiredCapabilities:
             return None
 
         def read(r: Reader) -> RequiredCapabilities:
-            return cls(*(tuple(r.vector(read_u16)) for _ in range(3)))
+            return cls(*(r.uint_vector(2) for _ in range(3)))
 
         try:
             return decode_exact(ext.extension_data, read)
