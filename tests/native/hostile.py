@@ -137,10 +137,10 @@ def room(folder: Path, members: list[tuple[str, str]]) -> Iterator[Room]:
         r.close()
 
 
-def forge_proposal(engine: NativeEngine, body: ProposalBody) -> bytes:
+def forge_proposal(engine: NativeEngine, body: ProposalBody, gid: bytes = GID) -> bytes:
     """A proposal framed and signed by ``engine``'s member, whatever its body holds."""
     with engine._lock, engine.storage.operation():
-        return engine._propose(GID, body)
+        return engine._propose(gid, body)
 
 
 def rows(storage: GranularStorage) -> dict[tuple[str, bytes], bytes]:
