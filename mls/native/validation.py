@@ -572,28 +572,26 @@ def select_committable(
     What is left out instead of failing the commit: invalid proposals (a peer running other
     software may have queued what we would have refused), our own Update and Removes of
     ourselves, a second Update/Remove of one leaf, a PSK proposed twice, a second Add of
-    one client or identity, and every GroupContextExtensions but the newest (a later one
-    supersedes an earlier one).  ``inline`` are the committer's own new proposals, which
-    win over queued ones that conflict with them.
+    one client or identity, every GroupContextExtensions but the newest (a later one
+    supersedes an earlier one), and Updates and Adds whose leaf would not support the
+    extensions that GroupContextExtensions brings.  ``inline`` are the committer's own new
+    proposals, which win over queued ones that conflict with them.
     """
     validator = BasicCredentialValidator() if validator is None else validator
     index = TreeIndex.of(tree, validator)
     touched: set[int] = set()
     removed: set[int] = set()
     psk_ids: set[tuple[int, bytes, int]] = set()
-    inline_gce = False
     for p in inline:
         body = p.proposal.body
         if isinstance(body, Remove):
             touched.add(body.removed)
         elif isinstance(body, PreSharedKey):
             psk_ids.add(_psk_ident(body.psk))
-        elif isinstance(body, GroupContextExtensions):
-            inline_gce = True
+    gce, fits = _choose_extensions(tree, context, queued, inline)
     chosen: list[PendingProposal] = []
     updated: dict[int, LeafNode] = {}
     adds: list[PendingProposal] = []
-    gce: PendingProposal | None = None
     for p in queued:
         body = p.proposal.body
         try:
@@ -601,6 +599,7 @@ def select_committable(
                 if p.sender == committer or p.sender in touched:
                     continue
                 _check_update(cs, tree, context, p.sender, body, validator, index)
+                fits(body.leaf_node)
                 touched.add(p.sender)
                 updated[p.sender] = body.leaf_node
             elif isinstance(body, Remove):
@@ -617,15 +616,10 @@ def select_committable(
                 if psk_lookup is not None:
                     psk_lookup(body.psk)
                 psk_ids.add(ident)
-            elif isinstance(body, GroupContextExtensions):
-                if not inline_gce:
-                    validate_group_context_extensions(body.extensions, tree)
-                    gce = p
-                continue
             elif isinstance(body, Add):
                 adds.append(p)
                 continue
-            else:
+            else:  # GroupContextExtensions (chosen above), ReInit, ExternalInit
                 continue
         except MlsError:
             continue
@@ -645,8 +639,60 @@ def select_committable(
             validate_key_package(
                 cs, kp, after, context, now=now, validator=validator, index=after_index
             )
+            fits(kp.leaf_node)
             added.check_and_add(kp.leaf_node)
         except MlsError:
             continue
         chosen.append(p)
     return chosen
+
+
+def _choose_extensions(
+    tree: RatchetTree,
+    context: GroupContext,
+    queued: Sequence[PendingProposal],
+    inline: Sequence[PendingProposal],
+) -> tuple[PendingProposal | None, Callable[[LeafNode], None]]:
+    """The queued GroupContextExtensions to commit (the newest valid one, none if the
+    committer brings its own or if it would refuse one of the committer's own Adds), and
+    a check that a leaf supports the extensions the commit will leave in force."""
+    extensions = context.extensions
+    gce: PendingProposal | None = None
+    own = [p.proposal.body for p in inline if isinstance(p.proposal.body, GroupContextExtensions)]
+    if own:
+        extensions = own[-1].extensions
+    else:
+        for p in queued:
+            body = p.proposal.body
+            if isinstance(body, GroupContextExtensions):
+                with contextlib.suppress(MlsError):
+                    validate_group_context_extensions(body.extensions, tree)
+                    gce = p
+    if gce is not None:
+        assert isinstance(gce.proposal.body, GroupContextExtensions)
+        candidate = _supports(gce.proposal.body.extensions)
+        try:
+            for p in inline:
+                if isinstance(p.proposal.body, Add):
+                    candidate(p.proposal.body.key_package.leaf_node)
+            extensions = gce.proposal.body.extensions
+        except MlsError:
+            gce = None
+    return gce, _supports(extensions)
+
+
+def _supports(extensions: Sequence[Extension]) -> Callable[[LeafNode], None]:
+    """A check that a leaf supports ``extensions`` as a GroupContext (§12.1.7, §11.1)."""
+    custom = {e.extension_type for e in extensions} - DEFAULT_EXTENSION_TYPES
+    try:
+        required = RequiredCapabilities.from_extensions(extensions)
+    except MlsError:
+        required = None
+
+    def check(leaf: LeafNode) -> None:
+        if not custom <= set(leaf.capabilities.extensions):
+            raise InvalidLeafNode("leaf does not support the group's extensions")
+        if required is not None:
+            required.check(leaf)
+
+    return check
