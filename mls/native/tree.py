@@ -7,6 +7,8 @@ form (`optional<Node> ratchet_tree<V>`) drops trailing blanks.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -347,31 +349,47 @@ class RatchetTree(Struct):
 
     # -- evolution ---------------------------------------------------------------------------
 
+    @classmethod
+    def _unchecked(cls, nodes: tuple[Node | None, ...]) -> RatchetTree:
+        """A tree from nodes already known to satisfy the layout (derived from a valid tree).
+
+        Re-checking every node on each small change made a commit of ``k`` Adds cost
+        ``k`` passes over the whole tree in Python; callers check what they change.
+        """
+        tree = object.__new__(cls)
+        object.__setattr__(tree, "nodes", nodes)
+        return tree
+
     def with_nodes(self, changes: dict[int, Node | None]) -> RatchetTree:
-        """Copy with some nodes replaced."""
+        """Copy with some nodes replaced (only the replaced nodes are checked)."""
         nodes = list(self.nodes)
         for x, node in changes.items():
+            if not 0 <= x < len(nodes):
+                raise InvalidTree(f"node {x} outside the tree")
+            if node is not None and tm.is_leaf(x) != isinstance(node, LeafNode):
+                raise InvalidTree(f"node {x} has the wrong kind")
             nodes[x] = node
-        return RatchetTree(tuple(nodes))
+        return RatchetTree._unchecked(tuple(nodes))
 
     def extended(self) -> RatchetTree:
         """Double the leaf capacity (the old tree becomes the left subtree)."""
-        return RatchetTree(self.nodes + (None,) * (len(self.nodes) + 1))
+        return RatchetTree._unchecked(self.nodes + (None,) * (len(self.nodes) + 1))
 
     def truncated(self) -> RatchetTree:
         """Halve while the right half of the leaves is entirely blank."""
         nodes = self.nodes
         while len(nodes) > 1:
             half = (len(nodes) + 1) // 2
-            if any(nodes[x] is not None for x in range(half, len(nodes), 2)):
+            if not all(_blanks(nodes[half::2])):
                 break
             nodes = nodes[: half - 1]
-        return RatchetTree(nodes)
+        return RatchetTree._unchecked(nodes)
 
     def add_leaf(self, leaf: LeafNode) -> tuple[RatchetTree, int]:
         """Place ``leaf`` in the leftmost blank leaf (extending if full), marking it unmerged."""
         tree = self
-        free = next((i for i in range(tree.n_leaves) if tree.nodes[2 * i] is None), None)
+        blank = _blanks(tree.nodes[::2])
+        free = blank.index(True) if True in blank else None
         if free is None:
             free = tree.n_leaves
             tree = tree.extended()
@@ -407,3 +425,8 @@ class RatchetTree(Struct):
 
 def _write_struct(w: Writer, s: Struct) -> None:
     s.encode(w)
+
+
+def _blanks(nodes: tuple[Node | None, ...]) -> list[bool]:
+    """Which nodes are blank, by identity at C speed (``==`` would compare whole nodes)."""
+    return list(map(operator.is_, nodes, itertools.repeat(None)))
