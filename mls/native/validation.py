@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .codec import Reader, decode_exact
 from .errors import InvalidCredential, InvalidLeafNode, InvalidProposal, MlsError
@@ -528,16 +528,24 @@ def validate_received_proposal(
     """§12.1: the checks a member makes on a proposal when it arrives, before queuing it.
 
     A proposal that fails them could never be part of a valid commit, so queuing it would
-    only hand the attacker a way to make every later commit of ours fail.  Conflicts
-    between valid proposals (two GroupContextExtensions, one key package in two Adds) are
-    not errors here: the committer picks among them (:func:`select_committable`).
+    only hand the attacker a way to make every later commit of ours fail.  What depends on
+    the other proposals of the commit is not judged here but by the committer
+    (:func:`select_committable`) and by every receiver of the commit: conflicts between
+    valid proposals (two GroupContextExtensions, one key package in two Adds), and whether
+    an Add's keys and identity are new to the group (a queued Remove may free them, and a
+    commit of both by another implementation must not be refused by us for lack of the
+    Add).
 
     Raises:
         InvalidProposal, InvalidLeafNode, InvalidCredential: the proposal is refused.
     """
     body = proposal.body
     if isinstance(body, Add):
-        validate_key_package(cs, body.key_package, tree, context, now=now, validator=validator)
+        full = TreeIndex.of(tree, validator)
+        unique_later = replace(full, signature_keys={}, encryption_keys={}, identities={})
+        validate_key_package(
+            cs, body.key_package, tree, context, now=now, validator=validator, index=unique_later
+        )
     elif isinstance(body, Update):
         _check_update(cs, tree, context, sender, body, validator, TreeIndex.of(tree, validator))
     elif isinstance(body, Remove):

@@ -26,7 +26,7 @@ from mls.native.engine import _key_package
 from mls.native.errors import InvalidCredential, InvalidLeafNode
 from mls.native.identity import BasicCredentialValidator, CredentialValidator
 from mls.native.leaf_node import Credential, CredentialType, LeafNode, LeafNodeSource
-from mls.native.proposals import Add, Proposal, Update
+from mls.native.proposals import Add, Proposal, Remove, Update
 from mls.native.rows import encode_secret
 from mls.native.validation import PendingProposal
 from mls.storage import GranularStorage
@@ -151,10 +151,12 @@ def test_an_honest_add_of_a_duplicate_identity_fails_locally(r: Room, tmp_path: 
     r.check_live()
 
 
-def test_a_proposal_to_add_a_duplicate_identity_is_refused_on_receipt(
-    r: Room, tmp_path: Path
+@pytest.mark.parametrize("committer", ["alice", "bob"])
+def test_a_proposal_to_add_a_duplicate_identity_is_never_committed(
+    r: Room, tmp_path: Path, committer: str
 ) -> None:
-    """An Add proposal for a second "carol" never reaches a native member's queue."""
+    """An Add proposal for a second "carol" is queued (a Remove of carol could come with
+    it), but neither a native nor an mls-rs committer commits it while carol is a member."""
     twin = MlsClient.create(
         tmp_path / "twin.vault", PASSPHRASE, identity=b"carol", kdf=FAST, engine="native"
     )
@@ -163,8 +165,33 @@ def test_a_proposal_to_add_a_duplicate_identity_is_refused_on_receipt(
     finally:
         twin.close()
     message = forge_proposal(r.native("mallory"), Add(kp))
-    refused_by_all(r, "mallory", message, InvalidCredential)
+    r.deliver("mallory", message)
+    r.deliver(committer, r[committer].update_keys(GID))
+    r.check_agree()
     r.check_live()
+
+
+def test_a_member_may_be_replaced_by_a_new_client_with_its_identity(
+    r: Room, tmp_path: Path
+) -> None:
+    """Remove carol and add carol's new client, both by proposal, in one commit: the
+    identity is free once the old leaf goes, so every member accepts it."""
+    new_carol = MlsClient.create(
+        tmp_path / "new-carol.vault", PASSPHRASE, identity=b"carol", kdf=FAST, engine="native"
+    )
+    try:
+        kp = _key_package(new_carol.generate_key_package())
+        carol_leaf = next(i for i, name in r.native("alice").members(GID) if name == b"carol")
+        for body in (Remove(carol_leaf), Add(kp)):
+            r.deliver("mallory", forge_proposal(r.native("mallory"), body), skip=("carol",))
+        commit = r["alice"].update_keys(GID)
+        r.deliver("alice", commit, skip=("carol",))
+        del r.clients["carol"]
+        names = sorted(r["alice"].members(GID))
+        assert names == [b"alice", b"bob", b"carol", b"mallory"]
+        assert {tuple(sorted(c.members(GID))) for c in r.clients.values()} == {tuple(names)}
+    finally:
+        new_carol.close()
 
 
 # -- the policy is the application's --------------------------------------------------------
