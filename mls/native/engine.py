@@ -125,6 +125,7 @@ from .validation import (
     DEFAULT_EXTENSION_TYPES,
     PendingProposal,
     select_committable,
+    validate_group_context_extensions,
     validate_key_package,
     validate_received_proposal,
     validate_tree_leaves,
@@ -863,8 +864,14 @@ class NativeEngine:
     def propose_group_context_extensions(
         self, group_id: bytes, extensions: Sequence[Extension]
     ) -> bytes:
-        """A proposal replacing the GroupContext extensions."""
+        """A proposal replacing the GroupContext extensions.
+
+        Raises:
+            InvalidProposal: some member could not accept them (receivers would refuse it).
+        """
         with self._lock, self._storage.operation():
+            self._check_group(group_id)
+            validate_group_context_extensions(tuple(extensions), self._tree(group_id))
             return self._propose(group_id, GroupContextExtensions(tuple(extensions)))
 
     def _queued(self, gid: bytes) -> dict[bytes, PendingProposal]:

@@ -326,19 +326,30 @@ class RatchetTree(Struct):
 
         Unmerged leaves must be members inside the node's subtree, each listed once (a
         crafted tree repeating one leaf thousands of times made the parent-hash check
-        quadratic).
+        quadratic), and also unmerged at every non-blank node between the leaf and the
+        node that lists it (§12.4.3.1).
         """
+        unmerged_at: dict[int, frozenset[int]] = {}
         for p in range(1, len(self.nodes), 2):
             node = self.parent_node(p)
             if node is None:
                 continue
-            if len(set(node.unmerged_leaves)) != len(node.unmerged_leaves):
+            listed = frozenset(node.unmerged_leaves)
+            if len(listed) != len(node.unmerged_leaves):
                 raise InvalidTree(f"node {p} lists an unmerged leaf twice")
-            for i in node.unmerged_leaves:
+            unmerged_at[p] = listed
+        for p, listed in unmerged_at.items():
+            for i in listed:
                 if not 0 <= i < self.n_leaves:
                     raise InvalidTree(f"bad unmerged leaf {i} at node {p}")
-                if not tm.is_in_subtree(tm.leaf_to_node(i), p) or self.leaf(i) is None:
+                x = tm.leaf_to_node(i)
+                if not tm.is_in_subtree(x, p) or self.nodes[x] is None:
                     raise InvalidTree(f"bad unmerged leaf {i} at node {p}")
+                x = tm.parent(x, self.n_leaves)
+                while x != p:
+                    if x in unmerged_at and i not in unmerged_at[x]:
+                        raise InvalidTree(f"leaf {i} unmerged at node {p} but not below it")
+                    x = tm.parent(x, self.n_leaves)
         try:
             self.verify_parent_hashes(cs)
             self.verify_leaf_signatures(cs, group_id)

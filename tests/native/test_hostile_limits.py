@@ -27,10 +27,12 @@ from mls.native.errors import (
     DecodeError,
     EpochMismatch,
     InvalidMessage,
+    InvalidProposal,
     InvalidTree,
     MessageTooLarge,
 )
 from mls.native.framing import ContentType, SenderType, WireFormat, peek_header
+from mls.native.leaf_node import Extension
 from mls.native.tree import ParentNode, RatchetTree
 from mls.storage import GranularStorage
 from tests.native.engine_helpers import GID, group, member
@@ -179,3 +181,20 @@ def test_a_welcome_is_recognised_from_its_header() -> None:
     alice, _ = group(["alice", "bob"])
     with pytest.raises(InvalidMessage, match="not a Welcome"):
         member("carol").join(_public_header(GID, alice.epoch(GID), 1, GARBAGE))
+
+
+def test_a_leaf_unmerged_above_must_be_unmerged_below() -> None:
+    """A leaf listed as unmerged at the root must also be at the non-blank nodes between."""
+    tree, _, _ = small_group(CS, 4)
+    keys = [CS.hpke.generate_key_pair()[1] for _ in range(2)]
+    bad = tree.with_nodes({1: ParentNode(keys[0], b"", ()), 3: ParentNode(keys[1], b"", (0,))})
+    with pytest.raises(InvalidTree, match="not below it"):
+        bad.verify(CS, b"g")
+
+
+def test_we_do_not_propose_extensions_a_member_cannot_accept() -> None:
+    """propose_group_context_extensions refuses locally what receivers would refuse."""
+    alice, _ = group(["alice", "bob"])
+    with pytest.raises(InvalidProposal, match="does not support"):
+        alice.propose_group_context_extensions(GID, [Extension(0xFF00, b"topic")])
+    assert alice.storage.queued_proposals(GID) == []
