@@ -779,7 +779,12 @@ class NativeEngine:
                 self._cs, WireFormat.PRIVATE_MESSAGE, content, self._sig_priv, context
             )
             with self._storage.operation():
-                return self._protect(group_id, auth, self._config(group_id))
+                message = self._protect(group_id, auth, self._config(group_id))
+                if len(message) > self._max_message_size:  # rolls the ratchet back
+                    raise MessageTooLarge(
+                        f"the message would exceed the {self._max_message_size}-byte limit"
+                    )
+                return message
 
     def _propose(self, gid: bytes, body: ProposalBody) -> bytes:
         """Sign, queue (by reference) and frame one of our own proposals."""

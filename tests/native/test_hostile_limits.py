@@ -198,3 +198,15 @@ def test_we_do_not_propose_extensions_a_member_cannot_accept() -> None:
     with pytest.raises(InvalidProposal, match="does not support"):
         alice.propose_group_context_extensions(GID, [Extension(0xFF00, b"topic")])
     assert alice.storage.queued_proposals(GID) == []
+
+
+def test_we_never_send_what_a_receiver_at_the_default_limit_would_refuse() -> None:
+    """A plaintext just under the limit makes a message over it: encrypt refuses it and
+    its ratchet step is rolled back (the next message uses the same generation)."""
+    alice, bob = group(["alice", "bob"])
+    before = {(c, k): v for c in alice.storage.categories() for k, v in alice.storage.items(c)}
+    with pytest.raises(MessageTooLarge):
+        alice.encrypt(GID, bytes(DEFAULT_MAX_MESSAGE_SIZE - 10))
+    after = {(c, k): v for c in alice.storage.categories() for k, v in alice.storage.items(c)}
+    assert after == before
+    assert bob.process(GID, alice.encrypt(GID, b"small")).data == b"small"
