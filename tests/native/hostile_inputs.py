@@ -1,5 +1,5 @@
-"""Builders of the oversized and crafted inputs of the resource tests (class 4 of the
-hostile-input review): each returns bytes an attacker could send, built from public data
+"""Builders of the oversized and crafted inputs of the resource tests: each returns
+bytes an attacker could send, built from public data
 (a victim's key package) or from the attacker's own member state.
 """
 

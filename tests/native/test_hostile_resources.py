@@ -1,6 +1,6 @@
 """Hostile input is refused cheaply: under 1 s of CPU and 100 MB of extra memory.
 
-Each attack of the review runs in a child process (``spawn``: nothing inherited but the
+Each attack runs in a child process (``spawn``: nothing inherited but the
 code).  The child builds the victim's state and the hostile bytes first, then lowers its own
 limits — ``RLIMIT_CPU`` to about a second more than it has used, ``RLIMIT_AS`` to its current
 address space plus 100 MB — and only then hands the bytes to the engine.  A runaway
@@ -8,7 +8,7 @@ decode or a quadratic check is killed by the kernel (SIGXCPU) or hits ``MemoryEr
 instead of running for minutes; the test also asserts the CPU the child measured for the
 attack alone is under one second.  No wall-clock timing anywhere.
 
-Inputs are those of the review, at their original size (50 MB messages, a 4000-leaf tree,
+Inputs are the known attacks at the size they were found at (50 MB messages, a 4000-leaf tree,
 a Welcome repeating one unmerged leaf 60,000 times) and at the largest size the default
 message limit lets through.
 """
