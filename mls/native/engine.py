@@ -955,10 +955,14 @@ class NativeEngine:
             )
             with self._storage.operation():
                 commit = self._protect(group_id, output.auth, config)
+                welcome = None if output.welcome is None else MLSMessage(output.welcome).to_bytes()
+                if max(len(commit), len(welcome or b"")) > self._max_message_size:
+                    raise MessageTooLarge(  # nothing is kept: receivers would refuse it
+                        f"the commit or its Welcome exceeds the {self._max_message_size}-byte limit"
+                    )
                 tag = output.auth.auth.confirmation_tag
                 assert tag is not None
                 self._write_epoch(group_id, output.group, tag, config, group)
-            welcome = None if output.welcome is None else MLSMessage(output.welcome).to_bytes()
         return commit, welcome
 
     # ------------------------------------------------------------------ receiving

@@ -210,3 +210,18 @@ def test_we_never_send_what_a_receiver_at_the_default_limit_would_refuse() -> No
     after = {(c, k): v for c in alice.storage.categories() for k, v in alice.storage.items(c)}
     assert after == before
     assert bob.process(GID, alice.encrypt(GID, b"small")).data == b"small"
+
+
+def test_we_never_commit_what_a_receiver_at_the_default_limit_would_refuse() -> None:
+    """A Welcome over a small limit makes commit raise MessageTooLarge and keep nothing;
+    the same member can still commit without it."""
+    storage = GranularStorage()
+    NativeEngine.create(storage, b"alice")
+    alice = NativeEngine(storage, max_message_size=1024)
+    gid = alice.create_group()
+    before = {(c, k): v for c in storage.categories() for k, v in storage.items(c)}
+    with pytest.raises(MessageTooLarge, match="Welcome"):
+        alice.commit(gid, add=[member(n).generate_key_package() for n in ("b", "c", "d")])
+    assert {(c, k): v for c in storage.categories() for k, v in storage.items(c)} == before
+    alice.commit(gid, force_path=True)
+    assert alice.epoch(gid) == 1
