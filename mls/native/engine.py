@@ -796,7 +796,12 @@ class NativeEngine:
         auth = sign_content(self._cs, config.handshake, content, self._sig_priv, context)
         ref = self._cs.make_proposal_ref(auth.to_bytes())
         self._storage.queue_proposal(gid, ref, auth.to_bytes())
-        return self._protect(gid, auth, config)
+        message = self._protect(gid, auth, config)
+        if len(message) > self._max_message_size:  # the caller's operation rolls back
+            raise MessageTooLarge(
+                f"the proposal exceeds the {self._max_message_size}-byte limit"
+            )
+        return message
 
     def propose_add(self, group_id: bytes, key_package: bytes) -> bytes:
         """A proposal (by reference) to add the member of ``key_package``."""

@@ -32,7 +32,7 @@ from mls.native.errors import (
     MessageTooLarge,
 )
 from mls.native.framing import ContentType, SenderType, WireFormat, peek_header
-from mls.native.leaf_node import Extension
+from mls.native.leaf_node import Extension, ExtensionType
 from mls.native.tree import ParentNode, RatchetTree
 from mls.storage import GranularStorage
 from tests.native.engine_helpers import GID, group, member
@@ -225,3 +225,12 @@ def test_we_never_commit_what_a_receiver_at_the_default_limit_would_refuse() -> 
     assert {(c, k): v for c in storage.categories() for k, v in storage.items(c)} == before
     alice.commit(gid, force_path=True)
     assert alice.epoch(gid) == 1
+
+
+def test_we_never_propose_what_a_receiver_would_refuse_for_its_size() -> None:
+    """An oversized proposal raises MessageTooLarge and is not queued."""
+    alice, _ = group(["alice", "bob"])
+    huge = Extension(ExtensionType.EXTERNAL_SENDERS, bytes(DEFAULT_MAX_MESSAGE_SIZE))
+    with pytest.raises(MessageTooLarge):
+        alice.propose_group_context_extensions(GID, [huge])
+    assert alice.storage.queued_proposals(GID) == []
