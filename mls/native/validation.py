@@ -68,17 +68,16 @@ class RequiredCapabilities:
             raise InvalidProposal(f"malformed required_capabilities extension: {exc}") from exc
 
     def check(self, leaf: LeafNode) -> None:
-        """The leaf must support every required non-default type."""
+        """The leaf must support every required non-default type.
+
+        Sets, not tuple scans: both lists may hold tens of thousands of entries.
+        """
         caps = leaf.capabilities
-        missing = [
-            e
-            for e in self.extensions
-            if e not in DEFAULT_EXTENSION_TYPES and e not in caps.extensions
-        ]
-        missing += [
-            p for p in self.proposals if p not in DEFAULT_PROPOSAL_TYPES and p not in caps.proposals
-        ]
-        missing += [c for c in self.credentials if c not in caps.credentials]
+        missing = sorted(
+            (set(self.extensions) - DEFAULT_EXTENSION_TYPES) - set(caps.extensions)
+        )
+        missing += sorted((set(self.proposals) - DEFAULT_PROPOSAL_TYPES) - set(caps.proposals))
+        missing += sorted(set(self.credentials) - set(caps.credentials))
         if missing:
             raise InvalidLeafNode(f"leaf lacks required capabilities {sorted(missing)}")
 
@@ -137,11 +136,12 @@ def _check_leaf_alone(
         raise InvalidLeafNode("leaf does not support the group's protocol version and suite")
     if leaf.credential.credential_type not in caps.credentials:
         raise InvalidLeafNode("leaf does not support its own credential type")
-    for ext in leaf.extensions:
-        if ext.extension_type not in DEFAULT_EXTENSION_TYPES and (
-            ext.extension_type not in caps.extensions
-        ):
-            raise InvalidLeafNode(f"leaf carries unsupported extension {ext.extension_type}")
+    if leaf.extensions:  # a set: a hostile leaf may list 60,000 extensions and capabilities
+        unsupported = (
+            {ext.extension_type for ext in leaf.extensions} - DEFAULT_EXTENSION_TYPES
+        ) - set(caps.extensions)
+        if unsupported:
+            raise InvalidLeafNode(f"leaf carries unsupported extension {min(unsupported)}")
     required = RequiredCapabilities.from_extensions(context.extensions)
     if required is not None:
         required.check(leaf)

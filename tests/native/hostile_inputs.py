@@ -197,3 +197,26 @@ def crafted_welcome(
     w.raw(_header(WireFormat.WELCOME))
     Welcome(cs.suite_id, (entry,), encrypted_info).encode(w)
     return w.getvalue()
+
+
+def key_package_of_many_extensions(engine: NativeEngine, count: int, identity: bytes) -> bytes:
+    """A correctly signed key package of ``engine`` naming ``identity``, whose leaf carries
+    ``count`` custom extensions and advertises the same ``count`` types (a pairwise check of
+    the two lists costs ``count``² comparisons)."""
+    from dataclasses import replace
+
+    from mls.native.engine import _key_package
+    from mls.native.framing import MLSMessage
+
+    cs = engine.suite
+    kp = _key_package(engine.generate_key_package())
+    types = tuple(range(0x1000, 0x1000 + count))
+    leaf = replace(
+        kp.leaf_node,
+        credential=Credential(CredentialType.BASIC, identity=identity),
+        capabilities=replace(kp.leaf_node.capabilities, extensions=types),
+        extensions=tuple(Extension(t, b"") for t in types),
+    ).signed(cs, engine._sig_priv, None, None)
+    kp = replace(kp, leaf_node=leaf)
+    kp = replace(kp, signature=cs.sign_with_label(engine._sig_priv, "KeyPackageTBS", kp.tbs()))
+    return MLSMessage(kp).to_bytes()

@@ -117,6 +117,12 @@ def _key_package_suites() -> Attack:
     return lambda: alice.commit(GID, add=[data])
 
 
+def _key_package_extensions() -> Attack:
+    alice, _ = _pair()
+    data = make.key_package_of_many_extensions(member("mallory"), 60_000, b"alice")
+    return lambda: alice.commit(GID, add=[data])
+
+
 def _welcome_unmerged() -> Attack:
     victim = member("victim")
     kp = _key_package(victim.generate_key_package())
@@ -186,6 +192,7 @@ ATTACKS: dict[str, Callable[[], Attack]] = {
     "welcome-2MB-of-empty-entries": _welcome_entries,
     "key-package-50MB-of-suites": _key_package_50mb,
     "key-package-2MB-of-suites": _key_package_suites,
+    "key-package-60000-extensions-and-capabilities": _key_package_extensions,
     "welcome-unmerged-leaf-repeated-60000-times": _welcome_unmerged,
     "welcome-4000-leaves-last-duplicates-an-identity": _welcome_4000_duplicate,
     "application-message-65MB-from-a-member": _application_65mb,
@@ -205,6 +212,7 @@ EXPECTED: dict[str, type[MlsError]] = {
     "welcome-2MB-of-empty-entries": DecodeError,
     "key-package-50MB-of-suites": MessageTooLarge,
     "key-package-2MB-of-suites": DecodeError,
+    "key-package-60000-extensions-and-capabilities": InvalidCredential,
     "welcome-unmerged-leaf-repeated-60000-times": InvalidTree,
     "welcome-4000-leaves-last-duplicates-an-identity": InvalidCredential,
     "application-message-65MB-from-a-member": MessageTooLarge,
