@@ -187,9 +187,28 @@ def _connect(
 ) -> sqlite3.Connection:
     mode = "ro" if readonly else ("rwc" if create else "rw")
     uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+    if readonly and _on_read_only_media(path):
+        uri += "&immutable=1"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                            timeout=busy_timeout)
     return conn
+
+
+def _on_read_only_media(path: Path) -> bool:
+    """Whether a read-only open needs SQLite's ``immutable`` flag to work at all.
+
+    A WAL database opened read-only still wants to create ``-shm`` beside it, so on
+    a read-only mount, or in a folder we may not write with no ``-wal`` present,
+    SQLite fails with "unable to open database file".  There, nobody can be
+    writing through a WAL we could miss, so reading the file as immutable is exact.
+    """
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    wal = Path(f"{path}-wal")
+    return not os.access(path.parent, os.W_OK) and not (wal.exists() or wal.is_symlink())
 
 
 def _row_generation(conn: sqlite3.Connection) -> int | None:
@@ -430,18 +449,28 @@ class Vault:
             os.link(tmp, path)
             linked = True
             _fsync_dir(path.parent)
-        except BaseException:
+        except BaseException as exc:
             if side_written and not linked:
                 with contextlib.suppress(FileNotFoundError):
                     side.unlink()  # ours, seconds old, and no database uses it
             _wipe(kek)
             cipher.wipe()
+            if isinstance(exc, sqlcipher_layer.db_error_types()) or (
+                isinstance(exc, OSError) and not isinstance(exc, FileExistsError)
+            ):
+                # An unwritable or full folder: say which vault, not which temp file.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                if _on_read_only_media(path) or not os.access(path.parent, os.W_OK):
+                    reason = f"the folder {path.parent} is read-only or not writable"
+                raise VaultIOError(f"cannot create vault {path}: {reason}") from exc
             raise
         finally:
             _wipe(page_key)
             for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+                # exists() first: unlinking a missing file on a read-only mount is EROFS.
+                if leftover.exists() or leftover.is_symlink():
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
         vault = cls.open(path, synchronous=synchronous)
         try:
             if sqlcipher:
