@@ -33,7 +33,17 @@ from keystore.vault import Change, ChangeLike, Vault
 if TYPE_CHECKING:
     from keystore.reports import CategoryStats, RowFailure, StatsReport, VerifyReport
 
-__version__ = "0.1.0"
+def _version() -> str:
+    """The installed distribution's version: one source of truth, pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mls-keystore")
+    except PackageNotFoundError:  # imported from a checkout that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 # The report models need pydantic, whose import costs ~0.5 s: they load on first use,
 # so a process that only opens a vault and reads rows starts fast.

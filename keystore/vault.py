@@ -1344,6 +1344,31 @@ class Vault:
             rekey_recommended=encryptions >= REKEY_RECOMMENDED_AT,
         )
 
+    def compact(self) -> tuple[int, int]:
+        """Give the space of deleted rows back to the file system (SQLite ``VACUUM``).
+
+        Deleting rows frees pages inside the file but never shrinks it; ``VACUUM``
+        rewrites the database into a fresh copy and replaces it atomically (the
+        WAL makes it crash-safe), so it needs about the vault's size in free space.
+        Rows, keys and header are unchanged.  Needs the writer (not read-only) and,
+        for a SQLCipher vault, the vault unlocked.
+
+        Returns:
+            ``(bytes_before, bytes_after)``: the file plus its WAL, each after a
+            checkpoint.
+        """
+        with self._mutex:
+            conn = self._connection()
+            if self._readonly:
+                raise VaultIOError(f"vault {self._path} was opened read-only")
+            with _db_errors(self._path):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                before = _file_bytes(self._path)
+                self._check_file_identity()
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return before, _file_bytes(self._path)
+
     def verify(self) -> VerifyReport:
         """Decrypt and authenticate every row; list the failures (no plaintext)."""
         from keystore.reports import RowFailure, VerifyReport

@@ -96,8 +96,14 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
 @pytest.fixture
 def pwfile(tmp_path: Path) -> Path:
     """A passphrase file holding PASSPHRASE and a trailing newline."""
-    path = tmp_path / "pass.txt"
-    path.write_text(PASSPHRASE + "\n")
+    return secret_file(tmp_path / "pass.txt", PASSPHRASE + "\n")
+
+
+def secret_file(path: Path, text: str) -> Path:
+    """A 0600 file holding ``text`` (a passphrase or key file as the docs advise)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
     return path
 
 
