@@ -992,12 +992,22 @@ class _Parser(argparse.ArgumentParser):
     #: The command line being parsed; every other word of it is hidden in errors.
     argv: tuple[str, ...] = ()
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        # No abbreviations: `--passphrase SECRET` would otherwise be taken as
+        # `--passphrase-file SECRET` and the secret printed as a missing file name.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
     def error(self, message: str) -> NoReturn:
         hint = ""
         if "unrecognized arguments" in message or "invalid choice" in message:
             hint = (" (values are not repeated here; a passphrase is never read from the "
                     f"command line: {_SOURCE_HINT})")
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {_redact(message)}{hint}\n")
+        message = _redact(message)
+        if "--json" in _Parser.argv:
+            print(ErrorReport(error="UsageError", exit_code=int(ExitCode.USAGE),
+                              message=message).model_dump_json())
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}{hint}\n")
 
 
 def _redact(message: str) -> str:
