@@ -64,3 +64,41 @@ def test_quickstart_commands_match_ci() -> None:
     assert "mls-keystore demo" in install_and_demo and "mls-keystore demo" in ci
     assert tests in ci
     assert os.access(README.parent / ".ci" / "run", os.X_OK)
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    """keystore.__version__ is the installed distribution's version, as in pyproject.toml."""
+    import tomllib
+    from importlib.metadata import version
+
+    import keystore
+
+    declared = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
+    assert keystore.__version__ == version("mls-keystore") == declared["version"]
+
+
+@pytest.mark.parametrize(
+    ("platform", "machine", "expected"),
+    [
+        ("linux", "x86_64", {"sqlcipher3", "agentvault-mls-rs-uniffi"}),
+        ("linux", "aarch64", {"sqlcipher3"}),
+        ("linux", "ppc64le", set()),
+        ("darwin", "arm64", {"sqlcipher3", "agentvault-mls-rs-uniffi"}),
+        ("win32", "AMD64", {"sqlcipher3", "agentvault-mls-rs-uniffi"}),
+    ],
+)
+def test_dev_extra_asks_for_native_wheels_only_where_they_exist(
+    platform: str, machine: str, expected: set[str]
+) -> None:
+    """[dev] installs on every platform: the native extras carry environment markers."""
+    import tomllib
+
+    requirements = pytest.importorskip("packaging.requirements")
+    project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
+    env = {"sys_platform": platform, "platform_machine": machine}
+    chosen = set()
+    for line in project["optional-dependencies"]["dev"]:
+        req = requirements.Requirement(line)
+        if req.marker is None or req.marker.evaluate(env):
+            chosen.add(req.name)
+    assert chosen & {"sqlcipher3", "agentvault-mls-rs-uniffi"} == expected
