@@ -20,9 +20,8 @@ def _block_after(heading: str) -> str:
 
 
 def test_library_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The 20-line example runs as written (with a cheap KDF) and its state is durable."""
-    pytest.importorskip("mls_rs_uniffi")  # imported by mls.client at module level
-    code = _block_after("## The library in 20 lines")
+    """The library example runs (with a cheap KDF) and its state is durable."""
+    code = _block_after("## The library at a glance")
     # The only edit: the test KDF instead of the real one, so the suite stays fast.
     code = code.replace("profiles.RFC_9106_LOW_MEMORY", "profiles.INSECURE_FOR_TESTS_ONLY")
     code = code.replace(
@@ -32,13 +31,10 @@ def test_library_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         'identity=b"bob")', 'identity=b"bob", kdf=profiles.INSECURE_FOR_TESTS_ONLY)'
     )
     monkeypatch.chdir(tmp_path)
-    scope: dict[str, object] = {
-        "passphrase": "readme passphrase",
-        "group_id": b"group-1",
-        "tree_bytes": b"tree",
-        "epoch_secrets_bytes": b"secrets",
-    }
+    scope: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), scope)
+    passphrase = scope["passphrase"]
+    assert isinstance(passphrase, str)
     received = scope["received"]
     assert getattr(received, "data", None) == b"hello"
 
@@ -46,10 +42,10 @@ def test_library_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     from mls import GranularStorage
 
     with Vault.open(tmp_path / "state.vault") as vault:
-        vault.unlock("readme passphrase")
+        vault.unlock(passphrase)
         storage = GranularStorage.load(vault)
-        assert storage.tree(b"group-1") == b"tree"
-        assert storage.group_epoch_secrets(b"group-1") == b"secrets"
+        assert storage.tree(b"group-1") == b"<tree>"
+        assert storage.group_epoch_secrets(b"group-1") == b"<secrets>"
 
 
 def test_quickstart_commands_match_ci() -> None:
