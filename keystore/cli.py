@@ -564,6 +564,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         conn = _connect(path, readonly=args.dry_run)
         try:
             version = _check_schema(conn, path)
+            _check_key_options(path, _read_header(conn, path).kdf_id == KDF_RAW_KEY, args)
             migrations.check_recorded(conn)
             target = _target(args, version)
             steps = migrations.pending(conn, target)
