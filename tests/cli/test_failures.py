@@ -272,3 +272,45 @@ def test_ctrl_c_in_the_demo_exits_130_and_removes_its_folder(tmp_path: Path, mar
     assert result.returncode == ExitCode.INTERRUPTED, result.stderr
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
     assert not demo.exists()
+
+
+# ---------------------------------------------------------------------- no tracebacks
+
+NO_TRACEBACK = [
+    ("missing vault", ["verify", "absent.vault", "--passphrase-file", "{pw}"], 6),
+    ("missing export", ["import", "absent.export", "n.vault", "--passphrase-file", "{pw}"], 6),
+    ("vault given as export", ["import", "{vault}", "n.vault", "--passphrase-file", "{pw}"], 6),
+    ("wrong passphrase", ["verify", "{vault}", "--passphrase-file", "{wrong}"], 3),
+    ("weak new passphrase", ["init", "n.vault", "--passphrase-file", "{weak}", *FAST], 2),
+    ("raw key on a passphrase vault", ["verify", "{vault}", "--raw-key-file", "{key}"], 2),
+    ("unknown command", ["verfy", "{vault}"], 2),
+    ("stray argument", ["status", "{vault}", "extra-word"], 2),
+    ("init in a missing folder", ["init", "no/such/n.vault", "--passphrase-file", "{pw}"], 8),
+    ("export into a missing folder",
+     ["export", "{vault}", "no/such/x.export", "--passphrase-file", "{pw}"], 8),
+    ("convert onto an existing file", ["convert", "{vault}", "{vault}"], 2),
+    ("compact of a missing vault", ["compact", "absent.vault"], 6),
+    ("demo with an unknown KDF profile", ["demo", "d", "--kdf-profile", "FAST_PLEASE"], 2),
+    ("demo into a file", ["demo", "{vault}"], 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"), [case[1:] for case in NO_TRACEBACK], ids=[c[0] for c in NO_TRACEBACK]
+)
+def test_no_failure_prints_a_traceback(
+    run: Runner, tmp_path: Path, vault_file: Path, pwfile: Path, argv: list[str], code: int
+) -> None:
+    """Each failure an operator can cause: its documented code and exactly one line."""
+    files = {
+        "pw": pwfile, "vault": vault_file,
+        "wrong": secret_file(tmp_path / "wrong.txt", "not the passphrase\n"),
+        "weak": secret_file(tmp_path / "weak.txt", "x\n"),
+        "key": secret_file(tmp_path / "k.hex", os.urandom(32).hex()),
+    }
+    before = digest(vault_file)
+    result = run(*(a.format(**files) for a in argv), env={
+        "MLS_KEYSTORE_PASSPHRASE": "demo test passphrase"} if argv[0] == "demo" else None)
+    assert result.code == code, result.err
+    one_clear_line(result.err)
+    assert digest(vault_file) == before

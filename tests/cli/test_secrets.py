@@ -239,3 +239,33 @@ def test_status_never_recommends_a_weaker_kdf(cli: Runner, tmp_path: Path) -> No
     assert "needs rehash" not in cli("status", tmp_path / "strong.vault").out
     assert cli("status", tmp_path / "weak.vault", "--json").json()["needs_rehash"] is True
     assert "RFC_9106_LOW_MEMORY" in cli("status", tmp_path / "weak.vault").out
+
+
+def test_passwd_rekey_uses_the_one_step_library_call_when_there_is_one(
+    cli: Runner, tmp_path: Path, vault_file: Path, pwfile: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A library whose change_passphrase takes rekey=True is called once, with it."""
+    calls: list[tuple[str, bool]] = []
+    real_change, real_rekey = Vault.change_passphrase, Vault.rekey
+
+    def change_passphrase(self: Vault, old: str, new: str, *, kdf: object = None,
+                          rekey: bool = False) -> None:
+        calls.append(("change_passphrase", rekey))
+        real_change(self, old, new, kdf=kdf)  # type: ignore[arg-type]
+        if rekey:
+            real_rekey(self)
+
+    def spied_rekey(self: Vault, progress: object = None) -> None:
+        calls.append(("rekey", False))
+        real_rekey(self)
+
+    monkeypatch.setattr(Vault, "change_passphrase", change_passphrase)
+    monkeypatch.setattr(Vault, "rekey", spied_rekey)
+    new = secret_file(tmp_path / "new.txt", "the next passphrase\n")
+    result = cli("passwd", vault_file, "--passphrase-file", pwfile, "--new-passphrase-file", new,
+                 "--rekey", "--json")
+    assert result.code == ExitCode.OK, result.err
+    assert calls == [("change_passphrase", True)]
+    assert result.json()["key_generation"] == 2
+    assert read_rows(vault_file, "the next passphrase") == sorted(ROWS)
