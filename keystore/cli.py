@@ -1126,7 +1126,8 @@ def _parser() -> argparse.ArgumentParser:
                 _cmd_compact)
     p.add_argument("path", metavar="PATH")
 
-    p = command("demo", [], "run the MLS end-to-end demo in DIR (DIR --help for its options)",
+    p = command("demo", [common], "run the MLS end-to-end demo in DIR (options after DIR; "
+                "`demo DIR --help` lists them)",
                 _cmd_demo)
     p.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="DIR ...")
 

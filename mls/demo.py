@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from keystore import KeystoreError, Vault, VaultIOError, profiles
 from keystore.cli_common import ExitCode, UsageError
@@ -429,11 +429,22 @@ def _print_report(summary: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- CLI
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error becomes a UsageError: one line (and, with --json, the error object)."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments"):
+            # Never repeat them: one may be a passphrase typed there by mistake.
+            message = ("unrecognized arguments (not repeated here; a passphrase is never read "
+                       "from the command line: use --passphrase-file FILE or --prompt)")
+        raise UsageError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="mls-keystore demo",
         description="MLS clients whose state survives restarts in encrypted vaults.",
-        exit_on_error=False,
+        allow_abbrev=False,
     )
     p.add_argument("directory", type=Path, help="where to create the vaults (made if missing)")
     p.add_argument(
@@ -526,9 +537,9 @@ def main(argv: list[str], *, env_passphrase: str | None = None) -> int:
     want_json = "--json" in argv
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error argparse already printed
-        return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
-    except argparse.ArgumentError as exc:
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else int(ExitCode.OK)
+    except UsageError as exc:
         return _fail(want_json, exc, ExitCode.USAGE)
     directory: Path = args.directory
     out = sys.stderr if args.json else sys.stdout
