@@ -859,6 +859,7 @@ class Vault:
                 conn = sqlcipher_layer.connect(
                     self._path, page_key, readonly=self._readonly,
                     busy_timeout=self._busy_timeout,
+                    immutable=self._readonly and _on_read_only_media(self._path),
                 )
             except sqlcipher_layer.db_error_types() as exc:
                 raise _translate(exc, self._path) from exc

@@ -111,6 +111,26 @@ def test_a_vault_on_read_only_media_opens_read_only(
     assert digest(ro_vault) == before
 
 
+@pytest.mark.parametrize("command", ["stats", "verify"])
+def test_a_sqlcipher_vault_on_read_only_media_opens_read_only(
+    command: str, tmp_path: Path, pwfile: Path
+) -> None:
+    """The same for a SQLCipher vault, whose pages need the key before anything is read."""
+    pytest.importorskip("sqlcipher3", reason="the [sqlcipher] extra is not installed")
+    folder = tmp_path / "media"
+    folder.mkdir()
+    path = folder / "s.vault"
+    with Vault.create(path, PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY,
+                      sqlcipher=True) as v:
+        for c, k, val in ROWS:
+            v.put(c, k, val)
+    result = _on_read_only(folder, sys.executable, "-m", "keystore", command, path,
+                           "--passphrase-file", pwfile, "--json")
+    assert result.code == ExitCode.OK, result.err
+    report = result.json()
+    assert report.get("total_rows", report.get("rows_checked")) == len(ROWS)
+
+
 @pytest.mark.parametrize("command", ["init", "import"])
 def test_creating_in_a_read_only_folder_is_exit_8_in_one_line(
     command: str, ro_vault: Path, vault_file: Path, pwfile: Path, tmp_path: Path
