@@ -1,8 +1,9 @@
 """Failures an operator meets in the first hour: each is one line and a documented code.
 
-Read-only media are real here: the folder is bind-mounted read-only in a private
-mount namespace (``unshare -m``), so even root gets ``EROFS``.  Where the machine
-does not allow that (no root, no unshare), those tests skip with the reason.
+Read-only media are real here: as root, the folder is bind-mounted read-only in a
+private mount namespace (``unshare -m``), so even root gets ``EROFS``; as another
+user, the folder is made ``0555`` for the run.  Where neither works, those tests
+skip with the reason.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tests.cli.conftest import (
 
 @functools.cache
 def _read_only_mounts() -> str | None:
-    """None when read-only bind mounts work here, else why not."""
+    """None when read-only bind mounts work here (as root), else why not."""
     if shutil.which("unshare") is None or shutil.which("mount") is None:
         return "needs unshare(1) and mount(1)"
     probe = subprocess.run(
@@ -44,21 +45,36 @@ def _read_only_mounts() -> str | None:
         capture_output=True, check=False,
     )
     if probe.returncode != 0:
-        return "read-only bind mounts are not allowed here (needs root or user namespaces)"
+        return "read-only bind mounts are not allowed here"
     return None
 
 
 def _on_read_only(folder: Path, *argv: str | Path, env: dict[str, str] | None = None) -> Result:
-    """Run ``argv`` with ``folder`` bind-mounted read-only (private mount namespace)."""
-    reason = _read_only_mounts()
-    if reason is not None:
-        pytest.skip(reason)
+    """Run ``argv`` with ``folder`` unwritable for it.
+
+    As root (whom permissions do not stop) the folder is bind-mounted read-only in a
+    private mount namespace; as any other user it is simply ``chmod 0555`` for the run.
+    """
     environ = {k: v for k, v in os.environ.items() if k != "MLS_KEYSTORE_PASSPHRASE"}
     environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
     )
     environ.update(env or {})
     command = " ".join(shlex.quote(str(a)) for a in argv)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            proc = subprocess.run(
+                ["sh", "-c", f"exec {command}"], env=environ, stdin=subprocess.DEVNULL,
+                capture_output=True, text=True, timeout=120, check=False,
+                start_new_session=True,
+            )
+        finally:
+            folder.chmod(0o755)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+    reason = _read_only_mounts()
+    if reason is not None:
+        pytest.skip(reason)
     script = f"mount --bind -o ro {shlex.quote(str(folder))} {shlex.quote(str(folder))} " \
              f"&& exec {command}"
     proc = subprocess.run(
