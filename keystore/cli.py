@@ -1,7 +1,9 @@
 """The ``mls-keystore`` command (also ``python -m keystore``).
 
 Subcommands: ``init``, ``status``, ``migrate``, ``passwd``, ``rekey``, ``verify``,
-``stats``, ``export``, ``import``, ``demo``.  See ``docs/cli.md``.
+``stats``, ``export``, ``import``, ``convert``, ``compact``, ``demo``.  See
+``docs/cli.md``.  Secrets are handled in :mod:`keystore.passphrase`, progress in
+:mod:`keystore.cli_progress`, new-vault building in :mod:`keystore.cli_convert`.
 
 Passphrases come from ``--passphrase-file``, the ``MLS_KEYSTORE_PASSPHRASE``
 environment variable, or a terminal prompt, never from the command line (argv is
