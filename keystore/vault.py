@@ -340,6 +340,7 @@ class Vault:
         Raises:
             FileExistsError: something is already at ``path`` (or ``<path>.header``).
             SQLCipherUnavailable: ``sqlcipher=True`` without the extra installed.
+            VaultIOError: the folder cannot be written (read-only, no permission, full).
             ValueError/TypeError: empty or non-string passphrase, bad parameters.
         """
         if not isinstance(kdf, KdfParameters):
