@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib.util
 import json
 import os
 import secrets
@@ -50,7 +49,8 @@ from keystore.cli_common import ExitCode, UsageError
 from keystore.passphrase import new_secret, read_secret_file, take_from_environment
 from keystore.profiles import KdfParameters
 from mls.client import Engine, MlsClient, Received
-from mls.errors import MlsError
+from mls.errors import MlsError, MlsRsUnavailable
+from mls.mlsrs import load_binding
 from mls.native.client import NativeClient
 
 __all__ = ["main"]
@@ -508,6 +508,14 @@ def _clean_up(directory: Path, made_dir: bool, wrote_passphrase: bool) -> None:
             directory.rmdir()  # only if empty: never anything we did not make
 
 
+def _mls_rs_available() -> bool:
+    try:
+        load_binding()
+    except MlsRsUnavailable:
+        return False
+    return True
+
+
 class _Failure(Exception):
     def __init__(self, code: ExitCode, message: str):
         super().__init__(message)
@@ -549,7 +557,7 @@ def main(argv: list[str], *, env_passphrase: str | None = None) -> int:
             kdf = profiles.by_name(args.kdf_profile)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        if args.engine == "mls-rs" and importlib.util.find_spec("mls_rs_uniffi") is None:
+        if args.engine == "mls-rs" and not _mls_rs_available():
             raise _Failure(
                 ExitCode.MISSING_EXTRA,
                 "--engine mls-rs needs the [mls-rs] extra (from a checkout: pip install -e "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,13 +141,7 @@ def test_a_missing_mls_rs_extra_exits_9_and_creates_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--engine mls-rs without the binding: exit 9, one line, no folder made."""
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec",
-        lambda name, *a: None if name == "mls_rs_uniffi" else real(name, *a),
-    )
+    monkeypatch.setitem(sys.modules, "mls_rs_uniffi", None)  # what an absent package does
     monkeypatch.setenv(demo.PASSPHRASE_ENV, "demo test passphrase")
     assert demo.main([str(tmp_path / "d"), "--engine", "mls-rs", *FAST]) == 9
     assert "[mls-rs]" in capsys.readouterr().err
