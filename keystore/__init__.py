@@ -43,7 +43,8 @@ def _version() -> str:
         return "0+unknown"
 
 
-__version__ = _version()
+if TYPE_CHECKING:
+    __version__: str
 
 # The report models need pydantic, whose import costs ~0.5 s: they load on first use,
 # so a process that only opens a vault and reads rows starts fast.
@@ -51,6 +52,12 @@ _LAZY_REPORTS = ("CategoryStats", "RowFailure", "StatsReport", "VerifyReport")
 
 
 def __getattr__(name: str) -> object:
+    # __version__ is looked up on first use too: importlib.metadata is a fifth of the
+    # package's import time, and only --version and bug reports need it.
+    if name == "__version__":
+        global __version__
+        __version__ = _version()
+        return __version__
     if name in _LAZY_REPORTS:
         from keystore import reports
 
