@@ -537,7 +537,8 @@ def _status(path: Path) -> StatusReport:
 def _cmd_status(args: argparse.Namespace) -> int:
     r = _status(Path(args.path))
     lines = [
-        f"vault        {r.path} ({r.file_bytes} bytes{', SQLCipher' if r.sqlcipher else ''})",
+        f"vault        {r.path} ({human_bytes(r.file_bytes)}"
+        f"{', SQLCipher' if r.sqlcipher else ''})",
         f"store id     {r.store_id}",
         f"schema       {r.schema_version} (this code: {r.latest_schema_version})",
         f"key          {_kdf_text(r.kdf)}, generation {r.key_generation}"
