@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from keystore.errors import KeystoreError
+from mls.storage import StorageEvent
 
 if TYPE_CHECKING:
     from keystore.vault import Vault
@@ -51,6 +53,11 @@ DEFAULT_MAX_BACKOFF = 5.0
 DEFAULT_ASYNC_BATCH_EVENTS = 2048
 
 ErrorCallback = Callable[[BaseException], None]
+
+#: A drained ``(seq, category, key, value)`` tuple as the StorageEvent it is.
+_as_event: Callable[[tuple[int, str, bytes, bytes | None]], StorageEvent] = functools.partial(
+    tuple.__new__, StorageEvent
+)
 
 
 def _describe(exc: BaseException) -> str:
@@ -113,16 +120,18 @@ class _Flusher:
             target = storage.pending_events()
             done = 0
             while done < target:
-                events = storage.drain_storage_events(limit)
-                if not events:
+                entries = storage._drain_entries(limit)
+                if not entries:
                     break
                 try:
-                    self.vault.apply(events)
+                    # One short-lived StorageEvent per row as apply reads it: a whole
+                    # batch of them would stay tracked by the garbage collector.
+                    self.vault.apply(map(_as_event, entries))
                 except BaseException:
-                    storage.requeue(events)
+                    storage._requeue_entries(entries)
                     raise
-                done += len(events)
-                self.persisted += len(events)
+                done += len(entries)
+                self.persisted += len(entries)
             return done
 
     def succeeded(self) -> None:
