@@ -614,7 +614,7 @@ class GranularStorage:
             StorageNotEmpty: the storage was written to, loaded, or has an open operation.
         """
         self._check_fresh()
-        maps = {name: dict(vault.items(name)) for name in vault.categories()}
+        maps = vault.open_rows()
         with self._lock:
             self._check_fresh()
             self._maps = maps
