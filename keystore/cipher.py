@@ -21,10 +21,12 @@ Python library can do.  See ``docs/threat-model.md``.
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import struct
 import unicodedata
 from collections.abc import Callable, Iterable
+from itertools import compress, repeat
 from typing import Any
 
 from argon2.low_level import Type, hash_secret_raw
@@ -155,8 +157,9 @@ def row_aad(store_id: bytes, category: str, key_hash: bytes) -> bytes:
     return _VALUE_PREFIX + store_id + _U16.pack(len(cat)) + cat + key_hash
 
 
-def _index_order(row: tuple[str, bytes, bytes]) -> tuple[str, bytes]:
-    return row[0], row[1]
+_join = b"".join
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 
 class StoreCipher:
@@ -245,35 +248,57 @@ class StoreCipher:
         so a batch walks the index instead of hopping across it — and
         ``(category, key_hash)`` pairs to delete.  Nonces come from one ``os.urandom``
         call sliced in 12-byte pieces: the same CSPRNG output as one call per row,
-        without a system call per row.  This is the vault's hot path, hence the
-        local bindings.
+        without a system call per row.
+
+        This is the vault's hot path.  Each step runs over the whole batch as one
+        ``map``/``zip`` chain, so the per-row work is C calls with no bytecode
+        between them; per-category state (keyed hasher, AAD prefix) is looked up
+        once per category.
         """
         encrypt = self._aead_or_fail().encrypt
-        pool = os.urandom(NONCE_LEN * count)
-        hasher_for, aad = self._row_hasher, self._aad
-        upserts: list[tuple[str, bytes, bytes]] = []
-        deletes: list[tuple[str, bytes]] = []
-        offset = 0
-        for (category, key), value in changes:
-            h = hasher_for(category).copy()
-            h.update(key)
-            key_hash = h.digest()
-            if value is None:
-                deletes.append((category, key_hash))
-                continue
-            nonce = pool[offset : offset + NONCE_LEN]
-            offset += NONCE_LEN
-            plaintext = len(key).to_bytes(4, "big") + key + value
-            upserts.append(
-                (
-                    category,
-                    key_hash,
-                    _VALUE_PREFIX + nonce + encrypt(nonce, plaintext, aad(category, key_hash)),
-                )
-            )
-        if offset > len(pool):
+        batch = list(changes)
+        if len(batch) > count:
             raise ValueError("more changes than announced")
-        upserts.sort(key=_index_order)
+        if not batch:
+            return [], []
+        rows, values = zip(*batch, strict=True)
+        categories, keys = zip(*rows, strict=True)
+        names = set(categories)
+        hasher_of = {name: self._row_hasher(name) for name in names}
+        prefix_of = {name: self._aad(name, b"") for name in names}
+        # Hashing stays a loop: a map chain would hold one BLAKE2b state per row at
+        # once, and measured slower than reusing each state while it is in cache.
+        key_hashes: list[bytes] = []
+        keep = key_hashes.append
+        for category, key in rows:
+            h = hasher_of[category].copy()
+            h.update(key)
+            keep(h.digest())
+        deletes: list[tuple[str, bytes]] = []
+        if None in values:
+            wanted = list(map(operator.is_not, values, repeat(None)))
+            dropped = list(map(operator.not_, wanted))
+            deletes = list(
+                zip(compress(categories, dropped), compress(key_hashes, dropped), strict=True)
+            )
+            categories = tuple(compress(categories, wanted))
+            keys = tuple(compress(keys, wanted))
+            key_hashes = list(compress(key_hashes, wanted))
+            values = tuple(compress(values, wanted))
+        n = len(values)
+        pool = os.urandom(NONCE_LEN * n)
+        ends = range(NONCE_LEN, NONCE_LEN * n + 1, NONCE_LEN)
+        nonces = list(map(pool.__getitem__, map(slice, range(0, NONCE_LEN * n, NONCE_LEN), ends)))
+        plaintexts = map(_join, zip(map(_LEN.pack, map(len, keys)), keys, values, strict=True))
+        aads = map(operator.add, map(prefix_of.__getitem__, categories), key_hashes)
+        sealed = map(encrypt, nonces, plaintexts, aads)
+        stored = map(_join, zip(repeat(_VALUE_PREFIX, n), nonces, sealed, strict=True))
+        upserts = list(zip(categories, key_hashes, stored, strict=True))
+        # Index order, (category, key_hash), in two stable passes keyed by one field
+        # each: half the cost of comparing (category, key_hash, value) tuples.
+        upserts.sort(key=_second)
+        if len(names) > 1:
+            upserts.sort(key=_first)
         return upserts, deletes
 
     def open_rows(

@@ -22,6 +22,7 @@ unlock, and ``keystore_header`` stays empty.  See ``docs/sqlcipher.md``.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import re
 import sqlite3
@@ -147,6 +148,44 @@ def check_value(value: object) -> bytes:
     if len(value) > MAX_VALUE_LEN:
         raise ValueError(f"value is {len(value)} bytes; the limit is {MAX_VALUE_LEN}")
     return bytes(value)
+
+
+_CHANGE_FIELDS = operator.attrgetter("category", "key", "value")
+_VALUE_TYPES = {bytes, type(None)}
+
+
+def _coalesce(
+    rows: list[tuple[object, object, object]],
+) -> dict[tuple[str, bytes], bytes | None]:
+    """Validate ``(category, key, value)`` rows; the last change of each row wins.
+
+    The common case — exact ``str``/``bytes`` within the limits — is checked over
+    the whole batch with ``map`` and ``set`` (no bytecode per row); anything else
+    goes through the per-row checks, which normalize bytes-like input and raise
+    the precise error.
+    """
+    if not rows:
+        return {}
+    categories, keys, values = zip(*rows, strict=True)
+    try:
+        fast = (
+            set(map(type, categories)) == {str}
+            and set(map(type, keys)) == {bytes}
+            and set(map(type, values)) <= _VALUE_TYPES
+            and max(map(len, keys)) <= MAX_KEY_LEN
+            and max(map(len, filter(None, values)), default=0) <= MAX_VALUE_LEN
+        )
+    except TypeError:
+        fast = False
+    if fast:
+        for category in set(categories):
+            check_category(category)
+        return dict(zip(zip(categories, keys, strict=True), values, strict=True))
+    latest: dict[tuple[str, bytes], bytes | None] = {}
+    for category, key, value in rows:
+        row = (check_category(category), check_key(key))
+        latest[row] = None if value is None else check_value(value)
+    return latest
 
 
 def _translate(exc: Exception, path: Path) -> KeystoreError:
@@ -1048,18 +1087,7 @@ class Vault:
         Returns:
             The number of distinct rows written or deleted.
         """
-        latest: dict[tuple[str, bytes], bytes | None] = {}
-        known_categories: set[str] = set()
-        for ch in changes:
-            category, key, value = ch.category, ch.key, ch.value
-            # Fast paths for the common exact types; the checks give the messages.
-            if type(category) is not str or category not in known_categories:
-                known_categories.add(check_category(category))
-            if type(key) is not bytes or len(key) > MAX_KEY_LEN:
-                key = check_key(key)
-            if value is not None and (type(value) is not bytes or len(value) > MAX_VALUE_LEN):
-                value = check_value(value)
-            latest[(category, key)] = value
+        latest = _coalesce(list(map(_CHANGE_FIELDS, changes)))
         if not latest:
             return 0
         with self._mutex:
