@@ -158,6 +158,8 @@ def row_aad(store_id: bytes, category: str, key_hash: bytes) -> bytes:
 
 
 _join = b"".join
+#: Rows sealed per uninterrupted C-level step (about a millisecond for 1 KiB values).
+_SEAL_SLICE = 256
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
 
@@ -250,10 +252,11 @@ class StoreCipher:
         call sliced in 12-byte pieces: the same CSPRNG output as one call per row,
         without a system call per row.
 
-        This is the vault's hot path.  Each step runs over the whole batch as one
-        ``map``/``zip`` chain, so the per-row work is C calls with no bytecode
-        between them; per-category state (keyed hasher, AAD prefix) is looked up
-        once per category.
+        This is the vault's hot path.  Framing and encryption run as ``map``/``zip``
+        chains over slices of the batch, so the per-row work is C calls with no
+        bytecode between them, while the slices keep each uninterrupted stretch
+        short (another thread gets the GIL between two).  Per-category state
+        (keyed hasher, AAD prefix) is looked up once per category.
         """
         encrypt = self._aead_or_fail().encrypt
         batch = list(changes)
@@ -287,13 +290,23 @@ class StoreCipher:
             values = tuple(compress(values, wanted))
         n = len(values)
         pool = os.urandom(NONCE_LEN * n)
-        ends = range(NONCE_LEN, NONCE_LEN * n + 1, NONCE_LEN)
-        nonces = list(map(pool.__getitem__, map(slice, range(0, NONCE_LEN * n, NONCE_LEN), ends)))
-        plaintexts = map(_join, zip(map(_LEN.pack, map(len, keys)), keys, values, strict=True))
-        aads = map(operator.add, map(prefix_of.__getitem__, categories), key_hashes)
-        sealed = map(encrypt, nonces, plaintexts, aads)
-        stored = map(_join, zip(repeat(_VALUE_PREFIX, n), nonces, sealed, strict=True))
-        upserts = list(zip(categories, key_hashes, stored, strict=True))
+        nonces = [pool[i : i + NONCE_LEN] for i in range(0, NONCE_LEN * n, NONCE_LEN)]
+        upserts: list[tuple[str, bytes, bytes]] = []
+        # A map chain never runs bytecode, so the interpreter cannot hand the GIL to
+        # another thread (an event loop) until it ends: run it in short slices.
+        for lo in range(0, n, _SEAL_SLICE):
+            hi = lo + _SEAL_SLICE
+            cats, slice_keys, slice_nonces = categories[lo:hi], keys[lo:hi], nonces[lo:hi]
+            plaintexts = map(
+                _join,
+                zip(map(_LEN.pack, map(len, slice_keys)), slice_keys, values[lo:hi], strict=True),
+            )
+            hashes = key_hashes[lo:hi]
+            aads = map(operator.add, map(prefix_of.__getitem__, cats), hashes)
+            sealed = map(encrypt, slice_nonces, plaintexts, aads)
+            prefixes = repeat(_VALUE_PREFIX, len(cats))
+            stored = map(_join, zip(prefixes, slice_nonces, sealed, strict=True))
+            upserts.extend(zip(cats, hashes, stored, strict=True))
         # Index order, (category, key_hash), in two stable passes keyed by one field
         # each: half the cost of comparing (category, key_hash, value) tuples.
         upserts.sort(key=_second)

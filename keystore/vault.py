@@ -152,6 +152,7 @@ def check_value(value: object) -> bytes:
 
 _CHANGE_FIELDS = operator.attrgetter("category", "key", "value")
 _VALUE_TYPES = {bytes, type(None)}
+_COALESCE_SLICE = 4096
 
 
 def _coalesce(
@@ -159,29 +160,35 @@ def _coalesce(
 ) -> dict[tuple[str, bytes], bytes | None]:
     """Validate ``(category, key, value)`` rows; the last change of each row wins.
 
-    The common case — exact ``str``/``bytes`` within the limits — is checked over
-    the whole batch with ``map`` and ``set`` (no bytecode per row); anything else
+    The common case — exact ``str``/``bytes`` within the limits — is checked slice
+    by slice with ``map`` and ``set`` (no bytecode per row); anything else
     goes through the per-row checks, which normalize bytes-like input and raise
     the precise error.
     """
-    if not rows:
-        return {}
-    categories, keys, values = zip(*rows, strict=True)
-    try:
-        fast = (
-            set(map(type, categories)) == {str}
-            and set(map(type, keys)) == {bytes}
-            and set(map(type, values)) <= _VALUE_TYPES
-            and max(map(len, keys)) <= MAX_KEY_LEN
-            and max(map(len, filter(None, values)), default=0) <= MAX_VALUE_LEN
-        )
-    except TypeError:
-        fast = False
-    if fast:
+    latest: dict[tuple[str, bytes], bytes | None] = {}
+    # Slices, so that no single C-level step holds the GIL for long (see
+    # StoreCipher.seal_changes); an unusual slice sends the whole batch the slow way.
+    for lo in range(0, len(rows), _COALESCE_SLICE):
+        part = rows[lo : lo + _COALESCE_SLICE]
+        categories, keys, values = zip(*part, strict=True)
+        try:
+            fast = (
+                set(map(type, categories)) == {str}
+                and set(map(type, keys)) == {bytes}
+                and set(map(type, values)) <= _VALUE_TYPES
+                and max(map(len, keys)) <= MAX_KEY_LEN
+                and max(map(len, filter(None, values)), default=0) <= MAX_VALUE_LEN
+            )
+        except TypeError:
+            fast = False
+        if not fast:
+            break
         for category in set(categories):
             check_category(category)
-        return dict(zip(zip(categories, keys, strict=True), values, strict=True))
-    latest: dict[tuple[str, bytes], bytes | None] = {}
+        latest.update(zip(zip(categories, keys, strict=True), values, strict=True))
+    else:
+        return latest
+    latest.clear()
     for category, key, value in rows:
         row = (check_category(category), check_key(key))
         latest[row] = None if value is None else check_value(value)
