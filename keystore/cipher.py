@@ -264,8 +264,14 @@ class StoreCipher:
             raise ValueError("more changes than announced")
         if not batch:
             return [], []
-        rows, values = zip(*batch, strict=True)
-        categories, keys = zip(*rows, strict=True)
+        # Columns by itemgetter, not zip(*batch): that transposition makes one
+        # iterator object per row, thousands of short-lived objects the garbage
+        # collector must track, which end up triggering full collections (a
+        # pause for every thread, event loops included).
+        rows = list(map(_first, batch))
+        values = list(map(_second, batch))
+        categories = list(map(_first, rows))
+        keys = list(map(_second, rows))
         names = set(categories)
         hasher_of = {name: self._row_hasher(name) for name in names}
         prefix_of = {name: self._aad(name, b"") for name in names}
@@ -284,10 +290,10 @@ class StoreCipher:
             deletes = list(
                 zip(compress(categories, dropped), compress(key_hashes, dropped), strict=True)
             )
-            categories = tuple(compress(categories, wanted))
-            keys = tuple(compress(keys, wanted))
+            categories = list(compress(categories, wanted))
+            keys = list(compress(keys, wanted))
             key_hashes = list(compress(key_hashes, wanted))
-            values = tuple(compress(values, wanted))
+            values = list(compress(values, wanted))
         n = len(values)
         pool = os.urandom(NONCE_LEN * n)
         nonces = [pool[i : i + NONCE_LEN] for i in range(0, NONCE_LEN * n, NONCE_LEN)]

@@ -153,6 +153,7 @@ def check_value(value: object) -> bytes:
 
 _CHANGE_FIELDS = operator.attrgetter("category", "key", "value")
 _VALUE_TYPES = {bytes, type(None)}
+_FIRST, _SECOND, _THIRD = (operator.itemgetter(i) for i in range(3))
 _COALESCE_SLICE = 4096
 
 
@@ -171,7 +172,10 @@ def _coalesce(
     # StoreCipher.seal_changes); an unusual slice sends the whole batch the slow way.
     for lo in range(0, len(rows), _COALESCE_SLICE):
         part = rows[lo : lo + _COALESCE_SLICE]
-        categories, keys, values = zip(*part, strict=True)
+        # Columns by itemgetter: zip(*part) would make one iterator object per row.
+        categories = list(map(_FIRST, part))
+        keys = list(map(_SECOND, part))
+        values = list(map(_THIRD, part))
         try:
             fast = (
                 set(map(type, categories)) == {str}
