@@ -24,6 +24,7 @@ import hashlib
 import operator
 import os
 import struct
+import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from itertools import compress, repeat
@@ -241,7 +242,11 @@ class StoreCipher:
         )
 
     def seal_changes(
-        self, changes: Iterable[tuple[tuple[str, bytes], bytes | None]], count: int
+        self,
+        changes: Iterable[tuple[tuple[str, bytes], bytes | None]],
+        count: int,
+        *,
+        pause: float = 0.0,
     ) -> tuple[list[tuple[str, bytes, bytes]], list[tuple[str, bytes]]]:
         """Hash and encrypt a batch of ``((category, key), value | None)`` changes.
 
@@ -257,6 +262,10 @@ class StoreCipher:
         bytecode between them, while the slices keep each uninterrupted stretch
         short (another thread gets the GIL between two).  Per-category state
         (keyed hasher, AAD prefix) is looked up once per category.
+
+        ``pause`` > 0 sleeps that long between two slices: the GIL is then free for
+        a moment, and a thread waiting for it (an event loop) takes it at once
+        instead of after the interpreter's switch interval.
         """
         encrypt = self._aead_or_fail().encrypt
         batch = list(changes)
@@ -301,6 +310,8 @@ class StoreCipher:
         # A map chain never runs bytecode, so the interpreter cannot hand the GIL to
         # another thread (an event loop) until it ends: run it in short slices.
         for lo in range(0, n, _SEAL_SLICE):
+            if pause and lo:
+                time.sleep(pause)
             hi = lo + _SEAL_SLICE
             cats, slice_keys, slice_nonces = categories[lo:hi], keys[lo:hi], nonces[lo:hi]
             plaintexts = map(

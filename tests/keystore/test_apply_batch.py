@@ -71,3 +71,12 @@ def test_a_bad_row_late_in_a_batch_changes_nothing(
         vault.apply(changes)
     assert raw_rows(vault_path) == rows_before
     assert file_digest(vault_path) == before
+
+
+def test_yield_gil_writes_the_same_rows(vault: Vault) -> None:
+    """apply(yield_gil=True) only pauses between slices: the rows land the same."""
+    changes = [Change(f"c{i % 2}", b"k%d" % i, b"v%d" % i) for i in range(1000)]
+    assert vault.apply(changes, yield_gil=True) == 1000
+    assert vault.open_rows() == {
+        f"c{j}": {ch.key: ch.value for ch in changes[j::2]} for j in range(2)
+    }
