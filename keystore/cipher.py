@@ -263,7 +263,7 @@ class StoreCipher:
         short (another thread gets the GIL between two).  Per-category state
         (keyed hasher, AAD prefix) is looked up once per category.
 
-        ``pause`` > 0 sleeps that long between two slices: the GIL is then free for
+        ``pause`` > 0 sleeps that long before each slice: the GIL is then free for
         a moment, and a thread waiting for it (an event loop) takes it at once
         instead of after the interpreter's switch interval.
         """
@@ -310,7 +310,7 @@ class StoreCipher:
         # A map chain never runs bytecode, so the interpreter cannot hand the GIL to
         # another thread (an event loop) until it ends: run it in short slices.
         for lo in range(0, n, _SEAL_SLICE):
-            if pause and lo:
+            if pause:  # also after the hashing loop, before the first slice
                 time.sleep(pause)
             hi = lo + _SEAL_SLICE
             cats, slice_keys, slice_nonces = categories[lo:hi], keys[lo:hi], nonces[lo:hi]
