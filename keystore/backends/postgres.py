@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -462,6 +462,52 @@ class PostgresDatabase:
 
         # Not retried: after a lost commit, a retry would report our own row as taken.
         return self.run(insert, idempotent=False)
+
+    def import_store(
+        self, header: bytes, rows: Sequence[SealedRow], *, name: str | None = None,
+        encryptions: int | None = None,
+    ) -> bytes:
+        """Insert a vault from its header and sealed rows, as they are; return its store id.
+
+        Nothing is decrypted or re-encrypted: rows are stored byte for byte, which is
+        why a SQLite vault's header and rows (``keystore_header``, ``keystore_rows``)
+        open here with the same passphrase.  One transaction; the lease is left free.
+
+        Raises:
+            FileExistsError: the store id or name is taken.
+            IntegrityError: ``header`` is not a vault header.
+        """
+        from keystore.header import Header
+
+        store_id = Header.from_bytes(header).store_id
+        pg = _psycopg()
+        s = self.schema
+        count = len(rows) if encryptions is None else encryptions
+
+        def insert(conn: psycopg.Connection[Any]) -> None:
+            try:
+                with conn.transaction():
+                    conn.execute(
+                        f"INSERT INTO {s}.stores (store_id, name, header, encryptions)"
+                        " VALUES (%s, %s, %s, %s)",
+                        (store_id, name, header, count),
+                    )
+                    if rows:
+                        conn.execute(
+                            f"INSERT INTO {s}.rows (store_id, category, key_hash, value)"
+                            " SELECT %s, c, k, v FROM"
+                            " unnest(%s::text[], %s::bytea[], %s::bytea[]) AS t(c, k, v)",
+                            (store_id, [r[0] for r in rows], [r[1] for r in rows],
+                             [r[2] for r in rows]),
+                        )
+            except pg.errors.UniqueViolation:
+                raise FileExistsError(
+                    f"vault {store_id.hex()} or name {name!r} already exists in {self.location}"
+                ) from None
+
+        self.check_schema()
+        self.run(insert, idempotent=False)
+        return store_id
 
     def find_store(self, *, store_id: bytes | None, name: str | None) -> tuple[bytes, str | None]:
         """Resolve a vault by id or name to ``(store_id, name)``.
@@ -933,8 +979,3 @@ class PostgresBackend:
         if lease is not None:
             self._db.leases.release(lease)
 
-
-def iter_chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    """``items`` in slices of at most ``size`` (for batching very large imports)."""
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
