@@ -147,10 +147,11 @@ def test_a_missing_extra_raises_postgres_unavailable(monkeypatch: pytest.MonkeyP
     assert "mls-keystore[postgres]" in str(info.value)
 
 
-def _migrator(dsn: str, schema: str, pause: float) -> subprocess.Popen[str]:
+def _migrator(dsn: str, schema: str, wait: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.postgres.worker", "migrate", dsn, schema, str(pause)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        [sys.executable, "-m", "tests.postgres.worker", "migrate", dsn, schema, wait],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=REPO,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
 
@@ -158,27 +159,27 @@ def _migrator(dsn: str, schema: str, pause: float) -> subprocess.Popen[str]:
 def test_two_processes_migrating_at_once_are_serialised(pg_dsn: str, pg_schema: str) -> None:
     """The second migrator waits on the advisory lock while the first is inside its
     step, then finds the step applied: each step is applied and recorded once."""
-    first = _migrator(pg_dsn, pg_schema, 1.5)
+    first = _migrator(pg_dsn, pg_schema, "stdin")
     second = None
     try:
         assert first.stdout is not None
         assert first.stdout.readline().strip() == "in-step"
-        second = _migrator(pg_dsn, pg_schema, 0)
+        second = _migrator(pg_dsn, pg_schema, "no")
         key = postgres._advisory_key(pg_schema)
         with _admin(pg_dsn) as admin:
-            for _ in range(100):
+            for _ in range(1200):  # up to a minute: a loaded machine starts Python slowly
                 waiting = admin.execute(
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
                     " AND NOT granted AND ((classid::bigint << 32) | objid::bigint) = %s",
-                    (key & 0xFFFFFFFFFFFFFFFF,),
+                    (key,),  # the signed 64-bit key, as the shift wraps
                 ).fetchone()
                 if waiting and waiting[0] == 1:
                     break
                 time.sleep(0.05)
             else:
                 raise AssertionError("the second migrator never waited on the lock")
-        out1, err1 = first.communicate(timeout=30)
-        out2, err2 = second.communicate(timeout=30)
+        out1, err1 = first.communicate("go\n", timeout=60)
+        out2, err2 = second.communicate(timeout=60)
         assert first.returncode == 0, err1
         assert second.returncode == 0, err2
         assert out1.strip().endswith("done [1]")

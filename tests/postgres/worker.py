@@ -10,14 +10,14 @@ Commands (all print one line per event, flushed, so the test can follow along):
 * ``stale DSN SCHEMA NAME TTL`` — open and unlock, print ``ready EPOCH``, wait for a
   line on stdin, then try to write row ``stale`` and print ``wrote`` or
   ``leaselost`` (or ``error TYPE``).
-* ``migrate DSN SCHEMA SLEEP`` — migrate the schema, sleeping SLEEP seconds inside
-  the first step (printing ``in-step``); print ``done VERSIONS``.
+* ``migrate DSN SCHEMA WAIT`` — migrate the schema; with WAIT ``stdin``, print
+  ``in-step`` inside each step and wait there for a line on stdin; print
+  ``done VERSIONS``.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 from keystore import profiles
 from keystore.backends import postgres
@@ -39,13 +39,13 @@ def main(argv: list[str]) -> int:
     """Run one command; see the module docstring."""
     cmd, dsn, schema = argv[0], argv[1], argv[2]
     if cmd == "migrate":
-        pause = float(argv[3])
+        if argv[3] == "stdin":
 
-        def hook(version: int) -> None:
-            say("in-step")
-            time.sleep(pause)
+            def hook(version: int) -> None:
+                say("in-step")
+                sys.stdin.readline()
 
-        postgres._migration_step_hook = hook
+            postgres._migration_step_hook = hook
         with PostgresDatabase(dsn, schema=schema) as db:
             say(f"done {db.migrate()}")
         return 0
