@@ -215,6 +215,9 @@ class PostgresDatabase:
         self._staged: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()
         self._closed = False
+        # Checked once per handle: a worker opening 10,000 vaults asks once.  Newer
+        # code migrating underneath is caught by its own checksums, not ours.
+        self._schema_checked = False
         self.leases = LeaseManager(self, ttl=lease_ttl, worker_id=worker_id, renew=renew)
 
     @property
@@ -365,9 +368,12 @@ class PostgresDatabase:
         Raises:
             SchemaTooNew, MigrationError, MigrationRequired.
         """
+        if self._schema_checked:
+            return PG_LATEST_VERSION
         records = self.run(self._records)
         self._check_records(records)
         if records.version == PG_LATEST_VERSION:
+            self._schema_checked = True
             return records.version
         if records.version > 0 and not auto_migrate:
             raise MigrationRequired(
@@ -375,6 +381,7 @@ class PostgresDatabase:
                 f"code needs {PG_LATEST_VERSION}. Run the migration (it is transactional)."
             )
         self.migrate()
+        self._schema_checked = True
         return PG_LATEST_VERSION
 
     def migrate(self) -> list[int]:
@@ -619,6 +626,12 @@ class LeaseManager:
         for attempt in (1, 2):
             if self._conn is None or self._conn.closed:
                 self._conn = self._db.connect()
+                # Lease changes need not wait for a disk flush: safety comes from
+                # the fencing check inside every (synchronously committed) write.
+                # WAL is replayed in order, so an acquisition lost in a crash was
+                # never followed by a durable write; a lost release or renewal only
+                # makes a lease end later or sooner.
+                self._conn.execute("SET synchronous_commit = off")
             try:
                 cur = self._conn.execute(sql, params)
                 return cur.fetchall() if cur.description else []
