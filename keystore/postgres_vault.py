@@ -207,6 +207,14 @@ class PostgresVault:
         self._kek: bytearray | None = None
         self._closed = False
         self._mutex = threading.RLock()
+        # True from open() until the first unlock: the header just read is current
+        # (we hold the lease, or read it a moment ago), so unlock need not fetch it.
+        self._header_fresh = False
+        # The whole-vault read-ahead of a load (see items()): category -> rows, and
+        # whether categories() was just called, which arms it.
+        self._snapshot: dict[str, list[tuple[bytes, bytes]]] | None = None
+        self._snapshot_served: set[str] = set()
+        self._snapshot_armed = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -321,11 +329,14 @@ class PostgresVault:
         db, owns = cls._database(where, schema, lease_ttl)
         try:
             db.check_schema(auto_migrate=auto_migrate)
-            sid, found_name = db.find_store(store_id=store_id, name=name)
+            sid, found_name, header_bytes = db.find_store(store_id=store_id, name=name)
             lease = None if readonly else db.leases.acquire(sid, timeout)
             backend = db.backend(sid, lease)
             try:
-                header = Header.from_bytes(backend.read_header())
+                if lease is not None:
+                    # The header may have changed while we waited for the lease.
+                    header_bytes = backend.read_header()
+                header = Header.from_bytes(header_bytes)
                 if header.store_id != sid:
                     raise IntegrityError(
                         f"vault {backend.location} holds the header of another vault "
@@ -343,7 +354,9 @@ class PostgresVault:
             if owns:
                 db.close()
             raise
-        return cls(db, backend, header, found_name, readonly=readonly, owns_db=owns)
+        vault = cls(db, backend, header, found_name, readonly=readonly, owns_db=owns)
+        vault._header_fresh = True
+        return vault
 
     def close(self) -> None:
         """Lock, release the writer lease and (if private) the database handle. Idempotent."""
@@ -429,7 +442,10 @@ class PostgresVault:
     def _unlock(self, kdf_id: int, secret: bytes) -> None:
         with self._mutex:
             self._check_open()
-            header = Header.from_bytes(self._backend.read_header())
+            if self._header_fresh:
+                header, self._header_fresh = self._header, False
+            else:
+                header = Header.from_bytes(self._backend.read_header())
             if header.store_id != self._header.store_id:
                 raise IntegrityError(f"the header of vault {self.location} was replaced")
             cipher, kek = open_header(header, kdf_id, secret)
@@ -437,6 +453,7 @@ class PostgresVault:
             self._header, self._cipher, self._kek = header, cipher, kek
 
     def _drop_keys(self) -> None:
+        self._forget_snapshot()
         if self._cipher is not None:
             self._cipher.wipe()
             self._cipher = None
@@ -544,6 +561,7 @@ class PostgresVault:
                 raise
             old.wipe()
             self._cipher, self._header = new, next_header
+            self._forget_snapshot()
 
     # ------------------------------------------------------------------ rows
 
@@ -574,6 +592,7 @@ class PostgresVault:
             cipher = self._writable()
             count, upserts, deletes = seal_batch(cipher, changes)
             if count:
+                self._forget_snapshot()
                 self._backend.apply(upserts, deletes)
             return count
 
@@ -592,12 +611,34 @@ class PostgresVault:
                 return None
             return cipher.decrypt_row(category, key_hash, blob)[1]
 
+    def _forget_snapshot(self) -> None:
+        self._snapshot, self._snapshot_armed = None, False
+        self._snapshot_served = set()
+
     def items(self, category: str) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, value)`` of a category, authenticated, in key-hash order."""
+        """Every ``(key, value)`` of a category, authenticated, in key-hash order.
+
+        Loading a whole vault (``categories()`` then ``items()`` of each, as
+        ``GranularStorage.load`` does) costs two queries, not one per category: the
+        first ``items()`` after ``categories()`` reads every row in one binary scan
+        and serves the categories from it until each was served or the vault is
+        written.  All of them then come from one consistent snapshot.
+        """
         category = check_category(category)
         with self._mutex:
             self._unlocked()
-            rows = self._backend.scan(category)
+            if self._snapshot is None and self._snapshot_armed:
+                grouped: dict[str, list[tuple[bytes, bytes]]] = {}
+                for cat, key_hash, blob in self._backend.scan_all():
+                    grouped.setdefault(cat, []).append((key_hash, blob))
+                self._snapshot, self._snapshot_armed = grouped, False
+            if self._snapshot is not None:
+                rows = self._snapshot.get(category, [])
+                self._snapshot_served.add(category)
+                if self._snapshot_served >= self._snapshot.keys():
+                    self._forget_snapshot()
+            else:
+                rows = self._backend.scan(category)
         for key_hash, blob in rows:
             with self._mutex:
                 cipher = self._unlocked()
@@ -608,6 +649,8 @@ class PostgresVault:
         with self._mutex:
             self._unlocked()
             names = self._backend.categories()
+            self._forget_snapshot()
+            self._snapshot_armed = True  # a load follows, most likely: read ahead
         for name in names:
             try:
                 check_category(name)

@@ -521,8 +521,10 @@ class PostgresDatabase:
         self.run(insert, idempotent=False)
         return store_id
 
-    def find_store(self, *, store_id: bytes | None, name: str | None) -> tuple[bytes, str | None]:
-        """Resolve a vault by id or name to ``(store_id, name)``.
+    def find_store(
+        self, *, store_id: bytes | None, name: str | None
+    ) -> tuple[bytes, str | None, bytes]:
+        """Resolve a vault by id or name to ``(store_id, name, header)`` in one query.
 
         Raises:
             NotAVault: no such vault in this database.
@@ -536,13 +538,13 @@ class PostgresDatabase:
             where, arg = "name = %s", name  # type: ignore[assignment]
         row = self.run(
             lambda conn: conn.execute(
-                f"SELECT store_id, name FROM {s}.stores WHERE {where}", (arg,)
+                f"SELECT store_id, name, header FROM {s}.stores WHERE {where}", (arg,)
             ).fetchone()
         )
         if row is None:
             what = f"id {store_id.hex()}" if store_id is not None else f"name {name!r}"
             raise NotAVault(f"no vault with {what} in {self.location}")
-        return bytes(row[0]), row[1]
+        return bytes(row[0]), row[1], bytes(row[2])
 
     def list_stores(self) -> list[tuple[bytes, str | None]]:
         """Every vault in the database: ``(store_id, name)``, by name then id."""

@@ -3,7 +3,8 @@
 ``$MLS_KEYSTORE_PG_DSN`` when set (a server someone runs; each test works in its own
 schema and drops it); otherwise a throwaway server of our own, started once per
 session with ``initdb`` + ``pg_ctl`` on a unix socket in a fresh directory; when
-neither is possible every test here is skipped, and the skip says why.
+neither is possible every test here is skipped, and the skip says why (or fails,
+when ``$MLS_KEYSTORE_PG_REQUIRED`` is set, as ``.ci/run`` does).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def pg_server() -> Iterator[object | None]:
     """The throwaway server (``None`` when an external server is used)."""
     reason = _skip_reason()
     if reason is not None:
+        if os.environ.get("MLS_KEYSTORE_PG_REQUIRED"):  # CI: these tests must run
+            pytest.fail(f"PostgreSQL tests required but cannot run: {reason}")
         pytest.skip(reason)
     if os.environ.get("MLS_KEYSTORE_PG_DSN"):
         yield None
@@ -61,7 +64,10 @@ def pg_server() -> Iterator[object | None]:
     try:
         server.__enter__()
     except Exception as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"could not start a throwaway PostgreSQL server: {exc}")
+        why = f"could not start a throwaway PostgreSQL server: {exc}"
+        if os.environ.get("MLS_KEYSTORE_PG_REQUIRED"):
+            pytest.fail(why)
+        pytest.skip(why)
     try:
         yield server
     finally:

@@ -212,3 +212,19 @@ def test_dsn_string_makes_a_private_database_handle(pg_dsn: str, pg_schema: str)
         v.unlock(PASSPHRASE)
         assert v.get("c", b"k") == b"v"
         assert v.name == "own"
+
+
+def test_a_load_reads_ahead_but_never_serves_stale_rows(pg_db: PostgresDatabase) -> None:
+    """categories() then items() reads the vault once; a write in between, or a second
+    items() of the same category, still sees exactly the stored rows."""
+    with PostgresVault.create(pg_db, PASSPHRASE, FAST_KDF) as v:
+        v.apply([Change("a", b"1", b"x"), Change("b", b"2", b"y")])
+        assert v.categories() == ["a", "b"]
+        assert dict(v.items("a")) == {b"1": b"x"}
+        assert dict(v.items("a")) == {b"1": b"x"}
+        v.put("b", b"3", b"z")  # a write drops the read-ahead
+        assert dict(v.items("b")) == {b"2": b"y", b"3": b"z"}
+        assert v.categories() == ["a", "b"]
+        v.delete("a", b"1")
+        assert dict(v.items("a")) == {}
+        assert dict(v.items("b")) == {b"2": b"y", b"3": b"z"}
