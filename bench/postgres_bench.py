@@ -80,6 +80,7 @@ class _PlainTable:
         import psycopg
 
         self.conn = psycopg.connect(dsn, autocommit=True)
+        self.staged = False
         self.table = f"{schema}.plain_rows"
         self.conn.execute(
             f"CREATE TABLE {self.table} (category text COLLATE \"C\" NOT NULL,"
@@ -105,10 +106,12 @@ class _PlainTable:
                         rows,
                     )
             else:
-                self.conn.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS plain_stage (category text, key bytea,"
-                    " value bytea) ON COMMIT DELETE ROWS"
-                )
+                if not self.staged:  # once per connection, as the vault does
+                    self.conn.execute(
+                        "CREATE TEMP TABLE plain_stage (category text COLLATE \"C\","
+                        " key bytea, value bytea) ON COMMIT DELETE ROWS"
+                    )
+                    self.staged = True
                 with self.conn.cursor() as cur:
                     with cur.copy("COPY plain_stage FROM STDIN (FORMAT BINARY)") as copy:
                         copy.set_types(["text", "bytea", "bytea"])

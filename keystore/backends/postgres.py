@@ -54,6 +54,7 @@ from keystore.errors import (
     NotAVault,
     SchemaTooNew,
     VaultBusy,
+    VaultClosed,
     VaultIOError,
 )
 from keystore.migrations import Migration
@@ -249,8 +250,6 @@ class PostgresDatabase:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._closed:
-            from keystore.errors import VaultClosed
-
             raise VaultClosed(f"the database handle for {self.location} is closed")
         if self._conn is None or self._conn.closed:
             self._conn = self.connect()
@@ -278,12 +277,15 @@ class PostgresDatabase:
             while True:
                 try:
                     conn = self._connection()
-                    return fn(conn)
                 except VaultIOError:
                     # connect() failed: the server is down or refusing; keep trying.
-                    self._drop_connection()
-                    if not idempotent or time.monotonic() + delay > deadline:
+                    if time.monotonic() + delay > deadline:
                         raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                try:
+                    return fn(conn)
                 except pg.OperationalError as exc:
                     self._drop_connection()
                     if not idempotent or time.monotonic() + delay > deadline:
@@ -615,6 +617,7 @@ class LeaseManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._renew = renew
+        self._closed = False
 
     @property
     def held(self) -> list[Lease]:
@@ -672,6 +675,8 @@ class LeaseManager:
         s = self._db.schema
         deadline = time.monotonic() + timeout
         with self._lock:
+            if self._closed:
+                raise VaultClosed(f"the lease manager of {self._db.location} is closed")
             if store_id in self._held:
                 raise VaultBusy(
                     f"this worker already holds vault {store_id.hex()}: one writer object "
@@ -736,6 +741,8 @@ class LeaseManager:
         """Give a lease up now (another worker may take it at once).  Best effort."""
         s = self._db.schema
         with self._lock:
+            if self._closed:
+                return  # close() released every lease already
             self._held.pop(lease.store_id, None)
             with contextlib.suppress(KeystoreError):
                 self._run(
@@ -766,6 +773,8 @@ class LeaseManager:
             self._thread.join(timeout=5)
         for lease in self.held:
             self.release(lease)
+        with self._lock:
+            self._closed = True
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()

@@ -228,3 +228,13 @@ def test_a_load_reads_ahead_but_never_serves_stale_rows(pg_db: PostgresDatabase)
         v.delete("a", b"1")
         assert dict(v.items("a")) == {}
         assert dict(v.items("b")) == {b"2": b"y", b"3": b"z"}
+
+
+def test_closing_the_database_first_releases_the_leases(pg_dsn: str, pg_schema: str) -> None:
+    """db.close() releases every lease at once; vaults closed afterwards stay quiet."""
+    db = PostgresDatabase(pg_dsn, schema=pg_schema)
+    v = PostgresVault.create(db, PASSPHRASE, FAST_KDF, name="early")
+    db.close()
+    v.close()
+    with PostgresVault.open(pg_dsn, name="early", schema=pg_schema) as again:
+        assert again.lease_epoch == 2
