@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PostgresVault",
+    "import_export_file",
     "new_header",
     "open_header",
     "reseal_rows",
@@ -719,3 +720,47 @@ class PostgresVault:
                         reason=str(exc).split(" in category")[0],
                     ))
         return VerifyReport(ok=not failures, rows_checked=len(rows), failures=failures)
+
+
+def import_export_file(
+    where: str | PostgresDatabase,
+    in_path: str | os.PathLike[str],
+    backup_passphrase: str | bytes,
+    vault_passphrase: str | bytes,
+    kdf: KdfParameters = RFC_9106_LOW_MEMORY,
+    *,
+    name: str | None = None,
+    schema: str = DEFAULT_SCHEMA,
+) -> PostgresVault:
+    """Restore an export file (``mls-keystore export``) into a NEW PostgreSQL vault.
+
+    The whole file is authenticated before the vault is created, and its rows then
+    land in one transaction, so a damaged file or a wrong passphrase leaves nothing
+    in the database.  (The rows are held in memory meanwhile.)  Exporting a
+    PostgreSQL vault needs nothing new: :func:`keystore.export.export_vault` reads
+    any vault through ``stats``, ``categories`` and ``items``.
+
+    Returns:
+        The new vault, unlocked and holding its lease.
+
+    Raises:
+        WrongPassphrase, IntegrityError, SchemaTooNew: the export is unusable.
+        FileExistsError: ``name`` is taken.
+    """
+    from pathlib import Path
+
+    from keystore.export import read_export
+
+    normalize_passphrase(vault_passphrase)
+    with Path(in_path).open("rb") as fh:
+        rows = [Change(c, k, v) for c, k, v in read_export(fh, backup_passphrase)]
+    if len({(c.category, c.key) for c in rows}) != len(rows):
+        raise IntegrityError("export file holds the same row twice")
+    vault = PostgresVault.create(where, vault_passphrase, kdf, name=name, schema=schema)
+    try:
+        vault.apply(rows)
+    except BaseException:
+        vault.close()
+        raise
+    return vault
+

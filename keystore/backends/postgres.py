@@ -551,6 +551,8 @@ class PostgresDatabase:
     def list_stores(self) -> list[tuple[bytes, str | None]]:
         """Every vault in the database: ``(store_id, name)``, by name then id."""
         s = self.schema
+        if self.schema_version() == 0:
+            return []  # nothing installed yet, so no vault
         rows = self.run(
             lambda conn: conn.execute(
                 f"SELECT store_id, name FROM {s}.stores ORDER BY name, store_id"

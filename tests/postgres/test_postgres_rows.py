@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from keystore import Vault
+from keystore import Change, Vault
 from keystore.backends.postgres import PostgresDatabase
 from keystore.postgres_vault import PostgresVault
 from tests.postgres.conftest import FAST_KDF, PASSPHRASE
@@ -67,3 +67,50 @@ def test_a_row_sealed_on_postgres_decrypts_in_the_sqlite_vault(
         sv.unlock(PASSPHRASE)
         assert sv.get("groups", b"g2") == b"from postgres"
         assert sv.verify().ok
+
+
+def test_export_from_postgres_and_import_into_either_backend(
+    pg_db: PostgresDatabase, tmp_path: Path
+) -> None:
+    """An export of a PostgreSQL vault restores into SQLite, and a SQLite export into
+    PostgreSQL, with every row intact."""
+    from keystore.export import export_vault, import_vault
+    from keystore.postgres_vault import import_export_file
+
+    rows = {("groups", b"g%d" % i): b"state %d" % i for i in range(30)}
+    with PostgresVault.create(pg_db, PASSPHRASE, FAST_KDF, name="src") as pv:
+        pv.apply([Change(c, k, v) for (c, k), v in rows.items()])
+        export_vault(pv, tmp_path / "pg.export", "backup pass", FAST_KDF)  # type: ignore[arg-type]
+    import_vault(tmp_path / "pg.export", tmp_path / "restored.vault", "backup pass",
+                 PASSPHRASE, FAST_KDF)
+    with Vault.open(tmp_path / "restored.vault") as sv:
+        sv.unlock(PASSPHRASE)
+        assert {("groups", k): v for k, v in sv.items("groups")} == rows
+        export_vault(sv, tmp_path / "sqlite.export", "backup pass", FAST_KDF)
+    with import_export_file(pg_db, tmp_path / "sqlite.export", "backup pass", PASSPHRASE,
+                            FAST_KDF, name="restored") as back:
+        assert {("groups", k): v for k, v in back.items("groups")} == rows
+        assert back.store_id != pg_db.find_store(store_id=None, name="src")[0]
+
+
+def test_a_damaged_export_leaves_nothing_in_the_database(
+    pg_db: PostgresDatabase, tmp_path: Path
+) -> None:
+    """A wrong backup passphrase or a flipped byte creates no vault."""
+    import pytest
+
+    from keystore import IntegrityError, WrongPassphrase
+    from keystore.export import export_vault
+    from keystore.postgres_vault import import_export_file
+
+    with Vault.create(tmp_path / "v", PASSPHRASE, kdf=FAST_KDF) as sv:
+        sv.put("c", b"k", b"v" * 5000)
+        export_vault(sv, tmp_path / "e", "backup pass", FAST_KDF)
+    with pytest.raises(WrongPassphrase):
+        import_export_file(pg_db, tmp_path / "e", "wrong", PASSPHRASE, FAST_KDF, name="x")
+    data = bytearray((tmp_path / "e").read_bytes())
+    data[-40] ^= 1
+    (tmp_path / "e").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        import_export_file(pg_db, tmp_path / "e", "backup pass", PASSPHRASE, FAST_KDF, name="x")
+    assert pg_db.list_stores() == []
