@@ -238,3 +238,31 @@ def test_closing_the_database_first_releases_the_leases(pg_dsn: str, pg_schema: 
     v.close()
     with PostgresVault.open(pg_dsn, name="early", schema=pg_schema) as again:
         assert again.lease_epoch == 2
+
+
+def test_a_raw_key_vault_and_its_key_change(pg_db: PostgresDatabase) -> None:
+    """create_with_key/unlock_with_key/change_key work as on SQLite."""
+    key, new_key = bytes(range(32)), bytes(range(1, 33))
+    with PostgresVault.create_with_key(pg_db, key, name="raw") as v:
+        v.put("c", b"k", b"v")
+        assert v.kdf is None
+        v.change_key(key, new_key)
+    with PostgresVault.open(pg_db, name="raw") as v:
+        with pytest.raises(WrongPassphrase):
+            v.unlock_with_key(key)
+        with pytest.raises(ValueError):
+            v.unlock(PASSPHRASE)
+        v.unlock_with_key(new_key)
+        assert v.get("c", b"k") == b"v"
+
+
+def test_the_postgres_backend_is_a_vault_backend(pg_db: PostgresDatabase) -> None:
+    """PostgresBackend has every method of the keystore.backend.VaultBackend Protocol."""
+    from keystore.backend import VaultBackend
+
+    with PostgresVault.create(pg_db, PASSPHRASE, FAST_KDF) as v:
+        assert isinstance(v._pg, VaultBackend)
+        assert v._pg.encryptions() == 0
+        v.apply([Change("c", b"%d" % i, b"x") for i in range(5)])
+        assert v._pg.encryptions() == 5
+        assert v._pg.category_counts() == [("c", 5, 5 * (1 + 12 + 4 + 1 + 1 + 16))]
