@@ -10,6 +10,9 @@ Commands (all print one line per event, flushed, so the test can follow along):
 * ``stale DSN SCHEMA NAME TTL`` — open and unlock, print ``ready EPOCH``, wait for a
   line on stdin, then try to write row ``stale`` and print ``wrote`` or
   ``leaselost`` (or ``error TYPE``).
+* ``mls-send DSN SCHEMA NAME TTL GROUP_HEX`` — run the native MLS client of the vault
+  and encrypt ``msg-N`` in the group forever, printing ``ack N CIPHERTEXT_HEX`` only
+  after ``encrypt`` returned (the state it advanced is durable then).
 * ``migrate DSN SCHEMA WAIT`` — migrate the schema; with WAIT ``stdin``, print
   ``in-step`` inside each step and wait there for a line on stdin; print
   ``done VERSIONS``.
@@ -75,6 +78,17 @@ def main(argv: list[str]) -> int:
             storage.write("seq", b"seq-%d" % n, b"value-%d" % n)
             drainer.flush()
             say(f"ack {n}")
+            n += 1
+    if cmd == "mls-send":
+        from mls.native.client import NativeClient
+        from mls.storage import GranularStorage
+
+        group = bytes.fromhex(argv[5])
+        client = NativeClient(vault, GranularStorage.load(vault), retention=4)  # type: ignore[arg-type]
+        n = 0
+        while True:
+            ciphertext = client.encrypt(group, b"msg-%d" % n)
+            say(f"ack {n} {ciphertext.hex()}")
             n += 1
     if cmd == "stale":
         say(f"ready {vault.lease_epoch}")
