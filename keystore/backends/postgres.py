@@ -252,7 +252,15 @@ class PostgresDatabase:
         if self._closed:
             raise VaultClosed(f"the database handle for {self.location} is closed")
         if self._conn is None or self._conn.closed:
-            self._conn = self.connect()
+            conn = self.connect()
+            # apply() promises the batch is durable when it returns: a role or
+            # database configured with synchronous_commit = off would break that
+            # silently, so this session raises it to "on" (stronger settings, such
+            # as remote_apply for synchronous standbys, are kept).
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+            if row is not None and row[0] == "off":
+                conn.execute("SET synchronous_commit = on")
+            self._conn = conn
         return self._conn
 
     def _drop_connection(self) -> None:

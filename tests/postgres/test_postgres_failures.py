@@ -233,3 +233,21 @@ def test_a_failing_step_rolls_back_with_its_record(
             " AND table_name IN ('stores', 'rows')", (pg_db.schema,)
         ).fetchone() == (0,)
     assert pg_db.migrate() == [1]
+
+
+def test_writes_are_synchronous_even_when_the_role_says_otherwise(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """A connection defaulting to synchronous_commit = off is raised to on for rows."""
+    from psycopg.conninfo import make_conninfo
+
+    dsn = make_conninfo(pg_dsn, options="-c synchronous_commit=off")
+    db = PostgresDatabase(dsn, schema=pg_schema)
+    try:
+        with PostgresVault.create(db, PASSPHRASE, FAST_KDF) as v:
+            v.put("c", b"k", b"v")
+            assert db.run(
+                lambda conn: conn.execute("SHOW synchronous_commit").fetchone()
+            ) == ("on",)
+    finally:
+        db.close()
