@@ -15,15 +15,15 @@ Tables, in their own schema (default ``mls_keystore``)::
 **Migrations** are an ordered list of SQL steps (:data:`PG_MIGRATIONS`), each run
 with its record in one transaction that first takes a transaction-scoped advisory
 lock, so workers starting together apply each step exactly once; recorded
-checksums are compared with the shipped steps on every connect.
+checksums are compared with the shipped steps by every new database handle.
 
 **The writer lease** is a row-level fact, not a session lock: ``lease_holder`` and
 ``lease_expires`` say who may write, and ``lease_epoch`` grows by one at every
 acquisition.  Every write transaction starts with
 ``UPDATE stores SET encryptions = encryptions + n WHERE store_id = $id AND
-lease_epoch = $mine``: the epoch is a fencing token, so a writer that was paused or
-cut off while another worker took the lease over writes nothing and gets
-:class:`~keystore.errors.LeaseLost`.  That update also locks the store's row until
+lease_epoch = $mine AND lease_holder = $me``: the epoch is a fencing token, so a
+writer that was paused or cut off while another worker took the lease over writes
+nothing and gets :class:`~keystore.errors.LeaseLost`.  That update also locks the store's row until
 commit, so a takeover waits for an apply in flight and never interleaves with it.
 Expiry is judged by the server's clock alone, so the workers' clocks do not matter.
 A :class:`LeaseManager` renews all of one worker's leases in one statement.
@@ -191,6 +191,7 @@ class PostgresDatabase:
         worker_id: the name this worker holds leases under (default: host, pid, random).
         renew: renew leases on a background thread every ``lease_ttl / 3`` seconds.
         retry_for: seconds to keep retrying an idempotent operation.
+        connect_timeout: seconds one connection attempt may take.
     """
 
     def __init__(
@@ -257,9 +258,16 @@ class PostgresDatabase:
             # database configured with synchronous_commit = off would break that
             # silently, so this session raises it to "on" (stronger settings, such
             # as remote_apply for synchronous standbys, are kept).
-            row = conn.execute("SHOW synchronous_commit").fetchone()
-            if row is not None and row[0] == "off":
-                conn.execute("SET synchronous_commit = on")
+            pg = _psycopg()
+            try:
+                row = conn.execute("SHOW synchronous_commit").fetchone()
+                if row is not None and row[0] == "off":
+                    conn.execute("SET synchronous_commit = on")
+            except pg.Error as exc:
+                conn.close()
+                raise VaultIOError(
+                    f"cannot set up a session on {self.location}: {_first_line(exc)}"
+                ) from None
             self._conn = conn
         return self._conn
 
@@ -635,24 +643,33 @@ class LeaseManager:
         with self._lock:
             return list(self._held.values())
 
-    def _run(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
-        """One autocommit statement on the lease connection, reconnecting once."""
+    def _run(
+        self, sql: str, params: Sequence[object], *, durable: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """One statement on the lease connection, reconnecting once.
+
+        Renewals and releases commit without waiting for a disk flush: losing one
+        in a server crash only makes a lease end sooner or later, and the fencing
+        check inside every (synchronous) write keeps that safe.  Acquisitions are
+        ``durable``: a lost one would let the next acquirer get the same epoch.
+        """
         pg = _psycopg()
         for attempt in (1, 2):
-            if self._conn is None or self._conn.closed:
-                self._conn = self._db.connect()
-                # Lease changes need not wait for a disk flush: safety comes from
-                # the fencing check inside every (synchronously committed) write.
-                # WAL is replayed in order, so an acquisition lost in a crash was
-                # never followed by a durable write; a lost release or renewal only
-                # makes a lease end later or sooner.
-                self._conn.execute("SET synchronous_commit = off")
             try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._db.connect()
+                    self._conn.execute("SET synchronous_commit = off")
+                if durable:
+                    with self._conn.transaction():
+                        self._conn.execute("SET LOCAL synchronous_commit = on")
+                        cur = self._conn.execute(sql, params)
+                        return cur.fetchall() if cur.description else []
                 cur = self._conn.execute(sql, params)
                 return cur.fetchall() if cur.description else []
             except pg.OperationalError as exc:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
                 self._conn = None
                 if attempt == 2:
                     raise VaultIOError(
@@ -701,6 +718,7 @@ class LeaseManager:
                     " OR lease_expires <= statement_timestamp())"
                     " RETURNING lease_epoch",
                     (self.worker_id, self.ttl, store_id),
+                    durable=True,
                 )
                 if rows:
                     lease = Lease(store_id, int(rows[0][0]))
@@ -815,9 +833,11 @@ class PostgresBackend:
         self.lease = lease
         s = db.schema
         self._s = s
+        # The epoch alone would do if acquisitions were never lost; the holder too
+        # makes a reused epoch harmless all the same.
         self._sql_fence = (
             f"UPDATE {s}.stores SET encryptions = encryptions + %s"
-            " WHERE store_id = %s AND lease_epoch = %s RETURNING 1"
+            " WHERE store_id = %s AND lease_epoch = %s AND lease_holder = %s RETURNING 1"
         )
         self._sql_upsert_unnest = (
             f"INSERT INTO {s}.rows (store_id, category, key_hash, value)"
@@ -844,7 +864,8 @@ class PostgresBackend:
         if self.lease is None:
             raise VaultIOError(f"vault {self.location} was opened without a writer lease")
         row = conn.execute(
-            self._sql_fence, (encryptions, self.store_id, self.lease.epoch)
+            self._sql_fence,
+            (encryptions, self.store_id, self.lease.epoch, self._db.leases.worker_id),
         ).fetchone()
         if row is None:
             self.lease.lost = True

@@ -169,3 +169,19 @@ def test_a_sigstopped_holder_resumes_after_takeover_and_is_fenced(
         assert v.get("seq", b"new-holder") == b"x"
         v.apply([Change("seq", b"still-mine", b"y")])
     assert stale.wait(timeout=20) == 0
+
+
+def test_a_writer_is_fenced_by_the_holder_as_well_as_the_epoch(
+    pg_db: PostgresDatabase,
+) -> None:
+    """Were an epoch ever handed out twice, the other holder's name still fences."""
+    import psycopg
+
+    with PostgresVault.create(pg_db, PASSPHRASE, FAST_KDF, name="h") as v:
+        v.put("c", b"k", b"1")
+        with psycopg.connect(pg_db.dsn, autocommit=True) as conn:
+            conn.execute(f"UPDATE {pg_db.schema}.stores SET lease_holder = 'someone else'")
+        with pytest.raises(LeaseLost):
+            v.put("c", b"k", b"2")
+        v.unlock(PASSPHRASE)
+        assert v.get("c", b"k") == b"1"
