@@ -87,6 +87,10 @@ DEFAULT_RETRY_FOR = 15.0
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _T = TypeVar("_T")
 
+#: Test seam: called inside every apply transaction, after the fencing update (a
+#: test stops the process there).  ``None`` in production.
+_apply_hook: Callable[[], None] | None = None
+
 #: Test seam: called with the version of a migration step after its statements ran,
 #: before its record and commit (the concurrency test stalls there).  ``None`` in
 #: production.
@@ -263,6 +267,12 @@ class PostgresDatabase:
                 row = conn.execute("SHOW synchronous_commit").fetchone()
                 if row is not None and row[0] == "off":
                     conn.execute("SET synchronous_commit = on")
+                # A writer stopped inside a transaction (SIGSTOP, a debugger) would
+                # hold its vault's row lock, and so block every takeover, for as long
+                # as its connection lives: the server ends such a session after one
+                # lease period, and the fencing check refuses the writer on resume.
+                idle_ms = max(1000, int(self.leases.ttl * 1000))
+                conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
             except pg.Error as exc:
                 conn.close()
                 raise VaultIOError(
@@ -302,7 +312,16 @@ class PostgresDatabase:
                     continue
                 try:
                     return fn(conn)
-                except pg.OperationalError as exc:
+                except pg.Error as exc:
+                    # A lost session shows as OperationalError, or, when the server
+                    # ended it (idle-in-transaction timeout), as whatever class its
+                    # last message had: a broken connection is what says it.
+                    lost = isinstance(exc, pg.OperationalError) or conn.closed or conn.broken
+                    if not lost:
+                        raise VaultIOError(
+                            f"PostgreSQL vault database {self.location} refused an "
+                            f"operation: {_first_line(exc)}"
+                        ) from None
                     self._drop_connection()
                     if not idempotent or time.monotonic() + delay > deadline:
                         raise VaultIOError(
@@ -310,11 +329,6 @@ class PostgresDatabase:
                             f"{_first_line(exc)}; nothing was written by this attempt "
                             "(or it landed whole)"
                         ) from None
-                except pg.Error as exc:
-                    raise VaultIOError(
-                        f"PostgreSQL vault database {self.location} refused an operation: "
-                        f"{_first_line(exc)}"
-                    ) from None
                 logger.info("PostgreSQL connection lost; retrying in %.2fs", delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -644,7 +658,8 @@ class LeaseManager:
             return list(self._held.values())
 
     def _run(
-        self, sql: str, params: Sequence[object], *, durable: bool = False
+        self, sql: str, params: Sequence[object], *, durable: bool = False,
+        lock_timeout: float | None = None,
     ) -> list[tuple[Any, ...]]:
         """One statement on the lease connection, reconnecting once.
 
@@ -652,6 +667,8 @@ class LeaseManager:
         in a server crash only makes a lease end sooner or later, and the fencing
         check inside every (synchronous) write keeps that safe.  Acquisitions are
         ``durable``: a lost one would let the next acquirer get the same epoch.
+        With ``lock_timeout`` (durable statements only), a row lock held longer than
+        that makes the statement give up and return no rows.
         """
         pg = _psycopg()
         for attempt in (1, 2):
@@ -662,23 +679,32 @@ class LeaseManager:
                 if durable:
                     with self._conn.transaction():
                         self._conn.execute("SET LOCAL synchronous_commit = on")
+                        if lock_timeout is not None:
+                            ms = max(50, int(lock_timeout * 1000))
+                            self._conn.execute(f"SET LOCAL lock_timeout = {ms}")
                         cur = self._conn.execute(sql, params)
                         return cur.fetchall() if cur.description else []
                 cur = self._conn.execute(sql, params)
                 return cur.fetchall() if cur.description else []
-            except pg.OperationalError as exc:
-                if self._conn is not None:
+            except pg.errors.LockNotAvailable:
+                return []  # a write in flight holds the row: not acquired this time
+            except pg.Error as exc:
+                conn = self._conn
+                lost = isinstance(exc, pg.OperationalError) or conn is None or (
+                    conn.closed or conn.broken
+                )
+                if not lost:
+                    raise VaultIOError(
+                        f"lease statement refused on {self._db.location}: {_first_line(exc)}"
+                    ) from None
+                if conn is not None:
                     with contextlib.suppress(Exception):
-                        self._conn.close()
+                        conn.close()
                 self._conn = None
                 if attempt == 2:
                     raise VaultIOError(
                         f"lease statement failed on {self._db.location}: {_first_line(exc)}"
                     ) from None
-            except pg.Error as exc:
-                raise VaultIOError(
-                    f"lease statement refused on {self._db.location}: {_first_line(exc)}"
-                ) from None
         raise AssertionError("unreachable")
 
     def adopt(self, store_id: bytes, epoch: int) -> Lease:
@@ -719,6 +745,8 @@ class LeaseManager:
                     " RETURNING lease_epoch",
                     (self.worker_id, self.ttl, store_id),
                     durable=True,
+                    # Never wait on a holder's write in flight past our own timeout.
+                    lock_timeout=min(1.0, max(0.0, deadline - time.monotonic())),
                 )
                 if rows:
                     lease = Lease(store_id, int(rows[0][0]))
@@ -885,6 +913,8 @@ class PostgresBackend:
             try:
                 with conn.transaction():
                     self._fence(conn, len(upserts))
+                    if _apply_hook is not None:
+                        _apply_hook()
                     if upserts:
                         self._upsert(conn, upserts)
                     if deletes:

@@ -185,3 +185,26 @@ def test_a_writer_is_fenced_by_the_holder_as_well_as_the_epoch(
             v.put("c", b"k", b"2")
         v.unlock(PASSPHRASE)
         assert v.get("c", b"k") == b"1"
+
+
+def test_a_holder_stopped_inside_its_transaction_does_not_block_a_takeover(
+    pg_db: PostgresDatabase, procs: list[subprocess.Popen[str]]
+) -> None:
+    """A holder SIGSTOPped mid-apply holds its vault's row lock; the server ends its
+    idle transaction after a lease period, another worker takes over, and the stopped
+    holder, resumed, is fenced and writes nothing."""
+    PostgresVault.create(pg_db, PASSPHRASE, FAST_KDF, name="stalled").close()
+    stalled = _worker("stall", pg_db.dsn, pg_db.schema, "stalled", "1.5")
+    procs.append(stalled)
+    assert _line(stalled) == "in-txn"
+    os.kill(stalled.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    with PostgresVault.open(pg_db, name="stalled", timeout=30) as v:
+        assert time.monotonic() - started < 20
+        v.unlock(PASSPHRASE)
+        v.put("seq", b"taken-over", b"x")
+        os.kill(stalled.pid, signal.SIGCONT)
+        assert _line(stalled) == "leaselost"
+        assert v.get("seq", b"stalled") is None
+        assert v.get("seq", b"taken-over") == b"x"
+    assert stalled.wait(timeout=20) == 0

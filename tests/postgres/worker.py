@@ -13,6 +13,9 @@ Commands (all print one line per event, flushed, so the test can follow along):
 * ``mls-send DSN SCHEMA NAME TTL GROUP_HEX`` — run the native MLS client of the vault
   and encrypt ``msg-N`` in the group forever, printing ``ack N CIPHERTEXT_HEX`` only
   after ``encrypt`` returned (the state it advanced is durable then).
+* ``stall DSN SCHEMA NAME TTL`` — open and unlock, then apply row ``stalled`` with
+  the apply stopping inside its transaction (after the fencing update): print
+  ``in-txn``, sleep 2 s there, go on; print ``wrote``, ``leaselost`` or ``error TYPE``.
 * ``migrate DSN SCHEMA WAIT`` — migrate the schema; with WAIT ``stdin``, print
   ``in-step`` inside each step and wait there for a line on stdin; print
   ``done VERSIONS``.
@@ -90,6 +93,23 @@ def main(argv: list[str]) -> int:
             ciphertext = client.encrypt(group, b"msg-%d" % n)
             say(f"ack {n} {ciphertext.hex()}")
             n += 1
+    if cmd == "stall":
+        import time
+
+        def stop_here() -> None:
+            postgres._apply_hook = None
+            say("in-txn")
+            time.sleep(2)
+
+        postgres._apply_hook = stop_here
+        try:
+            vault.put("seq", b"stalled", b"written by a writer stopped mid-transaction")
+            say("wrote")
+        except LeaseLost:
+            say("leaselost")
+        except Exception as exc:
+            say(f"error {type(exc).__name__}")
+        return 0
     if cmd == "stale":
         say(f"ready {vault.lease_epoch}")
         sys.stdin.readline()
