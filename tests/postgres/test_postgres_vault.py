@@ -266,3 +266,40 @@ def test_the_postgres_backend_is_a_vault_backend(pg_db: PostgresDatabase) -> Non
         v.apply([Change("c", b"%d" % i, b"x") for i in range(5)])
         assert v._pg.encryptions() == 5
         assert v._pg.category_counts() == [("c", 5, 5 * (1 + 12 + 4 + 1 + 1 + 16))]
+
+
+def test_threads_share_one_database_handle(pg_db: PostgresDatabase) -> None:
+    """Vaults of one worker, written from several threads at once, lose nothing."""
+    import threading
+
+    vaults = [PostgresVault.create(pg_db, PASSPHRASE, FAST_KDF, name=f"t{i}") for i in range(4)]
+    errors: list[BaseException] = []
+
+    def writer(v: PostgresVault) -> None:
+        try:
+            for n in range(20):
+                v.apply([Change("c", b"%d-%d" % (n, i), b"x") for i in range(10)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(v,)) for v in vaults]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    for v in vaults:
+        assert len(dict(v.items("c"))) == 200
+        v.close()
+
+
+def test_the_package_exports_the_postgres_names() -> None:
+    """keystore re-exports the PostgreSQL API (loaded on first use)."""
+    import keystore
+    from keystore.backends import postgres
+
+    assert keystore.PostgresVault is PostgresVault
+    assert keystore.PostgresDatabase is postgres.PostgresDatabase
+    assert keystore.LeaseManager is postgres.LeaseManager
+    assert keystore.PostgresUnavailable is postgres.PostgresUnavailable
+    assert issubclass(keystore.LeaseLost, keystore.VaultBusy)
