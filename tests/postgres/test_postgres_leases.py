@@ -208,3 +208,29 @@ def test_a_holder_stopped_inside_its_transaction_does_not_block_a_takeover(
         assert v.get("seq", b"stalled") is None
         assert v.get("seq", b"taken-over") == b"x"
     assert stalled.wait(timeout=20) == 0
+
+
+def test_the_drainer_keeps_a_batch_refused_by_a_lost_lease(pg_dsn: str, pg_schema: str) -> None:
+    """A flush refused with LeaseLost leaves the events in the storage, nothing written."""
+    from mls.drainer import WriteBehindDrainer
+    from mls.storage import GranularStorage
+
+    w1 = PostgresDatabase(pg_dsn, schema=pg_schema, lease_ttl=1.0, renew=False)
+    w2 = PostgresDatabase(pg_dsn, schema=pg_schema, lease_ttl=30, renew=False)
+    try:
+        v = PostgresVault.create(w1, PASSPHRASE, FAST_KDF, name="d")
+        storage = GranularStorage.load(v)  # type: ignore[arg-type]
+        drainer = WriteBehindDrainer(storage, v)  # type: ignore[arg-type]
+        time.sleep(1.2)
+        taker = PostgresVault.open(w2, name="d")
+        storage.write("c", b"k", b"late")
+        with pytest.raises(LeaseLost):
+            drainer.flush()
+        assert storage.pending_events() == 1
+        taker.unlock(PASSPHRASE)
+        assert taker.get("c", b"k") is None
+        taker.close()
+        v.close()
+    finally:
+        w1.close()
+        w2.close()
