@@ -189,10 +189,17 @@ class LeaseManager:
                     self._held[store_id] = lease
                     break
                 holder = self._run(
-                    f"SELECT lease_holder, lease_expires - statement_timestamp()"
+                    f"SELECT lease_holder, lease_expires - statement_timestamp(), lease_epoch"
                     f" FROM {s}.stores WHERE store_id = %s",
                     (store_id,),
                 )
+                if holder and holder[0][0] == self.worker_id:
+                    # Ours, though we hold no such lease: an acquisition whose reply
+                    # was lost with its connection (the retry found the row taken),
+                    # or a release that failed.  No one else writes under our name.
+                    lease = Lease(store_id, int(holder[0][2]))
+                    self._held[store_id] = lease
+                    break
             if not holder:
                 raise NotAVault(f"no vault with id {store_id.hex()} in {self._db.location}")
             if time.monotonic() >= deadline:

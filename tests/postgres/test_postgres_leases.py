@@ -234,3 +234,27 @@ def test_the_drainer_keeps_a_batch_refused_by_a_lost_lease(pg_dsn: str, pg_schem
     finally:
         w1.close()
         w2.close()
+
+
+def test_a_lease_whose_acquisition_reply_was_lost_is_recognised_as_ours(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """The row names this worker although it tracks no lease (the reply of an
+    acquisition was lost): acquiring again adopts it instead of waiting a whole TTL."""
+    import psycopg
+
+    w = PostgresDatabase(pg_dsn, schema=pg_schema, lease_ttl=30, renew=False)
+    try:
+        PostgresVault.create(w, PASSPHRASE, FAST_KDF, name="mine").close()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # what the lost reply did
+            conn.execute(
+                f"UPDATE {pg_schema}.stores SET lease_epoch = lease_epoch + 1,"
+                " lease_holder = %s, lease_expires = now() + interval '30 seconds'",
+                (w.leases.worker_id,),
+            )
+        with PostgresVault.open(w, name="mine") as v:
+            assert v.lease_epoch == 2
+            v.unlock(PASSPHRASE)
+            v.put("c", b"k", b"v")
+    finally:
+        w.close()
