@@ -247,6 +247,7 @@ class PostgresVault:
         Args:
             where: a DSN/URL, or a shared :class:`PostgresDatabase`.
             name: an optional unique name to open it by (else use :attr:`store_id`).
+            schema, lease_ttl: used only when ``where`` is a DSN.
 
         Raises:
             FileExistsError: ``name`` is taken.  VaultIOError: the server is unreachable.
@@ -321,6 +322,14 @@ class PostgresVault:
 
         A writable open takes the vault's writer lease (waiting up to ``timeout``
         seconds for another worker's to be released or to expire).
+
+        Args:
+            where: a DSN/URL, or a shared :class:`PostgresDatabase`.
+            store_id, name: which vault (exactly one of them).
+            readonly: take no lease and never write (reports, verification, reads
+                from a hot standby).
+            auto_migrate: upgrade an older schema first (each step transactional).
+            schema, lease_ttl: used only when ``where`` is a DSN.
 
         Raises:
             NotAVault: no such vault.  VaultBusy: another worker holds the lease.
