@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 
 from keystore import profiles
 from keystore.errors import (
+    InsecurePermissionsWarning,
     IntegrityError,
     KeystoreError,
     MigrationError,
     MigrationRequired,
     NotAVault,
     SchemaTooNew,
+    UnsafeFile,
     VaultBusy,
     VaultClosed,
     VaultIOError,
@@ -27,8 +29,9 @@ from keystore.errors import (
     WrongPassphrase,
 )
 from keystore.profiles import KdfParameters
+from keystore.safefile import read_secret_file
 from keystore.sqlcipher import SQLCipherUnavailable
-from keystore.vault import Change, ChangeLike, Vault
+from keystore.vault import Change, ChangeLike, Snapshot, Vault
 
 if TYPE_CHECKING:
     from keystore.reports import CategoryStats, RowFailure, StatsReport, VerifyReport
@@ -51,6 +54,7 @@ __all__ = [
     "CategoryStats",
     "Change",
     "ChangeLike",
+    "InsecurePermissionsWarning",
     "IntegrityError",
     "KdfParameters",
     "KeystoreError",
@@ -60,7 +64,9 @@ __all__ = [
     "RowFailure",
     "SQLCipherUnavailable",
     "SchemaTooNew",
+    "Snapshot",
     "StatsReport",
+    "UnsafeFile",
     "Vault",
     "VaultBusy",
     "VaultClosed",
@@ -70,4 +76,5 @@ __all__ = [
     "WrongPassphrase",
     "__version__",
     "profiles",
+    "read_secret_file",
 ]
