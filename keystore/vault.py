@@ -237,6 +237,29 @@ def stored_count(value: object, what: str, path: Path) -> int:
     return value
 
 
+def read_header_row(conn: sqlite3.Connection, path: Path) -> Header:
+    """Read and parse the header row of a plain vault, checking its stored type.
+
+    The column holds whatever was stored there: ``bytes(10**18)`` of a huge
+    INTEGER would try to allocate an exabyte, and TEXT or REAL would raise
+    ``TypeError``.  Anything but a blob of a plausible size is corruption.
+
+    Raises:
+        IntegrityError: no header row, a value of the wrong type or size, or a
+            malformed header.
+    """
+    row = conn.execute("SELECT header FROM keystore_header WHERE id = 1").fetchone()
+    if row is None:
+        raise IntegrityError(f"vault {path} has no header row")
+    value = row[0]
+    if not isinstance(value, bytes) or len(value) > _MAX_HEADER_BYTES:
+        raise IntegrityError(
+            f"vault {path} is corrupt: its header is stored as "
+            f"{_sql_type(value)}, not as a header blob"
+        )
+    return Header.from_bytes(value)
+
+
 def _store_row_generation(conn: sqlite3.Connection, generation: int) -> None:
     conn.execute(
         "INSERT INTO keystore_counters (name, value) VALUES (?, ?)"
@@ -756,18 +779,7 @@ class Vault:
 
     @staticmethod
     def _read_header(conn: sqlite3.Connection, path: Path) -> Header:
-        row = conn.execute("SELECT header FROM keystore_header WHERE id = 1").fetchone()
-        if row is None:
-            raise IntegrityError(f"vault {path} has no header row")
-        value = row[0]
-        # The column's type is whatever was stored: ``bytes(10**18)`` of a huge
-        # INTEGER would try to allocate an exabyte, and TEXT or REAL a TypeError.
-        if not isinstance(value, bytes) or len(value) > _MAX_HEADER_BYTES:
-            raise IntegrityError(
-                f"vault {path} is corrupt: its header is stored as "
-                f"{_sql_type(value)}, not as a header blob"
-            )
-        return Header.from_bytes(value)
+        return read_header_row(conn, path)
 
     def close(self) -> None:
         """Lock, close the database and release the writer lock (idempotent)."""
