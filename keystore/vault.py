@@ -302,6 +302,38 @@ def check_companion_files(path: Path, owner: int | None = None) -> None:
     safefile.check_companions(companion_paths(path), owner)
 
 
+def prepare_wal_files(path: Path) -> None:
+    """Create a vault's missing ``-wal`` and ``-shm`` ourselves, private, before SQLite.
+
+    SQLite opens them by name without ``O_EXCL``, and when run as root it even
+    ``chown``s an existing one to the vault's owner, hiding who planted it.  Made
+    here with ``O_EXCL | O_NOFOLLOW`` at ``0600`` (empty files are valid for
+    SQLite), they are ours; if one appeared since the last check, creating it
+    fails and it is checked, then refused unless it is safe.
+
+    Raises:
+        UnsafeFile: a planted file is there.
+    """
+    owner: int | None
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        owner = None
+    for companion in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            fd, _ = safefile.create_private_file(companion)
+        except FileExistsError:
+            continue
+        except OSError:
+            continue  # a read-only folder: SQLite reports that itself
+        os.close(fd)
+        if owner is not None and owner != os.geteuid():
+            # Root opening a user's vault: the files stay the user's, as SQLite would.
+            with contextlib.suppress(OSError):
+                os.chown(companion, owner, -1)
+    safefile.check_companions((Path(f"{path}-wal"), Path(f"{path}-shm")), owner)
+
+
 def probe(path: Path) -> Sidecar | None:
     """Check, without writing, that ``path`` looks like a vault, and say which kind.
 
@@ -697,6 +729,8 @@ class Vault:
         cls, path: Path, *, readonly: bool, auto_migrate: bool,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> sqlite3.Connection:
+        if not readonly:
+            prepare_wal_files(path)
         try:
             conn = _connect(path, readonly=readonly, busy_timeout=busy_timeout)
         except sqlite3.Error as exc:
@@ -999,6 +1033,8 @@ class Vault:
         Returns:
             The connection and the key generation of the header whose key opened it.
         """
+        if not self._readonly:
+            prepare_wal_files(self._path)
         for header, secrets in keyed:
             page_key = sqlcipher_layer.derive_page_key(secrets, header.store_id)
             try:
