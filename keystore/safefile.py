@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import stat
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -298,8 +299,21 @@ def check_folder(folder: Path) -> None:
             "but they can plant files beside it (refused when the vault is opened) or "
             "block it; keep vaults in a folder only you can write",
             InsecurePermissionsWarning,
-            stacklevel=3,
+            stacklevel=_caller_stacklevel(),
         )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning to the first frame outside this
+    package, so that it points at the caller's line (and filters by module work)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) \
+            == package:
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 def _open_no_block(path: Path, *, follow: bool) -> int:

@@ -507,7 +507,13 @@ class Vault:
         if sqlcipher:
             sqlcipher_layer.require()  # fail before anything touches the disk
         side = sidecar_path_for(path)
-        for existing in (path, side, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(f"{path} already exists; refusing to overwrite it")
+        if lock_path_for(path).exists():
+            # A writer may still hold the lock of a vault whose file was moved away
+            # (its -wal/-shm still here): say that, before anything is built.
+            WriterLock.acquire(path, owner=os.geteuid()).release()
+        for existing in (side, Path(f"{path}-wal"), Path(f"{path}-shm")):
             # A leftover -wal/-shm would be read as the new vault's own (or be
             # someone's plant): refuse, as for the vault itself.
             if (existing != side or sqlcipher) and (existing.exists() or existing.is_symlink()):
@@ -605,7 +611,9 @@ class Vault:
             if workdir is not None:
                 safefile.remove_private_directory(workdir)
         try:
-            vault = cls._open(path, synchronous=synchronous, writer_lock=writer_lock)
+            vault = cls._open(
+                path, synchronous=synchronous, writer_lock=writer_lock, warn_folder=False
+            )
         except BaseException:
             _wipe(kek)
             cipher.wipe()
@@ -672,13 +680,15 @@ class Vault:
         synchronous: Synchronous = "FULL",
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         writer_lock: WriterLock | None = None,
+        warn_folder: bool = True,
     ) -> Vault:
         """:meth:`open`; ``writer_lock``, when given, is already held and taken over."""
         try:
             if synchronous not in _SYNC_MODES:
                 raise ValueError(f"synchronous must be one of {_SYNC_MODES}")
             sidecar = probe(path)
-            safefile.check_folder(path.parent)
+            if warn_folder:
+                safefile.check_folder(path.parent)
             if sidecar is not None:
                 cls._needs_migration(path, sidecar.schema_version, readonly, auto_migrate)
             if writer_lock is None and not readonly:
