@@ -27,7 +27,6 @@ import errno
 import fcntl
 import os
 import re
-import stat
 import time
 import weakref
 from pathlib import Path
@@ -207,8 +206,6 @@ def _open_lock_file(path: Path, owner: int | None) -> tuple[int, bool]:
             st = check_fd(fd, path, owner)
         except UnsafeFile as exc:
             raise UnsafeFile(f"writer lock file: {exc}", path=str(path)) from None
-        if stat.S_IMODE(st.st_mode) & 0o077 and created:
-            raise UnsafeFile(f"the writer lock file {path} is not private", path=str(path))
         lst = os.lstat(path)
         if (lst.st_dev, lst.st_ino) != (st.st_dev, st.st_ino):
             raise UnsafeFile(
