@@ -149,3 +149,15 @@ def test_backup_is_private_under_a_permissive_umask(tmp_path: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM keystore_header").fetchone()[0] == 1
     finally:
         conn.close()
+
+
+def test_a_file_planted_at_the_old_backup_temp_name_receives_nothing(tmp_path: Path) -> None:
+    """The backup used to be written to the predictable ``.<vault>.v<N>.bak.<pid>.partial``
+    without O_EXCL: an attacker's file there received the whole vault.  Now it stays empty."""
+    path = _private_copy(VAULT_V1, tmp_path / "old.vault")
+    planted = tmp_path / f".old.vault.v1.bak.{os.getpid()}.partial"
+    planted.write_bytes(b"")
+    planted.chmod(0o666)
+    Vault.open(path, auto_migrate=True).close()
+    assert planted.read_bytes() == b""
+    assert (tmp_path / "old.vault.v1.bak").exists()
