@@ -5,6 +5,12 @@ Public API::
     from keystore import Vault, profiles
     v = Vault.create(path, passphrase, kdf=profiles.RFC_9106_LOW_MEMORY)
     v.put("key_packages", ref, blob); v.get(...); v.apply([...]); v.lock(); v.close()
+    with v.read_snapshot() as snap: ...            # every row, one consistent state
+    v.change_passphrase(old, new, rekey=True)      # also revokes the old secrets
+    read_secret_file(path)                         # warns if others can read it
+
+Files planted beside a vault raise :class:`UnsafeFile`; a vault folder others can
+write gives an :class:`InsecurePermissionsWarning`.
 
 See ``docs/format.md`` for the bytes on disk and ``docs/threat-model.md`` for what
 it protects against.
