@@ -302,14 +302,28 @@ def check_companion_files(path: Path, owner: int | None = None) -> None:
     safefile.check_companions(companion_paths(path), owner)
 
 
-def prepare_wal_files(path: Path) -> None:
+def _is_wal_database(path: Path) -> bool:
+    """Whether the SQLite header of ``path`` says WAL mode (file format versions 2)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        head = os.pread(fd, 20, 0)
+    finally:
+        os.close(fd)
+    return head.startswith(SQLITE_MAGIC) and head[18:20] == b"\x02\x02"
+
+
+def prepare_wal_files(path: Path, *, encrypted: bool = False) -> None:
     """Create a vault's missing ``-wal`` and ``-shm`` ourselves, private, before SQLite.
 
     SQLite opens them by name without ``O_EXCL``, and when run as root it even
     ``chown``s an existing one to the vault's owner, hiding who planted it.  Made
     here with ``O_EXCL | O_NOFOLLOW`` at ``0600`` (empty files are valid for
     SQLite), they are ours; if one appeared since the last check, creating it
-    fails and it is checked, then refused unless it is safe.
+    fails and it is checked, then refused unless it is safe.  ``encrypted``: a
+    SQLCipher vault, whose header cannot be read to confirm WAL mode.
 
     Raises:
         UnsafeFile: a planted file is there.
@@ -319,6 +333,11 @@ def prepare_wal_files(path: Path) -> None:
         owner = os.stat(path).st_uid
     except OSError:
         owner = None
+    if not encrypted and not _is_wal_database(path):
+        # Not a WAL database (another application's file, about to be refused):
+        # SQLite would never use these, so none are left behind; check only.
+        safefile.check_companions((Path(f"{path}-wal"), Path(f"{path}-shm")), owner)
+        return
     for companion in (Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             fd, _ = safefile.create_private_file(companion)
@@ -1044,7 +1063,7 @@ class Vault:
             The connection and the key generation of the header whose key opened it.
         """
         if not self._readonly:
-            prepare_wal_files(self._path)
+            prepare_wal_files(self._path, encrypted=True)
         for header, secrets in keyed:
             page_key = sqlcipher_layer.derive_page_key(secrets, header.store_id)
             try:
