@@ -91,6 +91,7 @@ class WriterLock:
                     # Its holder removed it (:meth:`discard`) while we waited: this
                     # inode guards nothing any more; start again on the current name.
                     os.close(fd)
+                    fd = -1  # closed: the handler below must not close it again
                     fd, created = _open_lock_file(path, owner)
                     continue
                 break
@@ -106,7 +107,8 @@ class WriterLock:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
             except BaseException:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
                 raise
         try:
             if not created:
