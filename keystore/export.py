@@ -472,7 +472,7 @@ def import_vault(
     if not dest.parent.is_dir():
         raise FileNotFoundError(f"directory {dest.parent} does not exist")
     safefile.check_folder(dest.parent)
-    check_companion_files(dest, os.geteuid())
+    check_companion_files(dest)
     # Taken whether or not a vault is there yet: a vault created at dest while the
     # export is read would otherwise be replaced under its writer.
     lock = WriterLock.acquire(dest, owner=os.geteuid())
