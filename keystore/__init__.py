@@ -5,6 +5,12 @@ Public API::
     from keystore import Vault, profiles
     v = Vault.create(path, passphrase, kdf=profiles.RFC_9106_LOW_MEMORY)
     v.put("key_packages", ref, blob); v.get(...); v.apply([...]); v.lock(); v.close()
+    with v.read_snapshot() as snap: ...            # every row, one consistent state
+    v.change_passphrase(old, new, rekey=True)      # also revokes the old secrets
+    read_secret_file(path)                         # warns if others can read it
+
+Files planted beside a vault raise :class:`UnsafeFile`; a vault folder others can
+write gives an :class:`InsecurePermissionsWarning`.
 
 See ``docs/format.md`` for the bytes on disk and ``docs/threat-model.md`` for what
 it protects against.
@@ -14,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from keystore import profiles
 from keystore.errors import (
+    InsecurePermissionsWarning,
     IntegrityError,
     KeystoreError,
     LeaseLost,
@@ -21,6 +28,7 @@ from keystore.errors import (
     MigrationRequired,
     NotAVault,
     SchemaTooNew,
+    UnsafeFile,
     VaultBusy,
     VaultClosed,
     VaultIOError,
@@ -28,8 +36,9 @@ from keystore.errors import (
     WrongPassphrase,
 )
 from keystore.profiles import KdfParameters
+from keystore.safefile import read_secret_file
 from keystore.sqlcipher import SQLCipherUnavailable
-from keystore.vault import Change, ChangeLike, Vault
+from keystore.vault import Change, ChangeLike, Snapshot, Vault
 
 if TYPE_CHECKING:
     from keystore.backends.postgres import LeaseManager, PostgresDatabase, PostgresUnavailable
@@ -83,6 +92,7 @@ __all__ = [
     "CategoryStats",
     "Change",
     "ChangeLike",
+    "InsecurePermissionsWarning",
     "IntegrityError",
     "KdfParameters",
     "KeystoreError",
@@ -97,7 +107,9 @@ __all__ = [
     "RowFailure",
     "SQLCipherUnavailable",
     "SchemaTooNew",
+    "Snapshot",
     "StatsReport",
+    "UnsafeFile",
     "Vault",
     "VaultBusy",
     "VaultClosed",
@@ -107,4 +119,5 @@ __all__ = [
     "WrongPassphrase",
     "__version__",
     "profiles",
+    "read_secret_file",
 ]

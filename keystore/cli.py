@@ -382,13 +382,13 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def _read_header(conn: sqlite3.Connection, path: Path) -> Header:
+    # The vault's typed read: a header stored as TEXT, REAL or a huge INTEGER is damage.
+    from keystore.vault import read_header_row
+
     try:
-        row = conn.execute("SELECT header FROM keystore_header WHERE id = 1").fetchone()
+        return read_header_row(conn, path)
     except sqlite3.DatabaseError as exc:
         raise IntegrityError(f"vault {path} is corrupt: {exc}") from None
-    if row is None:
-        raise IntegrityError(f"vault {path} has no header row")
-    return Header.from_bytes(bytes(row[0]))
 
 
 def _writer_pid(path: Path) -> int | None:

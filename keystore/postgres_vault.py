@@ -17,6 +17,7 @@ and this class merges into it, leaving one vault class with two backends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -654,6 +655,53 @@ class PostgresVault:
                 cipher = self._unlocked()
                 yield cipher.decrypt_row(category, key_hash, blob)
 
+    @contextlib.contextmanager
+    def read_snapshot(self) -> Iterator[PostgresSnapshot]:
+        """Every row from ONE consistent state of the vault (what export reads).
+
+        The rows are fetched by a single statement, which PostgreSQL runs on one
+        snapshot: a batch another worker commits meanwhile is seen whole or not at all.
+        They are decrypted as they are iterated, in category and key-hash order.
+
+        Raises:
+            VaultLocked: the vault is locked.
+            IntegrityError: a row fails authentication (raised while iterating).
+        """
+        with self._mutex:
+            self._unlocked()
+            rows = self._backend.scan_all()
+        yield PostgresSnapshot(self, rows)
+
+    def open_rows(self) -> dict[str, dict[bytes, bytes]]:
+        """Every row of the vault, authenticated: ``{category: {key: value}}``.
+
+        What ``GranularStorage.load`` uses: one binary scan of the vault's rows, decrypted
+        in one batch.  All or nothing: a row that fails authentication raises and nothing
+        is returned.
+
+        Raises:
+            VaultLocked, VaultClosed: the vault cannot be read now.
+            IntegrityError: a row fails authentication or is damaged.
+        """
+        with self._mutex:
+            cipher = self._unlocked()
+            rows = list(self._backend.scan_all())
+            return cipher.open_rows(rows, self._stored_category, self._stored_blob)
+
+    def _stored_category(self, name: object) -> str:
+        try:
+            return check_category(name)
+        except (TypeError, ValueError):
+            raise IntegrityError(
+                f"vault {self.location} is corrupt: a row has an invalid category name"
+            ) from None
+
+    @staticmethod
+    def _stored_blob(value: object) -> bytes:
+        if not isinstance(value, bytes):
+            raise IntegrityError("a stored row value is not a blob")
+        return value
+
     def categories(self) -> list[str]:
         """The categories that hold at least one row, sorted."""
         with self._mutex:
@@ -773,3 +821,23 @@ def import_export_file(
         raise
     return vault
 
+
+class PostgresSnapshot:
+    """The rows of a PostgreSQL vault as of one statement; made by ``read_snapshot``."""
+
+    __slots__ = ("_rows", "_vault", "rows")
+
+    def __init__(self, vault: PostgresVault, rows: list[SealedRow]) -> None:
+        self._vault = vault
+        self._rows = rows
+        #: How many rows the snapshot holds.
+        self.rows = len(rows)
+
+    def __iter__(self) -> Iterator[tuple[str, bytes, bytes]]:
+        vault = self._vault
+        for category, key_hash, blob in self._rows:
+            with vault._mutex:
+                cipher = vault._unlocked()
+                name = vault._stored_category(category)
+                key, value = cipher.decrypt_row(name, key_hash, blob)
+            yield name, key, value

@@ -100,11 +100,19 @@ def _params() -> list[object]:
 
 
 @pytest.mark.parametrize("example", _params())
-def test_example_runs_as_written(example: Example, tmp_path: Path) -> None:
-    """The block exits 0 in a fresh folder, with no setup beyond the package itself."""
+def test_example_runs_as_written(
+    example: Example, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The block exits 0 in a fresh folder, with no setup beyond the package itself.
+
+    An example that reads ``MLS_KEYSTORE_PG_DSN`` gets the test PostgreSQL server's
+    address there, as a reader would set it to their own server.
+    """
     if example.skip is not None:
         pytest.skip(example.skip)
     env = {k: v for k, v in os.environ.items() if k != "MLS_KEYSTORE_PASSPHRASE"}
+    if "MLS_KEYSTORE_PG_DSN" in example.code:
+        env["MLS_KEYSTORE_PG_DSN"] = request.getfixturevalue("pg_dsn")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(
         [sys.executable, "-c", example.code], cwd=tmp_path, env=env, capture_output=True,
