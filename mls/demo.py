@@ -37,7 +37,6 @@ from keystore import KeystoreError, Vault, profiles
 from keystore.profiles import KdfParameters
 from mls.client import Engine, MlsClient, Received
 from mls.errors import MlsError
-from mls.native.client import NativeClient
 
 __all__ = ["main"]
 
@@ -78,7 +77,7 @@ class _Run:
 def _worker(vault: str) -> int:
     """A client in its own process, driven by JSON lines on stdin (one answer per line)."""
     passphrase = os.environ[PASSPHRASE_ENV]
-    client: MlsClient | NativeClient | None = None
+    client: MlsClient | None = None
     h = bytes.fromhex
 
     def run(op: str, args: list[Any]) -> Any:
@@ -209,7 +208,7 @@ def _expect(received: Any, plaintext: bytes, sender: bytes) -> None:
 
 def _create(
     path: Path, passphrase: str, identity: bytes, kdf: KdfParameters, engine: str
-) -> MlsClient | NativeClient:
+) -> MlsClient:
     if engine == "mls-rs":
         return MlsClient.create(path, passphrase, identity=identity, kdf=kdf, engine="mls-rs")
     return MlsClient.create(path, passphrase, identity=identity, kdf=kdf, engine="native")

@@ -127,6 +127,7 @@ from .welcome import Welcome
 
 __all__ = [
     "DEFAULT_KEY_PACKAGE_LIFETIME",
+    "LAST_RESORT_EXTENSION",
     "NativeEngine",
     "Processed",
     "ProcessedKind",
@@ -134,6 +135,9 @@ __all__ = [
 
 #: Validity of a new key package: 90 days, starting an hour early to absorb clock skew.
 DEFAULT_KEY_PACKAGE_LIFETIME = 90 * 24 * 3600
+#: The ``last_resort`` KeyPackage extension (IANA MLS Extension Types, 0x000A): a key
+#: package that may be used by more than one Welcome, kept after a join.
+LAST_RESORT_EXTENSION = 0x000A
 _SKEW = 3600
 _T = TypeVar("_T")
 
@@ -291,6 +295,7 @@ class NativeEngine:
         lifetime: int = DEFAULT_KEY_PACKAGE_LIFETIME,
         extensions: Sequence[Extension] = (),
         leaf_extensions: Sequence[Extension] = (),
+        last_resort: bool = False,
     ) -> bytes:
         """A new KeyPackage (MLSMessage); its private keys are stored before it is returned.
 
@@ -298,9 +303,13 @@ class NativeEngine:
             lifetime: seconds the key package stays valid from now.
             extensions: KeyPackage extensions; ``leaf_extensions`` go in its LeafNode (their
                 non-default types are advertised in the leaf's capabilities).
+            last_resort: mark it ``last_resort``: it stays usable after a join, for when
+                every one-time key package has been consumed.
         """
         if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
             raise ValueError("lifetime must be a positive number of seconds")
+        if last_resort:
+            extensions = (*extensions, Extension(LAST_RESORT_EXTENSION, b""))
         cs = self._cs
         now = self._now()
         init_priv, init_pub = cs.hpke.generate_key_pair()
@@ -309,7 +318,7 @@ class NativeEngine:
             enc_pub,
             self._identity.signature_key,
             self._identity.credential,
-            self._capabilities(leaf_extensions),
+            self._capabilities(leaf_extensions, extensions),
             LeafNodeSource.KEY_PACKAGE,
             Lifetime(max(0, now - _SKEW), now + lifetime),
             b"",
@@ -329,10 +338,11 @@ class NativeEngine:
             self._storage.write_key_package(kp.ref(cs), versioned(bundle))
         return MLSMessage(kp).to_bytes()
 
-    def _capabilities(self, leaf_extensions: Sequence[Extension]) -> Capabilities:
-        custom = tuple(
-            sorted({e.extension_type for e in leaf_extensions} - DEFAULT_EXTENSION_TYPES)
-        )
+    def _capabilities(
+        self, leaf_extensions: Sequence[Extension], extensions: Sequence[Extension] = ()
+    ) -> Capabilities:
+        types = {e.extension_type for e in (*leaf_extensions, *extensions)}
+        custom = tuple(sorted(types - DEFAULT_EXTENSION_TYPES))
         return Capabilities(
             (PROTOCOL_VERSION_MLS10,), tuple(sorted(SUITES)), custom, (), (CredentialType.BASIC,)
         )
@@ -437,6 +447,36 @@ class NativeEngine:
                 assert leaf is not None
                 out.append((i, leaf.credential.identity))
             return out
+
+    def leaf_nodes(self, group_id: bytes) -> list[tuple[int, LeafNode]]:
+        """``(leaf index, LeafNode)`` of every member, in leaf order (for inspection)."""
+        with self._lock:
+            self._check_group(group_id)
+            tree = self._tree(group_id)
+            out = []
+            for i in tree.member_leaves():
+                leaf = tree.leaf(i)
+                assert leaf is not None
+                out.append((i, leaf))
+            return out
+
+    def pending_proposals(self, group_id: bytes) -> list[PendingProposal]:
+        """The proposals queued for the next commit (received and our own), by reference."""
+        with self._lock:
+            self._check_group(group_id)
+            return list(self._queued(group_id).values())
+
+    def group_config(self, group_id: bytes) -> GroupConfig:
+        """The settings the group was created or joined with."""
+        with self._lock:
+            self._check_group(group_id)
+            return self._config(group_id)
+
+    def cipher_suite(self, group_id: bytes) -> int:
+        """The group's cipher suite."""
+        with self._lock:
+            self._check_group(group_id)
+            return self._context(group_id).cipher_suite
 
     def export_secret(self, group_id: bytes, label: bytes, context: bytes, length: int) -> bytes:
         """MLS-Exporter(label, context, length) of the current epoch (§8.5)."""
@@ -701,7 +741,8 @@ class NativeEngine:
             with self._storage.operation():
                 self._storage.write_mls_join_config(gid, config.to_bytes())
                 self._write_epoch(gid, group, info_tag, config, None)
-                self._storage.delete_key_package(ref)
+                if not any(e.extension_type == LAST_RESORT_EXTENSION for e in kp.extensions):
+                    self._storage.delete_key_package(ref)
         return gid
 
     def _external_psks(self) -> dict[bytes, bytes]:
