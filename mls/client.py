@@ -253,8 +253,8 @@ class MlsClient:
             epoch_retention: past epochs kept per group for late messages.
             receipt_retention: outcomes of the last processed messages kept (encrypted)
                 so that processing one again after a crash returns it (0: keep none).
-            cipher_suite: the suite of this client's signature key, and so of its groups
-                and key packages (1-7 natively; 1 on mls-rs).
+            cipher_suite: the suite of this client's first signature key, the default
+                for its groups and key packages (1-7 natively; 1 on mls-rs).
             sqlcipher: also encrypt the whole file with SQLCipher (extra ``[sqlcipher]``).
             max_message_size: the largest input accepted (see
                 :data:`DEFAULT_MAX_MESSAGE_SIZE`).
@@ -468,7 +468,7 @@ class MlsClient:
 
     @property
     def cipher_suite(self) -> int:
-        """The cipher suite of this client's signature key (the default for new groups)."""
+        """The suite of this client's first signature key (the default for new groups)."""
         return self._engine.cipher_suite
 
     @property
@@ -555,7 +555,8 @@ class MlsClient:
         """A new key package (MLSMessage wire format), in the vault before return.
 
         Args:
-            cipher_suite: defaults to :attr:`cipher_suite` (the only one a client has).
+            cipher_suite: any of RFC 9420's seven natively (default :attr:`cipher_suite`);
+                the first use of a suite makes this client a signature key of it.
             lifetime: seconds it stays valid (default: the engine's, 90 days natively).
             last_resort: reusable: joining with it does not consume it (publish one
                 for when every one-time key package is used up).
@@ -664,7 +665,7 @@ class MlsClient:
         """Create a group with only this client in it; returns its id (random if omitted).
 
         Args:
-            cipher_suite: defaults to (and must be) :attr:`cipher_suite`.
+            cipher_suite: any of RFC 9420's seven natively (default :attr:`cipher_suite`).
             settings: handshake wire format and padding of this group (default: public
                 handshakes, no padding).
 

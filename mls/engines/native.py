@@ -1,10 +1,16 @@
 """The native RFC 9420 engine behind :class:`mls.engine.MlsEngine`.
 
 Everything the native engine knows lives in the storage, key-package private keys
-included, so nothing is ever lost across a restart and :meth:`NativeAdapter.rolled_back`
-has nothing to drop (its decode cache is keyed by the stored bytes object, which a
-rollback replaces).  The adapter turns the client's records into the engine's types and
-back, and makes sure every failure is one of :mod:`mls.errors`.
+included, so nothing is ever lost across a restart (its decode cache is keyed by the
+stored bytes object, which a rollback replaces).  The adapter turns the client's records
+into the engine's types and back, and makes sure every failure is one of
+:mod:`mls.errors`.
+
+Cipher suites: a :class:`~mls.native.NativeEngine` signs with one suite's key.  The
+client's first identity (row ``native/v1/identity``/``self``) has the suite chosen at
+creation; the first group or key package of another suite creates a signature key of
+that suite under ``self/suite/<n>`` (same credential identity), and one engine per suite
+runs on the same storage.  Each group call goes to the engine of the group's suite.
 """
 
 from __future__ import annotations
@@ -80,6 +86,17 @@ def _as_invalid_message(what: str) -> Iterator[None]:
         raise errors.InvalidMessage(f"{what}: {exc}") from exc
 
 
+def _suite_identity_key(cipher_suite: int) -> bytes:
+    return IDENTITY_KEY + b"/suite/" + str(cipher_suite).encode()
+
+
+def _welcome_suite(welcome: bytes) -> int | None:
+    """The cipher suite a Welcome (MLSMessage) names in the clear, if it is one."""
+    if len(welcome) < 6 or welcome[2:4] != b"\x00\x03":
+        return None
+    return int.from_bytes(welcome[4:6], "big")
+
+
 def _check_suite(cipher_suite: int) -> int:
     if isinstance(cipher_suite, bool) or not isinstance(cipher_suite, int):
         raise TypeError("cipher_suite must be an int")
@@ -103,8 +120,10 @@ class NativeAdapter:
             or epoch_retention < 1
         ):
             raise ValueError("epoch retention must be an int >= 1")
+        self._storage = storage
         self._engine = NativeEngine(storage)
         self._retention = epoch_retention
+        self._by_suite: dict[int, NativeEngine] = {self._engine.suite.suite_id: self._engine}
 
     @classmethod
     def create(
@@ -140,15 +159,36 @@ class NativeAdapter:
         return self._engine
 
     def rolled_back(self) -> None:
-        """Nothing to drop: every read goes to the storage (see the module docstring)."""
+        """Forget engines whose identity row the rollback took away (a new suite's)."""
+        for suite in list(self._by_suite):
+            engine = self._by_suite[suite]
+            if (
+                engine is not self._engine
+                and self._storage.read(CATEGORY_IDENTITY, _suite_identity_key(suite)) is None
+            ):
+                del self._by_suite[suite]
 
-    def _same_suite(self, cipher_suite: int, what: str) -> None:
-        if _check_suite(cipher_suite) != self.cipher_suite:
-            raise errors.Unsupported(
-                NAME,
-                f"{what} in cipher suite {cipher_suite} from a client whose signature key "
-                f"is of suite {self.cipher_suite} (choose the suite at MlsClient.create)",
-            )
+    def _for_suite(self, cipher_suite: int) -> NativeEngine:
+        """The engine signing with ``cipher_suite``, its key made (and stored) on first use."""
+        suite = _check_suite(cipher_suite)
+        engine = self._by_suite.get(suite)
+        if engine is None:
+            key = _suite_identity_key(suite)
+            if self._storage.read(CATEGORY_IDENTITY, key) is None:
+                engine = NativeEngine.create(
+                    self._storage, self.identity, suite=suite, identity_key=key
+                )
+            else:
+                engine = NativeEngine(self._storage, identity_key=key)
+            self._by_suite[suite] = engine
+        return engine
+
+    def _for_group(self, group_id: bytes) -> NativeEngine:
+        """The engine of the group's suite (UnknownGroup if we are not in it)."""
+        suite = self._engine.cipher_suite(group_id)
+        if suite == self._engine.suite.suite_id:
+            return self._engine
+        return self._for_suite(suite)
 
     # ------------------------------------------------------------------ key packages
 
@@ -156,10 +196,10 @@ class NativeAdapter:
         self, *, cipher_suite: int, lifetime: int | None, last_resort: bool
     ) -> bytes:
         """A key package whose private keys are in storage (never lost)."""
-        self._same_suite(cipher_suite, "a key package")
+        engine = self._for_suite(cipher_suite)
         if lifetime is None:
-            return self._engine.generate_key_package(last_resort=last_resort)
-        return self._engine.generate_key_package(lifetime=lifetime, last_resort=last_resort)
+            return engine.generate_key_package(last_resort=last_resort)
+        return engine.generate_key_package(lifetime=lifetime, last_resort=last_resort)
 
     def lost_key_packages(self) -> list[LostKeyPackage]:
         """Always empty: the native engine persists key-package private keys."""
@@ -190,13 +230,25 @@ class NativeAdapter:
         self, group_id: bytes | None, *, cipher_suite: int, settings: GroupSettings
     ) -> bytes:
         """A new group of one, with ``settings`` stored as its config."""
-        self._same_suite(cipher_suite, "a group")
-        return self._engine.create_group(group_id, config=self._config(settings))
+        engine = self._for_suite(cipher_suite)
+        return engine.create_group(group_id, config=self._config(settings))
 
     def join(self, welcome: bytes, *, settings: GroupSettings) -> bytes:
-        """Join from a Welcome."""
+        """Join from a Welcome, with the engine of the suite it names."""
+        suite = _welcome_suite(welcome)
+        engine = self._engine
+        if suite is not None and suite in ALL_CIPHER_SUITES and suite in self._suites():
+            engine = self._for_suite(suite)
         with _as_invalid_message("the Welcome cannot be accepted"):
-            return self._engine.join(welcome, config=self._config(settings))
+            return engine.join(welcome, config=self._config(settings))
+
+    def _suites(self) -> set[int]:
+        """The suites we hold a signature key for."""
+        held = {self._engine.suite.suite_id}
+        for suite in ALL_CIPHER_SUITES:
+            if self._storage.read(CATEGORY_IDENTITY, _suite_identity_key(suite)) is not None:
+                held.add(suite)
+        return held
 
     def members(self, group_id: bytes) -> list[Member]:
         """Members as records, in leaf order."""
@@ -259,11 +311,12 @@ class NativeAdapter:
         force_path: bool,
     ) -> tuple[bytes, bytes | None]:
         """Commit the queue plus inline proposals; PSKs get a fresh nonce each."""
-        suite = self._engine.suite
+        engine = self._for_group(group_id)
         ids = [
-            PreSharedKeyID(PskType.EXTERNAL, new_psk_nonce(suite), psk_id=p.psk_id) for p in psks
+            PreSharedKeyID(PskType.EXTERNAL, new_psk_nonce(engine.suite), psk_id=p.psk_id)
+            for p in psks
         ]
-        return self._engine.commit(
+        return engine.commit(
             group_id,
             add=add,
             remove=remove,
@@ -274,20 +327,20 @@ class NativeAdapter:
 
     def propose_add(self, group_id: bytes, key_package: bytes) -> bytes:
         """An Add proposal."""
-        return self._engine.propose_add(group_id, key_package)
+        return self._for_group(group_id).propose_add(group_id, key_package)
 
     def propose_remove(self, group_id: bytes, leaf_index: int) -> bytes:
         """A Remove proposal."""
-        return self._engine.propose_remove(group_id, leaf_index)
+        return self._for_group(group_id).propose_remove(group_id, leaf_index)
 
     def propose_update(self, group_id: bytes) -> bytes:
         """An Update proposal with a fresh leaf key (stored first)."""
-        return self._engine.propose_update(group_id)
+        return self._for_group(group_id).propose_update(group_id)
 
     def propose_external_psk(self, group_id: bytes, psk_id: bytes) -> bytes:
         """A PreSharedKey proposal for a stored external PSK."""
         try:
-            return self._engine.propose_external_psk(group_id, psk_id)
+            return self._for_group(group_id).propose_external_psk(group_id, psk_id)
         except native_errors.KeyNotFound as exc:
             raise errors.InvalidProposal("no external PSK with that id is stored") from exc
 
@@ -295,18 +348,19 @@ class NativeAdapter:
         self, group_id: bytes, extensions: Sequence[GroupContextExtension]
     ) -> bytes:
         """A GroupContextExtensions proposal."""
-        return self._engine.propose_group_context_extensions(group_id, _extensions(extensions))
+        engine = self._for_group(group_id)
+        return engine.propose_group_context_extensions(group_id, _extensions(extensions))
 
     # ------------------------------------------------------------------ messages
 
     def encrypt(self, group_id: bytes, plaintext: bytes, *, aad: bytes) -> bytes:
         """An application PrivateMessage."""
-        return self._engine.encrypt(group_id, plaintext, aad=aad)
+        return self._for_group(group_id).encrypt(group_id, plaintext, aad=aad)
 
     def process(self, group_id: bytes, message: bytes) -> EngineReceived:
         """Verify and apply one message."""
         with _as_invalid_message("the message cannot be accepted"):
-            got = self._engine.process(group_id, message)
+            got = self._for_group(group_id).process(group_id, message)
         return EngineReceived(_KINDS[got.kind], got.identity, got.data, got.removed)
 
     def past_epochs(self, group_id: bytes) -> list[int]:
@@ -317,7 +371,7 @@ class NativeAdapter:
 
     def export_secret(self, group_id: bytes, label: bytes, context: bytes, length: int) -> bytes:
         """MLS-Exporter of the current epoch."""
-        return self._engine.export_secret(group_id, label, context, length)
+        return self._for_group(group_id).export_secret(group_id, label, context, length)
 
 
 def _extensions(extensions: Sequence[GroupContextExtension]) -> list[Extension]:

@@ -185,14 +185,23 @@ class NativeEngine:
     Args:
         storage: the storage holding this client's state.
         clock: Unix time source for key-package lifetimes (tests inject it).
+        identity_key: the row of the identity to act as.  One engine signs with one
+            suite's key; a client of several suites runs one engine per suite, each on
+            its own identity row, all on the same storage.
     """
 
-    def __init__(self, storage: GranularStorage, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        storage: GranularStorage,
+        *,
+        clock: Callable[[], float] = time.time,
+        identity_key: bytes = IDENTITY_KEY,
+    ) -> None:
         self._storage = storage
         self._clock = clock
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, bytes], tuple[bytes, object]] = {}
-        row = storage.read(CATEGORY_IDENTITY, IDENTITY_KEY)
+        row = storage.read(CATEGORY_IDENTITY, identity_key)
         if row is None:
             raise NoIdentity("this storage holds no native MLS identity")
         self._identity = read_versioned(
@@ -212,6 +221,7 @@ class NativeEngine:
         *,
         suite: int = 1,
         clock: Callable[[], float] = time.time,
+        identity_key: bytes = IDENTITY_KEY,
     ) -> NativeEngine:
         """Generate a signature key pair for a basic credential and store both; one operation.
 
@@ -220,7 +230,7 @@ class NativeEngine:
         """
         if not isinstance(identity, bytes) or not identity:
             raise ValueError("identity must be non-empty bytes")
-        if storage.read(CATEGORY_IDENTITY, IDENTITY_KEY) is not None:
+        if storage.read(CATEGORY_IDENTITY, identity_key) is not None:
             raise ValueError("this storage already holds a native MLS identity")
         cs = get_suite(suite)
         priv, pub = cs.generate_signature_key_pair()
@@ -238,8 +248,8 @@ class NativeEngine:
 
         with storage.operation():
             storage.write_signature_key_pair(pub, versioned(key_row))
-            storage.write(CATEGORY_IDENTITY, IDENTITY_KEY, versioned(identity_row))
-        return cls(storage, clock=clock)
+            storage.write(CATEGORY_IDENTITY, identity_key, versioned(identity_row))
+        return cls(storage, clock=clock, identity_key=identity_key)
 
     # ------------------------------------------------------------------ properties
 

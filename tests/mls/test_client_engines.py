@@ -343,23 +343,56 @@ def test_authenticated_data_is_readable_on_receipt(clients: Clients) -> None:
 
 
 @pytest.mark.parametrize("suite", [1, 2, 3, 4, 5, 6, 7])
-def test_every_cipher_suite(clients: Clients, suite: int) -> None:
-    """A client of each RFC 9420 suite talks to another of the same suite."""
+def test_every_cipher_suite_at_create_group_and_key_package(clients: Clients, suite: int) -> None:
+    """Groups and key packages of each RFC 9420 suite, from clients created with suite 1."""
+    alice, bob = clients.make("alice"), clients.make("bob")
     if clients.engine == "mls-rs" and suite != 1:
+        unsupported("mls-rs", lambda: alice.create_group(GID, cipher_suite=suite))
+        unsupported("mls-rs", lambda: bob.generate_key_package(cipher_suite=suite))
+        return
+    alice.create_group(GID, cipher_suite=suite)
+    _, welcome = alice.add_members(GID, [bob.generate_key_package(cipher_suite=suite)])
+    bob.join(welcome)
+    assert bob.group_state(GID).cipher_suite == suite == alice.group_state(GID).cipher_suite
+    assert bob.process(GID, alice.encrypt(GID, b"suite")).data == b"suite"
+    bob = clients.restart(bob)
+    alice.process(GID, bob.update_keys(GID))
+    assert alice.process(GID, bob.encrypt(GID, b"after restart")).data == b"after restart"
+    assert alice.cipher_suite == 1  # the client's first identity keeps its suite
+
+
+@pytest.mark.parametrize("suite", [2, 7])
+def test_cipher_suite_chosen_at_create(clients: Clients, suite: int) -> None:
+    """A client created with another suite uses it for its groups and key packages."""
+    if clients.engine == "mls-rs":
         unsupported("mls-rs", lambda: clients.make("alice", cipher_suite=suite))
         assert not clients.path("alice").exists()
         return
     alice = clients.make("alice", cipher_suite=suite)
     bob = clients.make("bob", cipher_suite=suite)
     assert alice.cipher_suite == suite
-    alice.create_group(GID, cipher_suite=suite)
-    _, welcome = alice.add_members(GID, [bob.generate_key_package(cipher_suite=suite)])
+    alice.create_group(GID)
+    _, welcome = alice.add_members(GID, [bob.generate_key_package()])
     bob.join(welcome)
     assert bob.group_state(GID).cipher_suite == suite
-    assert bob.process(GID, alice.encrypt(GID, b"suite")).data == b"suite"
-    other = 2 if suite == 1 else 1
-    unsupported(clients.engine, lambda: alice.create_group(b"g2", cipher_suite=other))
-    unsupported(clients.engine, lambda: alice.generate_key_package(cipher_suite=other))
+    assert bob.process(GID, alice.encrypt(GID, b"x")).data == b"x"
+
+
+def test_a_failed_call_forgets_a_new_suite_key(clients: Clients) -> None:
+    """A call rolled back after making a new suite's signature key leaves no trace of it."""
+    alice, bob = clients.make("alice"), clients.make("bob")
+    alice.create_group(GID)
+    if clients.engine == "mls-rs":
+        unsupported("mls-rs", lambda: alice.create_group(GID, cipher_suite=3))
+        return
+    with pytest.raises(ValueError):
+        alice.create_group(GID, cipher_suite=3)  # duplicate id, after the suite-3 key is made
+    assert alice.pending_events == 0
+    alice.create_group(b"other", cipher_suite=3)
+    _, welcome = alice.add_members(b"other", [bob.generate_key_package(cipher_suite=3)])
+    bob.join(welcome)
+    alice = clients.restart(alice)
+    assert bob.process(b"other", alice.encrypt(b"other", b"x")).data == b"x"
 
 
 def test_key_package_lifetime(clients: Clients) -> None:
