@@ -906,12 +906,10 @@ class MlsClient:
         assert header.epoch is not None
         changes = None
         if before is not None:
-            after = [] if got.removed else self._engine.members(group_id)
-            changes = _changes(before, after, header.epoch + 1)
-            if got.removed and self.identity not in changes.removed:
-                changes = CommitChanges(
-                    changes.epoch, changes.added, (*changes.removed, self.identity)
-                )
+            if got.removed:  # the group is gone: the new tree cannot be seen any more
+                changes = CommitChanges(header.epoch + 1, removed=(self.identity,))
+            else:
+                changes = _changes(before, self._engine.members(group_id), header.epoch + 1)
         return Received(
             got.kind,
             got.sender,
@@ -1139,6 +1137,21 @@ class AsyncMlsClient:
     def vault(self) -> Vault:
         """See :attr:`MlsClient.vault`."""
         return self._client.vault
+
+    @property
+    def cipher_suite(self) -> int:
+        """See :attr:`MlsClient.cipher_suite`."""
+        return self._client.cipher_suite
+
+    @property
+    def max_message_size(self) -> int:
+        """See :attr:`MlsClient.max_message_size`."""
+        return self._client.max_message_size
+
+    @property
+    def pending_events(self) -> int:
+        """See :attr:`MlsClient.pending_events`."""
+        return self._client.pending_events
 
     async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         return await asyncio.to_thread(fn, *args, **kwargs)

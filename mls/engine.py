@@ -170,6 +170,9 @@ class CommitChanges:
         added / removed: identities that got or lost a leaf.
         updated: identities whose leaf got a fresh encryption key (an Update proposal,
             or the committer's own path).
+
+    When the commit removed us, the group is forgotten with it and only our own
+    identity is reported, in ``removed``.
     """
 
     epoch: int

@@ -17,7 +17,7 @@ class MlsError(_mls.MlsEngineError):
     """Base class of every error raised by the native engine.
 
     It is an :class:`mls.errors.MlsEngineError`, so code written against
-    :class:`mls.client.MlsClient` handles native engine failures unchanged.
+    :mod:`mls.errors` handles native engine failures unchanged.
     """
 
 

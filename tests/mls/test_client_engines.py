@@ -180,7 +180,10 @@ def test_processed_commit_says_what_changed(clients: Clients) -> None:
     carol.process(GID, commit)
     assert got.changes is not None
     assert (got.changes.epoch, got.changes.added, got.changes.removed) == (3, (b"dave",), ())
-    got = carol.process(GID, alice.remove_members(GID, [b"bob"]))
+    removal = alice.remove_members(GID, [b"bob"])
+    gone = bob.process(GID, removal)
+    assert gone.removed and gone.changes == CommitChanges(4, removed=(b"bob",))
+    got = carol.process(GID, removal)
     assert got.changes is not None and got.changes.removed == (b"bob",)
     assert got.epoch == 3 and got.changes.epoch == 4
     got = carol.process(GID, alice.update_keys(GID))
@@ -642,9 +645,16 @@ def test_client_on_raw_key_and_sqlcipher_vaults_across_restarts(
 
 
 def test_async_client_has_every_method_precisely_typed() -> None:
-    """AsyncMlsClient mirrors every public MlsClient method with the same parameters."""
+    """AsyncMlsClient mirrors every public MlsClient method and property, same parameters."""
+    for name, prop in inspect.getmembers(MlsClient, lambda m: isinstance(m, property)):
+        assert isinstance(getattr(AsyncMlsClient, name, None), property), name
+        assert prop.fget is not None
+        assert (
+            inspect.signature(prop.fget).return_annotation
+            == inspect.signature(getattr(AsyncMlsClient, name).fget).return_annotation
+        )
     for name, method in inspect.getmembers(MlsClient, inspect.isfunction):
-        if name.startswith("_") or name in {"close"}:
+        if name.startswith("_"):
             continue
         twin = getattr(AsyncMlsClient, name, None)
         assert twin is not None, f"AsyncMlsClient lacks {name}"
