@@ -103,7 +103,7 @@ def encode_receipt(seq: int, got: Received) -> bytes:
         head
         + _optional(got.sender)
         + _optional(got.data)
-        + _optional(got.authenticated_data)
+        + _optional(got.authenticated_data or None)
         + _optional(epoch)
         + _optional(changes)
     )
