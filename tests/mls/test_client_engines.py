@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar, cast
@@ -688,3 +691,85 @@ def test_async_client_round_trip(tmp_path: Path, engine: EngineName) -> None:
             return got.data, await bob.epoch(GID), await bob.group_ids()
 
     assert asyncio.run(conversation()) == (b"async", 1, [GID])
+
+
+_BOUNDED_CHILD = r"""
+import os, resource, sys, tempfile
+from pathlib import Path
+from keystore import profiles
+from mls import InvalidMessage, MlsClient
+
+engine, limit_mib = sys.argv[1], int(sys.argv[2])
+folder = Path(tempfile.mkdtemp())
+clients = [
+    MlsClient.create(folder / n, "p", identity=n.encode(), kdf=profiles.INSECURE_FOR_TESTS_ONLY,
+                     engine=engine, max_message_size=limit_mib << 20)
+    for n in ("alice", "bob")
+]
+alice, bob = clients
+alice.create_group(b"g")
+bob.join(alice.add_members(b"g", [bob.generate_key_package()])[1])
+real = alice.encrypt(b"g", b"x")
+# A PrivateMessage header of the group's epoch, then 48 MiB of "ciphertext".
+huge = real[:4] + bytes([1]) + b"g" + real[6:15] + bytes([0]) + os.urandom(48 << 20)
+pages = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (pages + (24 << 20), pages + (24 << 20)))
+try:
+    bob.process(b"g", huge)
+except InvalidMessage as exc:
+    print("refused", "max_message_size" in str(exc))
+except MemoryError:
+    print("memory")
+"""
+
+
+@pytest.mark.parametrize("limit_mib", [1, 64])
+def test_oversized_input_costs_no_memory(engine: EngineName, limit_mib: int) -> None:
+    """Under an address-space limit of 24 MiB above its size, a client refuses a 48 MiB
+    message by its size alone; with the bound raised, the same message exhausts memory."""
+    done = subprocess.run(
+        [sys.executable, "-c", _BOUNDED_CHILD, engine, str(limit_mib)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    out = done.stdout.strip().splitlines()[-1:] if done.stdout else []
+    if limit_mib == 1:
+        assert out == ["refused True"], done.stderr[-2000:]
+    else:
+        assert out == ["memory"], done.stderr[-2000:]  # the control: parsing it does cost
+
+
+def test_async_durable_part_never_blocks_the_loop(
+    tmp_path: Path, engine: EngineName, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an awaited call waits for a slow disk, other tasks of the loop keep running."""
+    real_apply = Vault.apply
+
+    def slow_apply(self: Vault, changes: object) -> int:
+        time.sleep(0.3)
+        return real_apply(self, changes)  # type: ignore[arg-type]
+
+    async def scenario() -> int:
+        alice = await AsyncMlsClient.create(
+            tmp_path / "a.vault", PASSPHRASE, identity=b"a", kdf=FAST, engine=engine
+        )
+        async with alice:
+            await alice.create_group(GID)
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            task = asyncio.create_task(ticker())
+            monkeypatch.setattr(Vault, "apply", slow_apply)
+            await alice.encrypt(GID, b"slow disk")
+            monkeypatch.setattr(Vault, "apply", real_apply)
+            task.cancel()
+            return ticks
+
+    assert asyncio.run(scenario()) >= 10
