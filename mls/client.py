@@ -35,6 +35,7 @@ from keystore.errors import VaultClosed
 from keystore.profiles import KdfParameters
 from mls.drainer import WriteBehindDrainer
 from mls.engine import (
+    ALL_CIPHER_SUITES,
     DEFAULT_CIPHER_SUITE,
     CommitChanges,
     EngineName,
@@ -314,9 +315,18 @@ class MlsClient:
         cipher_suite: int,
         max_message_size: int,
     ) -> MlsClient:
+        # Every argument is checked before the vault file exists: a refused create leaves
+        # nothing behind at the path (and so can simply be retried).
         identity = _check_identity(identity)
         _check_engine(engine, optional=False)
         _check_positive(epoch_retention, "epoch retention")
+        _check_positive(max_message_size, "max_message_size")
+        if isinstance(receipt_retention, bool) or not isinstance(receipt_retention, int):
+            raise TypeError("receipt_retention must be an int")
+        if receipt_retention < 0:
+            raise ValueError("receipt_retention must be >= 0")
+        if isinstance(cipher_suite, bool) or cipher_suite not in ALL_CIPHER_SUITES:
+            raise ValueError(f"cipher_suite must be one of {ALL_CIPHER_SUITES}")
         adapter_class = _adapter_class(engine)
         if engine == "mls-rs":
             from mls.mlsrs import load_binding

@@ -541,6 +541,26 @@ def test_batch_errors_name_the_failing_item(clients: Clients) -> None:
     assert isinstance(unknown.value, MlsError)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"identity": b""},
+        {"cipher_suite": 9},
+        {"receipt_retention": -1},
+        {"max_message_size": 0},
+        {"epoch_retention": 0},
+    ],
+)
+def test_refused_create_leaves_no_file(
+    tmp_path: Path, engine: EngineName, bad: dict[str, object]
+) -> None:
+    """Bad arguments are refused before the vault file exists."""
+    args: dict[str, object] = {"identity": b"x", "kdf": FAST, "engine": engine, **bad}
+    with pytest.raises((TypeError, ValueError)):
+        MlsClient.create(tmp_path / "v.vault", PASSPHRASE, **args)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_opening_with_the_wrong_engine_names_the_right_one(
     tmp_path: Path, engine: EngineName
 ) -> None:
