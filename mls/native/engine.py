@@ -138,6 +138,9 @@ DEFAULT_KEY_PACKAGE_LIFETIME = 90 * 24 * 3600
 #: The ``last_resort`` KeyPackage extension (IANA MLS Extension Types, 0x000A): a key
 #: package that may be used by more than one Welcome, kept after a join.
 LAST_RESORT_EXTENSION = 0x000A
+#: Leaf public keys of our last-resort key packages (value ``0x01``): their private keys
+#: are shared by every group joined with the key package, so never deleted with one.
+CATEGORY_SHARED_LEAF_KEYS = "native/v1/last_resort_leaf_key"
 _SKEW = 3600
 _T = TypeVar("_T")
 
@@ -346,6 +349,8 @@ class NativeEngine:
 
         with self._lock, self._storage.operation():
             self._storage.write_key_package(kp.ref(cs), versioned(bundle))
+            if last_resort:  # every group joined with it shares this leaf key
+                self._storage.write(CATEGORY_SHARED_LEAF_KEYS, enc_pub, b"\x01")
         return MLSMessage(kp).to_bytes()
 
     def _capabilities(
@@ -617,13 +622,22 @@ class NativeEngine:
             old_leaf = previous.tree.leaf(previous.private.leaf_index)
             assert old_leaf is not None
             if old_leaf.encryption_key != leaf.encryption_key:
-                s.delete_encryption_key_pair(old_leaf.encryption_key)
+                self._drop_leaf_key(old_leaf.encryption_key)
         for raw in s.own_leaf_nodes(gid):
             pending = decode_exact(raw, LeafNode.decode)
             if pending.encryption_key != leaf.encryption_key:
-                s.delete_encryption_key_pair(pending.encryption_key)
+                self._drop_leaf_key(pending.encryption_key)
         s.delete_own_leaf_nodes(gid)
         s.clear_proposal_queue(gid)
+
+    def _drop_leaf_key(self, public: bytes) -> None:
+        """Delete a leaf's private key, unless a last-resort key package shares it.
+
+        Every group joined with one last-resort key package starts with the same leaf key;
+        leaving or updating in one group must not take it from the others.
+        """
+        if self._storage.read(CATEGORY_SHARED_LEAF_KEYS, public) is None:
+            self._storage.delete_encryption_key_pair(public)
 
     def _forget(self, gid: bytes) -> None:
         """Delete every row of a group we left (removed by a commit)."""
@@ -635,9 +649,9 @@ class NativeEngine:
         s.delete_encryption_epoch_key_pairs(gid, u64(context.epoch), me)
         leaf = tree.leaf(me)
         if leaf is not None:
-            s.delete_encryption_key_pair(leaf.encryption_key)
+            self._drop_leaf_key(leaf.encryption_key)
         for raw in s.own_leaf_nodes(gid):
-            s.delete_encryption_key_pair(decode_exact(raw, LeafNode.decode).encryption_key)
+            self._drop_leaf_key(decode_exact(raw, LeafNode.decode).encryption_key)
         for delete in (
             s.delete_own_leaf_nodes,
             s.clear_proposal_queue,

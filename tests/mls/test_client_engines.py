@@ -441,6 +441,26 @@ def test_last_resort_key_package_serves_many_welcomes(clients: Clients) -> None:
     assert bob.group_ids() == [b"g1", b"g2", b"g3"]
 
 
+def test_groups_joined_with_one_last_resort_key_package_stay_independent(
+    clients: Clients,
+) -> None:
+    """Rotating or losing the leaf key in one group keeps the other group's copy of it."""
+    alice, bob = clients.make("alice"), clients.make("bob")
+    if clients.engine == "mls-rs":
+        unsupported("mls-rs", lambda: bob.generate_key_package(last_resort=True))
+        return
+    reusable = bob.generate_key_package(last_resort=True)
+    for gid in (b"g1", b"g2"):
+        alice.create_group(gid)
+        _, welcome = alice.add_members(gid, [reusable])
+        bob.join(welcome)
+    alice.process(b"g1", bob.update_keys(b"g1"))  # bob's g1 leaf key is replaced
+    assert bob.process(b"g1", alice.remove_members(b"g1", [b"bob"])).removed
+    bob = clients.restart(bob)
+    bob.process(b"g2", alice.update_keys(b"g2"))  # the path secret is encrypted to bob's leaf
+    assert bob.export_secret(b"g2", b"x", b"", 16) == alice.export_secret(b"g2", b"x", b"", 16)
+
+
 def test_lost_key_packages(clients: Clients) -> None:
     """Native keeps key packages across restarts; mls-rs reports them lost."""
     alice, bob = clients.make("alice"), clients.make("bob")
