@@ -423,7 +423,9 @@ class MlsRsAdapter:
         """What the binding lets us see: no epoch authenticator, no pending proposals."""
         epoch, suite = self._snapshot(group_id)
         members = tuple(self.members(group_id))
-        own = next(m.leaf_index for m in members if m.signature_key == self._public)
+        own = next((m.leaf_index for m in members if m.signature_key == self._public), None)
+        if own is None:
+            raise errors.MlsEngineError("our own leaf is not in the group's ratchet tree")
         return GroupState(
             group_id=group_id,
             epoch=epoch,
