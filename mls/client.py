@@ -117,6 +117,10 @@ def _check_positive(value: object, what: str) -> int:
     return value
 
 
+# The adapters are imported on first use, so that ``import mls`` (for the storage layer
+# alone, say) does not load the native engine's cipher suites.
+
+
 def _engine_rows() -> dict[EngineName, tuple[str, bytes]]:
     from mls.engines import mlsrs, native
 
