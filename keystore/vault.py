@@ -205,6 +205,19 @@ def _row_generation(conn: sqlite3.Connection) -> int | None:
     return None if row is None else int(row[0])
 
 
+def _refuse_header_row(conn: sqlite3.Connection, path: Path) -> None:
+    """A SQLCipher vault's one header is its header file; a row in ``keystore_header``
+    is a second header no unlock authenticated, so the file is refused as tampered."""
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keystore_header'"
+    ).fetchone()
+    if has_table is not None and conn.execute("SELECT 1 FROM keystore_header").fetchone():
+        raise IntegrityError(
+            f"SQLCipher vault {path} has a row in keystore_header, which must be empty "
+            "(its header is in the header file); nothing was changed"
+        )
+
+
 def _store_row_generation(conn: sqlite3.Connection, generation: int) -> None:
     conn.execute(
         "INSERT INTO keystore_counters (name, value) VALUES (?, ?)"
@@ -769,6 +782,7 @@ class Vault:
                 self._drop_keys()
                 conn, page_generation = self._connect_keyed(keyed)
                 with _db_errors(self._path):
+                    _refuse_header_row(conn, self._path)
                     row_generation = _row_generation(conn)
                 if row_generation is None:  # never rekeyed since the schema predates it
                     row_generation = sidecar.current.key_generation

@@ -38,8 +38,18 @@ from .errors import (
     InvalidProposal,
     KeyNotFound,
     NoIdentity,
+    NoPendingCommit,
+    PendingCommitExists,
     UnknownGroup,
     UnknownKeyPackage,
+)
+from .external import (
+    check_external_sender_proposal,
+    create_external_commit,
+    decode_external_senders,
+    process_external_commit,
+    sign_group_info,
+    verify_group_info,
 )
 from .framing import (
     AuthenticatedContent,
@@ -66,8 +76,10 @@ from .leaf_node import (
     LeafNodeSource,
     Lifetime,
 )
+from .pending import PendingCommit, PendingCommitRow
 from .proposals import (
     Add,
+    Commit,
     GroupContextExtensions,
     PreSharedKey,
     PreSharedKeyID,
@@ -90,6 +102,7 @@ from .rows import (
     CATEGORY_EPOCH,
     CATEGORY_IDENTITY,
     CATEGORY_MEMBERS,
+    CATEGORY_PENDING_COMMIT,
     CATEGORY_RATCHET,
     IDENTITY_KEY,
     OPERATIONAL,
@@ -123,12 +136,13 @@ from .validation import (
     validate_key_package,
     validate_leaf_node,
 )
-from .welcome import Welcome
+from .welcome import GroupInfo, Welcome
 
 __all__ = [
     "DEFAULT_KEY_PACKAGE_LIFETIME",
     "LAST_RESORT_EXTENSION",
     "NativeEngine",
+    "PendingCommit",
     "Processed",
     "ProcessedKind",
 ]
@@ -162,6 +176,12 @@ class Processed:
         data: the plaintext of an application message.
         removed: the commit removed us; the group has been forgotten.
         epoch: the epoch the message belonged to.
+        cleared_pending_commit: another commit of this epoch won; our pending commit was
+            dropped (the group continues in the winner's epoch; redo our changes if needed).
+        merged_pending_commit: the message was our own pending commit, echoed by the
+            delivery service; it has been merged.
+        external_sender: a proposal from a sender of the ``external_senders`` extension
+            (``sender`` is its index there, ``identity`` its credential identity).
     """
 
     kind: ProcessedKind
@@ -170,6 +190,9 @@ class Processed:
     epoch: int
     data: bytes | None = None
     removed: bool = False
+    cleared_pending_commit: bool = False
+    merged_pending_commit: bool = False
+    external_sender: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,6 +675,7 @@ class NativeEngine:
             self._drop_leaf_key(leaf.encryption_key)
         for raw in s.own_leaf_nodes(gid):
             self._drop_leaf_key(decode_exact(raw, LeafNode.decode).encryption_key)
+        s.delete(CATEGORY_PENDING_COMMIT, gid)
         for delete in (
             s.delete_own_leaf_nodes,
             s.clear_proposal_queue,
@@ -716,8 +740,17 @@ class NativeEngine:
                 self._write_epoch(gid, group, tag, config, None)
         return gid
 
-    def join(self, welcome: bytes, *, config: GroupConfig | None = None) -> bytes:
+    def join(
+        self,
+        welcome: bytes,
+        *,
+        config: GroupConfig | None = None,
+        ratchet_tree: bytes | None = None,
+    ) -> bytes:
         """Join a group from a Welcome (MLSMessage); returns the group id.
+
+        ``ratchet_tree`` is the group's tree (``NativeEngine.ratchet_tree`` of a member),
+        needed when the Welcome's GroupInfo has no ``ratchet_tree`` extension.
 
         Raises:
             UnknownKeyPackage: the Welcome addresses none of our key packages.
@@ -744,7 +777,8 @@ class NativeEngine:
                 row, lambda r: (r.opaque(), r.opaque(), r.opaque())
             )
             kp = decode_exact(kp_bytes, KeyPackage.decode)
-            group = join_from_welcome(body, kp, init_priv, enc_priv, self._external_psks())
+            tree = None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree)
+            group = join_from_welcome(body, kp, init_priv, enc_priv, self._external_psks(), tree)
             cs = get_suite(group.context.cipher_suite)
             for i in group.tree.member_leaves():
                 leaf = group.tree.leaf(i)
@@ -761,6 +795,7 @@ class NativeEngine:
             gid = group.context.group_id
             if self._storage.read(cat.GROUP_STATE, gid) is not None:
                 raise InvalidMessage("this engine is already a member of that group")
+            self._refuse_if_pending(gid)  # an external join of ours awaits its answer
             info_tag = group.secrets.confirmation_tag(group.context.confirmed_transcript_hash)
             with self._storage.operation():
                 self._storage.write_mls_join_config(gid, config.to_bytes())
@@ -820,6 +855,7 @@ class NativeEngine:
     def _propose(self, gid: bytes, body: ProposalBody) -> bytes:
         """Sign, queue (by reference) and frame one of our own proposals."""
         self._check_group(gid)
+        self._refuse_if_pending(gid)
         context, me, config = self._context(gid), self._own_leaf(gid), self._config(gid)
         content = FramedContent(
             gid, context.epoch, Sender(SenderType.MEMBER, me), b"", Proposal(body)
@@ -908,10 +944,16 @@ class NativeEngine:
             out[ref] = PendingProposal(auth.content.sender.index, body, ref)
         return out
 
-    def _select(self, queued: Iterable[PendingProposal], me: int) -> list[PendingProposal]:
-        """The queued proposals we may commit: not our own Update or removal, no conflicts."""
+    def _select(
+        self, queued: Iterable[PendingProposal], me: int, removing: Iterable[int] = ()
+    ) -> list[PendingProposal]:
+        """The queued proposals we may commit: not our own Update or removal, no conflicts.
+
+        Leaves in ``removing`` (our inline removals) win over queued Updates and Removes
+        of the same leaf, as §12.2 recommends.
+        """
         chosen: list[PendingProposal] = []
-        touched: set[int] = set()
+        touched: set[int] = set(removing)
         for p in queued:
             body = p.proposal.body
             if isinstance(body, Update):
@@ -935,20 +977,28 @@ class NativeEngine:
         extensions: Sequence[Extension] | None = None,
         force_path: bool = False,
         aad: bytes = b"",
+        pending: bool = False,
     ) -> tuple[bytes, bytes | None]:
         """Commit the queued proposals plus ``add``/``remove``/``psks``/``extensions`` inline.
 
-        Applied to our state at once (we move to the next epoch before return).
+        By default the commit is applied to our state at once (we move to the next epoch
+        before return).  With ``pending=True`` it is stored as our pending commit instead
+        (durable, not applied): send it, then :meth:`merge_pending_commit` when the delivery
+        service accepts it or :meth:`clear_pending_commit` when it rejects it.
 
         Returns:
             ``(commit, welcome)`` as MLSMessage bytes; ``welcome`` is ``None`` without adds.
+
+        Raises:
+            PendingCommitExists: a commit of ours is still pending in this group.
         """
         kps = [_key_package(k) for k in add]
         with self._lock:
+            self._refuse_if_pending(group_id)
             group = self._group(group_id)
             me = group.private.leaf_index
             config = self._config(group_id)
-            proposals = self._select(self._queued(group_id).values(), me)
+            proposals = self._select(self._queued(group_id).values(), me, remove)
             proposals += [PendingProposal(me, Proposal(Remove(i))) for i in remove]
             proposals += [PendingProposal(me, Proposal(Add(kp))) for kp in kps]
             proposals += [PendingProposal(me, Proposal(PreSharedKey(p))) for p in psks]
@@ -966,13 +1016,238 @@ class NativeEngine:
                 authenticated_data=aad,
                 now=self._now(),
             )
+            welcome = None if output.welcome is None else MLSMessage(output.welcome).to_bytes()
             with self._storage.operation():
                 commit = self._protect(group_id, output.auth, config)
                 tag = output.auth.auth.confirmation_tag
                 assert tag is not None
-                self._write_epoch(group_id, output.group, tag, config, group)
-            welcome = None if output.welcome is None else MLSMessage(output.welcome).to_bytes()
+                if pending:
+                    record = PendingCommit(commit, welcome, group.context.epoch)
+                    row = PendingCommitRow(record, config, tag, output.group)
+                    self._storage.write(CATEGORY_PENDING_COMMIT, group_id, row.to_bytes())
+                else:
+                    self._write_epoch(group_id, output.group, tag, config, group)
         return commit, welcome
+
+    # ------------------------------------------------------------------ pending commits
+
+    def _pending_row(self, gid: bytes) -> PendingCommitRow | None:
+        if not isinstance(gid, bytes):
+            raise TypeError(f"group id must be bytes, not {type(gid).__name__}")
+        return self._decoded(CATEGORY_PENDING_COMMIT, gid, PendingCommitRow.from_bytes)
+
+    def _refuse_if_pending(self, gid: bytes) -> None:
+        if self._pending_row(gid) is not None:
+            raise PendingCommitExists(
+                "a commit of ours is pending in this group: merge or clear it first"
+            )
+
+    def _drop_pending(self, gid: bytes) -> bool:
+        """Delete our pending commit, if any (another commit took its epoch)."""
+        if self._storage.read(CATEGORY_PENDING_COMMIT, gid) is None:
+            return False
+        self._storage.delete(CATEGORY_PENDING_COMMIT, gid)
+        return True
+
+    def _merge(self, gid: bytes, row: PendingCommitRow) -> int:
+        """Enter the epoch a pending commit leads to; the caller holds an operation."""
+        s = self._storage
+        if row.pending.external:
+            if s.read(cat.GROUP_STATE, gid) is not None:
+                self._forget(gid)  # a resync replaces whatever local state we still had
+            s.write_mls_join_config(gid, row.config.to_bytes())
+            self._write_epoch(gid, row.next_epoch, row.confirmation_tag, row.config, None)
+        else:
+            self._check_group(gid)
+            current = self._context(gid).epoch
+            if current != row.pending.epoch:
+                raise EpochMismatch(
+                    f"the pending commit is for epoch {row.pending.epoch}, the group is at "
+                    f"{current}"
+                )
+            previous = self._group(gid)
+            config = self._config(gid)
+            self._write_epoch(gid, row.next_epoch, row.confirmation_tag, config, previous)
+        s.delete(CATEGORY_PENDING_COMMIT, gid)
+        return row.next_epoch.context.epoch
+
+    def pending_commit(self, group_id: bytes) -> PendingCommit | None:
+        """Our commit awaiting the delivery service, byte-identical for a resend; or ``None``.
+
+        After a restart this is how the application finds out what it had sent (or was
+        about to send) when it went down: resend exactly these bytes, never a new commit.
+        """
+        with self._lock:
+            row = self._pending_row(group_id)
+            return None if row is None else row.pending
+
+    def merge_pending_commit(self, group_id: bytes) -> int:
+        """The delivery service accepted our pending commit: apply it; returns the new epoch.
+
+        One storage operation: the new epoch, the erasure of the old epoch's keys and the
+        deletion of the pending row land together.
+
+        Raises:
+            NoPendingCommit: there is none (never made, already merged or cleared).
+            EpochMismatch: the group moved on without it (it can only be cleared).
+        """
+        with self._lock:
+            row = self._pending_row(group_id)
+            if row is None:
+                raise NoPendingCommit("no pending commit of ours in that group")
+            with self._storage.operation():
+                return self._merge(group_id, row)
+
+    def clear_pending_commit(self, group_id: bytes) -> None:
+        """The delivery service rejected our pending commit: forget it, stay in this epoch.
+
+        The proposals it committed stay queued; inline changes (adds, removes, key
+        updates) are lost and have to be made again in a new commit.
+
+        Raises:
+            NoPendingCommit: there is none.
+        """
+        with self._lock:
+            if self._pending_row(group_id) is None:
+                raise NoPendingCommit("no pending commit of ours in that group")
+            with self._storage.operation():
+                self._storage.delete(CATEGORY_PENDING_COMMIT, group_id)
+
+    # ------------------------------------------------------------------ leaving, external joins
+
+    def drop_group(self, group_id: bytes) -> None:
+        """Forget a group locally: every row of it is deleted, in one storage operation.
+
+        Nothing is sent; the other members still count us in until one of them removes
+        us.  Afterwards we can join the same group id again (Welcome or external commit).
+
+        Raises:
+            UnknownGroup: we hold neither the group nor a pending external join of it.
+        """
+        with self._lock:
+            has_pending = self._pending_row(group_id) is not None
+            with self._storage.operation():
+                if self._storage.read(cat.GROUP_STATE, group_id) is not None:
+                    self._forget(group_id)
+                elif has_pending:
+                    self._storage.delete(CATEGORY_PENDING_COMMIT, group_id)
+                else:
+                    raise UnknownGroup("this engine is not a member of that group")
+
+    def ratchet_tree(self, group_id: bytes) -> bytes:
+        """The group's public ratchet tree, for joiners of a Welcome or GroupInfo without one."""
+        with self._lock:
+            self._check_group(group_id)
+            return self._tree(group_id).to_bytes()
+
+    def group_info(self, group_id: bytes, *, with_ratchet_tree: bool = True) -> bytes:
+        """A GroupInfo (MLSMessage) of the current epoch, signed by us, for external joins.
+
+        It carries the ``external_pub`` extension, and the ``ratchet_tree`` extension when
+        ``with_ratchet_tree`` (otherwise joiners need :meth:`ratchet_tree` out of band).  It
+        is valid for one epoch: publish a new one after every commit.
+        """
+        with self._lock:
+            self._check_group(group_id)
+            tag = self._storage.confirmation_tag(group_id)
+            if tag is None:
+                raise UnknownGroup("the group's confirmation tag is missing")
+            info = sign_group_info(
+                self._cs,
+                self._context(group_id),
+                self._tree(group_id),
+                self._secrets(group_id),
+                tag,
+                self._own_leaf(group_id),
+                self._sig_priv,
+                with_ratchet_tree=with_ratchet_tree,
+            )
+            return MLSMessage(info).to_bytes()
+
+    def join_by_external_commit(
+        self,
+        group_info: bytes,
+        *,
+        ratchet_tree: bytes | None = None,
+        resync: bool = False,
+        config: GroupConfig | None = None,
+        aad: bytes = b"",
+        pending: bool = False,
+    ) -> tuple[bytes, bytes]:
+        """Join the group of a GroupInfo by an external commit; returns (group id, commit).
+
+        The commit (a PublicMessage) must reach the group through the delivery service.  By
+        default we enter the new epoch at once; with ``pending=True`` the join is kept as a
+        pending commit until :meth:`merge_pending_commit` (or the echo of the commit) and
+        :meth:`clear_pending_commit` discards it.
+
+        Args:
+            ratchet_tree: the group's tree, when the GroupInfo has no ``ratchet_tree``
+                extension.
+            resync: remove our own old leaf (the one holding our credential) in the same
+                commit: how a member that lost its state comes back.  Local state of the
+                group, if any, is replaced.
+
+        Raises:
+            InvalidMessage: not a GroupInfo, no ``external_pub``, we are already a member
+                (without ``resync``), or no old leaf of ours to resync.
+            InvalidTree/CryptoError/InvalidLeafNode: the GroupInfo or tree does not verify.
+            PendingCommitExists: a commit of ours is pending in that group.
+        """
+        msg = _parse(group_info)
+        if not isinstance(msg.body, GroupInfo):
+            raise InvalidMessage("not a GroupInfo")
+        info = msg.body
+        if info.group_context.cipher_suite != self._cs.suite_id:
+            raise InvalidMessage("the group uses another cipher suite than our identity")
+        config = GroupConfig() if config is None else config
+        tree = verify_group_info(
+            info, None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree)
+        )
+        gid = info.group_context.group_id
+        with self._lock:
+            self._refuse_if_pending(gid)
+            member = self._storage.read(cat.GROUP_STATE, gid) is not None
+            if member and not resync:
+                raise InvalidMessage("this engine is already a member of that group")
+            old_leaf = None
+            if resync:
+                old_leaf = next(
+                    (
+                        i
+                        for i in tree.member_leaves()
+                        if (leaf := tree.leaf(i)) is not None
+                        and leaf.credential == self._identity.credential
+                    ),
+                    None,
+                )
+                if old_leaf is None:
+                    raise InvalidMessage("resync: no leaf of ours in the group to replace")
+            output = create_external_commit(
+                info,
+                tree,
+                sig_priv=self._sig_priv,
+                signature_key=self._identity.signature_key,
+                credential=self._identity.credential,
+                capabilities=self._capabilities(()),
+                resync_leaf=old_leaf,
+                authenticated_data=aad,
+            )
+            commit = output.message()
+            tag = output.auth.auth.confirmation_tag
+            assert tag is not None
+            row = PendingCommitRow(
+                PendingCommit(commit, None, info.group_context.epoch, external=True),
+                config,
+                tag,
+                output.group,
+            )
+            with self._storage.operation():
+                if pending:
+                    self._storage.write(CATEGORY_PENDING_COMMIT, gid, row.to_bytes())
+                else:
+                    self._merge(gid, row)
+        return gid, commit
 
     # ------------------------------------------------------------------ receiving
 
@@ -988,6 +1263,19 @@ class NativeEngine:
         """
         msg = _parse(message)
         with self._lock:
+            row = self._pending_row(group_id)
+            if row is not None and message == row.pending.commit:
+                # The delivery service echoed our own pending commit: it was accepted.
+                with self._storage.operation():
+                    self._merge(group_id, row)
+                me = self._own_leaf(group_id)
+                return Processed(
+                    ProcessedKind.COMMIT,
+                    me,
+                    self.identity,
+                    row.pending.epoch,
+                    merged_pending_commit=True,
+                )
             self._check_group(group_id)
             body = msg.body
             if not isinstance(body, PublicMessage | PrivateMessage):
@@ -1032,8 +1320,12 @@ class NativeEngine:
             raise EpochMismatch(
                 f"handshake for epoch {msg.content.epoch}, the group is at {context.epoch}"
             )
+        if sender.sender_type == SenderType.NEW_MEMBER_COMMIT:
+            return self._process_external_commit(gid, msg)
+        if sender.sender_type == SenderType.EXTERNAL:
+            return self._process_external_proposal(gid, msg)
         if sender.sender_type != SenderType.MEMBER:
-            raise InvalidMessage("only member senders are supported")
+            raise InvalidMessage("new-member proposals are not supported")
         if sender.index == self._own_leaf(gid):
             raise InvalidMessage("a message from ourselves")
         members = self._members_row(gid, context.epoch)
@@ -1069,8 +1361,57 @@ class NativeEngine:
             return Processed(ProcessedKind.COMMIT, sender, identity, epoch, removed=True)
         tag = auth.auth.confirmation_tag
         assert tag is not None
+        cleared = self._drop_pending(gid)
         self._write_epoch(gid, new, tag, self._config(gid), group)
-        return Processed(ProcessedKind.COMMIT, sender, identity, epoch)
+        return Processed(
+            ProcessedKind.COMMIT, sender, identity, epoch, cleared_pending_commit=cleared
+        )
+
+    def _process_external_commit(self, gid: bytes, msg: PublicMessage) -> Processed:
+        """A commit from a joiner outside the group (§12.4.3.2)."""
+        body = msg.content.content
+        if not isinstance(body, Commit) or body.path is None:
+            raise InvalidMessage("a new member may only send a commit with an UpdatePath")
+        context = self._context(gid)
+        leaf = body.path.leaf_node
+        auth = unprotect_public(self._cs, msg, b"", context, leaf.signature_key)
+        group = self._group(gid)
+        new, joiner = process_external_commit(group, auth, self._psk_lookup(gid))
+        identity, epoch = leaf.credential.identity, context.epoch
+        if new is None:
+            self._forget(gid)
+            return Processed(ProcessedKind.COMMIT, joiner, identity, epoch, removed=True)
+        tag = auth.auth.confirmation_tag
+        assert tag is not None
+        cleared = self._drop_pending(gid)
+        self._write_epoch(gid, new, tag, self._config(gid), group)
+        return Processed(
+            ProcessedKind.COMMIT, joiner, identity, epoch, cleared_pending_commit=cleared
+        )
+
+    def _process_external_proposal(self, gid: bytes, msg: PublicMessage) -> Processed:
+        """A proposal from a sender of the ``external_senders`` extension (§12.1.8.1)."""
+        context = self._context(gid)
+        senders = decode_external_senders(context.extensions)
+        index = msg.content.sender.index
+        if index >= len(senders):
+            raise InvalidMessage("the group has no external sender with that index")
+        body = msg.content.content
+        if not isinstance(body, Proposal):
+            raise InvalidMessage("an external sender may only send proposals")
+        check_external_sender_proposal(body)
+        sender = senders[index]
+        auth = unprotect_public(self._cs, msg, b"", context, sender.signature_key)
+        self._check_proposal(gid, index, body)
+        ref = self._cs.make_proposal_ref(auth.to_bytes())
+        self._storage.queue_proposal(gid, ref, auth.to_bytes())
+        return Processed(
+            ProcessedKind.PROPOSAL,
+            index,
+            sender.credential.identity,
+            context.epoch,
+            external_sender=True,
+        )
 
     def _check_proposal(self, gid: bytes, sender: int, proposal: Proposal) -> None:
         """§12.1 checks a receiver can make before the proposal is committed."""

@@ -82,3 +82,16 @@ class UnknownKeyPackage(MlsError, _mls.UnknownKeyPackage):
 
 class NoIdentity(MlsError):
     """The storage holds no native MLS identity (create one with ``NativeEngine.create``)."""
+
+
+class PendingCommitExists(MlsError):
+    """The group has a commit of ours waiting for the delivery service's answer.
+
+    Merge it (:meth:`NativeEngine.merge_pending_commit`) once the delivery service accepted
+    it, or clear it (:meth:`NativeEngine.clear_pending_commit`) once it was rejected, before
+    making another commit or proposal.
+    """
+
+
+class NoPendingCommit(MlsError):
+    """There is no pending commit of ours for this group to merge, clear or resend."""
