@@ -18,6 +18,7 @@ from mls.engine import (
     Handshake,
     Member,
     MlsEngine,
+    PendingCommit,
     PendingProposal,
 )
 from mls.errors import (
@@ -28,7 +29,9 @@ from mls.errors import (
     MlsEngineError,
     MlsError,
     MlsRsUnavailable,
+    NoPendingCommit,
     NotAnMlsVault,
+    PendingCommitExists,
     UnknownGroup,
     UnknownKeyPackage,
     UnknownMember,
@@ -67,7 +70,10 @@ __all__ = [
     "MlsError",
     "MlsRsUnavailable",
     "NativeClient",
+    "NoPendingCommit",
     "NotAnMlsVault",
+    "PendingCommit",
+    "PendingCommitExists",
     "PendingProposal",
     "Received",
     "ReceivedKind",

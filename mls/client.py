@@ -46,6 +46,7 @@ from mls.engine import (
     LostKeyPackage,
     Member,
     MlsEngine,
+    PendingCommit,
     PendingProposal,
     ReceivedKind,
 )
@@ -695,8 +696,19 @@ class MlsClient:
                 group_id, cipher_suite=suite, settings=settings or GroupSettings()
             )
 
-    def join(self, welcome: bytes, *, settings: GroupSettings | None = None) -> bytes:
+    def join(
+        self,
+        welcome: bytes,
+        *,
+        settings: GroupSettings | None = None,
+        ratchet_tree: bytes | None = None,
+    ) -> bytes:
         """Join a group from a Welcome; returns the group id.  Durable before return.
+
+        Args:
+            settings: this member's settings for the group (handshake wire format, padding).
+            ratchet_tree: the group's tree (:meth:`ratchet_tree` of a member), needed when
+                the Welcome carries none.
 
         Raises:
             UnknownKeyPackage: it addresses none of our unused key packages (also: a
@@ -705,8 +717,114 @@ class MlsClient:
             InvalidMessage: it does not parse or verify.
         """
         welcome = self._input(welcome, "Welcome")
+        tree = None if ratchet_tree is None else self._input(ratchet_tree, "ratchet tree")
         with self._durable():
-            return self._engine.join(welcome, settings=settings or GroupSettings())
+            return self._engine.join(
+                welcome, settings=settings or GroupSettings(), ratchet_tree=tree
+            )
+
+    def join_by_external_commit(
+        self,
+        group_info: bytes,
+        *,
+        ratchet_tree: bytes | None = None,
+        resync: bool = False,
+        settings: GroupSettings | None = None,
+        aad: bytes = b"",
+        pending: bool = False,
+    ) -> tuple[bytes, bytes]:
+        """Join the group of a GroupInfo by an external commit; returns ``(group id, commit)``.
+
+        Send the commit to the group through the delivery service.  By default we are in
+        the new epoch on return; with ``pending=True`` the join waits as a pending commit
+        (:meth:`merge_pending_commit` once accepted, or its echo; :meth:`clear_pending_commit`
+        once rejected).  Durable before return.
+
+        Args:
+            ratchet_tree: the group's tree when the GroupInfo carries none.
+            resync: replace our own old leaf in the same commit (a member that lost its
+                state comes back); local state of the group, if any, is replaced.
+
+        Raises:
+            InvalidMessage: not a valid GroupInfo, or already a member (without ``resync``).
+            PendingCommitExists: a commit of ours is pending in that group.
+            Unsupported: on mls-rs.
+        """
+        group_info = self._input(group_info, "GroupInfo")
+        tree = None if ratchet_tree is None else self._input(ratchet_tree, "ratchet tree")
+        with self._durable():
+            return self._engine.join_by_external_commit(
+                group_info,
+                ratchet_tree=tree,
+                resync=bool(resync),
+                settings=settings or GroupSettings(),
+                aad=_check_bytes(aad, "aad"),
+                pending=bool(pending),
+            )
+
+    def group_info(self, group_id: bytes, *, with_ratchet_tree: bool = True) -> bytes:
+        """A GroupInfo of the current epoch, signed by us, for external joins.
+
+        Valid for one epoch: publish a new one after every commit.  Without the ratchet
+        tree, joiners need :meth:`ratchet_tree` out of band.
+
+        Raises:
+            Unsupported: on mls-rs.
+        """
+        group_id = self._group_id(group_id)
+        with self._durable():
+            return self._engine.group_info(group_id, with_ratchet_tree=bool(with_ratchet_tree))
+
+    def ratchet_tree(self, group_id: bytes) -> bytes:
+        """The group's public ratchet tree (for joiners whose Welcome or GroupInfo lacks it)."""
+        group_id = self._group_id(group_id)
+        with self._reading():
+            return self._engine.ratchet_tree(group_id)
+
+    def drop_group(self, group_id: bytes) -> None:
+        """Forget a group locally, durably (nothing is sent; members still count us in).
+
+        Raises:
+            UnknownGroup: we hold neither the group nor a pending external join of it.
+        """
+        group_id = self._group_id(group_id)
+        with self._durable():
+            self._engine.drop_group(group_id)
+
+    # ------------------------------------------------------------------ pending commits
+
+    def pending_commit(self, group_id: bytes) -> PendingCommit | None:
+        """Our commit awaiting the delivery service's answer, or ``None``.
+
+        After a restart this says what was sent (or about to be): resend exactly
+        ``.commit`` (and ``.welcome``), never a new commit.  Always ``None`` on mls-rs.
+        """
+        group_id = self._group_id(group_id)
+        with self._reading():
+            return self._engine.pending_commit(group_id)
+
+    def merge_pending_commit(self, group_id: bytes) -> int:
+        """The delivery service accepted our pending commit: apply it; returns the new epoch.
+
+        Raises:
+            NoPendingCommit: there is none.
+            EpochMismatch: the group moved on without it (it can only be cleared).
+            Unsupported: on mls-rs.
+        """
+        group_id = self._group_id(group_id)
+        with self._durable():
+            return self._engine.merge_pending_commit(group_id)
+
+    def clear_pending_commit(self, group_id: bytes) -> None:
+        """The delivery service rejected our pending commit: forget it, stay in this epoch.
+
+        Raises:
+            NoPendingCommit: there is none.
+            Unsupported: on mls-rs.
+        """
+        group_id = self._group_id(group_id)
+        with self._durable():
+            self._engine.clear_pending_commit(group_id)
 
     def commit(
         self,
@@ -717,12 +835,13 @@ class MlsClient:
         psks: Sequence[bytes] = (),
         extensions: Sequence[GroupContextExtension] | None = None,
         force_path: bool = False,
+        pending: bool = False,
     ) -> tuple[bytes, bytes | None]:
         """Commit the pending proposals plus inline ones; returns ``(commit, welcome)``.
 
-        Applied here at once (this client moves to the new epoch before return): send
-        the commit to the group and the Welcome (``None`` unless someone was added) to the
-        new members.
+        Applied here at once (this client moves to the new epoch before return), unless
+        ``pending``: send the commit to the group and the Welcome (``None`` unless someone
+        was added) to the new members.
 
         Args:
             add: key packages of members to add.
@@ -731,6 +850,14 @@ class MlsClient:
             extensions: new GroupContext extensions (replacing the current ones).
             force_path: include an update path even when the proposals do not need one
                 (rotates our leaf key).
+            pending: keep the commit pending until the delivery service answers: the
+                group stays in its epoch; :meth:`merge_pending_commit` (or processing the
+                commit's echo) applies it, :meth:`clear_pending_commit` drops it.  Durable
+                either way, so it can be resent byte for byte after a crash
+                (:meth:`pending_commit`).
+
+        Raises:
+            PendingCommitExists: a commit of ours is already pending in this group.
         """
         group_id = self._group_id(group_id)
         kps = [self._input(k, "key package") for k in add]
@@ -745,6 +872,7 @@ class MlsClient:
                 psks=psk_ids,
                 extensions=None if extensions is None else list(extensions),
                 force_path=bool(force_path),
+                pending=bool(pending),
             )
 
     def add_members(self, group_id: bytes, key_packages: Sequence[bytes]) -> tuple[bytes, bytes]:
@@ -771,7 +899,13 @@ class MlsClient:
         group_id = self._group_id(group_id)
         with self._durable():
             commit, _ = self._engine.commit(
-                group_id, add=(), remove=(), psks=(), extensions=None, force_path=True
+                group_id,
+                add=(),
+                remove=(),
+                psks=(),
+                extensions=None,
+                force_path=True,
+                pending=False,
             )
         return commit
 
@@ -824,6 +958,19 @@ class MlsClient:
         psk_id = _check_bytes(psk_id, "psk id")
         with self._durable():
             return self._engine.propose_external_psk(group_id, psk_id)
+
+    def propose_resumption_psk(self, group_id: bytes, epoch: int) -> bytes:
+        """A proposal injecting the resumption PSK of one of the group's retained epochs.
+
+        Raises:
+            InvalidProposal: that epoch's resumption PSK is no longer kept.
+            Unsupported: on mls-rs.
+        """
+        group_id = self._group_id(group_id)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError("epoch must be an int >= 0")
+        with self._durable():
+            return self._engine.propose_resumption_psk(group_id, epoch)
 
     def propose_group_context_extensions(
         self, group_id: bytes, extensions: Sequence[GroupContextExtension]
@@ -914,8 +1061,17 @@ class MlsClient:
 
     def _process_one(self, group_id: bytes, raw: bytes) -> Received:
         header = peek_header(raw)
-        self._check_epoch(group_id, header)
-        before = self._engine.members(group_id) if header.is_commit else None
+        ours = self._engine.pending_commit(group_id) if header.is_commit else None
+        echo = ours is not None and ours.commit == raw
+        if not echo:  # our own pending commit echoed: the engine merges it
+            self._check_epoch(group_id, header)
+        before: list[Member] | None = None
+        if header.is_commit:
+            before = (
+                []
+                if echo and ours is not None and ours.external
+                else (self._engine.members(group_id))
+            )
         got = self._engine.process(group_id, raw)
         assert header.epoch is not None
         changes = None
@@ -932,6 +1088,9 @@ class MlsClient:
             authenticated_data=header.authenticated_data,
             epoch=header.epoch,
             changes=changes,
+            merged_pending_commit=got.merged_pending_commit,
+            cleared_pending_commit=got.cleared_pending_commit,
+            external_sender=got.external_sender,
         )
 
     def _check_epoch(self, group_id: bytes, header: MessageHeader) -> None:
@@ -1241,9 +1400,64 @@ class AsyncMlsClient:
             self._client.create_group, group_id, cipher_suite=cipher_suite, settings=settings
         )
 
-    async def join(self, welcome: bytes, *, settings: GroupSettings | None = None) -> bytes:
+    async def join(
+        self,
+        welcome: bytes,
+        *,
+        settings: GroupSettings | None = None,
+        ratchet_tree: bytes | None = None,
+    ) -> bytes:
         """See :meth:`MlsClient.join`."""
-        return await self._run(self._client.join, welcome, settings=settings)
+        return await self._run(
+            self._client.join, welcome, settings=settings, ratchet_tree=ratchet_tree
+        )
+
+    async def join_by_external_commit(
+        self,
+        group_info: bytes,
+        *,
+        ratchet_tree: bytes | None = None,
+        resync: bool = False,
+        settings: GroupSettings | None = None,
+        aad: bytes = b"",
+        pending: bool = False,
+    ) -> tuple[bytes, bytes]:
+        """See :meth:`MlsClient.join_by_external_commit`."""
+        return await self._run(
+            self._client.join_by_external_commit,
+            group_info,
+            ratchet_tree=ratchet_tree,
+            resync=resync,
+            settings=settings,
+            aad=aad,
+            pending=pending,
+        )
+
+    async def group_info(self, group_id: bytes, *, with_ratchet_tree: bool = True) -> bytes:
+        """See :meth:`MlsClient.group_info`."""
+        return await self._run(
+            self._client.group_info, group_id, with_ratchet_tree=with_ratchet_tree
+        )
+
+    async def ratchet_tree(self, group_id: bytes) -> bytes:
+        """See :meth:`MlsClient.ratchet_tree`."""
+        return await self._run(self._client.ratchet_tree, group_id)
+
+    async def drop_group(self, group_id: bytes) -> None:
+        """See :meth:`MlsClient.drop_group`."""
+        await self._run(self._client.drop_group, group_id)
+
+    async def pending_commit(self, group_id: bytes) -> PendingCommit | None:
+        """See :meth:`MlsClient.pending_commit`."""
+        return await self._run(self._client.pending_commit, group_id)
+
+    async def merge_pending_commit(self, group_id: bytes) -> int:
+        """See :meth:`MlsClient.merge_pending_commit`."""
+        return await self._run(self._client.merge_pending_commit, group_id)
+
+    async def clear_pending_commit(self, group_id: bytes) -> None:
+        """See :meth:`MlsClient.clear_pending_commit`."""
+        await self._run(self._client.clear_pending_commit, group_id)
 
     async def commit(
         self,
@@ -1254,6 +1468,7 @@ class AsyncMlsClient:
         psks: Sequence[bytes] = (),
         extensions: Sequence[GroupContextExtension] | None = None,
         force_path: bool = False,
+        pending: bool = False,
     ) -> tuple[bytes, bytes | None]:
         """See :meth:`MlsClient.commit`."""
         return await self._run(
@@ -1264,6 +1479,7 @@ class AsyncMlsClient:
             psks=list(psks),
             extensions=None if extensions is None else list(extensions),
             force_path=force_path,
+            pending=pending,
         )
 
     async def add_members(
@@ -1299,6 +1515,10 @@ class AsyncMlsClient:
     async def propose_external_psk(self, group_id: bytes, psk_id: bytes) -> bytes:
         """See :meth:`MlsClient.propose_external_psk`."""
         return await self._run(self._client.propose_external_psk, group_id, psk_id)
+
+    async def propose_resumption_psk(self, group_id: bytes, epoch: int) -> bytes:
+        """See :meth:`MlsClient.propose_resumption_psk`."""
+        return await self._run(self._client.propose_resumption_psk, group_id, epoch)
 
     async def propose_group_context_extensions(
         self, group_id: bytes, extensions: Sequence[GroupContextExtension]

@@ -35,6 +35,7 @@ __all__ = [
     "LostKeyPackage",
     "Member",
     "MlsEngine",
+    "PendingCommit",
     "PendingProposal",
     "ReceivedKind",
 ]
@@ -182,13 +183,40 @@ class CommitChanges:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingCommit:
+    """A commit of ours awaiting the delivery service's answer (see ``commit(pending=True)``).
+
+    Attributes:
+        commit: the commit MLSMessage, byte-identical to what the commit call returned:
+            after a restart, resend exactly these bytes, never a new commit.
+        welcome: the Welcome for the members it adds, or ``None``.
+        epoch: the epoch it was made in; merging moves the group to ``epoch + 1``.
+        external: a join by external commit (the group exists locally once merged).
+    """
+
+    commit: bytes
+    welcome: bytes | None
+    epoch: int
+    external: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class EngineReceived:
-    """What an engine found in one processed message (before the client adds its own view)."""
+    """What an engine found in one processed message (before the client adds its own view).
+
+    ``merged_pending_commit``: the message was our own pending commit, echoed by the
+    delivery service, and is now merged.  ``cleared_pending_commit``: another member's
+    commit took the epoch, and our pending commit was dropped.  ``external_sender``: a
+    proposal from a sender of the group's ``external_senders`` extension.
+    """
 
     kind: ReceivedKind
     sender: bytes | None
     data: bytes | None = None
     removed: bool = False
+    merged_pending_commit: bool = False
+    cleared_pending_commit: bool = False
+    external_sender: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +283,45 @@ class MlsEngine(Protocol):
         """A group with only us in it; returns its id."""
         ...
 
-    def join(self, welcome: bytes, *, settings: GroupSettings) -> bytes:
+    def join(self, welcome: bytes, *, settings: GroupSettings, ratchet_tree: bytes | None) -> bytes:
         """Join from a Welcome; returns the group id."""
+        ...
+
+    def join_by_external_commit(
+        self,
+        group_info: bytes,
+        *,
+        ratchet_tree: bytes | None,
+        resync: bool,
+        settings: GroupSettings,
+        aad: bytes,
+        pending: bool,
+    ) -> tuple[bytes, bytes]:
+        """Join by an external commit; returns ``(group id, commit)``."""
+        ...
+
+    def group_info(self, group_id: bytes, *, with_ratchet_tree: bool) -> bytes:
+        """A signed GroupInfo of the current epoch, for external joins."""
+        ...
+
+    def ratchet_tree(self, group_id: bytes) -> bytes:
+        """The group's public ratchet tree."""
+        ...
+
+    def drop_group(self, group_id: bytes) -> None:
+        """Forget a group locally (nothing is sent)."""
+        ...
+
+    def pending_commit(self, group_id: bytes) -> PendingCommit | None:
+        """Our commit awaiting the delivery service's answer, if any."""
+        ...
+
+    def merge_pending_commit(self, group_id: bytes) -> int:
+        """Apply our pending commit; returns the new epoch."""
+        ...
+
+    def clear_pending_commit(self, group_id: bytes) -> None:
+        """Forget our pending commit; the group stays in its epoch."""
         ...
 
     def state(self, group_id: bytes) -> GroupState:
@@ -280,8 +345,9 @@ class MlsEngine(Protocol):
         psks: Sequence[ExternalPsk],
         extensions: Sequence[GroupContextExtension] | None,
         force_path: bool,
+        pending: bool,
     ) -> tuple[bytes, bytes | None]:
-        """Commit pending proposals plus the inline ones; applied at once.
+        """Commit pending proposals plus the inline ones; applied at once unless ``pending``.
 
         Returns ``(commit, welcome)``; ``welcome`` is ``None`` when nobody was added.
         """
@@ -301,6 +367,10 @@ class MlsEngine(Protocol):
 
     def propose_external_psk(self, group_id: bytes, psk_id: bytes) -> bytes:
         """A proposal injecting a stored external PSK."""
+        ...
+
+    def propose_resumption_psk(self, group_id: bytes, epoch: int) -> bytes:
+        """A proposal injecting the resumption PSK of a retained epoch of the group."""
         ...
 
     def propose_group_context_extensions(

@@ -16,6 +16,8 @@ vault underneath keep their own types (:mod:`keystore.errors`); misuse of the AP
     │   │   └── InvalidProposal   a proposal (or a commit's proposals) breaks RFC 9420's rules
     │   ├── UnknownGroup          not a member of that group
     │   ├── UnknownMember         no member has that identity
+    │   ├── PendingCommitExists   a commit of ours awaits the delivery service's answer
+    │   ├── NoPendingCommit       there is no pending commit to merge or clear
     │   └── UnknownKeyPackage     a Welcome addresses none of our key packages
     │       └── KeyPackageLost    ... because its private key died with an earlier process
     ├── Unsupported               this engine cannot do that (names engine and feature)
@@ -33,7 +35,9 @@ __all__ = [
     "MlsEngineError",
     "MlsError",
     "MlsRsUnavailable",
+    "NoPendingCommit",
     "NotAnMlsVault",
+    "PendingCommitExists",
     "UnknownGroup",
     "UnknownKeyPackage",
     "UnknownMember",
@@ -118,6 +122,18 @@ class UnknownMember(MlsEngineError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class PendingCommitExists(MlsEngineError):
+    """A commit of ours in this group awaits the delivery service's answer.
+
+    Merge it once the delivery service accepted it, or clear it once it was rejected,
+    before making another commit or proposal in the group.
+    """
+
+
+class NoPendingCommit(MlsEngineError):
+    """There is no pending commit of ours in this group to merge or clear."""
 
 
 class UnknownKeyPackage(MlsEngineError):

@@ -31,7 +31,8 @@ __all__ = ["DEFAULT_RECEIPT_RETENTION", "ReceiptLog", "Received", "ReceivedKind"
 DEFAULT_RECEIPT_RETENTION = 256
 _FORMAT_V1 = 1  # kind, removed, sender, data
 _FORMAT = 2  # ... then authenticated data, epoch and the changes of a commit
-_HEAD = struct.Struct(">BQBB")  # format, sequence number, kind, removed
+_HEAD = struct.Struct(">BQBB")  # format, sequence number, kind, flags
+_REMOVED, _MERGED, _CLEARED, _EXTERNAL = 1, 2, 4, 8  # flag bits (format 1: removed only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,11 @@ class Received:
         epoch: the epoch the message belonged to.
         changes: for a commit, what it changed (members added, removed, updated; the new
             epoch); ``None`` for other messages.
+        merged_pending_commit: the message was our own pending commit, echoed by the
+            delivery service: it is now applied.
+        cleared_pending_commit: another member's commit took the epoch; our pending
+            commit was dropped (redo its changes in a new commit if they still matter).
+        external_sender: a proposal from one of the group's external senders.
 
     Equality compares the first five fields only, so code written before the last three
     existed keeps comparing outcomes as it did.
@@ -63,6 +69,9 @@ class Received:
     authenticated_data: bytes = field(default=b"", compare=False)
     epoch: int | None = field(default=None, compare=False)
     changes: CommitChanges | None = field(default=None, compare=False)
+    merged_pending_commit: bool = field(default=False, compare=False)
+    cleared_pending_commit: bool = field(default=False, compare=False)
+    external_sender: bool = field(default=False, compare=False)
 
 
 _KIND_CODES = {ReceivedKind.APPLICATION: 0, ReceivedKind.COMMIT: 1, ReceivedKind.PROPOSAL: 2}
@@ -80,15 +89,22 @@ def _identities(values: tuple[bytes, ...]) -> bytes:
 def encode_receipt(seq: int, got: Received) -> bytes:
     """Format 2, big-endian::
 
-        format u8 | seq u64 | kind u8 | removed u8 | optional sender | optional data
+        format u8 | seq u64 | kind u8 | flags u8 | optional sender | optional data
         | optional authenticated data | optional epoch (8 bytes)
         | optional (new epoch u64 | added | removed | updated), each a u32 count of
           optional identities
 
-    (``optional x`` is ``0x00``, or ``0x01 | u32 length | x``.)  Format 1 stopped after
-    the data; :func:`decode_receipt` still reads it.
+    (``optional x`` is ``0x00``, or ``0x01 | u32 length | x``; flags: 1 removed, 2 merged
+    our pending commit, 4 cleared it, 8 from an external sender.)  Format 1 stopped after
+    the data and its flags byte could only be 0 or 1; :func:`decode_receipt` reads it.
     """
-    head = _HEAD.pack(_FORMAT, seq, _KIND_CODES[got.kind], int(got.removed))
+    flags = (
+        (_REMOVED if got.removed else 0)
+        | (_MERGED if got.merged_pending_commit else 0)
+        | (_CLEARED if got.cleared_pending_commit else 0)
+        | (_EXTERNAL if got.external_sender else 0)
+    )
+    head = _HEAD.pack(_FORMAT, seq, _KIND_CODES[got.kind], flags)
     epoch = None if got.epoch is None else got.epoch.to_bytes(8, "big")
     changes = None
     if got.changes is not None:
@@ -157,8 +173,8 @@ def _changes(raw: bytes) -> CommitChanges:
 def decode_receipt(row: bytes) -> tuple[int, Received]:
     """Inverse of :func:`encode_receipt`; the outcome comes back marked as a replay."""
     try:
-        fmt, seq, kind, removed = _HEAD.unpack_from(row)
-        if fmt not in (_FORMAT_V1, _FORMAT):
+        fmt, seq, kind, flags = _HEAD.unpack_from(row)
+        if fmt not in (_FORMAT_V1, _FORMAT) or flags >= (2 if fmt == _FORMAT_V1 else 16):
             raise ValueError("format")
         cursor = _Cursor(row, _HEAD.size)
         sender, data = cursor.optional(), cursor.optional()
@@ -174,7 +190,19 @@ def decode_receipt(row: bytes) -> tuple[int, Received]:
             changes = None if raw_changes is None else _changes(raw_changes)
         if cursor.pos != len(row):
             raise ValueError("length")
-        got = Received(_KINDS[kind], sender, data, bool(removed), True, aad, epoch, changes)
+        got = Received(
+            _KINDS[kind],
+            sender,
+            data,
+            bool(flags & _REMOVED),
+            True,
+            aad,
+            epoch,
+            changes,
+            bool(flags & _MERGED),
+            bool(flags & _CLEARED),
+            bool(flags & _EXTERNAL),
+        )
         return seq, got
     except (ValueError, IndexError, KeyError, struct.error):
         raise InvalidMessage("stored message receipt is malformed") from None

@@ -6,7 +6,8 @@ State flows one way: engine → :class:`mls.mlsrs.VaultGroupStateStorage` →
 What the binding cannot do is refused with :class:`mls.errors.Unsupported`: cipher suites
 other than 1, key-package lifetime and last-resort key packages, Update / PSK /
 GroupContextExtensions proposals, PSKs and extensions in commits, adds and removes in the
-same commit, PrivateMessage handshakes, padding, authenticated data on send, and the epoch
+same commit, pending commits, external joins and GroupInfo, joining with an out-of-band
+ratchet tree, PrivateMessage handshakes, padding, authenticated data on send, and the epoch
 authenticator and pending proposals in group inspection.
 
 Known limit of the binding: key-package private keys live only in the engine's memory.
@@ -37,6 +38,7 @@ from mls.engine import (
     GroupState,
     LostKeyPackage,
     Member,
+    PendingCommit,
     ReceivedKind,
 )
 from mls.engines.wire import Reader, encode_varint
@@ -366,9 +368,11 @@ class MlsRsAdapter:
         self._groups[gid] = group
         return gid
 
-    def join(self, welcome: bytes, *, settings: GroupSettings) -> bytes:
+    def join(self, welcome: bytes, *, settings: GroupSettings, ratchet_tree: bytes | None) -> bytes:
         """Join from a Welcome for one of this process's key packages."""
         self._default_settings(settings)
+        if ratchet_tree is not None:
+            raise errors.Unsupported(NAME, "joining with an out-of-band ratchet tree")
         refs = welcome_key_package_refs(welcome)
         message = self._message(welcome, "Welcome")
         records = self._key_package_records()
@@ -394,6 +398,49 @@ class MlsRsAdapter:
         self._groups[group_id] = group
         self._members.pop(group_id, None)
         return group_id
+
+    def join_by_external_commit(
+        self,
+        group_info: bytes,
+        *,
+        ratchet_tree: bytes | None,
+        resync: bool,
+        settings: GroupSettings,
+        aad: bytes,
+        pending: bool,
+    ) -> tuple[bytes, bytes]:
+        """Refused: the binding has no external commit."""
+        raise errors.Unsupported(NAME, "joining by external commit")
+
+    def group_info(self, group_id: bytes, *, with_ratchet_tree: bool) -> bytes:
+        """Refused: the binding exports no GroupInfo."""
+        raise errors.Unsupported(NAME, "exporting a GroupInfo")
+
+    def ratchet_tree(self, group_id: bytes) -> bytes:
+        """The group's ratchet tree, as the binding exports it."""
+        group = self._group(group_id)
+        with self._engine("export the ratchet tree"):
+            return bytes(group.export_tree().bytes)
+
+    def drop_group(self, group_id: bytes) -> None:
+        """Forget the group locally: its snapshot and epoch records."""
+        self._group(group_id)  # UnknownGroup if we are not in it
+        self._groups.pop(group_id, None)
+        self._members.pop(group_id, None)
+        self._store.forget_group(group_id)
+
+    def pending_commit(self, group_id: bytes) -> PendingCommit | None:
+        """Always ``None``: this engine applies its commits at once (it has no pending ones)."""
+        self._group(group_id)
+        return None
+
+    def merge_pending_commit(self, group_id: bytes) -> int:
+        """Refused: the binding has no pending commits."""
+        raise errors.Unsupported(NAME, "pending commits")
+
+    def clear_pending_commit(self, group_id: bytes) -> None:
+        """Refused: the binding has no pending commits."""
+        raise errors.Unsupported(NAME, "pending commits")
 
     def members(self, group_id: bytes) -> list[Member]:
         """Members as records, parsed from the exported ratchet tree."""
@@ -448,8 +495,11 @@ class MlsRsAdapter:
         psks: Sequence[ExternalPsk],
         extensions: Sequence[GroupContextExtension] | None,
         force_path: bool,
+        pending: bool,
     ) -> tuple[bytes, bytes | None]:
         """One of the binding's three commits: add, remove, or pending proposals plus a path."""
+        if pending:
+            raise errors.Unsupported(NAME, "pending commits")
         if psks:
             raise errors.Unsupported(NAME, "PSKs in a commit")
         if extensions is not None:
@@ -508,6 +558,10 @@ class MlsRsAdapter:
         raise errors.Unsupported(NAME, "Update proposals")
 
     def propose_external_psk(self, group_id: bytes, psk_id: bytes) -> bytes:
+        """Refused: the binding has no PSK proposal."""
+        raise errors.Unsupported(NAME, "PSK proposals")
+
+    def propose_resumption_psk(self, group_id: bytes, epoch: int) -> bytes:
         """Refused: the binding has no PSK proposal."""
         raise errors.Unsupported(NAME, "PSK proposals")
 

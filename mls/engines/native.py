@@ -30,6 +30,7 @@ from mls.engine import (
     Handshake,
     LostKeyPackage,
     Member,
+    PendingCommit,
     PendingProposal,
     ReceivedKind,
 )
@@ -95,6 +96,13 @@ def _welcome_suite(welcome: bytes) -> int | None:
     if len(welcome) < 6 or welcome[2:4] != b"\x00\x03":
         return None
     return int.from_bytes(welcome[4:6], "big")
+
+
+def _group_info_suite(group_info: bytes) -> int | None:
+    """The cipher suite of a GroupInfo (MLSMessage): its GroupContext's, after the version."""
+    if len(group_info) < 8 or group_info[2:4] != b"\x00\x04":
+        return None
+    return int.from_bytes(group_info[6:8], "big")
 
 
 def _check_suite(cipher_suite: int) -> int:
@@ -233,14 +241,72 @@ class NativeAdapter:
         engine = self._for_suite(cipher_suite)
         return engine.create_group(group_id, config=self._config(settings))
 
-    def join(self, welcome: bytes, *, settings: GroupSettings) -> bytes:
+    def join(self, welcome: bytes, *, settings: GroupSettings, ratchet_tree: bytes | None) -> bytes:
         """Join from a Welcome, with the engine of the suite it names."""
         suite = _welcome_suite(welcome)
         engine = self._engine
         if suite is not None and suite in ALL_CIPHER_SUITES and suite in self._suites():
             engine = self._for_suite(suite)
         with _as_invalid_message("the Welcome cannot be accepted"):
-            return engine.join(welcome, config=self._config(settings))
+            return engine.join(welcome, config=self._config(settings), ratchet_tree=ratchet_tree)
+
+    def join_by_external_commit(
+        self,
+        group_info: bytes,
+        *,
+        ratchet_tree: bytes | None,
+        resync: bool,
+        settings: GroupSettings,
+        aad: bytes,
+        pending: bool,
+    ) -> tuple[bytes, bytes]:
+        """Join by an external commit, signing with a key of the GroupInfo's suite."""
+        suite = _group_info_suite(group_info)
+        engine = self._engine
+        if suite is not None and suite in ALL_CIPHER_SUITES:
+            engine = self._for_suite(suite)
+        with _as_invalid_message("the GroupInfo cannot be accepted"):
+            return engine.join_by_external_commit(
+                group_info,
+                ratchet_tree=ratchet_tree,
+                resync=resync,
+                config=self._config(settings),
+                aad=aad,
+                pending=pending,
+            )
+
+    def group_info(self, group_id: bytes, *, with_ratchet_tree: bool) -> bytes:
+        """A signed GroupInfo of the current epoch."""
+        return self._for_group(group_id).group_info(group_id, with_ratchet_tree=with_ratchet_tree)
+
+    def ratchet_tree(self, group_id: bytes) -> bytes:
+        """The group's public ratchet tree."""
+        return self._engine.ratchet_tree(group_id)
+
+    def drop_group(self, group_id: bytes) -> None:
+        """Forget the group (or our pending external join of it) locally."""
+        self._engine.drop_group(group_id)
+
+    def pending_commit(self, group_id: bytes) -> PendingCommit | None:
+        """Our commit awaiting the delivery service, if any."""
+        got = self._engine.pending_commit(group_id)
+        if got is None:
+            return None
+        return PendingCommit(got.commit, got.welcome, got.epoch, got.external)
+
+    def _for_pending(self, group_id: bytes) -> NativeEngine:
+        """The engine to merge with: the group's, or any for a pending external join."""
+        if group_id in self._engine.group_ids():
+            return self._for_group(group_id)
+        return self._engine
+
+    def merge_pending_commit(self, group_id: bytes) -> int:
+        """Apply our pending commit."""
+        return self._for_pending(group_id).merge_pending_commit(group_id)
+
+    def clear_pending_commit(self, group_id: bytes) -> None:
+        """Forget our pending commit."""
+        self._engine.clear_pending_commit(group_id)
 
     def _suites(self) -> set[int]:
         """The suites we hold a signature key for."""
@@ -309,6 +375,7 @@ class NativeAdapter:
         psks: Sequence[ExternalPsk],
         extensions: Sequence[GroupContextExtension] | None,
         force_path: bool,
+        pending: bool,
     ) -> tuple[bytes, bytes | None]:
         """Commit the queue plus inline proposals; PSKs get a fresh nonce each."""
         engine = self._for_group(group_id)
@@ -323,6 +390,7 @@ class NativeAdapter:
             psks=ids,
             extensions=None if extensions is None else _extensions(extensions),
             force_path=force_path,
+            pending=pending,
         )
 
     def propose_add(self, group_id: bytes, key_package: bytes) -> bytes:
@@ -344,6 +412,13 @@ class NativeAdapter:
         except native_errors.KeyNotFound as exc:
             raise errors.InvalidProposal("no external PSK with that id is stored") from exc
 
+    def propose_resumption_psk(self, group_id: bytes, epoch: int) -> bytes:
+        """A PreSharedKey proposal for the resumption PSK of a retained epoch."""
+        try:
+            return self._for_group(group_id).propose_resumption_psk(group_id, epoch)
+        except native_errors.KeyNotFound as exc:
+            raise errors.InvalidProposal("the resumption PSK of that epoch is not kept") from exc
+
     def propose_group_context_extensions(
         self, group_id: bytes, extensions: Sequence[GroupContextExtension]
     ) -> bytes:
@@ -360,8 +435,16 @@ class NativeAdapter:
     def process(self, group_id: bytes, message: bytes) -> EngineReceived:
         """Verify and apply one message."""
         with _as_invalid_message("the message cannot be accepted"):
-            got = self._for_group(group_id).process(group_id, message)
-        return EngineReceived(_KINDS[got.kind], got.identity, got.data, got.removed)
+            got = self._for_pending(group_id).process(group_id, message)
+        return EngineReceived(
+            _KINDS[got.kind],
+            got.identity,
+            got.data,
+            got.removed,
+            merged_pending_commit=got.merged_pending_commit,
+            cleared_pending_commit=got.cleared_pending_commit,
+            external_sender=got.external_sender,
+        )
 
     def past_epochs(self, group_id: bytes) -> list[int]:
         """The retained epochs before the current one (from the engine's epoch index)."""

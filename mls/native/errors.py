@@ -84,7 +84,7 @@ class NoIdentity(MlsError):
     """The storage holds no native MLS identity (create one with ``NativeEngine.create``)."""
 
 
-class PendingCommitExists(MlsError):
+class PendingCommitExists(MlsError, _mls.PendingCommitExists):
     """The group has a commit of ours waiting for the delivery service's answer.
 
     Merge it (:meth:`NativeEngine.merge_pending_commit`) once the delivery service accepted
@@ -93,5 +93,5 @@ class PendingCommitExists(MlsError):
     """
 
 
-class NoPendingCommit(MlsError):
+class NoPendingCommit(MlsError, _mls.NoPendingCommit):
     """There is no pending commit of ours for this group to merge, clear or resend."""

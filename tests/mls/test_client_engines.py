@@ -31,7 +31,9 @@ from mls import (
     InvalidProposal,
     MlsClient,
     MlsError,
+    NoPendingCommit,
     NotAnMlsVault,
+    PendingCommitExists,
     ReceivedKind,
     UnknownGroup,
     UnknownKeyPackage,
@@ -478,6 +480,100 @@ def test_lost_key_packages(clients: Clients) -> None:
         assert bob.discard_lost_key_packages() == 1
 
 
+# ---------------------------------------------------------------------- delivery service
+
+
+def test_pending_commit_is_resent_merged_by_echo_or_explicitly(clients: Clients) -> None:
+    """A pending commit survives a restart byte for byte, and merges on echo or on demand."""
+    alice, bob = pair(clients)
+    if clients.engine == "mls-rs":
+        unsupported("mls-rs", lambda: alice.commit(GID, force_path=True, pending=True))
+        unsupported("mls-rs", lambda: alice.merge_pending_commit(GID))
+        unsupported("mls-rs", lambda: alice.clear_pending_commit(GID))
+        assert alice.pending_commit(GID) is None
+        return
+    commit, _ = alice.commit(GID, force_path=True, pending=True)
+    assert alice.epoch(GID) == 1 and alice.pending_events == 0
+    alice = clients.restart(alice)
+    pending = alice.pending_commit(GID)
+    assert pending is not None and (pending.commit, pending.epoch) == (commit, 1)
+    with pytest.raises(PendingCommitExists):
+        alice.propose_update(GID)
+    assert alice.process(GID, bob.encrypt(GID, b"meanwhile")).data == b"meanwhile"
+    bob.process(GID, commit)
+    echo = alice.process(GID, commit)
+    assert echo.merged_pending_commit and echo.changes is not None
+    assert echo.changes.updated == (b"alice",) and alice.epoch(GID) == 2
+    assert alice.pending_commit(GID) is None
+    commit, _ = bob.commit(GID, force_path=True, pending=True)
+    alice.process(GID, commit)
+    assert bob.merge_pending_commit(GID) == 3
+    with pytest.raises(NoPendingCommit):
+        bob.merge_pending_commit(GID)
+    assert alice.export_secret(GID, b"x", b"", 16) == bob.export_secret(GID, b"x", b"", 16)
+
+
+def test_losing_commit_race_clears_the_pending_commit(clients: Clients) -> None:
+    """When another commit wins the epoch, ours is dropped; a rejected one can be cleared."""
+    alice, bob = pair(clients)
+    if clients.engine == "mls-rs":
+        unsupported("mls-rs", lambda: alice.commit(GID, pending=True))
+        return
+    alice.commit(GID, force_path=True, pending=True)
+    winner = bob.update_keys(GID)
+    got = alice.process(GID, winner)
+    assert got.cleared_pending_commit and alice.pending_commit(GID) is None
+    assert alice.process(GID, winner).cleared_pending_commit  # the receipt keeps the flag
+    alice.commit(GID, force_path=True, pending=True)
+    alice.clear_pending_commit(GID)
+    assert alice.pending_commit(GID) is None and alice.epoch(GID) == 2
+    assert bob.process(GID, alice.encrypt(GID, b"in step")).data == b"in step"
+
+
+def test_external_join_resync_and_drop_group(clients: Clients) -> None:
+    """A GroupInfo lets a newcomer join by external commit; a member that dropped the
+    group comes back by resync; the tree can travel out of band."""
+    alice, bob = pair(clients)
+    carol = clients.make("carol")
+    assert alice.ratchet_tree(GID) == bob.ratchet_tree(GID)
+    if clients.engine == "mls-rs":
+        unsupported("mls-rs", lambda: alice.group_info(GID))
+        unsupported("mls-rs", lambda: carol.join_by_external_commit(b"\x00\x01\x00\x04"))
+        bob.drop_group(GID)
+        assert bob.group_ids() == []
+        return
+    info = alice.group_info(GID, with_ratchet_tree=False)
+    gid, commit = carol.join_by_external_commit(info, ratchet_tree=alice.ratchet_tree(GID))
+    assert gid == GID and carol.pending_events == 0
+    for member in (alice, bob):
+        got = member.process(GID, commit)
+        assert got.changes is not None and got.changes.added == (b"carol",)
+    assert bob.process(GID, carol.encrypt(GID, b"hello")).data == b"hello"
+    bob.drop_group(GID)
+    assert bob.group_ids() == []
+    bob = clients.restart(bob)
+    _, commit = bob.join_by_external_commit(alice.group_info(GID), resync=True)
+    for member in (alice, carol):
+        got = member.process(GID, commit)
+        # Same identity and signature key in the same leaf, new encryption key: an update.
+        assert got.changes is not None and got.changes.updated == (b"bob",)
+    assert alice.members(GID).count(b"bob") == 1
+    assert alice.process(GID, bob.encrypt(GID, b"back")).data == b"back"
+
+
+def test_resumption_psk_proposal(clients: Clients) -> None:
+    """The resumption PSK of a retained epoch can be injected by proposal."""
+    alice, bob = pair(clients)
+    if clients.engine == "mls-rs":
+        unsupported("mls-rs", lambda: alice.propose_resumption_psk(GID, 1))
+        return
+    bob.process(GID, alice.propose_resumption_psk(GID, 1))
+    alice.process(GID, bob.commit(GID)[0])
+    with pytest.raises(InvalidProposal):
+        alice.propose_resumption_psk(GID, 99)
+    assert alice.export_secret(GID, b"x", b"", 16) == bob.export_secret(GID, b"x", b"", 16)
+
+
 # ---------------------------------------------------------------------- errors
 
 
@@ -607,7 +703,7 @@ def test_every_bytes_returning_call_leaves_nothing_pending(clients: Clients) -> 
     """
     alice, bob, carol = trio(clients)
     dave = clients.make("dave")
-    everyone = (alice, bob, carol, dave)
+    everyone: tuple[MlsClient, ...] = (alice, bob, carol, dave)
     called: set[str] = set()
 
     def call(client: MlsClient, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -617,7 +713,7 @@ def test_every_bytes_returning_call_leaves_nothing_pending(clients: Clients) -> 
         except Unsupported:
             assert clients.engine == "mls-rs", name
             result = None
-        assert [c.pending_events for c in everyone] == [0, 0, 0, 0], name
+        assert [c.pending_events for c in everyone] == [0] * len(everyone), name
         return result
 
     call(alice, "generate_key_package")
@@ -648,6 +744,16 @@ def test_every_bytes_returning_call_leaves_nothing_pending(clients: Clients) -> 
         ("leave", ()),
     ):
         call(alice, name, GID, *args)
+    call(alice, "ratchet_tree", GID)
+    call(alice, "pending_commit", GID)
+    call(alice, "propose_resumption_psk", GID, 2)
+    info = call(bob, "group_info", GID)
+    erin = clients.make("erin")
+    everyone = (*everyone, erin)
+    if info is not None:
+        call(erin, "join_by_external_commit", info)
+    else:
+        call(erin, "join_by_external_commit", b"\x00\x01\x00\x04")
     call(alice, "create_group", b"second")
     call(alice, "add_members", b"second", [carol.generate_key_package()])
     call(alice, "remove_members", b"second", [b"carol"])

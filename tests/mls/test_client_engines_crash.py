@@ -17,6 +17,7 @@ import pytest
 from keystore import profiles
 from mls.client import MlsClient
 from mls.engine import EngineName
+from mls.errors import Unsupported
 from tests.mls._client_harness import PASSPHRASE, Actor
 
 pytestmark = pytest.mark.timeout(120)
@@ -126,4 +127,25 @@ def test_kill_before_a_commit_is_durable_sends_nothing(pair: tuple[Path, MlsClie
         killed_inside(actor, "crash_before_apply", "update", GID)
     with MlsClient.open(alice_path, PASSPHRASE) as alice:
         assert alice.epoch(GID) == 1
+        in_step(alice, bob)
+
+
+def test_kill_after_a_pending_commit_returned_resends_the_same_bytes(
+    pair: tuple[Path, MlsClient],
+) -> None:
+    """Killed once its pending commit was returned, the member finds the very same bytes."""
+    alice_path, bob = pair
+    if bob.engine_name == "mls-rs":
+        with pytest.raises(Unsupported):
+            bob.commit(GID, pending=True)
+        return
+    with Actor(alice_path) as actor:
+        actor.call("open")
+        commit = bytes.fromhex(actor.call("commit_pending", GID))
+        actor.kill()
+    with MlsClient.open(alice_path, PASSPHRASE) as alice:
+        pending = alice.pending_commit(GID)
+        assert pending is not None and pending.commit == commit and alice.epoch(GID) == 1
+        bob.process(GID, pending.commit)  # the delivery service accepted the resend
+        assert alice.process(GID, commit).merged_pending_commit
         in_step(alice, bob)

@@ -21,6 +21,8 @@ EXPECTED = {
     native.EpochMismatch: errors.EpochMismatch,
     native.UnknownGroup: errors.UnknownGroup,
     native.UnknownKeyPackage: errors.UnknownKeyPackage,
+    native.PendingCommitExists: errors.PendingCommitExists,
+    native.NoPendingCommit: errors.NoPendingCommit,
 }
 
 

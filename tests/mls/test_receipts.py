@@ -99,3 +99,29 @@ def test_receipt_too_big_for_a_row_is_skipped_not_an_error() -> None:
         log.remember(b"g", b"small message", Received(ReceivedKind.APPLICATION, b"a", b"x"))
     assert log.lookup(b"g", b"big message") is None
     assert log.lookup(b"g", b"small message") is not None
+
+
+def test_receipt_keeps_the_pending_commit_flags() -> None:
+    """Merged, cleared and external-sender flags come back with a replay."""
+    got = Received(
+        ReceivedKind.COMMIT,
+        b"a",
+        removed=True,
+        merged_pending_commit=True,
+        cleared_pending_commit=True,
+        external_sender=True,
+    )
+    _, back = decode_receipt(encode_receipt(1, got))
+    assert (back.removed, back.merged_pending_commit, back.cleared_pending_commit) == (
+        True,
+        True,
+        True,
+    )
+    assert back.external_sender
+
+
+def test_format_1_receipt_with_unknown_flags_is_rejected() -> None:
+    """Format 1 knew only removed (0 or 1): any other flag there is a damaged row."""
+    row = bytes((1,)) + (9).to_bytes(8, "big") + b"\x00\x02" + b"\x00\x00"
+    with pytest.raises(InvalidMessage):
+        decode_receipt(row)
