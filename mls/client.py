@@ -66,6 +66,7 @@ from mls.storage import GranularStorage
 if TYPE_CHECKING:
     from mls.engines.mlsrs import MlsRsAdapter
     from mls.engines.native import NativeAdapter
+    from mls.native.identity import CredentialValidator
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -203,6 +204,7 @@ class MlsClient:
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
         receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        credential_validator: CredentialValidator | None = None,
         _adapter: MlsEngine | None = None,
     ) -> None:
         """Start a client on an unlocked, rehydrated vault (use :meth:`open` instead).
@@ -221,7 +223,12 @@ class MlsClient:
                     f'with engine="{stored}" (or engine=None to follow the vault)',
                     engine=stored,
                 )
-            _adapter = _adapter_class(stored)(storage, epoch_retention=epoch_retention)
+            _adapter = _adapter_class(stored)(
+                storage,
+                epoch_retention=epoch_retention,
+                max_message_size=max_message_size,
+                credential_validator=credential_validator,
+            )
         self._vault = vault
         self._storage = storage
         self._engine: MlsEngine = _adapter
@@ -246,6 +253,7 @@ class MlsClient:
         cipher_suite: int = DEFAULT_CIPHER_SUITE,
         sqlcipher: bool = False,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        credential_validator: CredentialValidator | None = None,
     ) -> MlsClient:
         """Create a new passphrase vault holding a new signature key pair for ``identity``.
 
@@ -264,6 +272,10 @@ class MlsClient:
             sqlcipher: also encrypt the whole file with SQLCipher (extra ``[sqlcipher]``).
             max_message_size: the largest input accepted (see
                 :data:`DEFAULT_MAX_MESSAGE_SIZE`).
+            credential_validator: the application's identity policy (native engine;
+                :class:`mls.native.identity.CredentialValidator`, default: basic
+                credentials, one leaf per identity, identities never change).  Pass it
+                again to :meth:`open`: it is code, not stored.
 
         Raises:
             FileExistsError: something is already at ``vault_path``; it is left alone.
@@ -278,6 +290,7 @@ class MlsClient:
             receipt_retention=receipt_retention,
             cipher_suite=cipher_suite,
             max_message_size=max_message_size,
+            credential_validator=credential_validator,
         )
 
     @classmethod
@@ -293,6 +306,7 @@ class MlsClient:
         cipher_suite: int = DEFAULT_CIPHER_SUITE,
         sqlcipher: bool = False,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        credential_validator: CredentialValidator | None = None,
     ) -> MlsClient:
         """As :meth:`create`, for a vault keyed by a caller-held 32-byte key (no Argon2id).
 
@@ -306,6 +320,7 @@ class MlsClient:
             receipt_retention=receipt_retention,
             cipher_suite=cipher_suite,
             max_message_size=max_message_size,
+            credential_validator=credential_validator,
         )
 
     @classmethod
@@ -319,6 +334,7 @@ class MlsClient:
         receipt_retention: int,
         cipher_suite: int,
         max_message_size: int,
+        credential_validator: CredentialValidator | None,
     ) -> MlsClient:
         # Every argument is checked before the vault file exists: a refused create leaves
         # nothing behind at the path (and so can simply be retried).
@@ -339,11 +355,18 @@ class MlsClient:
             load_binding()  # fail before a file exists
             if cipher_suite != DEFAULT_CIPHER_SUITE:
                 raise Unsupported("mls-rs", f"cipher suite {cipher_suite} (only suite 1)")
+            if credential_validator is not None:
+                raise Unsupported("mls-rs", "a custom credential validator")
         vault = make_vault()
         try:
             storage = GranularStorage.load(vault)
             adapter = adapter_class.create(
-                storage, identity, cipher_suite=cipher_suite, epoch_retention=epoch_retention
+                storage,
+                identity,
+                cipher_suite=cipher_suite,
+                epoch_retention=epoch_retention,
+                max_message_size=max_message_size,
+                credential_validator=credential_validator,
             )
             client = cls(
                 vault,
@@ -369,6 +392,7 @@ class MlsClient:
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
         receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        credential_validator: CredentialValidator | None = None,
     ) -> MlsClient:
         """Open a client vault: unlock, rehydrate the storage, then start the engine.
 
@@ -391,6 +415,7 @@ class MlsClient:
             epoch_retention=epoch_retention,
             receipt_retention=receipt_retention,
             max_message_size=max_message_size,
+            credential_validator=credential_validator,
         )
 
     @classmethod
@@ -404,6 +429,7 @@ class MlsClient:
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
         receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        credential_validator: CredentialValidator | None = None,
     ) -> MlsClient:
         """As :meth:`open`, for a vault made by :meth:`create_with_key`."""
         return cls._open(
@@ -414,6 +440,7 @@ class MlsClient:
             epoch_retention=epoch_retention,
             receipt_retention=receipt_retention,
             max_message_size=max_message_size,
+            credential_validator=credential_validator,
         )
 
     @classmethod
@@ -427,6 +454,7 @@ class MlsClient:
         epoch_retention: int,
         receipt_retention: int,
         max_message_size: int,
+        credential_validator: CredentialValidator | None,
     ) -> MlsClient:
         _check_engine(engine, optional=True)
         if engine == "mls-rs":
@@ -444,6 +472,7 @@ class MlsClient:
                 epoch_retention=epoch_retention,
                 receipt_retention=receipt_retention,
                 max_message_size=max_message_size,
+                credential_validator=credential_validator,
             )
         except BaseException:
             vault.close()
@@ -1195,6 +1224,7 @@ class AsyncMlsClient:
         cipher_suite: int = DEFAULT_CIPHER_SUITE,
         sqlcipher: bool = False,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        credential_validator: CredentialValidator | None = None,
     ) -> AsyncMlsClient:
         """:meth:`MlsClient.create` off the event loop (Argon2id is slow on purpose)."""
         client = await asyncio.to_thread(
@@ -1209,6 +1239,7 @@ class AsyncMlsClient:
             cipher_suite=cipher_suite,
             sqlcipher=sqlcipher,
             max_message_size=max_message_size,
+            credential_validator=credential_validator,
         )
         return cls(client)
 
@@ -1225,6 +1256,7 @@ class AsyncMlsClient:
         cipher_suite: int = DEFAULT_CIPHER_SUITE,
         sqlcipher: bool = False,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        credential_validator: CredentialValidator | None = None,
     ) -> AsyncMlsClient:
         """:meth:`MlsClient.create_with_key` off the event loop."""
         client = await asyncio.to_thread(
@@ -1238,6 +1270,7 @@ class AsyncMlsClient:
             cipher_suite=cipher_suite,
             sqlcipher=sqlcipher,
             max_message_size=max_message_size,
+            credential_validator=credential_validator,
         )
         return cls(client)
 
@@ -1252,6 +1285,7 @@ class AsyncMlsClient:
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
         receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        credential_validator: CredentialValidator | None = None,
     ) -> AsyncMlsClient:
         """:meth:`MlsClient.open` off the event loop."""
         client = await asyncio.to_thread(
@@ -1263,6 +1297,7 @@ class AsyncMlsClient:
             epoch_retention=epoch_retention,
             receipt_retention=receipt_retention,
             max_message_size=max_message_size,
+            credential_validator=credential_validator,
         )
         return cls(client)
 
@@ -1277,6 +1312,7 @@ class AsyncMlsClient:
         epoch_retention: int = DEFAULT_EPOCH_RETENTION,
         receipt_retention: int = DEFAULT_RECEIPT_RETENTION,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        credential_validator: CredentialValidator | None = None,
     ) -> AsyncMlsClient:
         """:meth:`MlsClient.open_with_key` off the event loop."""
         client = await asyncio.to_thread(
@@ -1288,6 +1324,7 @@ class AsyncMlsClient:
             epoch_retention=epoch_retention,
             receipt_retention=receipt_retention,
             max_message_size=max_message_size,
+            credential_validator=credential_validator,
         )
         return cls(client)
 

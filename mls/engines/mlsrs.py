@@ -118,13 +118,25 @@ class MlsRsAdapter:
     Args:
         storage: a storage holding an mls-rs identity (see :meth:`create`).
         epoch_retention: past epochs kept per group for late messages.
+        max_message_size: unused (the binding has no bound; the client enforces it).
+        credential_validator: must be ``None``: the binding's identity policy is fixed.
 
     Raises:
         MlsRsUnavailable: the binding is not installed.
         NotAnMlsVault: the storage holds no (readable) mls-rs identity.
+        Unsupported: a credential validator was given.
     """
 
-    def __init__(self, storage: GranularStorage, *, epoch_retention: int) -> None:
+    def __init__(
+        self,
+        storage: GranularStorage,
+        *,
+        epoch_retention: int,
+        max_message_size: int,
+        credential_validator: object | None,
+    ) -> None:
+        if credential_validator is not None:
+            raise errors.Unsupported(NAME, "a custom credential validator")
         binding = load_binding()
         row = storage.read(CATEGORY_IDENTITY, _IDENTITY_KEY)
         if row is None:
@@ -160,6 +172,8 @@ class MlsRsAdapter:
         *,
         cipher_suite: int,
         epoch_retention: int,
+        max_message_size: int,
+        credential_validator: object | None,
     ) -> MlsRsAdapter:
         """Generate a signature key pair, store it as the identity row, start on it."""
         if cipher_suite != DEFAULT_CIPHER_SUITE:
@@ -171,7 +185,12 @@ class MlsRsAdapter:
         )
         with storage.operation():
             storage.write(CATEGORY_IDENTITY, _IDENTITY_KEY, record)
-        return cls(storage, epoch_retention=epoch_retention)
+        return cls(
+            storage,
+            epoch_retention=epoch_retention,
+            max_message_size=max_message_size,
+            credential_validator=credential_validator,
+        )
 
     @property
     def name(self) -> EngineName:

@@ -39,6 +39,7 @@ from mls.native.codec import Writer
 from mls.native.commit import new_psk_nonce
 from mls.native.engine import NativeEngine, ProcessedKind
 from mls.native.framing import WireFormat
+from mls.native.identity import CredentialValidator
 from mls.native.leaf_node import Extension
 from mls.native.proposals import PreSharedKeyID, ProposalType, PskType
 from mls.native.rows import CATEGORY_IDENTITY, IDENTITY_KEY, GroupConfig, decode_epochs
@@ -61,6 +62,7 @@ _HANDSHAKE = {
     Handshake.PUBLIC: WireFormat.PUBLIC_MESSAGE,
     Handshake.PRIVATE: WireFormat.PRIVATE_MESSAGE,
 }
+_ENGINE_MIN_MESSAGE_SIZE = 1024
 _PROPOSAL_NAMES = {
     ProposalType.ADD: "add",
     ProposalType.UPDATE: "update",
@@ -119,9 +121,19 @@ class NativeAdapter:
     Args:
         storage: a storage holding a native identity (see :meth:`create`).
         epoch_retention: past epochs kept by groups created or joined from now on.
+        max_message_size: the engine's own bound on what it reads and writes (at least
+            1024 bytes; the client refuses larger input before it gets here).
+        credential_validator: the application's identity policy (default: the engine's).
     """
 
-    def __init__(self, storage: GranularStorage, *, epoch_retention: int) -> None:
+    def __init__(
+        self,
+        storage: GranularStorage,
+        *,
+        epoch_retention: int,
+        max_message_size: int,
+        credential_validator: CredentialValidator | None,
+    ) -> None:
         if (
             isinstance(epoch_retention, bool)
             or not isinstance(epoch_retention, int)
@@ -129,7 +141,12 @@ class NativeAdapter:
         ):
             raise ValueError("epoch retention must be an int >= 1")
         self._storage = storage
-        self._engine = NativeEngine(storage)
+        # The engine's floor is 1 KiB; a smaller client bound is enforced by the client.
+        self._engine_max = max(max_message_size, _ENGINE_MIN_MESSAGE_SIZE)
+        self._validator = credential_validator
+        self._engine = NativeEngine(
+            storage, max_message_size=self._engine_max, credential_validator=credential_validator
+        )
         self._retention = epoch_retention
         self._by_suite: dict[int, NativeEngine] = {self._engine.suite.suite_id: self._engine}
 
@@ -141,10 +158,17 @@ class NativeAdapter:
         *,
         cipher_suite: int,
         epoch_retention: int,
+        max_message_size: int,
+        credential_validator: CredentialValidator | None,
     ) -> NativeAdapter:
         """Store a new identity (signature key of ``cipher_suite``) and start on it."""
         NativeEngine.create(storage, identity, suite=_check_suite(cipher_suite))
-        return cls(storage, epoch_retention=epoch_retention)
+        return cls(
+            storage,
+            epoch_retention=epoch_retention,
+            max_message_size=max_message_size,
+            credential_validator=credential_validator,
+        )
 
     @property
     def name(self) -> EngineName:
@@ -184,10 +208,20 @@ class NativeAdapter:
             key = _suite_identity_key(suite)
             if self._storage.read(CATEGORY_IDENTITY, key) is None:
                 engine = NativeEngine.create(
-                    self._storage, self.identity, suite=suite, identity_key=key
+                    self._storage,
+                    self.identity,
+                    suite=suite,
+                    identity_key=key,
+                    max_message_size=self._engine_max,
+                    credential_validator=self._validator,
                 )
             else:
-                engine = NativeEngine(self._storage, identity_key=key)
+                engine = NativeEngine(
+                    self._storage,
+                    identity_key=key,
+                    max_message_size=self._engine_max,
+                    credential_validator=self._validator,
+                )
             self._by_suite[suite] = engine
         return engine
 

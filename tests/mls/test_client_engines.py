@@ -574,6 +574,49 @@ def test_resumption_psk_proposal(clients: Clients) -> None:
     assert alice.export_secret(GID, b"x", b"", 16) == bob.export_secret(GID, b"x", b"", 16)
 
 
+def test_credential_validator_is_the_applications_identity_policy(
+    tmp_path: Path, engine: EngineName
+) -> None:
+    """A validator given at create and open decides who may join the client's groups."""
+    from mls.native.errors import InvalidCredential
+    from mls.native.identity import BasicCredentialValidator
+    from mls.native.leaf_node import Credential
+
+    class NoMallory(BasicCredentialValidator):
+        def validate(self, credential: Credential, signature_key: bytes) -> None:
+            super().validate(credential, signature_key)
+            if credential.identity == b"mallory":
+                raise InvalidCredential("mallory is not welcome")
+
+    path = tmp_path / "alice.vault"
+    if engine == "mls-rs":
+        unsupported(
+            "mls-rs",
+            lambda: MlsClient.create(
+                path,
+                PASSPHRASE,
+                identity=b"a",
+                kdf=FAST,
+                engine=engine,
+                credential_validator=NoMallory(),
+            ),
+        )
+        assert not path.exists()
+        return
+    alice = MlsClient.create(
+        path, PASSPHRASE, identity=b"alice", kdf=FAST, credential_validator=NoMallory()
+    )
+    mallory = MlsClient.create(tmp_path / "m.vault", PASSPHRASE, identity=b"mallory", kdf=FAST)
+    with mallory:
+        kp = mallory.generate_key_package()
+        alice.create_group(GID)
+        alice.close()
+        with MlsClient.open(path, PASSPHRASE, credential_validator=NoMallory()) as alice:
+            with pytest.raises(InvalidMessage, match="mallory is not welcome"):
+                alice.add_members(GID, [kp])
+            assert alice.pending_events == 0 and alice.members(GID) == [b"alice"]
+
+
 # ---------------------------------------------------------------------- errors
 
 
