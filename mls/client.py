@@ -82,12 +82,13 @@ __all__ = [
 #: The engines :meth:`MlsClient.create` and :meth:`MlsClient.open` can run on.
 Engine = EngineName
 
-#: The largest message (or Welcome, or key package) the client accepts: 1 MiB.  Chat
-#: messages are a few KiB and attachments travel out of band; the biggest legitimate
-#: input is a Welcome carrying the ratchet tree, about 300 bytes per member, so 1 MiB
-#: admits groups of ~3000 members.  Larger input is refused before any parsing, so a
-#: hostile peer cannot make the client parse (or store a receipt of) 64 MiB.
-DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+#: The largest message (or Welcome, GroupInfo, key package) the client accepts, and the
+#: largest the native engine will produce: 2 MiB, the native engine's own default.  Chat
+#: messages are a few KiB and attachments travel out of band; the biggest legitimate input
+#: is a Welcome carrying the ratchet tree, about 300 bytes per member, so 2 MiB admits
+#: groups of ~7000 members.  Larger input is refused before any parsing, so a hostile peer
+#: cannot make the client parse (or store a receipt of) 64 MiB.
+DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 
 _MAX_IDENTITY_LEN = 0xFFFF
 _T = TypeVar("_T")

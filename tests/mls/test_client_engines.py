@@ -71,7 +71,7 @@ class Clients:
         return self.folder / f"{name}.vault"
 
     def make(
-        self, name: str, *, cipher_suite: int = 1, max_message_size: int = 1 << 20
+        self, name: str, *, cipher_suite: int = 1, max_message_size: int = 2 << 20
     ) -> MlsClient:
         """A new client for identity ``name``."""
         client = MlsClient.create(
@@ -671,6 +671,14 @@ def test_welcome_errors(clients: Clients) -> None:
     bob.join(welcome)
     with pytest.raises(UnknownKeyPackage):
         bob.join(welcome)
+
+
+def test_client_and_native_engine_share_one_default_size_bound() -> None:
+    """One number for the whole project: the client's default is the native engine's."""
+    from mls import DEFAULT_MAX_MESSAGE_SIZE
+    from mls.native.engine import DEFAULT_MAX_MESSAGE_SIZE as ENGINE_DEFAULT
+
+    assert DEFAULT_MAX_MESSAGE_SIZE == ENGINE_DEFAULT == 2 * 1024 * 1024
 
 
 def test_max_message_size_is_checked_before_parsing(clients: Clients) -> None:
