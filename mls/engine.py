@@ -143,6 +143,24 @@ class PendingProposal:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingCommit:
+    """A commit of ours awaiting the delivery service's answer (see ``commit(pending=True)``).
+
+    Attributes:
+        commit: the commit MLSMessage, byte-identical to what the commit call returned:
+            after a restart, resend exactly these bytes, never a new commit.
+        welcome: the Welcome for the members it adds, or ``None``.
+        epoch: the epoch it was made in; merging moves the group to ``epoch + 1``.
+        external: a join by external commit (the group exists locally once merged).
+    """
+
+    commit: bytes
+    welcome: bytes | None
+    epoch: int
+    external: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class GroupState:
     """A read-only view of one group at its current epoch.
 
@@ -150,6 +168,7 @@ class GroupState:
         epoch_authenticator: equal on every member of the epoch (compare it out of band
             to detect a split view); ``None`` on mls-rs, which does not expose it.
         pending_proposals: proposals waiting for the next commit; ``None`` on mls-rs.
+        pending_commit: our commit awaiting the delivery service's answer, if any.
     """
 
     group_id: bytes
@@ -160,6 +179,7 @@ class GroupState:
     epoch_authenticator: bytes | None
     pending_proposals: tuple[PendingProposal, ...] | None
     settings: GroupSettings
+    pending_commit: PendingCommit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,24 +200,6 @@ class CommitChanges:
     added: tuple[bytes, ...] = ()
     removed: tuple[bytes, ...] = ()
     updated: tuple[bytes, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class PendingCommit:
-    """A commit of ours awaiting the delivery service's answer (see ``commit(pending=True)``).
-
-    Attributes:
-        commit: the commit MLSMessage, byte-identical to what the commit call returned:
-            after a restart, resend exactly these bytes, never a new commit.
-        welcome: the Welcome for the members it adds, or ``None``.
-        epoch: the epoch it was made in; merging moves the group to ``epoch + 1``.
-        external: a join by external commit (the group exists locally once merged).
-    """
-
-    commit: bytes
-    welcome: bytes | None
-    epoch: int
-    external: bool = False
 
 
 @dataclass(frozen=True, slots=True)

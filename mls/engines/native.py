@@ -396,6 +396,7 @@ class NativeAdapter:
             epoch_authenticator=self._engine.epoch_authenticator(group_id),
             pending_proposals=pending,
             settings=GroupSettings(handshake, config.padding),
+            pending_commit=self.pending_commit(group_id),
         )
 
     # ------------------------------------------------------------------ handshakes

@@ -497,6 +497,7 @@ def test_pending_commit_is_resent_merged_by_echo_or_explicitly(clients: Clients)
     alice = clients.restart(alice)
     pending = alice.pending_commit(GID)
     assert pending is not None and (pending.commit, pending.epoch) == (commit, 1)
+    assert alice.group_state(GID).pending_commit == pending
     with pytest.raises(PendingCommitExists):
         alice.propose_update(GID)
     assert alice.process(GID, bob.encrypt(GID, b"meanwhile")).data == b"meanwhile"
