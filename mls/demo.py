@@ -51,7 +51,6 @@ from keystore.profiles import KdfParameters
 from mls.client import Engine, MlsClient, Received
 from mls.errors import MlsError, MlsRsUnavailable
 from mls.mlsrs import load_binding
-from mls.native.client import NativeClient
 
 __all__ = ["main"]
 
@@ -103,7 +102,7 @@ def _worker(vault: str) -> int:
     if not first:
         return 0
     passphrase = str(json.loads(first)["passphrase"])
-    client: MlsClient | NativeClient | None = None
+    client: MlsClient | None = None
     h = bytes.fromhex
 
     def run(op: str, args: list[Any]) -> Any:
@@ -257,7 +256,7 @@ def _expect(received: Any, plaintext: bytes, sender: bytes) -> None:
 
 def _create(
     path: Path, passphrase: str, identity: bytes, kdf: KdfParameters, engine: str
-) -> MlsClient | NativeClient:
+) -> MlsClient:
     if engine == "mls-rs":
         return MlsClient.create(path, passphrase, identity=identity, kdf=kdf, engine="mls-rs")
     return MlsClient.create(path, passphrase, identity=identity, kdf=kdf, engine="native")

@@ -68,7 +68,6 @@ ALL = [example for document in DOCUMENTS for example in examples(document)]
 #: Examples known not to run yet, in documents maintained elsewhere; each entry must
 #: fail (strict xfail), so fixing the example makes this test say to remove it.
 KNOWN_BROKEN = {
-    "docs/mls-client.md": "uses `passphrase` without defining it",
     "docs/sqlcipher.md": "uses `passphrase` without defining it",
     "docs/storage.md": "uses `vault` without creating it",
 }
