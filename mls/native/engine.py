@@ -333,8 +333,14 @@ class NativeEngine:
         custom = tuple(
             sorted({e.extension_type for e in leaf_extensions} - DEFAULT_EXTENSION_TYPES)
         )
+        # Both credential types are advertised: groups made by other clients (OpenMLS in Wire's
+        # core-crypto) list X.509 in required_capabilities and would refuse us otherwise.
         return Capabilities(
-            (PROTOCOL_VERSION_MLS10,), tuple(sorted(SUITES)), custom, (), (CredentialType.BASIC,)
+            (PROTOCOL_VERSION_MLS10,),
+            tuple(sorted(SUITES)),
+            custom,
+            (),
+            (CredentialType.BASIC, CredentialType.X509),
         )
 
     def key_package_refs(self) -> list[bytes]:
