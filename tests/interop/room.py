@@ -8,6 +8,7 @@ reopened from their vaults by :meth:`Room.restart`), the peer's by their ``who``
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from mls.client import ReceivedKind
@@ -22,7 +23,9 @@ CONTEXT = b"exporter context"
 def wire_client_id(name: str) -> bytes:
     """A Wire-style client id ``<uuid>:<hex client>@<domain>``, as core-crypto wants identities."""
     user = uuid.uuid5(uuid.NAMESPACE_DNS, name)
-    return f"{user}:{name.encode().hex()}@interop.example".encode()
+    # 64-bit device id, top bit set: core-crypto prints it without leading zeros.
+    device = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") | 1 << 63
+    return f"{user}:{device:x}@interop.example".encode()
 
 
 class Room:
@@ -95,17 +98,20 @@ class Room:
     def check(self) -> None:
         """Every member sees the same members and derives the same exporter secret."""
         expected = sorted([*self.our_members, *self.peer_members.values()])
-        secrets = set()
-        for identity in self.our_members:
-            client = self.client(identity)
-            assert sorted(client.members(self.group_id)) == expected
-            secrets.add(client.export_secret(self.group_id, LABEL, CONTEXT, 32))
+        # A peer may only export under its own label and context (core-crypto's are fixed):
+        # it says which it used, and our members export under the same.
+        label, context, secrets = LABEL, CONTEXT, set()
         for who in self.peer_members:
             assert sorted(self.peer.call("members", who=who)["members"]) == expected
             reply = self.peer.call(
-                "export_secret", who=who, label=LABEL, context=CONTEXT, length=32
+                "export_secret", who=who, label=label, context=context, length=32
             )
+            label, context = bytes.fromhex(reply["label"]), bytes.fromhex(reply["context"])
             secrets.add(reply["secret"])
+        for identity in self.our_members:
+            client = self.client(identity)
+            assert sorted(client.members(self.group_id)) == expected
+            secrets.add(client.export_secret(self.group_id, label, context, 32))
         assert len(secrets) == 1, "members disagree on the exporter secret"
 
     # ---------------------------------------------------------------- membership

@@ -34,6 +34,7 @@ class PeerKind:
 PEERS = {
     "ts-mls": PeerKind("ts_mls_peer.mjs"),
     "ts-mls-public-handshakes": PeerKind("ts_mls_peer.mjs", {"public_message": True}),
+    "core-crypto": PeerKind("core_crypto_peer.mjs"),
 }
 
 

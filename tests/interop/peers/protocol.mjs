@@ -9,6 +9,17 @@ import { createInterface } from "node:readline";
 export const hex = (bytes) => Buffer.from(bytes).toString("hex");
 export const unhex = (text) => new Uint8Array(Buffer.from(text, "hex"));
 
+// An error's text, with the structured detail that uniffi errors (core-crypto) carry inside.
+function describe(err) {
+  let text = String(err?.stack ?? err);
+  for (const detail of [err?.inner, err?.cause]) {
+    if (detail !== undefined) {
+      text += `\ndetail: ${JSON.stringify(detail, (_, v) => (typeof v === "bigint" ? String(v) : v))}`;
+    }
+  }
+  return text;
+}
+
 export function serve(handlers) {
   const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
   let queue = Promise.resolve();
@@ -27,7 +38,7 @@ export function serve(handlers) {
         if (handler === undefined) throw new Error(`unknown op ${request.op}`);
         reply = { id: request.id, ok: true, ...(await handler(request)) };
       } catch (err) {
-        reply = { id: request.id, ok: false, error: String(err?.stack ?? err) };
+        reply = { id: request.id, ok: false, error: describe(err) };
       }
       process.stdout.write(JSON.stringify(reply) + "\n");
     });

@@ -161,7 +161,7 @@ serve({
       m.state.keySchedule.exporterSecret, Buffer.from(label, "hex").toString("latin1"),
       unhex(context), length, impl,
     );
-    return { secret: hex(secret) };
+    return { secret: hex(secret), label, context };
   },
 
   async members({ who }) {

@@ -1,0 +1,76 @@
+"""What Wire's core-crypto demands of a member, checked on the bytes it produces.
+
+The scenarios themselves run in ``test_peers.py``; this file pins the facts that made them
+possible, so a change on either side that breaks them fails here with a precise message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from mls.native.codec import decode_exact
+from mls.native.framing import MLSMessage
+from mls.native.key_package import KeyPackage
+from mls.native.leaf_node import CredentialType
+from mls.native.validation import RequiredCapabilities
+from mls.native.welcome import GroupInfo
+from tests.interop.conftest import Ours
+from tests.interop.peer import NodePeer, PeerError
+from tests.interop.room import Room
+
+GID = b"core-crypto conversation"
+
+
+@pytest.fixture
+def room(ours: Ours) -> Iterator[Room]:
+    """An empty room with a running core-crypto peer."""
+    with NodePeer("core_crypto_peer.mjs") as peer:
+        yield Room(ours, peer, GID)
+
+
+def test_its_groups_require_x509_support_which_our_key_packages_advertise(room: Room) -> None:
+    """core-crypto's GroupInfo requires X.509 credentials; our key packages list basic + X.509."""
+    room.peer_creates("p1")
+    room.peer_commits("p1")  # core-crypto publishes a GroupInfo with every commit
+    message = decode_exact(room.peer.call("group_info", who="p1")["group_info"], MLSMessage.decode)
+    assert isinstance(message.body, GroupInfo)
+    required = RequiredCapabilities.from_extensions(message.body.group_context.extensions)
+    assert required is not None
+    assert CredentialType.X509 in required.credentials
+
+    me = room.new_our_member("n1")
+    ours = decode_exact(room.key_packages[me], MLSMessage.decode).body
+    assert isinstance(ours, KeyPackage)
+    assert {CredentialType.BASIC, CredentialType.X509} <= set(
+        ours.leaf_node.capabilities.credentials
+    )
+    required.check(ours.leaf_node)  # what core-crypto checks before it adds us
+    room.peer_adds("p1", ours=(me,))
+    room.check()
+
+
+def test_its_handshakes_are_public_messages(room: Room) -> None:
+    """core-crypto sends commits as PublicMessage; our default handshake format matches."""
+    me = room.we_create("n1")
+    room.new_peer_member("p1")
+    commit, _ = room.client(me).add_members(GID, [room.key_packages.pop("p1")])
+    assert commit[2:4] == b"\x00\x01"  # wire_format mls_public_message
+    room.peer_creates("p2")
+    assert room.peer.call("commit", who="p2")["commit"][2:4] == b"\x00\x01"
+
+
+def test_it_cannot_read_messages_from_an_identity_not_a_wire_client_id(room: Room) -> None:
+    """core-crypto adds such a member, but refuses its messages (it parses the sender's id)."""
+    room.peer_creates("p1")
+    stranger = room.ours.create(b"plain identity")
+    added = room.peer.call("add", who="p1", key_packages=[stranger.generate_key_package()])
+    assert stranger.join(added["welcome"]) == GID
+    with pytest.raises(PeerError, match="client id was not of the format"):
+        room.peer.call("process", who="p1", message=stranger.encrypt(GID, b"hello"))
+    # Its commit is processed, and the member it adds, under a Wire client id, is understood.
+    me = room.new_our_member("n1")
+    room.we_add(b"plain identity", ours=(me,))
+    reply = room.peer.call("process", who="p1", message=room.client(me).encrypt(GID, b"hello"))
+    assert reply["data"] == b"hello"
