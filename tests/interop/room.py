@@ -200,3 +200,17 @@ class Room:
         """Our member commits with an UpdatePath (``update_keys``)."""
         commit = self.client(identity).update_keys(self.group_id)
         self.deliver(commit, sender=identity, kind=ReceivedKind.COMMIT)
+
+    # ---------------------------------------------------------------- external joins
+
+    def peer_joins_externally(self, who: str, group_info: bytes) -> None:
+        """A new member on the peer's side joins by an external commit from ``group_info``."""
+        identity = wire_client_id(who)
+        reply = self.peer.call("external_join", who=who, identity=identity, group_info=group_info)
+        self.deliver(reply["commit"], sender=who, kind=ReceivedKind.COMMIT)
+        self.peer_members[who] = identity
+
+    def peer_group_info(self, who: str) -> bytes:
+        """A GroupInfo (MLSMessage) of the current epoch from the peer's member ``who``."""
+        reply: bytes = self.peer.call("group_info", who=who)["group_info"]
+        return reply

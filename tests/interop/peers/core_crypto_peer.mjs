@@ -7,7 +7,7 @@
 // (`<uuid>:<hex device id>@<domain>`).  Commits leave core-crypto through its MlsTransport,
 // which this peer captures and hands to the Python side.  core-crypto serializes a bare
 // KeyPackage, so this peer wraps it in an MLSMessage (and unwraps ours) to keep one format on
-// the wire.
+// the wire (the same for GroupInfo).
 import { readFile } from "node:fs/promises";
 import { hex, serve, unhex } from "./protocol.mjs";
 
@@ -27,6 +27,7 @@ await cc.initWasmModule(WASM_URL);
 const SUITE = cc.CipherSuite.Mls128Dhkemx25519Aes128gcmSha256Ed25519;
 const MLS10 = [0x00, 0x01];
 const KEY_PACKAGE = [0x00, 0x05];
+const GROUP_INFO = [0x00, 0x04];
 const members = new Map();
 
 function parseClientId(identity) {
@@ -77,12 +78,16 @@ async function committing(m, action) {
   };
 }
 
-function bareKeyPackage(text) {
+// core-crypto's KeyPackage and GroupInfo constructors take the bare structs, not MLSMessages.
+function unwrap(text, wireFormat, what) {
   const bytes = unhex(text);
-  const head = [...bytes.slice(0, 4)];
-  if (head.join() !== [...MLS10, ...KEY_PACKAGE].join()) throw new Error("not an MLSMessage KeyPackage");
-  return new cc.KeyPackage(bytes.slice(4));
+  if ([...bytes.slice(0, 4)].join() !== [...MLS10, ...wireFormat].join()) {
+    throw new Error(`not an MLSMessage ${what}`);
+  }
+  return bytes.slice(4);
 }
+
+const bareKeyPackage = (text) => new cc.KeyPackage(unwrap(text, KEY_PACKAGE, "KeyPackage"));
 
 async function clientIdsFor(m, identities) {
   const current = await m.core.transaction((ctx) => ctx.getClientIds(conversation(m)));
@@ -174,7 +179,7 @@ serve({
     const m = await member(who, identity);
     m.sent = [];
     m.conversation = await m.core.transaction((ctx) =>
-      ctx.joinByExternalCommit(new cc.GroupInfo(unhex(group_info)), m.credential),
+      ctx.joinByExternalCommit(new cc.GroupInfo(unwrap(group_info, GROUP_INFO, "GroupInfo")), m.credential),
     );
     if (m.sent.length !== 1) throw new Error("no external commit was sent");
     return { commit: hex(m.sent[0].commit) };
