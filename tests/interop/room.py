@@ -102,7 +102,8 @@ class Room:
         # it says which it used, and our members export under the same.
         label, context, secrets = LABEL, CONTEXT, set()
         for who in self.peer_members:
-            assert sorted(self.peer.call("members", who=who)["members"]) == expected
+            seen = sorted(self.peer.call("members", who=who)["members"])
+            assert seen == expected, f"the peer's {who} sees {seen}, expected {expected}"
             reply = self.peer.call(
                 "export_secret", who=who, label=label, context=context, length=32
             )
@@ -110,7 +111,8 @@ class Room:
             secrets.add(reply["secret"])
         for identity in self.our_members:
             client = self.client(identity)
-            assert sorted(client.members(self.group_id)) == expected
+            seen = sorted(client.members(self.group_id))
+            assert seen == expected, f"our {identity!r} sees {seen}, expected {expected}"
             secrets.add(client.export_secret(self.group_id, label, context, 32))
         assert len(secrets) == 1, "members disagree on the exporter secret"
 

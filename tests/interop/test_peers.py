@@ -11,6 +11,7 @@ and the same exporter secret (:meth:`Room.check`).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -235,4 +236,66 @@ def test_our_pending_commit_is_cleared_when_the_peers_commit_wins(
     room.send_from_ours(me, b"still in, no rejoin")
     room.send_from_peer("p1", b"yes")
     room.we_commit(me)  # and the next commit of ours is fine
+    room.check()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_walk_of_membership_changes_and_messages(
+    room: Room, kind: PeerKind, seed: int
+) -> None:
+    """A seeded random mix of messages, key updates, adds, removes and restarts, both sides.
+
+    Adds and removes leave blank nodes, unmerged leaves and a tree that grows and truncates,
+    which each implementation must hash and encrypt to identically.
+    """
+    rng = random.Random(seed)
+    counter = iter(range(1, 1000))
+    room.peer_creates("p0")
+    first = room.new_our_member("n0")
+    room.peer_adds("p0", ours=(first,), **kind.options)
+    for step in range(40):
+        ours, theirs = list(room.our_members), list(room.peer_members)
+        action = rng.choice(["send", "send", "update", "add", "add", "remove", "restart"])
+        if action == "send":
+            if rng.random() < 0.5:
+                room.send_from_ours(rng.choice(ours), b"step %d" % step)
+            else:
+                room.send_from_peer(rng.choice(theirs), b"step %d" % step)
+        elif action == "update":
+            if rng.random() < 0.5:
+                room.we_commit(rng.choice(ours))
+            else:
+                room.peer_commits(rng.choice(theirs), **kind.options)
+        elif action == "add" and len(ours) + len(theirs) < 7:
+            if rng.random() < 0.5:
+                new: dict[str, tuple[bytes, ...] | tuple[str, ...]] = {
+                    "ours": (room.new_our_member(f"n{next(counter)}"),)
+                }
+            else:
+                name = f"p{next(counter)}"
+                room.new_peer_member(name)
+                new = {"theirs": (name,)}
+            if rng.random() < 0.5:
+                room.we_add(rng.choice(ours), **new)  # type: ignore[arg-type]
+            else:
+                room.peer_adds(rng.choice(theirs), **new, **kind.options)  # type: ignore[arg-type]
+        elif action == "remove" and (len(ours) > 1 or len(theirs) > 1):
+            side = ours if len(ours) > 1 and (len(theirs) == 1 or rng.random() < 0.5) else None
+            if side is not None:
+                victim = rng.choice(ours)
+                remaining = [o for o in ours if o != victim]
+            else:
+                victim_who = rng.choice(theirs)
+                victim = room.peer_members[victim_who]
+                remaining = [t for t in theirs if t != victim_who]
+            if rng.random() < 0.5 and (side is None or remaining):
+                committer_ours = rng.choice(remaining if side is not None else ours)
+                room.we_remove(committer_ours, [victim])
+            else:
+                committers = theirs if side is not None else remaining
+                room.peer_removes(rng.choice(committers), [victim], **kind.options)
+        elif action == "restart":
+            room.restart()
+        if step % 6 == 5:
+            room.check()
     room.check()
