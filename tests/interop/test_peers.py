@@ -52,12 +52,13 @@ class PeerKind:
 
     script: str
     options: dict[str, object] = field(default_factory=dict)
+    proposes: bool = True  # the peer's API can send proposals (core-crypto's cannot)
 
 
 PEERS = {
     "ts-mls": PeerKind("ts_mls_peer.mjs"),
     "ts-mls-public-handshakes": PeerKind("ts_mls_peer.mjs", {"public_message": True}),
-    "core-crypto": PeerKind("core_crypto_peer.mjs"),
+    "core-crypto": PeerKind("core_crypto_peer.mjs", proposes=False),
 }
 
 
@@ -299,3 +300,42 @@ def test_random_walk_of_membership_changes_and_messages(
         if step % 6 == 5:
             room.check()
     room.check()
+
+
+def test_our_leave_proposal_is_committed_by_the_peer(room: Room, kind: PeerKind) -> None:
+    """Our member proposes to leave; the peer commits the proposal; we learn we are out."""
+    room.peer_creates("p1")
+    n1, n2 = room.new_our_member("n1"), room.new_our_member("n2")
+    room.peer_adds("p1", ours=(n1, n2), **kind.options)
+    proposal = room.client(n2).leave(GID)
+    room.deliver(proposal, sender=n2, kind=ReceivedKind.PROPOSAL)
+    room.restart()
+    reply = room.peer.call("commit_pending", who="p1", **kind.options)
+    room.deliver(reply["commit"], sender="p1", kind=ReceivedKind.COMMIT)
+    assert room.our_members == [n1], "the leaver was told it is out"
+    assert GID not in room.ours.open[n2].group_ids()
+    room.check()
+    room.send_from_peer("p1", b"bye n2")
+
+
+@pytest.mark.parametrize(
+    "kind", [pytest.param(k, id=n) for n, k in sorted(PEERS.items()) if k.proposes]
+)
+def test_the_peers_proposal_is_committed_by_us(room: Room, kind: PeerKind) -> None:
+    """The peer proposes removing one of its members; our key update commits the proposal.
+
+    (Only ts-mls: core-crypto's API makes no bare proposals.)
+    """
+    me = room.we_create("n1")
+    room.new_peer_member("p1")
+    room.new_peer_member("p2")
+    room.we_add(me, theirs=("p1", "p2"))
+    reply = room.peer.call(
+        "propose_remove", who="p1", identity=room.peer_members["p2"], **kind.options
+    )
+    room.deliver(reply["message"], sender="p1", kind=ReceivedKind.PROPOSAL)
+    room.restart()
+    room.we_commit(me)  # update_keys commits the queued proposal too
+    assert list(room.peer_members) == ["p1"]
+    room.check()
+    room.send_from_ours(me, b"p2 is gone")

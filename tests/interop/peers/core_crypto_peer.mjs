@@ -135,6 +135,11 @@ serve({
     return committing(m, (ctx) => ctx.updateKeyingMaterial(conversation(m)));
   },
 
+  async commit_pending({ who }) {
+    const m = await member(who);
+    return committing(m, (ctx) => ctx.commitPendingProposals(conversation(m)));
+  },
+
   async process({ who, message }) {
     const m = await member(who);
     const got = await m.core.transaction((ctx) => ctx.decryptMessage(conversation(m), unhex(message)));

@@ -9,6 +9,7 @@ import {
   createCommit,
   createGroup,
   createGroupInfoWithExternalPubAndRatchetTree,
+  createProposal,
   decodeMlsMessage,
   defaultCapabilities,
   defaultLifetime,
@@ -129,8 +130,23 @@ serve({
     return commit(who, proposals, public_message);
   },
 
+  async propose_remove({ who, identity, public_message = false }) {
+    const m = joined(who);
+    const found = leaves(m.state).find((l) => l.identity === identity);
+    if (found === undefined) throw new Error("no such member");
+    const proposal = { proposalType: "remove", remove: { removed: found.leaf } };
+    const result = await createProposal(m.state, public_message, proposal, impl);
+    m.state = result.newState;
+    return { message: hex(encodeMlsMessage(result.message)) };
+  },
+
   // A commit with no new proposals (it carries any received ones) always has an UpdatePath.
   async commit({ who, public_message = false }) {
+    return commit(who, [], public_message);
+  },
+
+  // Commits the proposals received (and any of its own), with an UpdatePath.
+  async commit_pending({ who, public_message = false }) {
     return commit(who, [], public_message);
   },
 
