@@ -11,14 +11,15 @@ from collections.abc import Iterator
 import pytest
 
 from mls.native.codec import decode_exact
-from mls.native.framing import MLSMessage
+from mls.native.framing import MLSMessage, WireFormat
 from mls.native.key_package import KeyPackage
 from mls.native.leaf_node import CredentialType
+from mls.native.rows import GroupConfig
 from mls.native.validation import RequiredCapabilities
 from mls.native.welcome import GroupInfo
 from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer, PeerError
-from tests.interop.room import Room
+from tests.interop.room import Room, wire_client_id
 
 GID = b"core-crypto conversation"
 
@@ -74,3 +75,18 @@ def test_it_cannot_read_messages_from_an_identity_not_a_wire_client_id(room: Roo
     room.we_add(b"plain identity", ours=(me,))
     reply = room.peer.call("process", who="p1", message=room.client(me).encrypt(GID, b"hello"))
     assert reply["data"] == b"hello"
+
+
+def test_it_refuses_private_message_handshakes(room: Room) -> None:
+    """A commit sent as PrivateMessage breaks core-crypto's wire-format policy."""
+    identity = wire_client_id("n1")
+    me = room.ours.create(identity)
+    me.engine.create_group(GID, config=GroupConfig(handshake=WireFormat.PRIVATE_MESSAGE))
+    room.our_members.append(identity)
+    room.new_peer_member("p1")
+    _, welcome = me.add_members(GID, [room.key_packages.pop("p1")])
+    assert room.peer.call("join", who="p1", welcome=welcome)["group_id"] == GID
+    commit = me.update_keys(GID)
+    assert commit[2:4] == b"\x00\x02"  # wire_format mls_private_message
+    with pytest.raises(PeerError, match="wire format policy"):
+        room.peer.call("process", who="p1", message=commit)

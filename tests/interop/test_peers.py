@@ -19,6 +19,8 @@ import pytest
 
 from mls.client import ReceivedKind
 from mls.native.errors import DecodeError, InvalidMessage
+from mls.native.framing import WireFormat
+from mls.native.rows import GroupConfig
 from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer, PeerError
 from tests.interop.room import Room, wire_client_id
@@ -53,12 +55,13 @@ class PeerKind:
     script: str
     options: dict[str, object] = field(default_factory=dict)
     proposes: bool = True  # the peer's API can send proposals (core-crypto's cannot)
+    private_handshakes: bool = True  # it accepts PrivateMessage commits (core-crypto does not)
 
 
 PEERS = {
     "ts-mls": PeerKind("ts_mls_peer.mjs"),
     "ts-mls-public-handshakes": PeerKind("ts_mls_peer.mjs", {"public_message": True}),
-    "core-crypto": PeerKind("core_crypto_peer.mjs", proposes=False),
+    "core-crypto": PeerKind("core_crypto_peer.mjs", proposes=False, private_handshakes=False),
 }
 
 
@@ -339,3 +342,51 @@ def test_the_peers_proposal_is_committed_by_us(room: Room, kind: PeerKind) -> No
     assert list(room.peer_members) == ["p1"]
     room.check()
     room.send_from_ours(me, b"p2 is gone")
+
+
+def test_out_of_order_and_late_messages_from_the_peer(room: Room, kind: PeerKind) -> None:
+    """The peer's messages arrive shuffled, and one from the previous epoch after a commit."""
+    room.peer_creates("p1")
+    me = room.new_our_member("n1")
+    room.peer_adds("p1", ours=(me,), **kind.options)
+    texts = [b"m%d" % i for i in range(5)]
+    messages = [room.peer.call("encrypt", who="p1", plaintext=t)["message"] for t in texts]
+    late = room.peer.call("encrypt", who="p1", plaintext=b"late")["message"]
+    room.restart()
+    for i in (3, 0, 4, 2, 1):
+        got = room.client(me).process(GID, messages[i])
+        assert (got.kind, got.data) == (ReceivedKind.APPLICATION, texts[i])
+    room.peer_commits("p1", **kind.options)  # a new epoch before "late" arrives
+    room.restart()
+    got = room.client(me).process(GID, late)
+    assert (got.kind, got.data) == (ReceivedKind.APPLICATION, b"late")
+    room.check()
+
+
+@pytest.mark.parametrize(
+    "kind", [pytest.param(k, id=n) for n, k in sorted(PEERS.items()) if k.private_handshakes]
+)
+def test_our_handshakes_as_padded_private_messages(room: Room, kind: PeerKind) -> None:
+    """Our group sends its commits as PrivateMessage with padding; the peer follows.
+
+    (Only ts-mls: core-crypto requires PublicMessage handshakes.)
+    """
+    identity = wire_client_id("n1")
+    me = room.ours.create(identity)
+    config = GroupConfig(handshake=WireFormat.PRIVATE_MESSAGE, padding=32)
+    me.engine.create_group(GID, config=config)  # group settings beyond the client's defaults
+    room.our_members.append(identity)
+    room.new_peer_member("p1")
+    room.new_peer_member("p2")
+    commit, welcome = me.add_members(GID, [room.key_packages.pop("p1")])
+    assert commit[2:4] == b"\x00\x02"  # wire_format mls_private_message
+    room.deliver(commit, sender=identity, kind=ReceivedKind.COMMIT)
+    room._welcome(welcome, [], ["p1"])
+    room.restart()
+    room.we_add(identity, theirs=("p2",))
+    room.we_commit(identity)
+    room.peer_commits("p1", **kind.options)
+    room.send_from_ours(identity, b"padded")
+    room.we_remove(identity, [room.peer_members["p2"]])
+    room.check()
+    room.send_from_peer("p1", b"read you")
