@@ -134,6 +134,7 @@ _HEX = {
     "group_id",
     "group_info",
     "client_id",
+    "public_key",
 }
 
 

@@ -1,4 +1,4 @@
-"""Where ts-mls departs from RFC 9420, pinned on the bytes it produces.
+"""ts-mls specifics: X.509 credentials it makes, and where it departs from RFC 9420.
 
 ts-mls 1.6.4 writes the GroupInfo ``external_pub`` extension (RFC 9420 §12.4.3.2) as the bare
 HPKE public key; the RFC defines its data as the ``ExternalPub`` struct, i.e. the key with a
@@ -10,12 +10,22 @@ ts-mls fixes this, the first test here fails: update the pin and lift those mark
 
 from __future__ import annotations
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from mls.native.codec import Reader, decode_exact
 from mls.native.framing import MLSMessage
-from mls.native.leaf_node import ExtensionType
+from mls.native.key_package import KeyPackage
+from mls.native.leaf_node import Credential, CredentialType, ExtensionType
+from mls.native.suites import get_suite
 from mls.native.welcome import GroupInfo
+from mls.native.x509 import InvalidCredential, X509CredentialValidator
+from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer
 from tests.interop.room import wire_client_id
+from tests.native.test_x509 import CLIENT, NOW, certificate, der, make_pki
+
+GID = b"ts-mls x509 group"
 
 X25519_KEY_LEN = 32
 
@@ -42,3 +52,58 @@ def test_core_crypto_external_pub_is_the_rfc_struct(core_crypto: NodePeer) -> No
     data = external_pub_data(core_crypto.call("group_info", who="c")["group_info"])
     key = decode_exact(data, Reader.opaque)
     assert len(key) == X25519_KEY_LEN
+
+
+def test_an_x509_key_package_from_ts_mls_passes_our_validator_and_joins(
+    ts_mls: NodePeer, ours: Ours
+) -> None:
+    """ts-mls signs a key package with an X.509 credential for its own key; we accept it.
+
+    The chain (P-256 root and intermediate, Ed25519 leaf for the ts-mls member's signature
+    key) is made here; our validator checks what ts-mls put on the wire, then our member adds
+    it and both sides talk and export the same secret.
+    """
+    pki, _ = make_pki()
+    public = ts_mls.call("signature_key", who="x")["public_key"]
+    leaf = certificate(
+        "ts-mls member",
+        ed25519.Ed25519PublicKey.from_public_bytes(public),
+        "Intermediate",
+        pki.intermediate_key,
+        ca=False,
+    )
+    chain = (der(leaf), der(pki.intermediate))
+    wire = ts_mls.call("x509_key_package", who="x", certificates=list(chain))["key_package"]
+    kp = decode_exact(wire, MLSMessage.decode).body
+    assert isinstance(kp, KeyPackage)
+    assert kp.leaf_node.credential == Credential(CredentialType.X509, certificates=chain)
+    validator = X509CredentialValidator([pki.root], clock=lambda: NOW)
+    validator.validate(kp.leaf_node.credential, kp.leaf_node.signature_key)
+    assert validator.identity(kp.leaf_node.credential) == CLIENT.encode()
+
+    me = ours.create(wire_client_id("n1"))
+    me.create_group(GID)
+    _, welcome = me.add_members(GID, [wire])
+    assert ts_mls.call("join", who="x", welcome=welcome)["group_id"] == GID
+    me = ours.restart(me)
+    got = me.process(GID, ts_mls.call("encrypt", who="x", plaintext=b"signed by a CA")["message"])
+    assert got.data == b"signed by a CA"
+    reply = ts_mls.call("process", who="x", message=me.encrypt(GID, b"seen"))
+    assert reply["data"] == b"seen"
+    theirs = ts_mls.call("export_secret", who="x", label=b"l", context=b"c", length=32)
+    assert theirs["secret"] == me.export_secret(GID, b"l", b"c", 32)
+
+
+def test_a_certificate_for_another_key_in_a_ts_mls_key_package_is_refused(
+    ts_mls: NodePeer,
+) -> None:
+    """A validly signed key package carrying someone else's certificate is refused."""
+    pki, _ = make_pki()  # its leaf certificate is for a key ts-mls does not hold
+    ts_mls.call("signature_key", who="x")
+    wire = ts_mls.call("x509_key_package", who="x", certificates=list(pki.chain))["key_package"]
+    kp = decode_exact(wire, MLSMessage.decode).body
+    assert isinstance(kp, KeyPackage)
+    kp.verify(get_suite(1))  # the signatures are fine: only the binding is wrong
+    validator = X509CredentialValidator([pki.root], clock=lambda: NOW)
+    with pytest.raises(InvalidCredential, match="not the leaf node's signature key"):
+        validator.validate(kp.leaf_node.credential, kp.leaf_node.signature_key)

@@ -16,6 +16,7 @@ import {
   emptyPskIndex,
   encodeMlsMessage,
   generateKeyPackage,
+  generateKeyPackageWithKey,
   getCiphersuiteFromName,
   getCiphersuiteImpl,
   joinGroup,
@@ -58,11 +59,16 @@ async function newKeyPackage(identity) {
   return generateKeyPackage(credential, defaultCapabilities(), defaultLifetime, [], impl);
 }
 
+// A signature key pair made ahead of the key package, so a certificate can be issued for it.
+const signatureKeys = new Map();
+
 function leaves(state) {
   const out = [];
   state.ratchetTree.forEach((node, nodeIndex) => {
     if (nodeIndex % 2 === 0 && node !== undefined && node.nodeType === "leaf") {
-      out.push({ leaf: nodeIndex / 2, identity: hex(node.leaf.credential.identity) });
+      const credential = node.leaf.credential;
+      const named = credential.credentialType === "x509" ? credential.certificates[0] : credential.identity;
+      out.push({ leaf: nodeIndex / 2, identity: hex(named) });
     }
   });
   return out;
@@ -84,6 +90,24 @@ async function commit(who, proposals, publicMessage) {
 serve({
   async key_package({ who, identity }) {
     const kp = await newKeyPackage(identity);
+    member(who).keyPackages.push(kp);
+    return { key_package: encode({ wireformat: "mls_key_package", keyPackage: kp.publicPackage }) };
+  },
+
+  async signature_key({ who }) {
+    const pair = await impl.signature.keygen();
+    signatureKeys.set(who, pair);
+    return { public_key: hex(pair.publicKey) };
+  },
+
+  // A key package with an X.509 credential (DER chain, leaf first) for the key made above.
+  async x509_key_package({ who, certificates }) {
+    const pair = signatureKeys.get(who);
+    if (pair === undefined) throw new Error("make the signature key first");
+    const credential = { credentialType: "x509", certificates: certificates.map(unhex) };
+    const kp = await generateKeyPackageWithKey(
+      credential, defaultCapabilities(), defaultLifetime, [], pair, impl,
+    );
     member(who).keyPackages.push(kp);
     return { key_package: encode({ wireformat: "mls_key_package", keyPackage: kp.publicPackage }) };
   },
