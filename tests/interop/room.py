@@ -11,11 +11,18 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+from mls import categories as cat
 from mls.client import ReceivedKind
+from mls.native import tree_math as tm
 from mls.native.client import NativeClient
+from mls.native.tree import RatchetTree
 from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer
 
+#: ts-mls 1.6.4's refusal of a valid tree whose parents list different unmerged leaves.
+TS_MLS_NESTED_UNMERGED_REFUSAL = (
+    "non-blank intermediate node must list leaf node in its unmerged_leaves"
+)
 LABEL = b"interop exporter"
 CONTEXT = b"exporter context"
 
@@ -216,3 +223,46 @@ class Room:
         """A GroupInfo (MLSMessage) of the current epoch from the peer's member ``who``."""
         reply: bytes = self.peer.call("group_info", who=who)["group_info"]
         return reply
+
+
+def unmerged_leaves_violations(tree: RatchetTree) -> list[tuple[int, int, int]]:
+    """Breaches of RFC 9420 §12.4.3.1's unmerged-leaves rule, as (parent, leaf, node).
+
+    For each non-blank parent P and leaf L in its ``unmerged_leaves``, every non-blank node
+    strictly between L and P must list L too.  (Nodes above P, and the exact contents of the
+    lists, are not constrained.)
+    """
+    bad = []
+    for p in range(1, len(tree.nodes), 2):
+        parent = tree.parent_node(p)
+        if parent is None:
+            continue
+        for leaf in parent.unmerged_leaves:
+            for q in tm.direct_path(tm.leaf_to_node(leaf), tree.n_leaves):
+                if q == p:
+                    break
+                between = tree.parent_node(q)
+                if between is not None and leaf not in between.unmerged_leaves:
+                    bad.append((p, leaf, q))
+    return bad
+
+
+def nest_unmerged_leaves(room: Room) -> tuple[bytes, bytes]:
+    """Build, with our members only, a tree whose parents hold different unmerged lists.
+
+    Six members (leaves 0-5); the one at leaf 2 removes leaves 0 and 5 with a path, which
+    sets nodes 3 and 7 while leaf 0 is blank; the next two members added land at leaves 0
+    and 5, so node 3 lists [0] and the root [0, 5] — valid per RFC 9420.  Returns the
+    identity of the member at leaf 2 (to commit the adds) and of a new member of ours to add.
+    """
+    creator = room.we_create("nest-a")
+    others = [room.new_our_member(f"nest-{n}") for n in "bcdef"]
+    room.we_add(creator, ours=tuple(others))
+    committer = others[1]
+    room.we_remove(committer, [creator, others[4]])
+    return committer, room.new_our_member("nest-g")
+
+
+def tree_of(client: NativeClient, group_id: bytes) -> RatchetTree:
+    """The ratchet tree our member holds (the engine's public tree)."""
+    return RatchetTree.from_bytes(client.engine.storage.read(cat.TREE, group_id) or b"")

@@ -19,7 +19,7 @@ from mls.native.validation import RequiredCapabilities
 from mls.native.welcome import GroupInfo
 from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer, PeerError
-from tests.interop.room import Room, wire_client_id
+from tests.interop.room import Room, nest_unmerged_leaves, tree_of, wire_client_id
 
 GID = b"core-crypto conversation"
 
@@ -90,3 +90,19 @@ def test_it_refuses_private_message_handshakes(room: Room) -> None:
     assert commit[2:4] == b"\x00\x02"  # wire_format mls_private_message
     with pytest.raises(PeerError, match="wire format policy"):
         room.peer.call("process", who="p1", message=commit)
+
+
+def test_it_joins_a_tree_with_nested_unmerged_leaves(room: Room) -> None:
+    """Parents listing different unmerged leaves (valid per RFC 9420) are accepted by it.
+
+    ts-mls 1.6.4 refuses this very tree (``test_ts_mls.py``); core-crypto and we agree.
+    """
+    committer, newcomer = nest_unmerged_leaves(room)
+    room.new_peer_member("p1")
+    room.we_add(committer, ours=(newcomer,), theirs=("p1",))
+    tree = tree_of(room.client(committer), GID)
+    assert [tree.parent_node(x).unmerged_leaves for x in (3, 7)] == [(0,), (0, 5)]  # type: ignore[union-attr]
+    room.check()
+    room.send_from_peer("p1", b"in")
+    room.peer_commits("p1")
+    room.check()

@@ -23,7 +23,14 @@ from mls.native.framing import WireFormat
 from mls.native.rows import GroupConfig
 from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer, PeerError
-from tests.interop.room import Room, wire_client_id
+from tests.interop.room import (
+    TS_MLS_NESTED_UNMERGED_REFUSAL,
+    Room,
+    tree_of,
+    unmerged_leaves_violations,
+    wire_client_id,
+)
+from tests.native.engine_helpers import FULL
 
 GID = b"interop group \x00\xff"
 
@@ -243,7 +250,11 @@ def test_our_pending_commit_is_cleared_when_the_peers_commit_wins(
     room.check()
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+#: ``--full`` (or MLS_NATIVE_FULL=1) walks 20 seeds of 60 steps instead of 2 of 40.
+WALK_SEEDS, WALK_STEPS = (range(1, 21), 60) if FULL else (range(1, 3), 40)
+
+
+@pytest.mark.parametrize("seed", WALK_SEEDS)
 def test_random_walk_of_membership_changes_and_messages(
     room: Room, kind: PeerKind, seed: int
 ) -> None:
@@ -257,7 +268,7 @@ def test_random_walk_of_membership_changes_and_messages(
     room.peer_creates("p0")
     first = room.new_our_member("n0")
     room.peer_adds("p0", ours=(first,), **kind.options)
-    for step in range(40):
+    for step in range(WALK_STEPS):
         ours, theirs = list(room.our_members), list(room.peer_members)
         action = rng.choice(["send", "send", "update", "add", "add", "remove", "restart"])
         if action == "send":
@@ -279,10 +290,18 @@ def test_random_walk_of_membership_changes_and_messages(
                 name = f"p{next(counter)}"
                 room.new_peer_member(name)
                 new = {"theirs": (name,)}
-            if rng.random() < 0.5:
-                room.we_add(rng.choice(ours), **new)  # type: ignore[arg-type]
-            else:
-                room.peer_adds(rng.choice(theirs), **new, **kind.options)  # type: ignore[arg-type]
+            try:
+                if rng.random() < 0.5:
+                    room.we_add(rng.choice(ours), **new)  # type: ignore[arg-type]
+                else:
+                    room.peer_adds(rng.choice(theirs), **new, **kind.options)  # type: ignore[arg-type]
+            except PeerError as exc:
+                if TS_MLS_NESTED_UNMERGED_REFUSAL not in str(exc):
+                    raise
+                # ts-mls 1.6.4 refuses a valid tree (test_ts_mls.py pins it): prove validity.
+                tree = tree_of(room.client(room.our_members[0]), GID)
+                assert unmerged_leaves_violations(tree) == []
+                pytest.xfail("ts-mls 1.6.4 refused to join a tree valid per RFC 9420 §12.4.3.1")
         elif action == "remove" and (len(ours) > 1 or len(theirs) > 1):
             side = ours if len(ours) > 1 and (len(theirs) == 1 or rng.random() < 0.5) else None
             if side is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from mls.client import ReceivedKind
 from mls.native.codec import Reader, decode_exact
 from mls.native.framing import MLSMessage
 from mls.native.key_package import KeyPackage
@@ -21,8 +22,15 @@ from mls.native.suites import get_suite
 from mls.native.welcome import GroupInfo
 from mls.native.x509 import InvalidCredential, X509CredentialValidator
 from tests.interop.conftest import Ours
-from tests.interop.peer import NodePeer
-from tests.interop.room import wire_client_id
+from tests.interop.peer import NodePeer, PeerError
+from tests.interop.room import (
+    TS_MLS_NESTED_UNMERGED_REFUSAL,
+    Room,
+    nest_unmerged_leaves,
+    tree_of,
+    unmerged_leaves_violations,
+    wire_client_id,
+)
 from tests.native.test_x509 import CLIENT, NOW, certificate, der, make_pki
 
 GID = b"ts-mls x509 group"
@@ -107,3 +115,27 @@ def test_a_certificate_for_another_key_in_a_ts_mls_key_package_is_refused(
     validator = X509CredentialValidator([pki.root], clock=lambda: NOW)
     with pytest.raises(InvalidCredential, match="not the leaf node's signature key"):
         validator.validate(kp.leaf_node.credential, kp.leaf_node.signature_key)
+
+
+def test_ts_mls_refuses_a_valid_tree_with_nested_unmerged_leaves(
+    ts_mls: NodePeer, ours: Ours
+) -> None:
+    """ts-mls 1.6.4 wants equal unmerged lists all along a leaf's path; RFC 9420 does not.
+
+    RFC 9420 §12.4.3.1 only asks that every non-blank node *between* an unmerged leaf and
+    the parent listing it lists that leaf too.  ts-mls compares the whole lists, on the whole
+    direct path, so it refuses to join a valid group that core-crypto and we join (see
+    ``test_core_crypto.py``).  If a later ts-mls joins, update this pin.
+    """
+    room = Room(ours, ts_mls, GID)
+    committer, newcomer = nest_unmerged_leaves(room)
+    room.new_peer_member("t")
+    kps = [room.key_packages.pop(newcomer), room.key_packages.pop("t")]
+    commit, welcome = room.client(committer).add_members(GID, kps)
+    room.deliver(commit, sender=committer, kind=ReceivedKind.COMMIT)
+    tree = tree_of(room.client(committer), GID)
+    assert [tree.parent_node(x).unmerged_leaves for x in (3, 7)] == [(0,), (0, 5)]  # type: ignore[union-attr]
+    assert unmerged_leaves_violations(tree) == []
+    assert room.client(newcomer).join(welcome) == GID  # our engine accepts the tree
+    with pytest.raises(PeerError, match=TS_MLS_NESTED_UNMERGED_REFUSAL):
+        ts_mls.call("join", who="t", welcome=welcome)
