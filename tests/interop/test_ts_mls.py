@@ -31,7 +31,14 @@ from tests.interop.room import (
     unmerged_leaves_violations,
     wire_client_id,
 )
-from tests.native.test_x509 import CLIENT, NOW, certificate, der, make_pki
+from tests.native.test_x509 import (
+    CLIENT,
+    NOW,
+    certificate,
+    der,
+    engine_judging_with,
+    make_pki,
+)
 
 GID = b"ts-mls x509 group"
 
@@ -63,7 +70,7 @@ def test_core_crypto_external_pub_is_the_rfc_struct(core_crypto: NodePeer) -> No
 
 
 def test_an_x509_key_package_from_ts_mls_passes_our_validator_and_joins(
-    ts_mls: NodePeer, ours: Ours
+    ts_mls: NodePeer,
 ) -> None:
     """ts-mls signs a key package with an X.509 credential for its own key; we accept it.
 
@@ -85,15 +92,17 @@ def test_an_x509_key_package_from_ts_mls_passes_our_validator_and_joins(
     kp = decode_exact(wire, MLSMessage.decode).body
     assert isinstance(kp, KeyPackage)
     assert kp.leaf_node.credential == Credential(CredentialType.X509, certificates=chain)
-    validator = X509CredentialValidator([pki.root], clock=lambda: NOW)
+    validator = X509CredentialValidator([pki.root], accept_basic=True, clock=lambda: NOW)
     validator.validate(kp.leaf_node.credential, kp.leaf_node.signature_key)
     assert validator.identity(kp.leaf_node.credential) == CLIENT.encode()
 
-    me = ours.create(wire_client_id("n1"))
+    # Our member judges credentials with the validator (an engine: the client has no
+    # setting for it), creates a group, adds the ts-mls member, and both sides talk.
+    me = engine_judging_with(validator, wire_client_id("n1"))
     me.create_group(GID)
-    _, welcome = me.add_members(GID, [wire])
+    _, welcome = me.commit(GID, add=[wire])
+    assert welcome is not None
     assert ts_mls.call("join", who="x", welcome=welcome)["group_id"] == GID
-    me = ours.restart(me)
     got = me.process(GID, ts_mls.call("encrypt", who="x", plaintext=b"signed by a CA")["message"])
     assert got.data == b"signed by a CA"
     reply = ts_mls.call("process", who="x", message=me.encrypt(GID, b"seen"))

@@ -7,6 +7,7 @@ and a leaf whose key is the member's MLS signature key) and checks one rule.
 from __future__ import annotations
 
 import datetime
+import inspect
 from dataclasses import dataclass, replace
 
 import pytest
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mls.native.codec import decode_exact
+from mls.native.engine import NativeEngine
 from mls.native.errors import InvalidLeafNode
 from mls.native.framing import MLSMessage
 from mls.native.key_package import KeyPackage
@@ -30,7 +32,8 @@ from mls.native.leaf_node import (
 )
 from mls.native.suites import get_suite
 from mls.native.x509 import InvalidCredential, X509CredentialValidator, san_identity
-from tests.native.engine_helpers import GID, group
+from mls.storage import GranularStorage
+from tests.native.engine_helpers import GID
 
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
 CLIENT = "wireapp://alice!0123456789abcdef@example.com"
@@ -332,6 +335,19 @@ def x509_key_package(pki: Pki, sig_priv: bytes) -> tuple[bytes, bytes]:
     return MLSMessage(kp).to_bytes(), init_priv
 
 
+def engine_judging_with(validator: X509CredentialValidator, name: bytes = b"alice") -> NativeEngine:
+    """A fresh engine (basic credential ``name``) that judges credentials with ``validator``.
+
+    Engines without a ``credential_validator`` argument judge no credentials at all; they
+    are returned as they are.
+    """
+    storage = GranularStorage()
+    NativeEngine.create(storage, name)
+    if "credential_validator" in inspect.signature(NativeEngine).parameters:
+        return NativeEngine(storage, credential_validator=validator)  # type: ignore[call-arg]
+    return NativeEngine(storage)
+
+
 def test_an_x509_key_package_is_made_verified_and_added_by_the_engine() -> None:
     """A key package carrying a chain round-trips, verifies, and a native group adds it."""
     pki, sig_priv = make_pki()
@@ -340,9 +356,27 @@ def test_an_x509_key_package_is_made_verified_and_added_by_the_engine() -> None:
     assert isinstance(kp, KeyPackage)
     kp.verify(CS1)
     assert kp.leaf_node.credential.certificates == pki.chain
-    pki.validator().validate(kp.leaf_node.credential, kp.leaf_node.signature_key)
+    validator = pki.validator(accept_basic=True)
+    validator.validate(kp.leaf_node.credential, kp.leaf_node.signature_key)
 
-    (alice,) = group(["alice"])
+    alice = engine_judging_with(validator)
+    alice.create_group(GID)
     commit, welcome = alice.commit(GID, add=[wire])
     assert welcome is not None and commit
+    assert len(alice.members(GID)) == 2
+
+
+def test_an_engine_judging_with_it_refuses_an_untrusted_chain() -> None:
+    """Given to the engine, the validator keeps a key package of another CA out of a group."""
+    if "credential_validator" not in inspect.signature(NativeEngine).parameters:
+        pytest.skip("this NativeEngine takes no credential_validator yet")
+    pki, sig_priv = make_pki()
+    stranger, stranger_priv = make_pki()
+    alice = engine_judging_with(pki.validator(accept_basic=True))
+    alice.create_group(GID)
+    wire, _ = x509_key_package(stranger, stranger_priv)
+    with pytest.raises(InvalidLeafNode):
+        alice.commit(GID, add=[wire])
+    trusted, _ = x509_key_package(pki, sig_priv)
+    alice.commit(GID, add=[trusted])
     assert len(alice.members(GID)) == 2
