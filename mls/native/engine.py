@@ -136,6 +136,9 @@ __all__ = [
 DEFAULT_KEY_PACKAGE_LIFETIME = 90 * 24 * 3600
 _SKEW = 3600
 _T = TypeVar("_T")
+#: Credential types our leaves advertise: groups made by other clients (OpenMLS in Wire's
+#: core-crypto) require X.509 in required_capabilities and refuse key packages without it.
+_CREDENTIAL_TYPES = (CredentialType.BASIC, CredentialType.X509)
 
 
 class ProcessedKind(enum.StrEnum):
@@ -333,14 +336,8 @@ class NativeEngine:
         custom = tuple(
             sorted({e.extension_type for e in leaf_extensions} - DEFAULT_EXTENSION_TYPES)
         )
-        # Both credential types are advertised: groups made by other clients (OpenMLS in Wire's
-        # core-crypto) list X.509 in required_capabilities and would refuse us otherwise.
         return Capabilities(
-            (PROTOCOL_VERSION_MLS10,),
-            tuple(sorted(SUITES)),
-            custom,
-            (),
-            (CredentialType.BASIC, CredentialType.X509),
+            (PROTOCOL_VERSION_MLS10,), tuple(sorted(SUITES)), custom, (), _CREDENTIAL_TYPES
         )
 
     def key_package_refs(self) -> list[bytes]:
