@@ -11,6 +11,6 @@ fi
 cache="${MLS_INTEROP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mls-keystore/interop-npm}"
 mkdir -p "$cache"
 cp "$here/package.json" "$here/package-lock.json" "$cache/"
-(cd "$cache" && npm ci --no-audit --no-fund --loglevel=error)
+(cd "$cache" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
 ln -sfn "$cache/node_modules" "$here/node_modules"
 echo "interop peers installed in $cache/node_modules"
