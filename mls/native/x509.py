@@ -39,7 +39,11 @@ from cryptography.x509 import verification
 from . import errors as _errors
 from .leaf_node import Credential, CredentialType
 
-__all__ = ["InvalidCredential", "X509CredentialValidator", "san_identity"]
+__all__ = ["MAX_CHAIN_CERTIFICATES", "InvalidCredential", "X509CredentialValidator", "san_identity"]
+
+#: Certificates one credential may carry.  Real chains have two to four; the bound keeps a
+#: hostile credential from making every member parse and path-build over thousands.
+MAX_CHAIN_CERTIFICATES = 16
 
 
 def _invalid_credential_class() -> type[_errors.InvalidLeafNode]:
@@ -220,6 +224,10 @@ class X509CredentialValidator:
     def _parse(certificates: Sequence[bytes]) -> list[x509.Certificate]:
         if not certificates:
             raise InvalidCredential("an X.509 credential must carry at least one certificate")
+        if len(certificates) > MAX_CHAIN_CERTIFICATES:
+            raise InvalidCredential(
+                f"an X.509 credential carries more than {MAX_CHAIN_CERTIFICATES} certificates"
+            )
         try:
             return [x509.load_der_x509_certificate(der) for der in certificates]
         except ValueError as exc:

@@ -31,7 +31,12 @@ from mls.native.leaf_node import (
     Lifetime,
 )
 from mls.native.suites import get_suite
-from mls.native.x509 import InvalidCredential, X509CredentialValidator, san_identity
+from mls.native.x509 import (
+    MAX_CHAIN_CERTIFICATES,
+    InvalidCredential,
+    X509CredentialValidator,
+    san_identity,
+)
 from mls.storage import GranularStorage
 from tests.native.engine_helpers import GID
 
@@ -247,6 +252,15 @@ def test_malformed_or_empty_chains_are_refused(pki: Pki) -> None:
             validator.validate(pki.credential(chain), pki.signature_key)
     with pytest.raises(InvalidCredential):
         validator.identity(pki.credential(()))
+
+
+def test_an_overlong_chain_is_refused_before_any_parsing(pki: Pki) -> None:
+    """More than MAX_CHAIN_CERTIFICATES entries is refused outright, even if all are junk."""
+    junk = (pki.chain[0], *([b"not a certificate"] * MAX_CHAIN_CERTIFICATES))
+    with pytest.raises(InvalidCredential, match="more than"):
+        pki.validator().validate(pki.credential(junk), pki.signature_key)
+    with pytest.raises(InvalidCredential, match="more than"):
+        pki.validator().identity(pki.credential(junk))
 
 
 def test_invalid_credential_is_an_invalid_leaf_node(pki: Pki) -> None:
