@@ -10,11 +10,23 @@ from collections.abc import Iterator
 
 import pytest
 
+from mls.client import ReceivedKind
 from mls.native.codec import decode_exact
-from mls.native.framing import MLSMessage, WireFormat
+from mls.native.errors import InvalidMessage
+from mls.native.framing import (
+    FramedContent,
+    MLSMessage,
+    PublicMessage,
+    Sender,
+    SenderType,
+    WireFormat,
+)
 from mls.native.key_package import KeyPackage
 from mls.native.leaf_node import CredentialType
+from mls.native.proposals import Proposal, Remove
+from mls.native.protection import sign_content
 from mls.native.rows import GroupConfig
+from mls.native.suites import get_suite
 from mls.native.validation import RequiredCapabilities
 from mls.native.welcome import GroupInfo
 from tests.interop.conftest import Ours
@@ -106,3 +118,59 @@ def test_it_joins_a_tree_with_nested_unmerged_leaves(room: Room) -> None:
     room.send_from_peer("p1", b"in")
     room.peer_commits("p1")
     room.check()
+
+
+def external_remove(sig_priv: bytes, group_id: bytes, epoch: int, leaf: int) -> bytes:
+    """A Remove proposal from external sender 0 (the delivery service), as Wire's backend
+    sends one: a PublicMessage signed with the key the group lists in ``external_senders``."""
+    content = FramedContent(
+        group_id, epoch, Sender(SenderType.EXTERNAL, 0), b"", Proposal(Remove(leaf))
+    )
+    auth = sign_content(get_suite(1), WireFormat.PUBLIC_MESSAGE, content, sig_priv, None)
+    return MLSMessage(PublicMessage(auth.content, auth.auth, None)).to_bytes()
+
+
+def test_it_takes_us_into_a_group_that_lists_an_external_sender(room: Room) -> None:
+    """Wire lists its backend in external_senders; our members join and work in such groups."""
+    _, server_pub = get_suite(1).generate_signature_key_pair()
+    identity = wire_client_id("p1")
+    room.peer.call(
+        "create_group", who="p1", identity=identity, group_id=GID, external_sender=server_pub
+    )
+    room.peer_members["p1"] = identity
+    me = room.new_our_member("n1")
+    room.peer_adds("p1", ours=(me,))
+    room.restart()
+    room.check()
+    room.we_commit(me)
+    room.send_from_ours(me, b"hello")
+    room.send_from_peer("p1", b"hello back")
+    room.check()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvalidMessage,
+    reason="the native engine refuses proposals from external senders ('only member senders "
+    "are supported'): external senders are not built yet",
+)
+def test_the_delivery_service_removes_our_member_by_an_external_proposal(room: Room) -> None:
+    """The listed server proposes a Remove; core-crypto commits it; all of us follow."""
+    server_priv, server_pub = get_suite(1).generate_signature_key_pair()
+    identity = wire_client_id("p1")
+    room.peer.call(
+        "create_group", who="p1", identity=identity, group_id=GID, external_sender=server_pub
+    )
+    room.peer_members["p1"] = identity
+    n1, n2 = room.new_our_member("n1"), room.new_our_member("n2")
+    room.peer_adds("p1", ours=(n1, n2))
+    leaf = dict((who, i) for i, who in room.client(n1).engine.members(GID))[n2]
+    epoch = room.peer.call("epoch", who="p1")["epoch"]
+    room.deliver(
+        external_remove(server_priv, GID, epoch, leaf), sender="server", kind=ReceivedKind.PROPOSAL
+    )
+    reply = room.peer.call("commit_pending", who="p1")
+    room.deliver(reply["commit"], sender="p1", kind=ReceivedKind.COMMIT)
+    assert room.our_members == [n1]
+    room.check()
+    room.send_from_peer("p1", b"n2 is out")

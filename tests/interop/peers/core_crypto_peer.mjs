@@ -105,10 +105,15 @@ serve({
     return { key_package: hex(new Uint8Array([...MLS10, ...KEY_PACKAGE, ...kp.serialize()])) };
   },
 
-  async create_group({ who, identity, group_id }) {
+  // external_sender: an Ed25519 public key (hex) listed in the group's external_senders
+  // extension, as Wire lists its backend in every conversation.
+  async create_group({ who, identity, group_id, external_sender }) {
     const m = await member(who, identity);
     m.conversation = new cc.ConversationId(unhex(group_id));
-    await m.core.transaction((ctx) => ctx.createConversation(m.conversation, m.credential));
+    const sender = external_sender === undefined
+      ? undefined
+      : cc.ExternalSender.parsePublicKey(unhex(external_sender), cc.SignatureScheme.Ed25519);
+    await m.core.transaction((ctx) => ctx.createConversation(m.conversation, m.credential, sender));
     return {};
   },
 
