@@ -250,8 +250,9 @@ def test_our_pending_commit_is_cleared_when_the_peers_commit_wins(
     room.check()
 
 
-#: ``--full`` (or MLS_NATIVE_FULL=1) walks 20 seeds of 60 steps instead of 2 of 40.
-WALK_SEEDS, WALK_STEPS = (range(1, 21), 60) if FULL else (range(1, 3), 40)
+#: ``--full`` (or MLS_NATIVE_FULL=1) walks 20 seeds of 60 steps in groups of up to 16
+#: members, instead of 2 seeds of 40 steps in groups of up to 7.
+WALK_SEEDS, WALK_STEPS, WALK_MAX_MEMBERS = (range(1, 21), 60, 16) if FULL else (range(1, 3), 40, 7)
 
 
 @pytest.mark.parametrize("seed", WALK_SEEDS)
@@ -281,7 +282,7 @@ def test_random_walk_of_membership_changes_and_messages(
                 room.we_commit(rng.choice(ours))
             else:
                 room.peer_commits(rng.choice(theirs), **kind.options)
-        elif action == "add" and len(ours) + len(theirs) < 7:
+        elif action == "add" and len(ours) + len(theirs) < WALK_MAX_MEMBERS:
             if rng.random() < 0.5:
                 new: dict[str, tuple[bytes, ...] | tuple[str, ...]] = {
                     "ours": (room.new_our_member(f"n{next(counter)}"),)
