@@ -15,6 +15,7 @@ from mls import categories as cat
 from mls.client import ReceivedKind
 from mls.native import tree_math as tm
 from mls.native.client import NativeClient
+from mls.native.codec import Writer, write_u16
 from mls.native.tree import RatchetTree
 from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer
@@ -266,3 +267,12 @@ def nest_unmerged_leaves(room: Room) -> tuple[bytes, bytes]:
 def tree_of(client: NativeClient, group_id: bytes) -> RatchetTree:
     """The ratchet tree our member holds (the engine's public tree)."""
     return RatchetTree.from_bytes(client.engine.storage.read(cat.TREE, group_id) or b"")
+
+
+def required_capabilities(credential_types: list[int]) -> bytes:
+    """A required_capabilities extension body: no extension or proposal types, these creds."""
+    w = Writer()
+    w.vector((), write_u16)
+    w.vector((), write_u16)
+    w.vector(credential_types, write_u16)
+    return w.getvalue()

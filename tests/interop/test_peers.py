@@ -20,12 +20,14 @@ import pytest
 from mls.client import ReceivedKind
 from mls.native.errors import DecodeError, InvalidMessage
 from mls.native.framing import WireFormat
+from mls.native.leaf_node import CredentialType, Extension, ExtensionType
 from mls.native.rows import GroupConfig
 from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer, PeerError
 from tests.interop.room import (
     TS_MLS_NESTED_UNMERGED_REFUSAL,
     Room,
+    required_capabilities,
     tree_of,
     unmerged_leaves_violations,
     wire_client_id,
@@ -410,3 +412,29 @@ def test_our_handshakes_as_padded_private_messages(room: Room, kind: PeerKind) -
     room.we_remove(identity, [room.peer_members["p2"]])
     room.check()
     room.send_from_peer("p1", b"read you")
+
+
+@pytest.mark.parametrize(
+    "kind", [pytest.param(k, id=n) for n, k in sorted(PEERS.items()) if k.proposes]
+)
+def test_we_change_the_group_context_extensions(room: Room, kind: PeerKind) -> None:
+    """We make the group require X.509 support (as Wire's groups do); the peer follows.
+
+    (Only ts-mls: core-crypto's API cannot change a group's extensions, and ts-mls's own
+    extension commits omit the UpdatePath RFC 9420 requires, see ``test_ts_mls.py``.)  The
+    exporter check proves both sides hold the same GroupContext, extensions included.
+    """
+    me = room.we_create("n1")
+    room.new_peer_member("p1")
+    room.we_add(me, theirs=("p1",))
+    both = required_capabilities([CredentialType.BASIC, CredentialType.X509])
+    commit, _ = room.client(me).engine.commit(
+        GID, extensions=[Extension(ExtensionType.REQUIRED_CAPABILITIES, both)]
+    )
+    room.deliver(commit, sender=me, kind=ReceivedKind.COMMIT)
+    room.restart()
+    room.check()
+    n2 = room.new_our_member("n2")  # a newcomer must meet the requirement; ours does
+    room.peer_adds("p1", ours=(n2,), **kind.options)
+    room.check()
+    room.send_from_peer("p1", b"extensions agreed")

@@ -1,5 +1,9 @@
 """ts-mls specifics: X.509 credentials it makes, and where it departs from RFC 9420.
 
+Three departures of ts-mls 1.6.4 are pinned here (each test fails once ts-mls changes, so the
+pin and the marks that depend on it can be updated): its ``external_pub`` encoding, its
+unmerged-leaves check, and its extension commits without an UpdatePath.
+
 ts-mls 1.6.4 writes the GroupInfo ``external_pub`` extension (RFC 9420 §12.4.3.2) as the bare
 HPKE public key; the RFC defines its data as the ``ExternalPub`` struct, i.e. the key with a
 variable-length prefix, and that is what core-crypto (OpenMLS) writes and our engine reads.
@@ -15,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mls.client import ReceivedKind
 from mls.native.codec import Reader, decode_exact
+from mls.native.errors import InvalidProposal
 from mls.native.framing import MLSMessage
 from mls.native.key_package import KeyPackage
 from mls.native.leaf_node import Credential, CredentialType, ExtensionType
@@ -27,6 +32,7 @@ from tests.interop.room import (
     TS_MLS_NESTED_UNMERGED_REFUSAL,
     Room,
     nest_unmerged_leaves,
+    required_capabilities,
     tree_of,
     unmerged_leaves_violations,
     wire_client_id,
@@ -148,3 +154,22 @@ def test_ts_mls_refuses_a_valid_tree_with_nested_unmerged_leaves(
     assert room.client(newcomer).join(welcome) == GID  # our engine accepts the tree
     with pytest.raises(PeerError, match=TS_MLS_NESTED_UNMERGED_REFUSAL):
         ts_mls.call("join", who="t", welcome=welcome)
+
+
+def test_ts_mls_extension_commits_lack_the_required_update_path(
+    ts_mls: NodePeer, ours: Ours
+) -> None:
+    """RFC 9420 §12.4 requires a path for GroupContextExtensions; ts-mls 1.6.4 sends none.
+
+    Its commit of a GroupContextExtensions proposal has no UpdatePath (ts-mls requires one
+    only for Update and Remove), and our engine refuses it as RFC 9420 says.  Our own
+    extension commits carry the path, and ts-mls follows them (``test_peers.py``).
+    """
+    room = Room(ours, ts_mls, GID)
+    me = room.we_create("n1")
+    room.new_peer_member("t")
+    room.we_add(me, theirs=("t",))
+    both = required_capabilities([CredentialType.BASIC, CredentialType.X509])
+    reply = ts_mls.call("group_context_extensions", who="t", extensions=[[3, both]])
+    with pytest.raises(InvalidProposal, match="requires an UpdatePath"):
+        room.client(me).process(GID, reply["commit"])

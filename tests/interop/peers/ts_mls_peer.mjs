@@ -12,6 +12,7 @@ import {
   createProposal,
   decodeMlsMessage,
   defaultCapabilities,
+  defaultExtensionTypes,
   defaultLifetime,
   emptyPskIndex,
   encodeMlsMessage,
@@ -162,6 +163,18 @@ serve({
     const result = await createProposal(m.state, public_message, proposal, impl);
     m.state = result.newState;
     return { message: hex(encodeMlsMessage(result.message)) };
+  },
+
+  // A commit replacing the GroupContext extensions: [[type number, data hex], ...].
+  async group_context_extensions({ who, extensions, public_message = false }) {
+    const names = Object.fromEntries(Object.entries(defaultExtensionTypes).map(([n, v]) => [v, n]));
+    const proposal = {
+      proposalType: "group_context_extensions",
+      groupContextExtensions: {
+        extensions: extensions.map(([type, data]) => ({ extensionType: names[type] ?? type, extensionData: unhex(data) })),
+      },
+    };
+    return commit(who, [proposal], public_message);
   },
 
   // A commit with no new proposals (it carries any received ones) always has an UpdatePath.
