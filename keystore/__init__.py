@@ -33,7 +33,18 @@ from keystore.vault import Change, ChangeLike, Vault
 if TYPE_CHECKING:
     from keystore.reports import CategoryStats, RowFailure, StatsReport, VerifyReport
 
-__version__ = "0.1.0"
+def _version() -> str:
+    """The installed distribution's version: one source of truth, pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mls-keystore")
+    except PackageNotFoundError:  # imported from a checkout that was never installed
+        return "0+unknown"
+
+
+if TYPE_CHECKING:
+    __version__: str
 
 # The report models need pydantic, whose import costs ~0.5 s: they load on first use,
 # so a process that only opens a vault and reads rows starts fast.
@@ -41,6 +52,12 @@ _LAZY_REPORTS = ("CategoryStats", "RowFailure", "StatsReport", "VerifyReport")
 
 
 def __getattr__(name: str) -> object:
+    # __version__ is looked up on first use too: importlib.metadata is a fifth of the
+    # package's import time, and only --version and bug reports need it.
+    if name == "__version__":
+        global __version__
+        __version__ = _version()
+        return __version__
     if name in _LAZY_REPORTS:
         from keystore import reports
 

@@ -187,9 +187,28 @@ def _connect(
 ) -> sqlite3.Connection:
     mode = "ro" if readonly else ("rwc" if create else "rw")
     uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+    if readonly and _on_read_only_media(path):
+        uri += "&immutable=1"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                            timeout=busy_timeout)
     return conn
+
+
+def _on_read_only_media(path: Path) -> bool:
+    """Whether a read-only open needs SQLite's ``immutable`` flag to work at all.
+
+    A WAL database opened read-only still wants to create ``-shm`` beside it, so on
+    a read-only mount, or in a folder we may not write with no ``-wal`` present,
+    SQLite fails with "unable to open database file".  There, nobody can be
+    writing through a WAL we could miss, so reading the file as immutable is exact.
+    """
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    wal = Path(f"{path}-wal")
+    return not os.access(path.parent, os.W_OK) and not (wal.exists() or wal.is_symlink())
 
 
 def _row_generation(conn: sqlite3.Connection) -> int | None:
@@ -203,6 +222,19 @@ def _row_generation(conn: sqlite3.Connection) -> int | None:
         "SELECT value FROM keystore_counters WHERE name = ?", (_ROW_GENERATION,)
     ).fetchone()
     return None if row is None else int(row[0])
+
+
+def _refuse_header_row(conn: sqlite3.Connection, path: Path) -> None:
+    """A SQLCipher vault's one header is its header file; a row in ``keystore_header``
+    is a second header no unlock authenticated, so the file is refused as tampered."""
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keystore_header'"
+    ).fetchone()
+    if has_table is not None and conn.execute("SELECT 1 FROM keystore_header").fetchone():
+        raise IntegrityError(
+            f"SQLCipher vault {path} has a row in keystore_header, which must be empty "
+            "(its header is in the header file); nothing was changed"
+        )
 
 
 def _store_row_generation(conn: sqlite3.Connection, generation: int) -> None:
@@ -321,6 +353,7 @@ class Vault:
         Raises:
             FileExistsError: something is already at ``path`` (or ``<path>.header``).
             SQLCipherUnavailable: ``sqlcipher=True`` without the extra installed.
+            VaultIOError: the folder cannot be written (read-only, no permission, full).
             ValueError/TypeError: empty or non-string passphrase, bad parameters.
         """
         if not isinstance(kdf, KdfParameters):
@@ -430,18 +463,28 @@ class Vault:
             os.link(tmp, path)
             linked = True
             _fsync_dir(path.parent)
-        except BaseException:
+        except BaseException as exc:
             if side_written and not linked:
                 with contextlib.suppress(FileNotFoundError):
                     side.unlink()  # ours, seconds old, and no database uses it
             _wipe(kek)
             cipher.wipe()
+            if isinstance(exc, sqlcipher_layer.db_error_types()) or (
+                isinstance(exc, OSError) and not isinstance(exc, FileExistsError)
+            ):
+                # An unwritable or full folder: say which vault, not which temp file.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                if _on_read_only_media(path) or not os.access(path.parent, os.W_OK):
+                    reason = f"the folder {path.parent} is read-only or not writable"
+                raise VaultIOError(f"cannot create vault {path}: {reason}") from exc
             raise
         finally:
             _wipe(page_key)
             for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+                # exists() first: unlinking a missing file on a read-only mount is EROFS.
+                if leftover.exists() or leftover.is_symlink():
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
         vault = cls.open(path, synchronous=synchronous)
         try:
             if sqlcipher:
@@ -769,6 +812,7 @@ class Vault:
                 self._drop_keys()
                 conn, page_generation = self._connect_keyed(keyed)
                 with _db_errors(self._path):
+                    _refuse_header_row(conn, self._path)
                     row_generation = _row_generation(conn)
                 if row_generation is None:  # never rekeyed since the schema predates it
                     row_generation = sidecar.current.key_generation
@@ -830,6 +874,7 @@ class Vault:
                 conn = sqlcipher_layer.connect(
                     self._path, page_key, readonly=self._readonly,
                     busy_timeout=self._busy_timeout,
+                    immutable=self._readonly and _on_read_only_media(self._path),
                 )
             except sqlcipher_layer.db_error_types() as exc:
                 raise _translate(exc, self._path) from exc
@@ -1314,6 +1359,31 @@ class Vault:
             budget_used=encryptions / float(2**32),
             rekey_recommended=encryptions >= REKEY_RECOMMENDED_AT,
         )
+
+    def compact(self) -> tuple[int, int]:
+        """Give the space of deleted rows back to the file system (SQLite ``VACUUM``).
+
+        Deleting rows frees pages inside the file but never shrinks it; ``VACUUM``
+        rewrites the database into a fresh copy and replaces it atomically (the
+        WAL makes it crash-safe), so it needs about the vault's size in free space.
+        Rows, keys and header are unchanged.  Needs the writer (not read-only) and,
+        for a SQLCipher vault, the vault unlocked.
+
+        Returns:
+            ``(bytes_before, bytes_after)``: the file plus its WAL, each after a
+            checkpoint.
+        """
+        with self._mutex:
+            conn = self._connection()
+            if self._readonly:
+                raise VaultIOError(f"vault {self._path} was opened read-only")
+            with _db_errors(self._path):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                before = _file_bytes(self._path)
+                self._check_file_identity()
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return before, _file_bytes(self._path)
 
     def verify(self) -> VerifyReport:
         """Decrypt and authenticate every row; list the failures (no plaintext)."""

@@ -18,7 +18,7 @@ import enum
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -37,22 +37,36 @@ from .errors import (
     InvalidMessage,
     InvalidProposal,
     KeyNotFound,
+    MessageTooLarge,
     NoIdentity,
+    NoPendingCommit,
+    PendingCommitExists,
     UnknownGroup,
     UnknownKeyPackage,
+)
+from .external import (
+    check_external_sender_proposal,
+    create_external_commit,
+    decode_external_senders,
+    process_external_commit,
+    sign_group_info,
+    verify_group_info,
 )
 from .framing import (
     AuthenticatedContent,
     ContentType,
     FramedContent,
+    MessageHeader,
     MLSMessage,
     PrivateMessage,
     PublicMessage,
     Sender,
     SenderType,
     WireFormat,
+    peek_header,
 )
 from .group_context import GroupContext
+from .identity import BasicCredentialValidator, CredentialValidator
 from .join import GroupEpoch, join_from_welcome
 from .key_package import KeyPackage
 from .key_schedule import EpochSecrets, next_epoch
@@ -66,8 +80,10 @@ from .leaf_node import (
     LeafNodeSource,
     Lifetime,
 )
+from .pending import PendingCommit, PendingCommitRow
 from .proposals import (
     Add,
+    Commit,
     GroupContextExtensions,
     PreSharedKey,
     PreSharedKeyID,
@@ -90,6 +106,7 @@ from .rows import (
     CATEGORY_EPOCH,
     CATEGORY_IDENTITY,
     CATEGORY_MEMBERS,
+    CATEGORY_PENDING_COMMIT,
     CATEGORY_RATCHET,
     IDENTITY_KEY,
     OPERATIONAL,
@@ -120,20 +137,30 @@ from .treekem import TreePrivate
 from .validation import (
     DEFAULT_EXTENSION_TYPES,
     PendingProposal,
+    select_committable,
+    validate_group_context_extensions,
     validate_key_package,
-    validate_leaf_node,
+    validate_received_proposal,
+    validate_tree_leaves,
 )
-from .welcome import Welcome
+from .welcome import GroupInfo, Welcome
 
 __all__ = [
     "DEFAULT_KEY_PACKAGE_LIFETIME",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "NativeEngine",
+    "PendingCommit",
     "Processed",
     "ProcessedKind",
 ]
 
 #: Validity of a new key package: 90 days, starting an hour early to absorb clock skew.
 DEFAULT_KEY_PACKAGE_LIFETIME = 90 * 24 * 3600
+#: Largest MLSMessage the engine accepts (process, join, key packages) or produces
+#: (encrypt): 2 MiB.  That fits a Welcome carrying the ratchet tree of a group of several
+#: thousand members, and text, reactions and attachment keys by orders of magnitude; media
+#: belongs in attachments that the messages point to.
+DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 _SKEW = 3600
 _T = TypeVar("_T")
 #: Credential types our leaves advertise: groups made by other clients (OpenMLS in Wire's
@@ -158,6 +185,12 @@ class Processed:
         data: the plaintext of an application message.
         removed: the commit removed us; the group has been forgotten.
         epoch: the epoch the message belonged to.
+        cleared_pending_commit: another commit of this epoch won; our pending commit was
+            dropped (the group continues in the winner's epoch; redo our changes if needed).
+        merged_pending_commit: the message was our own pending commit, echoed by the
+            delivery service; it has been merged.
+        external_sender: a proposal from a sender of the ``external_senders`` extension
+            (``sender`` is its index there, ``identity`` its credential identity).
     """
 
     kind: ProcessedKind
@@ -166,6 +199,9 @@ class Processed:
     epoch: int
     data: bytes | None = None
     removed: bool = False
+    cleared_pending_commit: bool = False
+    merged_pending_commit: bool = False
+    external_sender: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +220,30 @@ class NativeEngine:
     Args:
         storage: the storage holding this client's state.
         clock: Unix time source for key-package lifetimes (tests inject it).
+        credential_validator: the application's identity policy (who may be a member, may a
+            member change credential, may two leaves share an identity); default
+            :class:`~mls.native.identity.BasicCredentialValidator`.
+        max_message_size: largest message accepted or produced, in bytes (default
+            :data:`DEFAULT_MAX_MESSAGE_SIZE`); larger ones raise
+            :class:`~mls.native.errors.MessageTooLarge` before any decoding.
     """
 
-    def __init__(self, storage: GranularStorage, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        storage: GranularStorage,
+        *,
+        clock: Callable[[], float] = time.time,
+        credential_validator: CredentialValidator | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) or (
+            max_message_size < 1024
+        ):
+            raise ValueError("max_message_size must be an int of at least 1024 bytes")
+        self._validator: CredentialValidator = (
+            BasicCredentialValidator() if credential_validator is None else credential_validator
+        )
+        self._max_message_size = max_message_size
         self._storage = storage
         self._clock = clock
         self._lock = threading.RLock()
@@ -364,7 +421,7 @@ class NativeEngine:
         return self._need(cat.GROUP_CONTEXT, gid, lambda b: decode_exact(b, GroupContext.decode))
 
     def _tree(self, gid: bytes) -> RatchetTree:
-        return self._need(cat.TREE, gid, RatchetTree.from_bytes)
+        return self._need(cat.TREE, gid, RatchetTree.from_stored)
 
     def _own_leaf(self, gid: bytes) -> int:
         return self._need(cat.OWN_LEAF_INDEX, gid, lambda b: int.from_bytes(b, "big"))
@@ -591,6 +648,7 @@ class NativeEngine:
             s.delete_encryption_key_pair(leaf.encryption_key)
         for raw in s.own_leaf_nodes(gid):
             s.delete_encryption_key_pair(decode_exact(raw, LeafNode.decode).encryption_key)
+        s.delete(CATEGORY_PENDING_COMMIT, gid)
         for delete in (
             s.delete_own_leaf_nodes,
             s.clear_proposal_queue,
@@ -655,13 +713,24 @@ class NativeEngine:
                 self._write_epoch(gid, group, tag, config, None)
         return gid
 
-    def join(self, welcome: bytes, *, config: GroupConfig | None = None) -> bytes:
+    def join(
+        self,
+        welcome: bytes,
+        *,
+        config: GroupConfig | None = None,
+        ratchet_tree: bytes | None = None,
+    ) -> bytes:
         """Join a group from a Welcome (MLSMessage); returns the group id.
+
+        ``ratchet_tree`` is the group's tree (``NativeEngine.ratchet_tree`` of a member),
+        needed when the Welcome's GroupInfo has no ``ratchet_tree`` extension.
 
         Raises:
             UnknownKeyPackage: the Welcome addresses none of our key packages.
             InvalidMessage/InvalidTree/CryptoError: it does not verify.
         """
+        if peek_header(self._bounded(welcome)).wire_format != WireFormat.WELCOME:
+            raise InvalidMessage("not a Welcome")
         msg = _parse(welcome)
         if not isinstance(msg.body, Welcome):
             raise InvalidMessage("not a Welcome")
@@ -683,23 +752,14 @@ class NativeEngine:
                 row, lambda r: (r.opaque(), r.opaque(), r.opaque())
             )
             kp = decode_exact(kp_bytes, KeyPackage.decode)
-            group = join_from_welcome(body, kp, init_priv, enc_priv, self._external_psks())
+            tree = None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree)
+            group = join_from_welcome(body, kp, init_priv, enc_priv, self._external_psks(), tree)
             cs = get_suite(group.context.cipher_suite)
-            for i in group.tree.member_leaves():
-                leaf = group.tree.leaf(i)
-                assert leaf is not None
-                validate_leaf_node(
-                    cs,
-                    leaf,
-                    group.tree,
-                    group.context,
-                    source=leaf.leaf_node_source,
-                    replaces=i,
-                    in_tree=True,
-                )
+            validate_tree_leaves(cs, group.tree, group.context, self._validator)
             gid = group.context.group_id
             if self._storage.read(cat.GROUP_STATE, gid) is not None:
                 raise InvalidMessage("this engine is already a member of that group")
+            self._refuse_if_pending(gid)  # an external join of ours awaits its answer
             info_tag = group.secrets.confirmation_tag(group.context.confirmed_transcript_hash)
             with self._storage.operation():
                 self._storage.write_mls_join_config(gid, config.to_bytes())
@@ -743,6 +803,10 @@ class NativeEngine:
         """An application PrivateMessage; the advanced ratchet is stored in the same operation."""
         if not isinstance(plaintext, bytes) or not isinstance(aad, bytes):
             raise TypeError("plaintext and aad must be bytes")
+        if len(plaintext) + len(aad) > self._max_message_size:
+            raise MessageTooLarge(
+                f"the message would exceed the {self._max_message_size}-byte limit"
+            )
         with self._lock:
             self._check_group(group_id)
             context, me = self._context(group_id), self._own_leaf(group_id)
@@ -753,11 +817,17 @@ class NativeEngine:
                 self._cs, WireFormat.PRIVATE_MESSAGE, content, self._sig_priv, context
             )
             with self._storage.operation():
-                return self._protect(group_id, auth, self._config(group_id))
+                message = self._protect(group_id, auth, self._config(group_id))
+                if len(message) > self._max_message_size:  # rolls the ratchet back
+                    raise MessageTooLarge(
+                        f"the message would exceed the {self._max_message_size}-byte limit"
+                    )
+                return message
 
     def _propose(self, gid: bytes, body: ProposalBody) -> bytes:
         """Sign, queue (by reference) and frame one of our own proposals."""
         self._check_group(gid)
+        self._refuse_if_pending(gid)
         context, me, config = self._context(gid), self._own_leaf(gid), self._config(gid)
         content = FramedContent(
             gid, context.epoch, Sender(SenderType.MEMBER, me), b"", Proposal(body)
@@ -765,15 +835,25 @@ class NativeEngine:
         auth = sign_content(self._cs, config.handshake, content, self._sig_priv, context)
         ref = self._cs.make_proposal_ref(auth.to_bytes())
         self._storage.queue_proposal(gid, ref, auth.to_bytes())
-        return self._protect(gid, auth, config)
+        message = self._protect(gid, auth, config)
+        if len(message) > self._max_message_size:  # the caller's operation rolls back
+            raise MessageTooLarge(
+                f"the proposal exceeds the {self._max_message_size}-byte limit"
+            )
+        return message
 
     def propose_add(self, group_id: bytes, key_package: bytes) -> bytes:
         """A proposal (by reference) to add the member of ``key_package``."""
-        kp = _key_package(key_package)
+        kp = _key_package(self._bounded(key_package))
         with self._lock, self._storage.operation():
             self._check_group(group_id)
             validate_key_package(
-                self._cs, kp, self._tree(group_id), self._context(group_id), now=self._now()
+                self._cs,
+                kp,
+                self._tree(group_id),
+                self._context(group_id),
+                now=self._now(),
+                validator=self._validator,
             )
             return self._propose(group_id, Add(kp))
 
@@ -833,8 +913,14 @@ class NativeEngine:
     def propose_group_context_extensions(
         self, group_id: bytes, extensions: Sequence[Extension]
     ) -> bytes:
-        """A proposal replacing the GroupContext extensions."""
+        """A proposal replacing the GroupContext extensions.
+
+        Raises:
+            InvalidProposal: some member could not accept them (receivers would refuse it).
+        """
         with self._lock, self._storage.operation():
+            self._check_group(group_id)
+            validate_group_context_extensions(tuple(extensions), self._tree(group_id))
             return self._propose(group_id, GroupContextExtensions(tuple(extensions)))
 
     def _queued(self, gid: bytes) -> dict[bytes, PendingProposal]:
@@ -846,22 +932,17 @@ class NativeEngine:
             out[ref] = PendingProposal(auth.content.sender.index, body, ref)
         return out
 
-    def _select(self, queued: Iterable[PendingProposal], me: int) -> list[PendingProposal]:
-        """The queued proposals we may commit: not our own Update or removal, no conflicts."""
-        chosen: list[PendingProposal] = []
-        touched: set[int] = set()
-        for p in queued:
-            body = p.proposal.body
-            if isinstance(body, Update):
-                if p.sender == me or p.sender in touched:
-                    continue
-                touched.add(p.sender)
-            elif isinstance(body, Remove):
-                if body.removed == me or body.removed in touched:
-                    continue
-                touched.add(body.removed)
-            chosen.append(p)
-        return chosen
+    def clear_pending_proposals(self, group_id: bytes) -> None:
+        """Forget every proposal received or sent in the current epoch and not committed yet.
+
+        A way out when a peer queued proposals the application no longer wants committed;
+        ordinary use never needs it (invalid proposals are refused on receipt, and a commit
+        leaves out queued ones that became invalid).  A later commit by another member that
+        references a forgotten proposal is then refused by us.
+        """
+        with self._lock, self._storage.operation():
+            self._check_group(group_id)
+            self._storage.clear_proposal_queue(group_id)
 
     def commit(
         self,
@@ -873,26 +954,45 @@ class NativeEngine:
         extensions: Sequence[Extension] | None = None,
         force_path: bool = False,
         aad: bytes = b"",
+        pending: bool = False,
     ) -> tuple[bytes, bytes | None]:
         """Commit the queued proposals plus ``add``/``remove``/``psks``/``extensions`` inline.
 
-        Applied to our state at once (we move to the next epoch before return).
+        By default the commit is applied to our state at once (we move to the next epoch
+        before return).  With ``pending=True`` it is stored as our pending commit instead
+        (durable, not applied): send it, then :meth:`merge_pending_commit` when the delivery
+        service accepts it or :meth:`clear_pending_commit` when it rejects it.
 
         Returns:
             ``(commit, welcome)`` as MLSMessage bytes; ``welcome`` is ``None`` without adds.
+
+        Raises:
+            PendingCommitExists: a commit of ours is still pending in this group.
         """
-        kps = [_key_package(k) for k in add]
+        kps = [_key_package(self._bounded(k)) for k in add]
         with self._lock:
+            self._refuse_if_pending(group_id)
             group = self._group(group_id)
             me = group.private.leaf_index
             config = self._config(group_id)
-            proposals = self._select(self._queued(group_id).values(), me)
-            proposals += [PendingProposal(me, Proposal(Remove(i))) for i in remove]
-            proposals += [PendingProposal(me, Proposal(Add(kp))) for kp in kps]
-            proposals += [PendingProposal(me, Proposal(PreSharedKey(p))) for p in psks]
+            inline = [PendingProposal(me, Proposal(Remove(i))) for i in remove]
+            inline += [PendingProposal(me, Proposal(Add(kp))) for kp in kps]
+            inline += [PendingProposal(me, Proposal(PreSharedKey(p))) for p in psks]
             if extensions is not None:
                 gce = GroupContextExtensions(tuple(extensions))
-                proposals.append(PendingProposal(me, Proposal(gce)))
+                inline.append(PendingProposal(me, Proposal(gce)))
+            proposals = select_committable(
+                self._cs,
+                group.tree,
+                group.context,
+                list(self._queued(group_id).values()),
+                me,
+                inline=inline,
+                now=self._now(),
+                validator=self._validator,
+                psk_lookup=self._psk_lookup(group_id),
+            )
+            proposals += inline
             output = create_commit(
                 group,
                 self._sig_priv,
@@ -903,14 +1003,244 @@ class NativeEngine:
                 ratchet_tree_extension=config.ratchet_tree_extension,
                 authenticated_data=aad,
                 now=self._now(),
+                validator=self._validator,
             )
             with self._storage.operation():
                 commit = self._protect(group_id, output.auth, config)
+                welcome = None if output.welcome is None else MLSMessage(output.welcome).to_bytes()
+                if max(len(commit), len(welcome or b"")) > self._max_message_size:
+                    raise MessageTooLarge(  # nothing is kept: receivers would refuse it
+                        f"the commit or its Welcome exceeds the {self._max_message_size}-byte limit"
+                    )
                 tag = output.auth.auth.confirmation_tag
                 assert tag is not None
-                self._write_epoch(group_id, output.group, tag, config, group)
-            welcome = None if output.welcome is None else MLSMessage(output.welcome).to_bytes()
+                if pending:
+                    record = PendingCommit(commit, welcome, group.context.epoch)
+                    row = PendingCommitRow(record, config, tag, output.group)
+                    self._storage.write(CATEGORY_PENDING_COMMIT, group_id, row.to_bytes())
+                else:
+                    self._write_epoch(group_id, output.group, tag, config, group)
         return commit, welcome
+
+    # ------------------------------------------------------------------ pending commits
+
+    def _pending_row(self, gid: bytes) -> PendingCommitRow | None:
+        if not isinstance(gid, bytes):
+            raise TypeError(f"group id must be bytes, not {type(gid).__name__}")
+        return self._decoded(CATEGORY_PENDING_COMMIT, gid, PendingCommitRow.from_bytes)
+
+    def _refuse_if_pending(self, gid: bytes) -> None:
+        if self._pending_row(gid) is not None:
+            raise PendingCommitExists(
+                "a commit of ours is pending in this group: merge or clear it first"
+            )
+
+    def _drop_pending(self, gid: bytes) -> bool:
+        """Delete our pending commit, if any (another commit took its epoch)."""
+        if self._storage.read(CATEGORY_PENDING_COMMIT, gid) is None:
+            return False
+        self._storage.delete(CATEGORY_PENDING_COMMIT, gid)
+        return True
+
+    def _merge(self, gid: bytes, row: PendingCommitRow) -> int:
+        """Enter the epoch a pending commit leads to; the caller holds an operation."""
+        s = self._storage
+        if row.pending.external:
+            if s.read(cat.GROUP_STATE, gid) is not None:
+                self._forget(gid)  # a resync replaces whatever local state we still had
+            s.write_mls_join_config(gid, row.config.to_bytes())
+            self._write_epoch(gid, row.next_epoch, row.confirmation_tag, row.config, None)
+        else:
+            self._check_group(gid)
+            current = self._context(gid).epoch
+            if current != row.pending.epoch:
+                raise EpochMismatch(
+                    f"the pending commit is for epoch {row.pending.epoch}, the group is at "
+                    f"{current}"
+                )
+            previous = self._group(gid)
+            config = self._config(gid)
+            self._write_epoch(gid, row.next_epoch, row.confirmation_tag, config, previous)
+        s.delete(CATEGORY_PENDING_COMMIT, gid)
+        return row.next_epoch.context.epoch
+
+    def pending_commit(self, group_id: bytes) -> PendingCommit | None:
+        """Our commit awaiting the delivery service, byte-identical for a resend; or ``None``.
+
+        After a restart this is how the application finds out what it had sent (or was
+        about to send) when it went down: resend exactly these bytes, never a new commit.
+        """
+        with self._lock:
+            row = self._pending_row(group_id)
+            return None if row is None else row.pending
+
+    def merge_pending_commit(self, group_id: bytes) -> int:
+        """The delivery service accepted our pending commit: apply it; returns the new epoch.
+
+        One storage operation: the new epoch, the erasure of the old epoch's keys and the
+        deletion of the pending row land together.
+
+        Raises:
+            NoPendingCommit: there is none (never made, already merged or cleared).
+            EpochMismatch: the group moved on without it (it can only be cleared).
+        """
+        with self._lock:
+            row = self._pending_row(group_id)
+            if row is None:
+                raise NoPendingCommit("no pending commit of ours in that group")
+            with self._storage.operation():
+                return self._merge(group_id, row)
+
+    def clear_pending_commit(self, group_id: bytes) -> None:
+        """The delivery service rejected our pending commit: forget it, stay in this epoch.
+
+        The proposals it committed stay queued; inline changes (adds, removes, key
+        updates) are lost and have to be made again in a new commit.
+
+        Raises:
+            NoPendingCommit: there is none.
+        """
+        with self._lock:
+            if self._pending_row(group_id) is None:
+                raise NoPendingCommit("no pending commit of ours in that group")
+            with self._storage.operation():
+                self._storage.delete(CATEGORY_PENDING_COMMIT, group_id)
+
+    # ------------------------------------------------------------------ leaving, external joins
+
+    def drop_group(self, group_id: bytes) -> None:
+        """Forget a group locally: every row of it is deleted, in one storage operation.
+
+        Nothing is sent; the other members still count us in until one of them removes
+        us.  Afterwards we can join the same group id again (Welcome or external commit).
+
+        Raises:
+            UnknownGroup: we hold neither the group nor a pending external join of it.
+        """
+        with self._lock:
+            has_pending = self._pending_row(group_id) is not None
+            with self._storage.operation():
+                if self._storage.read(cat.GROUP_STATE, group_id) is not None:
+                    self._forget(group_id)
+                elif has_pending:
+                    self._storage.delete(CATEGORY_PENDING_COMMIT, group_id)
+                else:
+                    raise UnknownGroup("this engine is not a member of that group")
+
+    def ratchet_tree(self, group_id: bytes) -> bytes:
+        """The group's public ratchet tree, for joiners of a Welcome or GroupInfo without one."""
+        with self._lock:
+            self._check_group(group_id)
+            return self._tree(group_id).to_bytes()
+
+    def group_info(self, group_id: bytes, *, with_ratchet_tree: bool = True) -> bytes:
+        """A GroupInfo (MLSMessage) of the current epoch, signed by us, for external joins.
+
+        It carries the ``external_pub`` extension, and the ``ratchet_tree`` extension when
+        ``with_ratchet_tree`` (otherwise joiners need :meth:`ratchet_tree` out of band).  It
+        is valid for one epoch: publish a new one after every commit.
+        """
+        with self._lock:
+            self._check_group(group_id)
+            tag = self._storage.confirmation_tag(group_id)
+            if tag is None:
+                raise UnknownGroup("the group's confirmation tag is missing")
+            info = sign_group_info(
+                self._cs,
+                self._context(group_id),
+                self._tree(group_id),
+                self._secrets(group_id),
+                tag,
+                self._own_leaf(group_id),
+                self._sig_priv,
+                with_ratchet_tree=with_ratchet_tree,
+            )
+            return MLSMessage(info).to_bytes()
+
+    def join_by_external_commit(
+        self,
+        group_info: bytes,
+        *,
+        ratchet_tree: bytes | None = None,
+        resync: bool = False,
+        config: GroupConfig | None = None,
+        aad: bytes = b"",
+        pending: bool = False,
+    ) -> tuple[bytes, bytes]:
+        """Join the group of a GroupInfo by an external commit; returns (group id, commit).
+
+        The commit (a PublicMessage) must reach the group through the delivery service.  By
+        default we enter the new epoch at once; with ``pending=True`` the join is kept as a
+        pending commit until :meth:`merge_pending_commit` (or the echo of the commit) and
+        :meth:`clear_pending_commit` discards it.
+
+        Args:
+            ratchet_tree: the group's tree, when the GroupInfo has no ``ratchet_tree``
+                extension.
+            resync: remove our own old leaf (the one holding our credential) in the same
+                commit: how a member that lost its state comes back.  Local state of the
+                group, if any, is replaced.
+
+        Raises:
+            InvalidMessage: not a GroupInfo, no ``external_pub``, we are already a member
+                (without ``resync``), or no old leaf of ours to resync.
+            InvalidTree/CryptoError/InvalidLeafNode: the GroupInfo or tree does not verify.
+            PendingCommitExists: a commit of ours is pending in that group.
+        """
+        msg = _parse(group_info)
+        if not isinstance(msg.body, GroupInfo):
+            raise InvalidMessage("not a GroupInfo")
+        info = msg.body
+        if info.group_context.cipher_suite != self._cs.suite_id:
+            raise InvalidMessage("the group uses another cipher suite than our identity")
+        config = GroupConfig() if config is None else config
+        tree = verify_group_info(
+            info, None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree)
+        )
+        gid = info.group_context.group_id
+        with self._lock:
+            self._refuse_if_pending(gid)
+            member = self._storage.read(cat.GROUP_STATE, gid) is not None
+            if member and not resync:
+                raise InvalidMessage("this engine is already a member of that group")
+            old_leaf = None
+            if resync:
+                old_leaf = next(
+                    (
+                        i
+                        for i in tree.member_leaves()
+                        if (leaf := tree.leaf(i)) is not None
+                        and leaf.credential == self._identity.credential
+                    ),
+                    None,
+                )
+                if old_leaf is None:
+                    raise InvalidMessage("resync: no leaf of ours in the group to replace")
+            output = create_external_commit(
+                info,
+                tree,
+                sig_priv=self._sig_priv,
+                signature_key=self._identity.signature_key,
+                credential=self._identity.credential,
+                capabilities=self._capabilities(()),
+                resync_leaf=old_leaf,
+                authenticated_data=aad,
+            )
+            commit = output.message()
+            tag = output.auth.auth.confirmation_tag
+            assert tag is not None
+            row = PendingCommitRow(
+                PendingCommit(commit, None, info.group_context.epoch, external=True),
+                config,
+                tag,
+                output.group,
+            )
+            with self._storage.operation():
+                if pending:
+                    self._storage.write(CATEGORY_PENDING_COMMIT, gid, row.to_bytes())
+                else:
+                    self._merge(gid, row)
+        return gid, commit
 
     # ------------------------------------------------------------------ receiving
 
@@ -924,9 +1254,24 @@ class NativeEngine:
             EpochMismatch, InvalidMessage, InvalidProposal, InvalidLeafNode, CryptoError,
             KeyNotFound (replayed or too-distant generation): nothing is changed.
         """
-        msg = _parse(message)
+        header = peek_header(self._bounded(message))
         with self._lock:
+            row = self._pending_row(group_id)
+            if row is not None and message == row.pending.commit:
+                # The delivery service echoed our own pending commit: it was accepted.
+                with self._storage.operation():
+                    self._merge(group_id, row)
+                me = self._own_leaf(group_id)
+                return Processed(
+                    ProcessedKind.COMMIT,
+                    me,
+                    self.identity,
+                    row.pending.epoch,
+                    merged_pending_commit=True,
+                )
             self._check_group(group_id)
+            self._precheck(group_id, header)
+            msg = _parse(message)
             body = msg.body
             if not isinstance(body, PublicMessage | PrivateMessage):
                 raise InvalidMessage("not a group message (Welcome, GroupInfo or key package?)")
@@ -936,7 +1281,47 @@ class NativeEngine:
             with self._storage.operation():
                 if isinstance(body, PrivateMessage):
                     return self._process_private(group_id, body)
-                return self._process_public(group_id, body)
+                return self._process_public(group_id, body, message)
+
+    def _bounded(self, message: bytes) -> bytes:
+        """Refuse a message over the size limit before a single byte of it is parsed."""
+        if not isinstance(message, bytes):
+            raise TypeError(f"message must be bytes, not {type(message).__name__}")
+        if len(message) > self._max_message_size:
+            raise MessageTooLarge(
+                f"message of {len(message)} bytes exceeds the {self._max_message_size}-byte limit"
+            )
+        return message
+
+    def _precheck(self, gid: bytes, header: MessageHeader) -> None:
+        """The cheap checks, from the header alone, before the body is decoded at all.
+
+        Group, epoch, content type and (for a PublicMessage) the sender: a stranger's or a
+        stale message is refused for the price of a few bytes of parsing.
+        """
+        if header.wire_format not in (WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE):
+            raise InvalidMessage("not a group message (Welcome, GroupInfo or key package?)")
+        if header.group_id != gid:
+            raise InvalidMessage("the message belongs to another group")
+        current = self._context(gid).epoch
+        if header.wire_format == WireFormat.PRIVATE_MESSAGE:
+            if header.epoch != current and not (
+                header.content_type == ContentType.APPLICATION
+                and header.epoch is not None
+                and header.epoch < current
+            ):
+                raise EpochMismatch(f"message for epoch {header.epoch}, the group is at {current}")
+            return
+        if header.epoch != current:
+            raise EpochMismatch(f"handshake for epoch {header.epoch}, the group is at {current}")
+        if header.content_type == ContentType.APPLICATION:
+            raise InvalidMessage("application data must not be sent as a PublicMessage")
+        sender = header.sender
+        if sender is not None and sender.sender_type == SenderType.MEMBER:
+            if sender.index == self._own_leaf(gid):
+                raise InvalidMessage("a message from ourselves")
+            if sender.index not in self._members_row(gid, current).members:
+                raise InvalidMessage("the sender is not a member")
 
     def _process_private(self, gid: bytes, msg: PrivateMessage) -> Processed:
         cs = self._cs
@@ -963,22 +1348,28 @@ class NativeEngine:
         self._save_secret_tree(gid, msg.epoch, row, before, after)
         return self._handle(gid, auth, identity)
 
-    def _process_public(self, gid: bytes, msg: PublicMessage) -> Processed:
+    def _process_public(self, gid: bytes, msg: PublicMessage, received: bytes) -> Processed:
         context = self._context(gid)
         sender = msg.content.sender
         if msg.content.epoch != context.epoch:
             raise EpochMismatch(
                 f"handshake for epoch {msg.content.epoch}, the group is at {context.epoch}"
             )
+        if sender.sender_type == SenderType.NEW_MEMBER_COMMIT:
+            return self._process_external_commit(gid, msg)
+        if sender.sender_type == SenderType.EXTERNAL:
+            return self._process_external_proposal(gid, msg)
         if sender.sender_type != SenderType.MEMBER:
-            raise InvalidMessage("only member senders are supported")
+            raise InvalidMessage("new-member proposals are not supported")
         if sender.index == self._own_leaf(gid):
             raise InvalidMessage("a message from ourselves")
         members = self._members_row(gid, context.epoch)
         if sender.index not in members.members:
             raise InvalidMessage("the sender is not a member")
         key, identity = members.members[sender.index]
-        auth = unprotect_public(self._cs, msg, self._secrets(gid).membership_key, context, key)
+        auth = unprotect_public(
+            self._cs, msg, self._secrets(gid).membership_key, context, key, received=received
+        )
         return self._handle(gid, auth, identity)
 
     def _handle(self, gid: bytes, auth: AuthenticatedContent, identity: bytes) -> Processed:
@@ -1001,31 +1392,77 @@ class NativeEngine:
             self._psk_lookup(gid),
             leaf_key=self._leaf_key,
             now=self._now(),
+            validator=self._validator,
         )
         if new is None:
             self._forget(gid)
             return Processed(ProcessedKind.COMMIT, sender, identity, epoch, removed=True)
         tag = auth.auth.confirmation_tag
         assert tag is not None
+        cleared = self._drop_pending(gid)
         self._write_epoch(gid, new, tag, self._config(gid), group)
-        return Processed(ProcessedKind.COMMIT, sender, identity, epoch)
+        return Processed(
+            ProcessedKind.COMMIT, sender, identity, epoch, cleared_pending_commit=cleared
+        )
+
+    def _process_external_commit(self, gid: bytes, msg: PublicMessage) -> Processed:
+        """A commit from a joiner outside the group (§12.4.3.2)."""
+        body = msg.content.content
+        if not isinstance(body, Commit) or body.path is None:
+            raise InvalidMessage("a new member may only send a commit with an UpdatePath")
+        context = self._context(gid)
+        leaf = body.path.leaf_node
+        auth = unprotect_public(self._cs, msg, b"", context, leaf.signature_key)
+        group = self._group(gid)
+        new, joiner = process_external_commit(group, auth, self._psk_lookup(gid))
+        identity, epoch = leaf.credential.identity, context.epoch
+        if new is None:
+            self._forget(gid)
+            return Processed(ProcessedKind.COMMIT, joiner, identity, epoch, removed=True)
+        tag = auth.auth.confirmation_tag
+        assert tag is not None
+        cleared = self._drop_pending(gid)
+        self._write_epoch(gid, new, tag, self._config(gid), group)
+        return Processed(
+            ProcessedKind.COMMIT, joiner, identity, epoch, cleared_pending_commit=cleared
+        )
+
+    def _process_external_proposal(self, gid: bytes, msg: PublicMessage) -> Processed:
+        """A proposal from a sender of the ``external_senders`` extension (§12.1.8.1)."""
+        context = self._context(gid)
+        senders = decode_external_senders(context.extensions)
+        index = msg.content.sender.index
+        if index >= len(senders):
+            raise InvalidMessage("the group has no external sender with that index")
+        body = msg.content.content
+        if not isinstance(body, Proposal):
+            raise InvalidMessage("an external sender may only send proposals")
+        check_external_sender_proposal(body)
+        sender = senders[index]
+        auth = unprotect_public(self._cs, msg, b"", context, sender.signature_key)
+        self._check_proposal(gid, index, body)
+        ref = self._cs.make_proposal_ref(auth.to_bytes())
+        self._storage.queue_proposal(gid, ref, auth.to_bytes())
+        return Processed(
+            ProcessedKind.PROPOSAL,
+            index,
+            sender.credential.identity,
+            context.epoch,
+            external_sender=True,
+        )
 
     def _check_proposal(self, gid: bytes, sender: int, proposal: Proposal) -> None:
         """§12.1 checks a receiver can make before the proposal is committed."""
-        cs, tree, context = self._cs, self._tree(gid), self._context(gid)
-        body = proposal.body
-        if isinstance(body, Add):
-            validate_key_package(cs, body.key_package, tree, context, now=self._now())
-        elif isinstance(body, Update):
-            body.leaf_node.verify(cs, gid, sender)
-            validate_leaf_node(
-                cs, body.leaf_node, tree, context, source=LeafNodeSource.UPDATE, replaces=sender
-            )
-        elif isinstance(body, Remove):
-            if not 0 <= body.removed < tree.n_leaves or tree.leaf(body.removed) is None:
-                raise InvalidProposal("Remove of a blank or absent leaf")
-        elif not isinstance(body, PreSharedKey | GroupContextExtensions):
-            raise InvalidProposal(f"{type(body).__name__} proposals are not supported")
+        validate_received_proposal(
+            self._cs,
+            self._tree(gid),
+            self._context(gid),
+            proposal,
+            sender,
+            now=self._now(),
+            validator=self._validator,
+            psk_lookup=self._psk_lookup(gid),
+        )
 
 
 def _expand_raw_label(

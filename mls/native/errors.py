@@ -79,3 +79,26 @@ class UnknownKeyPackage(MlsError):
 
 class NoIdentity(MlsError):
     """The storage holds no native MLS identity (create one with ``NativeEngine.create``)."""
+
+
+class PendingCommitExists(MlsError):
+    """The group has a commit of ours waiting for the delivery service's answer.
+
+    Merge it (:meth:`NativeEngine.merge_pending_commit`) once the delivery service accepted
+    it, or clear it (:meth:`NativeEngine.clear_pending_commit`) once it was rejected, before
+    making another commit or proposal.
+    """
+
+
+class NoPendingCommit(MlsError):
+    """There is no pending commit of ours for this group to merge, clear or resend."""
+
+
+class InvalidCredential(InvalidLeafNode):
+    """A credential the application's credential validator refuses (§5.3.1): not a valid
+    member, not a valid successor of the credential it replaces, or a second leaf claiming
+    an identity the group already has."""
+
+
+class MessageTooLarge(InvalidMessage):
+    """A message exceeds the engine's ``max_message_size``; it was refused before decoding."""

@@ -314,3 +314,35 @@ class Hpke:
         shared = self.decap(enc, sk_r)
         key, nonce = self._key_schedule(shared, info)
         return aead_open(self.aead, key, nonce, aad, ct)
+
+    # -- secret export (RFC 9180 §5.3), used by MLS external initialization ------------------
+
+    def _exporter_secret(self, shared_secret: bytes, info: bytes) -> bytes:
+        suite = self._hpke_suite_id()
+        h = self.kdf
+        psk_id_hash = self._labeled_extract(h, suite, b"", b"psk_id_hash", b"")
+        info_hash = self._labeled_extract(h, suite, b"", b"info_hash", info)
+        context = b"\x00" + psk_id_hash + info_hash
+        secret = self._labeled_extract(h, suite, shared_secret, b"secret", b"")
+        size = hash_algorithm(h).digest_size
+        return self._labeled_expand(h, suite, secret, b"exp", context, size)
+
+    def _export(self, exporter_secret: bytes, exporter_context: bytes, length: int) -> bytes:
+        suite = self._hpke_suite_id()
+        return self._labeled_expand(
+            self.kdf, suite, exporter_secret, b"sec", exporter_context, length
+        )
+
+    def export_base_sender(
+        self, pk_r: bytes, info: bytes, exporter_context: bytes, length: int
+    ) -> tuple[bytes, bytes]:
+        """SetupBaseS then Export: returns ``(enc, exported secret)``."""
+        shared, enc = self.encap(pk_r)
+        return enc, self._export(self._exporter_secret(shared, info), exporter_context, length)
+
+    def export_base_receiver(
+        self, enc: bytes, sk_r: bytes, info: bytes, exporter_context: bytes, length: int
+    ) -> bytes:
+        """SetupBaseR then Export: the secret the sender exported for ``enc``."""
+        shared = self.decap(enc, sk_r)
+        return self._export(self._exporter_secret(shared, info), exporter_context, length)

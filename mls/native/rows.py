@@ -28,6 +28,9 @@ message_secrets                the index of retained epochs (current + ``max_pas
 message_secrets/epoch          per epoch: sender-data secret, unconsumed secret-tree nodes
 message_secrets/members        per epoch: context and members' signature keys (late messages)
 message_secrets/ratchet        per epoch, leaf and ratchet type: one hash ratchet
+native/v1/pending_commit       our commit awaiting the delivery service: its exact bytes
+                               (and Welcome) and the epoch it leads to
+                               (:mod:`mls.native.pending`)
 =============================  ===========================================================
 
 The three ``message_secrets/*`` sub-categories split OpenMLS's single message-secrets row so
@@ -57,6 +60,8 @@ CATEGORY_IDENTITY = "native/v1/identity"
 CATEGORY_EPOCH = cat.MESSAGE_SECRETS + "/epoch"
 CATEGORY_MEMBERS = cat.MESSAGE_SECRETS + "/members"
 CATEGORY_RATCHET = cat.MESSAGE_SECRETS + "/ratchet"
+#: One row per group with a commit of ours not yet merged or cleared (row key: group id).
+CATEGORY_PENDING_COMMIT = "native/v1/pending_commit"
 IDENTITY_KEY = b"self"
 FORMAT = 1
 OPERATIONAL = b"\x01"

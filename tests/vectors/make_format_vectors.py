@@ -5,12 +5,18 @@ Written from the byte-level spec alone, with Argon2id and the primitives of
 implementation against these vectors compares two independent readings of the spec.
 Every input is fixed, so a rerun reproduces the file byte for byte.  Run from the
 project root: ``python -m tests.vectors.make_format_vectors``.
+
+The migration steps are read from the spec itself (the statement blocks of
+docs/format.md §7.2): their checksums are computed here from that text, and a step
+whose documented checksum disagrees with its documented text stops the generator.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import re
 import struct
 import unicodedata
 from pathlib import Path
@@ -18,6 +24,7 @@ from typing import Any
 
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -25,6 +32,11 @@ MAGIC = b"MLKS"
 RAW_KEY_INFO = b"mls-keystore v1 raw-key wrap"
 PAGE_KEY_INFO = b"mls-keystore v1 sqlcipher page key"
 SIDECAR_MAGIC = b"MLKSSQLC"
+FORMAT_DOC = Path(__file__).parents[2] / "docs" / "format.md"
+#: "Step N, `name`, checksum `hex`:" followed by a ```text block, one statement a line.
+_STEP = re.compile(
+    r"^Step (\d+), `([^`]+)`, checksum `([0-9a-f]{64})`:\n\n```text\n(.*?)\n```", re.M | re.S
+)
 
 
 def _fill(start: int, n: int) -> bytes:
@@ -281,19 +293,30 @@ def sidecar_cases(case: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def export_case(name: str, records: list[tuple[str, bytes, bytes]], seed: int) -> dict[str, Any]:
-    """An export file: Argon2id key, 42-byte header, header tag, counter-nonce chunks."""
+def _export_stream(records: list[tuple[str, bytes, bytes]], count: int | None = None) -> bytes:
+    """Row records, then the end record with ``count`` (default: the true count)."""
+    return b"".join(
+        b"\x01" + struct.pack(">H", len(c)) + c.encode() + struct.pack(">I", len(k)) + k
+        + struct.pack(">I", len(v)) + v
+        for c, k, v in records
+    ) + b"\x00" + struct.pack(">Q", len(records) if count is None else count)
+
+
+def export_case(
+    name: str, records: list[tuple[str, bytes, bytes]], seed: int, stream: bytes | None = None
+) -> dict[str, Any]:
+    """An export file: Argon2id key, 42-byte header, header tag, counter-nonce chunks.
+
+    ``stream`` replaces the record stream (to build authenticated but invalid files).
+    """
     passphrase, chunk_size = "backup passphrase", 1024
     t, m, p, salt = 1, 8, 1, _fill(seed, 16)
     header = b"MLKSEXP\x00" + bytes([1, 1]) + struct.pack(">III", t, m, p) + salt
     header += struct.pack(">I", chunk_size)
     key = kek_from_passphrase(passphrase, salt, t, m, p)
     aead = AESGCM(key)
-    stream = b"".join(
-        b"\x01" + struct.pack(">H", len(c)) + c.encode() + struct.pack(">I", len(k)) + k
-        + struct.pack(">I", len(v)) + v
-        for c, k, v in records
-    ) + b"\x00" + struct.pack(">Q", len(records))
+    if stream is None:
+        stream = _export_stream(records)
     out = header + aead.encrypt(b"\xff" * 12, b"", header)
     pieces = [stream[i : i + chunk_size] for i in range(0, len(stream), chunk_size)]
     if len(stream) % chunk_size == 0:
@@ -330,20 +353,174 @@ def export_cases() -> list[dict[str, Any]]:
     ]
 
 
+def invalid_export_cases(valid: bytes) -> list[dict[str, Any]]:
+    """Export files a reader must refuse, each with the error §11 names."""
+
+    def edit(offset: int, new: bytes) -> str:
+        return (valid[:offset] + new + valid[offset + len(new) :]).hex()
+
+    integrity, too_new, wrong = "IntegrityError", "SchemaTooNew", "WrongPassphrase"
+    cases = [
+        ("bad-magic", edit(0, b"MLKSEXQ"), integrity),
+        ("header-truncated", valid[:41].hex(), integrity),
+        ("format-0", edit(8, b"\x00"), integrity),
+        ("format-newer", edit(8, b"\x02"), too_new),
+        ("unknown-kdf-id", edit(9, b"\x02"), integrity),
+        ("time-cost-0", edit(10, struct.pack(">I", 0)), integrity),
+        ("memory-below-argon2-minimum", edit(14, struct.pack(">I", 7)), integrity),
+        ("parallelism-0", edit(18, struct.pack(">I", 0)), integrity),
+        ("time-cost-above-cap", edit(10, struct.pack(">I", 17)), integrity),
+        ("memory-above-cap", edit(14, struct.pack(">I", 2 * 1024 * 1024 + 1)), integrity),
+        ("parallelism-above-cap", edit(14, struct.pack(">II", 1024, 65)), integrity),
+        ("chunk-size-below-1024", edit(38, struct.pack(">I", 1023)), integrity),
+        ("chunk-size-above-16-mib", edit(38, struct.pack(">I", (1 << 24) + 1)), integrity),
+        ("salt-changed", edit(22, b"\x00"), wrong),
+        ("header-tag-changed", edit(42, b"\x00"), wrong),
+        ("ends-inside-header-tag", valid[:50].hex(), wrong),
+        ("chunk-byte-changed", edit(100, b"\x00"), integrity),
+        ("last-chunk-missing", valid[: 58 + 1024 + 16].hex(), integrity),
+        ("trailing-byte", (valid + b"\x00").hex(), integrity),
+    ]
+    # Everything before the salt case is refused before Argon2 runs (§11).
+    before_kdf = [n for n, _, _ in cases][: [n for n, _, _ in cases].index("salt-changed")]
+    out = [
+        {"name": n, "export": hexed, "error": e, "before_kdf": n in before_kdf}
+        for n, hexed, e in cases
+    ]
+    good = [("c", b"k", b"v")]
+    for name, stream in (
+        ("record-count-wrong", _export_stream(good, count=2)),
+        ("category-invalid", _export_stream([("not a category", b"k", b"v")])),
+        ("data-after-end-record", _export_stream(good) + b"\x00"),
+        ("unknown-record-type", b"\x02" + _export_stream(good)[1:]),
+        ("no-end-record", _export_stream(good)[:-9]),
+    ):
+        case = export_case(name, good, seed=0x33, stream=stream)
+        out.append(
+            {"name": name, "export": case["export"], "error": integrity, "before_kdf": False}
+        )
+    return out
+
+
+def invalid_sidecar_cases(one: bytes, two: bytes) -> list[dict[str, str]]:
+    """Header files a reader must refuse, each with the error §8.2 names.
+
+    ``one`` holds a single header, ``two`` a current and a pending one.
+    """
+
+    def edit(data: bytes, offset: int, new: bytes) -> str:
+        return (data[:offset] + new + data[offset + len(new) :]).hex()
+
+    pending = 14 + 2 + 149 + 2  # offset of the pending header in ``two``
+    integrity = "IntegrityError"
+    cases = [
+        ("bad-magic", edit(one, 0, b"MLKSSQLD"), "NotAVault"),
+        ("shorter-than-fixed-part", one[:13].hex(), "NotAVault"),
+        ("larger-than-4096-bytes", (one + bytes(4096)).hex(), "NotAVault"),
+        ("sidecar-format-newer", edit(one, 8, b"\x02"), "SchemaTooNew"),
+        ("sidecar-format-0", edit(one, 8, b"\x00"), integrity),
+        ("header-count-0", edit(one, 13, b"\x00"), integrity),
+        ("header-count-3", edit(one, 13, b"\x03"), integrity),
+        ("header-count-2-but-one-header", edit(one, 13, b"\x02"), integrity),
+        ("truncated", one[:-1].hex(), integrity),
+        ("trailing-byte", (one + b"\x00").hex(), integrity),
+        ("header-len-148", edit(one, 14, struct.pack(">H", 148)), integrity),
+        ("malformed-header", edit(one, 16 + 22, b"\x03"), integrity),
+        ("header-without-sqlcipher-flag", edit(one, 16 + 5, b"\x00"), integrity),
+        ("pending-without-sqlcipher-flag", edit(two, pending + 5, b"\x00"), integrity),
+        ("pending-generation-not-next", edit(two, pending + 52, struct.pack(">I", 9)), integrity),
+        ("pending-salt-differs", edit(two, pending + 36, b"\x00"), integrity),
+        ("pending-store-id-differs", edit(two, pending + 6, b"\x00"), integrity),
+    ]
+    return [{"name": n, "sidecar": hexed, "error": e} for n, hexed, e in cases]
+
+
+def sqlcipher_page_cases(page_keys: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Pages 1 and 2 encrypted as §8.1 lays them out, under the vector page key."""
+    key = bytes.fromhex(page_keys[0]["page_key"])
+    salt = _fill(0x5A, 16)
+    hmac_key = hashlib.pbkdf2_hmac("sha512", key, bytes(b ^ 0x3A for b in salt), 2, 32)
+    out = []
+    for page_no in (1, 2):
+        plaintext = _fill(page_no, 4096 - 80 - (16 if page_no == 1 else 0))
+        iv = _fill(0xB0 + page_no, 16)
+        encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        ciphertext = encryptor.update(plaintext) + encryptor.finalize()
+        mac = hmac.new(hmac_key, ciphertext + iv + struct.pack("<I", page_no), "sha512").digest()
+        page = (salt if page_no == 1 else b"") + ciphertext + iv + mac
+        out.append(
+            {
+                "page_key": key.hex(),
+                "salt": salt.hex(),
+                "hmac_key": hmac_key.hex(),
+                "page_no": page_no,
+                "iv": iv.hex(),
+                "plaintext": plaintext.hex(),
+                "page": page.hex(),
+            }
+        )
+    return out
+
+
+def checksum_input(version: int, name: str, statements: list[str], python_id: str) -> bytes:
+    """The bytes §7.2 hashes: each part as u32 length || UTF-8."""
+    out = b""
+    for part in (str(version), name, *statements, python_id):
+        data = part.encode("utf-8")
+        out += struct.pack(">I", len(data)) + data
+    return out
+
+
+def migration_cases(spec: str) -> list[dict[str, Any]]:
+    """Every shipped step as documented: name, statements, hashed bytes and checksum."""
+    out = []
+    for version, name, documented, block in _STEP.findall(spec):
+        statements = block.split("\n")
+        hashed = checksum_input(int(version), name, statements, "")
+        checksum = hashlib.sha256(hashed).hexdigest()
+        if checksum != documented:
+            raise SystemExit(
+                f"docs/format.md: step {version} documents checksum {documented}, "
+                f"but its documented text hashes to {checksum}"
+            )
+        out.append(
+            {
+                "version": int(version),
+                "name": name,
+                "statements": statements,
+                "python_id": "",
+                "checksum_input": hashed.hex(),
+                "checksum": checksum,
+            }
+        )
+    if [c["version"] for c in out] != list(range(1, len(out) + 1)) or not out:
+        raise SystemExit("docs/format.md: the migration steps are not numbered 1, 2, 3, …")
+    return out
+
+
 def make() -> dict[str, Any]:
     """Every vector set, deterministically."""
     headers = header_cases()
+    page_keys = page_key_cases(headers)
+    sidecars = sidecar_cases(headers[3])
+    exports = export_cases()
     return {
-        "description": "mls-keystore header, key wrapping, key hash, SQLCipher page key, "
-        "header file and export file (docs/format.md); the row value format is in "
-        "value_format.json",
+        "description": "mls-keystore header, key wrapping, key hash, SQLCipher page key and "
+        "page layout, header file and export file with the files a reader must refuse, and "
+        "the migration steps (docs/format.md); the row value format is in value_format.json",
         "headers": headers,
         "invalid_headers": invalid_header_cases(bytes.fromhex(headers[0]["header"])),
         "tampered_headers": tampered_header_cases(headers[0]),
         "key_hashes": key_hash_cases(),
-        "page_keys": page_key_cases(headers),
-        "sidecars": sidecar_cases(headers[3]),
-        "exports": export_cases(),
+        "page_keys": page_keys,
+        "sqlcipher_pages": sqlcipher_page_cases(page_keys),
+        "sidecars": sidecars,
+        "invalid_sidecars": invalid_sidecar_cases(
+            bytes.fromhex(sidecars[0]["sidecar"]), bytes.fromhex(sidecars[1]["sidecar"])
+        ),
+        "exports": exports,
+        "invalid_exports": invalid_export_cases(bytes.fromhex(exports[0]["export"])),
+        "migrations": migration_cases(FORMAT_DOC.read_text(encoding="utf-8")),
     }
 
 
