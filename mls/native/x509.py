@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.x509 import verification
 
-from . import errors as _errors
+from .errors import InvalidCredential, MlsError
 from .leaf_node import Credential, CredentialType
 
 __all__ = ["MAX_CHAIN_CERTIFICATES", "InvalidCredential", "X509CredentialValidator", "san_identity"]
@@ -44,26 +44,6 @@ __all__ = ["MAX_CHAIN_CERTIFICATES", "InvalidCredential", "X509CredentialValidat
 #: Certificates one credential may carry.  Real chains have two to four; the bound keeps a
 #: hostile credential from making every member parse and path-build over thousands.
 MAX_CHAIN_CERTIFICATES = 16
-
-
-def _invalid_credential_class() -> type[_errors.InvalidLeafNode]:
-    """The engine's ``InvalidCredential`` error, or an equivalent subclass where it is absent.
-
-    The error belongs in :mod:`mls.native.errors`; this module works with an engine that
-    defines it there and with one that predates it.
-    """
-    found = getattr(_errors, "InvalidCredential", None)
-    if isinstance(found, type) and issubclass(found, _errors.InvalidLeafNode):
-        return found
-
-    class InvalidCredential(_errors.InvalidLeafNode):
-        """A credential the application's credential validator refuses (RFC 9420 §5.3.1)."""
-
-    return InvalidCredential
-
-
-#: Raised for a refused credential; an :class:`~mls.native.errors.InvalidLeafNode`.
-InvalidCredential = _invalid_credential_class()
 
 
 def san_identity(certificate: x509.Certificate) -> bytes:
@@ -199,7 +179,7 @@ class X509CredentialValidator:
             return False
         try:
             return self.identity(old) == self.identity(new)
-        except _errors.MlsError:
+        except MlsError:
             return False
 
     def allow_duplicate_identities(self) -> bool:
@@ -212,7 +192,7 @@ class X509CredentialValidator:
         """``identity_of(leaf)``; a failure of the application's function is a refusal too."""
         try:
             identity = self._identity(leaf)
-        except _errors.MlsError:
+        except MlsError:
             raise
         except Exception as exc:
             raise InvalidCredential(f"the leaf certificate names no identity: {exc}") from exc

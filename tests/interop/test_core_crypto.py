@@ -12,7 +12,6 @@ import pytest
 
 from mls.client import ReceivedKind
 from mls.native.codec import decode_exact
-from mls.native.errors import InvalidMessage
 from mls.native.framing import (
     FramedContent,
     MLSMessage,
@@ -148,12 +147,6 @@ def test_it_takes_us_into_a_group_that_lists_an_external_sender(room: Room) -> N
     room.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidMessage,
-    reason="the native engine refuses proposals from external senders ('only member senders "
-    "are supported'): external senders are not built yet",
-)
 def test_the_delivery_service_removes_our_member_by_an_external_proposal(room: Room) -> None:
     """The listed server proposes a Remove; core-crypto commits it; all of us follow."""
     server_priv, server_pub = get_suite(1).generate_signature_key_pair()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from mls.client import ReceivedKind
-from mls.native.errors import DecodeError, InvalidMessage
+from mls.native.errors import DecodeError
 from mls.native.framing import WireFormat
 from mls.native.leaf_node import CredentialType, Extension, ExtensionType
 from mls.native.rows import GroupConfig
@@ -35,26 +35,6 @@ from tests.interop.room import (
 from tests.native.engine_helpers import FULL
 
 GID = b"interop group \x00\xff"
-
-# Scenarios that need engine features built on another branch (external commits, pending
-# commits).  They fail here in the stated way; once those features are merged they pass
-# (checked against that branch), and strict=True turns the mark into a failure to remove.
-NEEDS_EXTERNAL_COMMIT_PROCESSING = pytest.mark.xfail(
-    strict=True,
-    raises=InvalidMessage,
-    reason="the native engine refuses commits whose sender is new_member_commit "
-    "('only member senders are supported'): processing external commits is not built yet",
-)
-NEEDS_EXTERNAL_JOIN = pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="NativeEngine has no join_by_external_commit / group_info yet (external commits)",
-)
-NEEDS_PENDING_COMMITS = pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="NativeEngine.commit has no pending=True mode yet: our own commits apply at once",
-)
 
 
 @dataclass(frozen=True)
@@ -78,21 +58,23 @@ PEERS = {
 #: RFC 9420 §12.4.3.2 defines it as the ExternalPub struct (a length-prefixed key), which
 #: core-crypto (OpenMLS) and our engine use.  So GroupInfos do not cross between ts-mls and
 #: anyone else (``test_ts_mls_external_pub_is_a_bare_key`` pins the deviation).
+#: Our engine cannot read ts-mls's GroupInfo (DecodeError) and ts-mls cannot read ours
+#: (PeerError: "Invalid public key for the ciphersuite").
 TS_MLS_BARE_EXTERNAL_PUB = pytest.mark.xfail(
     strict=True,
-    raises=(AttributeError, DecodeError, PeerError),
+    raises=(DecodeError, PeerError),
     reason="ts-mls 1.6.4 encodes external_pub as a bare key, not the ExternalPub struct of "
-    "RFC 9420 §12.4.3.2 (and NativeEngine has no external joins yet on this branch)",
+    "RFC 9420 §12.4.3.2",
 )
 
 
 def external_join_peers() -> list[object]:
-    """Every peer, ts-mls marked as failing for its external_pub encoding, others for us."""
+    """Every peer; ts-mls marked as failing for its external_pub encoding."""
     return [
         pytest.param(
             PEERS[name],
             id=name,
-            marks=TS_MLS_BARE_EXTERNAL_PUB if name.startswith("ts-mls") else NEEDS_EXTERNAL_JOIN,
+            marks=TS_MLS_BARE_EXTERNAL_PUB if name.startswith("ts-mls") else (),
         )
         for name in sorted(PEERS)
     ]
@@ -189,7 +171,6 @@ def test_adds_and_removes_by_each_side(room: Room, kind: PeerKind) -> None:
     room.send_from_ours(n1, b"yes")
 
 
-@NEEDS_EXTERNAL_COMMIT_PROCESSING
 def test_the_peer_joins_by_external_commit_and_we_process_it(room: Room, kind: PeerKind) -> None:
     """A new peer member joins from a GroupInfo (external commit); our member processes it."""
     room.peer_creates("p1")
@@ -231,7 +212,6 @@ def test_the_peer_joins_our_group_by_external_commit(room: Room, kind: PeerKind)
     room.send_from_ours(me, b"welcome in")
 
 
-@NEEDS_PENDING_COMMITS
 def test_our_pending_commit_is_cleared_when_the_peers_commit_wins(
     room: Room, kind: PeerKind
 ) -> None:

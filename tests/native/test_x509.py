@@ -7,7 +7,6 @@ and a leaf whose key is the member's MLS signature key) and checks one rule.
 from __future__ import annotations
 
 import datetime
-import inspect
 from dataclasses import dataclass, replace
 
 import pytest
@@ -20,6 +19,7 @@ from mls.native.codec import decode_exact
 from mls.native.engine import NativeEngine
 from mls.native.errors import InvalidLeafNode
 from mls.native.framing import MLSMessage
+from mls.native.identity import CredentialValidator
 from mls.native.key_package import KeyPackage
 from mls.native.leaf_node import (
     PROTOCOL_VERSION_MLS10,
@@ -324,9 +324,8 @@ def test_san_identity_prefers_uris(pki: Pki) -> None:
 
 
 def test_satisfies_the_engine_credential_validator_protocol(pki: Pki) -> None:
-    """Structurally a CredentialValidator (checked where the engine defines the protocol)."""
-    identity = pytest.importorskip("mls.native.identity")
-    assert isinstance(pki.validator(), identity.CredentialValidator)
+    """Structurally the engine's CredentialValidator protocol (it subclasses nothing)."""
+    assert isinstance(pki.validator(), CredentialValidator)
 
 
 def x509_key_package(pki: Pki, sig_priv: bytes) -> tuple[bytes, bytes]:
@@ -350,16 +349,10 @@ def x509_key_package(pki: Pki, sig_priv: bytes) -> tuple[bytes, bytes]:
 
 
 def engine_judging_with(validator: X509CredentialValidator, name: bytes = b"alice") -> NativeEngine:
-    """A fresh engine (basic credential ``name``) that judges credentials with ``validator``.
-
-    Engines without a ``credential_validator`` argument judge no credentials at all; they
-    are returned as they are.
-    """
+    """A fresh engine (basic credential ``name``) that judges credentials with ``validator``."""
     storage = GranularStorage()
     NativeEngine.create(storage, name)
-    if "credential_validator" in inspect.signature(NativeEngine).parameters:
-        return NativeEngine(storage, credential_validator=validator)  # type: ignore[call-arg]
-    return NativeEngine(storage)
+    return NativeEngine(storage, credential_validator=validator)
 
 
 def test_an_x509_key_package_is_made_verified_and_added_by_the_engine() -> None:
@@ -382,8 +375,6 @@ def test_an_x509_key_package_is_made_verified_and_added_by_the_engine() -> None:
 
 def test_an_engine_judging_with_it_refuses_an_untrusted_chain() -> None:
     """Given to the engine, the validator keeps a key package of another CA out of a group."""
-    if "credential_validator" not in inspect.signature(NativeEngine).parameters:
-        pytest.skip("this NativeEngine takes no credential_validator yet")
     pki, sig_priv = make_pki()
     stranger, stranger_priv = make_pki()
     alice = engine_judging_with(pki.validator(accept_basic=True))
