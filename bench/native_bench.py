@@ -339,10 +339,10 @@ def _count_vault_bytes(client: MlsClient | NativeClient) -> list[int]:
     applied: list[int] = []
     real = vault.apply
 
-    def apply(changes: Iterable[Any]) -> int:
+    def apply(changes: Iterable[Any], *, yield_gil: bool = False) -> int:
         batch = list(changes)
         applied.append(sum(len(c.key) + len(c.value or b"") for c in batch))
-        return real(batch)
+        return real(batch, yield_gil=yield_gil)
 
     vault.apply = apply  # type: ignore[method-assign]
     return applied

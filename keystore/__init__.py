@@ -16,6 +16,7 @@ from keystore import profiles
 from keystore.errors import (
     IntegrityError,
     KeystoreError,
+    LeaseLost,
     MigrationError,
     MigrationRequired,
     NotAVault,
@@ -31,6 +32,8 @@ from keystore.sqlcipher import SQLCipherUnavailable
 from keystore.vault import Change, ChangeLike, Vault
 
 if TYPE_CHECKING:
+    from keystore.backends.postgres import LeaseManager, PostgresDatabase, PostgresUnavailable
+    from keystore.postgres_vault import PostgresVault
     from keystore.reports import CategoryStats, RowFailure, StatsReport, VerifyReport
 
 def _version() -> str:
@@ -49,6 +52,14 @@ if TYPE_CHECKING:
 # The report models need pydantic, whose import costs ~0.5 s: they load on first use,
 # so a process that only opens a vault and reads rows starts fast.
 _LAZY_REPORTS = ("CategoryStats", "RowFailure", "StatsReport", "VerifyReport")
+# The PostgreSQL vault is an optional extra: its names load on first use (psycopg
+# itself only when a connection is made), so a SQLite-only install pays nothing.
+_LAZY_POSTGRES = {
+    "LeaseManager": "keystore.backends.postgres",
+    "PostgresDatabase": "keystore.backends.postgres",
+    "PostgresUnavailable": "keystore.backends.postgres",
+    "PostgresVault": "keystore.postgres_vault",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -62,6 +73,10 @@ def __getattr__(name: str) -> object:
         from keystore import reports
 
         return getattr(reports, name)
+    if name in _LAZY_POSTGRES:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_POSTGRES[name]), name)
     raise AttributeError(f"module 'keystore' has no attribute {name!r}")
 
 __all__ = [
@@ -71,9 +86,14 @@ __all__ = [
     "IntegrityError",
     "KdfParameters",
     "KeystoreError",
+    "LeaseLost",
+    "LeaseManager",
     "MigrationError",
     "MigrationRequired",
     "NotAVault",
+    "PostgresDatabase",
+    "PostgresUnavailable",
+    "PostgresVault",
     "RowFailure",
     "SQLCipherUnavailable",
     "SchemaTooNew",

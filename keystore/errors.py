@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "IntegrityError",
     "KeystoreError",
+    "LeaseLost",
     "MigrationError",
     "MigrationRequired",
     "NotAVault",
@@ -97,4 +98,15 @@ class MigrationRequired(MigrationError):
 
     Opening never upgrades someone's only copy silently: pass ``auto_migrate=True``
     to :meth:`keystore.Vault.open` or run the command, which makes a backup first.
+    """
+
+
+class LeaseLost(VaultBusy):
+    """This writer's lease on a shared vault was taken over; nothing was written.
+
+    A vault on a database server is written by one holder of its lease at a time.
+    A writer that was paused or cut off past the lease's expiry may find another
+    worker holding it: its write is refused (the lease epoch it carries no longer
+    matches), and it must drop the state it holds in memory and reload, because the
+    new holder may have moved on.
     """

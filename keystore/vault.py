@@ -22,6 +22,7 @@ unlock, and ``keystore_header`` stays empty.  See ``docs/sqlcipher.md``.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import re
 import sqlite3
@@ -29,6 +30,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -147,6 +149,83 @@ def check_value(value: object) -> bytes:
     if len(value) > MAX_VALUE_LEN:
         raise ValueError(f"value is {len(value)} bytes; the limit is {MAX_VALUE_LEN}")
     return bytes(value)
+
+
+_CHANGE_FIELDS = operator.attrgetter("category", "key", "value")
+_VALUE_TYPES = {bytes, type(None)}
+_FIRST, _SECOND, _THIRD = (operator.itemgetter(i) for i in range(3))
+_COALESCE_SLICE = 4096
+#: Seconds ``apply(yield_gil=True)`` sleeps between two slices of rows it encrypts.
+_YIELD_PAUSE = 0.0001
+
+
+def _coalesce(
+    rows: list[tuple[object, object, object]],
+) -> dict[tuple[str, bytes], bytes | None]:
+    """Validate ``(category, key, value)`` rows; the last change of each row wins.
+
+    The common case — exact ``str``/``bytes`` within the limits — is checked slice
+    by slice with ``map`` and ``set`` (no bytecode per row); anything else
+    goes through the per-row checks, which normalize bytes-like input and raise
+    the precise error.
+    """
+    latest: dict[tuple[str, bytes], bytes | None] = {}
+    # Slices, so that no single C-level step holds the GIL for long (see
+    # StoreCipher.seal_changes); an unusual slice sends the whole batch the slow way.
+    for lo in range(0, len(rows), _COALESCE_SLICE):
+        part = rows[lo : lo + _COALESCE_SLICE]
+        # Columns by itemgetter: zip(*part) would make one iterator object per row.
+        categories = list(map(_FIRST, part))
+        keys = list(map(_SECOND, part))
+        values = list(map(_THIRD, part))
+        try:
+            fast = (
+                set(map(type, categories)) == {str}
+                and set(map(type, keys)) == {bytes}
+                and set(map(type, values)) <= _VALUE_TYPES
+                and max(map(len, keys)) <= MAX_KEY_LEN
+                and max(map(len, filter(None, values)), default=0) <= MAX_VALUE_LEN
+            )
+        except TypeError:
+            fast = False
+        if not fast:
+            break
+        for category in set(categories):
+            check_category(category)
+        latest.update(zip(zip(categories, keys, strict=True), values, strict=True))
+    else:
+        return latest
+    latest.clear()
+    for category, key, value in rows:
+        row = (check_category(category), check_key(key))
+        latest[row] = None if value is None else check_value(value)
+    return latest
+
+
+_UPSERT_HEAD = "INSERT INTO keystore_rows (category, key_hash, value) VALUES "
+_UPSERT_TAIL = " ON CONFLICT (category, key_hash) DO UPDATE SET value = excluded.value"
+#: Rows per multi-row upsert statement: 768 parameters, under SQLite's historical
+#: limit of 999 variables per statement.
+_UPSERT_ROWS = 256
+_UPSERT_ONE = _UPSERT_HEAD + "(?, ?, ?)" + _UPSERT_TAIL
+_UPSERT_MANY = _UPSERT_HEAD + ", ".join(["(?, ?, ?)"] * _UPSERT_ROWS) + _UPSERT_TAIL
+
+
+def _upsert_rows(conn: sqlite3.Connection, rows: list[tuple[str, bytes, bytes]]) -> None:
+    """Upsert sealed rows, 256 per statement execution.
+
+    The sqlite3 module releases and retakes the GIL around every statement step:
+    with one step per row, a thread that wants the GIL back (any CPU-bound thread
+    beside an event loop) makes each of those retakes wait its switch interval.
+    One step per 256 rows cuts those hand-offs 256-fold, and the per-row cost of
+    the statement machinery with them.  Same rows, same order, same transaction.
+    """
+    n = _UPSERT_ROWS
+    full = len(rows) - len(rows) % n
+    groups = map(rows.__getitem__, map(slice, range(0, full, n), range(n, full + 1, n)))
+    conn.executemany(_UPSERT_MANY, map(tuple, map(chain.from_iterable, groups)))
+    if full < len(rows):
+        conn.executemany(_UPSERT_ONE, rows[full:])
 
 
 def _translate(exc: Exception, path: Path) -> KeystoreError:
@@ -1030,6 +1109,41 @@ class Vault:
                     category, _stored(key_hash, self._path), _stored(blob, self._path)
                 )
 
+    def open_rows(self) -> dict[str, dict[bytes, bytes]]:
+        """Every row of the vault, authenticated: ``{category: {key: value}}``.
+
+        What loading a whole vault into memory needs, at the cost of one scan:
+        one query for all categories, the vault's lock taken once, and the
+        per-category state looked up once per category instead of once per row.
+        All or nothing: a row that fails authentication raises and nothing is
+        returned.
+
+        Raises:
+            VaultLocked, VaultClosed: the vault cannot be read now.
+            IntegrityError: a row fails authentication or the file is damaged.
+        """
+        with self._mutex:
+            cipher = self._unlocked()
+            with _db_errors(self._path):
+                rows = self._connection().execute(
+                    "SELECT category, key_hash, value FROM keystore_rows"
+                ).fetchall()
+            # Decrypting under the lock: a concurrent lock() waits instead of
+            # wiping the keys mid-scan.
+            return cipher.open_rows(rows, self._stored_category, self._stored_blob)
+
+    def _stored_category(self, name: object) -> str:
+        """A category name read back from the file; anything the vault never writes is damage."""
+        try:
+            return check_category(name)
+        except (TypeError, ValueError):
+            raise IntegrityError(
+                f"vault {self._path} is corrupt: a row has an invalid category name"
+            ) from None
+
+    def _stored_blob(self, value: object) -> bytes:
+        return _stored(value, self._path)
+
     def categories(self) -> list[str]:
         """The categories that hold at least one row, sorted."""
         with self._mutex:
@@ -1048,40 +1162,35 @@ class Vault:
                 ) from None
         return names
 
-    def apply(self, changes: Iterable[ChangeLike]) -> int:
+    def apply(self, changes: Iterable[ChangeLike], *, yield_gil: bool = False) -> int:
         """Write and delete many rows in ONE transaction: all applied or none.
 
         Repeated changes to the same row are coalesced (the last wins), so a batch
         from a dirty log writes each row once.  Every change is validated and
         encrypted before the transaction begins: bad input changes nothing.
 
+        Args:
+            changes: the rows to write (``value`` set) or delete (``value=None``).
+            yield_gil: pause for a tenth of a millisecond after every 256 rows
+                encrypted, so that an event loop running in another thread of this
+                process gets the GIL within about a millisecond instead of after
+                the interpreter's switch interval (5 ms by default).  For callers
+                on a worker thread beside an event loop; ``AsyncDrainer`` sets it.
+
         Returns:
             The number of distinct rows written or deleted.
         """
-        latest: dict[tuple[str, bytes], bytes | None] = {}
-        known_categories: set[str] = set()
-        for ch in changes:
-            category, key, value = ch.category, ch.key, ch.value
-            # Fast paths for the common exact types; the checks give the messages.
-            if type(category) is not str or category not in known_categories:
-                known_categories.add(check_category(category))
-            if type(key) is not bytes or len(key) > MAX_KEY_LEN:
-                key = check_key(key)
-            if value is not None and (type(value) is not bytes or len(value) > MAX_VALUE_LEN):
-                value = check_value(value)
-            latest[(category, key)] = value
+        latest = _coalesce(list(map(_CHANGE_FIELDS, changes)))
         if not latest:
             return 0
         with self._mutex:
             cipher = self._writable()
-            upserts, deletes = cipher.seal_changes(latest.items(), len(latest))
+            upserts, deletes = cipher.seal_changes(
+                latest.items(), len(latest), pause=_YIELD_PAUSE if yield_gil else 0.0
+            )
             with self._write_txn() as conn:
                 if upserts:
-                    conn.executemany(
-                        "INSERT INTO keystore_rows (category, key_hash, value) VALUES (?, ?, ?)"
-                        " ON CONFLICT (category, key_hash) DO UPDATE SET value = excluded.value",
-                        upserts,
-                    )
+                    _upsert_rows(conn, upserts)
                     conn.execute(
                         "UPDATE keystore_counters SET value = value + ? WHERE name = 'encryptions'",
                         (len(upserts),),
