@@ -11,6 +11,16 @@ fi
 cache="${MLS_INTEROP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mls-keystore/interop-npm}"
 mkdir -p "$cache"
 cp "$here/package.json" "$here/package-lock.json" "$cache/"
-(cd "$cache" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
+# A registry hiccup should not fail CI: up to three attempts, then fail loudly.
+for attempt in 1 2 3; do
+  if (cd "$cache" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error); then
+    break
+  fi
+  if [ "$attempt" -eq 3 ]; then
+    echo "npm ci failed three times: the interop peers are not installed" >&2
+    exit 1
+  fi
+  sleep 5
+done
 ln -sfn "$cache/node_modules" "$here/node_modules"
 echo "interop peers installed in $cache/node_modules"
