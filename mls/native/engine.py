@@ -170,6 +170,9 @@ CATEGORY_SHARED_LEAF_KEYS = "native/v1/last_resort_leaf_key"
 DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 _SKEW = 3600
 _T = TypeVar("_T")
+#: Credential types our leaves advertise: groups made by other clients (OpenMLS in Wire's
+#: core-crypto) require X.509 in required_capabilities and refuse key packages without it.
+_CREDENTIAL_TYPES = (CredentialType.BASIC, CredentialType.X509)
 
 
 class ProcessedKind(enum.StrEnum):
@@ -419,7 +422,7 @@ class NativeEngine:
         types = {e.extension_type for e in (*leaf_extensions, *extensions)}
         custom = tuple(sorted(types - DEFAULT_EXTENSION_TYPES))
         return Capabilities(
-            (PROTOCOL_VERSION_MLS10,), tuple(sorted(SUITES)), custom, (), (CredentialType.BASIC,)
+            (PROTOCOL_VERSION_MLS10,), tuple(sorted(SUITES)), custom, (), _CREDENTIAL_TYPES
         )
 
     def key_package_refs(self) -> list[bytes]:
