@@ -42,7 +42,7 @@ from keystore.vault import Change, ChangeLike, Snapshot, Vault
 
 if TYPE_CHECKING:
     from keystore.backends.postgres import LeaseManager, PostgresDatabase, PostgresUnavailable
-    from keystore.postgres_vault import PostgresVault
+    from keystore.postgres_vault import PostgresAddress, PostgresVault
     from keystore.reports import CategoryStats, RowFailure, StatsReport, VerifyReport
 
 def _version() -> str:
@@ -68,6 +68,7 @@ _LAZY_POSTGRES = {
     "PostgresDatabase": "keystore.backends.postgres",
     "PostgresUnavailable": "keystore.backends.postgres",
     "PostgresVault": "keystore.postgres_vault",
+    "PostgresAddress": "keystore.postgres_vault",
 }
 
 
@@ -101,6 +102,7 @@ __all__ = [
     "MigrationError",
     "MigrationRequired",
     "NotAVault",
+    "PostgresAddress",
     "PostgresDatabase",
     "PostgresUnavailable",
     "PostgresVault",

@@ -21,6 +21,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ from keystore.backends.postgres import (
     DEFAULT_SCHEMA,
     PostgresBackend,
     PostgresDatabase,
+    _redact,
 )
 from keystore.cipher import (
     StoreCipher,
@@ -52,6 +54,7 @@ from keystore.header import (
 )
 from keystore.profiles import RFC_9106_LOW_MEMORY, KdfParameters
 from keystore.vault import (
+    _YIELD_PAUSE,
     MAX_KEY_LEN,
     MAX_VALUE_LEN,
     Change,
@@ -65,6 +68,7 @@ if TYPE_CHECKING:
     from keystore.reports import StatsReport, VerifyReport
 
 __all__ = [
+    "PostgresAddress",
     "PostgresVault",
     "import_export_file",
     "new_header",
@@ -130,7 +134,7 @@ def open_header(header: Header, kdf_id: int, secret: bytes) -> tuple[StoreCipher
 
 
 def seal_batch(
-    cipher: StoreCipher, changes: Iterable[ChangeLike]
+    cipher: StoreCipher, changes: Iterable[ChangeLike], *, pause: float = 0.0
 ) -> tuple[int, list[SealedRow], list[RowRef]]:
     """Validate, coalesce (last change to a row wins) and seal a batch.
 
@@ -150,7 +154,7 @@ def seal_batch(
         latest[(category, key)] = value
     if not latest:
         return 0, [], []
-    upserts, deletes = cipher.seal_changes(latest.items(), len(latest))
+    upserts, deletes = cipher.seal_changes(latest.items(), len(latest), pause=pause)
     return len(latest), upserts, deletes
 
 
@@ -584,12 +588,14 @@ class PostgresVault:
         """Delete one row if present (one transaction)."""
         self.apply((Change(category, key, None),))
 
-    def apply(self, changes: Iterable[ChangeLike]) -> int:
+    def apply(self, changes: Iterable[ChangeLike], *, yield_gil: bool = False) -> int:
         """Write and delete many rows in ONE fenced transaction: all applied or none.
 
         Repeated changes to one row are coalesced (the last wins).  A lost
         connection is retried (the batch is idempotent) for the database's
-        ``retry_for`` seconds.
+        ``retry_for`` seconds.  ``yield_gil`` pauses briefly while sealing a large
+        batch, as :meth:`keystore.Vault.apply` does, for an event loop in another
+        thread (``AsyncDrainer`` sets it).
 
         Returns:
             The number of distinct rows written or deleted.
@@ -601,7 +607,9 @@ class PostgresVault:
         """
         with self._mutex:
             cipher = self._writable()
-            count, upserts, deletes = seal_batch(cipher, changes)
+            count, upserts, deletes = seal_batch(
+                cipher, changes, pause=_YIELD_PAUSE if yield_gil else 0.0
+            )
             if count:
                 self._forget_snapshot()
                 self._backend.apply(upserts, deletes)
@@ -777,6 +785,84 @@ class PostgresVault:
                         reason=str(exc).split(" in category")[0],
                     ))
         return VerifyReport(ok=not failures, rows_checked=len(rows), failures=failures)
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresAddress:
+    """Where one vault lives in PostgreSQL: a database, and the vault's name or store id.
+
+    What :class:`mls.MlsClient` and the ``mls-keystore`` command take in place of a
+    file path, so the same code runs a client on a local file or on a shared server::
+
+        where = PostgresAddress(dsn, name="alice")          # or PostgresDatabase(...)
+        client = MlsClient.open(where, passphrase, timeout=10)
+
+    ``database`` is a DSN/URL (the vault then opens a private connection that it
+    closes with itself) or a :class:`~keystore.backends.postgres.PostgresDatabase`
+    shared by every vault of a worker (one connection, one lease renewer).  Its
+    ``repr`` never shows a password.
+    """
+
+    database: str | PostgresDatabase = field(repr=False)
+    name: str | None = None
+    store_id: bytes | None = None
+    schema: str = DEFAULT_SCHEMA
+    lease_ttl: float = DEFAULT_LEASE_TTL
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.database, (str, PostgresDatabase)):
+            raise TypeError("database must be a DSN string or a PostgresDatabase")
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise ValueError("name must be a non-empty string or None")
+        if self.store_id is not None and not isinstance(self.store_id, bytes):
+            raise TypeError("store_id must be bytes or None")
+        if self.name is not None and self.store_id is not None:
+            raise ValueError("give the vault's name or its store id, not both")
+
+    def __repr__(self) -> str:
+        where = (self.database.location if isinstance(self.database, PostgresDatabase)
+                 else _redact(self.database))
+        which = (f"name={self.name!r}" if self.name is not None else
+                 f"store_id={self.store_id.hex()}" if self.store_id is not None else "new")
+        return f"PostgresAddress({where}, {which})"
+
+    def create_vault(
+        self, passphrase: str | bytes, kdf: KdfParameters = RFC_9106_LOW_MEMORY
+    ) -> PostgresVault:
+        """A new passphrase vault here, unlocked and holding its lease (see ``create``).
+
+        Raises:
+            ValueError: the address names a store id (a new vault draws its own).
+            FileExistsError: the name is taken.
+        """
+        self._check_new()
+        return PostgresVault.create(self.database, passphrase, kdf, name=self.name,
+                                    schema=self.schema, lease_ttl=self.lease_ttl)
+
+    def create_vault_with_key(self, key: bytes) -> PostgresVault:
+        """A new vault keyed by a caller-held 32-byte key (see ``create_with_key``)."""
+        self._check_new()
+        return PostgresVault.create_with_key(self.database, key, name=self.name,
+                                             schema=self.schema, lease_ttl=self.lease_ttl)
+
+    def open_vault(
+        self, *, readonly: bool = False, timeout: float = 0.0, auto_migrate: bool = False
+    ) -> PostgresVault:
+        """Open the vault, locked; a writable open takes its lease (see ``open``).
+
+        Raises:
+            ValueError: the address names no vault.  NotAVault, VaultBusy: as ``open``.
+        """
+        if self.name is None and self.store_id is None:
+            raise ValueError("the address names no vault: give name= or store_id=")
+        return PostgresVault.open(self.database, store_id=self.store_id, name=self.name,
+                                  readonly=readonly, timeout=timeout,
+                                  auto_migrate=auto_migrate, schema=self.schema,
+                                  lease_ttl=self.lease_ttl)
+
+    def _check_new(self) -> None:
+        if self.store_id is not None:
+            raise ValueError("a new vault draws its own store id: address it by name")
 
 
 def import_export_file(

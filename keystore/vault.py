@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from keystore import migrations, safefile
 from keystore import sqlcipher as sqlcipher_layer
@@ -80,7 +80,9 @@ if TYPE_CHECKING:
     # pydantic costs ~0.5 s of import time; the reports load only when a report is made.
     from keystore.reports import KdfInfo, StatsReport, VerifyReport
 
-__all__ = ["MAX_KEY_LEN", "MAX_VALUE_LEN", "Change", "ChangeLike", "Snapshot", "Vault"]
+__all__ = [
+    "MAX_KEY_LEN", "MAX_VALUE_LEN", "Change", "ChangeLike", "RowVault", "Snapshot", "Vault",
+]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 MAX_KEY_LEN = 64 * 1024
@@ -122,6 +124,29 @@ class Change:
     category: str
     key: bytes
     value: bytes | None
+
+
+@runtime_checkable
+class RowVault(Protocol):
+    """An unlocked vault as the layers above it use it, whatever stores it.
+
+    ``GranularStorage.load`` reads every row with :meth:`open_rows`, the drainer
+    writes batches with :meth:`apply`; :class:`Vault` (SQLite) and
+    :class:`keystore.postgres_vault.PostgresVault` both provide them, so the MLS
+    layer is written once for both backends.
+    """
+
+    def apply(self, changes: Iterable[ChangeLike], *, yield_gil: bool = False) -> int:
+        """Land a batch in one transaction (all or nothing); the distinct rows written."""
+        ...
+
+    def open_rows(self) -> dict[str, dict[bytes, bytes]]:
+        """Every row, authenticated: ``{category: {key: value}}``."""
+        ...
+
+    def close(self) -> None:
+        """Lock and release the vault (idempotent)."""
+        ...
 
 
 def check_category(category: object) -> str:

@@ -64,6 +64,7 @@ from mls.receipts import DEFAULT_RECEIPT_RETENTION, ReceiptLog, Received
 from mls.storage import GranularStorage
 
 if TYPE_CHECKING:
+    from keystore.postgres_vault import PostgresAddress, PostgresVault
     from mls.engines.mlsrs import MlsRsAdapter
     from mls.engines.native import NativeAdapter
     from mls.native.identity import CredentialValidator
@@ -182,6 +183,17 @@ def _changes(before: list[Member], after: list[Member], epoch: int) -> CommitCha
     return CommitChanges(epoch, tuple(added), tuple(removed), tuple(updated))
 
 
+def _postgres_address(where: object, *, sqlcipher: bool) -> PostgresAddress:
+    """``where`` (not a file path), checked to be the address of a PostgreSQL vault."""
+    from keystore.postgres_vault import PostgresAddress
+
+    if not isinstance(where, PostgresAddress):
+        raise TypeError("give a vault path or a keystore.PostgresAddress")
+    if sqlcipher:
+        raise ValueError("sqlcipher=True encrypts a SQLite file; it has no meaning on PostgreSQL")
+    return where
+
+
 class MlsClient:
     """An MLS client persisted in an encrypted vault.  See the module docstring.
 
@@ -198,7 +210,7 @@ class MlsClient:
 
     def __init__(
         self,
-        vault: Vault,
+        vault: Vault | PostgresVault,
         storage: GranularStorage,
         *,
         engine: EngineName | None = None,
@@ -243,7 +255,7 @@ class MlsClient:
     @classmethod
     def create(
         cls,
-        vault_path: str | os.PathLike[str],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
         passphrase: str | bytes,
         *,
         identity: bytes,
@@ -278,13 +290,23 @@ class MlsClient:
                 credentials, one leaf per identity, identities never change).  Pass it
                 again to :meth:`open`: it is code, not stored.
 
+        ``vault_path`` may be a :class:`keystore.PostgresAddress` instead of a path: the
+        vault is then made in PostgreSQL (under the address's name), and this client
+        holds its writer lease until :meth:`close` (``sqlcipher`` has no meaning there).
+
         Raises:
-            FileExistsError: something is already at ``vault_path``; it is left alone.
+            FileExistsError: something is already at ``vault_path`` (or the name is
+                taken in PostgreSQL); it is left alone.
             MlsRsUnavailable: ``engine="mls-rs"`` without the extra; no file is made.
             Unsupported: the cipher suite is not offered by the engine; no file is made.
         """
+        def make_vault() -> Vault | PostgresVault:
+            if isinstance(vault_path, (str, os.PathLike)):
+                return Vault.create(vault_path, passphrase, kdf=kdf, sqlcipher=sqlcipher)
+            return _postgres_address(vault_path, sqlcipher=sqlcipher).create_vault(passphrase, kdf)
+
         return cls._create(
-            lambda: Vault.create(vault_path, passphrase, kdf=kdf, sqlcipher=sqlcipher),
+            make_vault,
             identity=identity,
             engine=engine,
             epoch_retention=epoch_retention,
@@ -297,7 +319,7 @@ class MlsClient:
     @classmethod
     def create_with_key(
         cls,
-        vault_path: str | os.PathLike[str],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
         key: bytes,
         *,
         identity: bytes,
@@ -313,8 +335,13 @@ class MlsClient:
 
         For applications that already hold a strong secret, e.g. in the OS keychain.
         """
+        def make_vault() -> Vault | PostgresVault:
+            if isinstance(vault_path, (str, os.PathLike)):
+                return Vault.create_with_key(vault_path, key, sqlcipher=sqlcipher)
+            return _postgres_address(vault_path, sqlcipher=sqlcipher).create_vault_with_key(key)
+
         return cls._create(
-            lambda: Vault.create_with_key(vault_path, key, sqlcipher=sqlcipher),
+            make_vault,
             identity=identity,
             engine=engine,
             epoch_retention=epoch_retention,
@@ -327,7 +354,7 @@ class MlsClient:
     @classmethod
     def _create(
         cls,
-        make_vault: Callable[[], Vault],
+        make_vault: Callable[[], Vault | PostgresVault],
         *,
         identity: bytes,
         engine: EngineName,
@@ -385,7 +412,7 @@ class MlsClient:
     @classmethod
     def open(
         cls,
-        vault_path: str | os.PathLike[str],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
         passphrase: str | bytes,
         *,
         timeout: float = 0.0,
@@ -401,6 +428,12 @@ class MlsClient:
         restore would overwrite.  A SQLCipher vault is recognised by its header file.
         ``engine=None`` (the default) runs the engine the vault was created with;
         naming an engine checks that it is that one.
+
+        ``vault_path`` may be a :class:`keystore.PostgresAddress`: the client then takes
+        the vault's writer lease (waiting up to ``timeout`` seconds for another worker's
+        to be released or to expire) and holds it until :meth:`close`.  If another
+        worker takes the lease over meanwhile, every call that would write raises
+        :class:`keystore.LeaseLost` and writes nothing: drop this client.
 
         Raises:
             VaultBusy: the vault is open elsewhere (after ``timeout`` seconds).
@@ -422,7 +455,7 @@ class MlsClient:
     @classmethod
     def open_with_key(
         cls,
-        vault_path: str | os.PathLike[str],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
         key: bytes,
         *,
         timeout: float = 0.0,
@@ -447,8 +480,8 @@ class MlsClient:
     @classmethod
     def _open(
         cls,
-        vault_path: str | os.PathLike[str],
-        unlock: Callable[[Vault], None],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
+        unlock: Callable[[Vault | PostgresVault], None],
         *,
         timeout: float,
         engine: EngineName | None,
@@ -462,7 +495,11 @@ class MlsClient:
             from mls.mlsrs import load_binding
 
             load_binding()  # fail before the vault is touched
-        vault = Vault.open(Path(vault_path), timeout=timeout)
+        vault: Vault | PostgresVault
+        if isinstance(vault_path, (str, os.PathLike)):
+            vault = Vault.open(Path(vault_path), timeout=timeout)
+        else:
+            vault = _postgres_address(vault_path, sqlcipher=False).open_vault(timeout=timeout)
         try:
             unlock(vault)
             storage = GranularStorage.load(vault)
@@ -522,7 +559,7 @@ class MlsClient:
         return self._max_message_size
 
     @property
-    def vault(self) -> Vault:
+    def vault(self) -> Vault | PostgresVault:
         """The underlying vault (for stats and verify; do not write to it directly)."""
         return self._vault
 
@@ -1171,7 +1208,7 @@ class NativeClient(MlsClient):
     @classmethod
     def create(
         cls,
-        vault_path: str | os.PathLike[str],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
         passphrase: str | bytes,
         **kwargs: Any,
     ) -> MlsClient:
@@ -1187,7 +1224,7 @@ class NativeClient(MlsClient):
     @classmethod
     def open(
         cls,
-        vault_path: str | os.PathLike[str],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
         passphrase: str | bytes,
         **kwargs: Any,
     ) -> MlsClient:
@@ -1345,7 +1382,7 @@ class AsyncMlsClient:
         return self._client.engine_name
 
     @property
-    def vault(self) -> Vault:
+    def vault(self) -> Vault | PostgresVault:
         """See :attr:`MlsClient.vault`."""
         return self._client.vault
 

@@ -28,7 +28,7 @@ from keystore.errors import KeystoreError
 from mls.storage import StorageEvent
 
 if TYPE_CHECKING:
-    from keystore.vault import Vault
+    from keystore.vault import RowVault
     from mls.storage import GranularStorage
 
 __all__ = [
@@ -73,7 +73,7 @@ class _Flusher:
     def __init__(
         self,
         storage: GranularStorage,
-        vault: Vault,
+        vault: RowVault,
         *,
         interval: float,
         threshold: int,
@@ -206,7 +206,7 @@ class WriteBehindDrainer(_DrainerStats):
     def __init__(
         self,
         storage: GranularStorage,
-        vault: Vault,
+        vault: RowVault,
         interval: float = DEFAULT_INTERVAL,
         *,
         threshold: int = DEFAULT_THRESHOLD,
@@ -327,7 +327,7 @@ class AsyncDrainer(_DrainerStats):
     def __init__(
         self,
         storage: GranularStorage,
-        vault: Vault,
+        vault: RowVault,
         interval: float = DEFAULT_INTERVAL,
         *,
         threshold: int = DEFAULT_THRESHOLD,

@@ -51,7 +51,7 @@ from mls.errors import MlsError
 from mls.provider import StorageProvider
 
 if TYPE_CHECKING:
-    from keystore.vault import Vault
+    from keystore.vault import RowVault
 
 __all__ = [
     "DEFAULT_MAX_PENDING_BYTES",
@@ -588,7 +588,7 @@ class GranularStorage:
     @classmethod
     def load(
         cls,
-        vault: Vault,
+        vault: RowVault,
         *,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
@@ -607,7 +607,7 @@ class GranularStorage:
         storage.rehydrate(vault)
         return storage
 
-    def rehydrate(self, vault: Vault) -> None:
+    def rehydrate(self, vault: RowVault) -> None:
         """Fill a fresh storage from the vault; refused once it has held anything.
 
         Raises:

@@ -111,8 +111,8 @@ def test_a_server_that_is_down_raises_vault_io_error_and_the_drainer_requeues(
     db = PostgresDatabase(pg_dsn, schema=pg_schema, retry_for=0.5, lease_ttl=60)
     try:
         v = PostgresVault.create(db, PASSPHRASE, FAST_KDF)
-        storage = GranularStorage.load(v)  # type: ignore[arg-type]
-        drainer = WriteBehindDrainer(storage, v)  # type: ignore[arg-type]
+        storage = GranularStorage.load(v)
+        drainer = WriteBehindDrainer(storage, v)
         storage.write("c", b"k", b"written while the server was down")
         pg_server.stop("fast")  # type: ignore[attr-defined]
         try:

@@ -129,7 +129,7 @@ def test_a_killed_holder_is_taken_over_and_nothing_acknowledged_is_lost(
     PostgresVault.create(pg_db, PASSPHRASE, FAST_KDF, name="drain").close()
     holder = _worker("drain", pg_db.dsn, pg_db.schema, "drain", "3")
     procs.append(holder)
-    acked = []
+    acked: list[int] = []
     while len(acked) < 40:
         line = _line(holder)
         assert line.startswith("ack "), line
@@ -219,8 +219,8 @@ def test_the_drainer_keeps_a_batch_refused_by_a_lost_lease(pg_dsn: str, pg_schem
     w2 = PostgresDatabase(pg_dsn, schema=pg_schema, lease_ttl=30, renew=False)
     try:
         v = PostgresVault.create(w1, PASSPHRASE, FAST_KDF, name="d")
-        storage = GranularStorage.load(v)  # type: ignore[arg-type]
-        drainer = WriteBehindDrainer(storage, v)  # type: ignore[arg-type]
+        storage = GranularStorage.load(v)
+        drainer = WriteBehindDrainer(storage, v)
         time.sleep(1.2)
         taker = PostgresVault.open(w2, name="d")
         storage.write("c", b"k", b"late")

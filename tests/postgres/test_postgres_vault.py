@@ -190,15 +190,15 @@ def test_granular_storage_loads_and_drains_through_a_postgres_vault(
 ) -> None:
     """The MLS layer's storage rehydrates from, and write-behind drains into, Postgres."""
     with PostgresVault.create(pg_db, PASSPHRASE, FAST_KDF, name="mls") as v:
-        storage = GranularStorage.load(v)  # type: ignore[arg-type]
-        drainer = WriteBehindDrainer(storage, v)  # type: ignore[arg-type]
+        storage = GranularStorage.load(v)
+        drainer = WriteBehindDrainer(storage, v)
         storage.write("groups", b"g", b"group state")
         storage.write("key_packages", b"kp", b"package")
         drainer.flush()
         drainer.close()
     with PostgresVault.open(pg_db, name="mls") as v:
         v.unlock(PASSPHRASE)
-        loaded = GranularStorage.load(v)  # type: ignore[arg-type]
+        loaded = GranularStorage.load(v)
         assert loaded.read("groups", b"g") == b"group state"
         assert loaded.categories() == ["groups", "key_packages"]
 

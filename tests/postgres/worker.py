@@ -10,9 +10,14 @@ Commands (all print one line per event, flushed, so the test can follow along):
 * ``stale DSN SCHEMA NAME TTL`` — open and unlock, print ``ready EPOCH``, wait for a
   line on stdin, then try to write row ``stale`` and print ``wrote`` or
   ``leaselost`` (or ``error TYPE``).
-* ``mls-send DSN SCHEMA NAME TTL GROUP_HEX`` — run the native MLS client of the vault
+* ``mls-send DSN SCHEMA NAME TTL GROUP_HEX`` — open the vault's MLS client
+  (``MlsClient.open`` on a :class:`~keystore.PostgresAddress`, which takes the lease)
   and encrypt ``msg-N`` in the group forever, printing ``ack N CIPHERTEXT_HEX`` only
   after ``encrypt`` returned (the state it advanced is durable then).
+* ``mls-stale DSN SCHEMA NAME TTL GROUP_HEX COUNT`` — open the MLS client, send
+  ``COUNT`` messages as ``mls-send`` does, print ``ready``, wait for a line on stdin,
+  then try to send ``stale``: print ``sent CIPHERTEXT_HEX``, ``leaselost`` or
+  ``error TYPE``; then try to close the client and print ``closed``.
 * ``stall DSN SCHEMA NAME TTL`` — open and unlock, then apply row ``stalled`` with
   the apply stopping inside its transaction (after the fencing update): print
   ``in-txn``, sleep 2 s there, go on; print ``wrote``, ``leaselost`` or ``error TYPE``.
@@ -23,13 +28,14 @@ Commands (all print one line per event, flushed, so the test can follow along):
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from keystore import profiles
 from keystore.backends import postgres
 from keystore.backends.postgres import PostgresDatabase
 from keystore.errors import LeaseLost, VaultBusy
-from keystore.postgres_vault import PostgresVault
+from keystore.postgres_vault import PostgresAddress, PostgresVault
 
 PASSPHRASE = "correct horse battery staple"
 FAST_KDF = profiles.INSECURE_FOR_TESTS_ONLY
@@ -57,6 +63,8 @@ def main(argv: list[str]) -> int:
         return 0
     name, ttl = argv[3], float(argv[4])
     db = PostgresDatabase(dsn, schema=schema, lease_ttl=ttl)
+    if cmd in ("mls-send", "mls-stale"):
+        return _mls(cmd, PostgresAddress(db, name=name), bytes.fromhex(argv[5]), argv[6:])
     if cmd == "hold":
         try:
             vault = PostgresVault.open(db, name=name)
@@ -75,23 +83,12 @@ def main(argv: list[str]) -> int:
         from mls.storage import GranularStorage
 
         storage = GranularStorage.load(vault)
-        drainer = WriteBehindDrainer(storage, vault)  # type: ignore[arg-type]
+        drainer = WriteBehindDrainer(storage, vault)
         n = len(storage.keys("seq"))
         while True:
             storage.write("seq", b"seq-%d" % n, b"value-%d" % n)
             drainer.flush()
             say(f"ack {n}")
-            n += 1
-    if cmd == "mls-send":
-        from mls.native.client import NativeClient
-        from mls.storage import GranularStorage
-
-        group = bytes.fromhex(argv[5])
-        client = NativeClient(vault, GranularStorage.load(vault), retention=4)  # type: ignore[arg-type]
-        n = 0
-        while True:
-            ciphertext = client.encrypt(group, b"msg-%d" % n)
-            say(f"ack {n} {ciphertext.hex()}")
             n += 1
     if cmd == "stall":
         import time
@@ -122,6 +119,31 @@ def main(argv: list[str]) -> int:
             say(f"error {type(exc).__name__}")
         return 0
     raise SystemExit(f"unknown command {cmd}")
+
+
+def _mls(cmd: str, where: PostgresAddress, group: bytes, rest: list[str]) -> int:
+    """The MLS commands: a client of the vault, sending in ``group``."""
+    from mls import MlsClient
+
+    client = MlsClient.open(where, PASSPHRASE, timeout=15, epoch_retention=4)
+    count = int(rest[0]) if cmd == "mls-stale" else -1
+    n = 0
+    while n != count:
+        ciphertext = client.encrypt(group, b"msg-%d" % n)
+        say(f"ack {n} {ciphertext.hex()}")
+        n += 1
+    say("ready")
+    sys.stdin.readline()
+    try:
+        say(f"sent {client.encrypt(group, b'stale').hex()}")
+    except LeaseLost:
+        say("leaselost")
+    except Exception as exc:
+        say(f"error {type(exc).__name__}")
+    with contextlib.suppress(LeaseLost):  # a fenced holder's close writes nothing either
+        client.close()
+    say("closed")
+    return 0
 
 
 if __name__ == "__main__":
