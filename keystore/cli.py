@@ -421,6 +421,14 @@ def _writer_pid(path: Path) -> int | None:
     return None
 
 
+def _on_postgres(args: argparse.Namespace) -> bool:
+    """``--dsn`` given, or PATH is a ``postgresql://`` URL: see keystore.cli_postgres."""
+    value = getattr(args, "path", None)
+    return bool(getattr(args, "dsn", None)) or (
+        isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
+    )
+
+
 def _step_info(m: migrations.Migration) -> StepInfo:
     return StepInfo(version=m.version, name=m.name, checksum=m.checksum,
                     needs_unlock=m.needs_keys)
@@ -535,6 +543,10 @@ def _status(path: Path) -> StatusReport:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.cmd_status(args)
     r = _status(Path(args.path))
     lines = [
         f"vault        {r.path} ({human_bytes(r.file_bytes)}"
@@ -557,6 +569,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.cmd_migrate(args)
+    if args.path is None:
+        raise UsageError("the following arguments are required: PATH")
     path = Path(args.path)
     sidecar = probe(path)
     if sidecar is not None:
@@ -753,6 +771,10 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.cmd_verify(args)
     path = Path(args.path)
     with Vault.open(path, readonly=True) as vault, Phases() as phases:
         _unlock(vault, args, phases)
@@ -771,6 +793,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.cmd_stats(args)
     path = Path(args.path)
     with Vault.open(path, readonly=True) as vault, Phases() as phases:
         _check_key_options(path, vault.kdf is None, args)
@@ -799,6 +825,10 @@ def _export_target(out: Path, vault_path: Path) -> Path:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.cmd_export(args)
     path = Path(args.path)
     out = _export_target(Path(args.out), path)
     kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
@@ -861,6 +891,10 @@ def _check_backup_passphrase(src: Path, passphrase: str, phases: Phases) -> str:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.cmd_import(args)
     src, dest = Path(args.input), Path(args.path)
     kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
     if args.sqlcipher:
@@ -1044,6 +1078,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="Argon2id profile: RFC_9106_LOW_MEMORY (default) or "
                           "RFC_9106_HIGH_MEMORY")
     unlock = [common, passphrase, raw_key]
+    pg = _Parser(add_help=False)
+    pg.add_argument("--dsn", metavar="DSN",
+                    help="the vault is in this PostgreSQL database; PATH is its name "
+                         "(or give PATH as postgresql://.../DB#NAME); see docs/postgres.md")
+    pg.add_argument("--schema", metavar="NAME", default="mls_keystore",
+                    help="PostgreSQL schema holding the vaults (default mls_keystore)")
 
     parser = _Parser(prog=_PROG, description="Manage an mls-keystore vault.",
                      epilog="Exit codes: 0 ok, 1 failure found, 2 usage, 3 wrong passphrase, "
@@ -1069,13 +1109,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sqlcipher", action="store_true",
                    help="also encrypt the whole file with SQLCipher")
 
-    p = command("status", [common], "versions, pending migrations, KDF, store id "
+    p = command("status", [common, pg], "versions, pending migrations, KDF, store id "
                 "(no passphrase needed)", _cmd_status)
     p.add_argument("path", metavar="PATH")
 
-    p = command("migrate", unlock, "upgrade the schema (after a backup beside the vault)",
+    p = command("migrate", [*unlock, pg], "upgrade the schema (after a backup beside the "
+                "vault; PostgreSQL: of the whole database, each step in one transaction)",
                 _cmd_migrate)
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", nargs="?",
+                   help="the vault file (with --dsn: not needed)")
     p.add_argument("--dry-run", action="store_true", help="list the steps, write nothing")
     p.add_argument("--to", type=int, metavar="N", help="stop at schema version N")
     p.add_argument("--no-backup", action="store_true", help="do not copy the vault first")
@@ -1092,15 +1134,15 @@ def _parser() -> argparse.ArgumentParser:
     p = command("rekey", unlock, "new data key, every row re-encrypted", _cmd_rekey)
     p.add_argument("path", metavar="PATH")
 
-    p = command("verify", unlock, "decrypt and check every row", _cmd_verify)
+    p = command("verify", [*unlock, pg], "decrypt and check every row", _cmd_verify)
     p.add_argument("path", metavar="PATH")
 
-    p = command("stats", unlock, "rows and bytes per category, nonce budget "
+    p = command("stats", [*unlock, pg], "rows and bytes per category, nonce budget "
                 "(passphrase only for SQLCipher)", _cmd_stats)
     p.add_argument("path", metavar="PATH")
 
     backup_help = "read the backup passphrase from FILE (else a prompt)"
-    p = command("export", [*unlock, kdf], "write every row to an encrypted export file",
+    p = command("export", [*unlock, kdf, pg], "write every row to an encrypted export file",
                 _cmd_export)
     p.add_argument("path", metavar="PATH")
     p.add_argument("out", metavar="OUT", help="the export file, or a folder to put "
@@ -1108,7 +1150,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backup-passphrase-file", metavar="FILE", help=backup_help)
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
-    p = command("import", [common, passphrase, kdf],
+    p = command("import", [common, passphrase, kdf, pg],
                 "restore an export file into a new vault (new store id, new keys)", _cmd_import)
     p.add_argument("input", metavar="IN")
     p.add_argument("path", metavar="PATH")

@@ -44,7 +44,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
@@ -66,6 +66,9 @@ from keystore.vault import (
     check_key,
     check_value,
 )
+
+if TYPE_CHECKING:
+    from keystore.postgres_vault import PostgresVault
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -377,7 +380,7 @@ def _import_step(name: str) -> None:
 
 
 def export_vault(
-    vault: Vault,
+    vault: Vault | PostgresVault,
     out_path: str | os.PathLike[str],
     backup_passphrase: str | bytes,
     kdf: KdfParameters = RFC_9106_LOW_MEMORY,

@@ -405,6 +405,11 @@ class PostgresVault:
         return self._header.store_id
 
     @property
+    def database(self) -> PostgresDatabase:
+        """The database handle this vault was opened through."""
+        return self._db
+
+    @property
     def name(self) -> str | None:
         """The vault's unique name in its database, if it was given one."""
         return self._name

@@ -370,6 +370,47 @@ class PostgresDatabase:
         """The schema version recorded in the database (0: not installed).  Never writes."""
         return self.run(lambda conn: self._records(conn).version)
 
+    def migration_records(self) -> list[tuple[int, str, str, str]]:
+        """The applied steps, ``(version, name, checksum, applied_at)``.  Never writes."""
+        s = self.schema
+        if self.schema_version() == 0:
+            return []
+        rows = self.run(
+            lambda conn: conn.execute(
+                f"SELECT version, name, checksum, applied_at::text"
+                f" FROM {s}.schema_migrations ORDER BY version"
+            ).fetchall()
+        )
+        return [(int(v), str(n), str(c), str(a)) for v, n, c, a in rows]
+
+    def schema_problems(self) -> list[str]:
+        """What is wrong with the recorded steps (unknown, edited, missing); never writes."""
+        try:
+            self._check_records(self.run(self._records))
+        except (MigrationError, SchemaTooNew) as exc:
+            return [str(exc)]
+        return []
+
+    def lease_state(self, store_id: bytes) -> tuple[str | None, str | None, int, bool]:
+        """``(holder, expires, epoch, live)`` of a vault's writer lease, by the server's
+        clock.  Never writes; for reports (``mls-keystore status``).
+
+        Raises:
+            NotAVault: no such vault.
+        """
+        s = self.schema
+        row = self.run(
+            lambda conn: conn.execute(
+                f"SELECT lease_holder, lease_expires::text, lease_epoch,"
+                f" coalesce(lease_expires > statement_timestamp(), false)"
+                f" FROM {s}.stores WHERE store_id = %s",
+                (bytes(store_id),),
+            ).fetchone()
+        )
+        if row is None:
+            raise NotAVault(f"no vault with id {store_id.hex()} in {self.location}")
+        return row[0], row[1], int(row[2]), bool(row[3])
+
     def check_schema(self, *, auto_migrate: bool = False) -> int:
         """Check the schema; install or upgrade it when it is absent or ``auto_migrate``.
 

@@ -80,7 +80,7 @@ def test_export_from_postgres_and_import_into_either_backend(
     rows = {("groups", b"g%d" % i): b"state %d" % i for i in range(30)}
     with PostgresVault.create(pg_db, PASSPHRASE, FAST_KDF, name="src") as pv:
         pv.apply([Change(c, k, v) for (c, k), v in rows.items()])
-        export_vault(pv, tmp_path / "pg.export", "backup pass", FAST_KDF)  # type: ignore[arg-type]
+        export_vault(pv, tmp_path / "pg.export", "backup pass", FAST_KDF)
     import_vault(tmp_path / "pg.export", tmp_path / "restored.vault", "backup pass",
                  PASSPHRASE, FAST_KDF)
     with Vault.open(tmp_path / "restored.vault") as sv:

@@ -1,0 +1,331 @@
+"""The ``mls-keystore`` commands on a vault kept in PostgreSQL (``--dsn``, or a URL).
+
+A vault in PostgreSQL is addressed by its database and its name:
+``--dsn DSN NAME`` (``--schema`` when not the default), or one argument
+``postgresql://user@host/db#NAME`` (the part after ``#`` is the vault's name and is
+never sent to the server).  ``id:HEX`` in place of a name addresses a vault by its
+store id.  ``status``, ``verify``, ``stats``, ``export``, ``import`` and ``migrate``
+work on one; the other commands refuse ``--dsn`` (argparse does not offer it there).
+
+Reading commands (``status``, ``verify``, ``stats``, ``export``) open the vault
+read-only: they take no writer lease, so they run beside the worker that holds it.
+``import`` creates a new vault (and refuses a name that is taken; nothing is ever
+replaced in a database).  ``migrate`` upgrades the database's schema, each step in
+one transaction (no backup file: use the server's own backups).
+
+Put the database password in ``PGPASSWORD`` or a ``~/.pgpass`` file rather than in
+the DSN: a command line is visible to every user through ``ps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from keystore import profiles
+from keystore.cli import (
+    _SOURCE_HINT,
+    AppliedInfo,
+    MigrateReport,
+    StepInfo,
+    TransferReport,
+    _check_backup_passphrase,
+    _check_export_file,
+    _emit,
+    _export_target,
+    _kdf_choice,
+    _kdf_info,
+    _kdf_text,
+    _migrate_lines,
+    _new_passphrase,
+    _new_secondary,
+    _raw_key,
+    _warn,
+    _weaker_than_default,
+)
+from keystore.cli_common import ExitCode, UsageError
+from keystore.cli_progress import Phases, human_bytes, plural
+from keystore.export import export_vault
+from keystore.passphrase import use_secret
+from keystore.reports import KdfInfo, StatsReport, VerifyReport
+
+if TYPE_CHECKING:
+    from keystore.postgres_vault import PostgresAddress, PostgresVault
+
+__all__ = [
+    "cmd_export", "cmd_import", "cmd_migrate", "cmd_stats", "cmd_status", "cmd_verify",
+    "postgres_address",
+]
+
+_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+class PostgresStatusReport(BaseModel):
+    """What ``status`` reports for a vault in PostgreSQL (no passphrase needed)."""
+
+    location: str
+    name: str | None
+    store_id: str
+    schema_version: int
+    latest_schema_version: int
+    applied: list[AppliedInfo]
+    pending: list[StepInfo]
+    problems: list[str]
+    kdf: KdfInfo
+    needs_rehash: bool
+    key_generation: int
+    rows: int
+    bytes: int
+    lease_holder: str | None
+    lease_expires: str | None
+    lease_epoch: int
+    lease_live: bool
+
+
+def _dsn_and_vault(args: argparse.Namespace, positional: str) -> tuple[str, str | None]:
+    value: str | None = getattr(args, positional, None)
+    if getattr(args, "dsn", None):
+        if value is not None and value.startswith(_URL_SCHEMES):
+            raise UsageError("give the database either with --dsn or as a URL, not both")
+        return str(args.dsn), value
+    assert value is not None
+    dsn, _, vault = value.partition("#")
+    return dsn, (vault or None)
+
+
+def postgres_address(args: argparse.Namespace, positional: str = "path") -> PostgresAddress:
+    """The :class:`keystore.PostgresAddress` the arguments name (a vault is required)."""
+    from keystore.postgres_vault import PostgresAddress
+
+    dsn, vault = _dsn_and_vault(args, positional)
+    if not vault:
+        raise UsageError(
+            "name the vault: --dsn DSN NAME, or postgresql://.../DB#NAME (id:HEX for a "
+            "store id)"
+        )
+    if vault.startswith("id:"):
+        try:
+            store_id = bytes.fromhex(vault[3:])
+        except ValueError:
+            raise UsageError(f"{vault!r} is not id: followed by a hex store id") from None
+        return PostgresAddress(dsn, store_id=store_id, schema=args.schema)
+    return PostgresAddress(dsn, name=vault, schema=args.schema)
+
+
+def _open(args: argparse.Namespace, *, readonly: bool) -> PostgresVault:
+    return postgres_address(args).open_vault(readonly=readonly)
+
+
+def _unlock(vault: PostgresVault, args: argparse.Namespace, phases: Phases) -> None:
+    """Unlock with the raw key file or the passphrase, whichever the vault needs."""
+    raw_key_file = getattr(args, "raw_key_file", None)
+    if vault.kdf is None:
+        if not raw_key_file:
+            raise UsageError(f"vault {vault.location} is keyed by a raw key: pass "
+                             "--raw-key-file FILE")
+        key = _raw_key(raw_key_file)
+        with phases.step("deriving the key"):
+            vault.unlock_with_key(key)
+        return
+    if raw_key_file:
+        raise UsageError(f"vault {vault.location} is protected by a passphrase, not a raw "
+                         f"key: drop --raw-key-file ({_SOURCE_HINT})")
+
+    def attempt(passphrase: str) -> None:
+        with phases.step("deriving the key"):
+            vault.unlock(passphrase)
+
+    use_secret(
+        getattr(args, "passphrase_file", None), args.env_passphrase, attempt,
+        label="Vault passphrase", hint=_SOURCE_HINT, what="passphrase", warn=_warn,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``status`` of a vault in PostgreSQL: schema, steps, KDF, rows, writer lease."""
+    from keystore.backends.postgres import PG_LATEST_VERSION, PG_MIGRATIONS
+
+    with _open(args, readonly=True) as vault:
+        db = vault.database
+        version = db.schema_version()
+        shipped = {m.version: m for m in PG_MIGRATIONS}
+        applied = [
+            AppliedInfo(version=v, name=n, checksum=c, applied_at=at,
+                        matches_shipped=shipped[v].checksum == c if v in shipped else None)
+            for v, n, c, at in db.migration_records()
+        ]
+        pending = [StepInfo(version=m.version, name=m.name, checksum=m.checksum,
+                            needs_unlock=m.needs_keys)
+                   for m in PG_MIGRATIONS if m.version > version]
+        holder, expires, epoch, live = db.lease_state(vault.store_id)
+        stats = vault.stats()
+        r = PostgresStatusReport(
+            location=vault.location, name=vault.name, store_id=vault.store_id.hex(),
+            schema_version=version, latest_schema_version=PG_LATEST_VERSION,
+            applied=applied, pending=pending, problems=db.schema_problems(),
+            kdf=_kdf_info(vault.kdf), needs_rehash=_weaker_than_default(vault.kdf),
+            key_generation=stats.key_generation, rows=stats.total_rows,
+            bytes=stats.total_bytes, lease_holder=holder, lease_expires=expires,
+            lease_epoch=epoch, lease_live=live,
+        )
+    writer = ("none" if r.lease_holder is None else
+              f"{r.lease_holder} (epoch {r.lease_epoch}, "
+              f"{'held until' if r.lease_live else 'expired at'} {r.lease_expires})")
+    lines = [
+        f"vault        {r.location}" + (f" name {r.name!r}" if r.name else ""),
+        f"store id     {r.store_id}",
+        f"schema       {r.schema_version} (this code: {r.latest_schema_version})",
+        f"key          {_kdf_text(r.kdf)}, generation {r.key_generation}"
+        + ("  [needs rehash]" if r.needs_rehash else ""),
+        f"rows         {r.rows} ({human_bytes(r.bytes)} sealed)",
+        f"writer       {writer}",
+    ]
+    lines += [f"pending      {s.version}: {s.name}" for s in r.pending]
+    lines += [f"PROBLEM      {p}" for p in r.problems]
+    _emit(args, r, lines)
+    return ExitCode.FAILURE if r.problems else ExitCode.OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """``migrate`` a database's schema: every pending step, each in one transaction."""
+    from keystore.backends.postgres import PG_LATEST_VERSION, PG_MIGRATIONS, PostgresDatabase
+
+    if args.to is not None and args.to != PG_LATEST_VERSION:
+        raise UsageError(f"--to with --dsn: only the latest version ({PG_LATEST_VERSION})")
+    dsn, _ = _dsn_and_vault(args, "path")
+    with PostgresDatabase(dsn, schema=args.schema, renew=False) as db:
+        version = db.schema_version()
+        problems = db.schema_problems()
+        if problems:
+            raise UsageError(problems[0])
+        steps = [m for m in PG_MIGRATIONS if m.version > version]
+        if steps and not args.dry_run:
+            with Phases() as phases, phases.step("migrating the schema"):
+                db.migrate()
+    report = MigrateReport(
+        path=db.location, dry_run=args.dry_run, from_version=version,
+        to_version=PG_LATEST_VERSION,
+        steps=[StepInfo(version=m.version, name=m.name, checksum=m.checksum,
+                        needs_unlock=m.needs_keys) for m in steps],
+        backup=None,
+    )
+    _emit(args, report, _migrate_lines(report))
+    return ExitCode.OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``verify`` every row of a vault in PostgreSQL (read-only: no lease taken)."""
+    with _open(args, readonly=True) as vault, Phases() as phases:
+        _unlock(vault, args, phases)
+        with phases.step("decrypting and checking every row"):
+            report: VerifyReport = vault.verify()
+    lines = [
+        f"FAILED  category={f.category} key_hash={f.key_hash}: {f.reason}"
+        for f in report.failures
+    ]
+    lines.append(
+        f"{plural(report.rows_checked, 'row')} checked, "
+        + ("all authentic" if report.ok else f"{len(report.failures)} failed authentication")
+    )
+    _emit(args, report, lines)
+    return ExitCode.OK if report.ok else ExitCode.FAILURE
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """``stats`` of a vault in PostgreSQL (no passphrase: the server sees these anyway)."""
+    with _open(args, readonly=True) as vault:
+        r: StatsReport = vault.stats()
+    width = max([len(c) for c in r.categories] + [8])
+    lines = [
+        f"vault {r.path}: {plural(r.total_rows, 'row')}, {human_bytes(r.total_bytes)} stored",
+        f"nonce budget: {r.encryptions} of {r.nonce_budget} encryptions under key generation "
+        f"{r.key_generation} ({r.budget_used:.6%})"
+        + ("; rekey recommended" if r.rekey_recommended else ""),
+        f"{'category':<{width}}  {'rows':>10}  {'bytes':>14}",
+    ]
+    lines += [f"{c:<{width}}  {s.rows:>10}  {s.bytes:>14}" for c, s in r.categories.items()]
+    _emit(args, r, lines)
+    return ExitCode.OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``export`` a vault in PostgreSQL to an export file (one consistent snapshot)."""
+    import os
+
+    from keystore.errors import VaultIOError
+
+    _, vault_name = _dsn_and_vault(args, "path")
+    out = _export_target(Path(args.out), Path(vault_name or "vault"))
+    kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
+    if not args.force and (out.exists() or out.is_symlink()):
+        raise UsageError(f"{out} already exists; refusing to overwrite it (use --force)")
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory; not replacing it")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise VaultIOError(f"cannot write {out}: the folder {out.parent} does not exist or "
+                           "is not writable")
+    with _open(args, readonly=True) as vault, Phases() as phases:
+        _unlock(vault, args, phases)
+        backup_pw = _new_secondary(args.backup_passphrase_file, "Backup passphrase",
+                                   "backup passphrase", "--backup-passphrase-file")
+        with phases.count("deriving the backup key and exporting", "rows",
+                          then="writing the file to disk") as update:
+            summary = export_vault(vault, out, backup_pw, kdf, overwrite=args.force,
+                                   progress=update)
+        source = vault.location
+    report = TransferReport(source=source, destination=str(out), rows=summary.rows,
+                            categories=summary.categories,
+                            plaintext_bytes=summary.plaintext_bytes, store_id=None)
+    _emit(args, report, [
+        f"exported {plural(report.rows, 'row')} in "
+        f"{plural(report.categories, 'category', 'categories')} "
+        f"({human_bytes(report.plaintext_bytes)}) from {source} to {out}"
+    ])
+    return ExitCode.OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``import`` an export file into a NEW vault in PostgreSQL (one transaction)."""
+    from keystore.postgres_vault import import_export_file
+
+    if args.sqlcipher:
+        raise UsageError("--sqlcipher makes a SQLCipher file; it has no meaning with --dsn")
+    if args.force:
+        raise UsageError("--force with --dsn: a vault in a database is never replaced; "
+                         "import under a new name")
+    address = postgres_address(args)
+    if address.name is None:
+        raise UsageError("a new vault in PostgreSQL is addressed by a name, not id:HEX")
+    src = Path(args.input)
+    kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
+    _check_export_file(src)
+    with Phases() as phases:
+        backup_pw = use_secret(
+            args.backup_passphrase_file, None,
+            lambda p: _check_backup_passphrase(src, p, phases),
+            label="Backup passphrase", hint="use --backup-passphrase-file FILE",
+            what="backup passphrase", warn=_warn,
+        )
+        vault_pw = _new_passphrase(args)
+        with phases.step("deriving keys and importing in one transaction"):
+            vault = import_export_file(address.database, src, backup_pw, vault_pw, kdf,
+                                       name=address.name, schema=address.schema)
+        try:
+            stats = vault.stats()
+            location, store = vault.location, vault.store_id
+            plain = sum(len(k) + len(v) for rows in vault.open_rows().values()
+                        for k, v in rows.items())
+        finally:
+            vault.close()
+    report = TransferReport(source=str(src), destination=location, rows=stats.total_rows,
+                            categories=len(stats.categories), plaintext_bytes=plain,
+                            store_id=store.hex())
+    _emit(args, report, [
+        f"imported {plural(report.rows, 'row')} in "
+        f"{plural(report.categories, 'category', 'categories')} into a new vault "
+        f"{address.name!r} in {location} (store id {store.hex()})"
+    ])
+    return ExitCode.OK
