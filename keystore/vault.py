@@ -33,13 +33,20 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from keystore import migrations, safefile
 from keystore import sqlcipher as sqlcipher_layer
+from keystore.backends.sqlite import (
+    SqliteBackend,
+    _db_errors,
+    _sql_type,
+    _stored,
+    _translate,
+    stored_count,
+)
 from keystore.cipher import (
     StoreCipher,
     check_raw_key,
@@ -230,63 +237,6 @@ def _coalesce(
     return latest
 
 
-_UPSERT_HEAD = "INSERT INTO keystore_rows (category, key_hash, value) VALUES "
-_UPSERT_TAIL = " ON CONFLICT (category, key_hash) DO UPDATE SET value = excluded.value"
-#: Rows per multi-row upsert statement: 768 parameters, under SQLite's historical
-#: limit of 999 variables per statement.
-_UPSERT_ROWS = 256
-_UPSERT_ONE = _UPSERT_HEAD + "(?, ?, ?)" + _UPSERT_TAIL
-_UPSERT_MANY = _UPSERT_HEAD + ", ".join(["(?, ?, ?)"] * _UPSERT_ROWS) + _UPSERT_TAIL
-
-
-def _upsert_rows(conn: sqlite3.Connection, rows: list[tuple[str, bytes, bytes]]) -> None:
-    """Upsert sealed rows, 256 per statement execution.
-
-    The sqlite3 module releases and retakes the GIL around every statement step:
-    with one step per row, a thread that wants the GIL back (any CPU-bound thread
-    beside an event loop) makes each of those retakes wait its switch interval.
-    One step per 256 rows cuts those hand-offs 256-fold, and the per-row cost of
-    the statement machinery with them.  Same rows, same order, same transaction.
-    """
-    n = _UPSERT_ROWS
-    full = len(rows) - len(rows) % n
-    groups = map(rows.__getitem__, map(slice, range(0, full, n), range(n, full + 1, n)))
-    conn.executemany(_UPSERT_MANY, map(tuple, map(chain.from_iterable, groups)))
-    if full < len(rows):
-        conn.executemany(_UPSERT_ONE, rows[full:])
-
-
-def _translate(exc: Exception, path: Path) -> KeystoreError:
-    """Map a SQLite/SQLCipher error to the keystore's own exception (never leak it raw)."""
-    msg = str(exc).lower()
-    if "locked" in msg or "busy" in msg:
-        return VaultBusy(f"vault {path} is busy (a SQLite lock is held elsewhere): {exc}")
-    if sqlcipher_layer.is_database_error(exc) and (
-        "malformed" in msg or "not a database" in msg or "corrupt" in msg
-    ):
-        if "not a database" in msg and sidecar_path_for(path).exists():
-            # A SQLCipher page failed its HMAC under the key this connection holds.
-            return IntegrityError(
-                f"vault {path} cannot be read with the page key in use: its writer "
-                "rekeyed it (lock and unlock again), or the file is corrupt"
-            )
-        return IntegrityError(f"vault {path} is corrupt: {exc}")
-    if "could not decode to utf-8" in msg:  # a damaged TEXT field: corruption, not I/O
-        return IntegrityError(f"vault {path} is corrupt: a text field is not UTF-8")
-    return VaultIOError(f"storage failure on vault {path}: {exc}")
-
-
-@contextlib.contextmanager
-def _db_errors(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except sqlcipher_layer.db_error_types() as exc:
-        raise _translate(exc, path) from exc
-    except UnicodeDecodeError:
-        # sqlite3 decodes TEXT columns (category names, the schema) as it fetches them:
-        # a damaged page surfaces here, before any row authentication could run.
-        raise IntegrityError(f"vault {path} is corrupt: a text field is not UTF-8") from None
-
 
 def _connect(
     path: Path, *, readonly: bool, create: bool = False,
@@ -335,29 +285,6 @@ def _row_generation(conn: sqlite3.Connection, path: Path) -> int | None:
 
 #: A header is 149 bytes; a bigger blob in its place is not one.
 _MAX_HEADER_BYTES = 4096
-
-
-def _sql_type(value: object) -> str:
-    """The SQLite storage class a fetched value had, for error messages."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool | int):
-        return "INTEGER"
-    if isinstance(value, float):
-        return "REAL"
-    if isinstance(value, str):
-        return "TEXT"
-    return "an oversized BLOB" if isinstance(value, bytes) else type(value).__name__
-
-
-def stored_count(value: object, what: str, path: Path) -> int:
-    """A counter read back from the file: a non-negative INTEGER, or corruption."""
-    if type(value) is not int or value < 0:
-        raise IntegrityError(
-            f"vault {path} is corrupt: {what} is stored as {_sql_type(value)}, "
-            "not a non-negative integer"
-        )
-    return value
 
 
 def read_header_row(conn: sqlite3.Connection, path: Path) -> Header:
@@ -581,6 +508,8 @@ class Vault:
         self._file_id = _file_identity(path)
         self._opened_by = os.getpid()
         self._forked = False
+        # The rows' SQL, behind the interface a PostgreSQL vault's backend also has.
+        self._backend = SqliteBackend(path, self._connection, self._write_txn)
         _LIVE_VAULTS.add(self)
 
     def _abandon_after_fork(self) -> None:
@@ -1354,14 +1283,10 @@ class Vault:
         with self._mutex:
             cipher = self._unlocked()
             key_hash = cipher.key_hash(category, key)
-            with _db_errors(self._path):
-                row = self._connection().execute(
-                    "SELECT value FROM keystore_rows WHERE category = ? AND key_hash = ?",
-                    (category, key_hash),
-                ).fetchone()
-            if row is None:
+            blob = self._backend.get(category, key_hash)
+            if blob is None:
                 return None
-            _, value = cipher.decrypt_row(category, key_hash, _stored(row[0], self._path))
+            _, value = cipher.decrypt_row(category, key_hash, blob)
             return value
 
     def items(self, category: str) -> Iterator[tuple[bytes, bytes]]:
@@ -1369,18 +1294,11 @@ class Vault:
         category = check_category(category)
         with self._mutex:
             cipher = self._unlocked()
-            with _db_errors(self._path):
-                rows = self._connection().execute(
-                    "SELECT key_hash, value FROM keystore_rows WHERE category = ?"
-                    " ORDER BY key_hash",
-                    (category,),
-                ).fetchall()
+            rows = self._backend.scan(category)
         for key_hash, blob in rows:
             with self._mutex:
                 cipher = self._unlocked()
-                yield cipher.decrypt_row(
-                    category, _stored(key_hash, self._path), _stored(blob, self._path)
-                )
+                yield cipher.decrypt_row(category, key_hash, blob)
 
     def open_rows(self) -> dict[str, dict[bytes, bytes]]:
         """Every row of the vault, authenticated: ``{category: {key: value}}``.
@@ -1421,11 +1339,7 @@ class Vault:
         """The categories that hold at least one row, sorted."""
         with self._mutex:
             self._unlocked()
-            with _db_errors(self._path):
-                rows = self._connection().execute(
-                    "SELECT DISTINCT category FROM keystore_rows ORDER BY category"
-                ).fetchall()
-        names = [str(r[0]) for r in rows]
+            names = self._backend.categories()
         for name in names:
             try:
                 check_category(name)
@@ -1462,16 +1376,7 @@ class Vault:
                 latest.items(), len(latest), pause=_YIELD_PAUSE if yield_gil else 0.0
             )
             with self._write_txn() as conn:
-                if upserts:
-                    _upsert_rows(conn, upserts)
-                    conn.execute(
-                        "UPDATE keystore_counters SET value = value + ? WHERE name = 'encryptions'",
-                        (len(upserts),),
-                    )
-                if deletes:
-                    conn.executemany(
-                        "DELETE FROM keystore_rows WHERE category = ? AND key_hash = ?", deletes
-                    )
+                self._backend.write_rows(conn, upserts, deletes)
         return len(latest)
 
     # ------------------------------------------------------------------ keys
@@ -1810,21 +1715,14 @@ class Vault:
         figures until it is unlocked (:class:`VaultLocked` before).
         """
         with self._mutex:
-            conn = self._connection()
-            with _db_errors(self._path):
-                per_cat = conn.execute(
-                    "SELECT category, COUNT(*), COALESCE(SUM(LENGTH(value)), 0)"
-                    " FROM keystore_rows GROUP BY category ORDER BY category"
-                ).fetchall()
-                counter = conn.execute(
-                    "SELECT value FROM keystore_counters WHERE name = 'encryptions'"
-                ).fetchone()
-                version = migrations.schema_version(conn)
+            self._connection()
+            per_cat = self._backend.category_counts()
+            encryptions = self._backend.encryptions()
+            version = self._backend.schema_version()
             header = self._header
         from keystore.reports import REKEY_RECOMMENDED_AT, CategoryStats, StatsReport
 
-        cats = {str(c): CategoryStats(rows=int(n), bytes=int(b)) for c, n, b in per_cat}
-        encryptions = stored_count(counter[0], "the nonce counter", self._path) if counter else 0
+        cats = {c: CategoryStats(rows=n, bytes=b) for c, n, b in per_cat}
         return StatsReport(
             path=str(self._path),
             store_id=header.store_id.hex(),
@@ -1995,13 +1893,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _stored(value: object, path: Path) -> bytes:
-    """A BLOB read back from the file; a NULL, number or text there means corruption."""
-    if isinstance(value, bytes):
-        return value
-    raise IntegrityError(f"vault {path} is corrupt: a stored key hash or value is not a blob")
 
 
 def _kdf_info(header: Header) -> KdfInfo:

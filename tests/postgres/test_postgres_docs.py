@@ -28,6 +28,8 @@ def test_the_postgres_doc_example_runs(
               if lang == "python"]
     assert blocks
     monkeypatch.setenv("MLS_KEYSTORE_PG_DSN", pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # tests/docs may have run it
+        conn.execute("DROP SCHEMA IF EXISTS docs_example CASCADE")
     try:
         for block in blocks:
             exec(compile(block, "docs/postgres.md", "exec"), {"__name__": "docs_example"})

@@ -1,0 +1,258 @@
+"""The SQLite backend: one vault per file, its rows and header as SQLite stores them.
+
+The SQL that reads and writes a vault file's sealed rows, and the translation of
+SQLite's errors into the keystore's own, live here; :class:`keystore.Vault` owns the
+file itself (creation, the writer lock file, SQLCipher keying, migrations, WAL
+hardening) and hands this backend its open connection and its write transaction.
+:class:`SqliteBackend` is the :class:`~keystore.backend.VaultBackend` of a file, as
+:class:`~keystore.backends.postgres.PostgresBackend` is that of a vault in
+PostgreSQL: both store the same sealed bytes.
+
+Tables (see ``docs/format.md``)::
+
+    keystore_header   (id = 1, header)                 -- the wrapped secrets
+    keystore_rows     (category, key_hash, value)      -- sealed rows
+    keystore_counters (name, value)                    -- 'encryptions': the nonce budget
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from itertools import chain
+from pathlib import Path
+
+from keystore import migrations
+from keystore import sqlcipher as sqlcipher_layer
+from keystore.backend import CategoryCount, RowRef, SealedRow
+from keystore.errors import IntegrityError, KeystoreError, VaultBusy, VaultIOError
+from keystore.sidecar import sidecar_path_for
+
+__all__ = ["SqliteBackend", "stored_count"]
+
+#: A header blob larger than this is damage, not a header (the format's is < 200 bytes).
+_MAX_HEADER_BLOB = 64 * 1024
+
+
+_UPSERT_HEAD = "INSERT INTO keystore_rows (category, key_hash, value) VALUES "
+_UPSERT_TAIL = " ON CONFLICT (category, key_hash) DO UPDATE SET value = excluded.value"
+#: Rows per multi-row upsert statement: 768 parameters, under SQLite's historical
+#: limit of 999 variables per statement.
+_UPSERT_ROWS = 256
+_UPSERT_ONE = _UPSERT_HEAD + "(?, ?, ?)" + _UPSERT_TAIL
+_UPSERT_MANY = _UPSERT_HEAD + ", ".join(["(?, ?, ?)"] * _UPSERT_ROWS) + _UPSERT_TAIL
+
+
+def _upsert_rows(conn: sqlite3.Connection, rows: list[tuple[str, bytes, bytes]]) -> None:
+    """Upsert sealed rows, 256 per statement execution.
+
+    The sqlite3 module releases and retakes the GIL around every statement step:
+    with one step per row, a thread that wants the GIL back (any CPU-bound thread
+    beside an event loop) makes each of those retakes wait its switch interval.
+    One step per 256 rows cuts those hand-offs 256-fold, and the per-row cost of
+    the statement machinery with them.  Same rows, same order, same transaction.
+    """
+    n = _UPSERT_ROWS
+    full = len(rows) - len(rows) % n
+    groups = map(rows.__getitem__, map(slice, range(0, full, n), range(n, full + 1, n)))
+    conn.executemany(_UPSERT_MANY, map(tuple, map(chain.from_iterable, groups)))
+    if full < len(rows):
+        conn.executemany(_UPSERT_ONE, rows[full:])
+
+
+def _translate(exc: Exception, path: Path) -> KeystoreError:
+    """Map a SQLite/SQLCipher error to the keystore's own exception (never leak it raw)."""
+    msg = str(exc).lower()
+    if "locked" in msg or "busy" in msg:
+        return VaultBusy(f"vault {path} is busy (a SQLite lock is held elsewhere): {exc}")
+    if sqlcipher_layer.is_database_error(exc) and (
+        "malformed" in msg or "not a database" in msg or "corrupt" in msg
+    ):
+        if "not a database" in msg and sidecar_path_for(path).exists():
+            # A SQLCipher page failed its HMAC under the key this connection holds.
+            return IntegrityError(
+                f"vault {path} cannot be read with the page key in use: its writer "
+                "rekeyed it (lock and unlock again), or the file is corrupt"
+            )
+        return IntegrityError(f"vault {path} is corrupt: {exc}")
+    if "could not decode to utf-8" in msg:  # a damaged TEXT field: corruption, not I/O
+        return IntegrityError(f"vault {path} is corrupt: a text field is not UTF-8")
+    return VaultIOError(f"storage failure on vault {path}: {exc}")
+
+
+@contextlib.contextmanager
+def _db_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlcipher_layer.db_error_types() as exc:
+        raise _translate(exc, path) from exc
+    except UnicodeDecodeError:
+        # sqlite3 decodes TEXT columns (category names, the schema) as it fetches them:
+        # a damaged page surfaces here, before any row authentication could run.
+        raise IntegrityError(f"vault {path} is corrupt: a text field is not UTF-8") from None
+
+
+def _sql_type(value: object) -> str:
+    """The SQLite storage class a fetched value had, for error messages."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool | int):
+        return "INTEGER"
+    if isinstance(value, float):
+        return "REAL"
+    if isinstance(value, str):
+        return "TEXT"
+    return "an oversized BLOB" if isinstance(value, bytes) else type(value).__name__
+
+
+def stored_count(value: object, what: str, path: Path) -> int:
+    """A counter read back from the file: a non-negative INTEGER, or corruption."""
+    if type(value) is not int or value < 0:
+        raise IntegrityError(
+            f"vault {path} is corrupt: {what} is stored as {_sql_type(value)}, "
+            "not a non-negative integer"
+        )
+    return value
+
+
+
+def _stored(value: object, path: Path) -> bytes:
+    """A BLOB read back from the file; a NULL, number or text there means corruption."""
+    if isinstance(value, bytes):
+        return value
+    raise IntegrityError(f"vault {path} is corrupt: a stored key hash or value is not a blob")
+
+
+class SqliteBackend:
+    """The sealed rows, header and counters of one vault file.
+
+    Built by :class:`keystore.Vault` over its connection (which a SQLCipher vault
+    only has once unlocked, so it is fetched per call) and its write transaction
+    (``BEGIN IMMEDIATE`` under the writer lock file, checking that the file is
+    still the one opened).  The writer "lease" of a file is that lock file, held by
+    the vault from open to close, so :meth:`close` releases nothing here.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        connection: Callable[[], sqlite3.Connection],
+        write_txn: Callable[[], AbstractContextManager[sqlite3.Connection]],
+    ) -> None:
+        self._path = path
+        self._connection = connection
+        self._write_txn = write_txn
+
+    @property
+    def location(self) -> str:
+        """The vault file's path."""
+        return str(self._path)
+
+    def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        with _db_errors(self._path):
+            return self._connection().execute(sql, params).fetchall()
+
+    def read_header(self) -> bytes:
+        """The header blob of a plain vault (a SQLCipher vault's is in its header file)."""
+        rows = self._fetch("SELECT header FROM keystore_header WHERE id = 1")
+        if not rows:
+            raise IntegrityError(f"vault {self._path} has no header row")
+        value = rows[0][0]
+        if not isinstance(value, bytes) or len(value) > _MAX_HEADER_BLOB:
+            raise IntegrityError(
+                f"vault {self._path} is corrupt: its header is stored as "
+                f"{_sql_type(value)}, not as a header blob"
+            )
+        return value
+
+    def write_header(self, header: bytes) -> None:
+        """Replace the header row in one write transaction."""
+        with self._write_txn() as conn:
+            conn.execute("UPDATE keystore_header SET header = ? WHERE id = 1", (header,))
+
+    def apply(self, upserts: Sequence[SealedRow], deletes: Sequence[RowRef]) -> None:
+        """Upserts, deletes and the nonce counter in ONE write transaction."""
+        with self._write_txn() as conn:
+            self.write_rows(conn, upserts, deletes)
+
+    @staticmethod
+    def write_rows(
+        conn: sqlite3.Connection, upserts: Sequence[SealedRow], deletes: Sequence[RowRef]
+    ) -> None:
+        """The statements of :meth:`apply`, inside a transaction the caller holds."""
+        if upserts:
+            _upsert_rows(conn, list(upserts))
+            conn.execute(
+                "UPDATE keystore_counters SET value = value + ? WHERE name = 'encryptions'",
+                (len(upserts),),
+            )
+        if deletes:
+            conn.executemany(
+                "DELETE FROM keystore_rows WHERE category = ? AND key_hash = ?", deletes
+            )
+
+    def get(self, category: str, key_hash: bytes) -> bytes | None:
+        """The sealed value of one row, or ``None``."""
+        rows = self._fetch(
+            "SELECT value FROM keystore_rows WHERE category = ? AND key_hash = ?",
+            (category, key_hash),
+        )
+        return None if not rows else _stored(rows[0][0], self._path)
+
+    def scan(self, category: str) -> list[tuple[bytes, bytes]]:
+        """``(key_hash, sealed_value)`` of one category, in key-hash order."""
+        rows = self._fetch(
+            "SELECT key_hash, value FROM keystore_rows WHERE category = ? ORDER BY key_hash",
+            (category,),
+        )
+        path = self._path
+        return [(_stored(k, path), _stored(v, path)) for k, v in rows]
+
+    def scan_all(self) -> list[SealedRow]:
+        """Every row, in category and key-hash order."""
+        rows = self._fetch(
+            "SELECT category, key_hash, value FROM keystore_rows ORDER BY category, key_hash"
+        )
+        path = self._path
+        return [(str(c), _stored(k, path), _stored(v, path)) for c, k, v in rows]
+
+    def categories(self) -> list[str]:
+        """The categories holding at least one row, sorted (names unchecked)."""
+        rows = self._fetch("SELECT DISTINCT category FROM keystore_rows ORDER BY category")
+        return [str(r[0]) for r in rows]
+
+    def rewrite(self, rows: Sequence[SealedRow], header: bytes, encryptions: int) -> None:
+        """Replace the values of existing rows, the header and the counter, atomically."""
+        with self._write_txn() as conn:
+            conn.executemany(
+                "UPDATE keystore_rows SET value = ? WHERE category = ? AND key_hash = ?",
+                [(blob, category, key_hash) for category, key_hash, blob in rows],
+            )
+            conn.execute("UPDATE keystore_header SET header = ? WHERE id = 1", (header,))
+            conn.execute(
+                "UPDATE keystore_counters SET value = ? WHERE name = 'encryptions'",
+                (encryptions,),
+            )
+
+    def encryptions(self) -> int:
+        """Encryptions made under the current data key (the nonce budget used)."""
+        rows = self._fetch("SELECT value FROM keystore_counters WHERE name = 'encryptions'")
+        return stored_count(rows[0][0], "the nonce counter", self._path) if rows else 0
+
+    def category_counts(self) -> list[CategoryCount]:
+        """Rows and stored bytes per category, sorted by category."""
+        rows = self._fetch(
+            "SELECT category, COUNT(*), COALESCE(SUM(LENGTH(value)), 0)"
+            " FROM keystore_rows GROUP BY category ORDER BY category"
+        )
+        return [(str(c), int(n), int(b)) for c, n, b in rows]  # type: ignore[call-overload]
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the file."""
+        with _db_errors(self._path):
+            return migrations.schema_version(self._connection())
+
+    def close(self) -> None:
+        """Nothing to release: the vault owns the connection and the lock file."""
