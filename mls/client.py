@@ -1251,7 +1251,7 @@ class AsyncMlsClient:
     @classmethod
     async def create(
         cls,
-        vault_path: str | os.PathLike[str],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
         passphrase: str | bytes,
         *,
         identity: bytes,
@@ -1284,7 +1284,7 @@ class AsyncMlsClient:
     @classmethod
     async def create_with_key(
         cls,
-        vault_path: str | os.PathLike[str],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
         key: bytes,
         *,
         identity: bytes,
@@ -1315,7 +1315,7 @@ class AsyncMlsClient:
     @classmethod
     async def open(
         cls,
-        vault_path: str | os.PathLike[str],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
         passphrase: str | bytes,
         *,
         timeout: float = 0.0,
@@ -1342,7 +1342,7 @@ class AsyncMlsClient:
     @classmethod
     async def open_with_key(
         cls,
-        vault_path: str | os.PathLike[str],
+        vault_path: str | os.PathLike[str] | PostgresAddress,
         key: bytes,
         *,
         timeout: float = 0.0,

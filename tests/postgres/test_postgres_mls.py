@@ -184,3 +184,24 @@ def test_lease_lost_is_what_a_fenced_client_raises(pg_dsn: str, pg_schema: str) 
     finally:
         w1.close()
         w2.close()
+
+
+def test_the_async_client_runs_on_postgres_too(pg_dsn: str, pg_schema: str) -> None:
+    """AsyncMlsClient.create/open take the same address, off the event loop."""
+    import asyncio
+
+    from mls import AsyncMlsClient
+
+    where = PostgresAddress(pg_dsn, name="async-alice", schema=pg_schema)
+
+    async def run() -> list[bytes]:
+        first = await AsyncMlsClient.create(where, PASSPHRASE, identity=b"alice", kdf=FAST_KDF)
+        await first.create_group(GID)
+        await first.close()
+        again = await AsyncMlsClient.open(where, PASSPHRASE, timeout=10)
+        try:
+            return await again.group_ids()
+        finally:
+            await again.close()
+
+    assert asyncio.run(run()) == [GID]
