@@ -13,6 +13,7 @@ import pytest
 
 from keystore import Change, Vault, VaultBusy, profiles
 from mls import MlsClient
+from mls.client import Engine
 from mls.inspection import MlsInspector
 from mls.native.codec import Reader, decode_exact
 from tests.cli.conftest import PASSPHRASE, REPO, Runner, secret_file
@@ -38,9 +39,12 @@ def _make(tmp_path: Path, engine: str, sqlcipher: bool) -> Made:
         pytest.importorskip("mls_rs_uniffi")
     if sqlcipher:
         pytest.importorskip("sqlcipher3")
-    opts = {"kdf": KDF, "engine": engine, "sqlcipher": sqlcipher}
-    alice = MlsClient.create(tmp_path / "alice.vault", PASSPHRASE, identity=b"alice", **opts)
-    bob = MlsClient.create(tmp_path / "bob.vault", PASSPHRASE, identity=b"bob", **opts)
+    name: Engine = "native" if engine == "native" else "mls-rs"
+    alice, bob = (
+        MlsClient.create(tmp_path / f"{who}.vault", PASSPHRASE, identity=who.encode(), kdf=KDF,
+                         engine=name, sqlcipher=sqlcipher)
+        for who in ("alice", "bob")
+    )
     with alice, bob:
         gid = alice.create_group()
         _, welcome = alice.add_members(gid, [bob.generate_key_package()])
