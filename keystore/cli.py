@@ -1191,7 +1191,7 @@ def _fail(args: argparse.Namespace | None, exc: BaseException, code: ExitCode) -
     if isinstance(exc, OSError) and not isinstance(exc, FileExistsError) and exc.strerror:
         message = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     if isinstance(exc, ImportError) and not isinstance(exc, MissingExtra) and "pip install" \
-            in message:
+            in message and "from a checkout" not in message:
         message += " (from a checkout: pip install -e '.[EXTRA]', see docs/operations.md)"
     message = " ".join(message.split())  # exactly one line
     if args is not None and getattr(args, "json", False):
