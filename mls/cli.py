@@ -369,6 +369,8 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments"):
             message = ("unrecognized arguments (not repeated here; a passphrase is never read "
                        f"from the command line: {_SOURCE_HINT})")
+        elif "invalid choice" in message:
+            message = f"unknown command (not repeated here); choose from {', '.join(_COMMANDS)}"
         elif "required: COMMAND" in message:
             message += f" ({', '.join(_COMMANDS)})"
         raise UsageError(message)

@@ -215,6 +215,7 @@ def test_private_keys_of_key_packages_are_never_shown(tmp_path: Path, cli: Runne
     (("groups", "{missing}"), 6, "NotAVault"),
     (("groups",), 2, "UsageError"),
     (("groups", "{alice}", "--passphrase", "hunter2"), 2, "UsageError"),
+    (("hunter2", "{alice}"), 2, "UsageError"),
 ])
 def test_failures_are_one_line_with_the_documented_code(
     tmp_path: Path, cli: Runner, args: tuple[str, ...], code: int, error: str
@@ -240,3 +241,16 @@ def test_inspector_refuses_a_writable_vault(tmp_path: Path) -> None:
         v.unlock(PASSPHRASE)
         with pytest.raises(ValueError, match="readonly"):
             MlsInspector(v)
+
+
+def test_an_mls_rs_vault_without_the_binding_is_exit_9(
+    tmp_path: Path, cli: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inspecting an mls-rs vault needs the [mls-rs] extra: without it, exit 9, the hint."""
+    made = _make(tmp_path, "mls-rs", False)
+    before = _durable_bytes(made.alice)
+    monkeypatch.setitem(sys.modules, "mls_rs_uniffi", None)
+    result = cli("mls", "groups", made.alice, "--json", env=ENV)
+    assert result.code == 9 and result.json()["error"] == "MlsRsUnavailable"
+    assert "pip install -e '.[mls-rs]'" in result.err
+    assert _durable_bytes(made.alice) == before
