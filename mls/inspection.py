@@ -32,12 +32,10 @@ from mls.storage import GranularStorage
 
 __all__ = ["KeyPackageInfo", "MlsInspector"]
 
-# The rows below are read, never written, here; their writers define them:
-# native: mls.native.engine.generate_key_package (format byte, opaque KeyPackage, keys...);
-# mls-rs: mls.engines.mlsrs (format byte, 16-byte session id, u64 creation time).
-_NATIVE_FORMAT = 1
-_LAST_RESORT_EXTENSION = 0x000A
-_MLSRS_KEY_PACKAGES = "mlsrs/v1/key_package"
+# The key-package rows are read, never written, here; their writers define them:
+# native: NativeEngine.generate_key_package (format byte, opaque KeyPackage, then the two
+# private keys, which are skipped); mls-rs: MlsRsAdapter.generate_key_package (format
+# byte, 16-byte session id, u64 creation time; the key package itself stays in mls-rs).
 _MLSRS_RECORD = struct.Struct(">B16sQ")
 
 
@@ -65,11 +63,13 @@ class KeyPackageInfo:
 def _native_key_package(ref: bytes, row: bytes) -> KeyPackageInfo:
     # Imported here: only a native vault needs the native codec.
     from mls.native.codec import Reader, decode_exact
+    from mls.native.engine import LAST_RESORT_EXTENSION
     from mls.native.errors import DecodeError
     from mls.native.key_package import KeyPackage
+    from mls.native.rows import FORMAT
 
     def public_half(r: Reader) -> bytes:
-        if r.u8() != _NATIVE_FORMAT:
+        if r.u8() != FORMAT:
             raise DecodeError("stored key package has an unknown format")
         kp = r.opaque()
         r.opaque()  # the init private key: skipped, never decoded
@@ -86,7 +86,7 @@ def _native_key_package(ref: bytes, row: bytes) -> KeyPackageInfo:
         cipher_suite=kp.cipher_suite,
         not_before=None if lifetime is None else lifetime.not_before,
         not_after=None if lifetime is None else lifetime.not_after,
-        last_resort=any(e.extension_type == _LAST_RESORT_EXTENSION for e in kp.extensions),
+        last_resort=any(e.extension_type == LAST_RESORT_EXTENSION for e in kp.extensions),
         created_at=None,
     )
 
@@ -209,6 +209,8 @@ class MlsInspector:
             rows = self._storage.items(cat.KEY_PACKAGE)
             infos = [_native_key_package(ref, row) for ref, row in rows]
         else:
-            rows = self._storage.items(_MLSRS_KEY_PACKAGES)
+            from mls.engines.mlsrs import CATEGORY_KEY_PACKAGES
+
+            rows = self._storage.items(CATEGORY_KEY_PACKAGES)
             infos = [_mlsrs_key_package(ref, row) for ref, row in rows]
         return sorted(infos, key=lambda info: info.ref)
