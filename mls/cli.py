@@ -291,6 +291,8 @@ def _cmd_groups(path: Path, inspector: MlsInspector, args: argparse.Namespace) -
             print(f"{g.group_id:<32}  {g.epoch:>6}  {g.cipher_suite:>5}  {g.members:>7}  "
                   f"{', '.join(waiting) or '-'}")
         print(f"{len(report.groups)} group(s)")
+        if report.client.engine == "mls-rs":
+            print("mls-rs: pending proposals are not exposed, and there are no pending commits")
     return report
 
 
