@@ -254,3 +254,21 @@ def test_an_mls_rs_vault_without_the_binding_is_exit_9(
     assert result.code == 9 and result.json()["error"] == "MlsRsUnavailable"
     assert "pip install -e '.[mls-rs]'" in result.err
     assert _durable_bytes(made.alice) == before
+
+
+def test_a_client_vault_on_read_only_media_can_be_inspected(
+    tmp_path: Path, pwfile: Path
+) -> None:
+    """On a read-only mount (no -shm can be made) inspection still reads every group."""
+    from tests.cli.test_failures import _on_read_only
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    with MlsClient.create(folder / "c.vault", PASSPHRASE, identity=b"carol", kdf=KDF) as c:
+        gid = c.create_group()
+    before = _files(folder / "c.vault")
+    result = _on_read_only(folder, sys.executable, "-m", "keystore", "mls", "groups",
+                           folder / "c.vault", "--passphrase-file", pwfile, "--json")
+    assert result.code == 0, result.err
+    assert [g["group_id"] for g in result.json()["groups"]] == [gid.hex()]
+    assert _files(folder / "c.vault") == before
