@@ -112,7 +112,7 @@ def test_every_command_prints_json_that_parses(
     """Each subcommand, demo included, with --json: stdout is one JSON document."""
     backup = secret_file(tmp_path / "backup.txt", "the backup passphrase\n")
     new = secret_file(tmp_path / "new.txt", "the next passphrase\n")
-    unlock = ["--passphrase-file", pwfile]
+    unlock: list[str | Path] = ["--passphrase-file", pwfile]
     commands: list[list[str | Path]] = [
         ["init", tmp_path / "fresh.vault", *unlock, *FAST],
         ["status", vault_file],
