@@ -20,6 +20,8 @@ the DSN: a command line is visible to every user through ``ps``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +55,7 @@ from keystore.passphrase import use_secret
 from keystore.reports import KdfInfo, StatsReport, VerifyReport
 
 if TYPE_CHECKING:
+    from keystore.backends.postgres import PostgresDatabase
     from keystore.postgres_vault import PostgresAddress, PostgresVault
 
 __all__ = [
@@ -61,6 +64,8 @@ __all__ = [
 ]
 
 _URL_SCHEMES = ("postgresql://", "postgres://")
+#: Seconds a command keeps retrying an unreachable server before it fails (exit 8).
+_CLI_RETRY_FOR = 3.0
 
 
 class PostgresStatusReport(BaseModel):
@@ -96,11 +101,27 @@ def _dsn_and_vault(args: argparse.Namespace, positional: str) -> tuple[str, str 
     return dsn, (vault or None)
 
 
-def postgres_address(args: argparse.Namespace, positional: str = "path") -> PostgresAddress:
-    """The :class:`keystore.PostgresAddress` the arguments name (a vault is required)."""
+@contextlib.contextmanager
+def _database(args: argparse.Namespace, *, renew: bool = False) -> Iterator[PostgresDatabase]:
+    """The database the arguments name, closed afterwards.
+
+    A command gives up on an unreachable server after :data:`_CLI_RETRY_FOR` seconds
+    (a worker keeps trying longer: it has state to save, a command only a report).
+    """
+    from keystore.backends.postgres import PostgresDatabase
+
+    dsn, _ = _dsn_and_vault(args, "path")
+    with PostgresDatabase(dsn, schema=args.schema, renew=renew,
+                          retry_for=_CLI_RETRY_FOR) as db:
+        yield db
+
+
+def postgres_address(args: argparse.Namespace, db: PostgresDatabase) -> PostgresAddress:
+    """The :class:`keystore.PostgresAddress` the arguments name in ``db`` (a vault is
+    required)."""
     from keystore.postgres_vault import PostgresAddress
 
-    dsn, vault = _dsn_and_vault(args, positional)
+    _, vault = _dsn_and_vault(args, "path")
     if not vault:
         raise UsageError(
             "name the vault: --dsn DSN NAME, or postgresql://.../DB#NAME (id:HEX for a "
@@ -111,12 +132,14 @@ def postgres_address(args: argparse.Namespace, positional: str = "path") -> Post
             store_id = bytes.fromhex(vault[3:])
         except ValueError:
             raise UsageError(f"{vault!r} is not id: followed by a hex store id") from None
-        return PostgresAddress(dsn, store_id=store_id, schema=args.schema)
-    return PostgresAddress(dsn, name=vault, schema=args.schema)
+        return PostgresAddress(db, store_id=store_id)
+    return PostgresAddress(db, name=vault)
 
 
-def _open(args: argparse.Namespace, *, readonly: bool) -> PostgresVault:
-    return postgres_address(args).open_vault(readonly=readonly)
+@contextlib.contextmanager
+def _open(args: argparse.Namespace, *, readonly: bool) -> Iterator[PostgresVault]:
+    with _database(args) as db, postgres_address(args, db).open_vault(readonly=readonly) as v:
+        yield v
 
 
 def _unlock(vault: PostgresVault, args: argparse.Namespace, phases: Phases) -> None:
@@ -191,12 +214,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """``migrate`` a database's schema: every pending step, each in one transaction."""
-    from keystore.backends.postgres import PG_LATEST_VERSION, PG_MIGRATIONS, PostgresDatabase
+    from keystore.backends.postgres import PG_LATEST_VERSION, PG_MIGRATIONS
 
     if args.to is not None and args.to != PG_LATEST_VERSION:
         raise UsageError(f"--to with --dsn: only the latest version ({PG_LATEST_VERSION})")
-    dsn, _ = _dsn_and_vault(args, "path")
-    with PostgresDatabase(dsn, schema=args.schema, renew=False) as db:
+    with _database(args) as db:
         version = db.schema_version()
         problems = db.schema_problems()
         if problems:
@@ -296,9 +318,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.force:
         raise UsageError("--force with --dsn: a vault in a database is never replaced; "
                          "import under a new name")
-    address = postgres_address(args)
-    if address.name is None:
-        raise UsageError("a new vault in PostgreSQL is addressed by a name, not id:HEX")
+    _, name = _dsn_and_vault(args, "path")
+    if name is None or name.startswith("id:"):
+        raise UsageError("name the new vault: --dsn DSN NAME, or postgresql://.../DB#NAME")
     src = Path(args.input)
     kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
     _check_export_file(src)
@@ -310,22 +332,22 @@ def cmd_import(args: argparse.Namespace) -> int:
             what="backup passphrase", warn=_warn,
         )
         vault_pw = _new_passphrase(args)
-        with phases.step("deriving keys and importing in one transaction"):
-            vault = import_export_file(address.database, src, backup_pw, vault_pw, kdf,
-                                       name=address.name, schema=address.schema)
-        try:
-            stats = vault.stats()
-            location, store = vault.location, vault.store_id
-            plain = sum(len(k) + len(v) for rows in vault.open_rows().values()
-                        for k, v in rows.items())
-        finally:
-            vault.close()
+        with (phases.step("deriving keys and importing in one transaction"),
+              _database(args, renew=True) as db):
+            vault = import_export_file(db, src, backup_pw, vault_pw, kdf, name=name)
+            try:
+                stats = vault.stats()
+                location, store = vault.location, vault.store_id
+                plain = sum(len(k) + len(v) for rows in vault.open_rows().values()
+                            for k, v in rows.items())
+            finally:
+                vault.close()
     report = TransferReport(source=str(src), destination=location, rows=stats.total_rows,
                             categories=len(stats.categories), plaintext_bytes=plain,
                             store_id=store.hex())
     _emit(args, report, [
         f"imported {plural(report.rows, 'row')} in "
         f"{plural(report.categories, 'category', 'categories')} into a new vault "
-        f"{address.name!r} in {location} (store id {store.hex()})"
+        f"{name!r} in {location} (store id {store.hex()})"
     ])
     return ExitCode.OK

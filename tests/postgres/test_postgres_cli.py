@@ -206,3 +206,15 @@ def test_reading_commands_run_beside_the_lease_holder(
         assert cli("verify", "frank", *pg, "--passphrase-file", files["pw"]).code == 0
         assert cli("stats", "frank", *pg).code == 0
         holder.put("c", b"k2", b"still the writer")
+
+
+def test_an_unreachable_server_exits_8_without_showing_the_password(
+    cli: Any, pg_dsn: str, tmp_path: Path
+) -> None:
+    """No server at the address: exit 8 after a short retry, the password redacted."""
+    dsn = f"host={tmp_path / 'no-server-here'} dbname=x user=u password=hunter2"
+    r = cli("--json", "stats", "--dsn", dsn, "alice")
+    assert r.code == 8
+    assert r.json()["error"] == "VaultIOError"
+    assert "hunter2" not in r.out + r.err
+    assert "password=***" in r.err

@@ -205,3 +205,18 @@ def test_the_async_client_runs_on_postgres_too(pg_dsn: str, pg_schema: str) -> N
             await again.close()
 
     assert asyncio.run(run()) == [GID]
+
+
+def test_an_address_never_shows_a_password_and_names_one_vault(pg_dsn: str) -> None:
+    """repr redacts the DSN's password; a name and a store id together, or a new
+    vault addressed by store id, or an open with neither, are refused before any I/O."""
+    where = PostgresAddress("postgresql://u:hunter2@db.invalid/x", name="alice")
+    assert "hunter2" not in repr(where) and "alice" in repr(where)
+    with pytest.raises(ValueError, match="not both"):
+        PostgresAddress(pg_dsn, name="a", store_id=bytes(16))
+    with pytest.raises(ValueError, match="draws its own store id"):
+        PostgresAddress(pg_dsn, store_id=bytes(16)).create_vault(PASSPHRASE, FAST_KDF)
+    with pytest.raises(ValueError, match="names no vault"):
+        PostgresAddress(pg_dsn).open_vault()
+    with pytest.raises(TypeError):
+        MlsClient.open(object(), PASSPHRASE)  # type: ignore[arg-type]
