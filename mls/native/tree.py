@@ -7,7 +7,8 @@ form (`optional<Node> ratchet_tree<V>`) drops trailing blanks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from . import tree_math as tm
@@ -15,6 +16,7 @@ from .codec import Reader, Struct, Writer, decode_exact, read_u32, write_u32
 from .errors import DecodeError, InvalidTree, MlsError
 from .leaf_node import LeafNode, LeafNodeSource
 from .suites import CipherSuite
+from .tree_cache import TreeMemo
 
 
 class NodeType(IntEnum):
@@ -76,6 +78,8 @@ class RatchetTree(Struct):
     """Full-width array of optional nodes (even indices leaves, odd indices parents)."""
 
     nodes: tuple[Node | None, ...]
+    #: Tree hashes and resolutions already computed (never compared, encoded or shown).
+    _memo: TreeMemo | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Enforce the full-width layout and node kinds."""
@@ -88,6 +92,32 @@ class RatchetTree(Struct):
                 continue
             if tm.is_leaf(i) != isinstance(node, LeafNode):
                 raise InvalidTree(f"node {i} has the wrong kind")
+
+    @classmethod
+    def _derived(
+        cls, nodes: tuple[Node | None, ...], memo: TreeMemo | None, checked: Iterable[int]
+    ) -> RatchetTree:
+        """A tree derived from a valid one: only the ``checked`` nodes need their kind checked.
+
+        Skips the full-width scan of ``__post_init__`` so that evolving a large tree costs
+        O(changed nodes) checks, and hands over the memo kept valid by the caller.
+        """
+        for x in checked:
+            node = nodes[x]
+            if node is not None and tm.is_leaf(x) != isinstance(node, LeafNode):
+                raise InvalidTree(f"node {x} has the wrong kind")
+        tree = object.__new__(cls)
+        object.__setattr__(tree, "nodes", nodes)
+        object.__setattr__(tree, "_memo", memo)
+        return tree
+
+    def memo(self) -> TreeMemo:
+        """This tree's memo of tree hashes and resolutions (started on first use)."""
+        memo = self._memo
+        if memo is None:
+            memo = TreeMemo()
+            object.__setattr__(self, "_memo", memo)
+        return memo
 
     # -- wire form ---------------------------------------------------------------------------
 
@@ -158,21 +188,33 @@ class RatchetTree(Struct):
 
     def resolution(self, x: int) -> list[int]:
         """Resolution of node ``x``: non-blank cover of its subtree, plus unmerged leaves."""
+        return list(self._resolution(x, self.memo().resolutions))
+
+    def _resolution(self, x: int, memo: dict[int, tuple[int, ...]]) -> tuple[int, ...]:
+        hit = memo.get(x)
+        if hit is not None:
+            return hit
         node = self.nodes[x]
+        out: tuple[int, ...]
         if node is None:
-            return (
-                [] if tm.is_leaf(x) else self.resolution(tm.left(x)) + self.resolution(tm.right(x))
-            )
-        if isinstance(node, ParentNode):
-            return [x, *(tm.leaf_to_node(i) for i in node.unmerged_leaves)]
-        return [x]
+            if tm.is_leaf(x):
+                out = ()
+            else:
+                out = self._resolution(tm.left(x), memo) + self._resolution(tm.right(x), memo)
+        elif isinstance(node, ParentNode):
+            out = (x, *(tm.leaf_to_node(i) for i in node.unmerged_leaves))
+        else:
+            out = (x,)
+        memo[x] = out
+        return out
 
     def filtered_direct_path(self, leaf_index: int) -> list[int]:
         """Direct path of the leaf minus nodes whose copath child has an empty resolution."""
         x = tm.leaf_to_node(leaf_index)
         path = tm.direct_path(x, self.n_leaves)
         copath = tm.copath(x, self.n_leaves)
-        return [p for p, c in zip(path, copath, strict=True) if self.resolution(c)]
+        memo = self.memo().resolutions
+        return [p for p, c in zip(path, copath, strict=True) if self._resolution(c, memo)]
 
     # -- hashes ------------------------------------------------------------------------------
 
@@ -182,14 +224,17 @@ class RatchetTree(Struct):
 
     def tree_hashes(self, cs: CipherSuite) -> list[bytes]:
         """Tree hash of every node, sharing work through a cache."""
-        cache: dict[int, bytes] = {}
-        return [self._tree_hash(cs, x, frozenset(), cache) for x in range(len(self.nodes))]
+        return [self._tree_hash(cs, x, frozenset(), {}) for x in range(len(self.nodes))]
 
     def _tree_hash(
         self, cs: CipherSuite, x: int, excluded: frozenset[int], cache: dict[int, bytes]
     ) -> bytes:
-        if x in cache:
-            return cache[x]
+        if not excluded:
+            # Without exclusions the hash is the tree's own: share it through the memo.
+            cache = self.memo().hashes_for(cs.suite_id)
+        hit = cache.get(x)
+        if hit is not None:
+            return hit
         w = Writer()
         node = self.nodes[x]
         if tm.is_leaf(x):
@@ -282,11 +327,13 @@ class RatchetTree(Struct):
         nodes = list(self.nodes)
         for x, node in changes.items():
             nodes[x] = node
-        return RatchetTree(tuple(nodes))
+        memo = self.memo().derive(len(nodes), changes)
+        return RatchetTree._derived(tuple(nodes), memo, changes)
 
     def extended(self) -> RatchetTree:
         """Double the leaf capacity (the old tree becomes the left subtree)."""
-        return RatchetTree(self.nodes + (None,) * (len(self.nodes) + 1))
+        nodes = self.nodes + (None,) * (len(self.nodes) + 1)
+        return RatchetTree._derived(nodes, self.memo().derive(len(nodes), ()), ())
 
     def truncated(self) -> RatchetTree:
         """Halve while the right half of the leaves is entirely blank."""
@@ -296,7 +343,9 @@ class RatchetTree(Struct):
             if any(nodes[x] is not None for x in range(half, len(nodes), 2)):
                 break
             nodes = nodes[: half - 1]
-        return RatchetTree(nodes)
+        if len(nodes) == len(self.nodes):
+            return self
+        return RatchetTree._derived(nodes, self.memo().derive(len(nodes), (), shrunk=True), ())
 
     def add_leaf(self, leaf: LeafNode) -> tuple[RatchetTree, int]:
         """Place ``leaf`` in the leftmost blank leaf (extending if full), marking it unmerged."""

@@ -1,0 +1,87 @@
+"""Per-node memo of tree hashes and resolutions, carried from one ratchet tree to the next.
+
+A :class:`~mls.native.tree.RatchetTree` is an immutable value, and a commit changes only
+the nodes on one or a few direct paths.  The tree hash and the resolution of a node depend
+only on the nodes of its subtree (and on its position), so when a tree is derived from
+another by replacing some nodes, every memo entry outside the changed nodes' direct paths
+stays true.  :meth:`TreeMemo.derive` copies the memo and forgets exactly those paths, which
+makes a commit's tree work O(log n) hashes instead of a re-hash of the whole tree.
+
+The memo is an optimisation only: a tree without one computes everything from its nodes,
+and a fresh memo is started for every decoded tree.  It never holds secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["TreeMemo", "invalidated"]
+
+
+def _ancestors_and_self(x: int, width: int) -> Iterable[int]:
+    """``x`` and every node above it in a full tree of ``width`` nodes (array layout)."""
+    root = (1 << (width.bit_length() - 1)) - 1
+    while True:
+        yield x
+        if x == root:
+            return
+        k = 0
+        while (x >> k) & 1:
+            k += 1
+        # x is at level k: it is a left child when bit k+1 is clear.
+        x = x + (1 << k) if not (x >> (k + 1)) & 1 else x - (1 << k)
+
+
+def invalidated(changed: Iterable[int], width: int) -> set[int]:
+    """The nodes whose memo entries a change of ``changed`` makes stale."""
+    out: set[int] = set()
+    for x in changed:
+        for y in _ancestors_and_self(x, width):
+            if y in out:
+                break
+            out.add(y)
+    return out
+
+
+class TreeMemo:
+    """Tree hashes (for one cipher suite) and resolutions of the nodes of one tree.
+
+    Mutable, but only ever filled with values that are a pure function of the tree it
+    belongs to; each tree has its own memo (derivations copy).
+    """
+
+    __slots__ = ("hashes", "resolutions", "suite_id")
+
+    def __init__(
+        self,
+        suite_id: int | None = None,
+        hashes: dict[int, bytes] | None = None,
+        resolutions: dict[int, tuple[int, ...]] | None = None,
+    ) -> None:
+        self.suite_id = suite_id
+        self.hashes: dict[int, bytes] = {} if hashes is None else hashes
+        self.resolutions: dict[int, tuple[int, ...]] = {} if resolutions is None else resolutions
+
+    def hashes_for(self, suite_id: int) -> dict[int, bytes]:
+        """The tree-hash memo for ``suite_id`` (a memo of another suite is dropped)."""
+        if self.suite_id != suite_id:
+            self.suite_id = suite_id
+            self.hashes = {}
+        return self.hashes
+
+    def derive(self, width: int, changed: Iterable[int], *, shrunk: bool = False) -> TreeMemo:
+        """A copy for a tree of ``width`` nodes whose ``changed`` nodes were replaced.
+
+        Entries of the changed nodes and their ancestors are dropped; with ``shrunk`` (the
+        tree was truncated) so are entries at or beyond ``width``, which a tree that grows
+        again must not find.
+        """
+        if shrunk:
+            hashes = {x: h for x, h in self.hashes.items() if x < width}
+            resolutions = {x: r for x, r in self.resolutions.items() if x < width}
+        else:
+            hashes, resolutions = dict(self.hashes), dict(self.resolutions)
+        for x in invalidated(changed, width):
+            hashes.pop(x, None)
+            resolutions.pop(x, None)
+        return TreeMemo(self.suite_id, hashes, resolutions)
