@@ -53,6 +53,7 @@ from .errors import DecodeError
 from .framing import WireFormat
 from .group_context import GroupContext
 from .key_schedule import EpochSecrets
+from .leaf_node import LeafNode
 from .secret_tree import DEFAULT_MAX_FORWARD, DEFAULT_WINDOW, HashRatchet, RatchetType
 from .tree import RatchetTree
 
@@ -187,40 +188,81 @@ class EpochRow:
         return read_versioned(data, read)
 
 
+#: Format byte of a ``message_secrets/members`` row holding only the leaves a commit changed.
+MEMBERS_DELTA_FORMAT = 2
+#: A member's signature key and credential identity.
+MemberKey = tuple[bytes, bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class MembersRow:
-    """``message_secrets/members``: an epoch's context and members, for late messages."""
+    """``message_secrets/members``: a past epoch's context and members, for late messages.
+
+    Written when the group leaves the epoch, it lists only the leaves whose member (signature
+    key, identity) the next commit changed, with their value in this epoch (``None``: no
+    member there), so a commit writes O(changed leaves), never the whole group.  A member
+    of epoch ``e`` is found in the first row of ``e, e+1, ...`` that lists its leaf, else in
+    the current tree.  Rows of format 1 (vaults made before this layout) list every member
+    of their epoch: ``complete`` — a leaf they do not list was blank then.
+    """
 
     context: GroupContext
-    members: dict[int, tuple[bytes, bytes]]  # leaf -> (signature key, identity)
+    members: dict[int, MemberKey | None]
+    complete: bool = False
 
     def to_bytes(self) -> bytes:
-        def write(w: Writer) -> None:
-            w.opaque(self.context.to_bytes())
-            w.u32(len(self.members))
-            for leaf, (key, identity) in sorted(self.members.items()):
-                w.u32(leaf)
-                w.opaque(key)
-                w.opaque(identity)
-
-        return versioned(write)
+        w = Writer()
+        w.u8(MEMBERS_DELTA_FORMAT)
+        w.opaque(self.context.to_bytes())
+        w.boolean(self.complete)
+        w.u32(len(self.members))
+        for leaf, member in sorted(self.members.items()):
+            w.u32(leaf)
+            w.boolean(member is not None)
+            if member is not None:
+                w.opaque(member[0])
+                w.opaque(member[1])
+        return w.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MembersRow:
         def read(r: Reader) -> MembersRow:
+            fmt = r.u8()
             context = decode_exact(r.opaque(), GroupContext.decode)
-            return cls(context, {r.u32(): (r.opaque(), r.opaque()) for _ in range(r.u32())})
+            if fmt == FORMAT:  # every member of the epoch
+                members = {r.u32(): (r.opaque(), r.opaque()) for _ in range(r.u32())}
+                return cls(context, dict(members), complete=True)
+            if fmt != MEMBERS_DELTA_FORMAT:
+                raise DecodeError("stored MLS row has an unknown format")
+            complete = r.boolean()
+            delta: dict[int, MemberKey | None] = {}
+            for _ in range(r.u32()):
+                leaf = r.u32()
+                delta[leaf] = (r.opaque(), r.opaque()) if r.boolean() else None
+            return cls(context, delta, complete)
 
-        return read_versioned(data, read)
+        return decode_exact(data, read)
 
     @classmethod
-    def of(cls, context: GroupContext, tree: RatchetTree) -> MembersRow:
-        members = {}
-        for i in tree.member_leaves():
-            leaf = tree.leaf(i)
-            assert leaf is not None
-            members[i] = (leaf.signature_key, leaf.credential.identity)
-        return cls(context, members)
+    def between(cls, context: GroupContext, old: RatchetTree, new: RatchetTree) -> MembersRow:
+        """The row of the epoch of ``context`` (tree ``old``) left for tree ``new``."""
+        changed: dict[int, MemberKey | None] = {}
+        old_leaves, new_leaves = old.nodes[::2], new.nodes[::2]
+        for i in range(max(len(old_leaves), len(new_leaves))):
+            a = old_leaves[i] if i < len(old_leaves) else None
+            b = new_leaves[i] if i < len(new_leaves) else None
+            if a is b:
+                continue
+            before = None if a is None else _member_key(a)
+            after = None if b is None else _member_key(b)
+            if before != after:
+                changed[i] = before
+        return cls(context, changed)
+
+
+def _member_key(node: object) -> MemberKey:
+    assert isinstance(node, LeafNode)
+    return node.signature_key, node.credential.identity
 
 
 def encode_epochs(epochs: Sequence[int]) -> bytes:
