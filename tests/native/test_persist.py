@@ -15,7 +15,6 @@ from mls.drainer import WriteBehindDrainer
 from mls.native import DecodeError, GroupConfig, NativeEngine, NoIdentity
 from mls.native.codec import decode_exact
 from mls.native.framing import WireFormat
-from mls.native.tree_rows import CATEGORY_TREE, CATEGORY_TREE_NODE
 from mls.native.rows import (
     CATEGORY_EPOCH,
     CATEGORY_IDENTITY,
@@ -23,6 +22,7 @@ from mls.native.rows import (
     CATEGORY_RATCHET,
     EpochRow,
 )
+from mls.native.tree_rows import CATEGORY_TREE, CATEGORY_TREE_NODE
 from mls.storage import GranularStorage
 from tests.conftest import FAST_KDF, PASSPHRASE
 from tests.native.engine_helpers import GID, agreed, group, member, rows
