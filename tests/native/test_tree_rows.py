@@ -1,0 +1,209 @@
+"""The ratchet tree stored node by node: what a commit writes, restarts, and older vaults."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from keystore import Vault
+from mls import categories as cat
+from mls.native import NativeEngine
+from mls.native.rows import CATEGORY_MEMBERS
+from mls.native.suites import get_suite
+from mls.native.tree import RatchetTree
+from mls.native.tree_rows import CATEGORY_TREE, CATEGORY_TREE_NODE, decode_node_row
+from mls.storage import GranularStorage
+from tests.conftest import PASSPHRASE
+from tests.native.engine_helpers import GID, agreed, group, member
+
+OLD_LAYOUT = Path(__file__).parent / "old_layout"
+OLD_GID = b"old-layout-group"
+
+
+def _stored_nodes(engine: NativeEngine) -> int:
+    return len(engine.storage.keys(CATEGORY_TREE_NODE))
+
+
+def _non_blank(engine: NativeEngine) -> int:
+    tree = RatchetTree.from_bytes(engine.ratchet_tree(GID))
+    return sum(node is not None for node in tree.nodes)
+
+
+def test_a_processed_commit_writes_only_its_path_and_one_width_row() -> None:
+    """In a 64-member group, a commit with a path writes at most log2(64)+1 node rows."""
+    engines = group([f"m{i}" for i in range(64)])
+    alice, bob = engines[0], engines[1]
+    commit, _ = engines[40].commit(GID, force_path=True)
+    bob.storage.drain_storage_events()
+    bob.process(GID, commit)
+    events = bob.storage.drain_storage_events()
+    node_rows = [e for e in events if e.category == CATEGORY_TREE_NODE]
+    assert 1 <= len(node_rows) <= 7
+    assert [e.category for e in events].count(CATEGORY_TREE) == 1
+    assert not any(e.category == cat.TREE for e in events)
+    members_rows = [e for e in events if e.category == CATEGORY_MEMBERS]
+    assert len(members_rows) == 1 and len(members_rows[0].value or b"") < 200
+    assert sum(len(e.key) + len(e.value or b"") for e in events) < 4000
+    alice.process(GID, commit)
+    assert agreed([alice, bob, engines[40]])
+
+
+def test_node_rows_hold_exactly_the_non_blank_nodes_as_members_come_and_go() -> None:
+    """Adds, removals (with truncation) and updates leave one row per non-blank node."""
+    engines = group([f"m{i}" for i in range(9)])
+    alice = engines[0]
+    for step in (
+        lambda: alice.commit(GID, remove=[5, 6, 7, 8]),  # the tree shrinks to 8 leaves
+        lambda: alice.commit(GID, force_path=True),
+        lambda: alice.commit(GID, add=[member("n").generate_key_package()]),
+    ):
+        step()
+        assert _stored_nodes(alice) == _non_blank(alice)
+        for key, value in alice.storage.items(CATEGORY_TREE_NODE):
+            assert decode_node_row(value) is not None
+            assert key.startswith(len(GID).to_bytes(4, "big") + GID)
+
+
+def test_a_restarted_engine_reads_the_tree_back_from_its_rows() -> None:
+    """An engine built on a copy of the rows has the same tree and keeps up with commits."""
+    engines = group([f"m{i}" for i in range(12)])
+    alice, bob = engines[0], engines[1]
+    commit, _ = engines[7].commit(GID, force_path=True)
+    alice.process(GID, commit)
+    bob.process(GID, commit)
+    copy = GranularStorage()
+    with copy.operation():
+        for category in bob.storage.categories():
+            for key, value in bob.storage.items(category):
+                copy.write(category, key, value)
+    restarted = NativeEngine(copy)
+    assert restarted.ratchet_tree(GID) == bob.ratchet_tree(GID)
+    commit, _ = alice.commit(GID, force_path=True)
+    restarted.process(GID, commit)
+    assert agreed([alice, restarted])
+    assert restarted.process(GID, alice.encrypt(GID, b"hi")).data == b"hi"
+
+
+def test_a_late_message_finds_its_sender_after_the_leaf_was_reused() -> None:
+    """Past epochs keep who sat at a leaf: a message from a removed member still verifies."""
+    alice, bob, carol = group(["alice", "bob", "carol"])
+    late = carol.encrypt(GID, b"before my removal")
+    commit, _ = alice.commit(GID, remove=[2])
+    bob.process(GID, commit)
+    erin = member("erin")
+    commit, welcome = alice.commit(GID, add=[erin.generate_key_package()])
+    assert welcome is not None
+    bob.process(GID, commit)
+    erin.join(welcome)
+    assert erin.own_leaf_index(GID) == 2
+    got = bob.process(GID, late)
+    assert (got.identity, got.data, got.epoch) == (b"carol", b"before my removal", 1)
+    now = bob.process(GID, erin.encrypt(GID, b"new at leaf 2"))
+    assert (now.identity, now.data) == (b"erin", b"new at leaf 2")
+
+
+def test_tree_hash_memo_agrees_with_a_fresh_computation() -> None:
+    """Hashes carried through derived trees equal those of the same nodes hashed anew."""
+    cs = get_suite(1)
+    engines = group([f"m{i}" for i in range(6)])
+    base = RatchetTree.from_bytes(engines[0].ratchet_tree(GID))
+    leaves = [base.leaf(i) for i in base.member_leaves()]
+    rng = random.Random(7)
+    tree = base
+    tree.tree_hash(cs)
+    for _ in range(60):
+        members = tree.member_leaves()
+        op = rng.random()
+        if op < 0.4 or len(members) < 3:
+            leaf = rng.choice(leaves)
+            assert leaf is not None
+            tree, _ = tree.add_leaf(leaf)
+        elif op < 0.7:
+            tree = tree.remove_leaf(rng.choice(members))
+        else:
+            tree = tree.blank_path(rng.choice(members))
+        fresh = RatchetTree(tree.nodes)
+        assert tree.tree_hash(cs) == fresh.tree_hash(cs)
+        x = rng.randrange(len(tree.nodes))
+        assert tree.resolution(x) == fresh.resolution(x)
+        assert tree.tree_hashes(cs) == fresh.tree_hashes(cs)
+
+
+def _open_old(tmp_path: Path, name: str) -> tuple[Vault, NativeEngine]:
+    path = tmp_path / f"{name}.vault"
+    shutil.copy(OLD_LAYOUT / f"{name}.vault", path)
+    vault = Vault.open(path)
+    vault.unlock(PASSPHRASE)
+    return vault, NativeEngine(GranularStorage.load(vault))
+
+
+@pytest.fixture
+def old_vaults(tmp_path: Path) -> tuple[tuple[Vault, NativeEngine], tuple[Vault, NativeEngine]]:
+    """Alice's and Bob's vaults as the code before node rows left them (epoch 3)."""
+    return _open_old(tmp_path, "alice"), _open_old(tmp_path, "bob")
+
+
+def test_a_vault_with_the_whole_tree_row_opens_and_converts_on_the_next_commit(
+    old_vaults: tuple[tuple[Vault, NativeEngine], tuple[Vault, NativeEngine]],
+) -> None:
+    """Old rows are read as they are; the next epoch writes node rows and drops the old one."""
+    (a_vault, alice), (b_vault, bob) = old_vaults
+    assert bob.storage.keys(cat.TREE) == [OLD_GID] and bob.storage.keys(CATEGORY_TREE) == []
+    assert [identity for _, identity in bob.members(OLD_GID)] == [b"alice", b"bob", b"carol"]
+    assert bob.epoch(OLD_GID) == 3 and agreed_on(alice, bob)
+    commit, _ = alice.commit(OLD_GID, force_path=True)
+    bob.process(OLD_GID, commit)
+    assert agreed_on(alice, bob)
+    for engine in (alice, bob):
+        assert engine.storage.keys(cat.TREE) == []
+        assert engine.storage.keys(CATEGORY_TREE) == [OLD_GID]
+        assert len(engine.storage.keys(CATEGORY_TREE_NODE)) >= 3
+    for engine, vault in ((alice, a_vault), (bob, b_vault)):
+        vault.apply(engine.storage.drain_storage_events())
+        vault.close()
+
+
+def agreed_on(*engines: NativeEngine) -> bool:
+    """Same epoch and epoch authenticator in the old-layout group."""
+    return len({(e.epoch(OLD_GID), e.epoch_authenticator(OLD_GID)) for e in engines}) == 1
+
+
+def test_an_old_vaults_late_message_from_a_removed_member_still_decrypts(
+    old_vaults: tuple[tuple[Vault, NativeEngine], tuple[Vault, NativeEngine]],
+) -> None:
+    """Old complete members rows answer for their epoch, also after the layout moved on."""
+    (_, alice), (_, bob) = old_vaults
+    commit, _ = alice.commit(OLD_GID, force_path=True)  # epoch 4: epoch 2 is still kept
+    bob.process(OLD_GID, commit)
+    late = (OLD_LAYOUT / "late.bin").read_bytes()
+    got = bob.process(OLD_GID, late)
+    assert (got.identity, got.data, got.epoch) == (b"dave", b"sent by dave in epoch 2", 2)
+
+
+def test_a_converted_vault_restarts_and_continues(tmp_path: Path) -> None:
+    """After conversion the vault alone holds the group: reopen, commit, exchange messages."""
+    a_vault, alice = _open_old(tmp_path, "alice")
+    b_vault, bob = _open_old(tmp_path, "bob")
+    commit, _ = alice.commit(OLD_GID, force_path=True)
+    bob.process(OLD_GID, commit)
+    for engine, vault in ((alice, a_vault), (bob, b_vault)):
+        vault.apply(engine.storage.drain_storage_events())
+        vault.close()
+    a_vault, alice = _reopen(tmp_path, "alice")
+    b_vault, bob = _reopen(tmp_path, "bob")
+    assert a_vault.get(cat.TREE, OLD_GID) is None
+    commit, _ = bob.commit(OLD_GID, force_path=True)
+    alice.process(OLD_GID, commit)
+    assert agreed_on(alice, bob)
+    assert alice.process(OLD_GID, bob.encrypt(OLD_GID, b"after")).data == b"after"
+    a_vault.close()
+    b_vault.close()
+
+
+def _reopen(tmp_path: Path, name: str) -> tuple[Vault, NativeEngine]:
+    vault = Vault.open(tmp_path / f"{name}.vault")
+    vault.unlock(PASSPHRASE)
+    return vault, NativeEngine(GranularStorage.load(vault))
