@@ -1,0 +1,269 @@
+"""Large groups: the native engine against mls-rs in the same run, at 1k, 5k and 10k members.
+
+For each group size N (suite 0x0001, every member but the creator a bare key package):
+
+* ``add_all`` — the creator adds N-1 members in one commit (and applies it);
+* ``join`` — one member joins from that Welcome (ratchet tree in the GroupInfo);
+* ``make_commit`` — a member makes an empty commit with an UpdatePath (and applies it);
+* ``process_commit`` — another member processes that commit;
+* ``message`` — one application message encrypted and decrypted;
+* ``bytes_per_commit`` — row bytes (row key + value) a processed commit hands to the
+  vault: native, the rows the engine changed in ``GranularStorage``; mls-rs, what its
+  ``write_to_storage`` writes through ``mls.mlsrs.VaultGroupStateStorage``;
+* ``bytes_per_message`` — the same for a processed application message (steady state:
+  not the sender's first message of the epoch, which also stores the secret-tree nodes).
+
+Times are medians over ``rounds`` commits (and ``messages`` messages); every figure is a
+native ÷ mls-rs ratio or a byte count measured in this run.  Run by hand::
+
+    python -m bench.large_group_bench --sizes 1000 5000 10000 --json out.json \\
+        --plot docs/img/large_groups.png
+
+``python -m bench --suite large`` runs the CI size (200 members; ``--quick``: 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mls.mlsrs import load_binding, new_group_state_storage
+from mls.native.engine import NativeEngine
+from mls.storage import GranularStorage
+
+_GID = b"large-group"
+OPS = ("add_all", "join", "make_commit", "process_commit", "message")
+
+
+def _native(name: str) -> NativeEngine:
+    return NativeEngine.create(GranularStorage(), name.encode())
+
+
+def _event_bytes(storage: GranularStorage) -> int:
+    return sum(len(e.key) + len(e.value or b"") for e in storage.drain_storage_events())
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def _native_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
+    alice, bob, carol = _native("alice"), _native("bob"), _native("carol")
+    kps = [bob.generate_key_package(), carol.generate_key_package()]
+    kps += [_native(f"m{i}").generate_key_package() for i in range(members - 3)]
+    alice.create_group(_GID)
+    t_add, (_, welcome) = _timed(lambda: alice.commit(_GID, add=kps))
+    t_join, _ = _timed(lambda: bob.join(welcome))
+    carol.join(welcome)
+    for engine in (alice, bob, carol):
+        engine.storage.drain_storage_events()
+    makes, processes, commit_bytes = [], [], []
+    for _ in range(rounds):
+        t, (commit, _) = _timed(lambda: carol.commit(_GID, force_path=True))
+        makes.append(t)
+        t0 = time.perf_counter()
+        bob.process(_GID, commit)
+        t = time.perf_counter() - t0
+        processes.append(t)
+        commit_bytes.append(_event_bytes(bob.storage))
+        alice.process(_GID, commit)
+        alice.storage.drain_storage_events()
+        carol.storage.drain_storage_events()
+    bob.process(_GID, alice.encrypt(_GID, b"first"))  # the epoch's secret-tree nodes
+    bob.storage.drain_storage_events()
+    alice.storage.drain_storage_events()
+    msg_times, msg_bytes = [], []
+    for _ in range(messages):
+        t0 = time.perf_counter()
+        bob.process(_GID, alice.encrypt(_GID, b"m" * 32))
+        msg_times.append(time.perf_counter() - t0)
+        msg_bytes.append(_event_bytes(bob.storage))
+        alice.storage.drain_storage_events()
+    return {
+        "add_all": t_add,
+        "join": t_join,
+        "make_commit": statistics.median(makes),
+        "process_commit": statistics.median(processes),
+        "message": statistics.median(msg_times),
+        "bytes_per_commit": statistics.median(commit_bytes),
+        "bytes_per_message": statistics.median(msg_bytes),
+    }
+
+
+def _rs_client(binding: Any, name: str, storage: GranularStorage | None = None) -> Any:
+    keypair = binding.generate_signature_keypair(binding.CipherSuite.CURVE25519_AES128)
+    if storage is None:
+        config = binding.client_config_default()
+    else:
+        config = binding.ClientConfig(
+            group_state_storage=new_group_state_storage(storage), use_ratchet_tree_extension=True
+        )
+    return binding.Client(name.encode(), keypair, config)
+
+
+def _rs_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
+    binding = load_binding()
+    storage = GranularStorage()
+    alice = _rs_client(binding, "alice")
+    bob = _rs_client(binding, "bob", storage)
+    carol = _rs_client(binding, "carol")
+    kps = [bob.generate_key_package_message(), carol.generate_key_package_message()]
+    kps += [_rs_client(binding, f"m{i}").generate_key_package_message() for i in range(members - 3)]
+    group = alice.create_group(_GID)
+
+    def add_all() -> Any:
+        out = group.add_members(kps)
+        group.process_incoming_message(out.commit_message)
+        return out
+
+    t_add, out = _timed(add_all)
+    t_join, joined = _timed(lambda: bob.join_group(None, out.welcome_message))
+    b_group = joined.group
+    c_group = carol.join_group(None, out.welcome_message).group
+    b_group.write_to_storage()
+    storage.drain_storage_events()
+    makes, processes, commit_bytes = [], [], []
+    for _ in range(rounds):
+
+        def make() -> Any:
+            made = c_group.commit()
+            c_group.process_incoming_message(made.commit_message)
+            return made
+
+        t, made = _timed(make)
+        makes.append(t)
+
+        def process(m: Any = made) -> None:
+            b_group.process_incoming_message(m.commit_message)
+            b_group.write_to_storage()
+
+        t, _ = _timed(process)
+        processes.append(t)
+        commit_bytes.append(_event_bytes(storage))
+        group.process_incoming_message(made.commit_message)
+    b_group.process_incoming_message(group.encrypt_application_message(b"first"))
+    b_group.write_to_storage()
+    storage.drain_storage_events()
+    msg_times, msg_bytes = [], []
+    for _ in range(messages):
+        t0 = time.perf_counter()
+        b_group.process_incoming_message(group.encrypt_application_message(b"m" * 32))
+        b_group.write_to_storage()
+        msg_times.append(time.perf_counter() - t0)
+        msg_bytes.append(_event_bytes(storage))
+    return {
+        "add_all": t_add,
+        "join": t_join,
+        "make_commit": statistics.median(makes),
+        "process_commit": statistics.median(processes),
+        "message": statistics.median(msg_times),
+        "bytes_per_commit": statistics.median(commit_bytes),
+        "bytes_per_message": statistics.median(msg_bytes),
+    }
+
+
+#: The goals, per figure; ``bytes_per_commit``'s depends on the size (10 KB at 1k members).
+_GOALS = {"process_commit": "<= 3", "join": "<= 3", "bytes_per_message": "<= 200"}
+
+
+def measure(members: int, rounds: int = 5, messages: int = 20) -> list[dict[str, Any]]:
+    """Every figure at one group size, both engines in this run."""
+    native = _native_run(members, rounds, messages)
+    rs = _rs_run(members, rounds, messages)
+    out: list[dict[str, Any]] = []
+    for op in OPS:
+        out.append(
+            {
+                "name": f"large_{op}_{members}",
+                "members": members,
+                "op": op,
+                "native_s": native[op],
+                "mls_rs_s": rs[op],
+                "ratio": native[op] / rs[op],
+                "goal": _GOALS.get(op),
+            }
+        )
+    commit_goal = "<= 10000" if members <= 1000 else "<= 30000"  # 10 KB at 1k, 3x at 10k
+    for op in ("bytes_per_commit", "bytes_per_message"):
+        out.append(
+            {
+                "name": f"large_{op}_{members}",
+                "members": members,
+                "op": op,
+                "figure": "native_bytes",
+                "native_bytes": native[op],
+                "mls_rs_bytes": rs[op],
+                "goal": commit_goal if op == "bytes_per_commit" else _GOALS[op],
+            }
+        )
+    return out
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """The harness entry point: one CI-sized group (``quick``: a smaller one)."""
+    return measure(100 if quick else 200, rounds=3, messages=10)
+
+
+def plot(results: Sequence[dict[str, Any]], out: Path) -> Path:
+    """Cost vs members, both engines (log-log), one panel per operation, and bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), dpi=110)
+    panels = [*OPS, "bytes_per_commit", "bytes_per_message"]
+    for ax, op in zip(axes.flat, panels, strict=False):
+        points = sorted((r for r in results if r["op"] == op), key=lambda r: r["members"])
+        xs = [r["members"] for r in points]
+        if op.startswith("bytes"):
+            ax.plot(xs, [r["native_bytes"] for r in points], "s-", label="native")
+            ax.plot(xs, [r["mls_rs_bytes"] for r in points], "o-", label="mls-rs")
+            ax.set_ylabel("bytes to the vault")
+        else:
+            ax.plot(xs, [r["native_s"] * 1e3 for r in points], "s-", label="native")
+            ax.plot(xs, [r["mls_rs_s"] * 1e3 for r in points], "o-", label="mls-rs")
+            ax.set_ylabel("ms")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("members")
+        ax.set_title(op.replace("_", " "))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes.flat[-1].axis("off")
+    fig.suptitle("Large groups: native engine vs mls-rs, same run (suite 0x0001)")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point (sizes by hand; see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=20)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--plot", type=Path, help="write a PNG plot here")
+    args = parser.parse_args(argv)
+    results: list[dict[str, Any]] = []
+    for members in args.sizes:
+        results += measure(members, args.rounds, args.messages)
+        for r in results[-len(OPS) - 2 :]:
+            print(json.dumps(r), flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    if args.plot is not None:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()
