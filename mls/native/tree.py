@@ -350,7 +350,8 @@ class RatchetTree(Struct):
     def add_leaf(self, leaf: LeafNode) -> tuple[RatchetTree, int]:
         """Place ``leaf`` in the leftmost blank leaf (extending if full), marking it unmerged."""
         tree = self
-        free = next((i for i in range(tree.n_leaves) if tree.nodes[2 * i] is None), None)
+        start = tree.memo().full_below
+        free = next((i for i in range(start, tree.n_leaves) if tree.nodes[2 * i] is None), None)
         if free is None:
             free = tree.n_leaves
             tree = tree.extended()
@@ -362,7 +363,9 @@ class RatchetTree(Struct):
                 changes[p] = ParentNode(
                     node.encryption_key, node.parent_hash, (*node.unmerged_leaves, free)
                 )
-        return tree.with_nodes(changes), free
+        added = tree.with_nodes(changes)
+        added.memo().full_below = free + 1  # the leaves below were full, and free is now
+        return added, free
 
     def blank_path(self, leaf_index: int) -> RatchetTree:
         """Blank the intermediate nodes on the leaf's direct path."""

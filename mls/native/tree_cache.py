@@ -50,15 +50,18 @@ class TreeMemo:
     belongs to; each tree has its own memo (derivations copy).
     """
 
-    __slots__ = ("hashes", "resolutions", "suite_id")
+    __slots__ = ("full_below", "hashes", "resolutions", "suite_id")
 
     def __init__(
         self,
         suite_id: int | None = None,
         hashes: dict[int, bytes] | None = None,
         resolutions: dict[int, tuple[int, ...]] | None = None,
+        full_below: int = 0,
     ) -> None:
         self.suite_id = suite_id
+        #: Every leaf below this index is non-blank: where the search for a free leaf starts.
+        self.full_below = full_below
         self.hashes: dict[int, bytes] = {} if hashes is None else hashes
         self.resolutions: dict[int, tuple[int, ...]] = {} if resolutions is None else resolutions
 
@@ -81,7 +84,10 @@ class TreeMemo:
             resolutions = {x: r for x, r in self.resolutions.items() if x < width}
         else:
             hashes, resolutions = dict(self.hashes), dict(self.resolutions)
+        full_below = min(self.full_below, (width + 1) // 2)
         for x in invalidated(changed, width):
             hashes.pop(x, None)
             resolutions.pop(x, None)
-        return TreeMemo(self.suite_id, hashes, resolutions)
+            if not x & 1:
+                full_below = min(full_below, x // 2)
+        return TreeMemo(self.suite_id, hashes, resolutions, full_below)
