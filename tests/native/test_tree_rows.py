@@ -209,3 +209,47 @@ def _reopen(tmp_path: Path, name: str) -> tuple[Vault, NativeEngine]:
     vault = Vault.open(tmp_path / f"{name}.vault")
     vault.unlock(PASSPHRASE)
     return vault, NativeEngine(GranularStorage.load(vault))
+
+
+def _hashes_computed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count tree hashes actually computed (memo misses) from now on."""
+    computed = [0]
+    real = RatchetTree._tree_hash
+
+    def counting(
+        self: RatchetTree, cs: object, x: int, excluded: frozenset[int], cache: object
+    ) -> bytes:
+        if not excluded and x not in self.memo().hashes_for(cs.suite_id):  # type: ignore[attr-defined]
+            computed[0] += 1
+        return real(self, cs, x, excluded, cache)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RatchetTree, "_tree_hash", counting)
+    return computed
+
+
+def _sparse_group(size: int) -> tuple[NativeEngine, NativeEngine, NativeEngine]:
+    """Alice adds ``size - 1`` members; only Bob and Carol join, the rest are key packages."""
+    alice, bob, carol = member("alice"), member("bob"), member("carol")
+    alice.create_group(GID)
+    kps = [bob.generate_key_package(), carol.generate_key_package()]
+    kps += [member(f"m{i}").generate_key_package() for i in range(size - 3)]
+    _, welcome = alice.commit(GID, add=kps)
+    assert welcome is not None
+    bob.join(welcome)
+    carol.join(welcome)
+    return alice, bob, carol
+
+
+@pytest.mark.parametrize("size", [64, 512])
+def test_processing_a_commit_hashes_one_path_not_the_tree(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Tree hashes computed for a processed commit stay O(log n) (the memo carries the rest)."""
+    _, bob, carol = _sparse_group(size)
+    commit, _ = carol.commit(GID, force_path=True)
+    bob.process(GID, commit)  # the first commit after a join fills the memo once
+    commit, _ = carol.commit(GID, force_path=True)
+    computed = _hashes_computed(monkeypatch)
+    bob.process(GID, commit)
+    depth = (size - 1).bit_length()
+    assert 0 < computed[0] <= 4 * (depth + 1), computed[0]
