@@ -14,9 +14,12 @@ encryption_key_pair            our current leaf HPKE key (and pending Update lea
 encryption_epoch_key_pairs     our parent-node HPKE keys of the current epoch
 psk                            external PSKs, under their id
 mls_join_config                the group's :class:`GroupConfig`
-tree, group_context,           the public group state of the current epoch
+group_context,                 the public group state of the current epoch
 interim_transcript_hash,
 confirmation_tag
+native/v1/tree,                the ratchet tree: its width, and one row per non-blank node
+native/v1/tree_node            (:mod:`mls.native.tree_rows`; older vaults: ``tree``, the
+                               whole tree in one row, converted by the next epoch)
 group_epoch_secrets            the current epoch's secrets (tree root and joiner secrets
                                erased once used)
 own_leaf_index, group_state    where we sit; 1 = operational
@@ -26,7 +29,8 @@ queued_proposal
 resumption_psk_store           resumption PSKs of the retained epochs
 message_secrets                the index of retained epochs (current + ``max_past_epochs``)
 message_secrets/epoch          per epoch: sender-data secret, unconsumed secret-tree nodes
-message_secrets/members        per epoch: context and members' signature keys (late messages)
+message_secrets/members        per past epoch: context, and who sat at the leaves the next
+                               commit changed (late messages; see :class:`MembersRow`)
 message_secrets/ratchet        per epoch, leaf and ratchet type: one hash ratchet
 native/v1/pending_commit       our commit awaiting the delivery service: its exact bytes
                                (and Welcome) and the epoch it leads to
