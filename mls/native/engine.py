@@ -545,8 +545,7 @@ class NativeEngine:
             if leaf in row.members or row.complete:
                 return context, row.members.get(leaf)
         assert context is not None
-        tree = self._tree(gid)
-        node = tree.leaf(leaf) if 0 <= leaf < tree.n_leaves else None
+        node = self._tree_rows.leaf(self._storage, gid, leaf)  # one row, not the whole tree
         return context, None if node is None else (node.signature_key, node.credential.identity)
 
     # ------------------------------------------------------------------ epoch persistence

@@ -127,6 +127,26 @@ class TreeRows:
         self._keep(group_id, stamp, tree)
         return tree
 
+    def leaf(self, storage: GranularStorage, group_id: bytes, leaf: int) -> LeafNode | None:
+        """One leaf of the stored tree, without loading the others (None: blank or outside).
+
+        What an application message needs to know of its sender: after a restart, the
+        first message of a large group reads one row instead of decoding the whole tree.
+        """
+        width_row = storage.read(CATEGORY_TREE, group_id)
+        with self._lock:
+            kept = self._kept.get(group_id)
+        if width_row is None or (kept is not None and kept[0] is width_row):
+            tree = self.load(storage, group_id)
+            return None if tree is None or not 0 <= leaf < tree.n_leaves else tree.leaf(leaf)
+        if not 0 <= leaf < _decode_width(width_row):
+            return None
+        row = storage.read(CATEGORY_TREE_NODE, node_row_key(group_id, tm.leaf_to_node(leaf)))
+        node = None if row is None else decode_node_row(row)
+        if node is not None and not isinstance(node, LeafNode):
+            raise DecodeError("stored tree has a parent node at a leaf position")
+        return node
+
     @staticmethod
     def _read_nodes(storage: GranularStorage, group_id: bytes, n_leaves: int) -> RatchetTree:
         nodes: list[Node | None] = []

@@ -10,7 +10,7 @@ import pytest
 
 from keystore import Vault
 from mls import categories as cat
-from mls.native import NativeEngine
+from mls.native import NativeEngine, tree_rows
 from mls.native.rows import CATEGORY_MEMBERS
 from mls.native.suites import get_suite
 from mls.native.tree import RatchetTree
@@ -253,3 +253,28 @@ def test_processing_a_commit_hashes_one_path_not_the_tree(
     bob.process(GID, commit)
     depth = (size - 1).bit_length()
     assert 0 < computed[0] <= 4 * (depth + 1), computed[0]
+
+
+def test_after_a_restart_a_message_reads_one_leaf_not_the_tree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rehydrate is lazy: the first application message decodes its sender's leaf only."""
+    alice, bob, _ = _sparse_group(64)
+    copy = GranularStorage()
+    with copy.operation():
+        for category in bob.storage.categories():
+            for key, value in bob.storage.items(category):
+                copy.write(category, key, value)
+    decoded = [0]
+    real = tree_rows.decode_node_row
+
+    def counting(data: bytes) -> object:
+        decoded[0] += 1
+        return real(data)
+
+    monkeypatch.setattr(tree_rows, "decode_node_row", counting)
+    restarted = NativeEngine(copy)
+    assert restarted.process(GID, alice.encrypt(GID, b"after restart")).data == b"after restart"
+    assert decoded[0] == 1
+    assert restarted.members(GID)[0] == (0, b"alice")  # the whole tree, on demand
+    assert decoded[0] > 64
