@@ -60,6 +60,7 @@ from .key_schedule import EpochSecrets
 from .leaf_node import LeafNode
 from .secret_tree import DEFAULT_MAX_FORWARD, DEFAULT_WINDOW, HashRatchet, RatchetType
 from .tree import RatchetTree
+from .tree_rows import candidates
 
 CATEGORY_IDENTITY = "native/v1/identity"
 CATEGORY_EPOCH = cat.MESSAGE_SECRETS + "/epoch"
@@ -251,16 +252,17 @@ class MembersRow:
     def between(cls, context: GroupContext, old: RatchetTree, new: RatchetTree) -> MembersRow:
         """The row of the epoch of ``context`` (tree ``old``) left for tree ``new``."""
         changed: dict[int, MemberKey | None] = {}
-        old_leaves, new_leaves = old.nodes[::2], new.nodes[::2]
-        for i in range(max(len(old_leaves), len(new_leaves))):
-            a = old_leaves[i] if i < len(old_leaves) else None
-            b = new_leaves[i] if i < len(new_leaves) else None
+        for x in candidates(old, new):
+            if x & 1:
+                continue
+            a = old.nodes[x] if x < len(old.nodes) else None
+            b = new.nodes[x] if x < len(new.nodes) else None
             if a is b:
                 continue
             before = None if a is None else _member_key(a)
             after = None if b is None else _member_key(b)
             if before != after:
-                changed[i] = before
+                changed[x // 2] = before
         return cls(context, changed)
 
 

@@ -327,13 +327,13 @@ class RatchetTree(Struct):
         nodes = list(self.nodes)
         for x, node in changes.items():
             nodes[x] = node
-        memo = self.memo().derive(len(nodes), changes)
+        memo = self.memo().derive(self, len(nodes), changes)
         return RatchetTree._derived(tuple(nodes), memo, changes)
 
     def extended(self) -> RatchetTree:
         """Double the leaf capacity (the old tree becomes the left subtree)."""
         nodes = self.nodes + (None,) * (len(self.nodes) + 1)
-        return RatchetTree._derived(nodes, self.memo().derive(len(nodes), ()), ())
+        return RatchetTree._derived(nodes, self.memo().derive(self, len(nodes), ()), ())
 
     def truncated(self) -> RatchetTree:
         """Halve while the right half of the leaves is entirely blank."""
@@ -345,7 +345,8 @@ class RatchetTree(Struct):
             nodes = nodes[: half - 1]
         if len(nodes) == len(self.nodes):
             return self
-        return RatchetTree._derived(nodes, self.memo().derive(len(nodes), (), shrunk=True), ())
+        memo = self.memo().derive(self, len(nodes), (), shrunk=True)
+        return RatchetTree._derived(nodes, memo, ())
 
     def add_leaf(self, leaf: LeafNode) -> tuple[RatchetTree, int]:
         """Place ``leaf`` in the leftmost blank leaf (extending if full), marking it unmerged."""

@@ -50,7 +50,7 @@ class TreeMemo:
     belongs to; each tree has its own memo (derivations copy).
     """
 
-    __slots__ = ("full_below", "hashes", "resolutions", "suite_id")
+    __slots__ = ("changed", "full_below", "hashes", "origin", "resolutions", "suite_id")
 
     def __init__(
         self,
@@ -58,8 +58,14 @@ class TreeMemo:
         hashes: dict[int, bytes] | None = None,
         resolutions: dict[int, tuple[int, ...]] | None = None,
         full_below: int = 0,
+        origin: object = None,
+        changed: frozenset[int] = frozenset(),
     ) -> None:
         self.suite_id = suite_id
+        #: The tree this one was derived from by replacing ``changed`` (and resizing), when
+        #: few nodes changed: lets storage write a new tree in O(changed), not O(width).
+        self.origin = origin
+        self.changed = changed
         #: Every leaf below this index is non-blank: where the search for a free leaf starts.
         self.full_below = full_below
         self.hashes: dict[int, bytes] = {} if hashes is None else hashes
@@ -72,8 +78,10 @@ class TreeMemo:
             self.hashes = {}
         return self.hashes
 
-    def derive(self, width: int, changed: Iterable[int], *, shrunk: bool = False) -> TreeMemo:
-        """A copy for a tree of ``width`` nodes whose ``changed`` nodes were replaced.
+    def derive(
+        self, owner: object, width: int, changed: Iterable[int], *, shrunk: bool = False
+    ) -> TreeMemo:
+        """A copy for a tree of ``width`` nodes made from ``owner`` by replacing ``changed``.
 
         Entries of the changed nodes and their ancestors are dropped; with ``shrunk`` (the
         tree was truncated) so are entries at or beyond ``width``, which a tree that grows
@@ -84,10 +92,28 @@ class TreeMemo:
             resolutions = {x: r for x, r in self.resolutions.items() if x < width}
         else:
             hashes, resolutions = dict(self.hashes), dict(self.resolutions)
+        changed = frozenset(changed)
         full_below = min(self.full_below, (width + 1) // 2)
         for x in invalidated(changed, width):
             hashes.pop(x, None)
             resolutions.pop(x, None)
             if not x & 1:
                 full_below = min(full_below, x // 2)
-        return TreeMemo(self.suite_id, hashes, resolutions, full_below)
+        origin, since = (
+            (owner, changed) if self.origin is None else (self.origin, self.changed | changed)
+        )
+        if len(since) > _LINEAGE_LIMIT:
+            origin, since = None, frozenset()  # many changes: a full comparison is as cheap
+        return TreeMemo(self.suite_id, hashes, resolutions, full_below, origin, since)
+
+    def changed_since(self, origin: object) -> frozenset[int] | None:
+        """The nodes replaced since ``origin`` if this tree derives from it, else ``None``."""
+        return self.changed if origin is not None and self.origin is origin else None
+
+    def forget_origin(self) -> None:
+        """Drop the lineage (once stored, a tree is the origin of the next ones)."""
+        self.origin, self.changed = None, frozenset()
+
+
+#: Beyond this many changed nodes the lineage is dropped (it would cost more than it saves).
+_LINEAGE_LIMIT = 256

@@ -32,6 +32,7 @@ its memo of tree hashes, which is what keeps the next commit's hashing to one pa
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from mls import categories as cat
 from mls.storage import GranularStorage
@@ -46,6 +47,7 @@ __all__ = [
     "CATEGORY_TREE",
     "CATEGORY_TREE_NODE",
     "TreeRows",
+    "candidates",
     "decode_node_row",
     "encode_node_row",
     "node_row_key",
@@ -85,6 +87,17 @@ def decode_node_row(data: bytes) -> Node:
         raise DecodeError(f"stored tree node has an invalid type {kind}")
 
     return decode_exact(data, read)
+
+
+def candidates(old: RatchetTree | None, new: RatchetTree) -> Iterable[int]:
+    """Node indices where ``new`` may differ from ``old``: its changes if it derives from
+    ``old`` (plus the nodes cut off by truncation), else every index."""
+    if old is None:
+        return range(len(new.nodes))
+    changed = new.memo().changed_since(old)
+    if changed is None:
+        return range(max(len(old.nodes), len(new.nodes)))
+    return sorted(changed.union(range(len(new.nodes), len(old.nodes))))
 
 
 def _encode_width(n_leaves: int) -> bytes:
@@ -168,7 +181,7 @@ class TreeRows:
         old_nodes: tuple[Node | None, ...] = () if old is None or legacy else old.nodes
         new_nodes = tree.nodes
         written = 0
-        for x in range(max(len(old_nodes), len(new_nodes))):
+        for x in candidates(old if old_nodes else None, tree):
             before = old_nodes[x] if x < len(old_nodes) else None
             after = new_nodes[x] if x < len(new_nodes) else None
             if before is after or before == after:
@@ -184,6 +197,7 @@ class TreeRows:
         stamp = _encode_width(tree.n_leaves)
         storage.write(CATEGORY_TREE, group_id, stamp)
         self._keep(group_id, stamp, tree)
+        tree.memo().forget_origin()  # the stored tree is the origin of the next ones
         return written + 1
 
     def delete(self, storage: GranularStorage, group_id: bytes) -> None:

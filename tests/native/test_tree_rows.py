@@ -14,7 +14,12 @@ from mls.native import NativeEngine, tree_rows
 from mls.native.rows import CATEGORY_MEMBERS
 from mls.native.suites import get_suite
 from mls.native.tree import RatchetTree
-from mls.native.tree_rows import CATEGORY_TREE, CATEGORY_TREE_NODE, decode_node_row
+from mls.native.tree_rows import (
+    CATEGORY_TREE,
+    CATEGORY_TREE_NODE,
+    candidates,
+    decode_node_row,
+)
 from mls.storage import GranularStorage
 from tests.conftest import PASSPHRASE
 from tests.native.engine_helpers import GID, agreed, group, member
@@ -106,7 +111,7 @@ def test_a_late_message_finds_its_sender_after_the_leaf_was_reused() -> None:
 
 
 def test_tree_hash_memo_agrees_with_a_fresh_computation() -> None:
-    """Hashes, resolutions and free leaves carried through derived trees match a fresh tree."""
+    """Hashes, resolutions, free leaves and changed nodes carried along match a fresh tree."""
     cs = get_suite(1)
     engines = group([f"m{i}" for i in range(6)])
     base = RatchetTree.from_bytes(engines[0].ratchet_tree(GID))
@@ -132,6 +137,10 @@ def test_tree_hash_memo_agrees_with_a_fresh_computation() -> None:
         x = rng.randrange(len(tree.nodes))
         assert tree.resolution(x) == fresh.resolution(x)
         assert tree.tree_hashes(cs) == fresh.tree_hashes(cs)
+        width = max(len(base.nodes), len(tree.nodes))
+        padded = [(*t.nodes, *[None] * (width - len(t.nodes))) for t in (base, tree)]
+        differ = {x for x in range(width) if padded[0][x] != padded[1][x]}
+        assert differ <= set(candidates(base, tree))  # what storage rewrites covers it
 
 
 def _open_old(tmp_path: Path, name: str) -> tuple[Vault, NativeEngine]:
