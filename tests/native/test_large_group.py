@@ -9,6 +9,7 @@ with the same secret, and a processed commit must hand the native vault a few ki
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,12 @@ def test_a_thousand_member_mixed_group_survives_commits_and_restarts(home: Home)
     commit = alice.update_keys(GID)
     _deliver(commit, [bob, carol, dave])
     _agree(everyone)
+
+
+def test_the_large_groups_document_examples_run() -> None:
+    """Each python example of docs/large-groups.md runs as written (its asserts hold)."""
+    doc = Path(__file__).parents[2] / "docs" / "large-groups.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", doc.read_text(encoding="utf-8"), re.S | re.M)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), {"__name__": "doc_example"})
