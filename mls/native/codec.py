@@ -3,10 +3,17 @@
 Decoding is strict: every read is bounds-checked, vector lengths must use the minimal varint
 encoding, optional presence octets must be 0 or 1, and :func:`decode_exact` rejects trailing
 bytes. Any violation raises :class:`~mls.native.errors.DecodeError`.
+
+Decoding is also bounded, so that hostile input fails fast instead of making us build
+millions of objects: no vector may hold more than :data:`MAX_VECTOR_ITEMS` items, and one
+decode (a :class:`Reader` and every sub-reader it hands out) may build at most
+:data:`MAX_DECODE_ITEMS` vector items in all.  Both checks run *before* the next item is
+built, so the cost of rejecting an oversized vector is the cost of the items allowed.
 """
 
 from __future__ import annotations
 
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -16,6 +23,14 @@ from .errors import DecodeError, EncodeError
 T = TypeVar("T")
 
 MAX_VARINT = (1 << 30) - 1
+#: Most items one vector may hold.  The largest honest vector is a ratchet tree's node list
+#: (two nodes per member): 65,536 covers a 32,768-member tree, far above any message size
+#: limit a client would accept.
+MAX_VECTOR_ITEMS = 1 << 16
+#: Most vector items one decode may build, summed over every nested vector.  A leaf costs
+#: about a dozen, so this admits trees of ~10,000 members while bounding the CPU a single
+#: hostile message can cost to a fraction of a second.
+MAX_DECODE_ITEMS = 1 << 17
 
 
 def encode_varint(value: int) -> bytes:
@@ -32,12 +47,21 @@ def encode_varint(value: int) -> bytes:
 class Reader:
     """Cursor over an immutable byte string; all reads are bounds-checked."""
 
-    __slots__ = ("_data", "_end", "_pos")
+    __slots__ = ("_budget", "_data", "_end", "_pos")
 
-    def __init__(self, data: bytes, start: int = 0, end: int | None = None) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        max_items: int = MAX_DECODE_ITEMS,
+    ) -> None:
         self._data = bytes(data)
         self._pos = start
         self._end = len(self._data) if end is None else end
+        # One counter shared (by reference) with every sub-reader: the whole decode's budget.
+        self._budget = [max_items]
 
     @property
     def remaining(self) -> int:
@@ -108,16 +132,49 @@ class Reader:
         inner._data = self._data
         inner._pos = self._pos
         inner._end = self._pos + n
+        inner._budget = self._budget
         self._pos += n
         return inner
 
-    def vector(self, item: Callable[[Reader], T]) -> list[T]:
-        """Read ``T items<V>``; the items must consume the vector exactly."""
+    def _spend(self, items: int) -> None:
+        budget = self._budget
+        budget[0] -= items
+        if budget[0] < 0:
+            raise DecodeError("input holds more items than one message may")
+
+    def vector(
+        self, item: Callable[[Reader], T], *, max_items: int = MAX_VECTOR_ITEMS
+    ) -> list[T]:
+        """Read ``T items<V>``; the items must consume the vector exactly.
+
+        Raises:
+            DecodeError: also when the vector holds more than ``max_items`` items or the
+                decode's item budget runs out (checked before each item is built).
+        """
         inner = self.sub()
         out: list[T] = []
         while not inner.at_end():
+            if len(out) >= max_items:
+                raise DecodeError(f"vector holds more than {max_items} items")
+            self._spend(1)
             out.append(item(inner))
         return out
+
+    def uint_vector(self, size: int, *, max_items: int = MAX_VECTOR_ITEMS) -> tuple[int, ...]:
+        """Read ``uintN items<V>`` (``size`` 1, 2, 4 or 8 bytes) in one step.
+
+        Fixed-size items need no per-item parsing: the count is known from the length, so
+        an oversized vector is refused before a single item is built.
+        """
+        code = {1: "B", 2: "H", 4: "I", 8: "Q"}[size]
+        raw = self.opaque()
+        count, rest = divmod(len(raw), size)
+        if rest:
+            raise DecodeError(f"vector of uint{8 * size} has a partial item")
+        if count > max_items:
+            raise DecodeError(f"vector holds more than {max_items} items")
+        self._spend(count)
+        return struct.unpack(f">{count}{code}", raw)
 
     def optional(self, item: Callable[[Reader], T]) -> T | None:
         """Read ``optional<T>``."""
@@ -203,9 +260,11 @@ class Writer:
         self.u8(1 if value else 0)
 
 
-def decode_exact(data: bytes, item: Callable[[Reader], T]) -> T:
-    """Decode one value that must span ``data`` exactly."""
-    reader = Reader(data)
+def decode_exact(
+    data: bytes, item: Callable[[Reader], T], *, max_items: int = MAX_DECODE_ITEMS
+) -> T:
+    """Decode one value that must span ``data`` exactly (at most ``max_items`` vector items)."""
+    reader = Reader(data, max_items=max_items)
     value = item(reader)
     reader.finish()
     return value

@@ -25,6 +25,7 @@ from .framing import (
     WireFormat,
 )
 from .group_context import GroupContext
+from .identity import CredentialValidator
 from .join import GroupEpoch
 from .key_package import KeyPackage
 from .key_schedule import next_epoch, psk_secret, welcome_key_nonce
@@ -150,6 +151,7 @@ def process_commit(
     *,
     leaf_key: LeafKeyLookup | None = None,
     now: int | None = None,
+    validator: CredentialValidator | None = None,
 ) -> GroupEpoch | None:
     """Validate and apply another member's verified commit; ``None`` if it removed us.
 
@@ -157,6 +159,7 @@ def process_commit(
         proposals: the commit's proposals, resolved (:func:`resolve_proposals`).
         leaf_key: private keys of our pending Update leaves, for when a commit takes one.
         now: Unix time for key-package lifetime checks (``None`` skips them).
+        validator: the credential policy new and replaced leaves must satisfy.
     """
     cs = get_suite(group.context.cipher_suite)
     commit = auth.content.content
@@ -173,6 +176,7 @@ def process_commit(
         committer,
         has_path=commit.path is not None,
         now=now,
+        validator=validator,
     )
     applied = apply_proposals(group.tree, group.context.extensions, proposals)
     _check_required_capabilities(applied, group.context)
@@ -204,6 +208,7 @@ def process_commit(
             provisional,
             source=LeafNodeSource.COMMIT,
             replaces=committer,
+            validator=validator,
         )
         joiners = [i for i, _ in applied.joiners]
         result, _ = process_update_path(
@@ -259,6 +264,7 @@ def create_commit(
     ratchet_tree_extension: bool = True,
     authenticated_data: bytes = b"",
     now: int | None = None,
+    validator: CredentialValidator | None = None,
 ) -> CommitOutput:
     """Commit ``proposals`` (inline when ``ref`` is empty, else by reference).
 
@@ -269,7 +275,14 @@ def create_commit(
     me = group.private.leaf_index
     with_path = force_path or path_required(proposals)
     validate_proposal_list(
-        cs, group.tree, group.context, proposals, me, has_path=with_path, now=now
+        cs,
+        group.tree,
+        group.context,
+        proposals,
+        me,
+        has_path=with_path,
+        now=now,
+        validator=validator,
     )
     applied = apply_proposals(group.tree, group.context.extensions, proposals)
     _check_required_capabilities(applied, group.context)

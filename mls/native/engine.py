@@ -18,7 +18,7 @@ import enum
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -37,6 +37,7 @@ from .errors import (
     InvalidMessage,
     InvalidProposal,
     KeyNotFound,
+    MessageTooLarge,
     NoIdentity,
     NoPendingCommit,
     PendingCommitExists,
@@ -55,14 +56,17 @@ from .framing import (
     AuthenticatedContent,
     ContentType,
     FramedContent,
+    MessageHeader,
     MLSMessage,
     PrivateMessage,
     PublicMessage,
     Sender,
     SenderType,
     WireFormat,
+    peek_header,
 )
 from .group_context import GroupContext
+from .identity import BasicCredentialValidator, CredentialValidator
 from .join import GroupEpoch, join_from_welcome
 from .key_package import KeyPackage
 from .key_schedule import EpochSecrets, next_epoch
@@ -135,13 +139,17 @@ from .treekem import TreePrivate
 from .validation import (
     DEFAULT_EXTENSION_TYPES,
     PendingProposal,
+    select_committable,
+    validate_group_context_extensions,
     validate_key_package,
-    validate_leaf_node,
+    validate_received_proposal,
+    validate_tree_leaves,
 )
 from .welcome import GroupInfo, Welcome
 
 __all__ = [
     "DEFAULT_KEY_PACKAGE_LIFETIME",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "NativeEngine",
     "PendingCommit",
     "Processed",
@@ -150,6 +158,11 @@ __all__ = [
 
 #: Validity of a new key package: 90 days, starting an hour early to absorb clock skew.
 DEFAULT_KEY_PACKAGE_LIFETIME = 90 * 24 * 3600
+#: Largest MLSMessage the engine accepts (process, join, key packages) or produces
+#: (encrypt): 2 MiB.  That fits a Welcome carrying the ratchet tree of a group of several
+#: thousand members, and text, reactions and attachment keys by orders of magnitude; media
+#: belongs in attachments that the messages point to.
+DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 _SKEW = 3600
 _T = TypeVar("_T")
 
@@ -206,9 +219,30 @@ class NativeEngine:
     Args:
         storage: the storage holding this client's state.
         clock: Unix time source for key-package lifetimes (tests inject it).
+        credential_validator: the application's identity policy (who may be a member, may a
+            member change credential, may two leaves share an identity); default
+            :class:`~mls.native.identity.BasicCredentialValidator`.
+        max_message_size: largest message accepted or produced, in bytes (default
+            :data:`DEFAULT_MAX_MESSAGE_SIZE`); larger ones raise
+            :class:`~mls.native.errors.MessageTooLarge` before any decoding.
     """
 
-    def __init__(self, storage: GranularStorage, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        storage: GranularStorage,
+        *,
+        clock: Callable[[], float] = time.time,
+        credential_validator: CredentialValidator | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) or (
+            max_message_size < 1024
+        ):
+            raise ValueError("max_message_size must be an int of at least 1024 bytes")
+        self._validator: CredentialValidator = (
+            BasicCredentialValidator() if credential_validator is None else credential_validator
+        )
+        self._max_message_size = max_message_size
         self._storage = storage
         self._clock = clock
         self._lock = threading.RLock()
@@ -715,6 +749,8 @@ class NativeEngine:
             UnknownKeyPackage: the Welcome addresses none of our key packages.
             InvalidMessage/InvalidTree/CryptoError: it does not verify.
         """
+        if peek_header(self._bounded(welcome)).wire_format != WireFormat.WELCOME:
+            raise InvalidMessage("not a Welcome")
         msg = _parse(welcome)
         if not isinstance(msg.body, Welcome):
             raise InvalidMessage("not a Welcome")
@@ -739,18 +775,7 @@ class NativeEngine:
             tree = None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree)
             group = join_from_welcome(body, kp, init_priv, enc_priv, self._external_psks(), tree)
             cs = get_suite(group.context.cipher_suite)
-            for i in group.tree.member_leaves():
-                leaf = group.tree.leaf(i)
-                assert leaf is not None
-                validate_leaf_node(
-                    cs,
-                    leaf,
-                    group.tree,
-                    group.context,
-                    source=leaf.leaf_node_source,
-                    replaces=i,
-                    in_tree=True,
-                )
+            validate_tree_leaves(cs, group.tree, group.context, self._validator)
             gid = group.context.group_id
             if self._storage.read(cat.GROUP_STATE, gid) is not None:
                 raise InvalidMessage("this engine is already a member of that group")
@@ -798,6 +823,10 @@ class NativeEngine:
         """An application PrivateMessage; the advanced ratchet is stored in the same operation."""
         if not isinstance(plaintext, bytes) or not isinstance(aad, bytes):
             raise TypeError("plaintext and aad must be bytes")
+        if len(plaintext) + len(aad) > self._max_message_size:
+            raise MessageTooLarge(
+                f"the message would exceed the {self._max_message_size}-byte limit"
+            )
         with self._lock:
             self._check_group(group_id)
             context, me = self._context(group_id), self._own_leaf(group_id)
@@ -808,7 +837,12 @@ class NativeEngine:
                 self._cs, WireFormat.PRIVATE_MESSAGE, content, self._sig_priv, context
             )
             with self._storage.operation():
-                return self._protect(group_id, auth, self._config(group_id))
+                message = self._protect(group_id, auth, self._config(group_id))
+                if len(message) > self._max_message_size:  # rolls the ratchet back
+                    raise MessageTooLarge(
+                        f"the message would exceed the {self._max_message_size}-byte limit"
+                    )
+                return message
 
     def _propose(self, gid: bytes, body: ProposalBody) -> bytes:
         """Sign, queue (by reference) and frame one of our own proposals."""
@@ -821,15 +855,25 @@ class NativeEngine:
         auth = sign_content(self._cs, config.handshake, content, self._sig_priv, context)
         ref = self._cs.make_proposal_ref(auth.to_bytes())
         self._storage.queue_proposal(gid, ref, auth.to_bytes())
-        return self._protect(gid, auth, config)
+        message = self._protect(gid, auth, config)
+        if len(message) > self._max_message_size:  # the caller's operation rolls back
+            raise MessageTooLarge(
+                f"the proposal exceeds the {self._max_message_size}-byte limit"
+            )
+        return message
 
     def propose_add(self, group_id: bytes, key_package: bytes) -> bytes:
         """A proposal (by reference) to add the member of ``key_package``."""
-        kp = _key_package(key_package)
+        kp = _key_package(self._bounded(key_package))
         with self._lock, self._storage.operation():
             self._check_group(group_id)
             validate_key_package(
-                self._cs, kp, self._tree(group_id), self._context(group_id), now=self._now()
+                self._cs,
+                kp,
+                self._tree(group_id),
+                self._context(group_id),
+                now=self._now(),
+                validator=self._validator,
             )
             return self._propose(group_id, Add(kp))
 
@@ -889,8 +933,14 @@ class NativeEngine:
     def propose_group_context_extensions(
         self, group_id: bytes, extensions: Sequence[Extension]
     ) -> bytes:
-        """A proposal replacing the GroupContext extensions."""
+        """A proposal replacing the GroupContext extensions.
+
+        Raises:
+            InvalidProposal: some member could not accept them (receivers would refuse it).
+        """
         with self._lock, self._storage.operation():
+            self._check_group(group_id)
+            validate_group_context_extensions(tuple(extensions), self._tree(group_id))
             return self._propose(group_id, GroupContextExtensions(tuple(extensions)))
 
     def _queued(self, gid: bytes) -> dict[bytes, PendingProposal]:
@@ -902,28 +952,17 @@ class NativeEngine:
             out[ref] = PendingProposal(auth.content.sender.index, body, ref)
         return out
 
-    def _select(
-        self, queued: Iterable[PendingProposal], me: int, removing: Iterable[int] = ()
-    ) -> list[PendingProposal]:
-        """The queued proposals we may commit: not our own Update or removal, no conflicts.
+    def clear_pending_proposals(self, group_id: bytes) -> None:
+        """Forget every proposal received or sent in the current epoch and not committed yet.
 
-        Leaves in ``removing`` (our inline removals) win over queued Updates and Removes
-        of the same leaf, as §12.2 recommends.
+        A way out when a peer queued proposals the application no longer wants committed;
+        ordinary use never needs it (invalid proposals are refused on receipt, and a commit
+        leaves out queued ones that became invalid).  A later commit by another member that
+        references a forgotten proposal is then refused by us.
         """
-        chosen: list[PendingProposal] = []
-        touched: set[int] = set(removing)
-        for p in queued:
-            body = p.proposal.body
-            if isinstance(body, Update):
-                if p.sender == me or p.sender in touched:
-                    continue
-                touched.add(p.sender)
-            elif isinstance(body, Remove):
-                if body.removed == me or body.removed in touched:
-                    continue
-                touched.add(body.removed)
-            chosen.append(p)
-        return chosen
+        with self._lock, self._storage.operation():
+            self._check_group(group_id)
+            self._storage.clear_proposal_queue(group_id)
 
     def commit(
         self,
@@ -950,19 +989,30 @@ class NativeEngine:
         Raises:
             PendingCommitExists: a commit of ours is still pending in this group.
         """
-        kps = [_key_package(k) for k in add]
+        kps = [_key_package(self._bounded(k)) for k in add]
         with self._lock:
             self._refuse_if_pending(group_id)
             group = self._group(group_id)
             me = group.private.leaf_index
             config = self._config(group_id)
-            proposals = self._select(self._queued(group_id).values(), me, remove)
-            proposals += [PendingProposal(me, Proposal(Remove(i))) for i in remove]
-            proposals += [PendingProposal(me, Proposal(Add(kp))) for kp in kps]
-            proposals += [PendingProposal(me, Proposal(PreSharedKey(p))) for p in psks]
+            inline = [PendingProposal(me, Proposal(Remove(i))) for i in remove]
+            inline += [PendingProposal(me, Proposal(Add(kp))) for kp in kps]
+            inline += [PendingProposal(me, Proposal(PreSharedKey(p))) for p in psks]
             if extensions is not None:
                 gce = GroupContextExtensions(tuple(extensions))
-                proposals.append(PendingProposal(me, Proposal(gce)))
+                inline.append(PendingProposal(me, Proposal(gce)))
+            proposals = select_committable(
+                self._cs,
+                group.tree,
+                group.context,
+                list(self._queued(group_id).values()),
+                me,
+                inline=inline,
+                now=self._now(),
+                validator=self._validator,
+                psk_lookup=self._psk_lookup(group_id),
+            )
+            proposals += inline
             output = create_commit(
                 group,
                 self._sig_priv,
@@ -973,10 +1023,15 @@ class NativeEngine:
                 ratchet_tree_extension=config.ratchet_tree_extension,
                 authenticated_data=aad,
                 now=self._now(),
+                validator=self._validator,
             )
-            welcome = None if output.welcome is None else MLSMessage(output.welcome).to_bytes()
             with self._storage.operation():
                 commit = self._protect(group_id, output.auth, config)
+                welcome = None if output.welcome is None else MLSMessage(output.welcome).to_bytes()
+                if max(len(commit), len(welcome or b"")) > self._max_message_size:
+                    raise MessageTooLarge(  # nothing is kept: receivers would refuse it
+                        f"the commit or its Welcome exceeds the {self._max_message_size}-byte limit"
+                    )
                 tag = output.auth.auth.confirmation_tag
                 assert tag is not None
                 if pending:
@@ -1219,7 +1274,7 @@ class NativeEngine:
             EpochMismatch, InvalidMessage, InvalidProposal, InvalidLeafNode, CryptoError,
             KeyNotFound (replayed or too-distant generation): nothing is changed.
         """
-        msg = _parse(message)
+        header = peek_header(self._bounded(message))
         with self._lock:
             row = self._pending_row(group_id)
             if row is not None and message == row.pending.commit:
@@ -1235,6 +1290,8 @@ class NativeEngine:
                     merged_pending_commit=True,
                 )
             self._check_group(group_id)
+            self._precheck(group_id, header)
+            msg = _parse(message)
             body = msg.body
             if not isinstance(body, PublicMessage | PrivateMessage):
                 raise InvalidMessage("not a group message (Welcome, GroupInfo or key package?)")
@@ -1244,7 +1301,47 @@ class NativeEngine:
             with self._storage.operation():
                 if isinstance(body, PrivateMessage):
                     return self._process_private(group_id, body)
-                return self._process_public(group_id, body)
+                return self._process_public(group_id, body, message)
+
+    def _bounded(self, message: bytes) -> bytes:
+        """Refuse a message over the size limit before a single byte of it is parsed."""
+        if not isinstance(message, bytes):
+            raise TypeError(f"message must be bytes, not {type(message).__name__}")
+        if len(message) > self._max_message_size:
+            raise MessageTooLarge(
+                f"message of {len(message)} bytes exceeds the {self._max_message_size}-byte limit"
+            )
+        return message
+
+    def _precheck(self, gid: bytes, header: MessageHeader) -> None:
+        """The cheap checks, from the header alone, before the body is decoded at all.
+
+        Group, epoch, content type and (for a PublicMessage) the sender: a stranger's or a
+        stale message is refused for the price of a few bytes of parsing.
+        """
+        if header.wire_format not in (WireFormat.PUBLIC_MESSAGE, WireFormat.PRIVATE_MESSAGE):
+            raise InvalidMessage("not a group message (Welcome, GroupInfo or key package?)")
+        if header.group_id != gid:
+            raise InvalidMessage("the message belongs to another group")
+        current = self._context(gid).epoch
+        if header.wire_format == WireFormat.PRIVATE_MESSAGE:
+            if header.epoch != current and not (
+                header.content_type == ContentType.APPLICATION
+                and header.epoch is not None
+                and header.epoch < current
+            ):
+                raise EpochMismatch(f"message for epoch {header.epoch}, the group is at {current}")
+            return
+        if header.epoch != current:
+            raise EpochMismatch(f"handshake for epoch {header.epoch}, the group is at {current}")
+        if header.content_type == ContentType.APPLICATION:
+            raise InvalidMessage("application data must not be sent as a PublicMessage")
+        sender = header.sender
+        if sender is not None and sender.sender_type == SenderType.MEMBER:
+            if sender.index == self._own_leaf(gid):
+                raise InvalidMessage("a message from ourselves")
+            if self._epoch_member(gid, current, sender.index)[1] is None:
+                raise InvalidMessage("the sender is not a member")
 
     def _process_private(self, gid: bytes, msg: PrivateMessage) -> Processed:
         cs = self._cs
@@ -1271,7 +1368,7 @@ class NativeEngine:
         self._save_secret_tree(gid, msg.epoch, row, before, after)
         return self._handle(gid, auth, identity)
 
-    def _process_public(self, gid: bytes, msg: PublicMessage) -> Processed:
+    def _process_public(self, gid: bytes, msg: PublicMessage, received: bytes) -> Processed:
         context = self._context(gid)
         sender = msg.content.sender
         if msg.content.epoch != context.epoch:
@@ -1290,7 +1387,9 @@ class NativeEngine:
         if member is None:
             raise InvalidMessage("the sender is not a member")
         key, identity = member
-        auth = unprotect_public(self._cs, msg, self._secrets(gid).membership_key, context, key)
+        auth = unprotect_public(
+            self._cs, msg, self._secrets(gid).membership_key, context, key, received=received
+        )
         return self._handle(gid, auth, identity)
 
     def _handle(self, gid: bytes, auth: AuthenticatedContent, identity: bytes) -> Processed:
@@ -1313,6 +1412,7 @@ class NativeEngine:
             self._psk_lookup(gid),
             leaf_key=self._leaf_key,
             now=self._now(),
+            validator=self._validator,
         )
         if new is None:
             self._forget(gid)
@@ -1373,20 +1473,16 @@ class NativeEngine:
 
     def _check_proposal(self, gid: bytes, sender: int, proposal: Proposal) -> None:
         """§12.1 checks a receiver can make before the proposal is committed."""
-        cs, tree, context = self._cs, self._tree(gid), self._context(gid)
-        body = proposal.body
-        if isinstance(body, Add):
-            validate_key_package(cs, body.key_package, tree, context, now=self._now())
-        elif isinstance(body, Update):
-            body.leaf_node.verify(cs, gid, sender)
-            validate_leaf_node(
-                cs, body.leaf_node, tree, context, source=LeafNodeSource.UPDATE, replaces=sender
-            )
-        elif isinstance(body, Remove):
-            if not 0 <= body.removed < tree.n_leaves or tree.leaf(body.removed) is None:
-                raise InvalidProposal("Remove of a blank or absent leaf")
-        elif not isinstance(body, PreSharedKey | GroupContextExtensions):
-            raise InvalidProposal(f"{type(body).__name__} proposals are not supported")
+        validate_received_proposal(
+            self._cs,
+            self._tree(gid),
+            self._context(gid),
+            proposal,
+            sender,
+            now=self._now(),
+            validator=self._validator,
+            psk_lookup=self._psk_lookup(gid),
+        )
 
 
 def _expand_raw_label(

@@ -92,3 +92,13 @@ class PendingCommitExists(MlsError):
 
 class NoPendingCommit(MlsError):
     """There is no pending commit of ours for this group to merge, clear or resend."""
+
+
+class InvalidCredential(InvalidLeafNode):
+    """A credential the application's credential validator refuses (§5.3.1): not a valid
+    member, not a valid successor of the credential it replaces, or a second leaf claiming
+    an identity the group already has."""
+
+
+class MessageTooLarge(InvalidMessage):
+    """A message exceeds the engine's ``max_message_size``; it was refused before decoding."""

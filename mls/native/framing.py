@@ -287,3 +287,48 @@ class MLSMessage(Struct):
             raise DecodeError(f"unsupported protocol version {version}")
         wf = _wire_format(r.u16())
         return cls(_DECODERS[wf].decode(r), version)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHeader:
+    """The fields of an MLSMessage a receiver can check before decoding its body.
+
+    ``group_id``, ``epoch`` and ``content_type`` are set for PublicMessage and
+    PrivateMessage, ``sender`` for PublicMessage only (a PrivateMessage's sender is
+    encrypted).  Checking them first lets a receiver refuse a message for another group,
+    epoch or sender at the cost of a few bytes of parsing, whatever the body holds.
+    """
+
+    wire_format: WireFormat
+    group_id: bytes | None = None
+    epoch: int | None = None
+    sender: Sender | None = None
+    content_type: ContentType | None = None
+
+
+def peek_header(data: bytes) -> MessageHeader:
+    """Parse only the header of an MLSMessage (no vector of the body is decoded).
+
+    Raises:
+        DecodeError: the header is malformed (truncated, unknown version or wire format).
+    """
+    r = Reader(data)
+    version = r.u16()
+    if version != PROTOCOL_VERSION_MLS10:
+        raise DecodeError(f"unsupported protocol version {version}")
+    wf = _wire_format(r.u16())
+    if wf == WireFormat.PUBLIC_MESSAGE:
+        gid, epoch, sender = r.opaque(), r.u64(), Sender.decode(r)
+        r.sub()  # authenticated_data, skipped without copying
+        return MessageHeader(wf, gid, epoch, sender, _content_type(r.u8()))
+    if wf == WireFormat.PRIVATE_MESSAGE:
+        gid, epoch = r.opaque(), r.u64()
+        return MessageHeader(wf, gid, epoch, None, _content_type(r.u8()))
+    return MessageHeader(wf)
+
+
+def _content_type(value: int) -> ContentType:
+    try:
+        return ContentType(value)
+    except ValueError:
+        raise DecodeError(f"invalid content type {value}") from None

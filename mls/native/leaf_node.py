@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .codec import Reader, Struct, Writer, read_opaque, read_u16, write_opaque, write_u16
+from .codec import Reader, Struct, Writer, read_opaque, write_opaque, write_u16
 from .errors import DecodeError, EncodeError
 from .suites import CipherSuite
 
@@ -124,7 +124,7 @@ class Capabilities(Struct):
     @classmethod
     def decode(cls, r: Reader) -> Capabilities:
         """Decode."""
-        return cls(*(tuple(r.vector(read_u16)) for _ in range(5)))
+        return cls(*(r.uint_vector(2) for _ in range(5)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .codec import Reader, Writer
+from .codec import Reader, Writer, opaque_bytes
 from .errors import AuthenticationError, DecodeError, InvalidMessage
 from .framing import (
     AuthenticatedContent,
@@ -99,25 +99,61 @@ def unprotect_public(
     membership_key: bytes,
     context: GroupContext,
     sig_pub: bytes,
+    *,
+    received: bytes | None = None,
 ) -> AuthenticatedContent:
-    """Check group, epoch, membership tag and signature; return the authenticated content."""
+    """Check group, epoch, membership tag and signature; return the authenticated content.
+
+    Args:
+        received: the MLSMessage bytes ``msg`` was decoded from.  The membership tag and
+            the signature are then checked over those very bytes instead of a re-encoding
+            of the decoded content: cheaper for a large message, and what was received is
+            what is authenticated.
+    """
     content = msg.content
     if content.group_id != context.group_id or content.epoch != context.epoch:
         raise InvalidMessage("PublicMessage for another group or epoch")
     if content.content_type == ContentType.APPLICATION:
         raise InvalidMessage("application data must not be sent as a PublicMessage")
     auth = AuthenticatedContent(WireFormat.PUBLIC_MESSAGE, content, msg.auth)
+    auth_bytes = _auth_bytes(msg.auth, content.content_type)
+    if received is None:
+        tbs = framed_content_tbs(auth.wire_format, content, context)
+    else:
+        tbs = _received_tbs(received, msg, auth_bytes, context)
     if content.sender.sender_type == SenderType.MEMBER:
         if msg.membership_tag is None:
             raise AuthenticationError("missing membership tag")
-        cs.verify_mac(
-            membership_key,
-            framed_content_tbs(auth.wire_format, content, context)
-            + _auth_bytes(msg.auth, content.content_type),
-            msg.membership_tag,
-        )
-    verify_content(cs, auth, sig_pub, context)
+        cs.verify_mac(membership_key, tbs + auth_bytes, msg.membership_tag)
+    cs.verify_with_label(sig_pub, "FramedContentTBS", tbs, auth.auth.signature)
     return auth
+
+
+def _received_tbs(
+    received: bytes, msg: PublicMessage, auth_bytes: bytes, context: GroupContext
+) -> bytes:
+    """FramedContentTBS cut from the received MLSMessage bytes.
+
+    The MLSMessage starts with the same version and wire format as FramedContentTBS and
+    then carries FramedContent, the auth data and the membership tag, each encoded in the
+    one minimal way the strict decoder accepts; so the content ends where the (re-encoded,
+    small) auth data and tag begin, counted from the end.
+    """
+    tag = b"" if msg.membership_tag is None else opaque_bytes(msg.membership_tag)
+    auth_end = len(received) - len(tag)
+    content_end = auth_end - len(auth_bytes)
+    if (
+        received[:2] != PROTOCOL_VERSION_MLS10.to_bytes(2, "big")
+        or received[2:4] != WireFormat.PUBLIC_MESSAGE.to_bytes(2, "big")
+        or received[content_end:auth_end] != auth_bytes
+        or received[auth_end:] != tag
+    ):
+        raise InvalidMessage("the received bytes are not this PublicMessage")
+    w = Writer()
+    w.raw(received[:content_end])
+    if msg.content.sender.sender_type in (SenderType.MEMBER, SenderType.NEW_MEMBER_COMMIT):
+        context.encode(w)
+    return w.getvalue()
 
 
 def _auth_bytes(auth: FramedContentAuthData, ct: ContentType) -> bytes:

@@ -7,12 +7,14 @@ form (`optional<Node> ratchet_tree<V>`) drops trailing blanks.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from . import tree_math as tm
-from .codec import Reader, Struct, Writer, decode_exact, read_u32, write_u32
+from .codec import Reader, Struct, Writer, decode_exact, write_u32
 from .errors import DecodeError, InvalidTree, MlsError
 from .leaf_node import LeafNode, LeafNodeSource
 from .suites import CipherSuite
@@ -43,7 +45,7 @@ class ParentNode(Struct):
     @classmethod
     def decode(cls, r: Reader) -> ParentNode:
         """Decode."""
-        return cls(r.opaque(), r.opaque(), tuple(r.vector(read_u32)))
+        return cls(r.opaque(), r.opaque(), r.uint_vector(4))
 
 
 Node = LeafNode | ParentNode
@@ -146,8 +148,14 @@ class RatchetTree(Struct):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RatchetTree:
-        """Strict decode of a serialized ratchet tree."""
+        """Strict decode of a serialized ratchet tree from the wire (codec limits apply)."""
         return decode_exact(data, cls.decode)
+
+    @classmethod
+    def from_stored(cls, data: bytes) -> RatchetTree:
+        """Strict decode of a tree we stored ourselves: a group may outgrow the limits a
+        single received message is held to, so only the input's length bounds the items."""
+        return decode_exact(data, cls.decode, max_items=max(len(data), 1))
 
     # -- accessors ---------------------------------------------------------------------------
 
@@ -257,21 +265,61 @@ class RatchetTree(Struct):
         cache[x] = out
         return out
 
-    def parent_hash_of(self, cs: CipherSuite, p: int, sibling: int) -> bytes:
-        """Parent hash of ``p`` with copath child ``sibling`` (original sibling tree hash)."""
+    def parent_hash_of(
+        self,
+        cs: CipherSuite,
+        p: int,
+        sibling: int,
+        plain: dict[int, bytes] | None = None,
+    ) -> bytes:
+        """Parent hash of ``p`` with copath child ``sibling`` (original sibling tree hash).
+
+        ``plain`` caches ordinary tree hashes across calls: only the part of the sibling's
+        subtree above an unmerged leaf of ``p`` needs hashing again, which keeps verifying
+        a whole tree near O(n log n) hashes instead of re-hashing every subtree per parent.
+        """
         node = self.parent_node(p)
         if node is None:
             raise InvalidTree(f"parent hash of blank node {p}")
         excluded = frozenset(node.unmerged_leaves)
-        sibling_hash = self._tree_hash(cs, sibling, excluded, {})
+        sibling_hash = self._original_hash(cs, sibling, excluded, {} if plain is None else plain)
         w = Writer()
         w.opaque(node.encryption_key)
         w.opaque(node.parent_hash)
         w.opaque(sibling_hash)
         return cs.hash(w.getvalue())
 
+    def _original_hash(
+        self, cs: CipherSuite, x: int, excluded: frozenset[int], plain: dict[int, bytes]
+    ) -> bytes:
+        """Tree hash of ``x`` without ``excluded`` leaves; plain hashes where none is below."""
+        span = tm.subtree_leaves(x)
+        inside = frozenset(i for i in excluded if i in span)
+        if not inside:
+            return self._tree_hash(cs, x, frozenset(), plain)
+        if tm.is_leaf(x):
+            return self._tree_hash(cs, x, inside, {})
+        w = Writer()
+        node = self.nodes[x]
+        parent: ParentNode | None = None
+        if node is not None:
+            assert isinstance(node, ParentNode)
+            unmerged = tuple(i for i in node.unmerged_leaves if i not in inside)
+            parent = ParentNode(node.encryption_key, node.parent_hash, unmerged)
+        w.u8(NodeType.PARENT)
+        w.optional(parent, _write_struct)
+        w.opaque(self._original_hash(cs, tm.left(x), inside, plain))
+        w.opaque(self._original_hash(cs, tm.right(x), inside, plain))
+        return cs.hash(w.getvalue())
+
     def verify_parent_hashes(self, cs: CipherSuite) -> None:
-        """Every non-blank parent must be parent-hash valid via exactly one descendant."""
+        """Every non-blank parent must be parent-hash valid via exactly one descendant.
+
+        Resolutions are computed once per node, bottom-up, and compared as sets; with
+        unmerged leaves unique (checked by :meth:`verify`) the work is O(n log n).
+        """
+        resolutions = self._resolutions()
+        plain: dict[int, bytes] = {}
         for p in range(1, len(self.nodes), 2):
             node = self.parent_node(p)
             if node is None:
@@ -279,22 +327,37 @@ class RatchetTree(Struct):
             unmerged = {tm.leaf_to_node(i) for i in node.unmerged_leaves}
             matches = 0
             for c, s in ((tm.left(p), tm.right(p)), (tm.right(p), tm.left(p))):
-                res = self.resolution(c)
+                res = resolutions[c]
                 below = {u for u in unmerged if tm.is_in_subtree(u, c)}
-                expected = self.parent_hash_of(cs, p, s)
-                for d in res:
-                    if below != set(res) - {d}:
-                        continue
-                    dnode = self.nodes[d]
-                    assert dnode is not None
-                    if isinstance(dnode, LeafNode) and (
-                        dnode.leaf_node_source != LeafNodeSource.COMMIT
-                    ):
-                        continue
-                    if dnode.parent_hash == expected:
-                        matches += 1
+                # The descendant d must satisfy resolution(c) minus {d} == below.
+                if len(res) != len(below) + 1 or not below <= res:
+                    continue
+                (d,) = res - below
+                dnode = self.nodes[d]
+                assert dnode is not None
+                if isinstance(dnode, LeafNode) and dnode.leaf_node_source != LeafNodeSource.COMMIT:
+                    continue
+                if dnode.parent_hash == self.parent_hash_of(cs, p, s, plain):
+                    matches += 1
             if matches != 1:
                 raise InvalidTree(f"parent node {p} is not parent-hash valid")
+
+    def _resolutions(self) -> dict[int, frozenset[int]]:
+        """Resolution of every node as a set, each built from its children's (bottom-up)."""
+        out: dict[int, frozenset[int]] = {}
+        for lvl in range(tm.level(self.root) + 1):
+            step = 1 << (lvl + 1)
+            for x in range((1 << lvl) - 1, len(self.nodes), step):
+                node = self.nodes[x]
+                if node is None:
+                    out[x] = (
+                        frozenset() if lvl == 0 else out[tm.left(x)] | out[tm.right(x)]
+                    )
+                elif isinstance(node, ParentNode):
+                    out[x] = frozenset({x, *(tm.leaf_to_node(i) for i in node.unmerged_leaves)})
+                else:
+                    out[x] = frozenset({x})
+        return out
 
     def verify_leaf_signatures(self, cs: CipherSuite, group_id: bytes) -> None:
         """Verify every leaf signature in the context of ``group_id``."""
@@ -304,14 +367,34 @@ class RatchetTree(Struct):
             leaf.verify(cs, group_id, i)
 
     def verify(self, cs: CipherSuite, group_id: bytes) -> None:
-        """Checks a joiner runs on a received tree: structure, parent hashes, signatures."""
+        """Checks a joiner runs on a received tree: structure, parent hashes, signatures.
+
+        Unmerged leaves must be members inside the node's subtree, each listed once (a
+        crafted tree repeating one leaf thousands of times made the parent-hash check
+        quadratic), and also unmerged at every non-blank node between the leaf and the
+        node that lists it (§12.4.3.1).
+        """
+        unmerged_at: dict[int, frozenset[int]] = {}
         for p in range(1, len(self.nodes), 2):
             node = self.parent_node(p)
             if node is None:
                 continue
-            for i in node.unmerged_leaves:
-                if not tm.is_in_subtree(tm.leaf_to_node(i), p) or self.leaf(i) is None:
+            listed = frozenset(node.unmerged_leaves)
+            if len(listed) != len(node.unmerged_leaves):
+                raise InvalidTree(f"node {p} lists an unmerged leaf twice")
+            unmerged_at[p] = listed
+        for p, listed in unmerged_at.items():
+            for i in listed:
+                if not 0 <= i < self.n_leaves:
                     raise InvalidTree(f"bad unmerged leaf {i} at node {p}")
+                x = tm.leaf_to_node(i)
+                if not tm.is_in_subtree(x, p) or self.nodes[x] is None:
+                    raise InvalidTree(f"bad unmerged leaf {i} at node {p}")
+                x = tm.parent(x, self.n_leaves)
+                while x != p:
+                    if x in unmerged_at and i not in unmerged_at[x]:
+                        raise InvalidTree(f"leaf {i} unmerged at node {p} but not below it")
+                    x = tm.parent(x, self.n_leaves)
         try:
             self.verify_parent_hashes(cs)
             self.verify_leaf_signatures(cs, group_id)
@@ -322,13 +405,26 @@ class RatchetTree(Struct):
 
     # -- evolution ---------------------------------------------------------------------------
 
+    @classmethod
+    def _unchecked(cls, nodes: tuple[Node | None, ...]) -> RatchetTree:
+        """A tree from nodes already known to satisfy the layout (derived from a valid tree).
+
+        Re-checking every node on each small change made a commit of ``k`` Adds cost
+        ``k`` passes over the whole tree in Python; callers check what they change.
+        """
+        return cls._derived(nodes, None, ())
+
     def with_nodes(self, changes: dict[int, Node | None]) -> RatchetTree:
-        """Copy with some nodes replaced."""
+        """Copy with some nodes replaced (only the replaced nodes are checked)."""
         nodes = list(self.nodes)
         for x, node in changes.items():
+            if not 0 <= x < len(nodes):
+                raise InvalidTree(f"node {x} outside the tree")
+            if node is not None and tm.is_leaf(x) != isinstance(node, LeafNode):
+                raise InvalidTree(f"node {x} has the wrong kind")
             nodes[x] = node
         memo = self.memo().derive(self, len(nodes), changes)
-        return RatchetTree._derived(tuple(nodes), memo, changes)
+        return RatchetTree._derived(tuple(nodes), memo, ())  # checked above
 
     def extended(self) -> RatchetTree:
         """Double the leaf capacity (the old tree becomes the left subtree)."""
@@ -340,7 +436,7 @@ class RatchetTree(Struct):
         nodes = self.nodes
         while len(nodes) > 1:
             half = (len(nodes) + 1) // 2
-            if any(nodes[x] is not None for x in range(half, len(nodes), 2)):
+            if not all(_blanks(nodes[half::2])):
                 break
             nodes = nodes[: half - 1]
         if len(nodes) == len(self.nodes):
@@ -352,7 +448,8 @@ class RatchetTree(Struct):
         """Place ``leaf`` in the leftmost blank leaf (extending if full), marking it unmerged."""
         tree = self
         start = tree.memo().full_below
-        free = next((i for i in range(start, tree.n_leaves) if tree.nodes[2 * i] is None), None)
+        blank = _blanks(tree.nodes[2 * start :: 2])
+        free = start + blank.index(True) if True in blank else None
         if free is None:
             free = tree.n_leaves
             tree = tree.extended()
@@ -390,3 +487,8 @@ class RatchetTree(Struct):
 
 def _write_struct(w: Writer, s: Struct) -> None:
     s.encode(w)
+
+
+def _blanks(nodes: tuple[Node | None, ...]) -> list[bool]:
+    """Which nodes are blank, by identity at C speed (``==`` would compare whole nodes)."""
+    return list(map(operator.is_, nodes, itertools.repeat(None)))

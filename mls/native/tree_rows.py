@@ -86,7 +86,7 @@ def decode_node_row(data: bytes) -> Node:
             return ParentNode.decode(r)
         raise DecodeError(f"stored tree node has an invalid type {kind}")
 
-    return decode_exact(data, read)
+    return decode_exact(data, read, max_items=max(len(data), 1))  # our own row: no hostile limit
 
 
 def candidates(old: RatchetTree | None, new: RatchetTree) -> Iterable[int]:
@@ -134,7 +134,7 @@ class TreeRows:
         if kept is not None and kept[0] is stamp:
             return kept[1]
         if width_row is None:
-            tree = RatchetTree.from_bytes(stamp)  # an older vault: the whole tree in one row
+            tree = RatchetTree.from_stored(stamp)  # an older vault: the whole tree in one row
         else:
             tree = self._read_nodes(storage, group_id, _decode_width(width_row))
         self._keep(group_id, stamp, tree)

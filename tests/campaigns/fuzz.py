@@ -10,7 +10,13 @@ Targets, and the only exceptions each may raise:
   buggy or hostile exporter that knows the backup passphrase) — a ``KeystoreError``;
 * list values of the MLS layer, ``decode_list`` — ``ValueError`` (documented);
 * a whole vault file with bytes changed, opened, unlocked, verified and read —
-  a ``KeystoreError`` (this is where a raw ``sqlite3`` error would escape).
+  a ``KeystoreError`` (this is where a raw ``sqlite3`` error would escape);
+* every decoder of the native MLS engine (MLSMessage of each wire format, and each wire
+  struct on its own: LeafNode, KeyPackage, ratchet tree, GroupInfo, GroupSecrets,
+  GroupContext, Proposal, Commit, UpdatePath, the header peek) — a native ``MlsError``;
+* the native engine's ``process`` and ``join`` fed mutated commits, proposals, application
+  messages and Welcomes of a real group — a native ``MlsError``, and a refused message
+  leaves the member's storage unchanged.
 
 Inputs are both free-form bytes and mutations of valid encodings, so the fuzzer gets
 past the magic numbers.  Quick sizes run in CI; ``--full`` multiplies the examples.
@@ -19,6 +25,7 @@ past the magic numbers.  Quick sizes run in CI; ``--full`` multiplies the exampl
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import sqlite3
@@ -36,6 +43,8 @@ from keystore.export import ExportHeader, import_vault, read_export, write_expor
 from keystore.header import Header
 from keystore.sidecar import Sidecar
 from mls.categories import decode_list, encode_list
+from mls.native import NativeEngine
+from mls.storage import GranularStorage
 from tests.campaigns.common import FAST_KDF, PASSPHRASE, CampaignReport, Size
 
 __all__ = ["EXAMPLES", "TARGETS", "run"]
@@ -249,6 +258,128 @@ def fuzz_vault_file(examples: int) -> None:
     target()
 
 
+def _rows(storage: GranularStorage) -> dict[tuple[str, bytes], bytes]:
+    return {(c, k): v for c in storage.categories() for k, v in storage.items(c)}
+
+
+def _restored(rows: dict[tuple[str, bytes], bytes]) -> NativeEngine:
+    storage = GranularStorage()
+    with storage.operation():
+        for (category, key), value in rows.items():
+            storage.write(category, key, value)
+    return NativeEngine(storage)
+
+
+@functools.cache
+def _native_samples() -> tuple[dict[str, bytes], dict[str, dict[tuple[str, bytes], bytes]]]:
+    """Valid wire messages of a small native group, as mutation seeds, and the rows of the
+    member each is addressed to (``receiver`` for group messages, ``joiner`` for the
+    Welcome), so every example starts from the same state.  Built once."""
+    from mls.native.welcome import GroupInfo
+
+    alice = NativeEngine.create(GranularStorage(), b"alice")
+    bob = NativeEngine.create(GranularStorage(), b"bob")
+    carol = NativeEngine.create(GranularStorage(), b"carol")
+    alice.create_group(_NATIVE_GID)
+    add, welcome = alice.commit(_NATIVE_GID, add=[bob.generate_key_package()])
+    assert welcome is not None
+    joiner = _rows(bob.storage)
+    bob.join(welcome)
+    proposal = bob.propose_update(_NATIVE_GID)
+    application = bob.encrypt(_NATIVE_GID, b"hello")
+    commit, _ = bob.commit(_NATIVE_GID, force_path=True)
+    receiver = _rows(alice.storage)
+    tree = alice._tree(_NATIVE_GID)
+    leaf = tree.leaf(0)
+    assert leaf is not None
+    info = GroupInfo(alice._context(_NATIVE_GID), (), bytes(32), 0, bytes(64))
+    samples = {
+        "commit-with-path": commit,
+        "commit-add": add,
+        "welcome": welcome,
+        "key-package": carol.generate_key_package(),
+        "proposal": proposal,
+        "application": application,
+        "ratchet-tree": tree.to_bytes(),
+        "leaf-node": leaf.to_bytes(),
+        "group-info": info.to_bytes(),
+        "group-context": alice._context(_NATIVE_GID).to_bytes(),
+    }
+    return samples, {"receiver": receiver, "joiner": joiner}
+
+
+_NATIVE_GID = b"fuzzed group"
+
+
+def _native_decoders() -> dict[str, Callable[[bytes], object]]:
+    from mls.native.codec import decode_exact
+    from mls.native.framing import MLSMessage, peek_header
+    from mls.native.group_context import GroupContext
+    from mls.native.key_package import KeyPackage
+    from mls.native.leaf_node import LeafNode
+    from mls.native.proposals import Commit, Proposal, UpdatePath
+    from mls.native.tree import RatchetTree
+    from mls.native.welcome import GroupInfo, GroupSecrets
+
+    return {
+        "mls-message": lambda b: decode_exact(b, MLSMessage.decode),
+        "peek-header": peek_header,
+        "ratchet-tree": RatchetTree.from_bytes,
+        "leaf-node": lambda b: decode_exact(b, LeafNode.decode),
+        "key-package": lambda b: decode_exact(b, KeyPackage.decode),
+        "group-info": lambda b: decode_exact(b, GroupInfo.decode),
+        "group-secrets": lambda b: decode_exact(b, GroupSecrets.decode),
+        "group-context": lambda b: decode_exact(b, GroupContext.decode),
+        "proposal": lambda b: decode_exact(b, Proposal.decode),
+        "commit": lambda b: decode_exact(b, Commit.decode),
+        "update-path": lambda b: decode_exact(b, UpdatePath.decode),
+    }
+
+
+def fuzz_native_decoders(examples: int) -> None:
+    """Every native MLS decoder raises nothing but the engine's MlsError."""
+    from mls.native.errors import MlsError
+
+    samples, _ = _native_samples()
+    decoders = _native_decoders()
+    seeds = st.sampled_from(sorted(samples)).flatmap(lambda k: _mutated(samples[k]))
+
+    @settings(max_examples=examples, deadline=None, database=None)
+    @given(st.sampled_from(sorted(decoders)), st.one_of(st.binary(max_size=400), seeds))
+    def target(name: str, data: bytes) -> None:
+        _check((MlsError,), lambda: decoders[name](data))
+
+    target()
+
+
+def fuzz_native_engine(examples: int) -> None:
+    """NativeEngine.process/join of mutated real messages raise only MlsError, and a
+    refused message changes nothing in the member's storage."""
+    from mls.native.errors import MlsError
+
+    samples, states = _native_samples()
+    kinds = ["commit-with-path", "proposal", "application", "welcome"]
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.sampled_from(kinds).flatmap(lambda k: st.tuples(st.just(k),
+                                                              _mutated(samples[k]))))
+    def target(case: tuple[str, bytes]) -> None:
+        kind, data = case
+        state = states["joiner" if kind == "welcome" else "receiver"]
+        engine = _restored(state)
+        try:
+            if kind == "welcome":
+                engine.join(data)
+            else:
+                engine.process(_NATIVE_GID, data)
+        except MlsError:
+            if _rows(engine.storage) != state:
+                raise AssertionError(f"a refused {kind} changed the storage") from None
+
+    target()
+
+
 #: name -> (target, share of the examples it runs: the costly ones build files).
 TARGETS: dict[str, tuple[Callable[[int], None], int]] = {
     "header": (fuzz_header, 1),
@@ -259,6 +390,8 @@ TARGETS: dict[str, tuple[Callable[[int], None], int]] = {
     "import-authenticated-records": (fuzz_import_authenticated, 5),
     "decode-list": (fuzz_decode_list, 1),
     "vault-file": (fuzz_vault_file, 10),
+    "native-decoders": (fuzz_native_decoders, 1),
+    "native-engine": (fuzz_native_engine, 2),
 }
 
 
