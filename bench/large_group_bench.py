@@ -43,8 +43,15 @@ _GID = b"large-group"
 OPS = ("add_all", "join", "make_commit", "process_commit", "message")
 
 
+#: The add-all commit and the Welcome of a 10,000-member group are several MiB: above the
+#: engine's default message size limit, which an application with such groups raises.
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
 def _native(name: str) -> NativeEngine:
-    return NativeEngine.create(GranularStorage(), name.encode())
+    storage = GranularStorage()
+    NativeEngine.create(storage, name.encode())
+    return NativeEngine(storage, max_message_size=_MAX_MESSAGE)
 
 
 def _event_bytes(storage: GranularStorage) -> int:
