@@ -5,10 +5,15 @@ For each group size N (suite 0x0001, every member but the creator a bare key pac
 * ``add_all`` — the creator adds N-1 members in one commit (and applies it);
 * ``join`` — one member joins from that Welcome (ratchet tree in the GroupInfo);
 * ``make_commit`` — a member makes an empty commit with an UpdatePath (and applies it);
-* ``process_commit`` — another member processes that commit;
+* ``process_commit`` — another member processes that commit.  Right after the add-all the
+  committer's copath is blank, so this commit encrypts to about n members and is O(n)
+  bytes, for both engines;
+* ``make_commit_steady``, ``process_commit_steady`` — the same once one member in each
+  subtree of the committer's copath has committed (log2 n of them): the commit carries
+  O(log n) ciphertexts, the case of a group whose members update now and then;
 * ``message`` — one application message encrypted and decrypted;
-* ``bytes_per_commit`` — row bytes (row key + value) a processed commit hands to the
-  vault: native, the rows the engine changed in ``GranularStorage``; mls-rs, what its
+* ``bytes_per_commit`` (and ``_steady``) — row bytes (row key + value) a processed commit
+  hands to the vault: native, the rows the engine changed in ``GranularStorage``; mls-rs, what its
   ``write_to_storage`` writes through ``mls.mlsrs.VaultGroupStateStorage``;
 * ``bytes_per_message`` — the same for a processed application message (steady state:
   not the sender's first message of the epoch, which also stores the secret-tree nodes).
@@ -40,7 +45,16 @@ from mls.native.engine import NativeEngine
 from mls.storage import GranularStorage
 
 _GID = b"large-group"
-OPS = ("add_all", "join", "make_commit", "process_commit", "message")
+OPS = (
+    "add_all",
+    "join",
+    "make_commit",
+    "process_commit",
+    "make_commit_steady",
+    "process_commit_steady",
+    "message",
+)
+BYTES = ("bytes_per_commit", "bytes_per_commit_steady", "bytes_per_message")
 
 
 #: The add-all commit and the Welcome of a 10,000-member group are several MiB: above the
@@ -64,31 +78,72 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def _fillers(members: int) -> list[int]:
+    """Leaves 4, 8, 16, ...: one member in each subtree of Carol's (leaf 2) copath above
+    level 1.  Once each of them and Alice (leaves 0-1) has committed with a path, every
+    copath node of Carol is non-blank and her UpdatePath carries O(log n) ciphertexts."""
+    return [1 << k for k in range(2, members.bit_length()) if 1 << k < members]
+
+
+class _Round:
+    """Timings and bytes of commits made by one member and processed by Bob."""
+
+    def __init__(self) -> None:
+        self.makes: list[float] = []
+        self.processes: list[float] = []
+        self.bytes: list[int] = []
+
+    def medians(self) -> tuple[float, float, float]:
+        return (
+            statistics.median(self.makes),
+            statistics.median(self.processes),
+            statistics.median(self.bytes) if self.bytes else 0.0,
+        )
+
+
 def _native_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
     alice, bob, carol = _native("alice"), _native("bob"), _native("carol")
     kps = [bob.generate_key_package(), carol.generate_key_package()]
-    kps += [_native(f"m{i}").generate_key_package() for i in range(members - 3)]
+    fillers: list[NativeEngine] = []
+    filler_leaves = set(_fillers(members))
+    for leaf in range(3, members):
+        engine = _native(f"m{leaf}")
+        kps.append(engine.generate_key_package())
+        if leaf in filler_leaves:
+            fillers.append(engine)
     alice.create_group(_GID)
     t_add, (_, welcome) = _timed(lambda: alice.commit(_GID, add=kps))
     t_join, _ = _timed(lambda: bob.join(welcome))
-    carol.join(welcome)
-    for engine in (alice, bob, carol):
+    for engine in (carol, *fillers):
+        engine.join(welcome)
+    everyone = [alice, bob, carol, *fillers]
+    for engine in everyone:
         engine.storage.drain_storage_events()
-    makes, processes, commit_bytes = [], [], []
-    for _ in range(rounds):
-        t, (commit, _) = _timed(lambda: carol.commit(_GID, force_path=True))
-        makes.append(t)
+
+    def commit_by(committer: NativeEngine, out: _Round | None) -> None:
+        t, (commit, _) = _timed(lambda: committer.commit(_GID, force_path=True))
         t0 = time.perf_counter()
         bob.process(_GID, commit)
-        t = time.perf_counter() - t0
-        processes.append(t)
-        commit_bytes.append(_event_bytes(bob.storage))
-        alice.process(_GID, commit)
-        alice.storage.drain_storage_events()
-        carol.storage.drain_storage_events()
+        t_process = time.perf_counter() - t0
+        if out is not None:
+            out.makes.append(t)
+            out.processes.append(t_process)
+            out.bytes.append(_event_bytes(bob.storage))
+        for engine in everyone:
+            if engine is not committer and engine is not bob:
+                engine.process(_GID, commit)
+            engine.storage.drain_storage_events()
+
+    blank, steady = _Round(), _Round()
+    for _ in range(rounds):
+        commit_by(carol, blank)
+    for committer in (alice, *fillers):
+        commit_by(committer, None)
+    for _ in range(rounds):
+        commit_by(carol, steady)
     bob.process(_GID, alice.encrypt(_GID, b"first"))  # the epoch's secret-tree nodes
-    bob.storage.drain_storage_events()
-    alice.storage.drain_storage_events()
+    for engine in everyone:
+        engine.storage.drain_storage_events()
     msg_times, msg_bytes = [], []
     for _ in range(messages):
         t0 = time.perf_counter()
@@ -96,13 +151,18 @@ def _native_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
         msg_times.append(time.perf_counter() - t0)
         msg_bytes.append(_event_bytes(bob.storage))
         alice.storage.drain_storage_events()
+    make, process, commit_bytes = blank.medians()
+    make_steady, process_steady, steady_bytes = steady.medians()
     return {
         "add_all": t_add,
         "join": t_join,
-        "make_commit": statistics.median(makes),
-        "process_commit": statistics.median(processes),
+        "make_commit": make,
+        "process_commit": process,
+        "make_commit_steady": make_steady,
+        "process_commit_steady": process_steady,
         "message": statistics.median(msg_times),
-        "bytes_per_commit": statistics.median(commit_bytes),
+        "bytes_per_commit": commit_bytes,
+        "bytes_per_commit_steady": steady_bytes,
         "bytes_per_message": statistics.median(msg_bytes),
     }
 
@@ -125,7 +185,13 @@ def _rs_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
     bob = _rs_client(binding, "bob", storage)
     carol = _rs_client(binding, "carol")
     kps = [bob.generate_key_package_message(), carol.generate_key_package_message()]
-    kps += [_rs_client(binding, f"m{i}").generate_key_package_message() for i in range(members - 3)]
+    fillers = []
+    filler_leaves = set(_fillers(members))
+    for leaf in range(3, members):
+        client = _rs_client(binding, f"m{leaf}")
+        kps.append(client.generate_key_package_message())
+        if leaf in filler_leaves:
+            fillers.append(client)
     group = alice.create_group(_GID)
 
     def add_all() -> Any:
@@ -137,25 +203,37 @@ def _rs_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
     t_join, joined = _timed(lambda: bob.join_group(None, out.welcome_message))
     b_group = joined.group
     c_group = carol.join_group(None, out.welcome_message).group
+    f_groups = [f.join_group(None, out.welcome_message).group for f in fillers]
+    everyone = [group, b_group, c_group, *f_groups]
     b_group.write_to_storage()
     storage.drain_storage_events()
-    makes, processes, commit_bytes = [], [], []
-    for _ in range(rounds):
 
+    def commit_by(committer: Any, out: _Round | None) -> None:
         def make() -> Any:
-            made = c_group.commit()
-            c_group.process_incoming_message(made.commit_message)
+            made = committer.commit()
+            committer.process_incoming_message(made.commit_message)
             return made
 
         t, made = _timed(make)
-        makes.append(t)
-
         t0 = time.perf_counter()
         b_group.process_incoming_message(made.commit_message)
-        processes.append(time.perf_counter() - t0)
-        b_group.write_to_storage()  # untimed: mls-rs persists a snapshot, on request
-        commit_bytes.append(_event_bytes(storage))
-        group.process_incoming_message(made.commit_message)
+        t_process = time.perf_counter() - t0
+        if out is not None:
+            out.makes.append(t)
+            out.processes.append(t_process)
+            b_group.write_to_storage()  # untimed: mls-rs persists a snapshot, on request
+            out.bytes.append(_event_bytes(storage))
+        for member in everyone:
+            if member is not committer and member is not b_group:
+                member.process_incoming_message(made.commit_message)
+
+    blank, steady = _Round(), _Round()
+    for _ in range(rounds):
+        commit_by(c_group, blank)
+    for committer in (group, *f_groups):
+        commit_by(committer, None)
+    for _ in range(rounds):
+        commit_by(c_group, steady)
     b_group.process_incoming_message(group.encrypt_application_message(b"first"))
     b_group.write_to_storage()
     storage.drain_storage_events()
@@ -166,19 +244,29 @@ def _rs_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
         msg_times.append(time.perf_counter() - t0)
         b_group.write_to_storage()
         msg_bytes.append(_event_bytes(storage))
+    make, process, commit_bytes = blank.medians()
+    make_steady, process_steady, steady_bytes = steady.medians()
     return {
         "add_all": t_add,
         "join": t_join,
-        "make_commit": statistics.median(makes),
-        "process_commit": statistics.median(processes),
+        "make_commit": make,
+        "process_commit": process,
+        "make_commit_steady": make_steady,
+        "process_commit_steady": process_steady,
         "message": statistics.median(msg_times),
-        "bytes_per_commit": statistics.median(commit_bytes),
+        "bytes_per_commit": commit_bytes,
+        "bytes_per_commit_steady": steady_bytes,
         "bytes_per_message": statistics.median(msg_bytes),
     }
 
 
 #: The goals, per figure; ``bytes_per_commit``'s depends on the size (10 KB at 1k members).
-_GOALS = {"process_commit": "<= 3", "join": "<= 3", "bytes_per_message": "<= 200"}
+_GOALS = {
+    "process_commit": "<= 3",
+    "process_commit_steady": "<= 3",
+    "join": "<= 3",
+    "bytes_per_message": "<= 200",
+}
 
 
 def measure(members: int, rounds: int = 5, messages: int = 20) -> list[dict[str, Any]]:
@@ -199,7 +287,7 @@ def measure(members: int, rounds: int = 5, messages: int = 20) -> list[dict[str,
             }
         )
     commit_goal = "<= 10000" if members <= 1000 else "<= 30000"  # 10 KB at 1k, 3x at 10k
-    for op in ("bytes_per_commit", "bytes_per_message"):
+    for op in BYTES:
         out.append(
             {
                 "name": f"large_{op}_{members}",
@@ -208,7 +296,7 @@ def measure(members: int, rounds: int = 5, messages: int = 20) -> list[dict[str,
                 "figure": "native_bytes",
                 "native_bytes": native[op],
                 "mls_rs_bytes": rs[op],
-                "goal": commit_goal if op == "bytes_per_commit" else _GOALS[op],
+                "goal": _GOALS[op] if op == "bytes_per_message" else commit_goal,
             }
         )
     return out
@@ -226,8 +314,8 @@ def plot(results: Sequence[dict[str, Any]], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), dpi=110)
-    panels = [*OPS, "bytes_per_commit", "bytes_per_message"]
+    fig, axes = plt.subplots(2, 5, figsize=(20, 7.5), dpi=100)
+    panels = [*OPS, *BYTES]
     for ax, op in zip(axes.flat, panels, strict=False):
         points = sorted((r for r in results if r["op"] == op), key=lambda r: r["members"])
         xs = [r["members"] for r in points]
@@ -245,7 +333,6 @@ def plot(results: Sequence[dict[str, Any]], out: Path) -> Path:
         ax.set_title(op.replace("_", " "))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    axes.flat[-1].axis("off")
     fig.suptitle("Large groups: native engine vs mls-rs, same run (suite 0x0001)")
     fig.tight_layout()
     fig.savefig(out)
@@ -265,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: list[dict[str, Any]] = []
     for members in args.sizes:
         results += measure(members, args.rounds, args.messages)
-        for r in results[-len(OPS) - 2 :]:
+        for r in results[-len(OPS) - len(BYTES) :]:
             print(json.dumps(r), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
