@@ -50,7 +50,17 @@ class TreeMemo:
     belongs to; each tree has its own memo (derivations copy).
     """
 
-    __slots__ = ("changed", "full_below", "hashes", "origin", "resolutions", "suite_id")
+    __slots__ = (
+        "changed",
+        "full_below",
+        "hashes",
+        "origin",
+        "resolutions",
+        "suite_id",
+        "values",
+        "values_changed",
+        "values_origin",
+    )
 
     def __init__(
         self,
@@ -66,6 +76,13 @@ class TreeMemo:
         #: few nodes changed: lets storage write a new tree in O(changed), not O(width).
         self.origin = origin
         self.changed = changed
+        #: Other values computed from this tree alone (e.g. an index of its members), by
+        #: whoever computes them (:meth:`remember`); never carried to a derived tree, but
+        #: ``values_origin`` is the nearest ancestor holding some, and ``values_changed``
+        #: the nodes replaced since, so they can be updated rather than recomputed.
+        self.values: dict[object, object] = {}
+        self.values_origin: object = None
+        self.values_changed: frozenset[int] = frozenset()
         #: Every leaf below this index is non-blank: where the search for a free leaf starts.
         self.full_below = full_below
         self.hashes: dict[int, bytes] = {} if hashes is None else hashes
@@ -104,7 +121,21 @@ class TreeMemo:
         )
         if len(since) > _LINEAGE_LIMIT:
             origin, since = None, frozenset()  # many changes: a full comparison is as cheap
-        return TreeMemo(self.suite_id, hashes, resolutions, full_below, origin, since)
+        memo = TreeMemo(self.suite_id, hashes, resolutions, full_below, origin, since)
+        if self.values:
+            memo.values_origin, memo.values_changed = owner, changed
+        elif self.values_origin is not None:
+            memo.values_origin = self.values_origin
+            memo.values_changed = self.values_changed | changed
+        if len(memo.values_changed) > _LINEAGE_LIMIT:
+            memo.values_origin, memo.values_changed = None, frozenset()
+        return memo
+
+    def remember(self, key: object, value: object) -> None:
+        """Keep a value computed from this tree; its ancestors are no longer needed for it
+        (dropping the reference keeps at most one ancestor alive per tree)."""
+        self.values[key] = value
+        self.values_origin, self.values_changed = None, frozenset()
 
     def changed_since(self, origin: object) -> frozenset[int] | None:
         """The nodes replaced since ``origin`` if this tree derives from it, else ``None``."""

@@ -11,6 +11,10 @@ import pytest
 from keystore import Vault
 from mls import categories as cat
 from mls.native import NativeEngine, tree_rows
+from mls.native.codec import decode_exact
+from mls.native.framing import MLSMessage
+from mls.native.identity import BasicCredentialValidator
+from mls.native.key_package import KeyPackage
 from mls.native.rows import CATEGORY_MEMBERS
 from mls.native.suites import get_suite
 from mls.native.tree import RatchetTree
@@ -20,6 +24,7 @@ from mls.native.tree_rows import (
     candidates,
     decode_node_row,
 )
+from mls.native.validation import TreeIndex
 from mls.storage import GranularStorage
 from tests.conftest import PASSPHRASE
 from tests.native.engine_helpers import GID, agreed, group, member
@@ -287,3 +292,37 @@ def test_after_a_restart_a_message_reads_one_leaf_not_the_tree(
     assert decoded[0] == 1
     assert restarted.members(GID)[0] == (0, b"alice")  # the whole tree, on demand
     assert decoded[0] > 64
+
+
+def test_member_index_carried_along_equals_a_fresh_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A derived tree's member index, updated from its origin's, equals one built anew."""
+    kps = [
+        decode_exact(member(f"k{i}").generate_key_package(), MLSMessage.decode) for i in range(40)
+    ]
+    leaves = [kp.body.leaf_node for kp in kps if isinstance(kp.body, KeyPackage)]
+    validator = BasicCredentialValidator()
+    tree = RatchetTree((leaves[0],))
+    for leaf in leaves[1:12]:
+        tree, _ = tree.add_leaf(leaf)
+    builds = [0]
+    real_build = TreeIndex.build.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[TreeIndex], t: RatchetTree, v: BasicCredentialValidator) -> TreeIndex:
+        builds[0] += 1
+        return real_build(cls, t, v)  # type: ignore[no-any-return]
+
+    TreeIndex.of(tree, validator)
+    monkeypatch.setattr(TreeIndex, "build", classmethod(counting))
+    rng = random.Random(11)
+    spare = leaves[12:]
+    for step in range(40):
+        members = tree.member_leaves()
+        if (rng.random() < 0.5 and spare) or len(members) < 3:
+            tree, _ = tree.add_leaf(spare.pop())
+        else:
+            tree = tree.remove_leaf(rng.choice(members))
+        if step % 7 == 6:
+            tree.memo().forget_origin()  # as storing an epoch does: no effect on the index
+        if step % 3 == 2:
+            assert TreeIndex.of(tree, validator) == real_build(TreeIndex, tree, validator)
+    assert builds[0] == 0  # every index was updated from an ancestor's, none rebuilt
