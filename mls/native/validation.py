@@ -139,9 +139,8 @@ class TreeIndex:
         """The index of ``new``, made of ``changed`` node positions of ``old`` (plus any
         cut off by truncation); ``None`` when the result could differ from :meth:`build`
         (a key held twice), so the caller builds it instead."""
-        sig, enc, ids = dict(self.signature_keys), dict(self.encryption_keys), dict(
-            self.identities
-        )
+        sig, enc = dict(self.signature_keys), dict(self.encryption_keys)
+        ids = dict(self.identities)  # lists are replaced, never changed in place
         use, support = Counter(self.credential_use), Counter(self.credential_support)
         members = self.members
         positions = changed.union(range(len(new.nodes), len(old.nodes)))
