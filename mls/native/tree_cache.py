@@ -14,8 +14,69 @@ and a fresh memo is started for every decoded tree.  It never holds secrets.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
-__all__ = ["TreeMemo", "invalidated"]
+__all__ = ["Layer", "TreeMemo", "invalidated"]
+
+_V = TypeVar("_V")
+#: Layers stacked before a derivation copies the entries into one (bounds look-up cost).
+_MAX_DEPTH = 24
+
+
+class Layer(dict[int, _V]):
+    """Memo entries of one tree: its own, then its parent tree's minus the stale nodes.
+
+    Deriving a tree adds a layer instead of copying the parent's entries, so a commit's
+    few derivations cost O(changed paths), not O(width); a value the parent computes later
+    is visible to the child too unless stale (both trees share that subtree).  Every
+    ``_MAX_DEPTH`` layers the chain is flattened into one.
+    """
+
+    __slots__ = ("depth", "parent", "stale", "width")
+
+    def __init__(
+        self, width: int, parent: Layer[_V] | None = None, stale: frozenset[int] = frozenset()
+    ) -> None:
+        super().__init__()
+        self.width: int = width
+        self.parent: Layer[_V] | None = parent
+        self.stale: frozenset[int] = stale
+        self.depth: int = 0 if parent is None else parent.depth + 1
+
+    def get(self, x: int, default: _V | None = None) -> _V | None:  # type: ignore[override]
+        """The entry of node ``x`` in this layer or, unless stale here, below it."""
+        layer: Layer[_V] | None = self
+        while layer is not None:
+            if x >= layer.width:
+                return default
+            value = dict.get(layer, x)
+            if value is not None:
+                return value
+            if x in layer.stale:
+                return default
+            layer = layer.parent
+        return default
+
+    def __contains__(self, x: object) -> bool:
+        return isinstance(x, int) and self.get(x) is not None
+
+    def flat(self) -> dict[int, _V]:
+        """Every visible entry, in one plain dict."""
+        out = {} if self.parent is None else self.parent.flat()
+        for x in self.stale:
+            out.pop(x, None)
+        if self.parent is not None and self.width < self.parent.width:
+            out = {x: v for x, v in out.items() if x < self.width}
+        out.update(self)
+        return out
+
+    def child(self, width: int, stale: frozenset[int]) -> Layer[_V]:
+        """The layer of a tree derived from this one (``stale``: its invalid entries)."""
+        if self.depth < _MAX_DEPTH:
+            return Layer(width, self, stale)
+        fresh: Layer[_V] = Layer(width)
+        fresh.update((x, v) for x, v in self.flat().items() if x < width and x not in stale)
+        return fresh
 
 
 def _ancestors_and_self(x: int, width: int) -> Iterable[int]:
@@ -65,8 +126,8 @@ class TreeMemo:
     def __init__(
         self,
         suite_id: int | None = None,
-        hashes: dict[int, bytes] | None = None,
-        resolutions: dict[int, tuple[int, ...]] | None = None,
+        hashes: Layer[bytes] | None = None,
+        resolutions: Layer[tuple[int, ...]] | None = None,
         full_below: int = 0,
         origin: object = None,
         changed: frozenset[int] = frozenset(),
@@ -85,14 +146,16 @@ class TreeMemo:
         self.values_changed: frozenset[int] = frozenset()
         #: Every leaf below this index is non-blank: where the search for a free leaf starts.
         self.full_below = full_below
-        self.hashes: dict[int, bytes] = {} if hashes is None else hashes
-        self.resolutions: dict[int, tuple[int, ...]] = {} if resolutions is None else resolutions
+        self.hashes: Layer[bytes] = Layer(1 << 62) if hashes is None else hashes
+        self.resolutions: Layer[tuple[int, ...]] = (
+            Layer(1 << 62) if resolutions is None else resolutions
+        )
 
     def hashes_for(self, suite_id: int) -> dict[int, bytes]:
         """The tree-hash memo for ``suite_id`` (a memo of another suite is dropped)."""
         if self.suite_id != suite_id:
             self.suite_id = suite_id
-            self.hashes = {}
+            self.hashes = Layer(1 << 62)
         return self.hashes
 
     def derive(
@@ -104,16 +167,13 @@ class TreeMemo:
         tree was truncated) so are entries at or beyond ``width``, which a tree that grows
         again must not find.
         """
-        if shrunk:
-            hashes = {x: h for x, h in self.hashes.items() if x < width}
-            resolutions = {x: r for x, r in self.resolutions.items() if x < width}
-        else:
-            hashes, resolutions = dict(self.hashes), dict(self.resolutions)
+        del shrunk  # a layer hides its parent's entries at or beyond its width
         changed = frozenset(changed)
+        stale = frozenset(invalidated(changed, width))
+        hashes = self.hashes.child(width, stale)
+        resolutions = self.resolutions.child(width, stale)
         full_below = min(self.full_below, (width + 1) // 2)
-        for x in invalidated(changed, width):
-            hashes.pop(x, None)
-            resolutions.pop(x, None)
+        for x in stale:
             if not x & 1:
                 full_below = min(full_below, x // 2)
         origin, since = (
