@@ -19,10 +19,9 @@ import pytest
 pytest.importorskip("mls_rs_uniffi")
 
 from keystore import profiles
-from mls.client import MlsClient
+from mls.client import MlsClient, NativeClient
 from mls.mlsrs import load_binding
 from mls.native import NativeEngine
-from mls.native.client import NativeClient
 from mls.storage import GranularStorage
 
 MEMBERS = 1000
@@ -53,8 +52,7 @@ class Home:
     def restart(self, client: Client) -> Client:
         client.close()
         path = self.folder / f"{client.identity.decode()}.vault"
-        engine = "native" if isinstance(client, NativeClient) else "mls-rs"
-        again: Client = MlsClient.open(path, PASSPHRASE, engine=engine)
+        again: Client = MlsClient.open(path, PASSPHRASE, engine=client.engine_name)
         self.open.append(again)
         return again
 
