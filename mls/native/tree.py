@@ -121,6 +121,19 @@ class RatchetTree(Struct):
             object.__setattr__(self, "_memo", memo)
         return memo
 
+    def node_bytes(self, x: int) -> bytes:
+        """The encoding of non-blank node ``x`` (as inside ``optional<Node>``), memoized:
+        hashing and storing a tree encode each node once between them."""
+        memo = self.memo().encodings
+        hit = memo.get(x)
+        if hit is None:
+            node = self.nodes[x]
+            if node is None:
+                raise InvalidTree(f"node {x} is blank")
+            hit = node.to_bytes()
+            memo[x] = hit
+        return hit
+
     # -- wire form ---------------------------------------------------------------------------
 
     def encode(self, w: Writer) -> None:
@@ -249,8 +262,11 @@ class RatchetTree(Struct):
             leaf_index = tm.node_to_leaf(x)
             w.u8(NodeType.LEAF)
             w.u32(leaf_index)
-            leaf = None if leaf_index in excluded else node
-            w.optional(leaf, _write_struct)
+            if node is None or leaf_index in excluded:
+                w.u8(0)
+            else:
+                w.u8(1)
+                w.raw(self.node_bytes(x))  # encoded once: shared with storage
         else:
             parent: ParentNode | None = None
             if node is not None:

@@ -113,6 +113,7 @@ class TreeMemo:
 
     __slots__ = (
         "changed",
+        "encodings",
         "full_below",
         "hashes",
         "origin",
@@ -150,6 +151,8 @@ class TreeMemo:
         self.resolutions: Layer[tuple[int, ...]] = (
             Layer(1 << 62) if resolutions is None else resolutions
         )
+        #: Encodings of single nodes (a node's own bytes do not depend on its subtree).
+        self.encodings: Layer[bytes] = Layer(1 << 62)
 
     def hashes_for(self, suite_id: int) -> dict[int, bytes]:
         """The tree-hash memo for ``suite_id`` (a memo of another suite is dropped)."""
@@ -182,6 +185,7 @@ class TreeMemo:
         if len(since) > _LINEAGE_LIMIT:
             origin, since = None, frozenset()  # many changes: a full comparison is as cheap
         memo = TreeMemo(self.suite_id, hashes, resolutions, full_below, origin, since)
+        memo.encodings = self.encodings.child(width, stale)
         if self.values:
             memo.values_origin, memo.values_changed = owner, changed
         elif self.values_origin is not None:

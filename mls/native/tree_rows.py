@@ -38,7 +38,7 @@ from mls import categories as cat
 from mls.storage import GranularStorage
 
 from . import tree_math as tm
-from .codec import Reader, Writer, decode_exact
+from .codec import Reader, decode_exact
 from .errors import DecodeError, InvalidTree
 from .leaf_node import LeafNode
 from .tree import Node, NodeType, ParentNode, RatchetTree
@@ -64,13 +64,10 @@ def node_row_key(group_id: bytes, node: int) -> bytes:
     return len(group_id).to_bytes(4, "big") + group_id + node.to_bytes(4, "big")
 
 
-def encode_node_row(node: Node) -> bytes:
-    """Value of a node row."""
-    w = Writer()
-    w.u8(TREE_ROW_FORMAT)
-    w.u8(NodeType.LEAF if isinstance(node, LeafNode) else NodeType.PARENT)
-    node.encode(w)
-    return w.getvalue()
+def encode_node_row(node: Node, body: bytes | None = None) -> bytes:
+    """Value of a node row (``body``: the node's encoding, when already at hand)."""
+    kind = NodeType.LEAF if isinstance(node, LeafNode) else NodeType.PARENT
+    return bytes((TREE_ROW_FORMAT, kind)) + (node.to_bytes() if body is None else body)
 
 
 def decode_node_row(data: bytes) -> Node:
@@ -190,7 +187,7 @@ class TreeRows:
             if after is None:
                 storage.delete(CATEGORY_TREE_NODE, key)
             else:
-                storage.write(CATEGORY_TREE_NODE, key, encode_node_row(after))
+                storage.write(CATEGORY_TREE_NODE, key, encode_node_row(after, tree.node_bytes(x)))
             written += 1
         if legacy:
             storage.delete(cat.TREE, group_id)
