@@ -18,6 +18,7 @@ __all__ = [
     "MigrationError",
     "MigrationRequired",
     "NotAVault",
+    "RollbackDetected",
     "SchemaTooNew",
     "VaultBusy",
     "VaultClosed",
@@ -98,3 +99,40 @@ class MigrationRequired(MigrationError):
     Opening never upgrades someone's only copy silently: pass ``auto_migrate=True``
     to :meth:`keystore.Vault.open` or run the command, which makes a backup first.
     """
+
+
+class RollbackDetected(IntegrityError):
+    """The rows or the vault as a whole are not the latest state the vault recorded.
+
+    Every row authenticates on its own, yet the set of rows, or the vault's
+    generation, is not the one the vault's authenticated state record (or the
+    application's anchor) vouches for: an older copy of a row was put back, a row
+    was deleted or re-inserted, or an older copy of the whole vault was restored.
+    Nothing is repaired or written when this is raised.
+
+    Attributes:
+        reason: what disagrees: ``"record"`` (the state record is missing or fails
+            authentication), ``"rows"`` (the rows differ from the set the record
+            vouches for) or ``"anchor"`` (the vault is older than its anchor).
+        generation: the vault generation found in the file, when known.
+        expected_generation: the generation the anchor holds (``"anchor"`` only).
+        rows_found: the number of rows read (``"rows"`` only).
+        rows_expected: the number of rows the record vouches for (``"rows"`` only).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        generation: int | None = None,
+        expected_generation: int | None = None,
+        rows_found: int | None = None,
+        rows_expected: int | None = None,
+    ):
+        super().__init__(message)
+        self.reason = reason
+        self.generation = generation
+        self.expected_generation = expected_generation
+        self.rows_found = rows_found
+        self.rows_expected = rows_expected
