@@ -231,7 +231,7 @@ def test_spec_reader_reads_a_passphrase_vault(vault_path: Path) -> None:
     assert (read.header.time_cost, read.header.memory_cost, read.header.parallelism) == (
         FAST_KDF.time_cost, FAST_KDF.memory_cost, FAST_KDF.parallelism,
     )
-    assert read.schema_version == 3
+    assert read.schema_version == 4
     assert read.encryptions == len(ROWS)
 
 
@@ -276,7 +276,7 @@ def test_spec_reader_reads_a_sqlcipher_vault(vault_path: Path) -> None:
     version, _ = spec_reader.parse_sidecar(
         vault_path.with_name(vault_path.name + ".header").read_bytes()
     )
-    assert version == read.schema_version == 3
+    assert version == read.schema_version == 4
 
 
 def test_row_written_from_the_spec_reads_back_in_the_package(vault_path: Path) -> None:
