@@ -42,7 +42,7 @@ STEP_CHECKSUMS = {
     3: "692901d4bd86babdd74131c2f42d12d45449beb3f016a32ac87a5a58a13dde1e",
     4: "ca4bed9e35798e998c080988ec271550617c1d4e5cfb8118b9f50ce7a2c07bd0",
 }
-# §14: the state record.
+# §15: the state record.
 DIGEST_INFO = b"mls-keystore v1 state digest"
 FLAG_STATE_DIGEST = 0x02
 # §8.1: the SQLCipher settings, stated explicitly rather than left to library defaults.
@@ -385,7 +385,7 @@ def read_vault(path: Path, secret: str | bytes) -> SpecVault:
 def check_state(
     conn: Any, secrets: bytes, store_id: bytes, stored_rows: list[tuple[str, bytes, bytes]]
 ) -> None:
-    """§12 step 5 and §14.3: the state record vouches for exactly these rows."""
+    """§12 step 5 and §15.3: the state record vouches for exactly these rows."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     records = (
         conn.execute("SELECT record FROM keystore_state").fetchall()

@@ -1,4 +1,4 @@
-"""Regenerate ``digest.json``: known answers for the state digest of docs/format.md §14.
+"""Regenerate ``digest.json``: known answers for the state digest of docs/format.md §15.
 
 Written from that section alone, with HKDF from ``cryptography`` and the standard
 library's BLAKE2b and HMAC; nothing here imports ``keystore``, so the tests that
