@@ -5,8 +5,10 @@ but that cannot tell an *older* ciphertext of the same row from the current one,
 notice a row that was deleted or put back.  This module closes that gap:
 
 * each stored row contributes a keyed pseudo-random 256-bit number computed over its
-  category, key hash and the **exact stored ciphertext** (so an older version of a
-  row, with its own random nonce, contributes something unrelated);
+  category, its key hash and the stored value's length, nonce and AES-GCM tag (so an
+  older version of a row, with its own random nonce and tag, contributes something
+  unrelated; for a value that authenticates, the tag pins down its exact ciphertext,
+  which is therefore not hashed a second time -- see docs/format.md §15.2);
 * the *set digest* is the sum of the contributions of the live rows modulo 2^256, so
   a write updates it in O(rows changed): add the new ciphertexts, subtract the ones
   they replace or delete;
@@ -60,6 +62,11 @@ _ROW_PERSON = b"mlks-state-row"
 _MODULUS = 1 << 256
 _MASK = _MODULUS - 1
 _U32 = struct.Struct(">I")
+#: The stored value's bytes that enter a contribution: the format byte and nonce at
+#: the front, the AES-GCM tag at the back (docs/format.md §15.2).
+_HEAD = 13
+_TAIL = 16
+_KH32 = _U32.pack(32)
 _PREFIX = struct.Struct(">BQQ")
 _U64_MAX = (1 << 64) - 1
 
@@ -132,22 +139,25 @@ class DigestKeys:
 
     def contribution(self, category: str, key_hash: bytes, stored_value: bytes) -> int:
         """One row's contribution to the set digest, as an integer below 2^256."""
-        h = self._category_state(category).copy()
-        h.update(_U32.pack(len(key_hash)) + key_hash)
-        h.update(stored_value)
-        return int.from_bytes(h.digest(), "big")
+        return self.sum_rows(((category, key_hash, stored_value),))[0]
 
     def sum_rows(self, rows: Iterable[tuple[str, bytes, bytes]]) -> tuple[int, int]:
         """``(sum of contributions mod 2^256, number of rows)`` of ``(category, key_hash,
         stored_value)`` rows: the batch form used by writes and full scans."""
         state_for = self._category_state
+        pack = _U32.pack
+        from_bytes = int.from_bytes
         total = 0
         count = 0
         for category, key_hash, stored_value in rows:
             h = state_for(category).copy()
-            h.update(_U32.pack(len(key_hash)) + key_hash)
-            h.update(stored_value)
-            total += int.from_bytes(h.digest(), "big")
+            h.update(
+                (_KH32 + key_hash if len(key_hash) == 32 else pack(len(key_hash)) + key_hash)
+                + pack(len(stored_value))
+                + stored_value[:_HEAD]
+                + stored_value[-_TAIL:]
+            )
+            total += from_bytes(h.digest(), "big")
             count += 1
         return total & _MASK, count
 

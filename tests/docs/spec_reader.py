@@ -406,7 +406,11 @@ def check_state(
     total = 0
     for category, kh, stored in stored_rows:
         cat = category.encode("utf-8")
-        data = struct.pack(">I", len(cat)) + cat + struct.pack(">I", len(kh)) + kh + stored
+        head, tail = stored[: min(13, len(stored))], stored[len(stored) - min(16, len(stored)) :]
+        data = (
+            struct.pack(">I", len(cat)) + cat + struct.pack(">I", len(kh)) + kh
+            + struct.pack(">I", len(stored)) + head + tail
+        )
         h = hashlib.blake2b(data, digest_size=32, key=row_key, person=b"mlks-state-row")
         total += int.from_bytes(h.digest(), "big")
     (row_count,) = struct.unpack_from(">Q", record, 9)

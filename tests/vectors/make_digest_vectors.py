@@ -37,9 +37,15 @@ def digest_keys(secrets: bytes, store_id: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def contribution(row_key: bytes, category: str, key_hash: bytes, value: bytes) -> bytes:
-    """BLAKE2b-256(key = row_key, person = "mlks-state-row") of the row's encoding."""
+    """BLAKE2b-256(key = row_key, person = "mlks-state-row") of the row's encoding:
+    category, key hash, the value's length, its first 13 and its last 16 bytes."""
     cat = category.encode("utf-8")
-    data = struct.pack(">I", len(cat)) + cat + struct.pack(">I", len(key_hash)) + key_hash + value
+    head = value[: min(13, len(value))]
+    tail = value[len(value) - min(16, len(value)) :]
+    data = (
+        struct.pack(">I", len(cat)) + cat + struct.pack(">I", len(key_hash)) + key_hash
+        + struct.pack(">I", len(value)) + head + tail
+    )
     return hashlib.blake2b(data, digest_size=32, key=row_key, person=ROW_PERSON).digest()
 
 
@@ -80,7 +86,8 @@ def build() -> dict[str, Any]:
     older = ("openmls/v1/group_state", rows[0][1], bytes([1]) + _fill(0x55, 60))
     contributions = [
         {**_row_json(r), "contribution": contribution(row_key, *r).hex()}
-        for r in [*rows, older, ("c", b"", b""), ("c", b"k" * 32, bytes(33))]
+        for r in [*rows, older, ("c", b"", b""), ("c", b"k" * 32, bytes(33)),
+                  ("c", b"k" * 32, _fill(0x70, 20))]
     ]
     sets = [
         {"name": name, "rows": [_row_json(r) for r in members],
