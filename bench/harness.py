@@ -79,6 +79,7 @@ SUITES: tuple[Suite, ...] = (
     Suite("client", "bench.client_bench"),
     Suite("unlock", "bench.unlock_bench", tiny=True),
     Suite("native", "bench.native_bench"),
+    Suite("postgres", "bench.postgres_bench", tiny=True),
 )
 
 

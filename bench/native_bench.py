@@ -27,13 +27,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bench.common import measure_ratio, summarize
 from keystore import profiles
 from mls.client import MlsClient
 from mls.mlsrs import load_binding, new_group_state_storage
-from mls.native.client import NativeClient
 from mls.native.engine import NativeEngine
 from mls.native.framing import FramedContent, Sender, SenderType, WireFormat
 from mls.native.group_context import GroupContext
@@ -265,7 +264,7 @@ def reopen_many_groups(groups: int = 50) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             if engine == "native":
-                client: MlsClient | NativeClient = MlsClient.create(
+                client = MlsClient.create(
                     folder / "c.vault", "bench", identity=b"c", kdf=_KDF, engine="native"
                 )
             else:
@@ -333,16 +332,16 @@ def bytes_per_message(members: int = 200, count: int = 50) -> dict[str, Any]:
     }
 
 
-def _count_vault_bytes(client: MlsClient | NativeClient) -> list[int]:
+def _count_vault_bytes(client: MlsClient) -> list[int]:
     """Make the client's vault record the bytes of every batch it applies."""
     vault = client.vault
     applied: list[int] = []
     real = vault.apply
 
-    def apply(changes: Iterable[Any]) -> int:
+    def apply(changes: Iterable[Any], *, yield_gil: bool = False) -> int:
         batch = list(changes)
         applied.append(sum(len(c.key) + len(c.value or b"") for c in batch))
-        return real(batch)
+        return real(batch, yield_gil=yield_gil)
 
     vault.apply = apply  # type: ignore[method-assign]
     return applied
@@ -351,18 +350,26 @@ def _count_vault_bytes(client: MlsClient | NativeClient) -> list[int]:
 def client_bytes_per_message(members: int = 200, count: int = 20) -> dict[str, Any]:
     """Bytes each application message makes ``Vault.apply`` write, through the clients.
 
-    End to end: ``NativeClient`` vs ``MlsClient`` (mls-rs), message receipts included,
+    End to end: ``MlsClient`` on the native engine vs on mls-rs, message receipts included,
     both members of a ``members`` group whose other leaves come from bare engines.
     """
     binding = load_binding()
     out: dict[str, Any] = {"members": members, "messages": count}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cls in (("native", NativeClient), ("mls_rs", MlsClient)):
-            alice = cls.create(f"{tmp}/{name}-a", "bench", identity=b"alice", kdf=_KDF)
-            bob = cls.create(f"{tmp}/{name}-b", "bench", identity=b"bob", kdf=_KDF)
+        engines: tuple[tuple[str, Literal["native", "mls-rs"]], ...] = (
+            ("native", "native"),
+            ("mls_rs", "mls-rs"),
+        )
+        for name, engine in engines:
+            alice = MlsClient.create(
+                f"{tmp}/{name}-a", "bench", identity=b"alice", kdf=_KDF, engine=engine
+            )
+            bob = MlsClient.create(
+                f"{tmp}/{name}-b", "bench", identity=b"bob", kdf=_KDF, engine=engine
+            )
             with alice, bob:
                 alice.create_group(_GID)
-                if cls is NativeClient:
+                if engine == "native":
                     others = [_native(f"m{i}").generate_key_package() for i in range(members - 2)]
                 else:
                     others = [

@@ -5,6 +5,12 @@ Public API::
     from keystore import Vault, profiles
     v = Vault.create(path, passphrase, kdf=profiles.RFC_9106_LOW_MEMORY)
     v.put("key_packages", ref, blob); v.get(...); v.apply([...]); v.lock(); v.close()
+    with v.read_snapshot() as snap: ...            # every row, one consistent state
+    v.change_passphrase(old, new, rekey=True)      # also revokes the old secrets
+    read_secret_file(path)                         # warns if others can read it
+
+Files planted beside a vault raise :class:`UnsafeFile`; a vault folder others can
+write gives an :class:`InsecurePermissionsWarning`.
 
 See ``docs/format.md`` for the bytes on disk and ``docs/threat-model.md`` for what
 it protects against.
@@ -14,12 +20,15 @@ from typing import TYPE_CHECKING
 
 from keystore import profiles
 from keystore.errors import (
+    InsecurePermissionsWarning,
     IntegrityError,
     KeystoreError,
+    LeaseLost,
     MigrationError,
     MigrationRequired,
     NotAVault,
     SchemaTooNew,
+    UnsafeFile,
     VaultBusy,
     VaultClosed,
     VaultIOError,
@@ -27,40 +36,80 @@ from keystore.errors import (
     WrongPassphrase,
 )
 from keystore.profiles import KdfParameters
+from keystore.safefile import read_secret_file
 from keystore.sqlcipher import SQLCipherUnavailable
-from keystore.vault import Change, ChangeLike, Vault
+from keystore.vault import Change, ChangeLike, Snapshot, Vault
 
 if TYPE_CHECKING:
+    from keystore.backends.postgres import LeaseManager, PostgresDatabase, PostgresUnavailable
+    from keystore.postgres_vault import PostgresVault
     from keystore.reports import CategoryStats, RowFailure, StatsReport, VerifyReport
 
-__version__ = "0.1.0"
+def _version() -> str:
+    """The installed distribution's version: one source of truth, pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mls-keystore")
+    except PackageNotFoundError:  # imported from a checkout that was never installed
+        return "0+unknown"
+
+
+if TYPE_CHECKING:
+    __version__: str
 
 # The report models need pydantic, whose import costs ~0.5 s: they load on first use,
 # so a process that only opens a vault and reads rows starts fast.
 _LAZY_REPORTS = ("CategoryStats", "RowFailure", "StatsReport", "VerifyReport")
+# The PostgreSQL vault is an optional extra: its names load on first use (psycopg
+# itself only when a connection is made), so a SQLite-only install pays nothing.
+_LAZY_POSTGRES = {
+    "LeaseManager": "keystore.backends.postgres",
+    "PostgresDatabase": "keystore.backends.postgres",
+    "PostgresUnavailable": "keystore.backends.postgres",
+    "PostgresVault": "keystore.postgres_vault",
+}
 
 
 def __getattr__(name: str) -> object:
+    # __version__ is looked up on first use too: importlib.metadata is a fifth of the
+    # package's import time, and only --version and bug reports need it.
+    if name == "__version__":
+        global __version__
+        __version__ = _version()
+        return __version__
     if name in _LAZY_REPORTS:
         from keystore import reports
 
         return getattr(reports, name)
+    if name in _LAZY_POSTGRES:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_POSTGRES[name]), name)
     raise AttributeError(f"module 'keystore' has no attribute {name!r}")
 
 __all__ = [
     "CategoryStats",
     "Change",
     "ChangeLike",
+    "InsecurePermissionsWarning",
     "IntegrityError",
     "KdfParameters",
     "KeystoreError",
+    "LeaseLost",
+    "LeaseManager",
     "MigrationError",
     "MigrationRequired",
     "NotAVault",
+    "PostgresDatabase",
+    "PostgresUnavailable",
+    "PostgresVault",
     "RowFailure",
     "SQLCipherUnavailable",
     "SchemaTooNew",
+    "Snapshot",
     "StatsReport",
+    "UnsafeFile",
     "Vault",
     "VaultBusy",
     "VaultClosed",
@@ -70,4 +119,5 @@ __all__ = [
     "WrongPassphrase",
     "__version__",
     "profiles",
+    "read_secret_file",
 ]

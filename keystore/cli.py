@@ -1,7 +1,9 @@
 """The ``mls-keystore`` command (also ``python -m keystore``).
 
 Subcommands: ``init``, ``status``, ``migrate``, ``passwd``, ``rekey``, ``verify``,
-``stats``, ``export``, ``import``, ``demo``.  See ``docs/cli.md``.
+``stats``, ``export``, ``import``, ``convert``, ``compact``, ``demo``.  See
+``docs/cli.md``.  Secrets are handled in :mod:`keystore.passphrase`, progress in
+:mod:`keystore.cli_progress`, new-vault building in :mod:`keystore.cli_convert`.
 
 Passphrases come from ``--passphrase-file``, the ``MLS_KEYSTORE_PASSPHRASE``
 environment variable, or a terminal prompt, never from the command line (argv is
@@ -15,15 +17,14 @@ on stdout) and exit with a code from :class:`ExitCode`; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import getpass
 import importlib
+import inspect
 import os
+import re
 import sqlite3
 import sys
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
-from enum import IntEnum
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, cast
 
@@ -32,11 +33,14 @@ from pydantic import BaseModel, ConfigDict
 from keystore import __version__, migrations, profiles
 from keystore.cipher import (
     StoreCipher,
-    check_raw_key,
     derive_wrapping_key,
     normalize_passphrase,
     unwrap_secrets,
 )
+from keystore.cli_common import ExitCode, MissingExtra, UsageError
+from keystore.cli_convert import build_vault, vault_rows
+from keystore.cli_hardening import refuse_core_dumps
+from keystore.cli_progress import Phases, human_bytes, plural
 from keystore.errors import (
     IntegrityError,
     KeystoreError,
@@ -48,37 +52,25 @@ from keystore.errors import (
     VaultIOError,
     WrongPassphrase,
 )
-from keystore.export import export_vault, import_vault, read_header
+from keystore.export import export_vault, import_vault, read_export, read_header
 from keystore.header import HEADER_FORMAT, KDF_RAW_KEY, Header
 from keystore.lockfile import WriterLock, lock_path_for
+from keystore.passphrase import (
+    PASSPHRASE_ENV,
+    new_secret,
+    read_raw_key_file,
+    take_from_environment,
+    use_secret,
+)
 from keystore.profiles import KdfParameters
 from keystore.reports import KdfInfo, StatsReport, VerifyReport
-from keystore.vault import Vault, backup_vault_file, probe
+from keystore.vault import Vault, _on_read_only_media, backup_vault_file, probe
 
 __all__ = ["PASSPHRASE_ENV", "ExitCode", "main"]
 
-PASSPHRASE_ENV = "MLS_KEYSTORE_PASSPHRASE"
 _PROG = "mls-keystore"
 _SOURCE_HINT = f"use --passphrase-file FILE or set {PASSPHRASE_ENV}"
-
-
-class ExitCode(IntEnum):
-    """The command's exit status; part of its interface, documented in docs/cli.md."""
-
-    OK = 0
-    FAILURE = 1  # a check found a problem: bad rows, tampering, failed migration
-    USAGE = 2  # bad arguments or input; nothing was changed
-    WRONG_PASSPHRASE = 3
-    BUSY = 4
-    SCHEMA_TOO_NEW = 5
-    NOT_A_VAULT = 6
-    MIGRATION_REQUIRED = 7
-    IO_ERROR = 8
-    INTERRUPTED = 130
-
-
-class UsageError(Exception):
-    """Input the user can correct (missing passphrase, file exists, bad option)."""
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 # ---------------------------------------------------------------------- reports
@@ -154,6 +146,8 @@ class PasswdReport(_Report):
     path: str
     kdf: KdfInfo
     needs_rehash: bool
+    rekeyed: bool = False  # --rekey: a new data key too, so old header copies open nothing
+    key_generation: int | None = None
 
 
 class RekeyReport(_Report):
@@ -175,6 +169,25 @@ class TransferReport(_Report):
     store_id: str | None  # of the new vault, for import
 
 
+class ConvertReport(_Report):
+    """The outcome of ``convert``: a new vault of the other kind beside the source."""
+
+    source: str
+    destination: str
+    sqlcipher: bool
+    rows: int
+    categories: int
+    store_id: str
+
+
+class CompactReport(_Report):
+    """The outcome of ``compact``: file size (with its WAL) before and after."""
+
+    path: str
+    bytes_before: int
+    bytes_after: int
+
+
 class ErrorReport(_Report):
     """Printed on stdout with ``--json`` when a command fails."""
 
@@ -187,50 +200,16 @@ class ErrorReport(_Report):
 # ---------------------------------------------------------------------- output
 
 
-# rich is imported only where a bar is drawn: it is a tenth of the start-up time,
-# and most failing invocations never need it.
-
-
-@contextlib.contextmanager
-def _working(description: str) -> Iterator[None]:
-    """A spinner on stderr for steps of unknown length (key derivation, checks)."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as bar:
-        bar.add_task(description, total=None)
-        yield
-
-
-@contextlib.contextmanager
-def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar on stderr; yields ``update(done, total)``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
-
-
 def _emit(args: argparse.Namespace, report: BaseModel, lines: Sequence[str]) -> None:
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
         for line in lines:
             print(line)
+
+
+def _warn(message: str) -> None:
+    print(f"{_PROG}: warning: {message}", file=sys.stderr)
 
 
 def _kdf_info(kdf: KdfParameters | None) -> KdfInfo:
@@ -250,76 +229,37 @@ def _kdf_text(info: KdfInfo) -> str:
     return f"Argon2id t={info.time_cost} m={info.memory_cost_kib} KiB p={info.parallelism}"
 
 
+def _weaker_than_default(kdf: KdfParameters | None) -> bool:
+    """Whether a rehash should be recommended: only ever toward a STRONGER profile.
+
+    Argon2id's cost grows with time x memory; parameters costing less than the
+    default profile are worth raising, a deliberately stronger choice (such as
+    RFC_9106_HIGH_MEMORY) never is.
+    """
+    if kdf is None:
+        return False
+    default = profiles.RFC_9106_LOW_MEMORY
+    return kdf.time_cost * kdf.memory_cost < default.time_cost * default.memory_cost
+
+
 # ---------------------------------------------------------------------- secrets
 
 
-def _read_secret_file(path: str, what: str) -> str:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the {what} file {path}: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"the {what} file {path} is not UTF-8 text") from None
-    # One trailing newline is how editors and `echo` end a file, not part of the secret.
-    text = text.removesuffix("\n").removesuffix("\r")
-    if not text:
-        raise UsageError(f"the {what} file {path} is empty")
-    return text
-
-
-def _prompt(label: str, *, confirm: bool, hint: str) -> str:
-    if not sys.stdin.isatty():
-        raise UsageError(f"no {label.lower()} given and no terminal to ask on: {hint}")
-    try:
-        secret = getpass.getpass(f"{label}: ")
-        if not secret:
-            raise UsageError(f"empty {label.lower()}")
-        if confirm and getpass.getpass(f"{label} (again): ") != secret:
-            raise UsageError(f"the two {label.lower()}s differ")
-    except EOFError:  # Ctrl-D at the prompt
-        raise UsageError(f"no {label.lower()} entered") from None
-    return secret
-
-
-def _passphrase(args: argparse.Namespace, *, confirm: bool = False,
-                label: str = "Vault passphrase") -> str:
-    """The vault passphrase from --passphrase-file, the environment, or a prompt."""
-    if getattr(args, "passphrase_file", None):
-        return _read_secret_file(args.passphrase_file, "passphrase")
-    env = os.environ.get(PASSPHRASE_ENV)
-    if env is not None:
-        if not env:
-            raise UsageError(f"{PASSPHRASE_ENV} is set but empty")
-        return env
-    return _prompt(label, confirm=confirm, hint=_SOURCE_HINT)
-
-
-def _secondary(path: str | None, label: str, what: str, option: str, *, confirm: bool) -> str:
-    """A second secret (new or backup passphrase): a file or a prompt, never the env."""
-    if path:
-        return _read_secret_file(path, what)
-    return _prompt(label, confirm=confirm, hint=f"use {option} FILE")
-
-
 def _raw_key(path: str) -> bytes:
-    """A raw key file: 32 bytes, or 64 hex digits (optionally newline-terminated)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the raw key file {path}: {exc.strerror}") from None
-    if len(data) != 32:
-        try:
-            data = bytes.fromhex(data.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            raise UsageError(
-                f"the raw key file {path} must hold 32 bytes or 64 hex digits"
-            ) from None
-    try:
-        return check_raw_key(data)
-    except ValueError as exc:
-        raise UsageError(f"the raw key file {path}: {exc}") from None
+    return read_raw_key_file(path, warn=_warn)
+
+
+def _new_passphrase(args: argparse.Namespace, label: str = "New vault passphrase") -> str:
+    """A new vault passphrase: --passphrase-file, the variable, or a prompt (twice)."""
+    return new_secret(
+        getattr(args, "passphrase_file", None), args.env_passphrase, label=label,
+        hint=_SOURCE_HINT, what="passphrase", warn=_warn,
+    )
+
+
+def _new_secondary(path: str | None, label: str, what: str, option: str) -> str:
+    """A second NEW secret (new or backup passphrase): a file or a prompt, never the env."""
+    return new_secret(path, None, label=label, hint=f"use {option} FILE", what=what, warn=_warn)
 
 
 def _kdf_choice(args: argparse.Namespace) -> KdfParameters | None:
@@ -339,36 +279,72 @@ def _kdf_choice(args: argparse.Namespace) -> KdfParameters | None:
     return kdf
 
 
-def _unlock(vault: Vault, args: argparse.Namespace) -> None:
-    """Unlock with the raw key file or the passphrase, whichever the vault needs."""
+def _check_key_options(path: Path, raw_key_vault: bool, args: argparse.Namespace) -> None:
+    """Refuse a key option that does not fit the vault instead of silently ignoring it."""
+    if raw_key_vault:
+        if getattr(args, "passphrase_file", None):
+            raise UsageError(
+                f"{path} is keyed by a raw key, not a passphrase: use --raw-key-file FILE "
+                "instead of --passphrase-file"
+            )
+    elif getattr(args, "raw_key_file", None):
+        raise UsageError(
+            f"{path} is protected by a passphrase, not a raw key: drop --raw-key-file "
+            f"({_SOURCE_HINT})"
+        )
+
+
+def _unlock(vault: Vault, args: argparse.Namespace, phases: Phases) -> str | bytes:
+    """Unlock with the raw key file or the passphrase, whichever the vault needs.
+
+    Returns the secret that worked (the caller may need it again, e.g. ``convert``).
+    At a terminal prompt a wrong passphrase is asked again (three tries in all).
+    """
+    _check_key_options(vault.path, vault.kdf is None, args)
     if vault.kdf is None:
         if not getattr(args, "raw_key_file", None):
             raise UsageError(f"{vault.path} is keyed by a raw key: pass --raw-key-file FILE")
-        vault.unlock_with_key(_raw_key(args.raw_key_file))
-        return
-    passphrase = _passphrase(args)
-    with _working("deriving the key"):
-        vault.unlock(passphrase)
+        key = _raw_key(args.raw_key_file)
+        with phases.step("deriving the key"):
+            vault.unlock_with_key(key)
+        return key
+
+    def attempt(passphrase: str) -> str:
+        with phases.step("deriving the key"):
+            vault.unlock(passphrase)
+        return passphrase
+
+    return use_secret(
+        getattr(args, "passphrase_file", None), args.env_passphrase, attempt,
+        label="Vault passphrase", hint=_SOURCE_HINT, what="passphrase", warn=_warn,
+    )
 
 
 def _cipher_for(header: Header, args: argparse.Namespace) -> StoreCipher:
     """The unlocked cipher of a plain vault's header, for data migration steps."""
+    _check_key_options(Path(args.path), header.kdf_id == KDF_RAW_KEY, args)
+
+    def attempt(secret: bytes) -> StoreCipher:
+        with Phases() as phases, phases.step("deriving the key"):
+            kek = derive_wrapping_key(header, secret)
+        try:
+            secrets = unwrap_secrets(kek, header)
+        finally:
+            kek[:] = bytes(len(kek))
+        try:
+            return StoreCipher(secrets, header.store_id)
+        finally:
+            secrets[:] = bytes(len(secrets))
+
     if header.kdf_id == KDF_RAW_KEY:
         if not getattr(args, "raw_key_file", None):
             raise UsageError("this vault is keyed by a raw key: pass --raw-key-file FILE")
-        secret = _raw_key(args.raw_key_file)
-    else:
-        secret = normalize_passphrase(_passphrase(args))
-    with _working("deriving the key"):
-        kek = derive_wrapping_key(header, secret)
-    try:
-        secrets = unwrap_secrets(kek, header)
-    finally:
-        kek[:] = bytes(len(kek))
-    try:
-        return StoreCipher(secrets, header.store_id)
-    finally:
-        secrets[:] = bytes(len(secrets))
+        return attempt(_raw_key(args.raw_key_file))
+    return use_secret(
+        getattr(args, "passphrase_file", None), args.env_passphrase,
+        lambda p: attempt(normalize_passphrase(p)),
+        label="Vault passphrase", hint=_SOURCE_HINT, what="passphrase", warn=_warn,
+    )
 
 
 # ---------------------------------------------------------------------- plain-file access
@@ -376,6 +352,8 @@ def _cipher_for(header: Header, args: argparse.Namespace) -> StoreCipher:
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     uri = f"file:{urllib.parse.quote(str(path))}?mode={'ro' if readonly else 'rw'}"
+    if readonly and _on_read_only_media(path):
+        uri += "&immutable=1"  # see keystore.vault._on_read_only_media
     try:
         return sqlite3.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error as exc:
@@ -404,13 +382,13 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def _read_header(conn: sqlite3.Connection, path: Path) -> Header:
+    # The vault's typed read: a header stored as TEXT, REAL or a huge INTEGER is damage.
+    from keystore.vault import read_header_row
+
     try:
-        row = conn.execute("SELECT header FROM keystore_header WHERE id = 1").fetchone()
+        return read_header_row(conn, path)
     except sqlite3.DatabaseError as exc:
         raise IntegrityError(f"vault {path} is corrupt: {exc}") from None
-    if row is None:
-        raise IntegrityError(f"vault {path} has no header row")
-    return Header.from_bytes(bytes(row[0]))
 
 
 def _writer_pid(path: Path) -> int | None:
@@ -456,13 +434,18 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if args.raw_key_file and args.kdf_profile:
         raise UsageError("--kdf-profile does not apply to a raw-key vault")
     kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
+    if path.exists() or path.is_symlink():
+        raise UsageError(f"{path} already exists; refusing to overwrite it")
+    _check_writable_folder(path)
+    if args.sqlcipher:
+        _require_sqlcipher()
     if args.raw_key_file:
+        if args.passphrase_file:
+            raise UsageError("give --raw-key-file or --passphrase-file, not both")
         vault = Vault.create_with_key(path, _raw_key(args.raw_key_file), sqlcipher=args.sqlcipher)
     else:
-        if path.exists() or path.is_symlink():
-            raise UsageError(f"{path} already exists; refusing to overwrite it")
-        passphrase = _passphrase(args, confirm=True, label="New vault passphrase")
-        with _working("deriving the key"):
+        passphrase = _new_passphrase(args)
+        with Phases() as phases, phases.step("deriving the key and creating the vault"):
             vault = Vault.create(path, passphrase, kdf=kdf, sqlcipher=args.sqlcipher)
     with vault:
         report = InitReport(
@@ -476,6 +459,25 @@ def _cmd_init(args: argparse.Namespace) -> int:
         f"  schema    {report.schema_version}" + ("  (SQLCipher file)" if report.sqlcipher else ""),
     ])
     return ExitCode.OK
+
+
+def _check_writable_folder(path: Path) -> None:
+    """Fail before any prompt when the vault's folder cannot be written."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise VaultIOError(f"cannot create {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise VaultIOError(f"cannot create {path}: the folder {folder} is read-only or not "
+                           "writable")
+
+
+def _require_sqlcipher() -> None:
+    from keystore import sqlcipher
+
+    if not sqlcipher.available():
+        raise MissingExtra(
+            "SQLCipher is not installed: from a checkout, pip install -e '.[sqlcipher]'"
+        )
 
 
 def _status(path: Path) -> StatusReport:
@@ -526,8 +528,7 @@ def _status(path: Path) -> StatusReport:
         sqlcipher=header.sqlcipher, schema_version=version,
         latest_schema_version=migrations.LATEST_VERSION, applied=applied, pending=pending,
         problems=problems, kdf=_kdf_info(header.kdf),
-        needs_rehash=header.kdf is not None
-        and not header.kdf.same_cost(profiles.RFC_9106_LOW_MEMORY),
+        needs_rehash=_weaker_than_default(header.kdf),
         store_id=header.store_id.hex(), key_generation=header.key_generation, rows=rows,
         writer_pid=writer,
     )
@@ -536,7 +537,8 @@ def _status(path: Path) -> StatusReport:
 def _cmd_status(args: argparse.Namespace) -> int:
     r = _status(Path(args.path))
     lines = [
-        f"vault        {r.path} ({r.file_bytes} bytes{', SQLCipher' if r.sqlcipher else ''})",
+        f"vault        {r.path} ({human_bytes(r.file_bytes)}"
+        f"{', SQLCipher' if r.sqlcipher else ''})",
         f"store id     {r.store_id}",
         f"schema       {r.schema_version} (this code: {r.latest_schema_version})",
         f"key          {_kdf_text(r.kdf)}, generation {r.key_generation}"
@@ -565,6 +567,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         conn = _connect(path, readonly=args.dry_run)
         try:
             version = _check_schema(conn, path)
+            _check_key_options(path, _read_header(conn, path).kdf_id == KDF_RAW_KEY, args)
             migrations.check_recorded(conn)
             target = _target(args, version)
             steps = migrations.pending(conn, target)
@@ -574,7 +577,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
                     cipher = _cipher_for(_read_header(conn, path), args)
                 conn.execute("PRAGMA synchronous=FULL")
                 if not args.no_backup:
-                    with _working("backing up"):
+                    with Phases() as phases, phases.step("backing up the vault"):
                         backup = str(backup_vault_file(conn, path, f"v{version}"))
                 _run_steps(conn, steps, cipher, backup)
         except sqlite3.DatabaseError as exc:
@@ -601,7 +604,7 @@ def _run_steps(
     backup: str | None,
 ) -> None:
     """Apply ``steps`` one transaction each, with a progress bar."""
-    with _progress("migrating") as update:
+    with Phases() as phases, phases.count("migrating", "steps") as update:
         for i, step in enumerate(steps):
             update(i, len(steps))
             try:
@@ -638,8 +641,8 @@ def _migrate_sqlcipher(args: argparse.Namespace, path: Path, version: int) -> in
     backup = None
     if steps and not args.dry_run:
         before = set(path.parent.glob(f"{path.name}.*.bak"))
-        with Vault.open(path, auto_migrate=True) as vault:
-            _unlock(vault, args)
+        with Vault.open(path, auto_migrate=True) as vault, Phases() as phases:
+            _unlock(vault, args, phases)
         made = sorted(set(path.parent.glob(f"{path.name}.*.bak")) - before)
         backup = str(made[-1]) if made else None
     report = MigrateReport(
@@ -664,53 +667,103 @@ def _migrate_lines(r: MigrateReport) -> list[str]:
     return lines
 
 
+def _change_passphrase(
+    vault: Vault, old: str, new: str, kdf: KdfParameters | None, *, rekey: bool,
+    phases: Phases,
+) -> None:
+    """Rewrap under ``new``; with ``rekey``, also replace the data key.
+
+    Uses the library's ``change_passphrase(..., rekey=True)`` where this version
+    has it (one step), else the two calls in a row: the passphrase change is O(1)
+    and atomic, the rekey is one transaction after it.
+    """
+    one_step = "rekey" in inspect.signature(vault.change_passphrase).parameters
+    if rekey and one_step:
+        with phases.step("re-wrapping the vault key and re-encrypting every row"):
+            cast(Callable[..., None], vault.change_passphrase)(old, new, kdf=kdf, rekey=True)
+        return
+    with phases.step("re-wrapping the vault key"):
+        vault.change_passphrase(old, new, kdf=kdf)
+    if rekey:
+        with phases.count("re-encrypting rows", "rows", then="committing") as update:
+            vault.rekey(progress=update)
+
+
 def _cmd_passwd(args: argparse.Namespace) -> int:
     path = Path(args.path)
     kdf = _kdf_choice(args)
-    with Vault.open(path) as vault:
+    with Vault.open(path) as vault, Phases() as phases:
         if vault.kdf is None:
-            raise UsageError(f"{path} is keyed by a raw key; passwd changes passphrases")
-        old = _passphrase(args, label="Current passphrase")
-        with _working("checking the passphrase"):
-            vault.unlock(old)  # fail before asking for the new one twice
-        new = _secondary(args.new_passphrase_file, "New passphrase", "new passphrase",
-                         "--new-passphrase-file", confirm=True)
-        with _working("re-wrapping the vault key"):
-            vault.change_passphrase(old, new, kdf=kdf)
-        report = PasswdReport(path=str(path), kdf=_kdf_info(vault.kdf),
-                              needs_rehash=vault.needs_rehash())
-    _emit(args, report, [f"passphrase of {path} changed ({_kdf_text(report.kdf)})"])
+            _check_key_options(path, True, args)
+            if not args.raw_key_file or not args.new_raw_key_file:
+                raise UsageError(
+                    f"{path} is keyed by a raw key: rotate it with --raw-key-file OLD "
+                    "--new-raw-key-file NEW"
+                )
+            if kdf is not None:
+                raise UsageError("--kdf-profile does not apply to a raw-key vault")
+            old_key, new_key = _raw_key(args.raw_key_file), _raw_key(args.new_raw_key_file)
+            with phases.step("checking the key and re-wrapping the vault key"):
+                vault.unlock_with_key(old_key)
+                vault.change_key(old_key, new_key)
+            if args.rekey:
+                with phases.count("re-encrypting rows", "rows", then="committing") as update:
+                    vault.rekey(progress=update)
+        else:
+            if args.new_raw_key_file:
+                raise UsageError(
+                    f"{path} is protected by a passphrase; --new-raw-key-file applies to "
+                    "raw-key vaults only"
+                )
+            # Check the current passphrase before asking for the new one twice.
+            old = cast(str, _unlock(vault, args, phases))
+            new = _new_secondary(args.new_passphrase_file, "New passphrase", "new passphrase",
+                                 "--new-passphrase-file")
+            _change_passphrase(vault, old, new, kdf, rekey=args.rekey, phases=phases)
+        report = PasswdReport(
+            path=str(path), kdf=_kdf_info(vault.kdf), needs_rehash=_weaker_than_default(vault.kdf),
+            rekeyed=args.rekey, key_generation=vault.stats().key_generation,
+        )
+    what = "key" if vault.kdf is None else "passphrase"
+    lines = [f"{what} of {path} changed ({_kdf_text(report.kdf)})"]
+    if args.rekey:
+        lines.append(f"new data key (generation {report.key_generation}): copies of the vault "
+                     f"taken before can no longer be read with the old {what}'s header")
+    else:
+        lines.append(f"an old copy of the vault still opens with the old {what}; "
+                     f"`{_PROG} passwd --rekey` also revokes that")
+    _emit(args, report, lines)
     return ExitCode.OK
 
 
 def _cmd_rekey(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    with Vault.open(path) as vault:
-        _unlock(vault, args)
-        with _progress("re-encrypting rows") as update:
+    with Vault.open(path) as vault, Phases() as phases:
+        _unlock(vault, args, phases)
+        with phases.count("re-encrypting rows", "rows", then="committing") as update:
             vault.rekey(progress=update)
         stats = vault.stats()
     report = RekeyReport(path=str(path), key_generation=stats.key_generation,
                          rows_reencrypted=stats.total_rows)
     _emit(args, report, [
         f"new data key for {path} (generation {report.key_generation}); "
-        f"{report.rows_reencrypted} rows re-encrypted",
+        f"{plural(report.rows_reencrypted, 'row')} re-encrypted",
     ])
     return ExitCode.OK
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    with Vault.open(path, readonly=True) as vault:
-        _unlock(vault, args)
-        with _working("decrypting every row"):
+    with Vault.open(path, readonly=True) as vault, Phases() as phases:
+        _unlock(vault, args, phases)
+        with phases.step("decrypting and checking every row"):
             report: VerifyReport = vault.verify()
     lines = [
         f"FAILED  category={f.category} key_hash={f.key_hash}: {f.reason}"
         for f in report.failures
     ]
     lines.append(
-        f"{report.rows_checked} rows checked, "
+        f"{plural(report.rows_checked, 'row')} checked, "
         + ("all authentic" if report.ok else f"{len(report.failures)} failed authentication")
     )
     _emit(args, report, lines)
@@ -719,14 +772,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    with Vault.open(path, readonly=True) as vault:
+    with Vault.open(path, readonly=True) as vault, Phases() as phases:
+        _check_key_options(path, vault.kdf is None, args)
         if vault.sqlcipher:
-            _unlock(vault, args)  # SQLCipher hides even the row counts until unlocked
+            _unlock(vault, args, phases)  # SQLCipher hides even the row counts until unlocked
         r: StatsReport = vault.stats()
     width = max([len(c) for c in r.categories] + [8])
     lines = [
-        f"vault {r.path}: {r.total_rows} rows, {r.total_bytes} bytes stored, "
-        f"{r.file_bytes} bytes on disk",
+        f"vault {r.path}: {plural(r.total_rows, 'row')}, {human_bytes(r.total_bytes)} stored, "
+        f"{human_bytes(r.file_bytes)} on disk",
         f"nonce budget: {r.encryptions} of {r.nonce_budget} encryptions under key generation "
         f"{r.key_generation} ({r.budget_used:.6%})"
         + ("; rekey recommended" if r.rekey_recommended else ""),
@@ -737,48 +791,173 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _export_target(out: Path, vault_path: Path) -> Path:
+    """OUT itself, or ``OUT/<vault name>.export`` when OUT is a directory (as ``cp`` does)."""
+    if out.is_dir():
+        return out / f"{vault_path.name}.export"
+    return out
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
-    path, out = Path(args.path), Path(args.out)
+    path = Path(args.path)
+    out = _export_target(Path(args.out), path)
     kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
     if not args.force and (out.exists() or out.is_symlink()):
         raise UsageError(f"{out} already exists; refusing to overwrite it (use --force)")
-    with Vault.open(path, readonly=True) as vault:
-        _unlock(vault, args)
-        backup_pw = _secondary(args.backup_passphrase_file, "Backup passphrase",
-                               "backup passphrase", "--backup-passphrase-file", confirm=True)
-        with _progress("exporting rows") as update:
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory; not replacing it")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise VaultIOError(f"cannot write {out}: the folder {out.parent} does not exist or "
+                           "is not writable")
+    with Vault.open(path, readonly=True) as vault, Phases() as phases:
+        _unlock(vault, args, phases)
+        backup_pw = _new_secondary(args.backup_passphrase_file, "Backup passphrase",
+                                   "backup passphrase", "--backup-passphrase-file")
+        with phases.count("deriving the backup key and exporting", "rows",
+                          then="writing the file to disk") as update:
             summary = export_vault(vault, out, backup_pw, kdf, overwrite=args.force,
                                    progress=update)
     report = TransferReport(source=str(path), destination=str(out), rows=summary.rows,
                             categories=summary.categories,
                             plaintext_bytes=summary.plaintext_bytes, store_id=None)
-    _emit(args, report, [f"exported {report.rows} rows in {report.categories} categories "
-                         f"from {path} to {out}"])
+    _emit(args, report, [
+        f"exported {plural(report.rows, 'row')} in "
+        f"{plural(report.categories, 'category', 'categories')} "
+        f"({human_bytes(report.plaintext_bytes)}) from {path} to {out}"
+    ])
     return ExitCode.OK
+
+
+def _check_export_file(src: Path) -> None:
+    """Refuse, before any prompt, what is not an export file -- saying what it is instead."""
+    if not src.exists():
+        raise NotAVault(f"no export file at {src}: the file does not exist")
+    if not src.is_file():
+        raise NotAVault(f"{src} is not a regular file, so not an export file")
+    with src.open("rb") as fh:
+        start = fh.read(len(_SQLITE_MAGIC))
+        fh.seek(0)
+        if start == _SQLITE_MAGIC or Path(f"{src}.header").exists():
+            raise NotAVault(
+                f"{src} is a vault (or another SQLite database), not an export file; "
+                f"to copy a vault, `{_PROG} export` it first, or use `{_PROG} convert`"
+            )
+        try:
+            read_header(fh)
+        except IntegrityError as exc:
+            raise NotAVault(f"{src} is not an mls-keystore export file ({exc})") from None
+
+
+def _check_backup_passphrase(src: Path, passphrase: str, phases: Phases) -> str:
+    """Authenticate the export's header (and first chunk) with ``passphrase``.
+
+    Costs one key derivation, paid so that a wrong backup passphrase is known before
+    the user is asked to invent and repeat a new vault passphrase.
+    """
+    with phases.step("checking the backup passphrase"), src.open("rb") as fh:
+        records = read_export(fh, passphrase)
+        next(records, None)  # the header tag and the first chunk authenticate, or raise
+    return passphrase
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
     src, dest = Path(args.input), Path(args.path)
     kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
-    if not src.is_file():
-        raise UsageError(f"{src} is not a file")
+    if args.sqlcipher:
+        if args.force:
+            raise UsageError("--force cannot replace a vault with a SQLCipher one; import to a "
+                             "new path")
+        _require_sqlcipher()
+    _check_export_file(src)
     if not args.force and (dest.exists() or dest.is_symlink()):
         raise UsageError(f"{dest} already exists; refusing to overwrite it (use --force)")
-    with src.open("rb") as fh:
-        read_header(fh)  # a foreign file fails here, before any prompt
-    backup_pw = _secondary(args.backup_passphrase_file, "Backup passphrase",
-                           "backup passphrase", "--backup-passphrase-file", confirm=False)
-    vault_pw = _passphrase(args, confirm=True, label="New vault passphrase")
-    with _progress("importing") as update:
-        summary = import_vault(src, dest, backup_pw, vault_pw, kdf, overwrite=args.force,
-                               progress=update)
-    assert summary.store_id is not None  # import_vault always reports the new vault's id
-    store_id = summary.store_id.hex()
-    report = TransferReport(source=str(src), destination=str(dest), rows=summary.rows,
-                            categories=summary.categories,
-                            plaintext_bytes=summary.plaintext_bytes, store_id=store_id)
-    _emit(args, report, [f"imported {report.rows} rows in {report.categories} categories "
-                         f"into a new vault {dest} (store id {store_id})"])
+    _check_writable_folder(dest)
+    with Phases() as phases:
+        backup_pw = use_secret(
+            args.backup_passphrase_file, None,
+            lambda p: _check_backup_passphrase(src, p, phases),
+            label="Backup passphrase", hint="use --backup-passphrase-file FILE",
+            what="backup passphrase", warn=_warn,
+        )
+        vault_pw = _new_passphrase(args)
+        if args.sqlcipher:
+            with phases.step("importing into a new SQLCipher vault"), src.open("rb") as fh:
+                copy = build_vault(
+                    dest, read_export(fh, backup_pw),
+                    lambda tmp: Vault.create(tmp, vault_pw, kdf=kdf, sqlcipher=True),
+                )
+            rows, categories, plain, store = (copy.rows, copy.categories,
+                                              copy.plaintext_bytes, copy.store_id)
+        else:
+            with phases.count("deriving keys and importing", "bytes",
+                              then="writing the vault to disk") as update:
+                summary = import_vault(src, dest, backup_pw, vault_pw, kdf,
+                                       overwrite=args.force, progress=update)
+            assert summary.store_id is not None  # import_vault reports the new vault's id
+            rows, categories, plain, store = (summary.rows, summary.categories,
+                                              summary.plaintext_bytes, summary.store_id)
+    report = TransferReport(source=str(src), destination=str(dest), rows=rows,
+                            categories=categories, plaintext_bytes=plain, store_id=store.hex())
+    _emit(args, report, [
+        f"imported {plural(rows, 'row')} in {plural(categories, 'category', 'categories')} "
+        f"({human_bytes(plain)}) into a new "
+        f"{'SQLCipher ' if args.sqlcipher else ''}vault {dest} (store id {store.hex()})"
+    ])
+    return ExitCode.OK
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    src, dest = Path(args.path), Path(args.dest)
+    if dest.exists() or dest.is_symlink():
+        raise UsageError(f"{dest} already exists; refusing to overwrite it")
+    _check_writable_folder(dest)
+    kdf_choice = _kdf_choice(args)
+    with Vault.open(src, readonly=True) as vault, Phases() as phases:
+        to_sqlcipher = not vault.sqlcipher if args.to is None else args.to == "sqlcipher"
+        if to_sqlcipher == vault.sqlcipher:
+            kind = "SQLCipher" if vault.sqlcipher else "plain"
+            raise UsageError(f"{src} is already a {kind} vault")
+        if to_sqlcipher:
+            _require_sqlcipher()
+        if vault.kdf is None and kdf_choice is not None:
+            raise UsageError("--kdf-profile does not apply to a raw-key vault")
+        secret = _unlock(vault, args, phases)
+        kdf = kdf_choice or vault.kdf
+
+        def create(tmp: Path) -> Vault:
+            if isinstance(secret, bytes):
+                return Vault.create_with_key(tmp, secret, sqlcipher=to_sqlcipher)
+            assert kdf is not None
+            return Vault.create(tmp, secret, kdf=kdf, sqlcipher=to_sqlcipher)
+
+        with phases.count("copying rows into the new vault", "rows",
+                          then="writing the new vault to disk") as update:
+            copy = build_vault(dest, vault_rows(vault, update), create)
+    report = ConvertReport(source=str(src), destination=str(dest), sqlcipher=to_sqlcipher,
+                           rows=copy.rows, categories=copy.categories,
+                           store_id=copy.store_id.hex())
+    _emit(args, report, [
+        f"copied {plural(copy.rows, 'row')} in "
+        f"{plural(copy.categories, 'category', 'categories')} from {src} into a new "
+        f"{'SQLCipher' if to_sqlcipher else 'plain'} vault {dest} "
+        f"(store id {report.store_id}); {src} is unchanged",
+    ])
+    return ExitCode.OK
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    with Vault.open(path) as vault, Phases() as phases:
+        _check_key_options(path, vault.kdf is None, args)
+        if vault.sqlcipher:
+            _unlock(vault, args, phases)  # its pages can only be rewritten with the page key
+        with phases.step("rewriting the file without its free pages"):
+            before, after = vault.compact()
+    report = CompactReport(path=str(path), bytes_before=before, bytes_after=after)
+    _emit(args, report, [
+        f"{path}: {human_bytes(before)} -> {human_bytes(after)} "
+        f"({human_bytes(max(before - after, 0))} given back)"
+    ])
     return ExitCode.OK
 
 
@@ -788,11 +967,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         if exc.name not in ("mls", "mls.demo"):
             raise
-        raise UsageError(
+        raise MissingExtra(
             "the MLS demo is not available in this installation (no mls.demo)"
         ) from None
-    demo_main = cast(Callable[[list[str]], int | None], module.main)
-    result = demo_main(list(args.demo_args))
+    demo_main = cast(Callable[..., int | None], module.main)
+    demo_args = list(args.demo_args)
+    if args.json and "--json" not in demo_args:
+        demo_args.append("--json")
+    if args.env_passphrase is not None:
+        # main() read the variable and removed it from the environment: hand it over.
+        result = demo_main(demo_args, env_passphrase=args.env_passphrase)
+    else:
+        result = demo_main(demo_args)
     return int(result or 0)
 
 
@@ -800,10 +986,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr with our exit code."""
+    """argparse, but a usage error is one line on stderr with our exit code, and
+    never repeats a value from the command line: a passphrase typed there by mistake
+    (``--passphrase hunter2``) must not be echoed to the terminal, a log or a CI page.
+    """
+
+    #: Option strings and command names: the only words an error may repeat.
+    known_words: frozenset[str] = frozenset()
+    #: The command line being parsed; every other word of it is hidden in errors.
+    argv: tuple[str, ...] = ()
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        # No abbreviations: `--passphrase SECRET` would otherwise be taken as
+        # `--passphrase-file SECRET` and the secret printed as a missing file name.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> NoReturn:
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+        hint = ""
+        if "unrecognized arguments" in message or "invalid choice" in message:
+            hint = (" (values are not repeated here; a passphrase is never read from the "
+                    f"command line: {_SOURCE_HINT})")
+        message = _redact(message)
+        if "--json" in _Parser.argv:
+            print(ErrorReport(error="UsageError", exit_code=int(ExitCode.USAGE),
+                              message=message).model_dump_json())
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}{hint}\n")
+
+
+def _redact(message: str) -> str:
+    """``message`` with every command-line word that is not an option or a command hidden."""
+    for word in sorted(set(_Parser.argv) - _Parser.known_words, key=len, reverse=True):
+        if word:
+            pattern = r"(?<![^\s'\"(\[,=])" + re.escape(word) + r"(?![^\s'\",)\]])"
+            message = re.sub(pattern, "…", message)
+    return message
+
+
+_PASSWD_HELP = ("change the passphrase (O(1): no row is touched); --rekey also replaces the "
+                "data key, so old copies of the vault no longer open with the old passphrase")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -826,8 +1047,9 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog=_PROG, description="Manage an mls-keystore vault.",
                      epilog="Exit codes: 0 ok, 1 failure found, 2 usage, 3 wrong passphrase, "
-                            "4 busy, 5 schema too new, 6 not a vault, 7 migration required, "
-                            "8 I/O error.  See docs/cli.md.")
+                            "4 busy, 5 schema too new, 6 not a vault (or not an export), "
+                            "7 migration required, 8 I/O error, 9 optional extra missing, "
+                            "130 interrupted.  See docs/cli.md.")
     parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -858,11 +1080,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, metavar="N", help="stop at schema version N")
     p.add_argument("--no-backup", action="store_true", help="do not copy the vault first")
 
-    p = command("passwd", [common, passphrase, kdf],
-                "change the passphrase (O(1): no row is touched)", _cmd_passwd)
+    p = command("passwd", [*unlock, kdf], _PASSWD_HELP, _cmd_passwd)
     p.add_argument("path", metavar="PATH")
     p.add_argument("--new-passphrase-file", metavar="FILE",
                    help="read the new passphrase from FILE (else prompt twice)")
+    p.add_argument("--new-raw-key-file", metavar="FILE",
+                   help="raw-key vault: the new key (with --raw-key-file for the current one)")
+    p.add_argument("--rekey", action="store_true",
+                   help="also replace the data key and re-encrypt every row")
 
     p = command("rekey", unlock, "new data key, every row re-encrypted", _cmd_rekey)
     p.add_argument("path", metavar="PATH")
@@ -878,7 +1103,8 @@ def _parser() -> argparse.ArgumentParser:
     p = command("export", [*unlock, kdf], "write every row to an encrypted export file",
                 _cmd_export)
     p.add_argument("path", metavar="PATH")
-    p.add_argument("out", metavar="OUT")
+    p.add_argument("out", metavar="OUT", help="the export file, or a folder to put "
+                   "PATH's name + .export in")
     p.add_argument("--backup-passphrase-file", metavar="FILE", help=backup_help)
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
@@ -887,16 +1113,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--backup-passphrase-file", metavar="FILE", help=backup_help)
+    p.add_argument("--sqlcipher", action="store_true",
+                   help="make the new vault a SQLCipher one")
     p.add_argument("--force", action="store_true",
                    help="replace an existing vault (only once the new one is complete)")
 
-    p = command("demo", [], "run the MLS end-to-end demo in DIR", _cmd_demo)
+    p = command("convert", [*unlock, kdf], "copy a vault into a NEW vault of the other kind "
+                "(plain <-> SQLCipher); the source is not changed", _cmd_convert)
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("dest", metavar="DEST", help="where to create the new vault (must not exist)")
+    p.add_argument("--to", choices=("sqlcipher", "plain"),
+                   help="the kind of the new vault (default: the other kind)")
+
+    p = command("compact", unlock, "give the space of deleted rows back to the file system",
+                _cmd_compact)
+    p.add_argument("path", metavar="PATH")
+
+    p = command("demo", [common], "run the MLS end-to-end demo in DIR (options after DIR; "
+                "`demo DIR --help` lists them)",
+                _cmd_demo)
     p.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="DIR ...")
+
+    words = {"mls-keystore", *sub.choices}
+    for each in (parser, *sub.choices.values()):
+        for action in each._actions:
+            words.update(action.option_strings)
+            if action.metavar and isinstance(action.metavar, str):
+                words.add(action.metavar)
+            if action.dest:
+                words.add(action.dest)
+    _Parser.known_words = frozenset(words)
     return parser
 
 
 _EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (UsageError, ExitCode.USAGE),
+    (MissingExtra, ExitCode.MISSING_EXTRA),
+    (ImportError, ExitCode.MISSING_EXTRA),  # SQLCipherUnavailable, MlsRsUnavailable
     (FileExistsError, ExitCode.USAGE),
     (ValueError, ExitCode.USAGE),
     (WrongPassphrase, ExitCode.WRONG_PASSPHRASE),
@@ -914,6 +1167,9 @@ def _fail(args: argparse.Namespace | None, exc: BaseException, code: ExitCode) -
     message = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and not isinstance(exc, FileExistsError) and exc.strerror:
         message = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, ImportError) and not isinstance(exc, MissingExtra) and "pip install" \
+            in message:
+        message += " (from a checkout: pip install -e '.[EXTRA]', see docs/operations.md)"
     message = " ".join(message.split())  # exactly one line
     if args is not None and getattr(args, "json", False):
         print(ErrorReport(error=type(exc).__name__, exit_code=int(code),
@@ -923,15 +1179,26 @@ def _fail(args: argparse.Namespace | None, exc: BaseException, code: ExitCode) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    args = _parser().parse_args(argv)
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Before anything else: no core dumps (the process will hold secrets), and the
+    passphrase variable is taken out of the environment so no child inherits it.
+    """
+    refuse_core_dumps()
+    env_passphrase = take_from_environment()
+    _Parser.argv = tuple(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C while argparse runs
+        return int(ExitCode.INTERRUPTED)
     if not hasattr(args, "json"):
         args.json = False
+    args.env_passphrase = env_passphrase
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return _fail(args, KeyboardInterrupt("interrupted"), ExitCode.INTERRUPTED)
-    except (KeystoreError, UsageError, ValueError, OSError) as exc:
+    except (KeystoreError, UsageError, MissingExtra, ImportError, ValueError, OSError) as exc:
         for kind, code in _EXIT_CODES:
             if isinstance(exc, kind):
                 return _fail(args, exc, code)

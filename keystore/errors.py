@@ -13,13 +13,16 @@ category and the *hashed* row key only.
 from __future__ import annotations
 
 __all__ = [
+    "InsecurePermissionsWarning",
     "IntegrityError",
     "KeystoreError",
+    "LeaseLost",
     "MigrationError",
     "MigrationRequired",
     "NotAVault",
     "RollbackDetected",
     "SchemaTooNew",
+    "UnsafeFile",
     "VaultBusy",
     "VaultClosed",
     "VaultIOError",
@@ -98,6 +101,46 @@ class MigrationRequired(MigrationError):
 
     Opening never upgrades someone's only copy silently: pass ``auto_migrate=True``
     to :meth:`keystore.Vault.open` or run the command, which makes a backup first.
+    """
+
+
+class LeaseLost(VaultBusy):
+    """This writer's lease on a shared vault was taken over; nothing was written.
+
+    A vault on a database server is written by one holder of its lease at a time.
+    A writer that was paused or cut off past the lease's expiry may find another
+    worker holding it: its write is refused (the lease epoch it carries no longer
+    matches), and it must drop the state it holds in memory and reload, because the
+    new holder may have moved on.
+    """
+
+
+class UnsafeFile(KeystoreError):
+    """A file the vault would use is not safe to trust, so nothing was opened or written.
+
+    Raised for a symlink, FIFO, device or directory where a vault companion file
+    (``-wal``, ``-shm``, ``.lock``, ``.header``) belongs, for one owned by another
+    user or writable by group or others, and for a file created by the package
+    that turned out not to be the one it created.  In a folder that others can
+    write, such a file may have been planted to read or inject pages.
+
+    Attributes:
+        path: the offending file.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+class InsecurePermissionsWarning(UserWarning):
+    """Something others can read or write, which the package uses anyway (a warning).
+
+    Issued when a vault's folder is writable by group or others (another user
+    could plant files beside the vault, which the open then refuses), and when a
+    passphrase or key file can be read by someone else.  It is a warning, not an
+    error, so a caller who knows the folder is safe can ignore it with
+    ``warnings.simplefilter("ignore", InsecurePermissionsWarning)``.
     """
 
 

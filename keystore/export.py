@@ -20,7 +20,7 @@ The plaintext is one stream of records cut into ``chunk_size`` pieces; every chu
 but the last is exactly ``chunk_size + 16`` bytes, the last is shorter (an empty
 last piece when the stream is a whole number of chunks).  Chunked, not one blob,
 so that the file is streamed, never held whole in memory (the exporter reads
-the vault a category at a time), and a damaged file is caught at the chunk that
+one snapshot of the vault in batches), and a damaged file is caught at the chunk that
 fails; the index in the nonce stops reordering, the
 ``last`` flag stops truncation at a chunk boundary.  The key is fresh for every
 file (fresh salt), so counter nonces never repeat under a key.
@@ -50,6 +50,7 @@ from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from keystore import safefile
 from keystore.cipher import normalize_passphrase
 from keystore.errors import IntegrityError, SchemaTooNew, VaultBusy, WrongPassphrase
 from keystore.lockfile import WriterLock
@@ -61,6 +62,7 @@ from keystore.vault import (
     Change,
     Vault,
     check_category,
+    check_companion_files,
     check_key,
     check_value,
 )
@@ -363,16 +365,15 @@ class _RecordParser:
             raise IntegrityError("export file is truncated (no end record)")
 
 
-def _vault_records(vault: Vault, progress: ProgressCallback | None, total: int) -> Iterator[
-    tuple[str, bytes, bytes]
-]:
-    done = 0
-    for category in vault.categories():
-        for key, value in vault.items(category):
-            yield category, key, value
-            done += 1
-            if progress is not None:
-                progress(done, total)
+#: Test seam: called with the name of each step of an import ("locked", "checked",
+#: "built", "replaced"), so a test can race a writer or kill the process between
+#: the check of the target and its replacement.  ``None`` in production.
+_import_step_hook: Callable[[str], None] | None = None
+
+
+def _import_step(name: str) -> None:
+    if _import_step_hook is not None:
+        _import_step_hook(name)
 
 
 def export_vault(
@@ -384,10 +385,13 @@ def export_vault(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> ExportSummary:
-    """Export every row of an unlocked vault to ``out_path``.
+    """Export every row of an unlocked vault to ``out_path``, as of one moment.
 
-    The file is written under a temporary name beside ``out_path``, fsync'd, then
-    put in place: a crash never leaves half an export under the real name.
+    The rows are read in one read transaction (:meth:`Vault.read_snapshot`): a
+    batch a writer commits meanwhile is in the export entirely or not at all.
+    The file is created owner-only (``0600``, ``O_EXCL``, never through a symlink)
+    under a random temporary name beside ``out_path``, fsync'd, then put in place:
+    a crash never leaves half an export under the real name, nor a readable one.
 
     Raises:
         FileExistsError: ``out_path`` exists and ``overwrite`` is false.
@@ -397,26 +401,38 @@ def export_vault(
     if not overwrite and (out.exists() or out.is_symlink()):
         raise FileExistsError(f"{out} already exists; refusing to overwrite it")
     normalize_passphrase(backup_passphrase)
-    total = vault.stats().total_rows
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.exporting")
+    safefile.remove_stale_temporaries(out)
+    tmp = safefile.temporary_name(out, "exporting")
     try:
-        # Owner-only from the first byte: the file is encrypted, but its size and
-        # KDF parameters are nobody else's business either.
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+        fd, created = safefile.create_private_file(tmp)
+        safefile.step("export-created")
+        with os.fdopen(fd, "wb") as fh, vault.read_snapshot() as snapshot:
             summary = write_export(
-                fh, _vault_records(vault, progress, total), backup_passphrase, kdf
+                fh, _counted(snapshot, progress, snapshot.rows), backup_passphrase, kdf
             )
             fh.flush()
             os.fsync(fh.fileno())
+        safefile.step("export-written")
+        safefile.verify_same_file(tmp, created)
         if overwrite:
             os.replace(tmp, out)
         else:
             os.link(tmp, out)  # refuses a file that appeared meanwhile
         _fsync_dir(out.parent)
+        safefile.step("export-linked")
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return summary
+
+
+def _counted(
+    records: Iterable[tuple[str, bytes, bytes]], progress: ProgressCallback | None, total: int
+) -> Iterator[tuple[str, bytes, bytes]]:
+    for done, record in enumerate(records, 1):
+        yield record
+        if progress is not None:
+            progress(done, total)
 
 
 def import_vault(
@@ -431,59 +447,95 @@ def import_vault(
 ) -> ExportSummary:
     """Restore an export into a NEW vault at ``vault_path`` (new store id, new keys).
 
-    The new vault is built completely under a temporary name beside ``vault_path``
-    and renamed into place only after the whole export authenticated.  With
-    ``overwrite``, an existing vault is replaced only by that final rename, while
-    holding its writer lock; it is never deleted or truncated before.
+    The new vault is built completely in a private directory beside
+    ``vault_path`` and renamed into place only after the whole export
+    authenticated.  The target's writer lock is taken first and held from the
+    check of what is at ``vault_path`` until the rename: no vault can be created
+    or opened for writing there in between.  With ``overwrite``, an existing vault
+    is replaced only by that final rename; it is never deleted or truncated before.
 
     Args:
         progress: called as ``progress(bytes_read, file_size)``.
 
     Raises:
         FileExistsError: ``vault_path`` exists and ``overwrite`` is false.
-        VaultBusy: ``overwrite`` and the existing vault is open.
+        VaultBusy: the existing vault (or the path) is open for writing, or a
+            reader still has the existing vault open.
+        UnsafeFile: a file planted beside ``vault_path`` (``-wal``, ``-shm``,
+            ``.lock``) is not safe to use.
         WrongPassphrase, IntegrityError, SchemaTooNew: the export is unusable;
             nothing was written at ``vault_path``.
     """
     src, dest = Path(in_path), Path(vault_path)
     normalize_passphrase(backup_passphrase)
     normalize_passphrase(vault_passphrase)
-    lock: WriterLock | None = None
-    if dest.exists() or dest.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"{dest} already exists; refusing to overwrite it")
-        if not dest.is_file():
-            raise FileExistsError(f"{dest} exists and is not a regular file; not replacing it")
-        if sidecar_path_for(dest).exists():
-            # Two files cannot be replaced in one atomic step; refuse rather than
-            # leave a SQLCipher header file beside a plain vault.
-            raise FileExistsError(
-                f"{dest} is a SQLCipher vault (it has {sidecar_path_for(dest).name}); "
-                "import to a new path instead of replacing it"
-            )
-        lock = WriterLock.acquire(dest)
+    if not dest.parent.is_dir():
+        raise FileNotFoundError(f"directory {dest.parent} does not exist")
+    safefile.check_folder(dest.parent)
+    check_companion_files(dest)
+    # Taken whether or not a vault is there yet: a vault created at dest while the
+    # export is read would otherwise be replaced under its writer.
+    lock = WriterLock.acquire(dest, owner=os.geteuid())
+    imported = False
     try:
-        if lock is not None:
+        _import_step("locked")
+        if dest.exists() or dest.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{dest} already exists; refusing to overwrite it")
+            if dest.is_symlink() or not dest.is_file():
+                raise FileExistsError(
+                    f"{dest} exists and is not a regular file; not replacing it"
+                )
+            if sidecar_path_for(dest).exists():
+                # Two files cannot be replaced in one atomic step; refuse rather than
+                # leave a SQLCipher header file beside a plain vault.
+                raise FileExistsError(
+                    f"{dest} is a SQLCipher vault (it has {sidecar_path_for(dest).name}); "
+                    "import to a new path instead of replacing it"
+                )
             _check_not_in_use(dest)
+        elif any(p.exists() or p.is_symlink() for p in _wal_files(dest)):
+            raise FileExistsError(
+                f"SQLite files of an earlier vault are left beside {dest} "
+                f"({', '.join(p.name for p in _wal_files(dest))}): they would be read as "
+                "the new vault's own; remove them or import to another path"
+            )
+        _import_step("checked")
         size = src.stat().st_size
         with src.open("rb") as fh:
             read_header(fh)  # fail on a non-export before building anything
             fh.seek(0)
-            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}.importing")
+            safefile.remove_stale_temporaries(dest)
+            workdir = safefile.private_directory(dest, "importing")
             try:
-                summary = _build(tmp, fh, size, backup_passphrase, vault_passphrase, kdf,
-                                 progress)
+                tmp = workdir / "vault"
+                summary, built = _build(
+                    tmp, fh, size, backup_passphrase, vault_passphrase, kdf, progress
+                )
+                _import_step("built")
+                # Still under our lock: nothing can have appeared at dest unless the
+                # lock was bypassed; the WAL check above is repeated for that case.
+                if not overwrite and (dest.exists() or dest.is_symlink()):
+                    raise FileExistsError(f"{dest} appeared during the import; not replacing it")
+                if any(p.exists() or p.is_symlink() for p in _wal_files(dest)):
+                    raise VaultBusy(
+                        f"{dest} was opened during the import (its -wal/-shm appeared); "
+                        "nothing was replaced"
+                    )
+                safefile.verify_same_file(tmp, built)
                 if overwrite:
                     os.replace(tmp, dest)
                 else:
                     os.link(tmp, dest)
                 _fsync_dir(dest.parent)
+                _import_step("replaced")
             finally:
-                for leftover in (tmp, *_sidecars(tmp)):
-                    with contextlib.suppress(FileNotFoundError):
-                        leftover.unlink()
+                safefile.remove_private_directory(workdir)
+        imported = True
     finally:
-        if lock is not None:
+        if not imported and lock.created and not (dest.exists() or dest.is_symlink()):
+            lock.discard()  # nothing was made at dest: leave no lock file of ours there
+        else:
             lock.release()
     return summary
 
@@ -496,7 +548,7 @@ def _build(
     vault_passphrase: str | bytes,
     kdf: KdfParameters,
     progress: ProgressCallback | None,
-) -> ExportSummary:
+) -> tuple[ExportSummary, os.stat_result]:
     rows = plain = 0
     categories: set[str] = set()
     with Vault.create(tmp, vault_passphrase, kdf=kdf) as vault:
@@ -519,18 +571,20 @@ def _build(
         progress(size, size)
     if Path(f"{tmp}-wal").exists():
         raise VaultBusy(f"could not checkpoint the new vault {tmp}; nothing was replaced")
-    fd = os.open(tmp, os.O_RDONLY)
+    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+        built = os.fstat(fd)
     finally:
         os.close(fd)
-    return ExportSummary(
+    summary = ExportSummary(
         rows=rows, categories=len(categories), plaintext_bytes=plain, store_id=store_id
     )
+    return summary, built
 
 
-def _sidecars(path: Path) -> tuple[Path, ...]:
-    return tuple(Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", ".lock"))
+def _wal_files(path: Path) -> tuple[Path, ...]:
+    return (Path(f"{path}-wal"), Path(f"{path}-shm"))
 
 
 def _check_not_in_use(dest: Path) -> None:

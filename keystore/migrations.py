@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from keystore.errors import MigrationError, VaultLocked
+from keystore.errors import IntegrityError, MigrationError, VaultLocked
 
 if TYPE_CHECKING:
     from keystore.cipher import StoreCipher
@@ -186,13 +186,27 @@ def _has_bookkeeping(conn: sqlite3.Connection) -> bool:
 
 
 def applied(conn: sqlite3.Connection) -> list[AppliedMigration]:
-    """The recorded steps, oldest first.  Never writes."""
+    """The recorded steps, oldest first.  Never writes.
+
+    Raises:
+        IntegrityError: a record holds a value of the wrong type (the file was edited).
+    """
     if not _has_bookkeeping(conn):
         return []
     rows = conn.execute(
         f"SELECT version, name, checksum, applied_at FROM {BOOKKEEPING_TABLE} ORDER BY version"
     ).fetchall()
-    return [AppliedMigration(int(v), str(n), str(c), str(t)) for v, n, c, t in rows]
+    records = []
+    for v, n, c, t in rows:
+        # Read back from a file someone else may have edited: a TEXT version or a
+        # BLOB name is corruption, reported as such rather than a TypeError.
+        if type(v) is not int or not all(type(x) is str for x in (n, c, t)):
+            raise IntegrityError(
+                f"the migration record {v!r} in {BOOKKEEPING_TABLE} is corrupt "
+                "(a column holds the wrong type)"
+            )
+        records.append(AppliedMigration(v, n, c, t))
+    return records
 
 
 def _steps(migrations: Sequence[Migration] | None) -> Sequence[Migration]:

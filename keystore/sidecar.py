@@ -33,6 +33,7 @@ from pathlib import Path
 
 from keystore.errors import IntegrityError, NotAVault, SchemaTooNew, VaultIOError
 from keystore.header import Header
+from keystore.safefile import create_private_file, read_regular_file, temporary_name
 
 __all__ = ["SIDECAR_FORMAT", "SIDECAR_MAGIC", "Sidecar", "sidecar_path_for"]
 
@@ -130,15 +131,16 @@ class Sidecar:
 
         Raises:
             NotAVault, SchemaTooNew, IntegrityError: see :meth:`from_bytes`.
+            UnsafeFile: a symlink, FIFO or device is where the header file belongs
+                (read without following or blocking).
         """
         path = sidecar_path_for(vault_path)
         try:
-            with path.open("rb") as fh:
-                data = fh.read(_MAX_BYTES + 1)
-        except FileNotFoundError:
+            data = read_regular_file(path, _MAX_BYTES)
+        except VaultIOError as exc:
+            raise NotAVault(str(exc)) from None
+        if data is None:
             return None
-        except OSError as exc:
-            raise NotAVault(f"cannot read {path}: {exc.strerror}") from None
         if len(data) > _MAX_BYTES:
             raise NotAVault(f"{path} is too large to be a vault header file")
         try:
@@ -158,9 +160,9 @@ class Sidecar:
             VaultIOError: the write failed; the previous header file is intact.
         """
         final = sidecar_path_for(vault_path)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        tmp = temporary_name(final, "tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd, _ = create_private_file(tmp)
             try:
                 view = memoryview(self.to_bytes())
                 while view:

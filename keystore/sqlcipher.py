@@ -116,7 +116,7 @@ def _key_pragma(verb: str, page_key: bytearray) -> str:
 
 def connect(
     path: Path, page_key: bytearray, *, readonly: bool, create: bool = False,
-    busy_timeout: float = 5.0,
+    busy_timeout: float = 5.0, immutable: bool = False,
 ) -> sqlite3.Connection:
     """Open ``path`` with SQLCipher, keyed, in autocommit mode.
 
@@ -132,6 +132,8 @@ def connect(
     module = require()
     mode = "ro" if readonly else ("rwc" if create else "rw")
     uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+    if immutable:  # read-only media: no -shm can be created (see keystore.vault)
+        uri += "&immutable=1"
     conn = module.connect(
         uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout
     )

@@ -22,18 +22,23 @@ unlock, and ``keystore_header`` stays empty.  See ``docs/sqlcipher.md``.
 from __future__ import annotations
 
 import contextlib
+import hmac
+import operator
 import os
 import re
 import sqlite3
+import stat
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from keystore import migrations
+from keystore import migrations, safefile
 from keystore import sqlcipher as sqlcipher_layer
 from keystore.cipher import (
     StoreCipher,
@@ -67,7 +72,7 @@ from keystore.header import (
     WRAPPED_LEN,
     Header,
 )
-from keystore.lockfile import WriterLock
+from keystore.lockfile import WriterLock, lock_path_for
 from keystore.profiles import RFC_9106_LOW_MEMORY, KdfParameters
 from keystore.sidecar import Sidecar, sidecar_path_for
 
@@ -75,7 +80,7 @@ if TYPE_CHECKING:
     # pydantic costs ~0.5 s of import time; the reports load only when a report is made.
     from keystore.reports import KdfInfo, StatsReport, VerifyReport
 
-__all__ = ["MAX_KEY_LEN", "MAX_VALUE_LEN", "Change", "ChangeLike", "Vault"]
+__all__ = ["MAX_KEY_LEN", "MAX_VALUE_LEN", "Change", "ChangeLike", "Snapshot", "Vault"]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 MAX_KEY_LEN = 64 * 1024
@@ -149,6 +154,83 @@ def check_value(value: object) -> bytes:
     return bytes(value)
 
 
+_CHANGE_FIELDS = operator.attrgetter("category", "key", "value")
+_VALUE_TYPES = {bytes, type(None)}
+_FIRST, _SECOND, _THIRD = (operator.itemgetter(i) for i in range(3))
+_COALESCE_SLICE = 4096
+#: Seconds ``apply(yield_gil=True)`` sleeps between two slices of rows it encrypts.
+_YIELD_PAUSE = 0.0001
+
+
+def _coalesce(
+    rows: list[tuple[object, object, object]],
+) -> dict[tuple[str, bytes], bytes | None]:
+    """Validate ``(category, key, value)`` rows; the last change of each row wins.
+
+    The common case — exact ``str``/``bytes`` within the limits — is checked slice
+    by slice with ``map`` and ``set`` (no bytecode per row); anything else
+    goes through the per-row checks, which normalize bytes-like input and raise
+    the precise error.
+    """
+    latest: dict[tuple[str, bytes], bytes | None] = {}
+    # Slices, so that no single C-level step holds the GIL for long (see
+    # StoreCipher.seal_changes); an unusual slice sends the whole batch the slow way.
+    for lo in range(0, len(rows), _COALESCE_SLICE):
+        part = rows[lo : lo + _COALESCE_SLICE]
+        # Columns by itemgetter: zip(*part) would make one iterator object per row.
+        categories = list(map(_FIRST, part))
+        keys = list(map(_SECOND, part))
+        values = list(map(_THIRD, part))
+        try:
+            fast = (
+                set(map(type, categories)) == {str}
+                and set(map(type, keys)) == {bytes}
+                and set(map(type, values)) <= _VALUE_TYPES
+                and max(map(len, keys)) <= MAX_KEY_LEN
+                and max(map(len, filter(None, values)), default=0) <= MAX_VALUE_LEN
+            )
+        except TypeError:
+            fast = False
+        if not fast:
+            break
+        for category in set(categories):
+            check_category(category)
+        latest.update(zip(zip(categories, keys, strict=True), values, strict=True))
+    else:
+        return latest
+    latest.clear()
+    for category, key, value in rows:
+        row = (check_category(category), check_key(key))
+        latest[row] = None if value is None else check_value(value)
+    return latest
+
+
+_UPSERT_HEAD = "INSERT INTO keystore_rows (category, key_hash, value) VALUES "
+_UPSERT_TAIL = " ON CONFLICT (category, key_hash) DO UPDATE SET value = excluded.value"
+#: Rows per multi-row upsert statement: 768 parameters, under SQLite's historical
+#: limit of 999 variables per statement.
+_UPSERT_ROWS = 256
+_UPSERT_ONE = _UPSERT_HEAD + "(?, ?, ?)" + _UPSERT_TAIL
+_UPSERT_MANY = _UPSERT_HEAD + ", ".join(["(?, ?, ?)"] * _UPSERT_ROWS) + _UPSERT_TAIL
+
+
+def _upsert_rows(conn: sqlite3.Connection, rows: list[tuple[str, bytes, bytes]]) -> None:
+    """Upsert sealed rows, 256 per statement execution.
+
+    The sqlite3 module releases and retakes the GIL around every statement step:
+    with one step per row, a thread that wants the GIL back (any CPU-bound thread
+    beside an event loop) makes each of those retakes wait its switch interval.
+    One step per 256 rows cuts those hand-offs 256-fold, and the per-row cost of
+    the statement machinery with them.  Same rows, same order, same transaction.
+    """
+    n = _UPSERT_ROWS
+    full = len(rows) - len(rows) % n
+    groups = map(rows.__getitem__, map(slice, range(0, full, n), range(n, full + 1, n)))
+    conn.executemany(_UPSERT_MANY, map(tuple, map(chain.from_iterable, groups)))
+    if full < len(rows):
+        conn.executemany(_UPSERT_ONE, rows[full:])
+
+
 def _translate(exc: Exception, path: Path) -> KeystoreError:
     """Map a SQLite/SQLCipher error to the keystore's own exception (never leak it raw)."""
     msg = str(exc).lower()
@@ -187,12 +269,31 @@ def _connect(
 ) -> sqlite3.Connection:
     mode = "ro" if readonly else ("rwc" if create else "rw")
     uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+    if readonly and _on_read_only_media(path):
+        uri += "&immutable=1"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                            timeout=busy_timeout)
     return conn
 
 
-def _row_generation(conn: sqlite3.Connection) -> int | None:
+def _on_read_only_media(path: Path) -> bool:
+    """Whether a read-only open needs SQLite's ``immutable`` flag to work at all.
+
+    A WAL database opened read-only still wants to create ``-shm`` beside it, so on
+    a read-only mount, or in a folder we may not write with no ``-wal`` present,
+    SQLite fails with "unable to open database file".  There, nobody can be
+    writing through a WAL we could miss, so reading the file as immutable is exact.
+    """
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    wal = Path(f"{path}-wal")
+    return not os.access(path.parent, os.W_OK) and not (wal.exists() or wal.is_symlink())
+
+
+def _row_generation(conn: sqlite3.Connection, path: Path) -> int | None:
     """The key generation a SQLCipher vault's rows are under (``None``: not recorded)."""
     has_counters = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keystore_counters'"
@@ -202,7 +303,59 @@ def _row_generation(conn: sqlite3.Connection) -> int | None:
     row = conn.execute(
         "SELECT value FROM keystore_counters WHERE name = ?", (_ROW_GENERATION,)
     ).fetchone()
-    return None if row is None else int(row[0])
+    if row is None:
+        return None
+    return stored_count(row[0], "the key-generation counter", path)
+
+
+#: A header is 149 bytes; a bigger blob in its place is not one.
+_MAX_HEADER_BYTES = 4096
+
+
+def _sql_type(value: object) -> str:
+    """The SQLite storage class a fetched value had, for error messages."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool | int):
+        return "INTEGER"
+    if isinstance(value, float):
+        return "REAL"
+    if isinstance(value, str):
+        return "TEXT"
+    return "an oversized BLOB" if isinstance(value, bytes) else type(value).__name__
+
+
+def stored_count(value: object, what: str, path: Path) -> int:
+    """A counter read back from the file: a non-negative INTEGER, or corruption."""
+    if type(value) is not int or value < 0:
+        raise IntegrityError(
+            f"vault {path} is corrupt: {what} is stored as {_sql_type(value)}, "
+            "not a non-negative integer"
+        )
+    return value
+
+
+def read_header_row(conn: sqlite3.Connection, path: Path) -> Header:
+    """Read and parse the header row of a plain vault, checking its stored type.
+
+    The column holds whatever was stored there: ``bytes(10**18)`` of a huge
+    INTEGER would try to allocate an exabyte, and TEXT or REAL would raise
+    ``TypeError``.  Anything but a blob of a plausible size is corruption.
+
+    Raises:
+        IntegrityError: no header row, a value of the wrong type or size, or a
+            malformed header.
+    """
+    row = conn.execute("SELECT header FROM keystore_header WHERE id = 1").fetchone()
+    if row is None:
+        raise IntegrityError(f"vault {path} has no header row")
+    value = row[0]
+    if not isinstance(value, bytes) or len(value) > _MAX_HEADER_BYTES:
+        raise IntegrityError(
+            f"vault {path} is corrupt: its header is stored as "
+            f"{_sql_type(value)}, not as a header blob"
+        )
+    return Header.from_bytes(value)
 
 
 def _refuse_header_row(conn: sqlite3.Connection, path: Path) -> None:
@@ -232,6 +385,85 @@ def _wipe(*buffers: bytearray | None) -> None:
             buf[:] = bytes(len(buf))
 
 
+def companion_paths(path: Path) -> tuple[Path, ...]:
+    """The files SQLite and the package keep beside a vault: ``-wal``, ``-shm``,
+    ``.lock`` and ``.header``."""
+    return (
+        Path(f"{path}-wal"), Path(f"{path}-shm"), lock_path_for(path), sidecar_path_for(path)
+    )
+
+
+def check_companion_files(path: Path, owner: int | None = None) -> None:
+    """Refuse to open a vault beside which another user could have planted files.
+
+    Each companion (:func:`companion_paths`) must be absent, or a regular,
+    single-linked file owned by ``owner`` (default: the vault's owner), us or root,
+    and not writable by group or others.  A planted ``-wal`` would receive every
+    page written, or inject its own; a symlinked ``.lock`` would be cut; a FIFO
+    ``.header`` would hang the open.
+
+    Raises:
+        UnsafeFile: naming the offending file.
+    """
+    if owner is None:
+        try:
+            owner = os.stat(path).st_uid
+        except OSError:
+            owner = None
+    safefile.check_companions(companion_paths(path), owner)
+
+
+def _is_wal_database(path: Path) -> bool:
+    """Whether the SQLite header of ``path`` says WAL mode (file format versions 2)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        head = os.pread(fd, 20, 0)
+    finally:
+        os.close(fd)
+    return head.startswith(SQLITE_MAGIC) and head[18:20] == b"\x02\x02"
+
+
+def prepare_wal_files(path: Path, *, encrypted: bool = False) -> None:
+    """Create a vault's missing ``-wal`` and ``-shm`` ourselves, private, before SQLite.
+
+    SQLite opens them by name without ``O_EXCL``, and when run as root it even
+    ``chown``s an existing one to the vault's owner, hiding who planted it.  Made
+    here with ``O_EXCL | O_NOFOLLOW`` at ``0600`` (empty files are valid for
+    SQLite), they are ours; if one appeared since the last check, creating it
+    fails and it is checked, then refused unless it is safe.  ``encrypted``: a
+    SQLCipher vault, whose header cannot be read to confirm WAL mode.
+
+    Raises:
+        UnsafeFile: a planted file is there.
+    """
+    owner: int | None
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        owner = None
+    if not encrypted and not _is_wal_database(path):
+        # Not a WAL database (another application's file, about to be refused):
+        # SQLite would never use these, so none are left behind; check only.
+        safefile.check_companions((Path(f"{path}-wal"), Path(f"{path}-shm")), owner)
+        return
+    for companion in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            fd, _ = safefile.create_private_file(companion)
+        except FileExistsError:
+            continue
+        except OSError:
+            continue  # a read-only folder: SQLite reports that itself
+        os.close(fd)
+        if owner is not None and owner != os.geteuid():
+            # Root opening a user's vault: the files stay the user's, as SQLite would.
+            with contextlib.suppress(OSError):
+                os.chown(companion, owner, -1)
+    safefile.check_companions((Path(f"{path}-wal"), Path(f"{path}-shm")), owner)
+
+
 def probe(path: Path) -> Sidecar | None:
     """Check, without writing, that ``path`` looks like a vault, and say which kind.
 
@@ -244,16 +476,26 @@ def probe(path: Path) -> Sidecar | None:
         IntegrityError: a plain SQLite file with a SQLCipher vault header file beside
             it (the encrypted database may have been swapped for a plain one), or a
             malformed header file.
+        UnsafeFile: a ``-wal``, ``-shm``, ``.lock`` or ``.header`` file beside it is
+            not safe to use (:func:`check_companion_files`).
     """
     if not path.exists():
         raise NotAVault(f"no vault at {path}: the file does not exist")
     if not path.is_file():
         raise NotAVault(f"{path} is not a regular file")
     try:
-        with path.open("rb") as fh:
-            magic = fh.read(len(SQLITE_MAGIC))
+        # Non-blocking: a FIFO swapped in after the check above must not hang us.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotAVault(f"{path} is not a regular file")
+            magic = os.pread(fd, len(SQLITE_MAGIC), 0)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise NotAVault(f"cannot read {path}: {exc.strerror}") from None
+    check_companion_files(path, st.st_uid)
     if not magic:
         raise NotAVault(f"{path} is an empty file, not a vault")
     try:
@@ -312,6 +554,26 @@ class Vault:
         self._kek: bytearray | None = None
         self._mutex = threading.RLock()
         self._file_id = _file_identity(path)
+        self._opened_by = os.getpid()
+        self._forked = False
+        _LIVE_VAULTS.add(self)
+
+    def _abandon_after_fork(self) -> None:
+        """In a forked child: make this inherited object unusable, touching nothing shared.
+
+        The SQLite connection is the parent's (closing it here could checkpoint or
+        drop locks under the parent), so it is parked, never closed; the writer
+        lock's descriptor is closed by :mod:`keystore.lockfile`'s own fork handler,
+        never unlocked.  Keys are wiped from this process's copy of memory.
+        """
+        self._forked = True
+        self._closed = True
+        self._mutex = threading.RLock()  # one held by a parent thread would never be released
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _ORPHANED_AFTER_FORK.append(conn)
+        self._writer_lock = None
+        self._drop_keys()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -334,6 +596,7 @@ class Vault:
         Raises:
             FileExistsError: something is already at ``path`` (or ``<path>.header``).
             SQLCipherUnavailable: ``sqlcipher=True`` without the extra installed.
+            VaultIOError: the folder cannot be written (read-only, no permission, full).
             ValueError/TypeError: empty or non-string passphrase, bad parameters.
         """
         if not isinstance(kdf, KdfParameters):
@@ -374,13 +637,21 @@ class Vault:
             raise ValueError(f"synchronous must be one of {_SYNC_MODES}")
         if sqlcipher:
             sqlcipher_layer.require()  # fail before anything touches the disk
+        side = sidecar_path_for(path)
         if path.exists() or path.is_symlink():
             raise FileExistsError(f"{path} already exists; refusing to overwrite it")
-        side = sidecar_path_for(path)
-        if sqlcipher and (side.exists() or side.is_symlink()):
-            raise FileExistsError(f"{side} already exists; refusing to overwrite it")
+        if lock_path_for(path).exists():
+            # A writer may still hold the lock of a vault whose file was moved away
+            # (its -wal/-shm still here): say that, before anything is built.
+            WriterLock.acquire(path, owner=os.geteuid()).release()
+        for existing in (side, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            # A leftover -wal/-shm would be read as the new vault's own (or be
+            # someone's plant): refuse, as for the vault itself.
+            if (existing != side or sqlcipher) and (existing.exists() or existing.is_symlink()):
+                raise FileExistsError(f"{existing} already exists; refusing to overwrite it")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"directory {path.parent} does not exist")
+        safefile.check_folder(path.parent)
         store_id = os.urandom(STORE_ID_LEN)
         header = Header(
             store_id=store_id,
@@ -400,19 +671,30 @@ class Vault:
             header = wrap_secrets(kek, header, secrets)
         finally:
             secrets[:] = bytes(len(secrets))
-        # Build the file under a temporary name and link it into place: a crash or
-        # error never leaves a half-initialized vault at ``path``, and ``os.link``
-        # refuses to replace a file that appeared meanwhile.  A SQLCipher vault's
-        # header file is linked first: a crash in between leaves only that small
-        # file (and ``create`` refusing to overwrite it), never a database whose
-        # keys are nowhere.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.creating")
+        # Build the file in a private directory beside ``path`` and link it into
+        # place: nobody else can read it or plant SQLite's -wal/-shm/-journal next
+        # to it while it is built, a crash leaves nothing readable by others and
+        # never a half-initialized vault at ``path``, and ``os.link`` refuses to
+        # replace a file that appeared meanwhile.  A SQLCipher vault's header file
+        # is linked first: a crash in between leaves only that small file (and
+        # ``create`` refusing to overwrite it), never a database whose keys are
+        # nowhere.
         side_written = linked = False
+        writer_lock: WriterLock | None = None
+        workdir: Path | None = None
         try:
+            safefile.remove_stale_temporaries(path)
+            workdir = safefile.private_directory(path, "creating")
+            tmp = workdir / "vault"
+            fd, created = safefile.create_private_file(tmp)
+            os.close(fd)
+            safefile.step("file-created")
+            # The file exists and is ours: SQLite opens it by name ("rw", never
+            # "rwc"), and the inode is checked again once SQLite is done with it.
             if page_key is None:
-                conn = _connect(tmp, readonly=False, create=True)
+                conn = _connect(tmp, readonly=False)
             else:
-                conn = sqlcipher_layer.connect(tmp, page_key, readonly=False, create=True)
+                conn = sqlcipher_layer.connect(tmp, page_key, readonly=False)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 migrations.migrate(conn)
@@ -428,35 +710,61 @@ class Vault:
                 version = migrations.schema_version(conn)
             finally:
                 conn.close()
-            _make_private(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            # A writer may still hold the lock of a vault whose file was moved away:
-            # open() below would then fail after the new file is in place.  Fail first.
-            WriterLock.acquire(path).release()
+            safefile.step("header-written")
+            safefile.verify_same_file(tmp, created)
+            safefile.fsync_path(tmp)
+            # Held from before the link until the vault is open: nobody (an
+            # import --force, another create) can replace the file in between, and
+            # a writer still holding the lock of a vault moved away fails us first.
+            writer_lock = WriterLock.acquire(path, owner=os.geteuid())
             if page_key is not None:
                 Sidecar(header, None, version).write(path, create=True)
                 side_written = True
+                safefile.step("header-file-linked")
             os.link(tmp, path)
             linked = True
             _fsync_dir(path.parent)
-        except BaseException:
+            safefile.step("linked")
+        except BaseException as exc:
             if side_written and not linked:
                 with contextlib.suppress(FileNotFoundError):
                     side.unlink()  # ours, seconds old, and no database uses it
+            if writer_lock is not None:
+                if writer_lock.created and not linked:
+                    writer_lock.discard()  # no vault was made: leave no lock file
+                else:
+                    writer_lock.release()
             _wipe(kek)
             cipher.wipe()
+            if isinstance(exc, sqlcipher_layer.db_error_types()) or (
+                isinstance(exc, OSError) and not isinstance(exc, FileExistsError)
+            ):
+                # An unwritable or full folder: say which vault, not which temp file.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                if _on_read_only_media(path) or not os.access(path.parent, os.W_OK):
+                    reason = f"the folder {path.parent} is read-only or not writable"
+                raise VaultIOError(f"cannot create vault {path}: {reason}") from exc
             raise
         finally:
             _wipe(page_key)
-            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
-        vault = cls.open(path, synchronous=synchronous)
+            if workdir is not None:
+                safefile.remove_private_directory(workdir)
         try:
+            vault = cls._open(
+                path, synchronous=synchronous, writer_lock=writer_lock, warn_folder=False
+            )
+        except BaseException:
+            _wipe(kek)
+            cipher.wipe()
+            raise
+        try:
+            # The name was linked to our file while we held its lock; check anyway
+            # that what was opened is that file and that header, before any row goes in.
+            if vault._file_id != (created.st_dev, created.st_ino) or vault.store_id != store_id:
+                raise IntegrityError(
+                    f"the vault opened at {path} is not the one just created there "
+                    "(it was replaced); nothing was written to it"
+                )
             if sqlcipher:
                 cipher.wipe()  # the same secrets are unwrapped again from the header file
                 vault._unlock_sqlcipher(kek)
@@ -465,6 +773,7 @@ class Vault:
         except BaseException:
             vault.close()
             raise
+        safefile.step("done")
         return vault
 
     @classmethod
@@ -494,13 +803,42 @@ class Vault:
         Raises:
             NotAVault, SchemaTooNew, MigrationRequired, VaultBusy, IntegrityError.
         """
-        path = Path(path)
-        if synchronous not in _SYNC_MODES:
-            raise ValueError(f"synchronous must be one of {_SYNC_MODES}")
-        sidecar = probe(path)
-        if sidecar is not None:
-            cls._needs_migration(path, sidecar.schema_version, readonly, auto_migrate)
-        writer_lock = None if readonly else WriterLock.acquire(path, timeout)
+        return cls._open(
+            Path(path), readonly, auto_migrate=auto_migrate, timeout=timeout,
+            synchronous=synchronous, busy_timeout=busy_timeout,
+        )
+
+    @classmethod
+    def _open(
+        cls,
+        path: Path,
+        readonly: bool = False,
+        *,
+        auto_migrate: bool = False,
+        timeout: float = 0.0,
+        synchronous: Synchronous = "FULL",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        writer_lock: WriterLock | None = None,
+        warn_folder: bool = True,
+    ) -> Vault:
+        """:meth:`open`; ``writer_lock``, when given, is already held and taken over."""
+        try:
+            if synchronous not in _SYNC_MODES:
+                raise ValueError(f"synchronous must be one of {_SYNC_MODES}")
+            sidecar = probe(path)
+            if warn_folder:
+                safefile.check_folder(path.parent)
+            if sidecar is not None:
+                cls._needs_migration(path, sidecar.schema_version, readonly, auto_migrate)
+            if writer_lock is None and not readonly:
+                writer_lock = WriterLock.acquire(path, timeout)
+            if writer_lock is not None:
+                # Holding the lock: no creator of this vault is alive but us.
+                safefile.remove_stale_temporaries(path)
+        except BaseException:
+            if writer_lock is not None:
+                writer_lock.release()
+            raise
         try:
             if sidecar is not None:
                 return cls(
@@ -512,6 +850,9 @@ class Vault:
                 path, readonly=readonly, auto_migrate=auto_migrate, busy_timeout=busy_timeout
             )
             try:
+                # SQLite has opened (or created) -wal and -shm by now: check them
+                # again, closing the window between the first check and the open.
+                check_companion_files(path)
                 with _db_errors(path):
                     if not readonly:
                         conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -537,6 +878,8 @@ class Vault:
         cls, path: Path, *, readonly: bool, auto_migrate: bool,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> sqlite3.Connection:
+        if not readonly:
+            prepare_wal_files(path)
         try:
             conn = _connect(path, readonly=readonly, busy_timeout=busy_timeout)
         except sqlite3.Error as exc:
@@ -619,10 +962,7 @@ class Vault:
 
     @staticmethod
     def _read_header(conn: sqlite3.Connection, path: Path) -> Header:
-        row = conn.execute("SELECT header FROM keystore_header WHERE id = 1").fetchone()
-        if row is None:
-            raise IntegrityError(f"vault {path} has no header row")
-        return Header.from_bytes(bytes(row[0]))
+        return read_header_row(conn, path)
 
     def close(self) -> None:
         """Lock, close the database and release the writer lock (idempotent)."""
@@ -727,6 +1067,11 @@ class Vault:
             conn = self._connection()
             with _db_errors(self._path):
                 header = self._read_header(conn, self._path)
+            if header.store_id != self._header.store_id:
+                raise IntegrityError(
+                    f"the header of vault {self._path} was replaced by another vault's "
+                    "since it was opened; nothing was unlocked"
+                )
             self._check_kdf_kind(header, kdf_id)
             kek = derive_wrapping_key(header, secret)
             try:
@@ -744,7 +1089,7 @@ class Vault:
     def _read_sidecar(self) -> Sidecar:
         """Re-read a SQLCipher vault's header file (another process may have changed it)."""
         if self._closed:
-            raise VaultClosed(f"vault {self._path} is closed")
+            raise self._closed_error()
         sidecar = Sidecar.read(self._path)
         if sidecar is None:
             raise NotAVault(
@@ -783,7 +1128,7 @@ class Vault:
                 conn, page_generation = self._connect_keyed(keyed)
                 with _db_errors(self._path):
                     _refuse_header_row(conn, self._path)
-                    row_generation = _row_generation(conn)
+                    row_generation = _row_generation(conn, self._path)
                 if row_generation is None:  # never rekeyed since the schema predates it
                     row_generation = sidecar.current.key_generation
                 match = [(h, s) for h, s in keyed if h.key_generation == row_generation]
@@ -838,12 +1183,15 @@ class Vault:
         Returns:
             The connection and the key generation of the header whose key opened it.
         """
+        if not self._readonly:
+            prepare_wal_files(self._path, encrypted=True)
         for header, secrets in keyed:
             page_key = sqlcipher_layer.derive_page_key(secrets, header.store_id)
             try:
                 conn = sqlcipher_layer.connect(
                     self._path, page_key, readonly=self._readonly,
                     busy_timeout=self._busy_timeout,
+                    immutable=self._readonly and _on_read_only_media(self._path),
                 )
             except sqlcipher_layer.db_error_types() as exc:
                 raise _translate(exc, self._path) from exc
@@ -901,9 +1249,19 @@ class Vault:
 
     # ------------------------------------------------------------------ rows
 
+    def _closed_error(self) -> VaultClosed:
+        if self._forked:
+            return VaultClosed(
+                f"vault {self._path} was opened by process {self._opened_by}, and this "
+                "process is a fork of it: a Vault cannot be used across fork (two "
+                "copies of one MLS client would reuse keys). Open the vault again here, "
+                "after the parent has closed it"
+            )
+        return VaultClosed(f"vault {self._path} is closed")
+
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
-            raise VaultClosed(f"vault {self._path} is closed")
+            raise self._closed_error()
         if self._conn is None:
             raise VaultLocked(
                 f"vault {self._path} is encrypted with SQLCipher: nothing in it can be "
@@ -999,6 +1357,41 @@ class Vault:
                     category, _stored(key_hash, self._path), _stored(blob, self._path)
                 )
 
+    def open_rows(self) -> dict[str, dict[bytes, bytes]]:
+        """Every row of the vault, authenticated: ``{category: {key: value}}``.
+
+        What loading a whole vault into memory needs, at the cost of one scan:
+        one query for all categories, the vault's lock taken once, and the
+        per-category state looked up once per category instead of once per row.
+        All or nothing: a row that fails authentication raises and nothing is
+        returned.
+
+        Raises:
+            VaultLocked, VaultClosed: the vault cannot be read now.
+            IntegrityError: a row fails authentication or the file is damaged.
+        """
+        with self._mutex:
+            cipher = self._unlocked()
+            with _db_errors(self._path):
+                rows = self._connection().execute(
+                    "SELECT category, key_hash, value FROM keystore_rows"
+                ).fetchall()
+            # Decrypting under the lock: a concurrent lock() waits instead of
+            # wiping the keys mid-scan.
+            return cipher.open_rows(rows, self._stored_category, self._stored_blob)
+
+    def _stored_category(self, name: object) -> str:
+        """A category name read back from the file; anything the vault never writes is damage."""
+        try:
+            return check_category(name)
+        except (TypeError, ValueError):
+            raise IntegrityError(
+                f"vault {self._path} is corrupt: a row has an invalid category name"
+            ) from None
+
+    def _stored_blob(self, value: object) -> bytes:
+        return _stored(value, self._path)
+
     def categories(self) -> list[str]:
         """The categories that hold at least one row, sorted."""
         with self._mutex:
@@ -1017,40 +1410,35 @@ class Vault:
                 ) from None
         return names
 
-    def apply(self, changes: Iterable[ChangeLike]) -> int:
+    def apply(self, changes: Iterable[ChangeLike], *, yield_gil: bool = False) -> int:
         """Write and delete many rows in ONE transaction: all applied or none.
 
         Repeated changes to the same row are coalesced (the last wins), so a batch
         from a dirty log writes each row once.  Every change is validated and
         encrypted before the transaction begins: bad input changes nothing.
 
+        Args:
+            changes: the rows to write (``value`` set) or delete (``value=None``).
+            yield_gil: pause for a tenth of a millisecond after every 256 rows
+                encrypted, so that an event loop running in another thread of this
+                process gets the GIL within about a millisecond instead of after
+                the interpreter's switch interval (5 ms by default).  For callers
+                on a worker thread beside an event loop; ``AsyncDrainer`` sets it.
+
         Returns:
             The number of distinct rows written or deleted.
         """
-        latest: dict[tuple[str, bytes], bytes | None] = {}
-        known_categories: set[str] = set()
-        for ch in changes:
-            category, key, value = ch.category, ch.key, ch.value
-            # Fast paths for the common exact types; the checks give the messages.
-            if type(category) is not str or category not in known_categories:
-                known_categories.add(check_category(category))
-            if type(key) is not bytes or len(key) > MAX_KEY_LEN:
-                key = check_key(key)
-            if value is not None and (type(value) is not bytes or len(value) > MAX_VALUE_LEN):
-                value = check_value(value)
-            latest[(category, key)] = value
+        latest = _coalesce(list(map(_CHANGE_FIELDS, changes)))
         if not latest:
             return 0
         with self._mutex:
             cipher = self._writable()
-            upserts, deletes = cipher.seal_changes(latest.items(), len(latest))
+            upserts, deletes = cipher.seal_changes(
+                latest.items(), len(latest), pause=_YIELD_PAUSE if yield_gil else 0.0
+            )
             with self._write_txn() as conn:
                 if upserts:
-                    conn.executemany(
-                        "INSERT INTO keystore_rows (category, key_hash, value) VALUES (?, ?, ?)"
-                        " ON CONFLICT (category, key_hash) DO UPDATE SET value = excluded.value",
-                        upserts,
-                    )
+                    _upsert_rows(conn, upserts)
                     conn.execute(
                         "UPDATE keystore_counters SET value = value + ? WHERE name = 'encryptions'",
                         (len(upserts),),
@@ -1069,33 +1457,60 @@ class Vault:
         new: str | bytes,
         *,
         kdf: KdfParameters | None = None,
+        rekey: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> None:
         """Rewrap the two secrets under a new passphrase: O(1), atomic, no row touched.
 
         Works locked or unlocked.  ``kdf`` optionally moves to new Argon2id
         parameters at the same time (see :meth:`needs_rehash`).
 
+        A rewrap alone does not revoke the old passphrase: whoever holds an earlier
+        copy of the header (an old backup, a synced copy) and learns the old
+        passphrase still unwraps the same secrets, which read every later row.
+        ``rekey=True`` closes that: the secrets themselves are replaced too (new
+        data key and hash key, every row re-encrypted and re-hashed, as
+        :meth:`rekey`), so an old header opens nothing written from now on.  It
+        needs the vault unlocked and writable.  On a plain vault the new header and
+        the rewritten rows are one transaction; a SQLCipher vault takes two atomic
+        steps (the rewrap, then its rekey): a crash between them leaves the new
+        passphrase in force and the old secrets in use, and the rekey can simply be
+        run again.
+
+        Args:
+            progress: with ``rekey``, called as ``progress(done, total)``.
+
         Raises:
             WrongPassphrase: ``old`` is wrong.
+            IntegrityError: the header in the file does not belong to this vault's
+                keys (another vault's header was put in); nothing was written.
+            VaultLocked: ``rekey=True`` on a locked vault.
         """
         old_secret, new_secret = normalize_passphrase(old), normalize_passphrase(new)
         if kdf is not None and not isinstance(kdf, KdfParameters):
             raise TypeError("kdf must be a keystore.profiles.KdfParameters")
-        self._rewrap(KDF_ARGON2ID, old_secret, new_secret, kdf)
+        self._rewrap(KDF_ARGON2ID, old_secret, new_secret, kdf, rekey=rekey, progress=progress)
 
-    def change_key(self, old: bytes, new: bytes) -> None:
-        """Rewrap the secrets of a raw-key vault under a new 32-byte key (O(1), atomic)."""
-        self._rewrap(KDF_RAW_KEY, check_raw_key(old), check_raw_key(new), None)
+    def change_key(self, old: bytes, new: bytes, *, rekey: bool = False) -> None:
+        """Rewrap the secrets of a raw-key vault under a new 32-byte key (O(1), atomic).
+
+        ``rekey`` is as in :meth:`change_passphrase`.
+        """
+        self._rewrap(KDF_RAW_KEY, check_raw_key(old), check_raw_key(new), None, rekey=rekey)
 
     def _rewrap(
-        self, kdf_id: int, old: bytes, new: bytes, kdf: KdfParameters | None
+        self, kdf_id: int, old: bytes, new: bytes, kdf: KdfParameters | None,
+        *, rekey: bool = False, progress: ProgressCallback | None = None,
     ) -> None:
         """Rewrap the secrets under a new KEK and store the header(s) atomically.
 
         A SQLCipher vault's header file may hold a pending header (an interrupted
         rekey): both are rewrapped, under one new salt, in one atomic replace.
+        With ``rekey`` the secrets are replaced as well (see :meth:`change_passphrase`).
         """
         with self._mutex:
+            if rekey:
+                self._writable()  # before any KDF runs: a locked vault cannot rekey
             sidecar = self._read_sidecar() if self._header.sqlcipher else None
             if sidecar is None:
                 conn = self._connection()
@@ -1119,6 +1534,7 @@ class Vault:
             salt = os.urandom(SALT_LEN)
             new_kek: bytearray | None = None
             try:
+                self._check_header_is_ours(keyed)
                 rewrapped: list[Header] = []
                 for header, secrets in keyed:
                     fresh = replace(header, kdf=kdf if kdf is not None else header.kdf, salt=salt)
@@ -1131,6 +1547,11 @@ class Vault:
             finally:
                 _wipe(*(s for _, s in keyed))
             assert new_kek is not None
+            if rekey and sidecar is None:
+                # Plain vault: new secrets, rows and the header under the new
+                # passphrase in one transaction.  Takes over new_kek.
+                self._rekey(progress, new_kek=new_kek, template=rewrapped[0])
+                return
             try:
                 if sidecar is None:
                     with self._write_txn() as conn:
@@ -1154,18 +1575,54 @@ class Vault:
                 self._kek = new_kek
             else:
                 _wipe(new_kek)
+            if rekey:
+                self._rekey(progress)
+
+    def _check_header_is_ours(self, keyed: list[tuple[Header, bytearray]]) -> None:
+        """Refuse a header that the old passphrase opens but that is not this vault's.
+
+        Someone who can write the file may put in the header of another vault that
+        shares the passphrase; rewrapping it would silently re-key this vault to
+        secrets that decrypt none of its rows (reads would then find nothing).
+        The store id must match, and when this object holds the keys, the secrets
+        unwrapped must be the ones it holds (compared in constant time).
+        """
+        for header, _ in keyed:
+            if header.store_id != self._header.store_id:
+                raise IntegrityError(
+                    f"the header in vault {self._path} belongs to another vault (its store "
+                    "id differs from the one opened): it was replaced; nothing was written"
+                )
+        if self._cipher is None:
+            return
+        held = self._cipher.secrets()
+        try:
+            same = [
+                hmac.compare_digest(bytes(secrets), bytes(held))
+                for header, secrets in keyed
+                if header.key_generation == self._header.key_generation
+            ]
+        finally:
+            _wipe(held)
+        if not any(same):
+            raise IntegrityError(
+                f"the header in vault {self._path} does not wrap the keys this vault "
+                "holds (its key check failed): it was replaced; nothing was written"
+            )
 
     def _store_header(self, conn: sqlite3.Connection, header: Header) -> None:
         conn.execute("UPDATE keystore_header SET header = ? WHERE id = 1", (header.to_bytes(),))
 
     def rekey(self, progress: ProgressCallback | None = None) -> None:
-        """Replace the data key and re-encrypt every row, in one transaction.
+        """Replace both secrets and re-encrypt and re-hash every row, in one transaction.
 
-        The hash key is kept, so row identities do not change.  Every row is
-        authenticated under the old key first: a corrupt row aborts the rekey and
-        nothing is written.  Resets the nonce-budget counter.
+        A new random data key encrypts every row, and a new hash key re-hashes every
+        row key, so an old copy of the header (with its passphrase) neither decrypts
+        nor recognizes anything written from now on.  Every row is authenticated
+        under the old keys first: a corrupt row aborts the rekey and nothing is
+        written.  Resets the nonce-budget counter.
 
-        A SQLCipher vault's page key derives from the data key, so it changes too.
+        A SQLCipher vault's page key derives from the secrets, so it changes too.
         A file rename and a SQLite transaction cannot be one atomic step, so that
         rekey is two-phase, in four steps: (1) prepare: the header file gets the
         next header as *pending* beside the current one; (2) commit: one
@@ -1180,81 +1637,112 @@ class Vault:
             progress: called as ``progress(done, total)`` while rows are re-encrypted.
         """
         with self._mutex:
+            self._rekey(progress)
+
+    def _rekey(
+        self,
+        progress: ProgressCallback | None,
+        *,
+        new_kek: bytearray | None = None,
+        template: Header | None = None,
+    ) -> None:
+        """:meth:`rekey`; with ``new_kek`` and ``template`` (plain vaults only) the new
+        header is wrapped under ``new_kek`` with ``template``'s salt and KDF, in the
+        same transaction: a passphrase change and rekey in one atomic step.
+        ``new_kek`` is taken over (installed, or wiped on failure).
+        """
+        try:
             old = self._writable()
             assert self._kek is not None
+            assert new_kek is None or not self._header.sqlcipher
+            kek = self._kek if new_kek is None else new_kek
+            base = self._header if template is None else template
             conn = self._connection()
             with _db_errors(self._path):
                 rows = conn.execute(
-                    "SELECT category, key_hash, value FROM keystore_rows"
+                    "SELECT id, category, key_hash, value FROM keystore_rows"
                 ).fetchall()
-            total = len(rows)
-            new = old.with_new_data_key()
-            try:
-                updated: list[tuple[bytes, str, bytes]] = []
-                step = max(1, total // 100)
-                for i, (category, key_hash, blob) in enumerate(rows):
-                    kh = _stored(key_hash, self._path)
-                    key, value = old.decrypt_row(category, kh, _stored(blob, self._path))
-                    updated.append((new.encrypt_row(category, kh, key, value), category, kh))
-                    if progress is not None and (i % step == 0):
-                        progress(i, total)
-                secrets = new.secrets()
-                try:
-                    header = self._header
-                    next_header = wrap_secrets(
-                        self._kek,
-                        Header(
-                            store_id=header.store_id,
-                            kdf_id=header.kdf_id,
-                            kdf=header.kdf,
-                            salt=header.salt,
-                            key_generation=header.key_generation + 1,
-                            wrap_nonce=header.wrap_nonce,
-                            wrapped=header.wrapped,
-                            flags=header.flags,
-                        ),
-                        secrets,
+        except BaseException:
+            _wipe(new_kek)
+            raise
+        total = len(rows)
+        # Both secrets are new: the hash key rotates with the data key, so stored
+        # key hashes change too and an old header cannot even confirm a row key.
+        new = StoreCipher.generate(old.store_id)
+        try:
+            updated: list[tuple[bytes, bytes, int]] = []
+            step = max(1, total // 100)
+            for i, (row_id, category, key_hash, blob) in enumerate(rows):
+                if not isinstance(category, str):
+                    raise IntegrityError(
+                        f"vault {self._path} is corrupt: a category is stored as "
+                        f"{_sql_type(category)}"
                     )
-                finally:
-                    secrets[:] = bytes(len(secrets))
-                sidecar: Sidecar | None = None
-                if self._header.sqlcipher:
-                    assert self._sidecar is not None  # open() sets it for every SQLCipher vault
-                    sidecar = Sidecar(self._header, next_header, self._sidecar.schema_version)
-                    sidecar.write(self._path)
-                    _rekey_step("pending-written")
-                try:
-                    with self._write_txn() as txn:
-                        txn.executemany(
-                            "UPDATE keystore_rows SET value = ? WHERE category = ?"
-                            " AND key_hash = ?",
-                            updated,
-                        )
-                        txn.execute(
-                            "UPDATE keystore_counters SET value = ? WHERE name = 'encryptions'",
-                            (total,),
-                        )
-                        if sidecar is None:
-                            self._store_header(txn, next_header)
-                        else:
-                            _store_row_generation(txn, next_header.key_generation)
-                except BaseException:
-                    if sidecar is not None:
-                        self._withdraw_pending(sidecar.schema_version)
-                    raise
+                kh = _stored(key_hash, self._path)
+                key, value = old.decrypt_row(category, kh, _stored(blob, self._path))
+                new_hash = new.key_hash(category, key)
+                updated.append((new_hash, new.encrypt_row(category, new_hash, key, value), row_id))
+                if progress is not None and (i % step == 0):
+                    progress(i, total)
+            secrets = new.secrets()
+            try:
+                next_header = wrap_secrets(
+                    kek,
+                    Header(
+                        store_id=base.store_id,
+                        kdf_id=base.kdf_id,
+                        kdf=base.kdf,
+                        salt=base.salt,
+                        key_generation=self._header.key_generation + 1,
+                        wrap_nonce=base.wrap_nonce,
+                        wrapped=base.wrapped,
+                        flags=base.flags,
+                    ),
+                    secrets,
+                )
+            finally:
+                secrets[:] = bytes(len(secrets))
+            sidecar: Sidecar | None = None
+            if self._header.sqlcipher:
+                assert self._sidecar is not None  # open() sets it for every SQLCipher vault
+                sidecar = Sidecar(self._header, next_header, self._sidecar.schema_version)
+                sidecar.write(self._path)
+                _rekey_step("pending-written")
+            try:
+                with self._write_txn() as txn:
+                    txn.executemany(
+                        "UPDATE keystore_rows SET key_hash = ?, value = ? WHERE id = ?",
+                        updated,
+                    )
+                    txn.execute(
+                        "UPDATE keystore_counters SET value = ? WHERE name = 'encryptions'",
+                        (total,),
+                    )
+                    if sidecar is None:
+                        self._store_header(txn, next_header)
+                    else:
+                        _store_row_generation(txn, next_header.key_generation)
             except BaseException:
-                new.wipe()
+                if sidecar is not None:
+                    self._withdraw_pending(sidecar.schema_version)
                 raise
-            # The rows are committed under the new data key: from here on it is the
-            # key in use, whatever happens to the SQLCipher phases below.
-            self._header = next_header
-            old.wipe()
-            self._cipher = new
-            if sidecar is not None:
-                _rekey_step("rows-committed")
-                self._finish_page_rekey(next_header, sidecar.schema_version)
-            if progress is not None:
-                progress(total, total)
+        except BaseException:
+            new.wipe()
+            _wipe(new_kek)
+            raise
+        # The rows are committed under the new secrets: from here on they are the
+        # keys in use, whatever happens to the SQLCipher phases below.
+        self._header = next_header
+        old.wipe()
+        self._cipher = new
+        if new_kek is not None:
+            _wipe(self._kek)
+            self._kek = new_kek
+        if sidecar is not None:
+            _rekey_step("rows-committed")
+            self._finish_page_rekey(next_header, sidecar.schema_version)
+        if progress is not None:
+            progress(total, total)
 
     def _withdraw_pending(self, schema_version: int) -> None:
         """After a failed rekey transaction, drop the pending header from the header file.
@@ -1264,7 +1752,7 @@ class Vault:
         the one the rows need, and the next unlock settles it.
         """
         with contextlib.suppress(KeystoreError, *sqlcipher_layer.db_error_types()):
-            if _row_generation(self._connection()) == self._header.key_generation:
+            if _row_generation(self._connection(), self._path) == self._header.key_generation:
                 Sidecar(self._header, None, schema_version).write(self._path)
 
     def _finish_page_rekey(self, header: Header, schema_version: int) -> None:
@@ -1311,7 +1799,7 @@ class Vault:
         from keystore.reports import REKEY_RECOMMENDED_AT, CategoryStats, StatsReport
 
         cats = {str(c): CategoryStats(rows=int(n), bytes=int(b)) for c, n, b in per_cat}
-        encryptions = int(counter[0]) if counter else 0
+        encryptions = stored_count(counter[0], "the nonce counter", self._path) if counter else 0
         return StatsReport(
             path=str(self._path),
             store_id=header.store_id.hex(),
@@ -1329,16 +1817,83 @@ class Vault:
             rekey_recommended=encryptions >= REKEY_RECOMMENDED_AT,
         )
 
+    def compact(self) -> tuple[int, int]:
+        """Give the space of deleted rows back to the file system (SQLite ``VACUUM``).
+
+        Deleting rows frees pages inside the file but never shrinks it; ``VACUUM``
+        rewrites the database into a fresh copy and replaces it atomically (the
+        WAL makes it crash-safe), so it needs about the vault's size in free space.
+        Rows, keys and header are unchanged.  Needs the writer (not read-only) and,
+        for a SQLCipher vault, the vault unlocked.
+
+        Returns:
+            ``(bytes_before, bytes_after)``: the file plus its WAL, each after a
+            checkpoint.
+        """
+        with self._mutex:
+            conn = self._connection()
+            if self._readonly:
+                raise VaultIOError(f"vault {self._path} was opened read-only")
+            with _db_errors(self._path):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                before = _file_bytes(self._path)
+                self._check_file_identity()
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return before, _file_bytes(self._path)
+
+    @contextlib.contextmanager
+    def read_snapshot(self) -> Iterator[Snapshot]:
+        """Read every row from ONE consistent state of the vault.
+
+        Inside the ``with`` block the vault is in a single read transaction: a
+        batch another writer (another process, through WAL) commits meanwhile is
+        seen entirely or not at all, never half.  This object's other threads wait
+        until the block ends (it holds this vault's lock), so keep it short-lived.
+
+        ::
+
+            with vault.read_snapshot() as snap:
+                for category, key, value in snap:
+                    ...
+
+        Raises:
+            VaultLocked: the vault is locked.
+            IntegrityError: a row fails authentication (raised while iterating).
+        """
+        with self._mutex:
+            cipher = self._unlocked()
+            conn = self._connection()
+            with _db_errors(self._path):
+                conn.execute("BEGIN")
+            try:
+                with _db_errors(self._path):
+                    # The first read fixes the snapshot: every later one sees the same.
+                    (count,) = conn.execute("SELECT COUNT(*) FROM keystore_rows").fetchone()
+                yield Snapshot(self, conn, cipher, int(count))
+            finally:
+                with contextlib.suppress(*sqlcipher_layer.db_error_types()):
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+
     def verify(self) -> VerifyReport:
-        """Decrypt and authenticate every row; list the failures (no plaintext)."""
+        """Decrypt and authenticate every row, in one read snapshot; list the failures.
+
+        Failures are reported by category and key hash only, never plaintext.
+        """
         from keystore.reports import RowFailure, VerifyReport
 
         with self._mutex:
             cipher = self._unlocked()
+            conn = self._connection()
             with _db_errors(self._path):
-                rows = self._connection().execute(
-                    "SELECT category, key_hash, value FROM keystore_rows"
-                ).fetchall()
+                conn.execute("BEGIN")
+                try:
+                    rows = conn.execute(
+                        "SELECT category, key_hash, value FROM keystore_rows"
+                    ).fetchall()
+                finally:
+                    conn.execute("COMMIT")
             failures = []
             for category, key_hash, blob in rows:
                 try:
@@ -1354,6 +1909,67 @@ class Vault:
                         )
                     )
         return VerifyReport(ok=not failures, rows_checked=len(rows), failures=failures)
+
+
+class Snapshot:
+    """The rows of a vault as of one moment; made by :meth:`Vault.read_snapshot`.
+
+    Iterating yields ``(category, key, value)``, authenticated, in category and
+    key-hash order, fetched in batches (never the whole vault in memory).
+    """
+
+    __slots__ = ("_cipher", "_conn", "_vault", "rows")
+    _BATCH = 256
+
+    def __init__(
+        self, vault: Vault, conn: sqlite3.Connection, cipher: StoreCipher, rows: int
+    ) -> None:
+        self._vault = vault
+        self._conn = conn
+        self._cipher = cipher
+        #: How many rows the snapshot holds.
+        self.rows = rows
+
+    def __iter__(self) -> Iterator[tuple[str, bytes, bytes]]:
+        path = self._vault.path
+        with _db_errors(path):
+            cursor = self._conn.execute(
+                "SELECT category, key_hash, value FROM keystore_rows"
+                " ORDER BY category, key_hash"
+            )
+        while True:
+            with _db_errors(path):
+                batch = cursor.fetchmany(self._BATCH)
+            if not batch:
+                return
+            for category, key_hash, blob in batch:
+                if self._vault.locked:
+                    raise VaultLocked(f"vault {path} was locked during the read")
+                try:
+                    name = check_category(category)
+                except (TypeError, ValueError):
+                    raise IntegrityError(
+                        f"vault {path} is corrupt: a row has an invalid category name"
+                    ) from None
+                key, value = self._cipher.decrypt_row(
+                    name, _stored(key_hash, path), _stored(blob, path)
+                )
+                yield name, key, value
+
+
+#: Every Vault object of this process, for the fork handler (weak references only).
+_LIVE_VAULTS: weakref.WeakSet[Vault] = weakref.WeakSet()
+#: Connections inherited by a forked child: kept referenced so that they are never
+#: closed there (SQLite connections must not be used, closed included, across fork).
+_ORPHANED_AFTER_FORK: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for vault in list(_LIVE_VAULTS):
+        vault._abandon_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _stored(value: object, path: Path) -> bytes:
@@ -1395,11 +2011,7 @@ def _file_bytes(path: Path) -> int:
 
 #: Vault, WAL, backup and export files are readable by their owner only, whatever the
 #: umask (SQLite gives its journal files the database file's mode).
-PRIVATE_FILE_MODE = 0o600
-
-
-def _make_private(path: Path) -> None:
-    os.chmod(path, PRIVATE_FILE_MODE)
+PRIVATE_FILE_MODE = safefile.PRIVATE_FILE_MODE
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -1428,37 +2040,41 @@ def backup_vault_file(
     """
     candidate = path.with_name(f"{path.name}.{label}.bak")
     n = 1
-    while candidate.exists() or sidecar_path_for(candidate).exists():
+    while (
+        candidate.exists() or candidate.is_symlink() or sidecar_path_for(candidate).exists()
+    ):
         n += 1
         candidate = path.with_name(f"{path.name}.{label}.{n}.bak")
-    # Copy under a temporary name and link it into place only once complete and
-    # fsync'd: a crash or a full disk never leaves a partial copy named as a backup.
-    tmp = candidate.with_name(f".{candidate.name}.{os.getpid()}.partial")
+    # Copy into a fresh private directory (0700: nobody else can read the copy, or
+    # plant its journal, while it is written), then link it into place only once
+    # complete and fsync'd: a crash or a full disk never leaves a partial copy named
+    # as a backup, nor a readable one anywhere.
+    workdir = safefile.private_directory(candidate, "partial")
     try:
+        tmp = workdir / "backup"
+        fd, created = safefile.create_private_file(tmp)
+        os.close(fd)
+        safefile.step("backup-created")
         if page_key is None:
-            dest = sqlite3.connect(str(tmp))
+            dest = _connect(tmp, readonly=False)
         else:
-            dest = sqlcipher_layer.connect(tmp, page_key, readonly=False, create=True)
+            dest = sqlcipher_layer.connect(tmp, page_key, readonly=False)
         try:
             with _db_errors(path):
                 conn.backup(dest)
                 version = migrations.schema_version(dest)
         finally:
             dest.close()
-        _make_private(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        safefile.step("backup-copied")
+        safefile.verify_same_file(tmp, created)
+        safefile.fsync_path(tmp)
         if header is not None:
             Sidecar(header, None, version).write(candidate, create=True)
         os.link(tmp, candidate)
         _fsync_dir(path.parent)
+        safefile.step("backup-linked")
     finally:
-        for leftover in (tmp, Path(f"{tmp}-journal")):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        safefile.remove_private_directory(workdir)
     return candidate
 
 

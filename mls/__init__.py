@@ -1,16 +1,41 @@
-"""MLS layer: granular write-behind storage, drainers and engines (filled in by the MLS issues)."""
+"""MLS layer: granular write-behind storage, drainers, and one client over two engines."""
 
-from mls.client import AsyncMlsClient, LostKeyPackage, MlsClient, Received, ReceivedKind
+from mls.client import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    AsyncMlsClient,
+    LostKeyPackage,
+    MlsClient,
+    NativeClient,
+    Received,
+    ReceivedKind,
+)
 from mls.drainer import AsyncDrainer, WriteBehindDrainer
+from mls.engine import (
+    CommitChanges,
+    GroupContextExtension,
+    GroupSettings,
+    GroupState,
+    Handshake,
+    Member,
+    MlsEngine,
+    PendingCommit,
+    PendingProposal,
+)
 from mls.errors import (
+    EpochMismatch,
     InvalidMessage,
+    InvalidProposal,
     KeyPackageLost,
     MlsEngineError,
     MlsError,
     MlsRsUnavailable,
+    NoPendingCommit,
     NotAnMlsVault,
+    PendingCommitExists,
     UnknownGroup,
+    UnknownKeyPackage,
     UnknownMember,
+    Unsupported,
 )
 from mls.provider import StorageProvider
 from mls.storage import (
@@ -22,25 +47,42 @@ from mls.storage import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "AsyncDrainer",
     "AsyncMlsClient",
     "BackpressureError",
     "BackpressurePolicy",
+    "CommitChanges",
+    "EpochMismatch",
     "GranularStorage",
+    "GroupContextExtension",
+    "GroupSettings",
+    "GroupState",
+    "Handshake",
     "InvalidMessage",
+    "InvalidProposal",
     "KeyPackageLost",
     "LostKeyPackage",
+    "Member",
     "MlsClient",
+    "MlsEngine",
     "MlsEngineError",
     "MlsError",
     "MlsRsUnavailable",
+    "NativeClient",
+    "NoPendingCommit",
     "NotAnMlsVault",
+    "PendingCommit",
+    "PendingCommitExists",
+    "PendingProposal",
     "Received",
     "ReceivedKind",
     "StorageEvent",
     "StorageNotEmpty",
     "StorageProvider",
     "UnknownGroup",
+    "UnknownKeyPackage",
     "UnknownMember",
+    "Unsupported",
     "WriteBehindDrainer",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from keystore.errors import KeystoreError
+from mls.storage import StorageEvent
 
 if TYPE_CHECKING:
     from keystore.vault import Vault
@@ -52,6 +54,11 @@ DEFAULT_ASYNC_BATCH_EVENTS = 2048
 
 ErrorCallback = Callable[[BaseException], None]
 
+#: A drained ``(seq, category, key, value)`` tuple as the StorageEvent it is.
+_as_event: Callable[[tuple[int, str, bytes, bytes | None]], StorageEvent] = functools.partial(
+    tuple.__new__, StorageEvent
+)
+
 
 def _describe(exc: BaseException) -> str:
     """The error for a log line: keystore messages carry no secrets, others only a type."""
@@ -74,6 +81,7 @@ class _Flusher:
         on_error: ErrorCallback | None,
         wake: Callable[[], None],
         max_batch_events: int | None,
+        yield_gil: bool = False,
     ) -> None:
         if max_batch_events is not None and (
             isinstance(max_batch_events, bool)
@@ -93,6 +101,7 @@ class _Flusher:
         self.max_backoff = max_backoff
         self.on_error = on_error
         self.max_batch_events = max_batch_events
+        self.yield_gil = yield_gil
         self.lock = threading.Lock()
         self.persisted = 0
         self.failures = 0
@@ -113,16 +122,21 @@ class _Flusher:
             target = storage.pending_events()
             done = 0
             while done < target:
-                events = storage.drain_storage_events(limit)
-                if not events:
+                entries = storage._drain_entries(limit)
+                if not entries:
                     break
                 try:
-                    self.vault.apply(events)
+                    # One short-lived StorageEvent per row as apply reads it: a whole
+                    # batch of them would stay tracked by the garbage collector.
+                    if self.yield_gil:
+                        self.vault.apply(map(_as_event, entries), yield_gil=True)
+                    else:
+                        self.vault.apply(map(_as_event, entries))
                 except BaseException:
-                    storage.requeue(events)
+                    storage._requeue_entries(entries)
                     raise
-                done += len(events)
-                self.persisted += len(events)
+                done += len(entries)
+                self.persisted += len(entries)
             return done
 
     def succeeded(self) -> None:
@@ -303,7 +317,11 @@ class AsyncDrainer(_DrainerStats):
     A flush is applied in transactions of about ``max_batch_events`` events (whole
     operations only; default 2048): some of the vault's steps over a whole batch hold
     the GIL from start to end (sorting the sealed rows is one C call), so one
-    100k-event transaction would stall the loop for as long as they take.
+    100k-event transaction would stall the loop for as long as they take.  Each
+    transaction is applied with ``Vault.apply(..., yield_gil=True)``, which frees
+    the GIL for a moment every 256 rows it encrypts, so the loop never waits for a
+    whole switch interval while the worker encrypts.  See ``docs/storage.md`` for
+    the resulting bound on the loop's lag.
     """
 
     def __init__(
@@ -329,6 +347,7 @@ class AsyncDrainer(_DrainerStats):
             on_error=on_error,
             wake=self._on_threshold,
             max_batch_events=max_batch_events,
+            yield_gil=True,
         )
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="mls-async-drainer"

@@ -26,11 +26,13 @@ import bisect
 import functools
 import hashlib
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
 
+from mls.engines.wire import Reader as _Reader
+from mls.engines.wire import encode_varint as _encode_varint
 from mls.errors import InvalidMessage, MlsRsUnavailable
 from mls.storage import GranularStorage
 
@@ -223,62 +225,6 @@ _NODE_LEAF = 1
 _NODE_PARENT = 2
 
 
-class _Reader:
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes):
-        self._data = data
-        self._pos = 0
-
-    def take(self, n: int) -> bytes:
-        end = self._pos + n
-        if n < 0 or end > len(self._data):
-            raise InvalidMessage("message is truncated")
-        out = self._data[self._pos : end]
-        self._pos = end
-        return out
-
-    def uint(self, n: int) -> int:
-        return int.from_bytes(self.take(n), "big")
-
-    def varint(self) -> int:
-        first = self.uint(1)
-        length = 1 << (first >> 6)
-        if length == 8:
-            raise InvalidMessage("invalid variable-length integer")
-        value = first & 0x3F
-        for byte in self.take(length - 1):
-            value = (value << 8) | byte
-        if (length == 2 and value < 1 << 6) or (length == 4 and value < 1 << 14):
-            raise InvalidMessage("variable-length integer is not minimally encoded")
-        return value
-
-    def opaque(self) -> bytes:
-        return self.take(self.varint())
-
-    def vector(self) -> _Reader:
-        return _Reader(self.opaque())
-
-    def items(self, read: Callable[[_Reader], _T]) -> Iterator[_T]:
-        while not self.at_end():
-            yield read(self)
-
-    def at_end(self) -> bool:
-        return self._pos == len(self._data)
-
-    def finish(self) -> None:
-        if not self.at_end():
-            raise InvalidMessage("trailing bytes after message")
-
-
-def _encode_varint(n: int) -> bytes:
-    if n < 1 << 6:
-        return n.to_bytes(1, "big")
-    if n < 1 << 14:
-        return (0x4000 | n).to_bytes(2, "big")
-    return (0x8000_0000 | n).to_bytes(4, "big")
-
-
 def _mls_message(data: bytes, wire_format: int, what: str) -> _Reader:
     if not isinstance(data, bytes | bytearray):
         raise TypeError(f"{what} must be bytes, not {type(data).__name__}")
@@ -320,16 +266,17 @@ def welcome_key_package_refs(welcome: bytes) -> list[bytes]:
 
 @dataclass(frozen=True, slots=True)
 class TreeMember:
-    """A member as the ratchet tree shows it: who, with which signature key, where."""
+    """A member as the ratchet tree shows it: who, with which keys, where."""
 
     identity: bytes
     signature_key: bytes
     leaf_index: int
+    encryption_key: bytes = b""
 
 
-def _read_leaf_node(r: _Reader) -> tuple[bytes, bytes]:
-    """Read a LeafNode; return (basic-credential identity, signature key)."""
-    r.opaque()  # encryption_key
+def _read_leaf_node(r: _Reader) -> tuple[bytes, bytes, bytes]:
+    """Read a LeafNode; return (basic-credential identity, signature key, encryption key)."""
+    encryption_key = r.opaque()
     signature_key = r.opaque()
     credential_type = r.uint(2)
     if credential_type != _CREDENTIAL_BASIC:
@@ -344,7 +291,7 @@ def _read_leaf_node(r: _Reader) -> tuple[bytes, bytes]:
         r.opaque()  # parent_hash
     r.opaque()  # extensions
     r.opaque()  # signature
-    return identity, signature_key
+    return identity, signature_key, encryption_key
 
 
 def key_package_identity(key_package: bytes) -> bytes:
@@ -353,7 +300,7 @@ def key_package_identity(key_package: bytes) -> bytes:
     r.uint(2)  # protocol version
     r.uint(2)  # cipher suite
     r.opaque()  # init_key
-    identity, _ = _read_leaf_node(r)
+    identity, _, _ = _read_leaf_node(r)
     r.opaque()  # extensions
     r.opaque()  # signature
     r.finish()
@@ -373,8 +320,8 @@ def ratchet_tree_members(tree: bytes) -> list[TreeMember]:
             if node_type == _NODE_LEAF:
                 if index % 2:
                     raise InvalidMessage("leaf node at a parent position")
-                identity, key = _read_leaf_node(nodes)
-                members.append(TreeMember(identity, key, index // 2))
+                identity, key, enc = _read_leaf_node(nodes)
+                members.append(TreeMember(identity, key, index // 2, enc))
             elif node_type == _NODE_PARENT:
                 nodes.opaque()  # encryption_key
                 nodes.opaque()  # parent_hash

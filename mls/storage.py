@@ -459,6 +459,19 @@ class GranularStorage:
             max_events: take whole units from the front until at least this many events
                 are taken (one unit may overshoot it); ``None`` takes everything.
         """
+        # tuple.__new__ directly: a third cheaper than StorageEvent._make per event.
+        new = tuple.__new__
+        return [new(StorageEvent, entry) for entry in self._drain_entries(max_events)]
+
+    def _drain_entries(self, max_events: int | None = None) -> list[_Entry]:
+        """:meth:`drain_storage_events` as plain ``(seq, category, key, value)`` tuples.
+
+        The drainers use this: plain tuples of bytes and str leave the garbage
+        collector's view at its first pass, while a batch of ``StorageEvent``
+        objects (a tuple subclass) stays tracked and, held through a transaction,
+        gets promoted and ends up triggering full collections (milliseconds with
+        the GIL held, which an event loop feels as lag).
+        """
         with self._lock:
             log = self._log
             if not log:
@@ -485,10 +498,7 @@ class GranularStorage:
                 self._pending_bytes -= sum(map(_entry_bytes, _flatten(front)))
             self._wake_at = self._wake_threshold
             self._refresh_attention()
-        # tuple.__new__ directly: a third cheaper than StorageEvent._make per event.
-        new = tuple.__new__
-        entries = taken if flat else _flatten(taken)
-        return [new(StorageEvent, entry) for entry in entries]
+        return list(taken) if flat else list(_flatten(taken))  # type: ignore[arg-type]
 
     def requeue(self, events: Iterable[StorageEvent]) -> None:
         """Put a drained batch back at the front of the log (its apply failed).
@@ -499,7 +509,10 @@ class GranularStorage:
             ValueError: the batch is not older than the events now pending, i.e. it is
                 not the batch drained last.
         """
-        batch: list[_Entry] = [(e.seq, e.category, e.key, e.value) for e in events]
+        self._requeue_entries([(e.seq, e.category, e.key, e.value) for e in events])
+
+    def _requeue_entries(self, batch: list[_Entry]) -> None:
+        """:meth:`requeue` for a batch taken with :meth:`_drain_entries`."""
         if not batch:
             return
         with self._lock:
@@ -508,7 +521,7 @@ class GranularStorage:
                 first_seq = first[0][0] if isinstance(first, list) else first[0]
                 if batch[-1][0] >= first_seq:
                     raise ValueError("requeued events must be older than the pending ones")
-            self._push_unit(batch, front=True)
+            self._push_unit(list(batch), front=True)
 
     def pending_events(self) -> int:
         """How many events wait in the dirty log (open operations not counted)."""
@@ -601,7 +614,7 @@ class GranularStorage:
             StorageNotEmpty: the storage was written to, loaded, or has an open operation.
         """
         self._check_fresh()
-        maps = {name: dict(vault.items(name)) for name in vault.categories()}
+        maps = vault.open_rows()
         with self._lock:
             self._check_fresh()
             self._maps = maps
@@ -618,9 +631,9 @@ class GranularStorage:
     # ================================================================ OpenMLS provider
     # The 53 methods of StorageProvider<1>.  Group-keyed values are one row per group;
     # the layout of every category is in mls.categories and docs/storage.md.
-
-    def _set(self, category: str, key: bytes, value: bytes) -> None:
-        self.write(category, _check_bytes("key", key), _check_bytes("value", value))
+    # The writes call write() directly: it already refuses non-bytes keys and values
+    # (TypeError) before touching anything, and a second check per call would cost
+    # the engine's hot path a quarter of its time.
 
     def _get(self, category: str, key: bytes) -> bytes | None:
         return self.read(category, _check_bytes("key", key))
@@ -636,7 +649,7 @@ class GranularStorage:
 
     def write_mls_join_config(self, group_id: bytes, config: bytes) -> None:
         """Store the group's ``MlsGroupJoinConfig``."""
-        self._set(cat.MLS_JOIN_CONFIG, group_id, config)
+        self.write(cat.MLS_JOIN_CONFIG, group_id, config)
 
     def append_own_leaf_node(self, group_id: bytes, leaf_node: bytes) -> None:
         """Append one of our own leaf nodes to the group's list (O(list))."""
@@ -669,55 +682,55 @@ class GranularStorage:
 
     def write_tree(self, group_id: bytes, tree: bytes) -> None:
         """Store the group's ``TreeSync``."""
-        self._set(cat.TREE, group_id, tree)
+        self.write(cat.TREE, group_id, tree)
 
     def write_interim_transcript_hash(
         self, group_id: bytes, interim_transcript_hash: bytes
     ) -> None:
         """Store the group's interim transcript hash."""
-        self._set(cat.INTERIM_TRANSCRIPT_HASH, group_id, interim_transcript_hash)
+        self.write(cat.INTERIM_TRANSCRIPT_HASH, group_id, interim_transcript_hash)
 
     def write_context(self, group_id: bytes, group_context: bytes) -> None:
         """Store the group's ``GroupContext``."""
-        self._set(cat.GROUP_CONTEXT, group_id, group_context)
+        self.write(cat.GROUP_CONTEXT, group_id, group_context)
 
     def write_confirmation_tag(self, group_id: bytes, confirmation_tag: bytes) -> None:
         """Store the group's confirmation tag."""
-        self._set(cat.CONFIRMATION_TAG, group_id, confirmation_tag)
+        self.write(cat.CONFIRMATION_TAG, group_id, confirmation_tag)
 
     def write_group_state(self, group_id: bytes, group_state: bytes) -> None:
         """Store the group's ``MlsGroupState``."""
-        self._set(cat.GROUP_STATE, group_id, group_state)
+        self.write(cat.GROUP_STATE, group_id, group_state)
 
     def write_message_secrets(self, group_id: bytes, message_secrets: bytes) -> None:
         """Store the group's ``MessageSecretsStore``."""
-        self._set(cat.MESSAGE_SECRETS, group_id, message_secrets)
+        self.write(cat.MESSAGE_SECRETS, group_id, message_secrets)
 
     def write_resumption_psk_store(self, group_id: bytes, resumption_psk_store: bytes) -> None:
         """Store the group's ``ResumptionPskStore``."""
-        self._set(cat.RESUMPTION_PSK_STORE, group_id, resumption_psk_store)
+        self.write(cat.RESUMPTION_PSK_STORE, group_id, resumption_psk_store)
 
     def write_own_leaf_index(self, group_id: bytes, own_leaf_index: bytes) -> None:
         """Store our leaf index in the group."""
-        self._set(cat.OWN_LEAF_INDEX, group_id, own_leaf_index)
+        self.write(cat.OWN_LEAF_INDEX, group_id, own_leaf_index)
 
     def write_group_epoch_secrets(self, group_id: bytes, group_epoch_secrets: bytes) -> None:
         """Store the group's ``GroupEpochSecrets``."""
-        self._set(cat.GROUP_EPOCH_SECRETS, group_id, group_epoch_secrets)
+        self.write(cat.GROUP_EPOCH_SECRETS, group_id, group_epoch_secrets)
 
     def write_signature_key_pair(self, public_key: bytes, signature_key_pair: bytes) -> None:
         """Store a signature key pair under its public key."""
-        self._set(cat.SIGNATURE_KEY_PAIR, public_key, signature_key_pair)
+        self.write(cat.SIGNATURE_KEY_PAIR, public_key, signature_key_pair)
 
     def write_encryption_key_pair(self, public_key: bytes, key_pair: bytes) -> None:
         """Store an HPKE key pair (update leaf nodes) under its public key."""
-        self._set(cat.ENCRYPTION_KEY_PAIR, public_key, key_pair)
+        self.write(cat.ENCRYPTION_KEY_PAIR, public_key, key_pair)
 
     def write_encryption_epoch_key_pairs(
         self, group_id: bytes, epoch: bytes, leaf_index: int, key_pairs: list[bytes]
     ) -> None:
         """Replace the HPKE key pairs of one (group, epoch, leaf index)."""
-        self._set(
+        self.write(
             cat.ENCRYPTION_EPOCH_KEY_PAIRS,
             epoch_key_pairs_key(group_id, epoch, leaf_index),
             encode_list(key_pairs),
@@ -725,11 +738,11 @@ class GranularStorage:
 
     def write_key_package(self, hash_ref: bytes, key_package: bytes) -> None:
         """Store a key package (with its private init key) under its hash reference."""
-        self._set(cat.KEY_PACKAGE, hash_ref, key_package)
+        self.write(cat.KEY_PACKAGE, hash_ref, key_package)
 
     def write_psk(self, psk_id: bytes, psk_bundle: bytes) -> None:
         """Store a PSK bundle under its id."""
-        self._set(cat.PSK, psk_id, psk_bundle)
+        self.write(cat.PSK, psk_id, psk_bundle)
 
     # ---- reads (18)
 

@@ -7,6 +7,7 @@ fast; nothing outside tests ever picks that profile.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,3 +54,70 @@ def vault(vault_path: Path) -> Iterator[Vault]:
         yield v
     finally:
         v.close()
+
+
+# ------------------------------------------------------------------ PostgreSQL
+# A real server: $MLS_KEYSTORE_PG_DSN when set, else a throwaway one of our own
+# (initdb + pg_ctl on a unix socket), else skip saying why (fail under
+# $MLS_KEYSTORE_PG_REQUIRED, as .ci/run sets).
+
+
+def _skip_reason() -> str | None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (pip install 'mls-keystore[postgres]')"
+    if os.environ.get("MLS_KEYSTORE_PG_DSN"):
+        return None
+    from keystore.backends._pgserver import find_bindir
+
+    if find_bindir() is None:
+        return "no PostgreSQL binaries (initdb, pg_ctl) and MLS_KEYSTORE_PG_DSN is not set"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root without runuser: cannot start PostgreSQL as another user"
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no 'postgres' user to run the server as"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[object | None]:
+    """The throwaway server (``None`` when an external server is used)."""
+    reason = _skip_reason()
+    if reason is not None:
+        if os.environ.get("MLS_KEYSTORE_PG_REQUIRED"):  # CI: these tests must run
+            pytest.fail(f"PostgreSQL tests required but cannot run: {reason}")
+        pytest.skip(reason)
+    if os.environ.get("MLS_KEYSTORE_PG_DSN"):
+        yield None
+        return
+    from keystore.backends._pgserver import ThrowawayServer, find_bindir
+
+    bindir = find_bindir()
+    assert bindir is not None
+    server = ThrowawayServer(bindir)
+    try:
+        server.__enter__()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        why = f"could not start a throwaway PostgreSQL server: {exc}"
+        if os.environ.get("MLS_KEYSTORE_PG_REQUIRED"):
+            pytest.fail(why)
+        pytest.skip(why)
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_server: object | None) -> str:
+    """A DSN reaching the test server as a superuser."""
+    if pg_server is None:
+        return os.environ["MLS_KEYSTORE_PG_DSN"]
+    dsn: str = pg_server.dsn  # type: ignore[attr-defined]
+    return dsn

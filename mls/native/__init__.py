@@ -2,10 +2,11 @@
 
 Building blocks (codec, suites, HPKE, trees, key schedule, framing) in the submodules; the
 group state machine persisted through :class:`mls.storage.GranularStorage` in
-:class:`NativeEngine`; :class:`NativeClient` offers :class:`mls.client.MlsClient`'s API on it.
+:class:`NativeEngine`.  The package knows nothing above its storage: the vault, the drainer
+and the durability barrier belong to :class:`mls.MlsClient`, which runs this engine through
+:mod:`mls.engines.native`.
 """
 
-from .client import NativeClient
 from .engine import NativeEngine, Processed, ProcessedKind
 from .errors import (
     AuthenticationError,
@@ -46,7 +47,6 @@ __all__ = [
     "InvalidTree",
     "KeyNotFound",
     "MlsError",
-    "NativeClient",
     "NativeEngine",
     "NoIdentity",
     "Processed",

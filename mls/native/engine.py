@@ -148,6 +148,7 @@ from .welcome import GroupInfo, Welcome
 __all__ = [
     "DEFAULT_KEY_PACKAGE_LIFETIME",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "LAST_RESORT_EXTENSION",
     "NativeEngine",
     "PendingCommit",
     "Processed",
@@ -156,6 +157,12 @@ __all__ = [
 
 #: Validity of a new key package: 90 days, starting an hour early to absorb clock skew.
 DEFAULT_KEY_PACKAGE_LIFETIME = 90 * 24 * 3600
+#: The ``last_resort`` KeyPackage extension (IANA MLS Extension Types, 0x000A): a key
+#: package that may be used by more than one Welcome, kept after a join.
+LAST_RESORT_EXTENSION = 0x000A
+#: Leaf public keys of our last-resort key packages (value ``0x01``): their private keys
+#: are shared by every group joined with the key package, so never deleted with one.
+CATEGORY_SHARED_LEAF_KEYS = "native/v1/last_resort_leaf_key"
 #: Largest MLSMessage the engine accepts (process, join, key packages) or produces
 #: (encrypt): 2 MiB.  That fits a Welcome carrying the ratchet tree of a group of several
 #: thousand members, and text, reactions and attachment keys by orders of magnitude; media
@@ -163,6 +170,9 @@ DEFAULT_KEY_PACKAGE_LIFETIME = 90 * 24 * 3600
 DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 _SKEW = 3600
 _T = TypeVar("_T")
+#: Credential types our leaves advertise: groups made by other clients (OpenMLS in Wire's
+#: core-crypto) require X.509 in required_capabilities and refuse key packages without it.
+_CREDENTIAL_TYPES = (CredentialType.BASIC, CredentialType.X509)
 
 
 class ProcessedKind(enum.StrEnum):
@@ -217,6 +227,9 @@ class NativeEngine:
     Args:
         storage: the storage holding this client's state.
         clock: Unix time source for key-package lifetimes (tests inject it).
+        identity_key: the row of the identity to act as.  One engine signs with one
+            suite's key; a client of several suites runs one engine per suite, each on
+            its own identity row, all on the same storage.
         credential_validator: the application's identity policy (who may be a member, may a
             member change credential, may two leaves share an identity); default
             :class:`~mls.native.identity.BasicCredentialValidator`.
@@ -230,6 +243,7 @@ class NativeEngine:
         storage: GranularStorage,
         *,
         clock: Callable[[], float] = time.time,
+        identity_key: bytes = IDENTITY_KEY,
         credential_validator: CredentialValidator | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
@@ -245,7 +259,7 @@ class NativeEngine:
         self._clock = clock
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, bytes], tuple[bytes, object]] = {}
-        row = storage.read(CATEGORY_IDENTITY, IDENTITY_KEY)
+        row = storage.read(CATEGORY_IDENTITY, identity_key)
         if row is None:
             raise NoIdentity("this storage holds no native MLS identity")
         self._identity = read_versioned(
@@ -265,6 +279,9 @@ class NativeEngine:
         *,
         suite: int = 1,
         clock: Callable[[], float] = time.time,
+        identity_key: bytes = IDENTITY_KEY,
+        credential_validator: CredentialValidator | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> NativeEngine:
         """Generate a signature key pair for a basic credential and store both; one operation.
 
@@ -273,7 +290,7 @@ class NativeEngine:
         """
         if not isinstance(identity, bytes) or not identity:
             raise ValueError("identity must be non-empty bytes")
-        if storage.read(CATEGORY_IDENTITY, IDENTITY_KEY) is not None:
+        if storage.read(CATEGORY_IDENTITY, identity_key) is not None:
             raise ValueError("this storage already holds a native MLS identity")
         cs = get_suite(suite)
         priv, pub = cs.generate_signature_key_pair()
@@ -291,8 +308,14 @@ class NativeEngine:
 
         with storage.operation():
             storage.write_signature_key_pair(pub, versioned(key_row))
-            storage.write(CATEGORY_IDENTITY, IDENTITY_KEY, versioned(identity_row))
-        return cls(storage, clock=clock)
+            storage.write(CATEGORY_IDENTITY, identity_key, versioned(identity_row))
+        return cls(
+            storage,
+            clock=clock,
+            identity_key=identity_key,
+            credential_validator=credential_validator,
+            max_message_size=max_message_size,
+        )
 
     # ------------------------------------------------------------------ properties
 
@@ -348,6 +371,7 @@ class NativeEngine:
         lifetime: int = DEFAULT_KEY_PACKAGE_LIFETIME,
         extensions: Sequence[Extension] = (),
         leaf_extensions: Sequence[Extension] = (),
+        last_resort: bool = False,
     ) -> bytes:
         """A new KeyPackage (MLSMessage); its private keys are stored before it is returned.
 
@@ -355,9 +379,13 @@ class NativeEngine:
             lifetime: seconds the key package stays valid from now.
             extensions: KeyPackage extensions; ``leaf_extensions`` go in its LeafNode (their
                 non-default types are advertised in the leaf's capabilities).
+            last_resort: mark it ``last_resort``: it stays usable after a join, for when
+                every one-time key package has been consumed.
         """
         if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
             raise ValueError("lifetime must be a positive number of seconds")
+        if last_resort:
+            extensions = (*extensions, Extension(LAST_RESORT_EXTENSION, b""))
         cs = self._cs
         now = self._now()
         init_priv, init_pub = cs.hpke.generate_key_pair()
@@ -366,7 +394,7 @@ class NativeEngine:
             enc_pub,
             self._identity.signature_key,
             self._identity.credential,
-            self._capabilities(leaf_extensions),
+            self._capabilities(leaf_extensions, extensions),
             LeafNodeSource.KEY_PACKAGE,
             Lifetime(max(0, now - _SKEW), now + lifetime),
             b"",
@@ -384,14 +412,17 @@ class NativeEngine:
 
         with self._lock, self._storage.operation():
             self._storage.write_key_package(kp.ref(cs), versioned(bundle))
+            if last_resort:  # every group joined with it shares this leaf key
+                self._storage.write(CATEGORY_SHARED_LEAF_KEYS, enc_pub, b"\x01")
         return MLSMessage(kp).to_bytes()
 
-    def _capabilities(self, leaf_extensions: Sequence[Extension]) -> Capabilities:
-        custom = tuple(
-            sorted({e.extension_type for e in leaf_extensions} - DEFAULT_EXTENSION_TYPES)
-        )
+    def _capabilities(
+        self, leaf_extensions: Sequence[Extension], extensions: Sequence[Extension] = ()
+    ) -> Capabilities:
+        types = {e.extension_type for e in (*leaf_extensions, *extensions)}
+        custom = tuple(sorted(types - DEFAULT_EXTENSION_TYPES))
         return Capabilities(
-            (PROTOCOL_VERSION_MLS10,), tuple(sorted(SUITES)), custom, (), (CredentialType.BASIC,)
+            (PROTOCOL_VERSION_MLS10,), tuple(sorted(SUITES)), custom, (), _CREDENTIAL_TYPES
         )
 
     def key_package_refs(self) -> list[bytes]:
@@ -494,6 +525,36 @@ class NativeEngine:
                 assert leaf is not None
                 out.append((i, leaf.credential.identity))
             return out
+
+    def leaf_nodes(self, group_id: bytes) -> list[tuple[int, LeafNode]]:
+        """``(leaf index, LeafNode)`` of every member, in leaf order (for inspection)."""
+        with self._lock:
+            self._check_group(group_id)
+            tree = self._tree(group_id)
+            out = []
+            for i in tree.member_leaves():
+                leaf = tree.leaf(i)
+                assert leaf is not None
+                out.append((i, leaf))
+            return out
+
+    def pending_proposals(self, group_id: bytes) -> list[PendingProposal]:
+        """The proposals queued for the next commit (received and our own), by reference."""
+        with self._lock:
+            self._check_group(group_id)
+            return list(self._queued(group_id).values())
+
+    def group_config(self, group_id: bytes) -> GroupConfig:
+        """The settings the group was created or joined with."""
+        with self._lock:
+            self._check_group(group_id)
+            return self._config(group_id)
+
+    def cipher_suite(self, group_id: bytes) -> int:
+        """The group's cipher suite."""
+        with self._lock:
+            self._check_group(group_id)
+            return self._context(group_id).cipher_suite
 
     def export_secret(self, group_id: bytes, label: bytes, context: bytes, length: int) -> bytes:
         """MLS-Exporter(label, context, length) of the current epoch (§8.5)."""
@@ -624,13 +685,22 @@ class NativeEngine:
             old_leaf = previous.tree.leaf(previous.private.leaf_index)
             assert old_leaf is not None
             if old_leaf.encryption_key != leaf.encryption_key:
-                s.delete_encryption_key_pair(old_leaf.encryption_key)
+                self._drop_leaf_key(old_leaf.encryption_key)
         for raw in s.own_leaf_nodes(gid):
             pending = decode_exact(raw, LeafNode.decode)
             if pending.encryption_key != leaf.encryption_key:
-                s.delete_encryption_key_pair(pending.encryption_key)
+                self._drop_leaf_key(pending.encryption_key)
         s.delete_own_leaf_nodes(gid)
         s.clear_proposal_queue(gid)
+
+    def _drop_leaf_key(self, public: bytes) -> None:
+        """Delete a leaf's private key, unless a last-resort key package shares it.
+
+        Every group joined with one last-resort key package starts with the same leaf key;
+        leaving or updating in one group must not take it from the others.
+        """
+        if self._storage.read(CATEGORY_SHARED_LEAF_KEYS, public) is None:
+            self._storage.delete_encryption_key_pair(public)
 
     def _forget(self, gid: bytes) -> None:
         """Delete every row of a group we left (removed by a commit)."""
@@ -642,9 +712,9 @@ class NativeEngine:
         s.delete_encryption_epoch_key_pairs(gid, u64(context.epoch), me)
         leaf = tree.leaf(me)
         if leaf is not None:
-            s.delete_encryption_key_pair(leaf.encryption_key)
+            self._drop_leaf_key(leaf.encryption_key)
         for raw in s.own_leaf_nodes(gid):
-            s.delete_encryption_key_pair(decode_exact(raw, LeafNode.decode).encryption_key)
+            self._drop_leaf_key(decode_exact(raw, LeafNode.decode).encryption_key)
         s.delete(CATEGORY_PENDING_COMMIT, gid)
         for delete in (
             s.delete_own_leaf_nodes,
@@ -761,7 +831,8 @@ class NativeEngine:
             with self._storage.operation():
                 self._storage.write_mls_join_config(gid, config.to_bytes())
                 self._write_epoch(gid, group, info_tag, config, None)
-                self._storage.delete_key_package(ref)
+                if not any(e.extension_type == LAST_RESORT_EXTENSION for e in kp.extensions):
+                    self._storage.delete_key_package(ref)
         return gid
 
     def _external_psks(self) -> dict[bytes, bytes]:

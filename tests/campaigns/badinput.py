@@ -64,6 +64,7 @@ class Fixture:
                            ("backup", BACKUP_PASSPHRASE)):
             files[name] = root / f"{name}.txt"
             files[name].write_text(text + "\n")
+            files[name].chmod(0o600)  # as the docs advise (the command warns otherwise)
         return cls(root, vault, raw_vault, export, files["pass"], files["wrong"],
                    files["backup"], root / "bad")
 
@@ -151,6 +152,7 @@ def _sqlcipher_without_header_file(f: Fixture) -> None:
 def _key_file(length: int) -> Callable[[Fixture], None]:
     def prepare(f: Fixture) -> None:
         f.target.write_bytes(b"\x01" * length)
+        f.target.chmod(0o600)  # a key file as the docs advise (the command warns otherwise)
 
     return prepare
 

@@ -96,8 +96,14 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
 @pytest.fixture
 def pwfile(tmp_path: Path) -> Path:
     """A passphrase file holding PASSPHRASE and a trailing newline."""
-    path = tmp_path / "pass.txt"
-    path.write_text(PASSPHRASE + "\n")
+    return secret_file(tmp_path / "pass.txt", PASSPHRASE + "\n")
+
+
+def secret_file(path: Path, text: str) -> Path:
+    """A 0600 file holding ``text`` (a passphrase or key file as the docs advise)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
     return path
 
 
@@ -115,3 +121,34 @@ def read_rows(path: Path, passphrase: str = PASSPHRASE) -> list[tuple[str, bytes
     with Vault.open(path, readonly=True) as v:
         v.unlock(passphrase)
         return sorted((c, k, val) for c in v.categories() for k, val in v.items(c))
+
+
+def terminal(monkeypatch: pytest.MonkeyPatch, *answers: str) -> list[str]:
+    """Pretend stdin is a terminal whose user types ``answers``; returns the prompts."""
+    import getpass
+
+    prompts: list[str] = []
+    replies = iter(answers)
+
+    def fake_getpass(prompt: str = "") -> str:
+        prompts.append(prompt)
+        try:
+            return next(replies)
+        except StopIteration:
+            raise AssertionError(f"unexpected prompt {prompt!r}") from None
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
+    return prompts
+
+
+def one_clear_line(err: str) -> None:
+    """stderr holds exactly one error line (besides warnings) and no traceback."""
+    lines = [
+        line for line in err.splitlines()
+        if line.strip() and not line.startswith("WARNING: KDF profile INSECURE_FOR_TESTS_ONLY")
+        and not line.startswith("mls-keystore: warning:")
+    ]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(("mls-keystore: error: ", "mls-keystore demo: ")), err
+    assert "Traceback" not in err

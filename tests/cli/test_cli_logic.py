@@ -81,11 +81,11 @@ def test_init_prompts_twice_on_a_terminal(
 def test_mismatched_confirmation_creates_nothing(
     cli: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two different answers to the passphrase prompts: exit 2, no vault."""
-    _terminal(monkeypatch, "one", "two")
+    """Three times two different answers to the passphrase prompts: exit 2, no vault."""
+    _terminal(monkeypatch, *["first long passphrase", "second long passphrase"] * 3)
     result = cli("init", tmp_path / "t.vault", *FAST)
     assert result.code == ExitCode.USAGE
-    assert "differ" in result.err
+    assert "differ (3 tries)" in result.err
     assert not (tmp_path / "t.vault").exists()
 
 
@@ -93,11 +93,11 @@ def test_passwd_asks_for_the_new_passphrase_twice(
     cli: Runner, vault_file: Path, pwfile: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without --new-passphrase-file, passwd prompts for the new passphrase and a repeat."""
-    prompts = _terminal(monkeypatch, "fresh", "fresh")
+    prompts = _terminal(monkeypatch, "fresh passphrase", "fresh passphrase")
     result = cli("passwd", vault_file, "--passphrase-file", pwfile)
     assert result.code == ExitCode.OK, result.err
     assert [p.startswith("New passphrase") for p in prompts] == [True, True]
-    assert read_rows(vault_file, "fresh") == sorted(ROWS)
+    assert read_rows(vault_file, "fresh passphrase") == sorted(ROWS)
 
 
 def test_raw_key_vault_round_trip(cli: Runner, tmp_path: Path) -> None:
@@ -242,10 +242,10 @@ def test_demo_passes_its_arguments_through(
 def test_demo_without_the_mls_demo_module_is_a_clear_error(
     cli: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """If mls.demo is missing, demo prints one line and exits 2."""
+    """If mls.demo is missing, demo prints one line and exits 9 (an extra is missing)."""
     monkeypatch.setitem(sys.modules, "mls.demo", None)
     result = cli("demo", "somewhere")
-    assert result.code == ExitCode.USAGE
+    assert result.code == ExitCode.MISSING_EXTRA
     assert "not available" in result.err
 
 

@@ -11,7 +11,15 @@ import pytest
 
 from keystore import Vault, migrations, profiles
 from keystore.export import export_vault
-from tests.cli.conftest import FAST, PASSPHRASE, ROWS, Runner, digest, read_rows
+from tests.cli.conftest import (
+    FAST,
+    PASSPHRASE,
+    ROWS,
+    Runner,
+    digest,
+    read_rows,
+    secret_file,
+)
 from tests.fixtures.make_fixtures import PASSPHRASE as V1_PASSPHRASE
 from tests.fixtures.make_fixtures import ROWS as V1_ROWS
 from tests.fixtures.make_fixtures import VAULT_V1
@@ -29,9 +37,7 @@ def _one_clear_line(err: str) -> None:
 
 
 def _secret_file(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
+    return secret_file(tmp_path / name, text)
 
 
 # ---------------------------------------------------------------------- bad input
@@ -305,8 +311,9 @@ def test_rekey_reencrypts_every_row(run: Runner, vault_file: Path, pwfile: Path)
     conn = sqlite3.connect(vault_file)
     after = dict(conn.execute("SELECT key_hash, value FROM keystore_rows").fetchall())
     conn.close()
-    assert after.keys() == before.keys()
-    assert all(after[k] != before[k] for k in before)
+    # The hash key rotates with the data key: every key hash and ciphertext changes.
+    assert len(after) == len(before) and not after.keys() & before.keys()
+    assert not set(after.values()) & set(before.values())
     assert read_rows(vault_file) == sorted(ROWS)
 
 
@@ -425,13 +432,13 @@ def test_import_force_replaces_the_vault_with_the_complete_new_one(
     run: Runner, tmp_path: Path, vault_file: Path, backup: Path
 ) -> None:
     """With --force the old vault is replaced, by rename, with the restored one."""
-    new_pw = _secret_file(tmp_path, "new.txt", "replacement\n")
+    new_pw = _secret_file(tmp_path, "new.txt", "replacement passphrase\n")
     with Vault.open(vault_file, readonly=True) as v:
         old_id = v.store_id
     result = run("import", backup, vault_file, "--force", "--backup-passphrase-file",
                  tmp_path / "backup-pass.txt", "--passphrase-file", new_pw, *FAST)
     assert result.code == 0, result.err
-    assert read_rows(vault_file, "replacement") == sorted(ROWS)
+    assert read_rows(vault_file, "replacement passphrase") == sorted(ROWS)
     with Vault.open(vault_file, readonly=True) as v:
         assert v.store_id != old_id
 
@@ -450,7 +457,8 @@ def test_import_of_a_wrong_backup_passphrase_is_exit_3(
 def test_import_of_a_file_that_is_not_an_export(
     run: Runner, tmp_path: Path, vault_file: Path, pwfile: Path
 ) -> None:
-    """Importing a vault file (not an export) fails before any prompt, exit 1."""
+    """Importing a vault file (not an export) says so before any prompt, exit 6."""
     result = run("import", vault_file, "restored.vault", "--passphrase-file", pwfile, *FAST)
-    assert result.code == 1
-    assert "not an mls-keystore export file" in result.err
+    assert result.code == 6
+    assert "is a vault" in result.err and "not an export file" in result.err
+    _one_clear_line(result.err)

@@ -25,6 +25,8 @@ DOCS = [
     ROOT / "docs" / "format.md",
     ROOT / "docs" / "architecture.md",
     ROOT / "docs" / "operations.md",
+    ROOT / "docs" / "cli.md",
+    ROOT / "README.md",
 ]
 FORMAT = ROOT / "docs" / "format.md"
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -144,3 +146,19 @@ def test_documented_checksum_recipe_reproduces_every_shipped_checksum() -> None:
             data = part.encode("utf-8")
             h.update(len(data).to_bytes(4, "big") + data)
         assert h.hexdigest() == m.checksum
+
+
+_JARGON = re.compile(
+    r"\bthe issue\b|\bissue #?\d+|\bpart [0-9]+\b|\bpart (one|two|three)\b|filled in by|"
+    r"\b\d[\d,]* tests\b",
+    re.I,
+)
+
+
+@pytest.mark.parametrize(
+    "doc", [ROOT / "README.md", ROOT / "docs" / "cli.md", ROOT / "docs" / "operations.md"],
+    ids=["README.md", "cli.md", "operations.md"],
+)
+def test_user_docs_speak_to_users(doc: Path) -> None:
+    """No project-internal jargon ("the issue", "part 2") and no test counts that drift."""
+    assert _JARGON.findall(doc.read_text()) == []

@@ -349,15 +349,18 @@ def write_header_snapshot(path: Path) -> bytes:
 
 
 def test_rekey_reencrypts_every_row(vault: Vault, vault_path: Path) -> None:
-    """rekey() changes every stored ciphertext while the contents stay equal."""
+    """rekey() changes every stored ciphertext and key hash while the contents stay equal."""
     rows = {(f"c{i % 3}", f"k{i}".encode()): os.urandom(100) for i in range(30)}
     vault.apply([Change(c, k, v) for (c, k), v in rows.items()])
     before = raw_rows(vault_path)
     seen: list[tuple[int, int]] = []
     vault.rekey(progress=lambda done, total: seen.append((done, total)))
     after = raw_rows(vault_path)
-    assert before.keys() == after.keys()  # same row identities (hash key kept)
-    assert all(before[k] != after[k] for k in before)
+    # The hash key rotates too: every stored key hash changes, per category.
+    assert len(after) == len(before)
+    assert not before.keys() & after.keys()
+    assert sorted(c for c, _ in before) == sorted(c for c, _ in after)
+    assert not set(before.values()) & set(after.values())
     assert seen[-1] == (30, 30)
     for (c, k), v in rows.items():
         assert vault.get(c, k) == v

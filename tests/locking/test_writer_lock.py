@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from keystore import Vault, VaultBusy, VaultIOError
+from keystore import UnsafeFile, Vault, VaultBusy
 from tests.conftest import FAST_KDF, PASSPHRASE
 from tests.sqlcipher.helpers import open_raw, page_key_of
 
@@ -182,10 +182,11 @@ def test_foreign_exclusive_lock_is_busy(made: Path) -> None:
         foreign.close()
 
 
-def test_lock_path_unusable_is_io_error(made: Path) -> None:
-    """A lock file that cannot be opened raises VaultIOError, not a raw OSError."""
+def test_lock_path_unusable_is_refused_by_name(made: Path) -> None:
+    """A directory where the lock file belongs raises UnsafeFile naming it, not a raw OSError."""
     lock = made.with_name(made.name + ".lock")
     lock.unlink(missing_ok=True)
     lock.mkdir()
-    with pytest.raises(VaultIOError, match="lock"):
+    with pytest.raises(UnsafeFile, match=r"\.lock.*directory") as info:
         Vault.open(made)
+    assert info.value.path == str(lock)

@@ -80,6 +80,7 @@ def main(vault: str) -> int:
         "encrypt": lambda gid, text: c().encrypt(h(gid), text.encode()),
         "process": lambda gid, msg: c().process(h(gid), h(msg)),
         "update": lambda gid: c().update_keys(h(gid)),
+        "commit_pending": lambda gid: c().commit(h(gid), force_path=True, pending=True)[0],
         "leave": lambda gid: c().leave(h(gid)),
         "remove": lambda gid, *ids: c().remove_members(h(gid), [h(i) for i in ids]),
         "groups": lambda: c().group_ids(),

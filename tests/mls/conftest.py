@@ -25,13 +25,13 @@ class FlakyVault:
         self.failures_left = 0
         self.batches: list[list[tuple[str, bytes, bytes | None]]] = []
 
-    def apply(self, changes: Iterable[ChangeLike]) -> int:
+    def apply(self, changes: Iterable[ChangeLike], **options: bool) -> int:
         batch = [(c.category, c.key, c.value) for c in changes]
         if self.failures_left:
             self.failures_left -= 1
             raise VaultIOError("injected: disk I/O error")
         self.batches.append(batch)
-        return self.vault.apply(batch_changes(batch))
+        return self.vault.apply(batch_changes(batch), **options)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.vault, name)

@@ -123,3 +123,32 @@ def test_flush_after_aclose_is_refused(storage: GranularStorage, vault: Vault) -
             await drainer.flush()
 
     asyncio.run(main())
+
+
+def test_transactions_are_applied_yielding_the_gil(storage: GranularStorage, vault: Vault) -> None:
+    """Each transaction is applied with ``yield_gil=True`` and in batches of 2048 events."""
+    calls: list[tuple[int, dict[str, bool]]] = []
+    real_apply = vault.apply
+
+    class Recording:
+        def apply(self, changes: list[object], **options: bool) -> int:
+            batch = list(changes)
+            calls.append((len(batch), options))
+            return real_apply(batch, **options)  # type: ignore[arg-type]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(vault, name)
+
+    for i in range(5000):
+        storage.write("c", b"%d" % i, b"v")
+
+    async def main() -> int:
+        drainer = AsyncDrainer(storage, Recording())  # type: ignore[arg-type]
+        count = await drainer.flush()
+        await drainer.aclose()
+        return count
+
+    assert asyncio.run(main()) == 5000
+    assert [size for size, _ in calls] == [2048, 2048, 904]
+    assert all(options == {"yield_gil": True} for _, options in calls)
+    assert vault_rows(vault) == storage_rows(storage)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,16 @@ FAST = ["--kdf-profile", "INSECURE_FOR_TESTS_ONLY"]
 
 @pytest.mark.parametrize(
     ("engine", "category"),
-    [("native", "openmls/v1/message_secrets/ratchet"), ("mls-rs", "mlsrs/v1/group_state")],
+    [
+        ("native", "openmls/v1/message_secrets/ratchet"),
+        pytest.param(
+            "mls-rs", "mlsrs/v1/group_state",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("mls_rs_uniffi") is None,
+                reason="the [mls-rs] extra (mls_rs_uniffi) is not installed on this platform",
+            ),
+        ),
+    ],
 )
 def test_demo_runs_end_to_end_and_finds_no_leak(
     tmp_path: Path,
@@ -70,3 +83,66 @@ def test_demo_usage_errors_return_a_code(capsys: pytest.CaptureFixture[str]) -> 
     """A missing DIR returns exit code 2 instead of raising SystemExit."""
     assert demo.main([]) == 2
     assert "directory" in capsys.readouterr().err
+
+
+def test_a_generated_passphrase_is_written_owner_only_and_opens_the_vaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No passphrase given: it goes to DIR/demo-passphrase.txt (0600), named in the output."""
+    from mls.client import MlsClient
+
+    monkeypatch.delenv(demo.PASSPHRASE_ENV, raising=False)
+    directory = tmp_path / "d"
+    assert demo.main([str(directory), *FAST]) == 0
+    secret = directory / demo.PASSPHRASE_FILE
+    assert str(secret) in capsys.readouterr().out
+    assert secret.stat().st_mode & 0o777 == 0o600
+    with MlsClient.open(directory / "alice.vault", secret.read_text().strip()) as alice:
+        assert len(alice.group_ids()) == 1
+
+
+def test_workers_get_the_passphrase_through_the_pipe_not_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The variable is removed from os.environ, and no worker's environment holds the secret."""
+    import subprocess
+
+    environments: list[dict[str, str]] = []
+    real_popen = subprocess.Popen
+
+    def spying_popen(*args: object, **kwargs: object) -> object:
+        env = kwargs.get("env")
+        assert isinstance(env, dict)
+        environments.append(env)
+        return real_popen(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(demo.subprocess, "Popen", spying_popen)
+    monkeypatch.setenv(demo.PASSPHRASE_ENV, "pipe only passphrase")
+    assert demo.main([str(tmp_path / "d"), *FAST]) == 0
+    assert demo.PASSPHRASE_ENV not in os.environ
+    assert len(environments) == 3
+    for env in environments:
+        assert "pipe only passphrase" not in "".join(f"{k}={v}" for k, v in env.items())
+
+
+def test_json_output_is_one_object_with_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--json: stdout is one JSON object (steps, vaults, leak scans), the text goes away."""
+    monkeypatch.setenv(demo.PASSPHRASE_ENV, "demo json passphrase")
+    assert demo.main([str(tmp_path / "d"), "--json", *FAST]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["leak_found"] is False
+    assert [v["file"] for v in report["vaults"]] == ["alice.vault", "bob.vault", "carol.vault"]
+    assert {s["when"] for s in report["leak_scans"]} == {"while open", "after close"}
+
+
+def test_a_missing_mls_rs_extra_exits_9_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--engine mls-rs without the binding: exit 9, one line, no folder made."""
+    monkeypatch.setitem(sys.modules, "mls_rs_uniffi", None)  # what an absent package does
+    monkeypatch.setenv(demo.PASSPHRASE_ENV, "demo test passphrase")
+    assert demo.main([str(tmp_path / "d"), "--engine", "mls-rs", *FAST]) == 9
+    assert "[mls-rs]" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

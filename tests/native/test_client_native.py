@@ -1,4 +1,4 @@
-"""The native engine behind MlsClient's API: vault persistence, durability barrier, restarts."""
+"""MlsClient on the native engine: vault persistence, durability barrier, restarts."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from keystore import Vault, VaultClosed, profiles
-from mls.client import AsyncMlsClient, MlsClient, ReceivedKind
+from mls.client import AsyncMlsClient, MlsClient, NativeClient, ReceivedKind
 from mls.errors import MlsEngineError, NotAnMlsVault, UnknownGroup, UnknownMember
-from mls.native.client import NativeClient
 from mls.native.engine import NativeEngine
 from mls.storage import GranularStorage
 
@@ -25,26 +24,26 @@ class Clients:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.made: list[NativeClient] = []
+        self.made: list[MlsClient] = []
 
     def path(self, name: str) -> Path:
         """Where ``name``'s vault lives."""
         return self.folder / f"{name}.vault"
 
-    def make(self, name: str) -> NativeClient:
+    def make(self, name: str) -> MlsClient:
         """A new client for identity ``name``."""
-        client = NativeClient.create(self.path(name), PASSPHRASE, identity=name.encode(), kdf=FAST)
+        client = MlsClient.create(self.path(name), PASSPHRASE, identity=name.encode(), kdf=FAST)
         self.made.append(client)
         return client
 
-    def restart(self, client: NativeClient) -> NativeClient:
+    def restart(self, client: MlsClient) -> MlsClient:
         """Close and reopen from the vault, as a new process would."""
         client.close()
-        again = NativeClient.open(self.path(client.identity.decode()), PASSPHRASE)
+        again = MlsClient.open(self.path(client.identity.decode()), PASSPHRASE)
         self.made.append(again)
         return again
 
-    def snapshot(self, client: NativeClient) -> NativeEngine:
+    def snapshot(self, client: MlsClient) -> NativeEngine:
         """An engine on what the vault holds right now (read-only, beside the writer)."""
         with Vault.open(self.path(client.identity.decode()), readonly=True) as vault:
             vault.unlock(PASSPHRASE)
@@ -60,7 +59,7 @@ def clients(tmp_path: Path) -> Iterator[Clients]:
         client.close()
 
 
-def pair(clients: Clients) -> tuple[NativeClient, NativeClient]:
+def pair(clients: Clients) -> tuple[MlsClient, MlsClient]:
     """Alice creates the room and adds Bob."""
     alice, bob = clients.make("alice"), clients.make("bob")
     alice.create_group(GID)
@@ -145,7 +144,7 @@ def test_vault_without_a_native_identity_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "plain.vault"
     Vault.create(path, PASSPHRASE, kdf=FAST).close()
     with pytest.raises(NotAnMlsVault):
-        NativeClient.open(path, PASSPHRASE)
+        MlsClient.open(path, PASSPHRASE, engine="native")
 
 
 def test_closed_client_refuses_calls(clients: Clients) -> None:
@@ -173,8 +172,8 @@ def test_processing_a_message_again_returns_the_stored_outcome(clients: Clients)
 
 def test_receipts_are_bounded_by_their_retention(tmp_path: Path) -> None:
     """Only the last ``receipt_retention`` outcomes are kept; older messages are errors."""
-    alice = NativeClient.create(tmp_path / "a.vault", PASSPHRASE, identity=b"alice", kdf=FAST)
-    bob = NativeClient.create(
+    alice = MlsClient.create(tmp_path / "a.vault", PASSPHRASE, identity=b"alice", kdf=FAST)
+    bob = MlsClient.create(
         tmp_path / "b.vault", PASSPHRASE, identity=b"bob", kdf=FAST, receipt_retention=2
     )
     with alice, bob:
@@ -189,17 +188,17 @@ def test_receipts_are_bounded_by_their_retention(tmp_path: Path) -> None:
             bob.process(GID, messages[0])
 
 
-def test_mls_client_factory_runs_the_native_engine(tmp_path: Path) -> None:
-    """MlsClient.create/open(engine="native") give a NativeClient on the same vault."""
+def test_mls_client_runs_the_native_engine(tmp_path: Path) -> None:
+    """MlsClient.create/open(engine="native") run the native engine on the same vault."""
     path = tmp_path / "factory.vault"
     client = MlsClient.create(path, PASSPHRASE, identity=b"f", kdf=FAST, engine="native")
-    assert isinstance(client, NativeClient)
+    assert client.engine_name == "native"
     key_package = client.generate_key_package()
     client.close()
     with MlsClient.open(path, PASSPHRASE, engine="native") as again:
-        assert isinstance(again, NativeClient)
+        assert again.engine_name == "native"
         assert again.lost_key_packages() == []
-        owner = NativeClient.create(tmp_path / "o.vault", PASSPHRASE, identity=b"o", kdf=FAST)
+        owner = MlsClient.create(tmp_path / "o.vault", PASSPHRASE, identity=b"o", kdf=FAST)
         with owner:
             owner.create_group(GID)
             _, welcome = owner.add_members(GID, [key_package])
@@ -210,7 +209,7 @@ def test_mls_client_factory_rejects_an_unknown_engine(tmp_path: Path) -> None:
     """An unknown engine name is a ValueError and creates no file."""
     path = tmp_path / "bogus.vault"
     with pytest.raises(ValueError):
-        MlsClient.create(path, PASSPHRASE, identity=b"x", kdf=FAST, engine="bogus")  # type: ignore[call-overload]
+        MlsClient.create(path, PASSPHRASE, identity=b"x", kdf=FAST, engine="bogus")  # type: ignore[arg-type]
     assert not path.exists()
 
 
@@ -235,9 +234,9 @@ def test_open_runs_the_engine_the_vault_was_created_with(tmp_path: Path) -> None
     MlsClient.create(native_path, PASSPHRASE, identity=b"n", kdf=FAST).close()  # the default
     MlsClient.create(rs_path, PASSPHRASE, identity=b"r", kdf=FAST, engine="mls-rs").close()
     with MlsClient.open(native_path, PASSPHRASE) as native:
-        assert isinstance(native, NativeClient) and native.identity == b"n"
+        assert native.engine_name == "native" and native.identity == b"n"
     with MlsClient.open(rs_path, PASSPHRASE) as rs:
-        assert isinstance(rs, MlsClient) and rs.identity == b"r"
+        assert rs.engine_name == "mls-rs" and rs.identity == b"r"
 
 
 def test_open_refuses_a_vault_without_identity(tmp_path: Path) -> None:
@@ -250,7 +249,7 @@ def test_open_refuses_a_vault_without_identity(tmp_path: Path) -> None:
 
 
 def test_async_client_runs_the_native_engine(tmp_path: Path) -> None:
-    """AsyncMlsClient.create(..., engine="native") drives NativeClients off the event loop."""
+    """AsyncMlsClient.create(..., engine="native") drives native clients off the event loop."""
 
     async def conversation() -> bytes | None:
         alice = await AsyncMlsClient.create(
@@ -266,3 +265,14 @@ def test_async_client_runs_the_native_engine(tmp_path: Path) -> None:
             return (await bob.process(GID, await alice.encrypt(GID, b"async"))).data
 
     assert asyncio.run(conversation()) == b"async"
+
+
+def test_native_client_is_a_deprecated_alias(tmp_path: Path) -> None:
+    """NativeClient still creates and opens native clients, with a DeprecationWarning."""
+    path = tmp_path / "old.vault"
+    with pytest.warns(DeprecationWarning):
+        client = NativeClient.create(path, PASSPHRASE, identity=b"old", kdf=FAST)
+    assert isinstance(client, MlsClient) and client.engine_name == "native"
+    client.close()
+    with pytest.warns(DeprecationWarning), NativeClient.open(path, PASSPHRASE) as again:
+        assert again.identity == b"old"

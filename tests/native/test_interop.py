@@ -19,10 +19,9 @@ import pytest
 pytest.importorskip("mls_rs_uniffi")
 
 from keystore import profiles
-from mls.client import MlsClient, ReceivedKind
+from mls.client import MlsClient, NativeClient, ReceivedKind
 from mls.mlsrs import load_binding
 from mls.native import GroupConfig, NativeEngine
-from mls.native.client import NativeClient
 from mls.native.framing import WireFormat
 from mls.storage import GranularStorage
 from tests.native.engine_helpers import FULL, SEEDS, STEPS

@@ -1,0 +1,843 @@
+"""A vault kept in PostgreSQL: the vault's cipher over a PostgreSQL backend.
+
+:class:`PostgresVault` has the methods of :class:`keystore.Vault` that the MLS layer
+uses (``apply``, ``get``, ``items``, ``categories``, ``put``, ``delete``, ``close``,
+``lock``/``unlock``, ``stats``, ``verify``, ``change_passphrase``, ``rekey``), so
+:class:`mls.storage.GranularStorage` loads from it and a
+:class:`mls.drainer.WriteBehindDrainer` drains into it unchanged.  The rows it
+stores are the SQLite vault's rows byte for byte: the same header format, the same
+sealed values and keyed hashes from :class:`keystore.cipher.StoreCipher`.
+
+Transitional: today :class:`keystore.Vault` still talks to SQLite directly.  The
+cryptographic steps here are module functions (``seal_batch``, ``open_header``,
+``new_header``, ``reseal_rows``) over the :class:`keystore.backend.VaultBackend`
+interface; the next step makes ``Vault`` that cipher layer over a SQLite backend,
+and this class merges into it, leaving one vault class with two backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from keystore.backend import RowRef, SealedRow, VaultBackend
+from keystore.backends.postgres import (
+    DEFAULT_LEASE_TTL,
+    DEFAULT_SCHEMA,
+    PostgresBackend,
+    PostgresDatabase,
+)
+from keystore.cipher import (
+    StoreCipher,
+    check_raw_key,
+    derive_wrapping_key,
+    normalize_passphrase,
+    unwrap_secrets,
+    wrap_secrets,
+)
+from keystore.errors import IntegrityError, VaultClosed, VaultIOError, VaultLocked
+from keystore.header import (
+    HEADER_FORMAT,
+    KDF_ARGON2ID,
+    KDF_RAW_KEY,
+    NONCE_LEN,
+    SALT_LEN,
+    STORE_ID_LEN,
+    WRAPPED_LEN,
+    Header,
+)
+from keystore.profiles import RFC_9106_LOW_MEMORY, KdfParameters
+from keystore.vault import (
+    MAX_KEY_LEN,
+    MAX_VALUE_LEN,
+    Change,
+    ChangeLike,
+    check_category,
+    check_key,
+    check_value,
+)
+
+if TYPE_CHECKING:
+    from keystore.reports import StatsReport, VerifyReport
+
+__all__ = [
+    "PostgresVault",
+    "import_export_file",
+    "new_header",
+    "open_header",
+    "reseal_rows",
+    "seal_batch",
+]
+
+
+# ---------------------------------------------------------------------- cipher side
+# Backend-independent steps: phase 2 moves them into keystore.vault unchanged.
+
+
+def _wipe(*buffers: bytearray | None) -> None:
+    for buf in buffers:
+        if buf is not None:
+            buf[:] = bytes(len(buf))
+
+
+def new_header(
+    kdf_id: int, kdf: KdfParameters | None, secret: bytes
+) -> tuple[Header, StoreCipher, bytearray]:
+    """A fresh vault: random store id and secrets, wrapped under a KEK from ``secret``.
+
+    Returns ``(header, cipher, kek)``; the caller owns (and wipes) cipher and kek.
+    """
+    store_id = os.urandom(STORE_ID_LEN)
+    header = Header(
+        store_id=store_id, kdf_id=kdf_id, kdf=kdf, salt=os.urandom(SALT_LEN),
+        key_generation=1, wrap_nonce=bytes(NONCE_LEN), wrapped=bytes(WRAPPED_LEN), flags=0,
+    )
+    kek = derive_wrapping_key(header, secret)
+    cipher = StoreCipher.generate(store_id)
+    secrets = cipher.secrets()
+    try:
+        header = wrap_secrets(kek, header, secrets)
+    finally:
+        _wipe(secrets)
+    return header, cipher, kek
+
+
+def open_header(header: Header, kdf_id: int, secret: bytes) -> tuple[StoreCipher, bytearray]:
+    """Unwrap a header's secrets: ``(cipher, kek)``.
+
+    Raises:
+        WrongPassphrase: wrong secret or an edited header.
+        ValueError: a passphrase for a raw-key vault or the reverse.
+    """
+    if header.kdf_id != kdf_id:
+        if header.kdf_id == KDF_RAW_KEY:
+            raise ValueError("this vault is keyed by a raw key: use unlock_with_key()")
+        raise ValueError("this vault is keyed by a passphrase: use unlock()")
+    kek = derive_wrapping_key(header, secret)
+    try:
+        secrets = unwrap_secrets(kek, header)
+    except BaseException:
+        _wipe(kek)
+        raise
+    try:
+        return StoreCipher(secrets, header.store_id), kek
+    finally:
+        _wipe(secrets)
+
+
+def seal_batch(
+    cipher: StoreCipher, changes: Iterable[ChangeLike]
+) -> tuple[int, list[SealedRow], list[RowRef]]:
+    """Validate, coalesce (last change to a row wins) and seal a batch.
+
+    Everything is checked and encrypted before any storage is touched, so bad input
+    changes nothing.  Returns ``(distinct rows, upserts, deletes)``.
+    """
+    latest: dict[tuple[str, bytes], bytes | None] = {}
+    known: set[str] = set()
+    for ch in changes:
+        category, key, value = ch.category, ch.key, ch.value
+        if type(category) is not str or category not in known:
+            known.add(check_category(category))
+        if type(key) is not bytes or len(key) > MAX_KEY_LEN:
+            key = check_key(key)
+        if value is not None and (type(value) is not bytes or len(value) > MAX_VALUE_LEN):
+            value = check_value(value)
+        latest[(category, key)] = value
+    if not latest:
+        return 0, [], []
+    upserts, deletes = cipher.seal_changes(latest.items(), len(latest))
+    return len(latest), upserts, deletes
+
+
+def reseal_rows(
+    old: StoreCipher, new: StoreCipher, rows: Iterable[SealedRow]
+) -> list[SealedRow]:
+    """Authenticate every row under ``old`` and seal it again under ``new`` (a rekey).
+
+    Raises:
+        IntegrityError: a row fails authentication; nothing is returned.
+    """
+    out: list[SealedRow] = []
+    for category, key_hash, blob in rows:
+        key, value = old.decrypt_row(category, key_hash, blob)
+        out.append((category, key_hash, new.encrypt_row(category, key_hash, key, value)))
+    return out
+
+
+# ---------------------------------------------------------------------- the vault
+
+
+class PostgresVault:
+    """An encrypted vault stored in PostgreSQL, written by one lease holder at a time.
+
+    Open vaults through a :class:`~keystore.backends.postgres.PostgresDatabase`
+    (one per worker: it shares one connection and one lease renewer among every
+    vault the worker opens), or pass a DSN string and the vault makes a private one
+    that it closes with itself.
+
+    A writable vault holds the vault's writer lease; if another worker takes the
+    lease over (this one was paused past its expiry), every write raises
+    :class:`~keystore.errors.LeaseLost` and writes nothing.
+
+    Transitional: the next step merges this class into :class:`keystore.Vault`
+    (the cipher over a backend); the methods and errors stay the same.
+    """
+
+    def __init__(
+        self,
+        db: PostgresDatabase,
+        backend: PostgresBackend,
+        header: Header,
+        name: str | None,
+        *,
+        readonly: bool,
+        owns_db: bool,
+    ) -> None:
+        self._db = db
+        self._backend: VaultBackend = backend
+        self._pg = backend
+        self._header = header
+        self._name = name
+        self._readonly = readonly
+        self._owns_db = owns_db
+        self._cipher: StoreCipher | None = None
+        self._kek: bytearray | None = None
+        self._closed = False
+        self._mutex = threading.RLock()
+        # True from open() until the first unlock: the header just read is current
+        # (we hold the lease, or read it a moment ago), so unlock need not fetch it.
+        self._header_fresh = False
+        # The whole-vault read-ahead of a load (see items()): category -> rows, and
+        # whether categories() was just called, which arms it.
+        self._snapshot: dict[str, list[tuple[bytes, bytes]]] | None = None
+        self._snapshot_served: set[str] = set()
+        self._snapshot_armed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @staticmethod
+    def _database(
+        where: str | PostgresDatabase, schema: str, lease_ttl: float
+    ) -> tuple[PostgresDatabase, bool]:
+        if isinstance(where, PostgresDatabase):
+            return where, False
+        if not isinstance(where, str):
+            raise TypeError("give a DSN string or a PostgresDatabase")
+        return PostgresDatabase(where, schema=schema, lease_ttl=lease_ttl), True
+
+    @classmethod
+    def create(
+        cls,
+        where: str | PostgresDatabase,
+        passphrase: str | bytes,
+        kdf: KdfParameters = RFC_9106_LOW_MEMORY,
+        *,
+        name: str | None = None,
+        schema: str = DEFAULT_SCHEMA,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+    ) -> PostgresVault:
+        """Create a new vault in the database, returned unlocked and holding its lease.
+
+        Installs the schema into an empty database first.
+
+        Args:
+            where: a DSN/URL, or a shared :class:`PostgresDatabase`.
+            name: an optional unique name to open it by (else use :attr:`store_id`).
+            schema, lease_ttl: used only when ``where`` is a DSN.
+
+        Raises:
+            FileExistsError: ``name`` is taken.  VaultIOError: the server is unreachable.
+        """
+        if not isinstance(kdf, KdfParameters):
+            raise TypeError("kdf must be a keystore.profiles.KdfParameters")
+        return cls._create(where, KDF_ARGON2ID, kdf, normalize_passphrase(passphrase),
+                           name, schema, lease_ttl)
+
+    @classmethod
+    def create_with_key(
+        cls,
+        where: str | PostgresDatabase,
+        key: bytes,
+        *,
+        name: str | None = None,
+        schema: str = DEFAULT_SCHEMA,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+    ) -> PostgresVault:
+        """Create a new vault keyed by a caller-held 32-byte key (see ``Vault.create_with_key``)."""
+        return cls._create(where, KDF_RAW_KEY, None, check_raw_key(key), name, schema,
+                           lease_ttl)
+
+    @classmethod
+    def _create(
+        cls,
+        where: str | PostgresDatabase,
+        kdf_id: int,
+        kdf: KdfParameters | None,
+        secret: bytes,
+        name: str | None,
+        schema: str,
+        lease_ttl: float,
+    ) -> PostgresVault:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError("name must be a non-empty string or None")
+        db, owns = cls._database(where, schema, lease_ttl)
+        try:
+            db.check_schema()
+            header, cipher, kek = new_header(kdf_id, kdf, secret)
+            try:
+                epoch = db.create_store(header.store_id, header.to_bytes(), name,
+                                        lease_ttl=db.leases.ttl)
+            except BaseException:
+                cipher.wipe()
+                _wipe(kek)
+                raise
+        except BaseException:
+            if owns:
+                db.close()
+            raise
+        lease = db.leases.adopt(header.store_id, epoch)
+        vault = cls(db, db.backend(header.store_id, lease), header, name,
+                    readonly=False, owns_db=owns)
+        vault._cipher, vault._kek = cipher, kek
+        return vault
+
+    @classmethod
+    def open(
+        cls,
+        where: str | PostgresDatabase,
+        *,
+        store_id: bytes | None = None,
+        name: str | None = None,
+        readonly: bool = False,
+        timeout: float = 0.0,
+        auto_migrate: bool = False,
+        schema: str = DEFAULT_SCHEMA,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+    ) -> PostgresVault:
+        """Open a vault by ``store_id`` or ``name``, locked.
+
+        A writable open takes the vault's writer lease (waiting up to ``timeout``
+        seconds for another worker's to be released or to expire).
+
+        Args:
+            where: a DSN/URL, or a shared :class:`PostgresDatabase`.
+            store_id, name: which vault (exactly one of them).
+            readonly: take no lease and never write (reports, verification, reads
+                from a hot standby).
+            auto_migrate: upgrade an older schema first (each step transactional).
+            schema, lease_ttl: used only when ``where`` is a DSN.
+
+        Raises:
+            NotAVault: no such vault.  VaultBusy: another worker holds the lease.
+            MigrationRequired/SchemaTooNew/MigrationError: schema mismatch.
+            VaultIOError: the server is unreachable.
+        """
+        db, owns = cls._database(where, schema, lease_ttl)
+        try:
+            db.check_schema(auto_migrate=auto_migrate)
+            sid, found_name, header_bytes = db.find_store(store_id=store_id, name=name)
+            lease = None if readonly else db.leases.acquire(sid, timeout)
+            backend = db.backend(sid, lease)
+            try:
+                if lease is not None:
+                    # The header may have changed while we waited for the lease.
+                    header_bytes = backend.read_header()
+                header = Header.from_bytes(header_bytes)
+                if header.store_id != sid:
+                    raise IntegrityError(
+                        f"vault {backend.location} holds the header of another vault "
+                        f"({header.store_id.hex()}): it was moved or replaced"
+                    )
+                if header.sqlcipher:
+                    raise IntegrityError(
+                        f"vault {backend.location} has a SQLCipher header, which has no "
+                        "meaning on PostgreSQL"
+                    )
+            except BaseException:
+                backend.close()
+                raise
+        except BaseException:
+            if owns:
+                db.close()
+            raise
+        vault = cls(db, backend, header, found_name, readonly=readonly, owns_db=owns)
+        vault._header_fresh = True
+        return vault
+
+    def close(self) -> None:
+        """Lock, release the writer lease and (if private) the database handle. Idempotent."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            self._drop_keys()
+            self._pg.close()
+            if self._owns_db:
+                self._db.close()
+
+    def __enter__(self) -> PostgresVault:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("locked" if self.locked else "unlocked")
+        return f"<PostgresVault {self._header.store_id.hex()} {state}>"
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def store_id(self) -> bytes:
+        """The random per-vault id bound into every row's AAD (and the row's address)."""
+        return self._header.store_id
+
+    @property
+    def name(self) -> str | None:
+        """The vault's unique name in its database, if it was given one."""
+        return self._name
+
+    @property
+    def location(self) -> str:
+        """Database, schema and store id, without any password."""
+        return self._backend.location
+
+    @property
+    def locked(self) -> bool:
+        """Whether the keys are absent."""
+        return self._cipher is None
+
+    @property
+    def readonly(self) -> bool:
+        """Whether this object was opened without the writer lease."""
+        return self._readonly
+
+    @property
+    def lease_epoch(self) -> int | None:
+        """The fencing token this writer carries (``None`` when read-only or closed)."""
+        lease = self._pg.lease
+        return None if lease is None else lease.epoch
+
+    @property
+    def schema_version(self) -> int:
+        """The database schema version."""
+        return self._backend.schema_version()
+
+    @property
+    def kdf(self) -> KdfParameters | None:
+        """The Argon2id parameters in the header, or ``None`` for a raw-key vault."""
+        return self._header.kdf
+
+    # ------------------------------------------------------------------ keys
+
+    def unlock(self, passphrase: str | bytes) -> None:
+        """Unlock with the passphrase (the header is re-read from the server).
+
+        Raises:
+            WrongPassphrase: wrong passphrase, or the header was edited.
+        """
+        self._unlock(KDF_ARGON2ID, normalize_passphrase(passphrase))
+
+    def unlock_with_key(self, key: bytes) -> None:
+        """Unlock a vault created with :meth:`create_with_key`."""
+        self._unlock(KDF_RAW_KEY, check_raw_key(key))
+
+    def _unlock(self, kdf_id: int, secret: bytes) -> None:
+        with self._mutex:
+            self._check_open()
+            if self._header_fresh:
+                header, self._header_fresh = self._header, False
+            else:
+                header = Header.from_bytes(self._backend.read_header())
+            if header.store_id != self._header.store_id:
+                raise IntegrityError(f"the header of vault {self.location} was replaced")
+            cipher, kek = open_header(header, kdf_id, secret)
+            self._drop_keys()
+            self._header, self._cipher, self._kek = header, cipher, kek
+
+    def _drop_keys(self) -> None:
+        self._forget_snapshot()
+        if self._cipher is not None:
+            self._cipher.wipe()
+            self._cipher = None
+        _wipe(self._kek)
+        self._kek = None
+
+    def lock(self) -> None:
+        """Overwrite every key held in memory; the lease is kept."""
+        with self._mutex:
+            self._drop_keys()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VaultClosed(f"vault {self.location} is closed")
+
+    def _unlocked(self) -> StoreCipher:
+        self._check_open()
+        if self._cipher is None:
+            raise VaultLocked(f"vault {self.location} is locked; unlock it first")
+        return self._cipher
+
+    def _writable(self) -> StoreCipher:
+        cipher = self._unlocked()
+        if self._readonly:
+            raise VaultIOError(f"vault {self.location} was opened read-only")
+        return cipher
+
+    def change_passphrase(
+        self, old: str | bytes, new: str | bytes, *, kdf: KdfParameters | None = None
+    ) -> None:
+        """Rewrap the secrets under a new passphrase: one fenced header update, no row touched.
+
+        Raises:
+            WrongPassphrase: ``old`` is wrong.  LeaseLost: another worker holds the vault.
+        """
+        if kdf is not None and not isinstance(kdf, KdfParameters):
+            raise TypeError("kdf must be a keystore.profiles.KdfParameters")
+        self._rewrap(KDF_ARGON2ID, normalize_passphrase(old), normalize_passphrase(new), kdf)
+
+    def change_key(self, old: bytes, new: bytes) -> None:
+        """Rewrap the secrets of a raw-key vault under a new 32-byte key."""
+        self._rewrap(KDF_RAW_KEY, check_raw_key(old), check_raw_key(new), None)
+
+    def _rewrap(self, kdf_id: int, old: bytes, new: bytes, kdf: KdfParameters | None) -> None:
+        from dataclasses import replace
+
+        with self._mutex:
+            self._check_open()
+            if self._readonly:
+                raise VaultIOError(f"vault {self.location} was opened read-only")
+            header = Header.from_bytes(self._backend.read_header())
+            cipher, old_kek = open_header(header, kdf_id, old)
+            _wipe(old_kek)
+            fresh = replace(header, kdf=kdf if kdf is not None else header.kdf,
+                            salt=os.urandom(SALT_LEN))
+            new_kek = derive_wrapping_key(fresh, new)
+            secrets = cipher.secrets()
+            try:
+                rewrapped = wrap_secrets(new_kek, fresh, secrets)
+                self._backend.write_header(rewrapped.to_bytes())
+            except BaseException:
+                _wipe(new_kek)
+                raise
+            finally:
+                _wipe(secrets)
+                cipher.wipe()
+            self._header = rewrapped
+            if self._kek is not None:
+                _wipe(self._kek)
+                self._kek = new_kek
+            else:
+                _wipe(new_kek)
+
+    def rekey(self) -> None:
+        """A new data key; every row authenticated and re-encrypted in one fenced transaction.
+
+        The hash key is kept, so row addresses do not change; the nonce counter restarts.
+
+        Raises:
+            IntegrityError: a row fails authentication; nothing is written.
+        """
+        with self._mutex:
+            old = self._writable()
+            assert self._kek is not None
+            new = old.with_new_data_key()
+            try:
+                resealed = reseal_rows(old, new, self._backend.scan_all())
+                secrets = new.secrets()
+                try:
+                    h = self._header
+                    next_header = wrap_secrets(
+                        self._kek,
+                        Header(
+                            store_id=h.store_id, kdf_id=h.kdf_id, kdf=h.kdf, salt=h.salt,
+                            key_generation=h.key_generation + 1, wrap_nonce=h.wrap_nonce,
+                            wrapped=h.wrapped, flags=h.flags,
+                        ),
+                        secrets,
+                    )
+                finally:
+                    _wipe(secrets)
+                self._backend.rewrite(resealed, next_header.to_bytes(), len(resealed))
+            except BaseException:
+                new.wipe()
+                raise
+            old.wipe()
+            self._cipher, self._header = new, next_header
+            self._forget_snapshot()
+
+    # ------------------------------------------------------------------ rows
+
+    def put(self, category: str, key: bytes, value: bytes) -> None:
+        """Write one row (one transaction)."""
+        self.apply((Change(category, key, value),))
+
+    def delete(self, category: str, key: bytes) -> None:
+        """Delete one row if present (one transaction)."""
+        self.apply((Change(category, key, None),))
+
+    def apply(self, changes: Iterable[ChangeLike]) -> int:
+        """Write and delete many rows in ONE fenced transaction: all applied or none.
+
+        Repeated changes to one row are coalesced (the last wins).  A lost
+        connection is retried (the batch is idempotent) for the database's
+        ``retry_for`` seconds.
+
+        Returns:
+            The number of distinct rows written or deleted.
+
+        Raises:
+            LeaseLost: another worker took the lease over; nothing was written.
+            VaultIOError: the server stayed unreachable; nothing was written (or
+                the batch landed whole just before the connection broke).
+        """
+        with self._mutex:
+            cipher = self._writable()
+            count, upserts, deletes = seal_batch(cipher, changes)
+            if count:
+                self._forget_snapshot()
+                self._backend.apply(upserts, deletes)
+            return count
+
+    def get(self, category: str, key: bytes) -> bytes | None:
+        """Read and authenticate one row; ``None`` when absent.
+
+        Raises:
+            IntegrityError: the stored row fails authentication.
+        """
+        category, key = check_category(category), check_key(key)
+        with self._mutex:
+            cipher = self._unlocked()
+            key_hash = cipher.key_hash(category, key)
+            blob = self._backend.get(category, key_hash)
+            if blob is None:
+                return None
+            return cipher.decrypt_row(category, key_hash, blob)[1]
+
+    def _forget_snapshot(self) -> None:
+        self._snapshot, self._snapshot_armed = None, False
+        self._snapshot_served = set()
+
+    def items(self, category: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` of a category, authenticated, in key-hash order.
+
+        Loading a whole vault (``categories()`` then ``items()`` of each, as
+        ``GranularStorage.load`` does) costs two queries, not one per category: the
+        first ``items()`` after ``categories()`` reads every row in one binary scan
+        and serves the categories from it until each was served or the vault is
+        written.  All of them then come from one consistent snapshot.
+        """
+        category = check_category(category)
+        with self._mutex:
+            self._unlocked()
+            if self._snapshot is None and self._snapshot_armed:
+                grouped: dict[str, list[tuple[bytes, bytes]]] = {}
+                for cat, key_hash, blob in self._backend.scan_all():
+                    grouped.setdefault(cat, []).append((key_hash, blob))
+                self._snapshot, self._snapshot_armed = grouped, False
+            if self._snapshot is not None:
+                rows = self._snapshot.get(category, [])
+                self._snapshot_served.add(category)
+                if self._snapshot_served >= self._snapshot.keys():
+                    self._forget_snapshot()
+            else:
+                rows = self._backend.scan(category)
+        for key_hash, blob in rows:
+            with self._mutex:
+                cipher = self._unlocked()
+                yield cipher.decrypt_row(category, key_hash, blob)
+
+    @contextlib.contextmanager
+    def read_snapshot(self) -> Iterator[PostgresSnapshot]:
+        """Every row from ONE consistent state of the vault (what export reads).
+
+        The rows are fetched by a single statement, which PostgreSQL runs on one
+        snapshot: a batch another worker commits meanwhile is seen whole or not at all.
+        They are decrypted as they are iterated, in category and key-hash order.
+
+        Raises:
+            VaultLocked: the vault is locked.
+            IntegrityError: a row fails authentication (raised while iterating).
+        """
+        with self._mutex:
+            self._unlocked()
+            rows = self._backend.scan_all()
+        yield PostgresSnapshot(self, rows)
+
+    def open_rows(self) -> dict[str, dict[bytes, bytes]]:
+        """Every row of the vault, authenticated: ``{category: {key: value}}``.
+
+        What ``GranularStorage.load`` uses: one binary scan of the vault's rows, decrypted
+        in one batch.  All or nothing: a row that fails authentication raises and nothing
+        is returned.
+
+        Raises:
+            VaultLocked, VaultClosed: the vault cannot be read now.
+            IntegrityError: a row fails authentication or is damaged.
+        """
+        with self._mutex:
+            cipher = self._unlocked()
+            rows = list(self._backend.scan_all())
+            return cipher.open_rows(rows, self._stored_category, self._stored_blob)
+
+    def _stored_category(self, name: object) -> str:
+        try:
+            return check_category(name)
+        except (TypeError, ValueError):
+            raise IntegrityError(
+                f"vault {self.location} is corrupt: a row has an invalid category name"
+            ) from None
+
+    @staticmethod
+    def _stored_blob(value: object) -> bytes:
+        if not isinstance(value, bytes):
+            raise IntegrityError("a stored row value is not a blob")
+        return value
+
+    def categories(self) -> list[str]:
+        """The categories that hold at least one row, sorted."""
+        with self._mutex:
+            self._unlocked()
+            names = self._backend.categories()
+            self._forget_snapshot()
+            self._snapshot_armed = True  # a load follows, most likely: read ahead
+        for name in names:
+            try:
+                check_category(name)
+            except ValueError:
+                raise IntegrityError(
+                    f"vault {self.location} is corrupt: a row has an invalid category name"
+                ) from None
+        return names
+
+    # ------------------------------------------------------------------ reports
+
+    def stats(self) -> StatsReport:
+        """Rows and bytes per category and the nonce budget (no key needed)."""
+        from keystore.reports import (
+            REKEY_RECOMMENDED_AT,
+            CategoryStats,
+            KdfInfo,
+            StatsReport,
+        )
+
+        with self._mutex:
+            self._check_open()
+            counts = self._backend.category_counts()
+            encryptions = self._backend.encryptions()
+            version = self._backend.schema_version()
+        h = self._header
+        kdf = (
+            KdfInfo(kind="raw-key") if h.kdf is None else KdfInfo(
+                kind="argon2id", time_cost=h.kdf.time_cost,
+                memory_cost_kib=h.kdf.memory_cost, parallelism=h.kdf.parallelism,
+            )
+        )
+        cats = {c: CategoryStats(rows=n, bytes=b) for c, n, b in counts}
+        total_bytes = sum(b for _, _, b in counts)
+        return StatsReport(
+            path=self.location,
+            store_id=h.store_id.hex(),
+            schema_version=version,
+            header_format=HEADER_FORMAT,
+            sqlcipher=False,
+            kdf=kdf,
+            key_generation=h.key_generation,
+            categories=cats,
+            total_rows=sum(n for _, n, _ in counts),
+            total_bytes=total_bytes,
+            file_bytes=total_bytes,
+            encryptions=encryptions,
+            budget_used=encryptions / float(2**32),
+            rekey_recommended=encryptions >= REKEY_RECOMMENDED_AT,
+        )
+
+    def verify(self) -> VerifyReport:
+        """Decrypt and authenticate every row; list the failures (no plaintext)."""
+        from keystore.reports import RowFailure, VerifyReport
+
+        with self._mutex:
+            cipher = self._unlocked()
+            rows = self._backend.scan_all()
+            failures = []
+            for category, key_hash, blob in rows:
+                try:
+                    cipher.decrypt_row(category, key_hash, blob)
+                except IntegrityError as exc:
+                    failures.append(RowFailure(
+                        category=category, key_hash=key_hash.hex(),
+                        reason=str(exc).split(" in category")[0],
+                    ))
+        return VerifyReport(ok=not failures, rows_checked=len(rows), failures=failures)
+
+
+def import_export_file(
+    where: str | PostgresDatabase,
+    in_path: str | os.PathLike[str],
+    backup_passphrase: str | bytes,
+    vault_passphrase: str | bytes,
+    kdf: KdfParameters = RFC_9106_LOW_MEMORY,
+    *,
+    name: str | None = None,
+    schema: str = DEFAULT_SCHEMA,
+) -> PostgresVault:
+    """Restore an export file (``mls-keystore export``) into a NEW PostgreSQL vault.
+
+    The whole file is authenticated before the vault is created, and its rows then
+    land in one transaction, so a damaged file or a wrong passphrase leaves nothing
+    in the database.  (The rows are held in memory meanwhile.)  Exporting a
+    PostgreSQL vault needs nothing new: :func:`keystore.export.export_vault` reads
+    any vault through ``stats``, ``categories`` and ``items``.
+
+    Returns:
+        The new vault, unlocked and holding its lease.
+
+    Raises:
+        WrongPassphrase, IntegrityError, SchemaTooNew: the export is unusable.
+        FileExistsError: ``name`` is taken.
+    """
+    from pathlib import Path
+
+    from keystore.export import read_export
+
+    normalize_passphrase(vault_passphrase)
+    with Path(in_path).open("rb") as fh:
+        rows = [Change(c, k, v) for c, k, v in read_export(fh, backup_passphrase)]
+    if len({(c.category, c.key) for c in rows}) != len(rows):
+        raise IntegrityError("export file holds the same row twice")
+    vault = PostgresVault.create(where, vault_passphrase, kdf, name=name, schema=schema)
+    try:
+        vault.apply(rows)
+    except BaseException:
+        vault.close()
+        raise
+    return vault
+
+
+class PostgresSnapshot:
+    """The rows of a PostgreSQL vault as of one statement; made by ``read_snapshot``."""
+
+    __slots__ = ("_rows", "_vault", "rows")
+
+    def __init__(self, vault: PostgresVault, rows: list[SealedRow]) -> None:
+        self._vault = vault
+        self._rows = rows
+        #: How many rows the snapshot holds.
+        self.rows = len(rows)
+
+    def __iter__(self) -> Iterator[tuple[str, bytes, bytes]]:
+        vault = self._vault
+        for category, key_hash, blob in self._rows:
+            with vault._mutex:
+                cipher = vault._unlocked()
+                name = vault._stored_category(category)
+                key, value = cipher.decrypt_row(name, key_hash, blob)
+            yield name, key, value

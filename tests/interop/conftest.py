@@ -1,0 +1,90 @@
+"""Fixtures for the interop tests: node peers, and our native member restartable from its vault.
+
+The tests skip, saying why, only where ``node`` is not installed; a machine with node but
+without the pinned packages fails with the command that installs them
+(``tests/interop/install.sh``, which ``.ci/run`` runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keystore import profiles
+from mls.client import MlsClient
+from mls.native.client import NativeClient
+from tests.interop.peer import NodePeer, node_path
+
+PASSPHRASE = "interop passphrase"
+FAST_KDF = profiles.INSECURE_FOR_TESTS_ONLY
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip every interop test where node is absent (the one allowed reason)."""
+    if node_path() is not None:
+        return
+    skip = pytest.mark.skip(reason="node is not installed: the npm interop peers cannot run")
+    for item in items:
+        if Path(str(item.fspath)).parent == Path(__file__).parent:
+            item.add_marker(skip)
+
+
+class Ours:
+    """Our members: native-engine clients through the public API, each in its own vault."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.open: dict[bytes, NativeClient] = {}
+
+    def path(self, identity: bytes) -> Path:
+        """Where the member ``identity`` keeps its vault."""
+        return self.folder / f"{identity.hex()}.vault"
+
+    def create(self, identity: bytes) -> NativeClient:
+        """A new member (new vault, new signature key)."""
+        client = MlsClient.create(
+            self.path(identity), PASSPHRASE, identity=identity, kdf=FAST_KDF, engine="native"
+        )
+        assert isinstance(client, NativeClient)
+        self.open[identity] = client
+        return client
+
+    def restart(self, client: NativeClient) -> NativeClient:
+        """Close the member and open it again from its vault, as a new process would."""
+        identity = client.identity
+        client.close()
+        again = MlsClient.open(self.path(identity), PASSPHRASE)
+        assert isinstance(again, NativeClient)
+        self.open[identity] = again
+        return again
+
+    def close(self) -> None:
+        """Close every member still open."""
+        for client in self.open.values():
+            client.close()
+
+
+@pytest.fixture
+def ours(tmp_path: Path) -> Iterator[Ours]:
+    """Factory for our native members; all closed after the test."""
+    made = Ours(tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def ts_mls() -> Iterator[NodePeer]:
+    """A running ts-mls peer."""
+    with NodePeer("ts_mls_peer.mjs") as peer:
+        yield peer
+
+
+@pytest.fixture
+def core_crypto() -> Iterator[NodePeer]:
+    """A running Wire core-crypto (wasm build) peer."""
+    with NodePeer("core_crypto_peer.mjs") as peer:
+        yield peer
