@@ -19,6 +19,7 @@ it protects against.
 from typing import TYPE_CHECKING
 
 from keystore import profiles
+from keystore.anchor import FileAnchor, GenerationAnchor
 from keystore.errors import (
     InsecurePermissionsWarning,
     IntegrityError,
@@ -27,6 +28,7 @@ from keystore.errors import (
     MigrationError,
     MigrationRequired,
     NotAVault,
+    RollbackDetected,
     SchemaTooNew,
     UnsafeFile,
     VaultBusy,
@@ -92,6 +94,8 @@ __all__ = [
     "CategoryStats",
     "Change",
     "ChangeLike",
+    "FileAnchor",
+    "GenerationAnchor",
     "InsecurePermissionsWarning",
     "IntegrityError",
     "KdfParameters",
@@ -104,6 +108,7 @@ __all__ = [
     "PostgresDatabase",
     "PostgresUnavailable",
     "PostgresVault",
+    "RollbackDetected",
     "RowFailure",
     "SQLCipherUnavailable",
     "SchemaTooNew",
