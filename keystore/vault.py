@@ -393,7 +393,7 @@ def _read_state_record(conn: sqlite3.Connection, path: Path) -> bytes | None:
     """The state record (docs/format.md §15.3), or ``None`` when there is none."""
     try:
         row = conn.execute("SELECT record FROM keystore_state WHERE id = 1").fetchone()
-    except sqlite3.OperationalError as exc:
+    except sqlcipher_layer.db_error_types() as exc:
         if "no such table" in str(exc):  # dropped: reported as a missing record
             return None
         raise

@@ -267,3 +267,16 @@ def test_read_only_open_checks_and_writes_nothing(vault_path: Path, kind: str) -
     write_raw(vault_path, "DELETE FROM keystore_rows WHERE key_hash = ?", (kh,))
     with reopen(vault_path, readonly=True) as v, pytest.raises(RollbackDetected):
         v.open_rows()
+
+
+def test_state_table_dropped_is_refused_at_unlock(vault_path: Path, kind: str) -> None:
+    """Dropping the whole table is a missing record, not a crash or a fresh start."""
+    _fill(vault_path, kind)
+    write_raw(vault_path, "DROP TABLE keystore_state")
+    v = Vault.open(vault_path)
+    try:
+        with pytest.raises(RollbackDetected) as info:
+            v.unlock("correct horse battery staple")
+        assert info.value.reason == "record" and v.locked
+    finally:
+        v.close()
