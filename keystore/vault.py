@@ -439,6 +439,19 @@ def _old_values(
     return found
 
 
+def _load_anchor(anchor: GenerationAnchor, store_id: bytes, path: Path) -> int | None:
+    """``anchor.load``, with an application anchor's own failure turned into ours."""
+    try:
+        return anchor.load(store_id)
+    except KeystoreError:
+        raise
+    except Exception as exc:
+        raise VaultIOError(
+            f"the anchor of vault {path} could not be read ({type(exc).__name__}); "
+            "nothing was opened"
+        ) from exc
+
+
 def _wipe(*buffers: bytearray | None) -> None:
     for buf in buffers:
         if buf is not None:
@@ -948,7 +961,7 @@ class Vault:
                         record = _read_state_record(conn, path)
                     if record is not None and len(record) >= 9:
                         clear = int.from_bytes(record[1:9], "big")
-                        check_anchor(clear, anchor.load(header.store_id))
+                        check_anchor(clear, _load_anchor(anchor, header.store_id, path))
             except BaseException:
                 conn.close()
                 raise
@@ -1345,7 +1358,8 @@ class Vault:
             else:
                 state = self._adopt_state(conn, self._digest, record)
             if self._anchor is not None:
-                check_anchor(state.generation, self._anchor.load(self._header.store_id))
+                anchored = _load_anchor(self._anchor, self._header.store_id, self._path)
+                check_anchor(state.generation, anchored)
             self._state = state
             if not self._readonly:
                 self._update_anchor(state.generation)
@@ -1437,7 +1451,8 @@ class Vault:
         assert self._digest is not None
         state = check_rows(self._digest, record, digest)
         if self._anchor is not None:
-            check_anchor(state.generation, self._anchor.load(self._header.store_id))
+            anchored = _load_anchor(self._anchor, self._header.store_id, self._path)
+            check_anchor(state.generation, anchored)
 
     def _drop_keys(self) -> None:
         if self._digest is not None:

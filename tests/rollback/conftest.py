@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from keystore import Vault
-from keystore.anchor import FileAnchor
+from keystore.anchor import FileAnchor, GenerationAnchor
 from keystore.sidecar import sidecar_path_for
 from tests.conftest import FAST_KDF, PASSPHRASE
 
@@ -33,7 +33,9 @@ def make_vault(path: Path, kind: str) -> Vault:
     return Vault.create(path, PASSPHRASE, kdf=FAST_KDF, sqlcipher=kind == "sqlcipher")
 
 
-def reopen(path: Path, anchor: FileAnchor | None = None, readonly: bool = False) -> Vault:
+def reopen(
+    path: Path, anchor: GenerationAnchor | None = None, readonly: bool = False
+) -> Vault:
     """Open and unlock; closes the vault again if the unlock raises."""
     vault = Vault.open(path, readonly=readonly, anchor=anchor)
     try:

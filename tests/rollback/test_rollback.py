@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from keystore import Change, IntegrityError, RollbackDetected, Vault
+from keystore import Change, IntegrityError, RollbackDetected, Vault, VaultIOError
 from keystore.anchor import FileAnchor
 from mls import GranularStorage
 from tests.keystore.helpers import file_digest, raw_rows, write_raw
@@ -280,3 +280,45 @@ def test_state_table_dropped_is_refused_at_unlock(vault_path: Path, kind: str) -
         assert info.value.reason == "record" and v.locked
     finally:
         v.close()
+
+
+class _DictAnchor:
+    """An application's own anchor (a keyring, a server): any object with load/store."""
+
+    def __init__(self) -> None:
+        self.generations: dict[bytes, int] = {}
+        self.fail = False
+
+    def load(self, store_id: bytes) -> int | None:
+        if self.fail:
+            raise ConnectionError("the anchor service is down")
+        return self.generations.get(store_id)
+
+    def store(self, store_id: bytes, generation: int) -> None:
+        if self.fail:
+            raise ConnectionError("the anchor service is down")
+        self.generations[store_id] = max(generation, self.generations.get(store_id, 0))
+
+
+def test_an_application_anchor_works_and_its_failures_are_ours(
+    vault_path: Path, kind: str, tmp_path: Path
+) -> None:
+    """Any GenerationAnchor works like FileAnchor; its own exceptions become VaultIOError."""
+    anchor = _DictAnchor()
+    _fill(vault_path, kind)
+    copy_vault(vault_path, tmp_path / "old")
+    with reopen(vault_path, anchor) as v:
+        v.put(CAT, b"alice", b"ratchet 2")
+        assert anchor.generations[v.store_id] == 2
+        anchor.fail = True
+        with pytest.raises(VaultIOError, match="committed"):
+            v.put(CAT, b"bob", b"ratchet 2")
+        anchor.fail = False
+        assert v.get(CAT, b"bob") == b"ratchet 2"  # the write itself went through
+    anchor.fail = True
+    with pytest.raises(VaultIOError):
+        reopen(vault_path, anchor)
+    anchor.fail = False
+    restore_vault(tmp_path / "old", vault_path)
+    with pytest.raises(RollbackDetected):
+        reopen(vault_path, anchor)
