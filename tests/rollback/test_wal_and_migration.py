@@ -133,3 +133,26 @@ def test_export_refuses_a_rolled_back_vault_and_import_starts_a_fresh_record(
     with reopen(vault_path) as v, pytest.raises(RollbackDetected):
         export_vault(v, tmp_path / "bad.mlks", "backup passphrase", kdf=FAST_KDF)
     assert not (tmp_path / "bad.mlks").exists()
+
+
+def test_convert_refuses_a_rolled_back_vault(vault_path: Path, tmp_path: Path) -> None:
+    """`convert` reads through a checked snapshot: a vault with a deleted row is not
+    copied into a new vault with a fresh record (which would hide the deletion)."""
+    import os
+
+    from keystore.cli import main
+    from keystore.cli_common import ExitCode
+
+    with make_vault(vault_path, "plain") as v:
+        v.apply([Change(CAT, b"k%d" % i, b"v") for i in range(3)])
+        key_hash = v._unlocked().key_hash(CAT, b"k1")
+    write_raw(vault_path, "DELETE FROM keystore_rows WHERE key_hash = ?", (key_hash,))
+    pwfile = tmp_path / "pw.txt"
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, PASSPHRASE.encode() + b"\n")
+    os.close(fd)
+    dest = tmp_path / "converted.vault"
+    code = main(["convert", str(vault_path), str(dest), "--passphrase-file", str(pwfile)])
+    assert code == ExitCode.FAILURE
+    assert not dest.exists()
+    assert not [p for p in tmp_path.iterdir() if ".converting" in p.name]
