@@ -322,3 +322,14 @@ def test_an_application_anchor_works_and_its_failures_are_ours(
     restore_vault(tmp_path / "old", vault_path)
     with pytest.raises(RollbackDetected):
         reopen(vault_path, anchor)
+
+
+def test_passphrase_change_with_rekey_reseals_the_record(vault_path: Path, kind: str) -> None:
+    """change_passphrase(..., rekey=True) re-seals the record under the new keys."""
+    _fill(vault_path, kind)
+    with reopen(vault_path) as v:
+        v.change_passphrase("correct horse battery staple", "next passphrase", rekey=True)
+        assert v.generation == 2
+    with Vault.open(vault_path) as v:
+        v.unlock("next passphrase")
+        assert v.open_rows() == {CAT: ROWS}
