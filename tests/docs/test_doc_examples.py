@@ -111,10 +111,20 @@ def test_example_runs_as_written(
         pytest.skip(example.skip)
     env = {k: v for k, v in os.environ.items() if k != "MLS_KEYSTORE_PASSPHRASE"}
     if "MLS_KEYSTORE_PG_DSN" in example.code:
-        env["MLS_KEYSTORE_PG_DSN"] = request.getfixturevalue("pg_dsn")
+        dsn = request.getfixturevalue("pg_dsn")
+        env["MLS_KEYSTORE_PG_DSN"] = dsn
+        request.addfinalizer(lambda: _drop_example_schema(dsn))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(
         [sys.executable, "-c", example.code], cwd=tmp_path, env=env, capture_output=True,
         text=True, timeout=300, check=False, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, f"{example.name} failed:\n{proc.stderr[-3000:]}"
+
+
+def _drop_example_schema(dsn: str) -> None:
+    """The PostgreSQL examples work in the schema ``docs_example``; leave the server clean."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS docs_example CASCADE")

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mls.native.client import NativeClient
 
 from keystore import profiles
 from mls.client import MlsClient
-from mls.native.client import NativeClient
 from tests.interop.peer import NodePeer, node_path
 
 PASSPHRASE = "interop passphrase"

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+from mls.native.client import NativeClient
+
 from mls import categories as cat
 from mls.client import ReceivedKind
 from mls.native import tree_math as tm
-from mls.native.client import NativeClient
 from mls.native.codec import Writer, write_u16
 from mls.native.tree import RatchetTree
 from tests.interop.conftest import Ours

@@ -1,12 +1,10 @@
-"""docs/postgres.md's example runs as written, and docs/format.md §14 states the
-shipped PostgreSQL schema steps exactly."""
+"""docs/format.md §14 states the shipped PostgreSQL schema steps exactly (the example of
+docs/postgres.md runs in tests/docs/test_doc_examples.py, against the test server)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-
-import pytest
 
 from keystore.backends.postgres import PG_MIGRATIONS
 
@@ -16,24 +14,6 @@ _PG_STEP = re.compile(
     r"^PostgreSQL step (\d+), `([^`]+)`, checksum `([0-9a-f]{64})`:\n\n```text\n(.*?)\n```",
     re.M | re.S,
 )
-
-
-def test_the_postgres_doc_example_runs(
-    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every python block of docs/postgres.md runs against the test server."""
-    import psycopg
-
-    blocks = [b for lang, b in _FENCE.findall((ROOT / "docs/postgres.md").read_text())
-              if lang == "python"]
-    assert blocks
-    monkeypatch.setenv("MLS_KEYSTORE_PG_DSN", pg_dsn)
-    try:
-        for block in blocks:
-            exec(compile(block, "docs/postgres.md", "exec"), {"__name__": "docs_example"})
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA IF EXISTS docs_example CASCADE")
 
 
 def test_format_doc_states_the_shipped_postgres_steps() -> None:
