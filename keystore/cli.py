@@ -1,7 +1,8 @@
 """The ``mls-keystore`` command (also ``python -m keystore``).
 
 Subcommands: ``init``, ``status``, ``migrate``, ``passwd``, ``rekey``, ``verify``,
-``stats``, ``export``, ``import``, ``convert``, ``compact``, ``demo``.  See
+``stats``, ``export``, ``import``, ``convert``, ``compact``, ``demo``, ``mls`` (MLS
+inspection, in :mod:`mls.cli`).  See
 ``docs/cli.md``.  Secrets are handled in :mod:`keystore.passphrase`, progress in
 :mod:`keystore.cli_progress`, new-vault building in :mod:`keystore.cli_convert`.
 
@@ -982,6 +983,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return int(result or 0)
 
 
+def _cmd_mls(args: argparse.Namespace) -> int:
+    """``mls-keystore mls ...``: handed to :mod:`mls.cli`, imported only now (the vault
+    layer knows no MLS; the command lives one layer up, as the demo does)."""
+    try:
+        module = importlib.import_module("mls.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("mls", "mls.cli"):
+            raise
+        raise MissingExtra(
+            "MLS inspection is not available in this installation (no mls.cli)"
+        ) from None
+    mls_main = cast(Callable[..., int], module.main)
+    mls_args = list(args.mls_args)
+    if args.json and "--json" not in mls_args:
+        mls_args.append("--json")
+    return int(mls_main(mls_args, env_passphrase=args.env_passphrase))
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -1134,6 +1153,10 @@ def _parser() -> argparse.ArgumentParser:
                 _cmd_demo)
     p.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="DIR ...")
 
+    p = command("mls", [common], "inspect an MLS client vault, read-only: groups, members, "
+                "key-packages, pending (`mls COMMAND --help` for each)", _cmd_mls)
+    p.add_argument("mls_args", nargs=argparse.REMAINDER, metavar="COMMAND ...")
+
     words = {"mls-keystore", *sub.choices}
     for each in (parser, *sub.choices.values()):
         for action in each._actions:
@@ -1168,7 +1191,7 @@ def _fail(args: argparse.Namespace | None, exc: BaseException, code: ExitCode) -
     if isinstance(exc, OSError) and not isinstance(exc, FileExistsError) and exc.strerror:
         message = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     if isinstance(exc, ImportError) and not isinstance(exc, MissingExtra) and "pip install" \
-            in message:
+            in message and "from a checkout" not in message:
         message += " (from a checkout: pip install -e '.[EXTRA]', see docs/operations.md)"
     message = " ".join(message.split())  # exactly one line
     if args is not None and getattr(args, "json", False):

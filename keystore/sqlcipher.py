@@ -2,7 +2,7 @@
 
 SQLCipher encrypts the whole database file, hiding what row encryption cannot:
 row counts and sizes, category names, the schema.  It is an extra
-(``pip install 'mls-keystore[sqlcipher]'``), so ``sqlcipher3`` is imported only
+(from a checkout: ``pip install -e '.[sqlcipher]'``), so ``sqlcipher3`` is imported only
 when a SQLCipher vault is created or unlocked; ``import keystore`` never needs it.
 
 The page key is HKDF-SHA256 of the vault's two secrets (data key || hash key) with
@@ -41,7 +41,7 @@ __all__ = [
 
 PAGE_KEY_INFO = b"mls-keystore v1 sqlcipher page key"
 _PAGE_KEY_LEN = 32
-_INSTALL_HINT = "pip install 'mls-keystore[sqlcipher]'"
+_INSTALL_HINT = "from a checkout: pip install -e '.[sqlcipher]' (see docs/operations.md)"
 
 
 class SQLCipherUnavailable(KeystoreError, ImportError):

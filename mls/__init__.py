@@ -1,4 +1,5 @@
-"""MLS layer: granular write-behind storage, drainers, and one client over two engines."""
+"""MLS layer: granular write-behind storage, drainers, one client over two engines, and a
+read-only inspector of a client's vault (``MlsInspector``, also ``mls-keystore mls ...``)."""
 
 from mls.client import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -37,6 +38,7 @@ from mls.errors import (
     UnknownMember,
     Unsupported,
 )
+from mls.inspection import KeyPackageInfo, MlsInspector
 from mls.provider import StorageProvider
 from mls.storage import (
     BackpressureError,
@@ -61,6 +63,7 @@ __all__ = [
     "Handshake",
     "InvalidMessage",
     "InvalidProposal",
+    "KeyPackageInfo",
     "KeyPackageLost",
     "LostKeyPackage",
     "Member",
@@ -68,6 +71,7 @@ __all__ = [
     "MlsEngine",
     "MlsEngineError",
     "MlsError",
+    "MlsInspector",
     "MlsRsUnavailable",
     "NativeClient",
     "NoPendingCommit",

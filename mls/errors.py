@@ -61,7 +61,7 @@ class MlsEngineError(MlsError):
 
 
 class MlsRsUnavailable(MlsError, ImportError):
-    """The optional mls-rs engine is missing: ``pip install 'mls-keystore[mls-rs]'``."""
+    """The optional mls-rs engine is missing: from a checkout, ``pip install -e '.[mls-rs]'``."""
 
 
 class InvalidMessage(MlsEngineError, ValueError):

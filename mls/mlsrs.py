@@ -68,7 +68,7 @@ def load_binding() -> ModuleType:
         return importlib.import_module("mls_rs_uniffi")
     except ImportError as exc:
         raise MlsRsUnavailable(
-            "the mls-rs engine is not installed: pip install 'mls-keystore[mls-rs]' "
+            "the mls-rs engine is not installed: from a checkout, pip install -e '.[mls-rs]' "
             f"(import of mls_rs_uniffi failed: {exc})"
         ) from exc
 

@@ -66,7 +66,7 @@ def _skip_reason() -> str | None:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        return "psycopg is not installed (pip install 'mls-keystore[postgres]')"
+        return "psycopg is not installed (from a checkout: pip install -e '.[postgres]')"
     if os.environ.get("MLS_KEYSTORE_PG_DSN"):
         return None
     from keystore.backends._pgserver import find_bindir

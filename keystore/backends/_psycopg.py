@@ -17,7 +17,7 @@ __all__ = ["PostgresUnavailable", "first_line", "require"]
 class PostgresUnavailable(KeystoreError, ImportError):
     """A PostgreSQL vault was asked for, but the ``[postgres]`` extra (psycopg 3) is missing.
 
-    Install it with ``pip install 'mls-keystore[postgres]'``.  It is an
+    Install it from a checkout with ``pip install -e '.[postgres]'``.  It is an
     :class:`ImportError` too, so code that already guards optional imports catches it.
     """
 
@@ -32,7 +32,7 @@ def require() -> ModuleType:
         import psycopg
     except ImportError:
         raise PostgresUnavailable(
-            "PostgreSQL vaults need psycopg 3: pip install 'mls-keystore[postgres]'"
+            "PostgreSQL vaults need psycopg 3: from a checkout, pip install -e '.[postgres]'"
         ) from None
     return psycopg
 

@@ -112,7 +112,7 @@ def test_every_command_prints_json_that_parses(
     """Each subcommand, demo included, with --json: stdout is one JSON document."""
     backup = secret_file(tmp_path / "backup.txt", "the backup passphrase\n")
     new = secret_file(tmp_path / "new.txt", "the next passphrase\n")
-    unlock = ["--passphrase-file", pwfile]
+    unlock: list[str | Path] = ["--passphrase-file", pwfile]
     commands: list[list[str | Path]] = [
         ["init", tmp_path / "fresh.vault", *unlock, *FAST],
         ["status", vault_file],
@@ -128,6 +128,8 @@ def test_every_command_prints_json_that_parses(
         ["rekey", vault_file, *unlock],
         ["passwd", tmp_path / "fresh.vault", *unlock, "--new-passphrase-file", new],
         ["demo", tmp_path / "demo", *FAST],
+        ["mls", "groups", tmp_path / "demo" / "alice.vault", "--passphrase-file",
+         secret_file(tmp_path / "demo.txt", "demo json passphrase\n")],
         ["verify", tmp_path / "absent.vault", *unlock],  # a failure: the error object
         ["verfy", vault_file],  # a usage error: the error object too
     ]

@@ -67,10 +67,7 @@ ALL = [example for document in DOCUMENTS for example in examples(document)]
 
 #: Examples known not to run yet, in documents maintained elsewhere; each entry must
 #: fail (strict xfail), so fixing the example makes this test say to remove it.
-KNOWN_BROKEN = {
-    "docs/sqlcipher.md": "uses `passphrase` without defining it",
-    "docs/storage.md": "uses `vault` without creating it",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 def test_the_extractor_finds_examples_and_reads_markers(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ def test_retention_must_be_positive() -> None:
 def test_missing_engine_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without mls_rs_uniffi the error says which extra to install."""
     monkeypatch.setitem(sys.modules, "mls_rs_uniffi", None)
-    with pytest.raises(MlsRsUnavailable, match=r"mls-keystore\[mls-rs\]"):
+    with pytest.raises(MlsRsUnavailable, match=r"pip install -e '\.\[mls-rs\]'"):
         load_binding()
 
 

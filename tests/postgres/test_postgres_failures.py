@@ -144,7 +144,7 @@ def test_a_missing_extra_raises_postgres_unavailable(monkeypatch: pytest.MonkeyP
     with pytest.raises(PostgresUnavailable) as info:
         PostgresDatabase("host=/nowhere")
     assert isinstance(info.value, ImportError)
-    assert "mls-keystore[postgres]" in str(info.value)
+    assert "pip install -e '.[postgres]'" in str(info.value)
 
 
 def _migrator(dsn: str, schema: str, wait: str) -> subprocess.Popen[str]:

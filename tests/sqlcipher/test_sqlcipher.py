@@ -228,10 +228,10 @@ def test_without_extra_import_works_and_errors_name_it(vault_path: Path) -> None
     """)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("create:") and "mls-keystore[sqlcipher]" in lines[0]
+    assert lines[0].startswith("create:") and "pip install -e '.[sqlcipher]'" in lines[0]
     assert lines[1] == "created: False False"
     assert lines[2] == f"status: True {migrations.LATEST_VERSION}"
-    assert lines[3].startswith("unlock:") and "mls-keystore[sqlcipher]" in lines[3]
+    assert lines[3].startswith("unlock:") and "pip install -e '.[sqlcipher]'" in lines[3]
 
 
 def test_reader_across_writer_rekey(vault_path: Path) -> None:
