@@ -1949,6 +1949,7 @@ class Vault:
         # Both secrets are new: the hash key rotates with the data key, so stored
         # key hashes change too and an old header cannot even confirm a row key.
         new = StoreCipher.generate(old.store_id)
+        new_digest: DigestKeys | None = None
         try:
             updated: list[tuple[bytes, bytes, int]] = []
             step = max(1, total // 100)
@@ -1968,7 +1969,6 @@ class Vault:
             # the new ciphertexts, one generation on, in the rows' transaction --
             # after checking the old rows against the old record, or a row put back
             # before the rekey would be vouched for from then on.
-            new_digest: DigestKeys | None = None
             new_state = VaultState(0, 0, 0)
             if self._digest is not None and self._header.state_digest:
                 with _db_errors(self._path):
@@ -2032,6 +2032,8 @@ class Vault:
                 raise
         except BaseException:
             new.wipe()
+            if new_digest is not None:
+                new_digest.wipe()
             _wipe(new_kek)
             raise
         # The rows are committed under the new secrets: from here on they are the
