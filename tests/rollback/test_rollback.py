@@ -333,3 +333,17 @@ def test_passphrase_change_with_rekey_reseals_the_record(vault_path: Path, kind:
     with Vault.open(vault_path) as v:
         v.unlock("next passphrase")
         assert v.open_rows() == {CAT: ROWS}
+
+
+def test_the_spec_reader_agrees(vault_path: Path, kind: str) -> None:
+    """The reader written from docs/format.md alone accepts an intact vault and refuses
+    a deleted row with the same named error as the package."""
+    from tests.docs import spec_reader
+
+    _fill(vault_path, kind)
+    assert len(spec_reader.read_vault(vault_path, "correct horse battery staple").rows) == 3
+    kh = _key_hash(vault_path, b"bob")
+    write_raw(vault_path, "DELETE FROM keystore_rows WHERE key_hash = ?", (kh,))
+    with pytest.raises(spec_reader.SpecError) as info:
+        spec_reader.read_vault(vault_path, "correct horse battery staple")
+    assert info.value.kind == "RollbackDetected"
