@@ -17,12 +17,16 @@ from pathlib import Path
 from bench.harness import (
     SUITES,
     Size,
+    Suite,
     all_figures,
     machine_info,
     markdown_table,
     run_suites,
     text_table,
 )
+
+#: Large groups (native vs mls-rs, 200 members in CI; 1k-10k by hand: see the module).
+SUITES = (*SUITES, Suite("large", "bench.large_group_bench"))
 
 BEGIN = "<!-- bench-table:begin -->"
 END = "<!-- bench-table:end -->"

@@ -80,6 +80,7 @@ SUITES: tuple[Suite, ...] = (
     Suite("unlock", "bench.unlock_bench", tiny=True),
     Suite("native", "bench.native_bench"),
     Suite("postgres", "bench.postgres_bench", tiny=True),
+    Suite("rollback", "bench.rollback_bench"),
 )
 
 

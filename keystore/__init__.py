@@ -8,6 +8,12 @@ Public API::
     with v.read_snapshot() as snap: ...            # every row, one consistent state
     v.change_passphrase(old, new, rekey=True)      # also revokes the old secrets
     read_secret_file(path)                         # warns if others can read it
+    Vault.open(path, anchor=FileAnchor(elsewhere)) # refuses an older copy of the vault
+    v.generation                                   # committed writes (state record)
+
+Rows put back from an older copy, deleted or re-inserted behind the vault's back
+raise :class:`RollbackDetected` at every full read (``open_rows``, ``verify``, an
+export); an anchor kept elsewhere also catches a whole older copy.
 
 Files planted beside a vault raise :class:`UnsafeFile`; a vault folder others can
 write gives an :class:`InsecurePermissionsWarning`.
@@ -19,6 +25,7 @@ it protects against.
 from typing import TYPE_CHECKING
 
 from keystore import profiles
+from keystore.anchor import FileAnchor, GenerationAnchor
 from keystore.errors import (
     InsecurePermissionsWarning,
     IntegrityError,
@@ -27,6 +34,7 @@ from keystore.errors import (
     MigrationError,
     MigrationRequired,
     NotAVault,
+    RollbackDetected,
     SchemaTooNew,
     UnsafeFile,
     VaultBusy,
@@ -93,6 +101,8 @@ __all__ = [
     "CategoryStats",
     "Change",
     "ChangeLike",
+    "FileAnchor",
+    "GenerationAnchor",
     "InsecurePermissionsWarning",
     "IntegrityError",
     "KdfParameters",
@@ -106,6 +116,7 @@ __all__ = [
     "PostgresDatabase",
     "PostgresUnavailable",
     "PostgresVault",
+    "RollbackDetected",
     "RowFailure",
     "SQLCipherUnavailable",
     "SchemaTooNew",

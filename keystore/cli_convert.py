@@ -43,11 +43,16 @@ class CopySummary:
 def vault_rows(
     vault: Vault, progress: Callable[[int, int], None] | None = None
 ) -> Iterable[tuple[str, bytes, bytes]]:
-    """Every row of an unlocked vault, one category at a time."""
+    """Every row of an unlocked vault, from one read snapshot, category by category.
+
+    The snapshot checks the rows against the vault's state record after the last
+    one (``RollbackDetected``), so a vault with rows put back or deleted behind its
+    back is not laundered into a new vault with a fresh record.
+    """
     total = vault.stats().total_rows
     done = 0
-    for category in vault.categories():
-        for key, value in vault.items(category):
+    with vault.read_snapshot() as snapshot:
+        for category, key, value in snapshot:
             yield category, key, value
             done += 1
             if progress is not None and (done % _BATCH == 0 or done == total):

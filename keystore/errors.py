@@ -20,6 +20,7 @@ __all__ = [
     "MigrationError",
     "MigrationRequired",
     "NotAVault",
+    "RollbackDetected",
     "SchemaTooNew",
     "UnsafeFile",
     "VaultBusy",
@@ -141,3 +142,40 @@ class InsecurePermissionsWarning(UserWarning):
     error, so a caller who knows the folder is safe can ignore it with
     ``warnings.simplefilter("ignore", InsecurePermissionsWarning)``.
     """
+
+
+class RollbackDetected(IntegrityError):
+    """The rows or the vault as a whole are not the latest state the vault recorded.
+
+    Every row authenticates on its own, yet the set of rows, or the vault's
+    generation, is not the one the vault's authenticated state record (or the
+    application's anchor) vouches for: an older copy of a row was put back, a row
+    was deleted or re-inserted, or an older copy of the whole vault was restored.
+    Nothing is repaired or written when this is raised.
+
+    Attributes:
+        reason: what disagrees: ``"record"`` (the state record is missing or fails
+            authentication), ``"rows"`` (the rows differ from the set the record
+            vouches for) or ``"anchor"`` (the vault is older than its anchor).
+        generation: the vault generation found in the file, when known.
+        expected_generation: the generation the anchor holds (``"anchor"`` only).
+        rows_found: the number of rows read (``"rows"`` only).
+        rows_expected: the number of rows the record vouches for (``"rows"`` only).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        generation: int | None = None,
+        expected_generation: int | None = None,
+        rows_found: int | None = None,
+        rows_expected: int | None = None,
+    ):
+        super().__init__(message)
+        self.reason = reason
+        self.generation = generation
+        self.expected_generation = expected_generation
+        self.rows_found = rows_found
+        self.rows_expected = rows_expected

@@ -4,7 +4,8 @@ Byte layout (format 1, all integers big-endian; see ``docs/format.md``)::
 
     0   4  magic            b"MLKS"
     4   1  header_format    1
-    5   1  flags            bit 0: the database file is SQLCipher-encrypted
+    5   1  flags            bit 0: the database file is SQLCipher-encrypted;
+                             bit 1: the vault keeps a state record
     6  16  store_id         random, names this vault in every row's AAD
    22   1  kdf_id           1 = Argon2id(passphrase), 2 = HKDF-SHA256(raw 32-byte key)
    23   4  time_cost        Argon2 t (0 for kdf_id 2)
@@ -29,14 +30,18 @@ from dataclasses import dataclass, replace
 from keystore.errors import IntegrityError
 from keystore.profiles import KdfParameters
 
-__all__ = ["HEADER_FORMAT", "KDF_ARGON2ID", "KDF_RAW_KEY", "MAGIC", "Header"]
+__all__ = ["FLAG_STATE_DIGEST", "HEADER_FORMAT", "KDF_ARGON2ID", "KDF_RAW_KEY", "MAGIC", "Header"]
 
 MAGIC = b"MLKS"
 HEADER_FORMAT = 1
 KDF_ARGON2ID = 1
 KDF_RAW_KEY = 2
 FLAG_SQLCIPHER = 0x01
-_KNOWN_FLAGS = FLAG_SQLCIPHER
+#: The vault keeps an authenticated state record (keystore.digest).  In the header,
+#: hence authenticated: a file cannot be passed off as one from before the record
+#: existed (which would make the next unlock adopt whatever rows it holds).
+FLAG_STATE_DIGEST = 0x02
+_KNOWN_FLAGS = FLAG_SQLCIPHER | FLAG_STATE_DIGEST
 
 SALT_LEN = 16
 STORE_ID_LEN = 16
@@ -64,6 +69,11 @@ class Header:
     def sqlcipher(self) -> bool:
         """Whether the database file underneath is SQLCipher-encrypted."""
         return bool(self.flags & FLAG_SQLCIPHER)
+
+    @property
+    def state_digest(self) -> bool:
+        """Whether the vault keeps an authenticated state record (rollback detection)."""
+        return bool(self.flags & FLAG_STATE_DIGEST)
 
     def authenticated_part(self) -> bytes:
         """The bytes bound to the wrapped secrets as AES-GCM associated data."""

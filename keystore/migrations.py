@@ -157,6 +157,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE keystore_rows_v3 RENAME TO keystore_rows",
         ),
     ),
+    Migration(
+        4,
+        "authenticated state record",
+        (
+            # The record (keystore.digest) needs the vault's keys, which a migration
+            # does not have: the first writable unlock computes it over the rows and
+            # sets the header flag that makes it mandatory from then on.
+            "CREATE TABLE keystore_state ( id INTEGER PRIMARY KEY CHECK (id = 1),"
+            " record BLOB NOT NULL)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

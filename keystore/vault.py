@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from keystore import migrations, safefile
 from keystore import sqlcipher as sqlcipher_layer
+from keystore.anchor import GenerationAnchor
 from keystore.backends.sqlite import (
     SqliteBackend,
     _db_errors,
@@ -55,12 +56,14 @@ from keystore.cipher import (
     unwrap_secrets,
     wrap_secrets,
 )
+from keystore.digest import DigestKeys, RowSetDigest, VaultState, check_anchor, check_rows
 from keystore.errors import (
     IntegrityError,
     KeystoreError,
     MigrationError,
     MigrationRequired,
     NotAVault,
+    RollbackDetected,
     SchemaTooNew,
     VaultBusy,
     VaultClosed,
@@ -70,6 +73,7 @@ from keystore.errors import (
 )
 from keystore.header import (
     FLAG_SQLCIPHER,
+    FLAG_STATE_DIGEST,
     HEADER_FORMAT,
     KDF_ARGON2ID,
     KDF_RAW_KEY,
@@ -111,6 +115,12 @@ _rekey_step_hook: Callable[[str], None] | None = None
 #: The counter row naming the key generation the rows of a SQLCipher vault are
 #: encrypted under; it changes in the same transaction as the rows themselves.
 _ROW_GENERATION = "key_generation"
+#: Benchmark seam (bench/rollback_bench.py's same-run baseline): ``False`` makes
+#: ``apply`` skip the state record and loads skip the row-set check.  Always ``True``
+#: in production; a write made with it off leaves a record the next load refuses.
+_state_digest_enabled = True
+#: Key hashes per lookup of the values a write replaces (under SQLite's 999 variables).
+_OLD_VALUES_CHUNK = 500
 
 
 class ChangeLike(Protocol):
@@ -331,6 +341,69 @@ def _store_row_generation(conn: sqlite3.Connection, generation: int) -> None:
     )
 
 
+def _read_state_record(conn: sqlite3.Connection, path: Path) -> bytes | None:
+    """The state record (docs/format.md §15.3), or ``None`` when there is none."""
+    try:
+        row = conn.execute("SELECT record FROM keystore_state WHERE id = 1").fetchone()
+    except sqlcipher_layer.db_error_types() as exc:
+        if "no such table" in str(exc):  # dropped: reported as a missing record
+            return None
+        raise
+    if row is None:
+        return None
+    if not isinstance(row[0], bytes):
+        raise IntegrityError(f"vault {path} is corrupt: its state record is not a BLOB")
+    return row[0]
+
+
+def _write_state_record(conn: sqlite3.Connection, record: bytes) -> None:
+    conn.execute(
+        "INSERT INTO keystore_state (id, record) VALUES (1, ?)"
+        " ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+        (record,),
+    )
+
+
+def _old_values(
+    conn: sqlite3.Connection, targets: Iterable[tuple[str, bytes]], path: Path
+) -> list[tuple[str, bytes, bytes]]:
+    """The stored ``(category, key_hash, value)`` of the rows a write replaces or deletes.
+
+    One indexed lookup per category and chunk of key hashes, in the write's own
+    transaction, so the digest subtracts exactly what the write overwrites.
+    """
+    by_category: dict[str, list[bytes]] = {}
+    for category, key_hash in targets:
+        by_category.setdefault(category, []).append(key_hash)
+    found: list[tuple[str, bytes, bytes]] = []
+    for category, hashes in by_category.items():
+        for lo in range(0, len(hashes), _OLD_VALUES_CHUNK):
+            chunk = hashes[lo : lo + _OLD_VALUES_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found.extend(
+                (category, _stored(kh, path), _stored(value, path))
+                for kh, value in conn.execute(
+                    "SELECT key_hash, value FROM keystore_rows"
+                    f" WHERE category = ? AND key_hash IN ({marks})",
+                    (category, *chunk),
+                )
+            )
+    return found
+
+
+def _load_anchor(anchor: GenerationAnchor, store_id: bytes, path: Path) -> int | None:
+    """``anchor.load``, with an application anchor's own failure turned into ours."""
+    try:
+        return anchor.load(store_id)
+    except KeystoreError:
+        raise
+    except Exception as exc:
+        raise VaultIOError(
+            f"the anchor of vault {path} could not be read ({type(exc).__name__}); "
+            "nothing was opened"
+        ) from exc
+
+
 def _wipe(*buffers: bytearray | None) -> None:
     for buf in buffers:
         if buf is not None:
@@ -490,6 +563,7 @@ class Vault:
         auto_migrate: bool = False,
         synchronous: Synchronous = "FULL",
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        anchor: GenerationAnchor | None = None,
     ):
         self._path = path
         # None while a SQLCipher vault is locked: its database cannot be read then.
@@ -504,6 +578,11 @@ class Vault:
         self._busy_timeout = busy_timeout
         self._cipher: StoreCipher | None = None
         self._kek: bytearray | None = None
+        # The state digest's keys and the state last authenticated or written
+        # (docs/format.md §15); None while locked or before the record exists.
+        self._digest: DigestKeys | None = None
+        self._state: VaultState | None = None
+        self._anchor = anchor
         self._mutex = threading.RLock()
         self._file_id = _file_identity(path)
         self._opened_by = os.getpid()
@@ -615,7 +694,7 @@ class Vault:
             key_generation=1,
             wrap_nonce=bytes(NONCE_LEN),
             wrapped=bytes(WRAPPED_LEN),
-            flags=FLAG_SQLCIPHER if sqlcipher else 0,
+            flags=(FLAG_SQLCIPHER if sqlcipher else 0) | FLAG_STATE_DIGEST,
         )
         kek = derive_wrapping_key(header, secret)
         cipher = StoreCipher.generate(store_id)
@@ -623,6 +702,9 @@ class Vault:
         page_key = sqlcipher_layer.derive_page_key(secrets, store_id) if sqlcipher else None
         try:
             header = wrap_secrets(kek, header, secrets)
+            digest_keys = DigestKeys(secrets, store_id)
+            first_record = digest_keys.seal(VaultState(0, 0, 0))
+            digest_keys.wipe()
         finally:
             secrets[:] = bytes(len(secrets))
         # Build the file in a private directory beside ``path`` and link it into
@@ -660,6 +742,7 @@ class Vault:
                     )
                 else:
                     _store_row_generation(conn, header.key_generation)
+                _write_state_record(conn, first_record)
                 conn.execute("COMMIT")
                 version = migrations.schema_version(conn)
             finally:
@@ -740,6 +823,7 @@ class Vault:
         timeout: float = 0.0,
         synchronous: Synchronous = "FULL",
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        anchor: GenerationAnchor | None = None,
     ) -> Vault:
         """Open an existing vault, locked.  Reads and checks the header only.
 
@@ -753,13 +837,19 @@ class Vault:
             timeout: seconds to wait for another writer to release the vault.
             busy_timeout: seconds SQLite waits on a lock held outside the writer
                 lock (a reader's checkpoint, a foreign connection).
+            anchor: where the vault's latest generation is kept outside the file
+                (:class:`keystore.anchor.FileAnchor`, or your own
+                :class:`~keystore.anchor.GenerationAnchor`).  A vault older than its
+                anchor is refused (at open for a plain vault, at unlock in any
+                case), and every write updates the anchor after its commit.
 
         Raises:
-            NotAVault, SchemaTooNew, MigrationRequired, VaultBusy, IntegrityError.
+            NotAVault, SchemaTooNew, MigrationRequired, VaultBusy, IntegrityError,
+            RollbackDetected (older than ``anchor``).
         """
         return cls._open(
             Path(path), readonly, auto_migrate=auto_migrate, timeout=timeout,
-            synchronous=synchronous, busy_timeout=busy_timeout,
+            synchronous=synchronous, busy_timeout=busy_timeout, anchor=anchor,
         )
 
     @classmethod
@@ -774,6 +864,7 @@ class Vault:
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         writer_lock: WriterLock | None = None,
         warn_folder: bool = True,
+        anchor: GenerationAnchor | None = None,
     ) -> Vault:
         """:meth:`open`; ``writer_lock``, when given, is already held and taken over."""
         try:
@@ -798,7 +889,7 @@ class Vault:
                 return cls(
                     path, None, sidecar.current, readonly=readonly, writer_lock=writer_lock,
                     sidecar=sidecar, auto_migrate=auto_migrate, synchronous=synchronous,
-                    busy_timeout=busy_timeout,
+                    busy_timeout=busy_timeout, anchor=anchor,
                 )
             conn = cls._open_connection(
                 path, readonly=readonly, auto_migrate=auto_migrate, busy_timeout=busy_timeout
@@ -817,6 +908,14 @@ class Vault:
                         f"{path} is plain SQLite, but its header says SQLCipher: "
                         "the encrypted database may have been replaced"
                     )
+                if anchor is not None and header.state_digest:
+                    # Early refusal from the generation in clear; unlock checks it
+                    # again once the record's tag can be verified.
+                    with _db_errors(path):
+                        record = _read_state_record(conn, path)
+                    if record is not None and len(record) >= 9:
+                        clear = int.from_bytes(record[1:9], "big")
+                        check_anchor(clear, _load_anchor(anchor, header.store_id, path))
             except BaseException:
                 conn.close()
                 raise
@@ -825,7 +924,7 @@ class Vault:
                 writer_lock.release()
             raise
         return cls(path, conn, header, readonly=readonly, writer_lock=writer_lock,
-                   synchronous=synchronous, busy_timeout=busy_timeout)
+                   synchronous=synchronous, busy_timeout=busy_timeout, anchor=anchor)
 
     @classmethod
     def _open_connection(
@@ -1128,6 +1227,7 @@ class Vault:
             self._header = header
             self._cipher = cipher
             self._kek = kek
+            self._open_state()
 
     def _connect_keyed(
         self, keyed: list[tuple[Header, bytearray]]
@@ -1178,8 +1278,141 @@ class Vault:
             self._drop_keys()
             self._cipher = cipher
             self._kek = kek
+            self._open_state()
+
+    def _open_state(self) -> None:
+        """At unlock: authenticate the state record and hold it against the anchor.
+
+        A vault from before the record (no header flag) gets one now if writable
+        (:meth:`_adopt_state`); read-only, it is left without one.  On any failure
+        the keys are dropped again: the vault stays locked and nothing was written.
+        """
+        cipher = self._cipher
+        assert cipher is not None
+        try:
+            secrets = cipher.secrets()
+            try:
+                self._digest = DigestKeys(secrets, self._header.store_id)
+            finally:
+                _wipe(secrets)
+            conn = self._connection()
+            with _db_errors(self._path):
+                record = _read_state_record(conn, self._path)
+            if self._header.state_digest:
+                if record is None:
+                    raise RollbackDetected(
+                        f"vault {self._path} has lost its state record: it was removed, "
+                        "or the file was made to look older than it is",
+                        reason="record",
+                    )
+                state = self._digest.open(record)
+            elif self._readonly:
+                self._state = None
+                return
+            else:
+                state = self._adopt_state(conn, self._digest, record)
+            if self._anchor is not None:
+                anchored = _load_anchor(self._anchor, self._header.store_id, self._path)
+                check_anchor(state.generation, anchored)
+            self._state = state
+            if not self._readonly:
+                self._update_anchor(state.generation)
+        except BaseException:
+            self._drop_keys()
+            raise
+
+    def _adopt_state(
+        self, conn: sqlite3.Connection, keys: DigestKeys, record: bytes | None
+    ) -> VaultState:
+        """Give a vault from before the state record its record, once (format.md §7.2).
+
+        Every row is authenticated first, so the record vouches only for rows this
+        vault wrote.  The header flag that makes the record mandatory is set in the
+        same transaction for a plain vault, and right after the commit in the header
+        file of a SQLCipher vault (a crash in between leaves a record without the
+        flag, which the next writable unlock checks against the rows and keeps).
+        """
+        cipher = self._unlocked()
+        assert self._kek is not None
+        flagged = replace(self._header, flags=self._header.flags | FLAG_STATE_DIGEST)
+        secrets = cipher.secrets()
+        try:
+            new_header = wrap_secrets(self._kek, flagged, secrets)
+        finally:
+            _wipe(secrets)
+        with self._write_txn() as txn:
+            rows = txn.execute("SELECT category, key_hash, value FROM keystore_rows").fetchall()
+            cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            digest = RowSetDigest(keys)
+            digest.add(rows)
+            if record is not None:
+                state = check_rows(keys, record, digest)
+            else:
+                state = digest.state(0)
+                _write_state_record(txn, keys.seal(state))
+            if not self._header.sqlcipher:
+                self._store_header(txn, new_header)
+        if self._header.sqlcipher:
+            assert self._sidecar is not None
+            sidecar = Sidecar(new_header, None, self._sidecar.schema_version)
+            sidecar.write(self._path)
+            self._sidecar = sidecar
+        self._header = new_header
+        return state
+
+    def _update_anchor(self, generation: int) -> None:
+        """Tell the anchor about a committed generation (after the commit, never before)."""
+        if self._anchor is None:
+            return
+        try:
+            self._anchor.store(self._header.store_id, generation)
+        except KeystoreError:
+            raise
+        except Exception as exc:
+            raise VaultIOError(
+                f"vault {self._path} is at generation {generation}, but its anchor could "
+                f"not be updated ({type(exc).__name__}); the write itself was committed"
+            ) from exc
+
+    @property
+    def generation(self) -> int | None:
+        """The vault's generation: committed writes since its state record began.
+
+        As authenticated at unlock and advanced by this object's own writes;
+        ``None`` while locked, and for a vault from before the state record until
+        its first writable unlock (docs/format.md §15).
+        """
+        with self._mutex:
+            return None if self._cipher is None or self._state is None else self._state.generation
+
+    def _check_state(
+        self, rows: list[tuple[str, bytes, bytes]], record: bytes | None
+    ) -> None:
+        """Raise RollbackDetected unless ``rows`` (every live row, already authenticated)
+        are the set the state record vouches for."""
+        digest = self._scan_digest()
+        if digest is not None:
+            digest.add(rows)
+            self._check_digest(digest, record)
+
+    def _scan_digest(self) -> RowSetDigest | None:
+        """An empty digest to accumulate a full scan into, or ``None`` if not checked."""
+        if not _state_digest_enabled or self._digest is None or not self._header.state_digest:
+            return None
+        return RowSetDigest(self._digest)
+
+    def _check_digest(self, digest: RowSetDigest, record: bytes | None) -> None:
+        assert self._digest is not None
+        state = check_rows(self._digest, record, digest)
+        if self._anchor is not None:
+            anchored = _load_anchor(self._anchor, self._header.store_id, self._path)
+            check_anchor(state.generation, anchored)
 
     def _drop_keys(self) -> None:
+        if self._digest is not None:
+            self._digest.wipe()
+            self._digest = None
+        self._state = None
         if self._cipher is not None:
             self._cipher.wipe()
             self._cipher = None
@@ -1315,13 +1548,26 @@ class Vault:
         """
         with self._mutex:
             cipher = self._unlocked()
-            with _db_errors(self._path):
-                rows = self._connection().execute(
-                    "SELECT category, key_hash, value FROM keystore_rows"
-                ).fetchall()
+            rows, record = self._rows_and_record()
             # Decrypting under the lock: a concurrent lock() waits instead of
             # wiping the keys mid-scan.
-            return cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            opened = cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            self._check_state(rows, record)
+            return opened
+
+    def _rows_and_record(self) -> tuple[list[tuple[str, bytes, bytes]], bytes | None]:
+        """Every stored row and the state record, from one read transaction."""
+        conn = self._connection()
+        with _db_errors(self._path):
+            conn.execute("BEGIN")
+            try:
+                rows = conn.execute(
+                    "SELECT category, key_hash, value FROM keystore_rows"
+                ).fetchall()
+                record = _read_state_record(conn, self._path)
+            finally:
+                conn.execute("COMMIT")
+        return rows, record
 
     def _stored_category(self, name: object) -> str:
         """A category name read back from the file; anything the vault never writes is damage."""
@@ -1375,9 +1621,43 @@ class Vault:
             upserts, deletes = cipher.seal_changes(
                 latest.items(), len(latest), pause=_YIELD_PAUSE if yield_gil else 0.0
             )
+            state: VaultState | None = None
             with self._write_txn() as conn:
+                if _state_digest_enabled and self._digest is not None:
+                    state = self._advance_state(conn, upserts, deletes)
                 self._backend.write_rows(conn, upserts, deletes)
+            if state is not None:
+                self._state = state
+                self._update_anchor(state.generation)
         return len(latest)
+
+    def _advance_state(
+        self,
+        conn: sqlite3.Connection,
+        upserts: list[tuple[str, bytes, bytes]],
+        deletes: list[tuple[str, bytes]],
+    ) -> VaultState:
+        """Write the next state record, in the write's transaction, in O(rows changed).
+
+        Reads the record and the values about to be replaced or deleted (before
+        the write touches them), subtracts those, adds the new values.
+        """
+        assert self._digest is not None
+        record = _read_state_record(conn, self._path)
+        if record is None:
+            raise RollbackDetected(
+                f"vault {self._path} has lost its state record; nothing was written",
+                reason="record",
+            )
+        current = self._digest.open(record)
+        digest = RowSetDigest.of_state(self._digest, current)
+        targets = [(c, kh) for c, kh, _ in upserts]
+        targets += deletes
+        digest.remove(_old_values(conn, targets, self._path))
+        digest.add(upserts)
+        state = digest.state(current.generation + 1)
+        _write_state_record(conn, self._digest.seal(state))
+        return state
 
     # ------------------------------------------------------------------ keys
 
@@ -1599,6 +1879,7 @@ class Vault:
         # Both secrets are new: the hash key rotates with the data key, so stored
         # key hashes change too and an old header cannot even confirm a row key.
         new = StoreCipher.generate(old.store_id)
+        new_digest: DigestKeys | None = None
         try:
             updated: list[tuple[bytes, bytes, int]] = []
             step = max(1, total // 100)
@@ -1614,6 +1895,27 @@ class Vault:
                 updated.append((new_hash, new.encrypt_row(category, new_hash, key, value), row_id))
                 if progress is not None and (i % step == 0):
                     progress(i, total)
+            # The new keys give new digest keys: the record is sealed afresh over
+            # the new ciphertexts, one generation on, in the rows' transaction --
+            # after checking the old rows against the old record, or a row put back
+            # before the rekey would be vouched for from then on.
+            new_state = VaultState(0, 0, 0)
+            if self._digest is not None and self._header.state_digest:
+                with _db_errors(self._path):
+                    record = _read_state_record(conn, self._path)
+                self._check_state([(c, kh, v) for _, c, kh, v in rows], record)
+                previous = self._digest.open(record).generation if record is not None else 0
+                digest_secrets = new.secrets()
+                try:
+                    new_digest = DigestKeys(digest_secrets, old.store_id)
+                finally:
+                    _wipe(digest_secrets)
+                running = RowSetDigest(new_digest)
+                running.add(
+                    (category, new_hash, blob)
+                    for (_, category, _, _), (new_hash, blob, _) in zip(rows, updated, strict=True)
+                )
+                new_state = running.state(previous + 1)
             secrets = new.secrets()
             try:
                 next_header = wrap_secrets(
@@ -1644,6 +1946,8 @@ class Vault:
                         "UPDATE keystore_rows SET key_hash = ?, value = ? WHERE id = ?",
                         updated,
                     )
+                    if new_digest is not None:
+                        _write_state_record(txn, new_digest.seal(new_state))
                     txn.execute(
                         "UPDATE keystore_counters SET value = ? WHERE name = 'encryptions'",
                         (total,),
@@ -1658,6 +1962,8 @@ class Vault:
                 raise
         except BaseException:
             new.wipe()
+            if new_digest is not None:
+                new_digest.wipe()
             _wipe(new_kek)
             raise
         # The rows are committed under the new secrets: from here on they are the
@@ -1668,6 +1974,11 @@ class Vault:
         if new_kek is not None:
             _wipe(self._kek)
             self._kek = new_kek
+        if new_digest is not None:
+            if self._digest is not None:
+                self._digest.wipe()
+            self._digest, self._state = new_digest, new_state
+            self._update_anchor(new_state.generation)
         if sidecar is not None:
             _rekey_step("rows-committed")
             self._finish_page_rekey(next_header, sidecar.schema_version)
@@ -1803,20 +2114,18 @@ class Vault:
         """Decrypt and authenticate every row, in one read snapshot; list the failures.
 
         Failures are reported by category and key hash only, never plaintext.
+        When every row authenticates, the set of rows is checked against the
+        vault's state record too (docs/format.md §15).
+
+        Raises:
+            RollbackDetected: every row authenticates, but they are not the rows
+                the state record vouches for (a row put back, deleted or re-inserted).
         """
         from keystore.reports import RowFailure, VerifyReport
 
         with self._mutex:
             cipher = self._unlocked()
-            conn = self._connection()
-            with _db_errors(self._path):
-                conn.execute("BEGIN")
-                try:
-                    rows = conn.execute(
-                        "SELECT category, key_hash, value FROM keystore_rows"
-                    ).fetchall()
-                finally:
-                    conn.execute("COMMIT")
+            rows, record = self._rows_and_record()
             failures = []
             for category, key_hash, blob in rows:
                 try:
@@ -1831,6 +2140,8 @@ class Vault:
                             reason=str(exc).split(" in category")[0],
                         )
                     )
+            if not failures:
+                self._check_state(rows, record)
         return VerifyReport(ok=not failures, rows_checked=len(rows), failures=failures)
 
 
@@ -1854,7 +2165,15 @@ class Snapshot:
         self.rows = rows
 
     def __iter__(self) -> Iterator[tuple[str, bytes, bytes]]:
+        """Yield every row; after the last one, check them against the state record.
+
+        Raises:
+            IntegrityError: a row fails authentication.
+            RollbackDetected: (after the last row) they are not the rows the state
+                record vouches for; a consumer must not trust what it read before.
+        """
         path = self._vault.path
+        digest = self._vault._scan_digest()
         with _db_errors(path):
             cursor = self._conn.execute(
                 "SELECT category, key_hash, value FROM keystore_rows"
@@ -1864,6 +2183,10 @@ class Snapshot:
             with _db_errors(path):
                 batch = cursor.fetchmany(self._BATCH)
             if not batch:
+                if digest is not None:
+                    with _db_errors(path):
+                        record = _read_state_record(self._conn, path)
+                    self._vault._check_digest(digest, record)
                 return
             for category, key_hash, blob in batch:
                 if self._vault.locked:
@@ -1878,6 +2201,8 @@ class Snapshot:
                     name, _stored(key_hash, path), _stored(blob, path)
                 )
                 yield name, key, value
+            if digest is not None:  # every row of the batch authenticated: well-typed
+                digest.add(batch)
 
 
 #: Every Vault object of this process, for the fork handler (weak references only).

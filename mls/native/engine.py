@@ -112,6 +112,7 @@ from .rows import (
     OPERATIONAL,
     EpochRow,
     GroupConfig,
+    MemberKey,
     MembersRow,
     decode_epochs,
     decode_pairs,
@@ -133,6 +134,7 @@ from .secret_tree import HashRatchet, RatchetType, SecretTree
 from .suites import SUITES, CipherSuite, get_suite
 from .transcript import interim_transcript_hash
 from .tree import RatchetTree
+from .tree_rows import TreeRows
 from .treekem import TreePrivate
 from .validation import (
     DEFAULT_EXTENSION_TYPES,
@@ -259,6 +261,7 @@ class NativeEngine:
         self._clock = clock
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, bytes], tuple[bytes, object]] = {}
+        self._tree_rows = TreeRows()  # trees are stored node by node (mls.native.tree_rows)
         row = storage.read(CATEGORY_IDENTITY, identity_key)
         if row is None:
             raise NoIdentity("this storage holds no native MLS identity")
@@ -449,7 +452,10 @@ class NativeEngine:
         return self._need(cat.GROUP_CONTEXT, gid, lambda b: decode_exact(b, GroupContext.decode))
 
     def _tree(self, gid: bytes) -> RatchetTree:
-        return self._need(cat.TREE, gid, RatchetTree.from_stored)
+        tree = self._tree_rows.load(self._storage, gid)
+        if tree is None:
+            raise UnknownGroup("this engine holds no such group (or its state is incomplete)")
+        return tree
 
     def _own_leaf(self, gid: bytes) -> int:
         return self._need(cat.OWN_LEAF_INDEX, gid, lambda b: int.from_bytes(b, "big"))
@@ -615,11 +621,27 @@ class NativeEngine:
         self._storage.delete(CATEGORY_EPOCH, epoch_row_key(gid, epoch))
         self._storage.delete(CATEGORY_MEMBERS, epoch_row_key(gid, epoch))
 
-    def _members_row(self, gid: bytes, epoch: int) -> MembersRow:
-        row = self._decoded(CATEGORY_MEMBERS, epoch_row_key(gid, epoch), MembersRow.from_bytes)
-        if row is None:
-            raise EpochMismatch("the members of that epoch are no longer kept")
-        return row
+    def _epoch_member(
+        self, gid: bytes, epoch: int, leaf: int
+    ) -> tuple[GroupContext, MemberKey | None]:
+        """The context of ``epoch`` (current or retained) and who sat at ``leaf`` then.
+
+        Past epochs keep only what the following commits changed (:class:`MembersRow`),
+        so the answer is in the first of their rows that lists the leaf, else in the tree.
+        """
+        current = self._context(gid)
+        context = current if epoch == current.epoch else None
+        for past in range(epoch, current.epoch):
+            key = epoch_row_key(gid, past)
+            row = self._decoded(CATEGORY_MEMBERS, key, MembersRow.from_bytes)
+            if row is None:
+                raise EpochMismatch("the members of that epoch are no longer kept")
+            context = row.context if context is None else context
+            if leaf in row.members or row.complete:
+                return context, row.members.get(leaf)
+        assert context is not None
+        node = self._tree_rows.leaf(self._storage, gid, leaf)  # one row, not the whole tree
+        return context, None if node is None else (node.signature_key, node.credential.identity)
 
     # ------------------------------------------------------------------ epoch persistence
 
@@ -636,7 +658,11 @@ class NativeEngine:
         ctx, cs = group.context, get_suite(group.context.cipher_suite)
         epoch = ctx.epoch
         me = group.private.leaf_index
-        s.write_tree(gid, group.tree.to_bytes())
+        if previous is not None:  # who was who in the epoch we leave, for its late messages
+            row_key = epoch_row_key(gid, previous.context.epoch)
+            left = MembersRow.between(previous.context, self._tree(gid), group.tree)
+            s.write(CATEGORY_MEMBERS, row_key, left.to_bytes())
+        self._tree_rows.save(s, gid, group.tree)
         s.write_context(gid, ctx.to_bytes())
         s.write_interim_transcript_hash(gid, group.interim_transcript_hash)
         s.write_confirmation_tag(gid, confirmation_tag)
@@ -664,9 +690,6 @@ class NativeEngine:
             frozenset(),
         )
         s.write(CATEGORY_EPOCH, epoch_row_key(gid, epoch), row.to_bytes())
-        s.write(
-            CATEGORY_MEMBERS, epoch_row_key(gid, epoch), MembersRow.of(ctx, group.tree).to_bytes()
-        )
         index = s.message_secrets(gid)
         epochs = [*(decode_epochs(index) if index is not None else []), epoch]
         keep = epochs[-(config.max_past_epochs + 1) :]
@@ -716,10 +739,10 @@ class NativeEngine:
         for raw in s.own_leaf_nodes(gid):
             self._drop_leaf_key(decode_exact(raw, LeafNode.decode).encryption_key)
         s.delete(CATEGORY_PENDING_COMMIT, gid)
+        self._tree_rows.delete(s, gid)
         for delete in (
             s.delete_own_leaf_nodes,
             s.clear_proposal_queue,
-            s.delete_tree,
             s.delete_context,
             s.delete_interim_transcript_hash,
             s.delete_confirmation_tag,
@@ -1388,7 +1411,7 @@ class NativeEngine:
         if sender is not None and sender.sender_type == SenderType.MEMBER:
             if sender.index == self._own_leaf(gid):
                 raise InvalidMessage("a message from ourselves")
-            if sender.index not in self._members_row(gid, current).members:
+            if self._epoch_member(gid, current, sender.index)[1] is None:
                 raise InvalidMessage("the sender is not a member")
 
     def _process_private(self, gid: bytes, msg: PrivateMessage) -> Processed:
@@ -1398,7 +1421,6 @@ class NativeEngine:
             msg.content_type == ContentType.APPLICATION and msg.epoch < current
         ):
             raise EpochMismatch(f"message for epoch {msg.epoch}, the group is at {current}")
-        members = self._members_row(gid, msg.epoch)
         row = self._epoch_row(gid, msg.epoch)
         if row is None:
             raise EpochMismatch("the secrets of that epoch are no longer kept")
@@ -1406,12 +1428,13 @@ class NativeEngine:
         sender = sender_data.leaf_index
         if sender == self._own_leaf(gid):
             raise InvalidMessage("a message from ourselves")
-        if sender not in members.members:
+        context, member = self._epoch_member(gid, msg.epoch, sender)
+        if member is None:
             raise InvalidMessage("the sender is not a member in that epoch")
         row, before = self._secret_tree(gid, msg.epoch, sender)
-        key, identity = members.members[sender]
+        key, identity = member
         auth, after = unprotect_private(
-            cs, msg, before, row.sender_data_secret, members.context, {sender: key}, sender_data
+            cs, msg, before, row.sender_data_secret, context, {sender: key}, sender_data
         )
         self._save_secret_tree(gid, msg.epoch, row, before, after)
         return self._handle(gid, auth, identity)
@@ -1431,10 +1454,10 @@ class NativeEngine:
             raise InvalidMessage("new-member proposals are not supported")
         if sender.index == self._own_leaf(gid):
             raise InvalidMessage("a message from ourselves")
-        members = self._members_row(gid, context.epoch)
-        if sender.index not in members.members:
+        _, member = self._epoch_member(gid, context.epoch, sender.index)
+        if member is None:
             raise InvalidMessage("the sender is not a member")
-        key, identity = members.members[sender.index]
+        key, identity = member
         auth = unprotect_public(
             self._cs, msg, self._secrets(gid).membership_key, context, key, received=received
         )

@@ -292,7 +292,7 @@ class Hpke:
         suite = self._hpke_suite_id()
         h = self.kdf
         psk_id_hash = self._labeled_extract(h, suite, b"", b"psk_id_hash", b"")
-        info_hash = self._labeled_extract(h, suite, b"", b"info_hash", info)
+        info_hash = _info_hash(self, h, suite, info)
         context = b"\x00" + psk_id_hash + info_hash
         secret = self._labeled_extract(h, suite, shared_secret, b"secret", b"")
         key = self._labeled_expand(h, suite, secret, b"key", context, aead_key_size(self.aead))
@@ -346,3 +346,20 @@ class Hpke:
         """SetupBaseR then Export: the secret the sender exported for ``enc``."""
         shared = self.decap(enc, sk_r)
         return self._export(self._exporter_secret(shared, info), exporter_context, length)
+
+
+#: The last (suite, info, info_hash) computed.  A Welcome seals its GroupSecrets to every
+#: joiner with the same info (the encrypted GroupInfo, which carries the whole tree): hashing
+#: it once instead of once per joiner keeps adding n members O(n), not O(n²).  Public data.
+_last_info_hash: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+
+
+def _info_hash(hpke: Hpke, h: str, suite: bytes, info: bytes) -> bytes:
+    global _last_info_hash
+    last_suite, last_info, last_hash = _last_info_hash
+    if last_suite == suite + h.encode() and last_info == info and last_hash:
+        return last_hash
+    out = hpke._labeled_extract(h, suite, b"", b"info_hash", info)
+    if len(info) > 4096:  # only worth remembering for large infos
+        _last_info_hash = (suite + h.encode(), info, out)
+    return out

@@ -14,9 +14,12 @@ encryption_key_pair            our current leaf HPKE key (and pending Update lea
 encryption_epoch_key_pairs     our parent-node HPKE keys of the current epoch
 psk                            external PSKs, under their id
 mls_join_config                the group's :class:`GroupConfig`
-tree, group_context,           the public group state of the current epoch
+group_context,                 the public group state of the current epoch
 interim_transcript_hash,
 confirmation_tag
+native/v1/tree,                the ratchet tree: its width, and one row per non-blank node
+native/v1/tree_node            (:mod:`mls.native.tree_rows`; older vaults: ``tree``, the
+                               whole tree in one row, converted by the next epoch)
 group_epoch_secrets            the current epoch's secrets (tree root and joiner secrets
                                erased once used)
 own_leaf_index, group_state    where we sit; 1 = operational
@@ -26,7 +29,8 @@ queued_proposal
 resumption_psk_store           resumption PSKs of the retained epochs
 message_secrets                the index of retained epochs (current + ``max_past_epochs``)
 message_secrets/epoch          per epoch: sender-data secret, unconsumed secret-tree nodes
-message_secrets/members        per epoch: context and members' signature keys (late messages)
+message_secrets/members        per past epoch: context, and who sat at the leaves the next
+                               commit changed (late messages; see :class:`MembersRow`)
 message_secrets/ratchet        per epoch, leaf and ratchet type: one hash ratchet
 native/v1/pending_commit       our commit awaiting the delivery service: its exact bytes
                                (and Welcome) and the epoch it leads to
@@ -53,8 +57,10 @@ from .errors import DecodeError
 from .framing import WireFormat
 from .group_context import GroupContext
 from .key_schedule import EpochSecrets
+from .leaf_node import LeafNode
 from .secret_tree import DEFAULT_MAX_FORWARD, DEFAULT_WINDOW, HashRatchet, RatchetType
 from .tree import RatchetTree
+from .tree_rows import candidates
 
 CATEGORY_IDENTITY = "native/v1/identity"
 CATEGORY_EPOCH = cat.MESSAGE_SECRETS + "/epoch"
@@ -187,40 +193,82 @@ class EpochRow:
         return read_versioned(data, read)
 
 
+#: Format byte of a ``message_secrets/members`` row holding only the leaves a commit changed.
+MEMBERS_DELTA_FORMAT = 2
+#: A member's signature key and credential identity.
+MemberKey = tuple[bytes, bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class MembersRow:
-    """``message_secrets/members``: an epoch's context and members, for late messages."""
+    """``message_secrets/members``: a past epoch's context and members, for late messages.
+
+    Written when the group leaves the epoch, it lists only the leaves whose member (signature
+    key, identity) the next commit changed, with their value in this epoch (``None``: no
+    member there), so a commit writes O(changed leaves), never the whole group.  A member
+    of epoch ``e`` is found in the first row of ``e, e+1, ...`` that lists its leaf, else in
+    the current tree.  Rows of format 1 (vaults made before this layout) list every member
+    of their epoch: ``complete`` — a leaf they do not list was blank then.
+    """
 
     context: GroupContext
-    members: dict[int, tuple[bytes, bytes]]  # leaf -> (signature key, identity)
+    members: dict[int, MemberKey | None]
+    complete: bool = False
 
     def to_bytes(self) -> bytes:
-        def write(w: Writer) -> None:
-            w.opaque(self.context.to_bytes())
-            w.u32(len(self.members))
-            for leaf, (key, identity) in sorted(self.members.items()):
-                w.u32(leaf)
-                w.opaque(key)
-                w.opaque(identity)
-
-        return versioned(write)
+        w = Writer()
+        w.u8(MEMBERS_DELTA_FORMAT)
+        w.opaque(self.context.to_bytes())
+        w.boolean(self.complete)
+        w.u32(len(self.members))
+        for leaf, member in sorted(self.members.items()):
+            w.u32(leaf)
+            w.boolean(member is not None)
+            if member is not None:
+                w.opaque(member[0])
+                w.opaque(member[1])
+        return w.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MembersRow:
         def read(r: Reader) -> MembersRow:
+            fmt = r.u8()
             context = decode_exact(r.opaque(), GroupContext.decode)
-            return cls(context, {r.u32(): (r.opaque(), r.opaque()) for _ in range(r.u32())})
+            if fmt == FORMAT:  # every member of the epoch
+                members = {r.u32(): (r.opaque(), r.opaque()) for _ in range(r.u32())}
+                return cls(context, dict(members), complete=True)
+            if fmt != MEMBERS_DELTA_FORMAT:
+                raise DecodeError("stored MLS row has an unknown format")
+            complete = r.boolean()
+            delta: dict[int, MemberKey | None] = {}
+            for _ in range(r.u32()):
+                leaf = r.u32()
+                delta[leaf] = (r.opaque(), r.opaque()) if r.boolean() else None
+            return cls(context, delta, complete)
 
-        return read_versioned(data, read)
+        return decode_exact(data, read)
 
     @classmethod
-    def of(cls, context: GroupContext, tree: RatchetTree) -> MembersRow:
-        members = {}
-        for i in tree.member_leaves():
-            leaf = tree.leaf(i)
-            assert leaf is not None
-            members[i] = (leaf.signature_key, leaf.credential.identity)
-        return cls(context, members)
+    def between(cls, context: GroupContext, old: RatchetTree, new: RatchetTree) -> MembersRow:
+        """The row of the epoch of ``context`` (tree ``old``) left for tree ``new``."""
+        changed: dict[int, MemberKey | None] = {}
+        for x in candidates(old, new):
+            if x & 1:
+                continue
+            a = old.nodes[x] if x < len(old.nodes) else None
+            b = new.nodes[x] if x < len(new.nodes) else None
+            if a is b:
+                continue
+            before = None if a is None else _member_key(a)
+            after = None if b is None else _member_key(b)
+            if before != after:
+                changed[x // 2] = before
+        return cls(context, changed)
+
+
+def _member_key(node: object) -> MemberKey:
+    assert isinstance(node, LeafNode)
+    return node.signature_key, node.credential.identity
 
 
 def encode_epochs(epochs: Sequence[int]) -> bytes:

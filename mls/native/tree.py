@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import operator
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from . import tree_math as tm
@@ -17,6 +18,7 @@ from .codec import Reader, Struct, Writer, decode_exact, write_u32
 from .errors import DecodeError, InvalidTree, MlsError
 from .leaf_node import LeafNode, LeafNodeSource
 from .suites import CipherSuite
+from .tree_cache import TreeMemo
 
 
 class NodeType(IntEnum):
@@ -78,6 +80,8 @@ class RatchetTree(Struct):
     """Full-width array of optional nodes (even indices leaves, odd indices parents)."""
 
     nodes: tuple[Node | None, ...]
+    #: Tree hashes and resolutions already computed (never compared, encoded or shown).
+    _memo: TreeMemo | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Enforce the full-width layout and node kinds."""
@@ -90,6 +94,45 @@ class RatchetTree(Struct):
                 continue
             if tm.is_leaf(i) != isinstance(node, LeafNode):
                 raise InvalidTree(f"node {i} has the wrong kind")
+
+    @classmethod
+    def _derived(
+        cls, nodes: tuple[Node | None, ...], memo: TreeMemo | None, checked: Iterable[int]
+    ) -> RatchetTree:
+        """A tree derived from a valid one: only the ``checked`` nodes need their kind checked.
+
+        Skips the full-width scan of ``__post_init__`` so that evolving a large tree costs
+        O(changed nodes) checks, and hands over the memo kept valid by the caller.
+        """
+        for x in checked:
+            node = nodes[x]
+            if node is not None and tm.is_leaf(x) != isinstance(node, LeafNode):
+                raise InvalidTree(f"node {x} has the wrong kind")
+        tree = object.__new__(cls)
+        object.__setattr__(tree, "nodes", nodes)
+        object.__setattr__(tree, "_memo", memo)
+        return tree
+
+    def memo(self) -> TreeMemo:
+        """This tree's memo of tree hashes and resolutions (started on first use)."""
+        memo = self._memo
+        if memo is None:
+            memo = TreeMemo()
+            object.__setattr__(self, "_memo", memo)
+        return memo
+
+    def node_bytes(self, x: int) -> bytes:
+        """The encoding of non-blank node ``x`` (as inside ``optional<Node>``), memoized:
+        hashing and storing a tree encode each node once between them."""
+        memo = self.memo().encodings
+        hit = memo.get(x)
+        if hit is None:
+            node = self.nodes[x]
+            if node is None:
+                raise InvalidTree(f"node {x} is blank")
+            hit = node.to_bytes()
+            memo[x] = hit
+        return hit
 
     # -- wire form ---------------------------------------------------------------------------
 
@@ -166,21 +209,33 @@ class RatchetTree(Struct):
 
     def resolution(self, x: int) -> list[int]:
         """Resolution of node ``x``: non-blank cover of its subtree, plus unmerged leaves."""
+        return list(self._resolution(x, self.memo().resolutions))
+
+    def _resolution(self, x: int, memo: dict[int, tuple[int, ...]]) -> tuple[int, ...]:
+        hit = memo.get(x)
+        if hit is not None:
+            return hit
         node = self.nodes[x]
+        out: tuple[int, ...]
         if node is None:
-            return (
-                [] if tm.is_leaf(x) else self.resolution(tm.left(x)) + self.resolution(tm.right(x))
-            )
-        if isinstance(node, ParentNode):
-            return [x, *(tm.leaf_to_node(i) for i in node.unmerged_leaves)]
-        return [x]
+            if tm.is_leaf(x):
+                out = ()
+            else:
+                out = self._resolution(tm.left(x), memo) + self._resolution(tm.right(x), memo)
+        elif isinstance(node, ParentNode):
+            out = (x, *(tm.leaf_to_node(i) for i in node.unmerged_leaves))
+        else:
+            out = (x,)
+        memo[x] = out
+        return out
 
     def filtered_direct_path(self, leaf_index: int) -> list[int]:
         """Direct path of the leaf minus nodes whose copath child has an empty resolution."""
         x = tm.leaf_to_node(leaf_index)
         path = tm.direct_path(x, self.n_leaves)
         copath = tm.copath(x, self.n_leaves)
-        return [p for p, c in zip(path, copath, strict=True) if self.resolution(c)]
+        memo = self.memo().resolutions
+        return [p for p, c in zip(path, copath, strict=True) if self._resolution(c, memo)]
 
     # -- hashes ------------------------------------------------------------------------------
 
@@ -190,22 +245,28 @@ class RatchetTree(Struct):
 
     def tree_hashes(self, cs: CipherSuite) -> list[bytes]:
         """Tree hash of every node, sharing work through a cache."""
-        cache: dict[int, bytes] = {}
-        return [self._tree_hash(cs, x, frozenset(), cache) for x in range(len(self.nodes))]
+        return [self._tree_hash(cs, x, frozenset(), {}) for x in range(len(self.nodes))]
 
     def _tree_hash(
         self, cs: CipherSuite, x: int, excluded: frozenset[int], cache: dict[int, bytes]
     ) -> bytes:
-        if x in cache:
-            return cache[x]
+        if not excluded:
+            # Without exclusions the hash is the tree's own: share it through the memo.
+            cache = self.memo().hashes_for(cs.suite_id)
+        hit = cache.get(x)
+        if hit is not None:
+            return hit
         w = Writer()
         node = self.nodes[x]
         if tm.is_leaf(x):
             leaf_index = tm.node_to_leaf(x)
             w.u8(NodeType.LEAF)
             w.u32(leaf_index)
-            leaf = None if leaf_index in excluded else node
-            w.optional(leaf, _write_struct)
+            if node is None or leaf_index in excluded:
+                w.u8(0)
+            else:
+                w.u8(1)
+                w.raw(self.node_bytes(x))  # encoded once: shared with storage
         else:
             parent: ParentNode | None = None
             if node is not None:
@@ -367,9 +428,7 @@ class RatchetTree(Struct):
         Re-checking every node on each small change made a commit of ``k`` Adds cost
         ``k`` passes over the whole tree in Python; callers check what they change.
         """
-        tree = object.__new__(cls)
-        object.__setattr__(tree, "nodes", nodes)
-        return tree
+        return cls._derived(nodes, None, ())
 
     def with_nodes(self, changes: dict[int, Node | None]) -> RatchetTree:
         """Copy with some nodes replaced (only the replaced nodes are checked)."""
@@ -380,11 +439,13 @@ class RatchetTree(Struct):
             if node is not None and tm.is_leaf(x) != isinstance(node, LeafNode):
                 raise InvalidTree(f"node {x} has the wrong kind")
             nodes[x] = node
-        return RatchetTree._unchecked(tuple(nodes))
+        memo = self.memo().derive(self, len(nodes), changes)
+        return RatchetTree._derived(tuple(nodes), memo, ())  # checked above
 
     def extended(self) -> RatchetTree:
         """Double the leaf capacity (the old tree becomes the left subtree)."""
-        return RatchetTree._unchecked(self.nodes + (None,) * (len(self.nodes) + 1))
+        nodes = self.nodes + (None,) * (len(self.nodes) + 1)
+        return RatchetTree._derived(nodes, self.memo().derive(self, len(nodes), ()), ())
 
     def truncated(self) -> RatchetTree:
         """Halve while the right half of the leaves is entirely blank."""
@@ -394,13 +455,17 @@ class RatchetTree(Struct):
             if not all(_blanks(nodes[half::2])):
                 break
             nodes = nodes[: half - 1]
-        return RatchetTree._unchecked(nodes)
+        if len(nodes) == len(self.nodes):
+            return self
+        memo = self.memo().derive(self, len(nodes), (), shrunk=True)
+        return RatchetTree._derived(nodes, memo, ())
 
     def add_leaf(self, leaf: LeafNode) -> tuple[RatchetTree, int]:
         """Place ``leaf`` in the leftmost blank leaf (extending if full), marking it unmerged."""
         tree = self
-        blank = _blanks(tree.nodes[::2])
-        free = blank.index(True) if True in blank else None
+        start = tree.memo().full_below
+        blank = _blanks(tree.nodes[2 * start :: 2])
+        free = start + blank.index(True) if True in blank else None
         if free is None:
             free = tree.n_leaves
             tree = tree.extended()
@@ -412,7 +477,9 @@ class RatchetTree(Struct):
                 changes[p] = ParentNode(
                     node.encryption_key, node.parent_hash, (*node.unmerged_leaves, free)
                 )
-        return tree.with_nodes(changes), free
+        added = tree.with_nodes(changes)
+        added.memo().full_below = free + 1  # the leaves below were full, and free is now
+        return added, free
 
     def blank_path(self, leaf_index: int) -> RatchetTree:
         """Blank the intermediate nodes on the leaf's direct path."""

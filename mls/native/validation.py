@@ -108,7 +108,83 @@ class TreeIndex:
 
     @classmethod
     def of(cls, tree: RatchetTree, validator: CredentialValidator) -> TreeIndex:
-        """Index the members (non-blank leaves) of ``tree``."""
+        """Index the members (non-blank leaves) of ``tree``.
+
+        Kept in the tree's memo; a tree derived from an indexed one by changing a few
+        leaves (a commit) gets its index by updating that one, so a commit's validation
+        costs O(changed leaves) after the first, not a pass over every member.
+        """
+        memo = tree.memo()
+        kept = memo.values.get(cls)
+        if isinstance(kept, tuple) and kept[0] is validator:
+            return kept[1]  # type: ignore[no-any-return]
+        index = None
+        origin = memo.values_origin
+        if isinstance(origin, type(tree)):
+            base = origin.memo().values.get(cls)
+            if isinstance(base, tuple) and base[0] is validator:
+                index = base[1].updated(origin, tree, memo.values_changed, validator)
+        if index is None:
+            index = cls.build(tree, validator)
+        memo.remember(cls, (validator, index))
+        return index
+
+    def updated(
+        self,
+        old: RatchetTree,
+        new: RatchetTree,
+        changed: frozenset[int],
+        validator: CredentialValidator,
+    ) -> TreeIndex | None:
+        """The index of ``new``, made of ``changed`` node positions of ``old`` (plus any
+        cut off by truncation); ``None`` when the result could differ from :meth:`build`
+        (a key held twice), so the caller builds it instead."""
+        sig, enc = dict(self.signature_keys), dict(self.encryption_keys)
+        ids = dict(self.identities)  # lists are replaced, never changed in place
+        use, support = Counter(self.credential_use), Counter(self.credential_support)
+        members = self.members
+        positions = changed.union(range(len(new.nodes), len(old.nodes)))
+        for x in sorted(positions):
+            if x & 1:
+                continue
+            i = x // 2
+            before = old.nodes[x] if x < len(old.nodes) else None
+            after = new.nodes[x] if x < len(new.nodes) else None
+            if before is after:
+                continue
+            if before is not None:
+                assert isinstance(before, LeafNode)
+                identity = validator.identity(before.credential)
+                if sig.get(before.signature_key) != i or enc.get(before.encryption_key) != i:
+                    return None
+                if i not in ids.get(identity, ()):
+                    return None
+                del sig[before.signature_key], enc[before.encryption_key]
+                rest = [j for j in ids[identity] if j != i]
+                if rest:
+                    ids[identity] = rest
+                else:
+                    del ids[identity]
+                _count(use, before.credential.credential_type, -1)
+                for t in set(before.capabilities.credentials):
+                    _count(support, t, -1)
+                members -= 1
+            if after is not None:
+                assert isinstance(after, LeafNode)
+                if after.signature_key in sig or after.encryption_key in enc:
+                    return None
+                sig[after.signature_key] = enc[after.encryption_key] = i
+                identity = validator.identity(after.credential)
+                ids[identity] = sorted([*ids.get(identity, ()), i])
+                _count(use, after.credential.credential_type, 1)
+                for t in set(after.capabilities.credentials):
+                    _count(support, t, 1)
+                members += 1
+        return TreeIndex(members, sig, enc, ids, use, support)
+
+    @classmethod
+    def build(cls, tree: RatchetTree, validator: CredentialValidator) -> TreeIndex:
+        """Index the members of ``tree`` in one pass over its leaves."""
         sig: dict[bytes, int] = {}
         enc: dict[bytes, int] = {}
         ids: dict[bytes, list[int]] = {}
@@ -125,6 +201,15 @@ class TreeIndex:
             use[leaf.credential.credential_type] += 1
             support.update(set(leaf.capabilities.credentials))
         return cls(members, sig, enc, ids, use, support)
+
+
+def _count(counter: Counter[int], key: int, delta: int) -> None:
+    """Add ``delta`` to a count, dropping it at zero (as a freshly built Counter would)."""
+    value = counter[key] + delta
+    if value:
+        counter[key] = value
+    else:
+        del counter[key]
 
 
 def _check_leaf_alone(

@@ -27,6 +27,7 @@ from keystore import (
     KeystoreError,
     MigrationError,
     MigrationRequired,
+    RollbackDetected,
     SchemaTooNew,
     Vault,
     WrongPassphrase,
@@ -501,21 +502,31 @@ def _read_back(path: Path, plain: Plain) -> tuple[dict[bytes, bytes | None], boo
         return got, vault.verify().ok
 
 
-def row_deleted_is_not_detected(d: Path, full: bool) -> Outcome:
-    """Known limit: a deleted row just reads as absent; verify still passes."""
-    out, path = Outcome(tried=1), d / "v"
+def _verify(path: Path) -> Callable[[], object]:
+    """Open, unlock and verify (a full read, which checks the state record)."""
+
+    def action() -> object:
+        with Vault.open(path, readonly=True) as vault:
+            vault.unlock(PASSPHRASE)
+            return vault.verify()
+
+    return action
+
+
+def row_deleted(d: Path, full: bool) -> Outcome:
+    """A deleted row: absent for get(), refused by any full read (state record)."""
+    out, path = Outcome(), d / "v"
     plain = _victim(path)
     kh, _ = _row(path)
     _raw(path, "DELETE FROM keystore_rows WHERE key_hash = ?", (kh,))
-    got, ok = _read_back(path, plain)
-    if sum(v is None for v in got.values()) != 1 or not ok:
-        out.problems.append("a deleted row did not behave as documented (absent, verify ok)")
+    _expect(out, plain, _verify(path), (RollbackDetected,), "deleted row")
     return out
 
 
-def old_row_restored_is_not_detected(d: Path, full: bool) -> Outcome:
-    """Known limit: older ciphertexts of the same rows put back read as the old values."""
-    out, path = Outcome(tried=1), d / "v"
+def old_row_restored(d: Path, full: bool) -> Outcome:
+    """Older ciphertexts of the same rows put back: each authenticates alone, but a
+    full read refuses the set (state record)."""
+    out, path = Outcome(), d / "v"
     plain = _victim(path)
     old = _raw(path, "SELECT key_hash, value FROM keystore_rows")
     with Vault.open(path) as vault:
@@ -525,9 +536,7 @@ def old_row_restored_is_not_detected(d: Path, full: bool) -> Outcome:
     for kh, blob in old:
         assert isinstance(kh, bytes) and isinstance(blob, bytes)
         _set_value(path, kh, blob)
-    got, ok = _read_back(path, plain)
-    if list(got.values()) != list(plain.values) or not ok:
-        out.problems.append("rolled-back rows did not behave as documented (old values, ok)")
+    _expect(out, plain, _verify(path), (RollbackDetected,), "old rows put back")
     return out
 
 
@@ -593,8 +602,8 @@ CASES: dict[str, tuple[Callable[[Path, bool], Outcome], bool]] = {
     "sqlcipher-page-flip": (sqlcipher_page_flips, True),
     "sqlcipher-header-file-flip": (sqlcipher_header_file_flips, True),
     "sqlcipher-swapped-for-plain": (sqlcipher_swapped_for_plain, True),
-    "row-deleted": (row_deleted_is_not_detected, False),
-    "old-row-restored": (old_row_restored_is_not_detected, False),
+    "row-deleted": (row_deleted, True),
+    "old-row-restored": (old_row_restored, True),
     "whole-file-rollback": (whole_file_rollback_is_not_detected, False),
     "counter-reset": (counter_reset_is_not_detected, False),
     "wal-tail-torn": (wal_tail_torn_is_not_detected, False),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keystore import Vault, profiles
+from keystore import IntegrityError, Vault, profiles
 from keystore.cli import PASSPHRASE_ENV, ExitCode
 from keystore.passphrase import (
     MIN_BITS,
@@ -197,7 +197,8 @@ def test_raw_key_rotation_from_the_command_line(cli: Runner, tmp_path: Path) -> 
 def test_passwd_rekey_revokes_the_old_passphrase_for_old_header_copies(
     cli: Runner, tmp_path: Path, vault_file: Path, pwfile: Path
 ) -> None:
-    """An old copy of the header opens with the old passphrase, but reads no current row."""
+    """An old copy of the header unwraps with the old passphrase, but its keys open
+    nothing current: the unlock is refused (their state-record key fails too)."""
     import sqlite3
 
     conn = sqlite3.connect(vault_file)
@@ -215,9 +216,11 @@ def test_passwd_rekey_revokes_the_old_passphrase_for_old_header_copies(
     conn.commit()
     conn.close()
     with Vault.open(vault_file, readonly=True) as v:
-        v.unlock(PASSPHRASE)  # the old header still unwraps the OLD data key...
-        report = v.verify()
-    assert report.failures and len(report.failures) == len(ROWS)  # ...which opens nothing
+        # The old header still unwraps the OLD keys, which open nothing current:
+        # not the state record (checked at unlock), not a row.
+        with pytest.raises(IntegrityError):
+            v.unlock(PASSPHRASE)
+        assert v.locked
 
 
 def test_passwd_without_rekey_says_old_copies_still_open(

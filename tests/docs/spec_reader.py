@@ -40,7 +40,11 @@ STEP_CHECKSUMS = {
     1: "37aac8efa9f5d59d78c90190598b0e5b1c3522601ea7707657ed08b30991eee0",
     2: "3bcb64be412ef211cc6ae32603b1fcad19aa9b00f3250913f581dc6de932208a",
     3: "692901d4bd86babdd74131c2f42d12d45449beb3f016a32ac87a5a58a13dde1e",
+    4: "ca4bed9e35798e998c080988ec271550617c1d4e5cfb8118b9f50ce7a2c07bd0",
 }
+# §15: the state record.
+DIGEST_INFO = b"mls-keystore v1 state digest"
+FLAG_STATE_DIGEST = 0x02
 # §8.1: the SQLCipher settings, stated explicitly rather than left to library defaults.
 SQLCIPHER_SETTINGS = (
     "PRAGMA cipher_page_size = 4096",
@@ -104,7 +108,7 @@ def parse_header(data: bytes) -> SpecHeader:
     """Parse the 149-byte header at the offsets of §3, refusing what §3 refuses."""
     if len(data) != HEADER_LEN or data[0:4] != b"MLKS" or data[4] != 1:
         raise _integrity("not a format-1 header")
-    if data[5] & ~0x01 or data[35] != 16 or data[68] != 80:
+    if data[5] & ~0x03 or data[35] != 16 or data[68] != 80:
         raise _integrity("bad flags or lengths")
     t, m, p = struct.unpack_from(">III", data, 23)
     if data[22] == 1:
@@ -361,9 +365,8 @@ def read_vault(path: Path, secret: str | bytes) -> SpecVault:
                 raise _integrity("plain database, SQLCipher header")
             data_key, hash_key = unwrap(header, derive_kek(header, secret))
         rows = {}
-        for category, kh, stored in conn.execute(
-            "SELECT category, key_hash, value FROM keystore_rows"
-        ):
+        stored_rows = conn.execute("SELECT category, key_hash, value FROM keystore_rows").fetchall()
+        for category, kh, stored in stored_rows:
             if not isinstance(kh, bytes) or not isinstance(stored, bytes):
                 raise _integrity("key_hash and value must be BLOBs")
             if not isinstance(category, str) or not category.isascii():
@@ -371,10 +374,48 @@ def read_vault(path: Path, secret: str | bytes) -> SpecVault:
             _check_record(category.encode("ascii"), b"", b"")
             key, value = open_row(data_key, hash_key, header.store_id, category, kh, stored)
             rows[(category, key)] = value
+        if header.flags & FLAG_STATE_DIGEST:
+            check_state(conn, data_key + hash_key, header.store_id, stored_rows)
         encryptions = _counter(conn, "encryptions") if version >= 2 else None
     finally:
         conn.close()
     return SpecVault(header, version, rows, encryptions)
+
+
+def check_state(
+    conn: Any, secrets: bytes, store_id: bytes, stored_rows: list[tuple[str, bytes, bytes]]
+) -> None:
+    """§12 step 5 and §15.3: the state record vouches for exactly these rows."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    records = (
+        conn.execute("SELECT record FROM keystore_state").fetchall()
+        if "keystore_state" in tables else []
+    )
+    if not records:
+        raise SpecError("RollbackDetected", "flag bit 1 is set but there is no state record")
+    record = records[0][0]
+    if len(records) != 1 or not isinstance(record, bytes) or len(record) != 81 or record[0] != 1:
+        raise _integrity("malformed state record")
+    okm = HKDF(hashes.SHA256(), 96, store_id, DIGEST_INFO).derive(secrets)
+    row_key, mac_key, pad_key = okm[:32], okm[32:64], okm[64:]
+    tag = record[49:]
+    pad = hmac.new(pad_key, tag, "sha256").digest()
+    digest = bytes(a ^ b for a, b in zip(record[17:49], pad, strict=True))
+    if not hmac.compare_digest(hmac.new(mac_key, record[:17] + digest, "sha256").digest(), tag):
+        raise SpecError("RollbackDetected", "the state record fails its tag")
+    total = 0
+    for category, kh, stored in stored_rows:
+        cat = category.encode("utf-8")
+        head, tail = stored[: min(13, len(stored))], stored[len(stored) - min(16, len(stored)) :]
+        data = (
+            struct.pack(">I", len(cat)) + cat + struct.pack(">I", len(kh)) + kh
+            + struct.pack(">I", len(stored)) + head + tail
+        )
+        h = hashlib.blake2b(data, digest_size=32, key=row_key, person=b"mlks-state-row")
+        total += int.from_bytes(h.digest(), "big")
+    (row_count,) = struct.unpack_from(">Q", record, 9)
+    if row_count != len(stored_rows) or total % 2**256 != int.from_bytes(digest, "big"):
+        raise SpecError("RollbackDetected", "the rows are not the ones the record vouches for")
 
 
 def parse_export_header(data: bytes) -> tuple[int, int, int, bytes, int]:

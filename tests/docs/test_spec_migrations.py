@@ -108,14 +108,14 @@ EDITS = {
         ("DELETE FROM keystore_migrations WHERE version = 2",), "MigrationError",
     ),
     "record-above-user-version": (
-        ("INSERT INTO keystore_migrations VALUES (4, 'x', 'y', 'z')",), "MigrationError",
+        ("INSERT INTO keystore_migrations VALUES (5, 'x', 'y', 'z')",), "MigrationError",
     ),
     "checksum-edited": (
         ("UPDATE keystore_migrations SET checksum = '00' || substr(checksum, 3)"
          " WHERE version = 3",),
         "MigrationError",
     ),
-    "user-version-newer": (("PRAGMA user_version = 4",), "SchemaTooNew"),
+    "user-version-newer": (("PRAGMA user_version = 5",), "SchemaTooNew"),
     "no-header-table": (("DROP TABLE keystore_header",), "NotAVault"),
 }
 

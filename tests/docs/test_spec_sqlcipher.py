@@ -112,7 +112,7 @@ def test_spec_page_recipe_decrypts_a_vault_to_plain_sqlite(
     copy.write_bytes(plain)
     conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
     try:
-        assert spec_reader.check_schema(conn) == 3
+        assert spec_reader.check_schema(conn) == 4
         assert conn.execute("SELECT count(*) FROM keystore_header").fetchone()[0] == 0
         data_key, _ = spec_reader.unwrap(header, spec_reader.derive_kek(header, PASSPHRASE))
         rows = {

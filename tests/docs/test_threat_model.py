@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from keystore import Vault
+from keystore import RollbackDetected, Vault
 from keystore import sqlcipher as sqlcipher_layer
 from tests.conftest import FAST_KDF, PASSPHRASE
 from tests.docs import spec_reader
@@ -46,10 +46,11 @@ def _run_sql(path: Path, sql: str, params: tuple[object, ...]) -> None:
         conn.close()
 
 
-def test_old_copy_of_a_row_still_authenticates_under_the_same_data_key(
+def test_old_copy_of_a_row_authenticates_alone_but_the_rows_are_refused(
     vault_path: Path,
 ) -> None:
-    """A row's earlier ciphertext, put back by someone with write access, reads as valid."""
+    """A row's earlier ciphertext, put back by someone with write access, still reads
+    on its own, but a full read (verify, a load) refuses the set of rows."""
     with Vault.create(vault_path, PASSPHRASE, kdf=FAST_KDF) as v:
         v.put("epochs", b"group", b"epoch 1")
     key_hash, old_value = _stored_value(vault_path, "epochs")
@@ -62,14 +63,16 @@ def test_old_copy_of_a_row_still_authenticates_under_the_same_data_key(
     with Vault.open(vault_path) as v:
         v.unlock(PASSPHRASE)
         assert v.get("epochs", b"group") == b"epoch 1"
-        assert v.verify().ok
+        with pytest.raises(RollbackDetected):
+            v.verify()
 
 
 @pytest.mark.parametrize("kind", ["plain", "sqlcipher"])
 def test_restoring_an_old_copy_of_the_whole_vault_is_not_detected(
     tmp_path: Path, kind: str
 ) -> None:
-    """Files copied earlier and put back open and verify cleanly, with the old contents."""
+    """Files copied earlier and put back open and verify cleanly, with the old contents,
+    unless the vault is opened with an anchor (tests/rollback)."""
     if kind == "sqlcipher" and not sqlcipher_layer.available():
         pytest.skip("the [sqlcipher] extra is not installed")
     path = tmp_path / "v.vault"
@@ -91,15 +94,17 @@ def test_restoring_an_old_copy_of_the_whole_vault_is_not_detected(
         assert v.verify().ok
 
 
-def test_a_deleted_row_is_not_detected(vault_path: Path) -> None:
-    """Deleting a row behind the vault's back makes it absent, and verify still passes."""
+def test_a_deleted_row_is_detected(vault_path: Path) -> None:
+    """Deleting a row behind the vault's back makes it absent from get(), and verify
+    (like any full read) refuses the vault."""
     with Vault.create(vault_path, PASSPHRASE, kdf=FAST_KDF) as v:
         v.put("key_packages", b"kp", b"private init key")
     _run_sql(vault_path, "DELETE FROM keystore_rows WHERE category = ?", ("key_packages",))
     with Vault.open(vault_path) as v:
         v.unlock(PASSPHRASE)
         assert v.get("key_packages", b"kp") is None
-        assert v.verify().ok
+        with pytest.raises(RollbackDetected):
+            v.verify()
 
 
 def test_plain_vault_shows_categories_counts_and_sizes_without_a_passphrase(

@@ -158,15 +158,16 @@ def test_header_edit_detected_on_unlock(vault_path: Path, offset: int) -> None:
 
 
 def test_header_swapped_from_other_vault_fails_rows(tmp_path: Path) -> None:
-    """Another vault's header (same passphrase) unlocks, but no row authenticates under it."""
+    """Another vault's header (same passphrase) unwraps, but its keys do not open this
+    vault's state record: the unlock is refused and the vault stays locked."""
     with Vault.create(tmp_path / "a", PASSPHRASE, kdf=FAST_KDF) as a:
         a.put("c", b"k", b"v")
     Vault.create(tmp_path / "b", PASSPHRASE, kdf=FAST_KDF).close()
     write_raw(tmp_path / "a", "UPDATE keystore_header SET header = ?", (_header(tmp_path / "b"),))
     with Vault.open(tmp_path / "a") as a:
-        a.unlock(PASSPHRASE)
-        assert a.get("c", b"k") is None  # the hash key differs: the row is not even found
-        assert not a.verify().ok
+        with pytest.raises(IntegrityError):
+            a.unlock(PASSPHRASE)
+        assert a.locked
 
 
 def test_missing_header_row_detected(vault_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import cast
 
 import pytest
 
+from keystore import Vault
 from mls import MlsClient
 from mls.engine import EngineName
 
@@ -23,6 +24,9 @@ def test_old_vaults_open_replay_and_carry_on(tmp_path: Path, engine: str) -> Non
         pytest.importorskip("mls_rs_uniffi")
     for name in ("alice", "bob"):
         shutil.copy(FIXTURES / f"{engine}-{name}.vault", tmp_path / f"{name}.vault")
+        # Written at schema 3; the state record (schema 4) came later. Opening never
+        # migrates silently, so migrate first, as `mls-keystore migrate` would.
+        Vault.open(tmp_path / f"{name}.vault", auto_migrate=True).close()
     message = (FIXTURES / f"{engine}-message.bin").read_bytes()
     with (
         MlsClient.open(tmp_path / "alice.vault", PASSPHRASE) as alice,

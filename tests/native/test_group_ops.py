@@ -85,12 +85,12 @@ def test_add_only_commit_has_no_path_and_update_commit_has_one() -> None:
 def test_update_proposal_rotates_the_proposers_leaf_key() -> None:
     """A committed Update replaces the proposer's leaf; it keeps decrypting."""
     alice, bob = group(["alice", "bob"])
-    before = alice.storage.tree(GID)
+    before = alice.ratchet_tree(GID)
     alice.process(GID, bob.propose_update(GID))
     commit, _ = alice.commit(GID)
     bob.process(GID, commit)
     assert agreed([alice, bob])
-    assert alice.storage.tree(GID) != before
+    assert alice.ratchet_tree(GID) != before
     assert bob.process(GID, alice.encrypt(GID, b"x")).data == b"x"
 
 

@@ -22,6 +22,7 @@ from mls.native.rows import (
     CATEGORY_RATCHET,
     EpochRow,
 )
+from mls.native.tree_rows import CATEGORY_TREE, CATEGORY_TREE_NODE
 from mls.storage import GranularStorage
 from tests.conftest import FAST_KDF, PASSPHRASE
 from tests.native.engine_helpers import GID, agreed, group, member, rows
@@ -152,15 +153,16 @@ def test_application_message_writes_only_the_advanced_ratchet() -> None:
 
 
 def test_state_lives_in_the_openmls_categories() -> None:
-    """Every row is in an OpenMLS v1 category, its message-secrets split, or our identity."""
+    """Every row is in an OpenMLS v1 category, its message-secrets split, our identity or tree."""
     alice, bob, carol = group(["alice", "bob", "carol"])
     bob.process(GID, alice.encrypt(GID, b"x"))
     allowed = {*cat.OPENMLS_CATEGORIES, CATEGORY_EPOCH, CATEGORY_MEMBERS, CATEGORY_RATCHET}
-    allowed.add(CATEGORY_IDENTITY)
+    allowed |= {CATEGORY_IDENTITY, CATEGORY_TREE, CATEGORY_TREE_NODE}
     for engine in (alice, bob, carol):
         assert set(engine.storage.categories()) <= allowed
     for category in (
-        cat.TREE,
+        CATEGORY_TREE,
+        CATEGORY_TREE_NODE,
         cat.GROUP_CONTEXT,
         cat.INTERIM_TRANSCRIPT_HASH,
         cat.CONFIRMATION_TAG,
@@ -198,7 +200,7 @@ def test_past_epochs_are_pruned_to_the_window() -> None:
         bob.process(GID, commit)
     for engine in (alice, bob):
         assert len(engine.storage.keys(CATEGORY_EPOCH)) == 3
-        assert len(engine.storage.keys(CATEGORY_MEMBERS)) == 3
+        assert len(engine.storage.keys(CATEGORY_MEMBERS)) == 2  # the past epochs
         assert len(engine.storage.keys(cat.ENCRYPTION_EPOCH_KEY_PAIRS)) == 1
 
 

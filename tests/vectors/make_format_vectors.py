@@ -152,7 +152,7 @@ def invalid_header_cases(valid: bytes) -> list[dict[str, str]]:
     return [
         {"name": "bad-magic", "header": edit(0, b"MLKT").hex()},
         {"name": "unknown-header-format", "header": edit(4, bytes([2])).hex()},
-        {"name": "unknown-flag", "header": edit(5, bytes([0x02])).hex()},
+        {"name": "unknown-flag", "header": edit(5, bytes([0x04])).hex()},
         {"name": "unknown-kdf-id", "header": edit(22, bytes([3])).hex()},
         {"name": "raw-key-with-kdf-parameters", "header": raw_with_params.hex()},
         {"name": "memory-below-argon2-minimum", "header": edit(27, struct.pack(">I", 7)).hex()},
