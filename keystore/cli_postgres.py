@@ -50,6 +50,7 @@ from keystore.cli import (
 )
 from keystore.cli_common import ExitCode, UsageError
 from keystore.cli_progress import Phases, human_bytes, plural
+from keystore.errors import NotAVault
 from keystore.export import export_vault
 from keystore.passphrase import use_secret
 from keystore.reports import KdfInfo, StatsReport, VerifyReport
@@ -138,8 +139,13 @@ def postgres_address(args: argparse.Namespace, db: PostgresDatabase) -> Postgres
 
 @contextlib.contextmanager
 def _open(args: argparse.Namespace, *, readonly: bool) -> Iterator[PostgresVault]:
-    with _database(args) as db, postgres_address(args, db).open_vault(readonly=readonly) as v:
-        yield v
+    with _database(args) as db:
+        address = postgres_address(args, db)
+        if db.schema_version() == 0:
+            # Opening would install the schema: a reading command writes nothing.
+            raise NotAVault(f"no vaults in {db.location}: the schema is not installed")
+        with address.open_vault(readonly=readonly) as vault:
+            yield vault
 
 
 def _unlock(vault: PostgresVault, args: argparse.Namespace, phases: Phases) -> None:

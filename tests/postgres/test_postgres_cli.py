@@ -218,3 +218,16 @@ def test_an_unreachable_server_exits_8_without_showing_the_password(
     assert r.json()["error"] == "VaultIOError"
     assert "hunter2" not in r.out + r.err
     assert "password=***" in r.err
+
+
+def test_reading_commands_never_install_a_schema(
+    cli: Any, pg_dsn: str, pg_schema: str, files: dict[str, Path]
+) -> None:
+    """status, stats and verify on a database with no vault schema exit 6 and leave
+    the database as it was (opening a vault would otherwise install the schema)."""
+    pg = ("--dsn", pg_dsn, "--schema", pg_schema)
+    assert cli("status", "alice", *pg).code == 6
+    assert cli("stats", "alice", *pg).code == 6
+    assert cli("verify", "alice", *pg, "--passphrase-file", files["pw"]).code == 6
+    with PostgresDatabase(pg_dsn, schema=pg_schema, renew=False) as db:
+        assert db.schema_version() == 0
