@@ -8,11 +8,16 @@ uses (``apply``, ``get``, ``items``, ``categories``, ``put``, ``delete``, ``clos
 stores are the SQLite vault's rows byte for byte: the same header format, the same
 sealed values and keyed hashes from :class:`keystore.cipher.StoreCipher`.
 
-Transitional: today :class:`keystore.Vault` still talks to SQLite directly.  The
-cryptographic steps here are module functions (``seal_batch``, ``open_header``,
-``new_header``, ``reseal_rows``) over the :class:`keystore.backend.VaultBackend`
-interface; the next step makes ``Vault`` that cipher layer over a SQLite backend,
-and this class merges into it, leaving one vault class with two backends.
+:class:`PostgresAddress` names one vault in a database; :class:`mls.MlsClient` and the
+``mls-keystore`` command take it where they take a file path.
+
+Transitional: :class:`keystore.Vault` reads and writes its rows through
+:class:`keystore.backends.sqlite.SqliteBackend` (the same interface as
+:class:`~keystore.backends.postgres.PostgresBackend`), but keeps its unlock, rekey,
+SQLCipher and state-record steps on its SQLite connection; this class has its own
+copy of the key handling, as module functions (``seal_batch``, ``open_header``,
+``new_header``, ``reseal_rows``) over :class:`keystore.backend.VaultBackend`.  Merging
+the two into one vault class over either backend is the remaining step.
 """
 
 from __future__ import annotations
