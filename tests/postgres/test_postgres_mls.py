@@ -220,3 +220,16 @@ def test_an_address_never_shows_a_password_and_names_one_vault(pg_dsn: str) -> N
         PostgresAddress(pg_dsn).open_vault()
     with pytest.raises(TypeError):
         MlsClient.open(object(), PASSPHRASE)  # type: ignore[arg-type]
+
+
+def test_a_refused_open_releases_the_lease_at_once(pg_dsn: str, pg_schema: str) -> None:
+    """A wrong passphrase raises WrongPassphrase and leaves no lease behind: the next
+    open, without waiting, succeeds."""
+    from keystore import WrongPassphrase
+
+    where = PostgresAddress(pg_dsn, name="alice", schema=pg_schema)
+    MlsClient.create(where, PASSPHRASE, identity=b"alice", kdf=FAST_KDF).close()
+    with pytest.raises(WrongPassphrase):
+        MlsClient.open(where, "not the passphrase")
+    with MlsClient.open(where, PASSPHRASE, timeout=0) as alice:
+        assert alice.identity == b"alice"
