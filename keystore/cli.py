@@ -548,6 +548,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         from keystore import cli_postgres
 
         return cli_postgres.cmd_status(args)
+    if args.path is None:
+        raise UsageError("the following arguments are required: PATH")
     r = _status(Path(args.path))
     lines = [
         f"vault        {r.path} ({human_bytes(r.file_bytes)}"
@@ -1130,7 +1132,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("status", [common, pg], "versions, pending migrations, KDF, store id "
                 "(no passphrase needed)", _cmd_status)
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", nargs="?",
+                   help="the vault file (with --dsn: a vault's name, or none to list them)")
 
     p = command("migrate", [*unlock, pg], "upgrade the schema (after a backup beside the "
                 "vault; PostgreSQL: of the whole database, each step in one transaction)",

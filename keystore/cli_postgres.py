@@ -173,10 +173,67 @@ def _unlock(vault: PostgresVault, args: argparse.Namespace, phases: Phases) -> N
     )
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """``status`` of a vault in PostgreSQL: schema, steps, KDF, rows, writer lease."""
+class VaultEntry(BaseModel):
+    """One vault of a database, as ``status --dsn DSN`` lists it."""
+
+    store_id: str
+    name: str | None
+    lease_holder: str | None
+    lease_expires: str | None
+    lease_live: bool
+
+
+class PostgresDatabaseReport(BaseModel):
+    """What ``status --dsn DSN`` (no vault named) reports: the schema and every vault."""
+
+    location: str
+    schema_version: int
+    latest_schema_version: int
+    pending: list[StepInfo]
+    problems: list[str]
+    vaults: list[VaultEntry]
+
+
+def _database_status(args: argparse.Namespace) -> int:
     from keystore.backends.postgres import PG_LATEST_VERSION, PG_MIGRATIONS
 
+    with _database(args) as db:
+        version = db.schema_version()
+        r = PostgresDatabaseReport(
+            location=db.location, schema_version=version,
+            latest_schema_version=PG_LATEST_VERSION,
+            pending=[StepInfo(version=m.version, name=m.name, checksum=m.checksum,
+                              needs_unlock=m.needs_keys)
+                     for m in PG_MIGRATIONS if m.version > version],
+            problems=db.schema_problems() if version else [],
+            vaults=[VaultEntry(store_id=sid.hex(), name=name, lease_holder=holder,
+                               lease_expires=expires, lease_live=live)
+                    for sid, name, holder, expires, _, live in db.lease_states()],
+        )
+    lines = [
+        f"database     {r.location}",
+        f"schema       {r.schema_version} (this code: {r.latest_schema_version})"
+        + ("  [not installed]" if r.schema_version == 0 else ""),
+        f"vaults       {len(r.vaults)}",
+    ]
+    lines += [
+        f"  {v.store_id}  {v.name or '-'}  "
+        + (f"writer {v.lease_holder} until {v.lease_expires}" if v.lease_live else "no writer")
+        for v in r.vaults
+    ]
+    lines += [f"pending      {s.version}: {s.name}" for s in r.pending]
+    lines += [f"PROBLEM      {p}" for p in r.problems]
+    _emit(args, r, lines)
+    return ExitCode.FAILURE if r.problems else ExitCode.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``status`` of a vault in PostgreSQL: schema, steps, KDF, rows, writer lease; with
+    no vault named, the database's schema and every vault in it."""
+    from keystore.backends.postgres import PG_LATEST_VERSION, PG_MIGRATIONS
+
+    if _dsn_and_vault(args, "path")[1] is None:
+        return _database_status(args)
     with _open(args, readonly=True) as vault:
         db = vault.database
         version = db.schema_version()

@@ -391,6 +391,21 @@ class PostgresDatabase:
             return [str(exc)]
         return []
 
+    def lease_states(self) -> list[tuple[bytes, str | None, str | None, str | None, int, bool]]:
+        """Every vault with its lease, in one query: ``(store_id, name, holder, expires,
+        epoch, live)`` by name then id.  Never writes; for ``mls-keystore status``."""
+        s = self.schema
+        if self.schema_version() == 0:
+            return []
+        rows = self.run(
+            lambda conn: conn.execute(
+                f"SELECT store_id, name, lease_holder, lease_expires::text, lease_epoch,"
+                f" coalesce(lease_expires > statement_timestamp(), false)"
+                f" FROM {s}.stores ORDER BY name, store_id"
+            ).fetchall()
+        )
+        return [(bytes(r[0]), r[1], r[2], r[3], int(r[4]), bool(r[5])) for r in rows]
+
     def lease_state(self, store_id: bytes) -> tuple[str | None, str | None, int, bool]:
         """``(holder, expires, epoch, live)`` of a vault's writer lease, by the server's
         clock.  Never writes; for reports (``mls-keystore status``).

@@ -231,3 +231,33 @@ def test_reading_commands_never_install_a_schema(
     assert cli("verify", "alice", *pg, "--passphrase-file", files["pw"]).code == 6
     with PostgresDatabase(pg_dsn, schema=pg_schema, renew=False) as db:
         assert db.schema_version() == 0
+
+
+def test_status_without_a_name_lists_every_vault_of_the_database(
+    cli: Any, pg_dsn: str, pg_schema: str
+) -> None:
+    """status --dsn DSN: the schema and each vault with its writer, read-only; on a
+    database without the schema it says so and installs nothing."""
+    pg = ("--dsn", pg_dsn, "--schema", pg_schema)
+    r = cli("status", *pg, "--json")
+    assert r.code == 0, r.err
+    assert (r.json()["schema_version"], r.json()["vaults"]) == (0, [])
+    with PostgresDatabase(pg_dsn, schema=pg_schema, renew=False) as db:
+        assert db.schema_version() == 0
+    with PostgresDatabase(pg_dsn, schema=pg_schema) as db:
+        held = PostgresVault.create(db, PASSPHRASE, FAST_KDF, name="held")
+        PostgresVault.create(db, PASSPHRASE, FAST_KDF).close()
+        r = cli("status", *pg, "--json")
+        assert r.code == 0, r.err
+        vaults = r.json()["vaults"]
+        assert [v["name"] for v in vaults] == ["held", None]
+        assert vaults[0]["store_id"] == held.store_id.hex()
+        assert (vaults[0]["lease_live"], vaults[1]["lease_live"]) == (True, False)
+        assert vaults[0]["lease_holder"] == db.leases.worker_id
+        held.close()
+
+
+def test_status_of_a_file_still_needs_its_path(cli: Any, pg_dsn: str) -> None:
+    """Without --dsn, status without PATH is a usage error (exit 2), as before."""
+    r = cli("status")
+    assert r.code == 2 and "PATH" in r.err
