@@ -38,6 +38,7 @@ from .errors import (
     InvalidProposal,
     KeyNotFound,
     MessageTooLarge,
+    MlsError,
     NoIdentity,
     NoPendingCommit,
     PendingCommitExists,
@@ -259,6 +260,7 @@ class NativeEngine:
         self._clock = clock
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, bytes], tuple[bytes, object]] = {}
+        self._identity_key = identity_key
         row = storage.read(CATEGORY_IDENTITY, identity_key)
         if row is None:
             raise NoIdentity("this storage holds no native MLS identity")
@@ -321,8 +323,61 @@ class NativeEngine:
 
     @property
     def identity(self) -> bytes:
-        """Our basic-credential identity."""
-        return self._identity.credential.identity
+        """Our identity, as the credential validator names our credential.
+
+        For a basic credential these are its identity bytes; for an X.509 credential
+        whatever the validator's ``identity()`` says the certificate names.
+        """
+        return self._name(self._identity.credential)
+
+    @property
+    def credential(self) -> Credential:
+        """The credential our leaves carry (basic, or an X.509 chain once set)."""
+        return self._identity.credential
+
+    @property
+    def signature_key(self) -> bytes:
+        """Our signature public key (what an X.509 leaf certificate must certify)."""
+        return self._identity.signature_key
+
+    def _name(self, credential: Credential) -> bytes:
+        """The application identity of a credential, as the validator names it.
+
+        Every leaf in a tree was accepted by the validator, so asking it again cannot fail
+        for them; should the application have swapped validators between runs, a
+        credential the new one cannot name falls back to its basic identity bytes (empty
+        for X.509) rather than making the group unreadable.
+        """
+        try:
+            return self._validator.identity(credential)
+        except MlsError:
+            return credential.identity
+
+    def set_credential(self, credential: Credential) -> None:
+        """Replace the credential of our signature key (e.g. by an X.509 chain); one operation.
+
+        The credential must pass our validator for our own signature key (an X.509 leaf
+        certificate must certify exactly that key).  Key packages, groups and commit paths
+        made from now on carry it; our leaves in existing groups change at our next commit
+        with a path, which other members accept when their validator calls the new
+        credential a valid successor of the old one.
+
+        Raises:
+            InvalidCredential: the validator refuses it for our key.
+        """
+        if not isinstance(credential, Credential):
+            raise TypeError("credential must be an mls.native.leaf_node.Credential")
+        self._validator.validate(credential, self._identity.signature_key)
+        suite, key = self._identity.suite_id, self._identity.signature_key
+
+        def identity_row(w: Writer) -> None:
+            w.u16(suite)
+            credential.encode(w)
+            w.opaque(key)
+
+        with self._lock, self._storage.operation():
+            self._storage.write(CATEGORY_IDENTITY, self._identity_key, versioned(identity_row))
+            self._identity = _Identity(suite, credential, key)
 
     @property
     def suite(self) -> CipherSuite:
@@ -523,7 +578,7 @@ class NativeEngine:
             for i in tree.member_leaves():
                 leaf = tree.leaf(i)
                 assert leaf is not None
-                out.append((i, leaf.credential.identity))
+                out.append((i, self._name(leaf.credential)))
             return out
 
     def leaf_nodes(self, group_id: bytes) -> list[tuple[int, LeafNode]]:
@@ -664,9 +719,8 @@ class NativeEngine:
             frozenset(),
         )
         s.write(CATEGORY_EPOCH, epoch_row_key(gid, epoch), row.to_bytes())
-        s.write(
-            CATEGORY_MEMBERS, epoch_row_key(gid, epoch), MembersRow.of(ctx, group.tree).to_bytes()
-        )
+        members = MembersRow.of(ctx, group.tree, self._name)
+        s.write(CATEGORY_MEMBERS, epoch_row_key(gid, epoch), members.to_bytes())
         index = s.message_secrets(gid)
         epochs = [*(decode_epochs(index) if index is not None else []), epoch]
         keep = epochs[-(config.max_past_epochs + 1) :]
@@ -1265,6 +1319,8 @@ class NativeEngine:
         tree = verify_group_info(
             info, None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree)
         )
+        # Every member of the group we join must satisfy our identity policy, as on a Welcome.
+        validate_tree_leaves(self._cs, tree, info.group_context, self._validator)
         gid = info.group_context.group_id
         with self._lock:
             self._refuse_if_pending(gid)
@@ -1278,7 +1334,9 @@ class NativeEngine:
                         i
                         for i in tree.member_leaves()
                         if (leaf := tree.leaf(i)) is not None
-                        and leaf.credential == self._identity.credential
+                        and self._validator.valid_successor(
+                            leaf.credential, self._identity.credential
+                        )
                     ),
                     None,
                 )
@@ -1482,8 +1540,10 @@ class NativeEngine:
         leaf = body.path.leaf_node
         auth = unprotect_public(self._cs, msg, b"", context, leaf.signature_key)
         group = self._group(gid)
-        new, joiner = process_external_commit(group, auth, self._psk_lookup(gid))
-        identity, epoch = leaf.credential.identity, context.epoch
+        new, joiner = process_external_commit(
+            group, auth, self._psk_lookup(gid), validator=self._validator
+        )
+        identity, epoch = self._name(leaf.credential), context.epoch
         if new is None:
             self._forget(gid)
             return Processed(ProcessedKind.COMMIT, joiner, identity, epoch, removed=True)
@@ -1514,7 +1574,7 @@ class NativeEngine:
         return Processed(
             ProcessedKind.PROPOSAL,
             index,
-            sender.credential.identity,
+            self._name(sender.credential),
             context.epoch,
             external_sender=True,
         )

@@ -37,6 +37,7 @@ from .framing import (
     WireFormat,
 )
 from .group_context import GroupContext
+from .identity import BasicCredentialValidator, CredentialValidator
 from .join import GroupEpoch
 from .key_schedule import EpochSecrets, next_epoch, psk_secret
 from .leaf_node import (
@@ -167,12 +168,18 @@ def validate_external_proposals(
     tree: RatchetTree,
     commit: Commit,
     joiner_credential: Credential,
+    validator: CredentialValidator | None = None,
 ) -> list[PendingProposal]:
     """The §12.2 rules for an external commit; returns its proposals (all by value).
 
-    Exactly one ExternalInit, at most one Remove (only of a leaf holding the joiner's own
-    credential: a resync), any PreSharedKey proposals, nothing else, and no references.
+    Exactly one ExternalInit, at most one Remove (only of the joiner's own old leaf: a
+    resync), any PreSharedKey proposals, nothing else, and no references.  "Its own old
+    leaf" is the application's call, not byte equality: the joiner's new credential must be
+    a valid successor of the removed leaf's (``validator.valid_successor``), so a member
+    whose certificate was renewed while its state was lost can still resync, and nobody can
+    remove another identity's leaf this way.
     """
+    validator = BasicCredentialValidator() if validator is None else validator
     out: list[PendingProposal] = []
     inits = removes = 0
     psk_ids: set[bytes] = set()
@@ -187,7 +194,7 @@ def validate_external_proposals(
             old = tree.leaf(body.removed) if body.removed < tree.n_leaves else None
             if old is None:
                 raise InvalidProposal("Remove of a blank or absent leaf")
-            if old.credential != joiner_credential:
+            if not validator.valid_successor(old.credential, joiner_credential):
                 raise InvalidProposal("an external commit may only remove the joiner's old leaf")
         elif isinstance(body, PreSharedKey):
             key = body.psk.to_bytes()
@@ -305,12 +312,18 @@ def create_external_commit(
 
 
 def process_external_commit(
-    group: GroupEpoch, auth: AuthenticatedContent, psk_lookup: PskLookup
+    group: GroupEpoch,
+    auth: AuthenticatedContent,
+    psk_lookup: PskLookup,
+    *,
+    validator: CredentialValidator | None = None,
 ) -> tuple[GroupEpoch | None, int]:
     """Apply another party's verified external commit; returns (next epoch, joiner's leaf).
 
     The epoch is ``None`` when the commit removed us (someone resynced with our credential).
-    The caller has verified the signature with the key of the commit's path leaf.
+    The caller has verified the signature with the key of the commit's path leaf.  The
+    joiner's leaf must satisfy ``validator`` (the application's identity policy; default:
+    basic credentials), like any member added by a Welcome.
     """
     cs = get_suite(group.context.cipher_suite)
     commit = auth.content.content
@@ -323,7 +336,7 @@ def process_external_commit(
     if commit.path is None:
         raise InvalidProposal("an external commit requires an UpdatePath")
     proposals = validate_external_proposals(
-        cs, group.tree, commit, commit.path.leaf_node.credential
+        cs, group.tree, commit, commit.path.leaf_node.credential, validator
     )
     applied = apply_proposals(group.tree, group.context.extensions, proposals)
     me = group.private.leaf_index
@@ -331,7 +344,12 @@ def process_external_commit(
         return None, applied.tree.add_leaf(commit.path.leaf_node)[1]
     provisional = replace(group.context, epoch=group.context.epoch + 1, tree_hash=b"")
     validate_leaf_node(
-        cs, commit.path.leaf_node, applied.tree, provisional, source=LeafNodeSource.COMMIT
+        cs,
+        commit.path.leaf_node,
+        applied.tree,
+        provisional,
+        source=LeafNodeSource.COMMIT,
+        validator=validator,
     )
     grown, joiner = applied.tree.add_leaf(commit.path.leaf_node)
     nodes = {

@@ -53,6 +53,7 @@ from .errors import DecodeError
 from .framing import WireFormat
 from .group_context import GroupContext
 from .key_schedule import EpochSecrets
+from .leaf_node import Credential
 from .secret_tree import DEFAULT_MAX_FORWARD, DEFAULT_WINDOW, HashRatchet, RatchetType
 from .tree import RatchetTree
 
@@ -214,12 +215,20 @@ class MembersRow:
         return read_versioned(data, read)
 
     @classmethod
-    def of(cls, context: GroupContext, tree: RatchetTree) -> MembersRow:
+    def of(
+        cls,
+        context: GroupContext,
+        tree: RatchetTree,
+        identity_of: Callable[[Credential], bytes] | None = None,
+    ) -> MembersRow:
+        """The row of an epoch; ``identity_of`` names each member (the credential validator's
+        ``identity``, so X.509 members are named by their certificate; default: basic bytes)."""
         members = {}
         for i in tree.member_leaves():
             leaf = tree.leaf(i)
             assert leaf is not None
-            members[i] = (leaf.signature_key, leaf.credential.identity)
+            name = leaf.credential.identity if identity_of is None else identity_of(leaf.credential)
+            members[i] = (leaf.signature_key, name)
         return cls(context, members)
 
 
