@@ -284,19 +284,36 @@ class NativeEngine:
         identity_key: bytes = IDENTITY_KEY,
         credential_validator: CredentialValidator | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        signature_private_key: bytes | None = None,
+        credential: Credential | None = None,
     ) -> NativeEngine:
-        """Generate a signature key pair for a basic credential and store both; one operation.
+        """Store a signature key pair and the credential of our leaves; one operation.
+
+        By default a fresh key pair and a basic credential naming ``identity``.  An
+        application whose certificate authority already certified a key of its own passes
+        that key (``signature_private_key``, serialized as :class:`CipherSuite` does) and
+        the ``credential`` (an X.509 chain for it), which must pass ``credential_validator``.
 
         Raises:
             ValueError: the storage already holds an identity, or ``identity`` is empty.
+            InvalidCredential: the validator refuses ``credential`` for the key.
         """
         if not isinstance(identity, bytes) or not identity:
             raise ValueError("identity must be non-empty bytes")
         if storage.read(CATEGORY_IDENTITY, identity_key) is not None:
             raise ValueError("this storage already holds a native MLS identity")
         cs = get_suite(suite)
-        priv, pub = cs.generate_signature_key_pair()
-        credential = Credential(CredentialType.BASIC, identity=identity)
+        if signature_private_key is None:
+            priv, pub = cs.generate_signature_key_pair()
+        else:
+            priv, pub = signature_private_key, cs.signature_public_key(signature_private_key)
+        if credential is None:
+            credential = Credential(CredentialType.BASIC, identity=identity)
+        else:
+            validator = (
+                BasicCredentialValidator() if credential_validator is None else credential_validator
+            )
+            validator.validate(credential, pub)
 
         def identity_row(w: Writer) -> None:
             w.u16(suite)
@@ -328,7 +345,7 @@ class NativeEngine:
         For a basic credential these are its identity bytes; for an X.509 credential
         whatever the validator's ``identity()`` says the certificate names.
         """
-        return self._name(self._identity.credential)
+        return self.identity_of(self._identity.credential)
 
     @property
     def credential(self) -> Credential:
@@ -340,7 +357,7 @@ class NativeEngine:
         """Our signature public key (what an X.509 leaf certificate must certify)."""
         return self._identity.signature_key
 
-    def _name(self, credential: Credential) -> bytes:
+    def identity_of(self, credential: Credential) -> bytes:
         """The application identity of a credential, as the validator names it.
 
         Every leaf in a tree was accepted by the validator, so asking it again cannot fail
@@ -578,7 +595,7 @@ class NativeEngine:
             for i in tree.member_leaves():
                 leaf = tree.leaf(i)
                 assert leaf is not None
-                out.append((i, self._name(leaf.credential)))
+                out.append((i, self.identity_of(leaf.credential)))
             return out
 
     def leaf_nodes(self, group_id: bytes) -> list[tuple[int, LeafNode]]:
@@ -719,7 +736,7 @@ class NativeEngine:
             frozenset(),
         )
         s.write(CATEGORY_EPOCH, epoch_row_key(gid, epoch), row.to_bytes())
-        members = MembersRow.of(ctx, group.tree, self._name)
+        members = MembersRow.of(ctx, group.tree, self.identity_of)
         s.write(CATEGORY_MEMBERS, epoch_row_key(gid, epoch), members.to_bytes())
         index = s.message_secrets(gid)
         epochs = [*(decode_epochs(index) if index is not None else []), epoch]
@@ -1126,6 +1143,7 @@ class NativeEngine:
                 authenticated_data=aad,
                 now=self._now(),
                 validator=self._validator,
+                credential=self._identity.credential,
             )
             with self._storage.operation():
                 commit = self._protect(group_id, output.auth, config)
@@ -1317,10 +1335,10 @@ class NativeEngine:
             raise InvalidMessage("the group uses another cipher suite than our identity")
         config = GroupConfig() if config is None else config
         tree = verify_group_info(
-            info, None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree)
+            info,
+            None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree),
+            validator=self._validator,
         )
-        # Every member of the group we join must satisfy our identity policy, as on a Welcome.
-        validate_tree_leaves(self._cs, tree, info.group_context, self._validator)
         gid = info.group_context.group_id
         with self._lock:
             self._refuse_if_pending(gid)
@@ -1351,6 +1369,7 @@ class NativeEngine:
                 capabilities=self._capabilities(()),
                 resync_leaf=old_leaf,
                 authenticated_data=aad,
+                validator=self._validator,
             )
             commit = output.message()
             tag = output.auth.auth.confirmation_tag
@@ -1543,7 +1562,7 @@ class NativeEngine:
         new, joiner = process_external_commit(
             group, auth, self._psk_lookup(gid), validator=self._validator
         )
-        identity, epoch = self._name(leaf.credential), context.epoch
+        identity, epoch = self.identity_of(leaf.credential), context.epoch
         if new is None:
             self._forget(gid)
             return Processed(ProcessedKind.COMMIT, joiner, identity, epoch, removed=True)
@@ -1574,7 +1593,7 @@ class NativeEngine:
         return Processed(
             ProcessedKind.PROPOSAL,
             index,
-            self._name(sender.credential),
+            self.identity_of(sender.credential),
             context.epoch,
             external_sender=True,
         )

@@ -128,11 +128,17 @@ def sign_group_info(
     return replace(info, signature=cs.sign_with_label(sig_priv, "GroupInfoTBS", info.tbs()))
 
 
-def verify_group_info(info: GroupInfo, ratchet_tree: RatchetTree | None) -> RatchetTree:
+def verify_group_info(
+    info: GroupInfo,
+    ratchet_tree: RatchetTree | None,
+    *,
+    validator: CredentialValidator | None = None,
+) -> RatchetTree:
     """Check a GroupInfo against its tree (from the extension or out of band); return the tree.
 
     Verified: the tree's parent hashes and leaf signatures, its hash against the context, the
-    GroupInfo signature by its signer's leaf, and every leaf's §7.3 group rules.
+    GroupInfo signature by its signer's leaf, and every leaf's §7.3 group rules, credentials
+    judged by ``validator`` (the joiner's identity policy; default: basic credentials).
     """
     cs = get_suite(info.group_context.cipher_suite)
     gc = info.group_context
@@ -155,7 +161,14 @@ def verify_group_info(info: GroupInfo, ratchet_tree: RatchetTree | None) -> Ratc
         leaf = tree.leaf(i)
         assert leaf is not None
         validate_leaf_node(
-            cs, leaf, tree, gc, source=leaf.leaf_node_source, replaces=i, in_tree=True
+            cs,
+            leaf,
+            tree,
+            gc,
+            source=leaf.leaf_node_source,
+            replaces=i,
+            in_tree=True,
+            validator=validator,
         )
     return tree
 
@@ -248,11 +261,14 @@ def create_external_commit(
     capabilities: Capabilities,
     resync_leaf: int | None = None,
     authenticated_data: bytes = b"",
+    validator: CredentialValidator | None = None,
 ) -> ExternalCommitOutput:
     """Join the group of a verified GroupInfo (:func:`verify_group_info`) by external commit.
 
     Args:
         resync_leaf: our own old leaf to remove in the same commit (rejoin after state loss).
+        validator: the identity policy our own new leaf is checked against, as the members
+            will check it (default: basic credentials).
     """
     gc = info.group_context
     cs = get_suite(gc.cipher_suite)
@@ -281,7 +297,14 @@ def create_external_commit(
     grown, me = applied.tree.add_leaf(placeholder)
     provisional = replace(gc, epoch=gc.epoch + 1, tree_hash=b"")
     path, result, _ = create_update_path(cs, grown, me, sig_priv, provisional)
-    validate_leaf_node(cs, path.leaf_node, applied.tree, provisional, source=LeafNodeSource.COMMIT)
+    validate_leaf_node(
+        cs,
+        path.leaf_node,
+        applied.tree,
+        provisional,
+        source=LeafNodeSource.COMMIT,
+        validator=validator,
+    )
     commit = Commit(tuple(ProposalOrRef(proposal=p.proposal) for p in proposals), path)
     content = FramedContent(
         gc.group_id, gc.epoch, Sender(SenderType.NEW_MEMBER_COMMIT), authenticated_data, commit
