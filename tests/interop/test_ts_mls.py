@@ -17,15 +17,13 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from mls.client import ReceivedKind
+from mls import InvalidCredential, InvalidProposal, ReceivedKind, X509CredentialValidator
 from mls.native.codec import Reader, decode_exact
-from mls.native.errors import InvalidProposal
 from mls.native.framing import MLSMessage
 from mls.native.key_package import KeyPackage
 from mls.native.leaf_node import Credential, CredentialType, ExtensionType
 from mls.native.suites import get_suite
 from mls.native.welcome import GroupInfo
-from mls.native.x509 import InvalidCredential, X509CredentialValidator
 from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer, PeerError
 from tests.interop.room import (
@@ -37,14 +35,7 @@ from tests.interop.room import (
     unmerged_leaves_violations,
     wire_client_id,
 )
-from tests.native.test_x509 import (
-    CLIENT,
-    NOW,
-    certificate,
-    der,
-    engine_judging_with,
-    make_pki,
-)
+from tests.native.test_x509 import CLIENT, NOW, certificate, der, make_pki
 
 GID = b"ts-mls x509 group"
 
@@ -76,7 +67,7 @@ def test_core_crypto_external_pub_is_the_rfc_struct(core_crypto: NodePeer) -> No
 
 
 def test_an_x509_key_package_from_ts_mls_passes_our_validator_and_joins(
-    ts_mls: NodePeer,
+    ts_mls: NodePeer, ours: Ours
 ) -> None:
     """ts-mls signs a key package with an X.509 credential for its own key; we accept it.
 
@@ -102,15 +93,16 @@ def test_an_x509_key_package_from_ts_mls_passes_our_validator_and_joins(
     validator.validate(kp.leaf_node.credential, kp.leaf_node.signature_key)
     assert validator.identity(kp.leaf_node.credential) == CLIENT.encode()
 
-    # Our member judges credentials with the validator (an engine: the client has no
-    # setting for it), creates a group, adds the ts-mls member, and both sides talk.
-    me = engine_judging_with(validator, wire_client_id("n1"))
+    # Our member judges credentials with the validator, creates a group, adds the ts-mls
+    # member, and both sides talk; the member is named by its certificate.
+    me = ours.create(wire_client_id("n1"), credential_validator=validator)
     me.create_group(GID)
-    _, welcome = me.commit(GID, add=[wire])
-    assert welcome is not None
+    _, welcome = me.add_members(GID, [wire])
     assert ts_mls.call("join", who="x", welcome=welcome)["group_id"] == GID
+    assert me.members(GID) == [wire_client_id("n1"), CLIENT.encode()]
+    me = ours.restart(me)  # the validator is given again on open
     got = me.process(GID, ts_mls.call("encrypt", who="x", plaintext=b"signed by a CA")["message"])
-    assert got.data == b"signed by a CA"
+    assert (got.data, got.sender) == (b"signed by a CA", CLIENT.encode())
     reply = ts_mls.call("process", who="x", message=me.encrypt(GID, b"seen"))
     assert reply["data"] == b"seen"
     theirs = ts_mls.call("export_secret", who="x", label=b"l", context=b"c", length=32)
@@ -118,7 +110,7 @@ def test_an_x509_key_package_from_ts_mls_passes_our_validator_and_joins(
 
 
 def test_a_certificate_for_another_key_in_a_ts_mls_key_package_is_refused(
-    ts_mls: NodePeer,
+    ts_mls: NodePeer, ours: Ours
 ) -> None:
     """A validly signed key package carrying someone else's certificate is refused."""
     pki, _ = make_pki()  # its leaf certificate is for a key ts-mls does not hold
@@ -130,6 +122,12 @@ def test_a_certificate_for_another_key_in_a_ts_mls_key_package_is_refused(
     validator = X509CredentialValidator([pki.root], clock=lambda: NOW)
     with pytest.raises(InvalidCredential, match="not the leaf node's signature key"):
         validator.validate(kp.leaf_node.credential, kp.leaf_node.signature_key)
+    # Through the client: our member will not add it, and nothing changed.
+    me = ours.create(wire_client_id("n1"), credential_validator=validator)
+    me.create_group(GID)
+    with pytest.raises(InvalidCredential, match="not the leaf node's signature key"):
+        me.add_members(GID, [wire])
+    assert me.members(GID) == [wire_client_id("n1")] and me.epoch(GID) == 0
 
 
 def test_ts_mls_refuses_a_valid_tree_with_nested_unmerged_leaves(
