@@ -171,3 +171,42 @@ def test_ts_mls_extension_commits_lack_the_required_update_path(
     reply = ts_mls.call("group_context_extensions", who="t", extensions=[[3, both]])
     with pytest.raises(InvalidProposal, match="requires an UpdatePath"):
         room.client(me).process(GID, reply["commit"])
+
+
+def test_our_member_with_an_x509_credential_works_in_a_ts_mls_group(
+    ts_mls: NodePeer, ours: Ours
+) -> None:
+    """Our client's own credential is an X.509 chain its CA issued for its signature key.
+
+    ts-mls adds it from its key package, both sides talk, commit with a path each way, and
+    agree on the exporter; ts-mls sees our leaf certificate, we name ourselves by its SAN.
+    """
+    pki, _ = make_pki()
+    validator = X509CredentialValidator([pki.root], accept_basic=True, clock=lambda: NOW)
+    identity = wire_client_id("n1")
+    me = ours.create(identity, credential_validator=validator)
+    leaf = certificate(
+        "n1",
+        ed25519.Ed25519PublicKey.from_public_bytes(me.signature_key()),
+        "Intermediate",
+        pki.intermediate_key,
+        ca=False,
+    )
+    me.set_credential([der(leaf), der(pki.intermediate)])
+    assert me.identity == CLIENT.encode()
+    room = Room(ours, ts_mls, GID)
+    room.peer_creates("t")
+    reply = ts_mls.call("add", who="t", key_packages=[me.generate_key_package()])
+    me = ours.restart(me)  # the credential is in the vault; the validator is given again
+    assert me.join(reply["welcome"]) == GID
+    assert me.members(GID) == [wire_client_id("t"), CLIENT.encode()]
+    assert sorted(ts_mls.call("members", who="t")["members"]) == sorted(
+        [wire_client_id("t"), der(leaf)]
+    )
+    got = me.process(GID, ts_mls.call("encrypt", who="t", plaintext=b"hi x509")["message"])
+    assert (got.data, got.sender) == (b"hi x509", wire_client_id("t"))
+    assert ts_mls.call("process", who="t", message=me.encrypt(GID, b"hi"))["data"] == b"hi"
+    me.process(GID, ts_mls.call("commit", who="t")["commit"])
+    ts_mls.call("process", who="t", message=me.update_keys(GID))
+    theirs = ts_mls.call("export_secret", who="t", label=b"l", context=b"c", length=32)
+    assert theirs["secret"] == me.export_secret(GID, b"l", b"c", 32)
