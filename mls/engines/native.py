@@ -45,13 +45,7 @@ from mls.native.framing import WireFormat
 from mls.native.identity import BasicCredentialValidator, CredentialValidator
 from mls.native.leaf_node import Credential, CredentialType, Extension
 from mls.native.proposals import PreSharedKeyID, ProposalType, PskType
-from mls.native.rows import (
-    CATEGORY_IDENTITY,
-    IDENTITY_KEY,
-    GroupConfig,
-    decode_epochs,
-    read_versioned,
-)
+from mls.native.rows import CATEGORY_IDENTITY, IDENTITY_KEY, GroupConfig, decode_epochs
 from mls.native.suites import get_suite
 from mls.storage import GranularStorage
 
@@ -140,11 +134,6 @@ def _signature_private_bytes(credential: X509Credential, cipher_suite: int) -> b
             f"cipher suite {cipher_suite} signs with ECDSA {scheme}; the key is another type"
         )
     return key.private_numbers().private_value.to_bytes((key.curve.key_size + 7) // 8, "big")
-
-
-def _stored_credential(row: bytes) -> Credential:
-    """The credential of a stored identity row (suite, credential, signature key)."""
-    return read_versioned(row, lambda r: (r.u16(), Credential.decode(r), r.opaque())[1])
 
 
 def _x509(certificates: Sequence[bytes]) -> Credential:
@@ -276,24 +265,7 @@ class NativeAdapter:
         return self._engine
 
     def rolled_back(self) -> None:
-        """Forget engines whose identity row the rollback took away (a new suite's).
-
-        Engines whose identity row the rollback restored (a credential set in the failed
-        call) start again from storage, so memory never holds an unstored credential.
-        """
-        for suite, engine in list(self._by_suite.items()):
-            key = IDENTITY_KEY if engine is self._engine else _suite_identity_key(suite)
-            row = self._storage.read(CATEGORY_IDENTITY, key)
-            if row is not None and engine.credential != _stored_credential(row):
-                fresh = NativeEngine(
-                    self._storage,
-                    identity_key=key,
-                    max_message_size=self._engine_max,
-                    credential_validator=self._validator,
-                )
-                if engine is self._engine:
-                    self._engine = fresh
-                self._by_suite[suite] = fresh
+        """Forget engines whose identity row the rollback took away (a new suite's)."""
         for suite in list(self._by_suite):
             engine = self._by_suite[suite]
             if (

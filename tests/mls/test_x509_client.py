@@ -311,3 +311,35 @@ def test_mls_rs_refuses_x509_credentials(clients: Clients, ca: Ca) -> None:
         rs.set_credential(ca.issue("rs", rs.signature_key()))
     with pytest.raises(Unsupported, match=r"X\.509"):
         clients.create("rs2", engine="mls-rs", credential=ca.credential("rs2"))
+
+
+def test_a_credential_whose_flush_failed_is_durable_before_it_is_sent(
+    clients: Clients, ca: Ca, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed vault write under set_credential is retried before any key package leaves.
+
+    The key package that first carries the chain is returned only once the chain is in the
+    vault: reopened, the client is still its certificate.
+    """
+    bob = clients.create("bob", credential_validator=ca.validator())
+    chain = ca.issue("bob", bob.signature_key())
+
+    def failing_flush() -> None:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(bob._drainer, "flush", failing_flush)
+        with pytest.raises(OSError, match="disk full"):
+            bob.set_credential(chain)
+    assert bob.pending_events > 0
+    key_package = bob.generate_key_package()  # the disk is back: everything is flushed first
+    assert bob.pending_events == 0
+    bob = clients.reopen(bob, "bob", credential_validator=ca.validator())
+    assert bob.identity == san("bob").encode()
+    alice = clients.create(
+        "alice", credential=ca.credential("alice"), credential_validator=ca.validator()
+    )
+    alice.create_group(GID)
+    _, welcome = alice.add_members(GID, [key_package])
+    assert bob.join(welcome) == GID
+    assert alice.roster(GID)[1].credential.startswith(X509_CREDENTIAL_TYPE)
