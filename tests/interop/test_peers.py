@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ class PeerKind:
     """How to run one peer: its program and the options of its handshake messages."""
 
     script: str
-    options: dict[str, object] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     proposes: bool = True  # the peer's API can send proposals (core-crypto's cannot)
     private_handshakes: bool = True  # it accepts PrivateMessage commits (core-crypto does not)
 
@@ -287,19 +288,18 @@ def test_random_walk_of_membership_changes_and_messages(
                 pytest.xfail("ts-mls 1.6.4 refused to join a tree valid per RFC 9420 §12.4.3.1")
         elif action == "remove" and (len(ours) > 1 or len(theirs) > 1):
             side = ours if len(ours) > 1 and (len(theirs) == 1 or rng.random() < 0.5) else None
+            remaining_ours, remaining_theirs = ours, theirs  # who may commit the removal
             if side is not None:
                 victim = rng.choice(ours)
-                remaining = [o for o in ours if o != victim]
+                remaining_ours = [o for o in ours if o != victim]
             else:
                 victim_who = rng.choice(theirs)
                 victim = room.peer_members[victim_who]
-                remaining = [t for t in theirs if t != victim_who]
-            if rng.random() < 0.5 and (side is None or remaining):
-                committer_ours = rng.choice(remaining if side is not None else ours)
-                room.we_remove(committer_ours, [victim])
+                remaining_theirs = [t for t in theirs if t != victim_who]
+            if rng.random() < 0.5 and (side is None or remaining_ours):
+                room.we_remove(rng.choice(remaining_ours), [victim])
             else:
-                committers = theirs if side is not None else remaining
-                room.peer_removes(rng.choice(committers), [victim], **kind.options)
+                room.peer_removes(rng.choice(remaining_theirs), [victim], **kind.options)
         elif action == "restart":
             room.restart()
         if step % 6 == 5:
