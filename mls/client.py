@@ -49,6 +49,7 @@ from mls.engine import (
     PendingCommit,
     PendingProposal,
     ReceivedKind,
+    X509Credential,
 )
 from mls.engines.wire import MessageHeader, peek_header
 from mls.errors import (
@@ -267,6 +268,7 @@ class MlsClient:
         sqlcipher: bool = False,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         credential_validator: CredentialValidator | None = None,
+        credential: X509Credential | None = None,
     ) -> MlsClient:
         """Create a new passphrase vault holding a new signature key pair for ``identity``.
 
@@ -286,9 +288,15 @@ class MlsClient:
             max_message_size: the largest input accepted (see
                 :data:`DEFAULT_MAX_MESSAGE_SIZE`).
             credential_validator: the application's identity policy (native engine;
-                :class:`mls.native.identity.CredentialValidator`, default: basic
-                credentials, one leaf per identity, identities never change).  Pass it
-                again to :meth:`open`: it is code, not stored.
+                :class:`mls.CredentialValidator`, e.g. :class:`mls.X509CredentialValidator`;
+                default: basic credentials, one leaf per identity, identities never
+                change).  It judges every member: joins, adds, updates, external commits.
+                Pass it again to :meth:`open`: it is code, not stored.
+            credential: an X.509 chain with the private key it certifies, to be this
+                client's credential in ``cipher_suite`` from the start (native engine;
+                ``credential_validator`` must accept it).  Without it the client has a
+                basic credential naming ``identity``, which :meth:`set_credential` can
+                replace later.
 
         ``vault_path`` may be a :class:`keystore.PostgresAddress` instead of a path: the
         vault is then made in PostgreSQL (under the address's name), and this client
@@ -299,6 +307,8 @@ class MlsClient:
                 taken in PostgreSQL); it is left alone.
             MlsRsUnavailable: ``engine="mls-rs"`` without the extra; no file is made.
             Unsupported: the cipher suite is not offered by the engine; no file is made.
+            InvalidCredential: ``credential`` is refused (wrong key type for the suite, or
+                the validator refuses its chain); no file is made.
         """
         def make_vault() -> Vault | PostgresVault:
             if isinstance(vault_path, (str, os.PathLike)):
@@ -314,6 +324,7 @@ class MlsClient:
             cipher_suite=cipher_suite,
             max_message_size=max_message_size,
             credential_validator=credential_validator,
+            credential=credential,
         )
 
     @classmethod
@@ -330,6 +341,7 @@ class MlsClient:
         sqlcipher: bool = False,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         credential_validator: CredentialValidator | None = None,
+        credential: X509Credential | None = None,
     ) -> MlsClient:
         """As :meth:`create`, for a vault keyed by a caller-held 32-byte key (no Argon2id).
 
@@ -349,6 +361,7 @@ class MlsClient:
             cipher_suite=cipher_suite,
             max_message_size=max_message_size,
             credential_validator=credential_validator,
+            credential=credential,
         )
 
     @classmethod
@@ -363,6 +376,7 @@ class MlsClient:
         cipher_suite: int,
         max_message_size: int,
         credential_validator: CredentialValidator | None,
+        credential: X509Credential | None = None,
     ) -> MlsClient:
         # Every argument is checked before the vault file exists: a refused create leaves
         # nothing behind at the path (and so can simply be retried).
@@ -385,6 +399,16 @@ class MlsClient:
                 raise Unsupported("mls-rs", f"cipher suite {cipher_suite} (only suite 1)")
             if credential_validator is not None:
                 raise Unsupported("mls-rs", "a custom credential validator")
+            if credential is not None:
+                raise Unsupported("mls-rs", "X.509 credentials")
+        elif credential is not None:
+            if not isinstance(credential, X509Credential):
+                raise TypeError("credential must be an mls.X509Credential")
+            from mls.engines.native import NativeAdapter
+
+            NativeAdapter.check_credential(
+                credential, cipher_suite=cipher_suite, credential_validator=credential_validator
+            )
         vault = make_vault()
         try:
             storage = GranularStorage.load(vault)
@@ -395,6 +419,7 @@ class MlsClient:
                 epoch_retention=epoch_retention,
                 max_message_size=max_message_size,
                 credential_validator=credential_validator,
+                credential=credential,
             )
             client = cls(
                 vault,
@@ -540,7 +565,12 @@ class MlsClient:
 
     @property
     def identity(self) -> bytes:
-        """This client's basic-credential identity."""
+        """Who this client is to other members.
+
+        The identity of its basic credential, or, once its credential is an X.509 chain,
+        what the credential validator says the leaf certificate names (with
+        :class:`mls.X509CredentialValidator`'s default, its first subjectAltName).
+        """
         return self._engine.identity
 
     @property
@@ -653,6 +683,45 @@ class MlsClient:
             return self._engine.generate_key_package(
                 cipher_suite=suite, lifetime=lifetime, last_resort=bool(last_resort)
             )
+
+    def signature_key(self, cipher_suite: int | None = None) -> bytes:
+        """This client's signature public key in ``cipher_suite`` (default :attr:`cipher_suite`).
+
+        The key an X.509 leaf certificate must certify: have the application's
+        certificate authority issue one for it, then :meth:`set_credential`.  The first use
+        of a suite makes (and stores, durably) a key of that suite.  Encoded as MLS
+        encodes signature keys: raw for EdDSA, an uncompressed point for ECDSA.
+
+        Raises:
+            Unsupported: mls-rs with another suite than 1.
+        """
+        suite = self.cipher_suite if cipher_suite is None else cipher_suite
+        with self._durable():
+            return self._engine.signature_key(suite)
+
+    def set_credential(
+        self, certificates: Sequence[bytes], *, cipher_suite: int | None = None
+    ) -> None:
+        """Make an X.509 certificate chain this client's credential in ``cipher_suite``.
+
+        ``certificates`` is DER, leaf first, each certified by the next; the leaf must
+        certify :meth:`signature_key` of that suite.  The client's credential validator
+        (give :class:`mls.X509CredentialValidator` at :meth:`create` / :meth:`open`) must
+        accept it.  Key packages and groups made from now on carry it; in groups we are
+        already in, our leaf takes it at our next commit with a path (:meth:`update_keys`),
+        which the other members accept when their validator calls it a valid successor of
+        our old credential (same identity).  Durable on return; kept across restarts.
+
+        Raises:
+            InvalidCredential: the validator refuses the chain for our key.
+            Unsupported: on mls-rs (basic credentials only).
+        """
+        if isinstance(certificates, bytes | bytearray):
+            raise TypeError("certificates must be a sequence of DER certificates, leaf first")
+        chain = [_check_bytes(c, "certificate") for c in certificates]
+        suite = self.cipher_suite if cipher_suite is None else cipher_suite
+        with self._durable():
+            self._engine.set_credential(chain, cipher_suite=suite)
 
     def lost_key_packages(self) -> list[LostKeyPackage]:
         """Published key packages whose private keys were lost when their process ended.
@@ -1263,6 +1332,7 @@ class AsyncMlsClient:
         sqlcipher: bool = False,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         credential_validator: CredentialValidator | None = None,
+        credential: X509Credential | None = None,
     ) -> AsyncMlsClient:
         """:meth:`MlsClient.create` off the event loop (Argon2id is slow on purpose)."""
         client = await asyncio.to_thread(
@@ -1278,6 +1348,7 @@ class AsyncMlsClient:
             sqlcipher=sqlcipher,
             max_message_size=max_message_size,
             credential_validator=credential_validator,
+            credential=credential,
         )
         return cls(client)
 
@@ -1295,6 +1366,7 @@ class AsyncMlsClient:
         sqlcipher: bool = False,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         credential_validator: CredentialValidator | None = None,
+        credential: X509Credential | None = None,
     ) -> AsyncMlsClient:
         """:meth:`MlsClient.create_with_key` off the event loop."""
         client = await asyncio.to_thread(
@@ -1309,6 +1381,7 @@ class AsyncMlsClient:
             sqlcipher=sqlcipher,
             max_message_size=max_message_size,
             credential_validator=credential_validator,
+            credential=credential,
         )
         return cls(client)
 
@@ -1418,6 +1491,16 @@ class AsyncMlsClient:
             lifetime=lifetime,
             last_resort=last_resort,
         )
+
+    async def signature_key(self, cipher_suite: int | None = None) -> bytes:
+        """See :meth:`MlsClient.signature_key`."""
+        return await self._run(self._client.signature_key, cipher_suite)
+
+    async def set_credential(
+        self, certificates: Sequence[bytes], *, cipher_suite: int | None = None
+    ) -> None:
+        """See :meth:`MlsClient.set_credential`."""
+        await self._run(self._client.set_credential, list(certificates), cipher_suite=cipher_suite)
 
     async def lost_key_packages(self) -> list[LostKeyPackage]:
         """See :meth:`MlsClient.lost_key_packages`."""

@@ -21,6 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
+
+#: The private keys an MLS signature can use (which one depends on the cipher suite).
+SignaturePrivateKey = (
+    ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey | ec.EllipticCurvePrivateKey
+)
+
 __all__ = [
     "ALL_CIPHER_SUITES",
     "DEFAULT_CIPHER_SUITE",
@@ -38,6 +45,7 @@ __all__ = [
     "PendingCommit",
     "PendingProposal",
     "ReceivedKind",
+    "X509Credential",
 ]
 
 #: The engines a client can run on.
@@ -113,7 +121,9 @@ class Member:
 
     Attributes:
         leaf_index: where the member sits in the tree (stable until it is removed).
-        identity: the identity of its basic credential.
+        identity: who the member is: a basic credential's identity, or what the client's
+            credential validator says an X.509 credential names (its certificate's
+            subjectAltName with :class:`mls.X509CredentialValidator`'s default).
         credential: the credential as RFC 9420 encodes it (type then content).
         signature_key: the key its messages are signed with.
         encryption_key: its leaf's current HPKE public key (changes on every update).
@@ -221,6 +231,43 @@ class EngineReceived:
     external_sender: bool = False
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class X509Credential:
+    """An X.509 credential (RFC 9420 §5.3) with the signature key its leaf certificate names.
+
+    For :meth:`mls.MlsClient.create` when the application already holds a key pair its
+    certificate authority certified (as OpenMLS users bring a ``CredentialWithKey``).
+    When the client should make the key itself, use :meth:`mls.MlsClient.signature_key`
+    and :meth:`mls.MlsClient.set_credential` instead (core-crypto's enrollment order).
+
+    Attributes:
+        certificates: the chain as DER, leaf first, each certified by the next (the trust
+            anchor may end it or be left out).
+        private_key: the leaf certificate's private key, of the cipher suite's signature
+            algorithm (Ed25519 for suites 1 and 3, P-256 for 2, Ed448 for 4 and 6, P-521
+            for 5, P-384 for 7).  It is stored in the vault, encrypted, like every key.
+    """
+
+    certificates: tuple[bytes, ...]
+    private_key: SignaturePrivateKey
+
+    def __post_init__(self) -> None:
+        """Keep a tuple of bytes, whatever sequence was given."""
+        chain = tuple(self.certificates)
+        if not chain or not all(isinstance(c, bytes | bytearray) for c in chain):
+            raise TypeError("certificates must be a non-empty sequence of DER bytes")
+        object.__setattr__(self, "certificates", tuple(bytes(c) for c in chain))
+        if not isinstance(
+            self.private_key,
+            ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey | ec.EllipticCurvePrivateKey,
+        ):
+            raise TypeError("private_key must be a cryptography Ed25519, Ed448 or EC private key")
+
+    def __repr__(self) -> str:
+        """Never print the private key."""
+        return f"X509Credential(certificates=<{len(self.certificates)} DER>)"
+
+
 @dataclass(frozen=True, slots=True)
 class LostKeyPackage:
     """A published key package whose private key died with an earlier process."""
@@ -261,6 +308,14 @@ class MlsEngine(Protocol):
         self, *, cipher_suite: int, lifetime: int | None, last_resort: bool
     ) -> bytes:
         """A new key package (MLSMessage), recorded in storage."""
+        ...
+
+    def signature_key(self, cipher_suite: int) -> bytes:
+        """Our signature public key of ``cipher_suite`` (made and stored on first use)."""
+        ...
+
+    def set_credential(self, certificates: Sequence[bytes], *, cipher_suite: int) -> None:
+        """Make an X.509 chain the credential of our ``cipher_suite`` signature key."""
         ...
 
     def lost_key_packages(self) -> list[LostKeyPackage]:

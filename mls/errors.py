@@ -29,6 +29,7 @@ from __future__ import annotations
 
 __all__ = [
     "EpochMismatch",
+    "InvalidCredential",
     "InvalidMessage",
     "InvalidProposal",
     "KeyPackageLost",
@@ -108,6 +109,16 @@ class EpochMismatch(InvalidMessage):
 
 class InvalidProposal(InvalidMessage):
     """A proposal, or a commit's list of proposals, breaks the rules of RFC 9420 §12."""
+
+
+class InvalidCredential(InvalidMessage):
+    """A credential the application's credential validator refuses (RFC 9420 §5.3.1).
+
+    Raised for a member's credential in a message (an untrusted X.509 chain, a certificate
+    for another key, an identity change the validator does not allow) and for our own
+    credential when it is set.  It is an :class:`InvalidMessage`, so code that drops bad
+    messages drops these too.
+    """
 
 
 class UnknownGroup(MlsEngineError, KeyError):

@@ -174,8 +174,11 @@ class MlsRsAdapter:
         epoch_retention: int,
         max_message_size: int,
         credential_validator: object | None,
+        credential: object | None = None,
     ) -> MlsRsAdapter:
         """Generate a signature key pair, store it as the identity row, start on it."""
+        if credential is not None:
+            raise errors.Unsupported(NAME, "X.509 credentials")
         if cipher_suite != DEFAULT_CIPHER_SUITE:
             raise errors.Unsupported(NAME, f"cipher suite {cipher_suite} (only suite 1)")
         binding = load_binding()
@@ -343,6 +346,16 @@ class MlsRsAdapter:
             _, session, created = _KP_RECORD.unpack(row)
             out[ref] = (session, created)
         return out
+
+    def signature_key(self, cipher_suite: int) -> bytes:
+        """Our (only) signature public key, of suite 1."""
+        if cipher_suite != DEFAULT_CIPHER_SUITE:
+            raise errors.Unsupported(NAME, f"cipher suite {cipher_suite} (only suite 1)")
+        return self._public
+
+    def set_credential(self, certificates: Sequence[bytes], *, cipher_suite: int) -> None:
+        """Refused: the binding's members carry basic credentials only."""
+        raise errors.Unsupported(NAME, "X.509 credentials")
 
     def lost_key_packages(self) -> list[LostKeyPackage]:
         """Key packages published by an earlier process (their private keys are gone)."""

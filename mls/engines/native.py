@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
+
 from mls import errors
 from mls.engine import (
     ALL_CIPHER_SUITES,
@@ -33,16 +35,18 @@ from mls.engine import (
     PendingCommit,
     PendingProposal,
     ReceivedKind,
+    X509Credential,
 )
 from mls.native import errors as native_errors
 from mls.native.codec import Writer
 from mls.native.commit import new_psk_nonce
 from mls.native.engine import NativeEngine, ProcessedKind
 from mls.native.framing import WireFormat
-from mls.native.identity import CredentialValidator
-from mls.native.leaf_node import Extension
+from mls.native.identity import BasicCredentialValidator, CredentialValidator
+from mls.native.leaf_node import Credential, CredentialType, Extension
 from mls.native.proposals import PreSharedKeyID, ProposalType, PskType
 from mls.native.rows import CATEGORY_IDENTITY, IDENTITY_KEY, GroupConfig, decode_epochs
+from mls.native.suites import get_suite
 from mls.storage import GranularStorage
 
 __all__ = ["IDENTITY_ROW", "NAME", "RECEIPT_CATEGORY", "NativeAdapter"]
@@ -107,6 +111,38 @@ def _group_info_suite(group_info: bytes) -> int | None:
     return int.from_bytes(group_info[6:8], "big")
 
 
+def _signature_private_bytes(credential: X509Credential, cipher_suite: int) -> bytes:
+    """The credential's private key serialized as the suite's signature scheme stores it.
+
+    Raises:
+        InvalidCredential: the key is not of the suite's signature algorithm.
+    """
+    scheme = get_suite(cipher_suite).sig
+    key = credential.private_key
+    if scheme in ("ed25519", "ed448"):
+        wanted = ed25519.Ed25519PrivateKey if scheme == "ed25519" else ed448.Ed448PrivateKey
+        if not isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) or (
+            not isinstance(key, wanted)
+        ):
+            raise errors.InvalidCredential(
+                f"cipher suite {cipher_suite} signs with {scheme}; the key is another type"
+            )
+        return key.private_bytes_raw()
+    curves = {"p256": "secp256r1", "p384": "secp384r1", "p521": "secp521r1"}
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != curves.get(scheme):
+        raise errors.InvalidCredential(
+            f"cipher suite {cipher_suite} signs with ECDSA {scheme}; the key is another type"
+        )
+    return key.private_numbers().private_value.to_bytes((key.curve.key_size + 7) // 8, "big")
+
+
+def _x509(certificates: Sequence[bytes]) -> Credential:
+    chain = tuple(certificates)
+    if not chain or not all(isinstance(c, bytes) for c in chain):
+        raise TypeError("certificates must be a non-empty sequence of DER bytes")
+    return Credential(CredentialType.X509, certificates=chain)
+
+
 def _check_suite(cipher_suite: int) -> int:
     if isinstance(cipher_suite, bool) or not isinstance(cipher_suite, int):
         raise TypeError("cipher_suite must be an int")
@@ -160,15 +196,53 @@ class NativeAdapter:
         epoch_retention: int,
         max_message_size: int,
         credential_validator: CredentialValidator | None,
+        credential: X509Credential | None = None,
     ) -> NativeAdapter:
-        """Store a new identity (signature key of ``cipher_suite``) and start on it."""
-        NativeEngine.create(storage, identity, suite=_check_suite(cipher_suite))
+        """Store a new identity (signature key of ``cipher_suite``) and start on it.
+
+        With ``credential``, its key and chain instead of a fresh key and a basic
+        credential (checked by ``credential_validator`` first).
+        """
+        suite = _check_suite(cipher_suite)
+        if credential is None:
+            NativeEngine.create(storage, identity, suite=suite)
+        else:
+            NativeEngine.create(
+                storage,
+                identity,
+                suite=suite,
+                signature_private_key=_signature_private_bytes(credential, suite),
+                credential=_x509(credential.certificates),
+                credential_validator=credential_validator,
+            )
         return cls(
             storage,
             epoch_retention=epoch_retention,
             max_message_size=max_message_size,
             credential_validator=credential_validator,
         )
+
+    @staticmethod
+    def check_credential(
+        credential: X509Credential,
+        *,
+        cipher_suite: int,
+        credential_validator: CredentialValidator | None,
+    ) -> None:
+        """Refuse, before any file is made, a credential :meth:`create` would refuse.
+
+        Raises:
+            InvalidCredential: the key is not of the suite's algorithm, or the validator
+                (the default accepts basic credentials only) refuses the chain for it.
+        """
+        suite = _check_suite(cipher_suite)
+        private = _signature_private_bytes(credential, suite)
+        with _as_invalid_message("the credential cannot be used"):
+            public = get_suite(suite).signature_public_key(private)
+        validator = BasicCredentialValidator() if credential_validator is None else (
+            credential_validator
+        )
+        validator.validate(_x509(credential.certificates), public)
 
     @property
     def name(self) -> EngineName:
@@ -177,7 +251,7 @@ class NativeAdapter:
 
     @property
     def identity(self) -> bytes:
-        """Our basic-credential identity."""
+        """Our identity (basic bytes, or what the validator says our X.509 chain names)."""
         return self._engine.identity
 
     @property
@@ -242,6 +316,14 @@ class NativeAdapter:
         if lifetime is None:
             return engine.generate_key_package(last_resort=last_resort)
         return engine.generate_key_package(lifetime=lifetime, last_resort=last_resort)
+
+    def signature_key(self, cipher_suite: int) -> bytes:
+        """Our signature public key of ``cipher_suite`` (made and stored on first use)."""
+        return self._for_suite(cipher_suite).signature_key
+
+    def set_credential(self, certificates: Sequence[bytes], *, cipher_suite: int) -> None:
+        """Make an X.509 chain the credential of our ``cipher_suite`` key (validated first)."""
+        self._for_suite(cipher_suite).set_credential(_x509(certificates))
 
     def lost_key_packages(self) -> list[LostKeyPackage]:
         """Always empty: the native engine persists key-package private keys."""
@@ -359,7 +441,7 @@ class NativeAdapter:
             out.append(
                 Member(
                     index,
-                    leaf.credential.identity,
+                    self._engine.identity_of(leaf.credential),
                     w.getvalue(),
                     leaf.signature_key,
                     leaf.encryption_key,

@@ -14,6 +14,7 @@ from .errors import (
     DecodeError,
     EncodeError,
     EpochMismatch,
+    InvalidCredential,
     InvalidLeafNode,
     InvalidMessage,
     InvalidProposal,
@@ -21,24 +22,39 @@ from .errors import (
     InvalidTag,
     InvalidTree,
     KeyNotFound,
+    MessageTooLarge,
     MlsError,
     NoIdentity,
+    NoPendingCommit,
+    PendingCommitExists,
     UnknownGroup,
     UnknownKeyPackage,
     UnsupportedCipherSuite,
 )
+from .external import ExternalSender
+from .identity import BasicCredentialValidator, CredentialValidator
+from .leaf_node import Credential, CredentialType
+from .pending import PendingCommit
 from .rows import GroupConfig
 from .suites import SUITES, CipherSuite, get_suite
+from .x509 import MAX_CHAIN_CERTIFICATES, X509CredentialValidator, san_identity
 
 __all__ = [
+    "MAX_CHAIN_CERTIFICATES",
     "SUITES",
     "AuthenticationError",
+    "BasicCredentialValidator",
     "CipherSuite",
+    "Credential",
+    "CredentialType",
+    "CredentialValidator",
     "CryptoError",
     "DecodeError",
     "EncodeError",
     "EpochMismatch",
+    "ExternalSender",
     "GroupConfig",
+    "InvalidCredential",
     "InvalidLeafNode",
     "InvalidMessage",
     "InvalidProposal",
@@ -46,13 +62,19 @@ __all__ = [
     "InvalidTag",
     "InvalidTree",
     "KeyNotFound",
+    "MessageTooLarge",
     "MlsError",
     "NativeEngine",
     "NoIdentity",
+    "NoPendingCommit",
+    "PendingCommit",
+    "PendingCommitExists",
     "Processed",
     "ProcessedKind",
     "UnknownGroup",
     "UnknownKeyPackage",
     "UnsupportedCipherSuite",
+    "X509CredentialValidator",
     "get_suite",
+    "san_identity",
 ]

@@ -29,7 +29,7 @@ from .identity import CredentialValidator
 from .join import GroupEpoch
 from .key_package import KeyPackage
 from .key_schedule import next_epoch, psk_secret, welcome_key_nonce
-from .leaf_node import Extension, ExtensionType, LeafNodeSource
+from .leaf_node import Credential, Extension, ExtensionType, LeafNodeSource
 from .proposals import (
     Add,
     Commit,
@@ -265,8 +265,11 @@ def create_commit(
     authenticated_data: bytes = b"",
     now: int | None = None,
     validator: CredentialValidator | None = None,
+    credential: Credential | None = None,
 ) -> CommitOutput:
     """Commit ``proposals`` (inline when ``ref`` is empty, else by reference).
+
+    ``credential``: ours, for the new leaf of the UpdatePath (default: the old leaf's).
 
     Includes an UpdatePath when §12.4 requires one or ``force_path`` asks for it, and builds
     the Welcome (GroupInfo signed by us, ``ratchet_tree`` extension) for added members.
@@ -301,7 +304,7 @@ def create_commit(
     if with_path:
         fdp = tree.filtered_direct_path(me)
         path, result, _ = create_update_path(
-            cs, tree, me, sig_priv, provisional, excluded=joiner_indices
+            cs, tree, me, sig_priv, provisional, excluded=joiner_indices, credential=credential
         )
         ps = result.path_secret
         for i, node in enumerate(fdp):

@@ -38,6 +38,7 @@ from .errors import (
     InvalidProposal,
     KeyNotFound,
     MessageTooLarge,
+    MlsError,
     NoIdentity,
     NoPendingCommit,
     PendingCommitExists,
@@ -262,6 +263,7 @@ class NativeEngine:
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, bytes], tuple[bytes, object]] = {}
         self._tree_rows = TreeRows()  # trees are stored node by node (mls.native.tree_rows)
+        self._identity_key = identity_key
         row = storage.read(CATEGORY_IDENTITY, identity_key)
         if row is None:
             raise NoIdentity("this storage holds no native MLS identity")
@@ -285,19 +287,36 @@ class NativeEngine:
         identity_key: bytes = IDENTITY_KEY,
         credential_validator: CredentialValidator | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        signature_private_key: bytes | None = None,
+        credential: Credential | None = None,
     ) -> NativeEngine:
-        """Generate a signature key pair for a basic credential and store both; one operation.
+        """Store a signature key pair and the credential of our leaves; one operation.
+
+        By default a fresh key pair and a basic credential naming ``identity``.  An
+        application whose certificate authority already certified a key of its own passes
+        that key (``signature_private_key``, serialized as :class:`CipherSuite` does) and
+        the ``credential`` (an X.509 chain for it), which must pass ``credential_validator``.
 
         Raises:
             ValueError: the storage already holds an identity, or ``identity`` is empty.
+            InvalidCredential: the validator refuses ``credential`` for the key.
         """
         if not isinstance(identity, bytes) or not identity:
             raise ValueError("identity must be non-empty bytes")
         if storage.read(CATEGORY_IDENTITY, identity_key) is not None:
             raise ValueError("this storage already holds a native MLS identity")
         cs = get_suite(suite)
-        priv, pub = cs.generate_signature_key_pair()
-        credential = Credential(CredentialType.BASIC, identity=identity)
+        if signature_private_key is None:
+            priv, pub = cs.generate_signature_key_pair()
+        else:
+            priv, pub = signature_private_key, cs.signature_public_key(signature_private_key)
+        if credential is None:
+            credential = Credential(CredentialType.BASIC, identity=identity)
+        else:
+            validator = (
+                BasicCredentialValidator() if credential_validator is None else credential_validator
+            )
+            validator.validate(credential, pub)
 
         def identity_row(w: Writer) -> None:
             w.u16(suite)
@@ -324,8 +343,61 @@ class NativeEngine:
 
     @property
     def identity(self) -> bytes:
-        """Our basic-credential identity."""
-        return self._identity.credential.identity
+        """Our identity, as the credential validator names our credential.
+
+        For a basic credential these are its identity bytes; for an X.509 credential
+        whatever the validator's ``identity()`` says the certificate names.
+        """
+        return self.identity_of(self._identity.credential)
+
+    @property
+    def credential(self) -> Credential:
+        """The credential our leaves carry (basic, or an X.509 chain once set)."""
+        return self._identity.credential
+
+    @property
+    def signature_key(self) -> bytes:
+        """Our signature public key (what an X.509 leaf certificate must certify)."""
+        return self._identity.signature_key
+
+    def identity_of(self, credential: Credential) -> bytes:
+        """The application identity of a credential, as the validator names it.
+
+        Every leaf in a tree was accepted by the validator, so asking it again cannot fail
+        for them; should the application have swapped validators between runs, a
+        credential the new one cannot name falls back to its basic identity bytes (empty
+        for X.509) rather than making the group unreadable.
+        """
+        try:
+            return self._validator.identity(credential)
+        except MlsError:
+            return credential.identity
+
+    def set_credential(self, credential: Credential) -> None:
+        """Replace the credential of our signature key (e.g. by an X.509 chain); one operation.
+
+        The credential must pass our validator for our own signature key (an X.509 leaf
+        certificate must certify exactly that key).  Key packages, groups and commit paths
+        made from now on carry it; our leaves in existing groups change at our next commit
+        with a path, which other members accept when their validator calls the new
+        credential a valid successor of the old one.
+
+        Raises:
+            InvalidCredential: the validator refuses it for our key.
+        """
+        if not isinstance(credential, Credential):
+            raise TypeError("credential must be an mls.native.leaf_node.Credential")
+        self._validator.validate(credential, self._identity.signature_key)
+        suite, key = self._identity.suite_id, self._identity.signature_key
+
+        def identity_row(w: Writer) -> None:
+            w.u16(suite)
+            credential.encode(w)
+            w.opaque(key)
+
+        with self._lock, self._storage.operation():
+            self._storage.write(CATEGORY_IDENTITY, self._identity_key, versioned(identity_row))
+            self._identity = _Identity(suite, credential, key)
 
     @property
     def suite(self) -> CipherSuite:
@@ -529,7 +601,7 @@ class NativeEngine:
             for i in tree.member_leaves():
                 leaf = tree.leaf(i)
                 assert leaf is not None
-                out.append((i, leaf.credential.identity))
+                out.append((i, self.identity_of(leaf.credential)))
             return out
 
     def leaf_nodes(self, group_id: bytes) -> list[tuple[int, LeafNode]]:
@@ -641,7 +713,9 @@ class NativeEngine:
                 return context, row.members.get(leaf)
         assert context is not None
         node = self._tree_rows.leaf(self._storage, gid, leaf)  # one row, not the whole tree
-        return context, None if node is None else (node.signature_key, node.credential.identity)
+        if node is None:
+            return context, None
+        return context, (node.signature_key, self.identity_of(node.credential))
 
     # ------------------------------------------------------------------ epoch persistence
 
@@ -660,7 +734,9 @@ class NativeEngine:
         me = group.private.leaf_index
         if previous is not None:  # who was who in the epoch we leave, for its late messages
             row_key = epoch_row_key(gid, previous.context.epoch)
-            left = MembersRow.between(previous.context, self._tree(gid), group.tree)
+            left = MembersRow.between(
+                previous.context, self._tree(gid), group.tree, self.identity_of
+            )
             s.write(CATEGORY_MEMBERS, row_key, left.to_bytes())
         self._tree_rows.save(s, gid, group.tree)
         s.write_context(gid, ctx.to_bytes())
@@ -1095,6 +1171,7 @@ class NativeEngine:
                 authenticated_data=aad,
                 now=self._now(),
                 validator=self._validator,
+                credential=self._identity.credential,
             )
             with self._storage.operation():
                 commit = self._protect(group_id, output.auth, config)
@@ -1286,7 +1363,9 @@ class NativeEngine:
             raise InvalidMessage("the group uses another cipher suite than our identity")
         config = GroupConfig() if config is None else config
         tree = verify_group_info(
-            info, None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree)
+            info,
+            None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree),
+            validator=self._validator,
         )
         gid = info.group_context.group_id
         with self._lock:
@@ -1301,7 +1380,9 @@ class NativeEngine:
                         i
                         for i in tree.member_leaves()
                         if (leaf := tree.leaf(i)) is not None
-                        and leaf.credential == self._identity.credential
+                        and self._validator.valid_successor(
+                            leaf.credential, self._identity.credential
+                        )
                     ),
                     None,
                 )
@@ -1316,6 +1397,7 @@ class NativeEngine:
                 capabilities=self._capabilities(()),
                 resync_leaf=old_leaf,
                 authenticated_data=aad,
+                validator=self._validator,
             )
             commit = output.message()
             tag = output.auth.auth.confirmation_tag
@@ -1505,8 +1587,10 @@ class NativeEngine:
         leaf = body.path.leaf_node
         auth = unprotect_public(self._cs, msg, b"", context, leaf.signature_key)
         group = self._group(gid)
-        new, joiner = process_external_commit(group, auth, self._psk_lookup(gid))
-        identity, epoch = leaf.credential.identity, context.epoch
+        new, joiner = process_external_commit(
+            group, auth, self._psk_lookup(gid), validator=self._validator
+        )
+        identity, epoch = self.identity_of(leaf.credential), context.epoch
         if new is None:
             self._forget(gid)
             return Processed(ProcessedKind.COMMIT, joiner, identity, epoch, removed=True)
@@ -1537,7 +1621,7 @@ class NativeEngine:
         return Processed(
             ProcessedKind.PROPOSAL,
             index,
-            sender.credential.identity,
+            self.identity_of(sender.credential),
             context.epoch,
             external_sender=True,
         )

@@ -97,7 +97,7 @@ class NoPendingCommit(MlsError, _mls.NoPendingCommit):
     """There is no pending commit of ours for this group to merge, clear or resend."""
 
 
-class InvalidCredential(InvalidLeafNode):
+class InvalidCredential(InvalidLeafNode, _mls.InvalidCredential):
     """A credential the application's credential validator refuses (§5.3.1): not a valid
     member, not a valid successor of the credential it replaces, or a second leaf claiming
     an identity the group already has."""

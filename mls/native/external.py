@@ -37,6 +37,7 @@ from .framing import (
     WireFormat,
 )
 from .group_context import GroupContext
+from .identity import BasicCredentialValidator, CredentialValidator
 from .join import GroupEpoch
 from .key_schedule import EpochSecrets, next_epoch, psk_secret
 from .leaf_node import (
@@ -127,11 +128,17 @@ def sign_group_info(
     return replace(info, signature=cs.sign_with_label(sig_priv, "GroupInfoTBS", info.tbs()))
 
 
-def verify_group_info(info: GroupInfo, ratchet_tree: RatchetTree | None) -> RatchetTree:
+def verify_group_info(
+    info: GroupInfo,
+    ratchet_tree: RatchetTree | None,
+    *,
+    validator: CredentialValidator | None = None,
+) -> RatchetTree:
     """Check a GroupInfo against its tree (from the extension or out of band); return the tree.
 
     Verified: the tree's parent hashes and leaf signatures, its hash against the context, the
-    GroupInfo signature by its signer's leaf, and every leaf's §7.3 group rules.
+    GroupInfo signature by its signer's leaf, and every leaf's §7.3 group rules, credentials
+    judged by ``validator`` (the joiner's identity policy; default: basic credentials).
     """
     cs = get_suite(info.group_context.cipher_suite)
     gc = info.group_context
@@ -154,7 +161,14 @@ def verify_group_info(info: GroupInfo, ratchet_tree: RatchetTree | None) -> Ratc
         leaf = tree.leaf(i)
         assert leaf is not None
         validate_leaf_node(
-            cs, leaf, tree, gc, source=leaf.leaf_node_source, replaces=i, in_tree=True
+            cs,
+            leaf,
+            tree,
+            gc,
+            source=leaf.leaf_node_source,
+            replaces=i,
+            in_tree=True,
+            validator=validator,
         )
     return tree
 
@@ -167,12 +181,18 @@ def validate_external_proposals(
     tree: RatchetTree,
     commit: Commit,
     joiner_credential: Credential,
+    validator: CredentialValidator | None = None,
 ) -> list[PendingProposal]:
     """The §12.2 rules for an external commit; returns its proposals (all by value).
 
-    Exactly one ExternalInit, at most one Remove (only of a leaf holding the joiner's own
-    credential: a resync), any PreSharedKey proposals, nothing else, and no references.
+    Exactly one ExternalInit, at most one Remove (only of the joiner's own old leaf: a
+    resync), any PreSharedKey proposals, nothing else, and no references.  "Its own old
+    leaf" is the application's call, not byte equality: the joiner's new credential must be
+    a valid successor of the removed leaf's (``validator.valid_successor``), so a member
+    whose certificate was renewed while its state was lost can still resync, and nobody can
+    remove another identity's leaf this way.
     """
+    validator = BasicCredentialValidator() if validator is None else validator
     out: list[PendingProposal] = []
     inits = removes = 0
     psk_ids: set[bytes] = set()
@@ -187,7 +207,7 @@ def validate_external_proposals(
             old = tree.leaf(body.removed) if body.removed < tree.n_leaves else None
             if old is None:
                 raise InvalidProposal("Remove of a blank or absent leaf")
-            if old.credential != joiner_credential:
+            if not validator.valid_successor(old.credential, joiner_credential):
                 raise InvalidProposal("an external commit may only remove the joiner's old leaf")
         elif isinstance(body, PreSharedKey):
             key = body.psk.to_bytes()
@@ -241,11 +261,14 @@ def create_external_commit(
     capabilities: Capabilities,
     resync_leaf: int | None = None,
     authenticated_data: bytes = b"",
+    validator: CredentialValidator | None = None,
 ) -> ExternalCommitOutput:
     """Join the group of a verified GroupInfo (:func:`verify_group_info`) by external commit.
 
     Args:
         resync_leaf: our own old leaf to remove in the same commit (rejoin after state loss).
+        validator: the identity policy our own new leaf is checked against, as the members
+            will check it (default: basic credentials).
     """
     gc = info.group_context
     cs = get_suite(gc.cipher_suite)
@@ -274,7 +297,14 @@ def create_external_commit(
     grown, me = applied.tree.add_leaf(placeholder)
     provisional = replace(gc, epoch=gc.epoch + 1, tree_hash=b"")
     path, result, _ = create_update_path(cs, grown, me, sig_priv, provisional)
-    validate_leaf_node(cs, path.leaf_node, applied.tree, provisional, source=LeafNodeSource.COMMIT)
+    validate_leaf_node(
+        cs,
+        path.leaf_node,
+        applied.tree,
+        provisional,
+        source=LeafNodeSource.COMMIT,
+        validator=validator,
+    )
     commit = Commit(tuple(ProposalOrRef(proposal=p.proposal) for p in proposals), path)
     content = FramedContent(
         gc.group_id, gc.epoch, Sender(SenderType.NEW_MEMBER_COMMIT), authenticated_data, commit
@@ -305,12 +335,18 @@ def create_external_commit(
 
 
 def process_external_commit(
-    group: GroupEpoch, auth: AuthenticatedContent, psk_lookup: PskLookup
+    group: GroupEpoch,
+    auth: AuthenticatedContent,
+    psk_lookup: PskLookup,
+    *,
+    validator: CredentialValidator | None = None,
 ) -> tuple[GroupEpoch | None, int]:
     """Apply another party's verified external commit; returns (next epoch, joiner's leaf).
 
     The epoch is ``None`` when the commit removed us (someone resynced with our credential).
-    The caller has verified the signature with the key of the commit's path leaf.
+    The caller has verified the signature with the key of the commit's path leaf.  The
+    joiner's leaf must satisfy ``validator`` (the application's identity policy; default:
+    basic credentials), like any member added by a Welcome.
     """
     cs = get_suite(group.context.cipher_suite)
     commit = auth.content.content
@@ -323,7 +359,7 @@ def process_external_commit(
     if commit.path is None:
         raise InvalidProposal("an external commit requires an UpdatePath")
     proposals = validate_external_proposals(
-        cs, group.tree, commit, commit.path.leaf_node.credential
+        cs, group.tree, commit, commit.path.leaf_node.credential, validator
     )
     applied = apply_proposals(group.tree, group.context.extensions, proposals)
     me = group.private.leaf_index
@@ -331,7 +367,12 @@ def process_external_commit(
         return None, applied.tree.add_leaf(commit.path.leaf_node)[1]
     provisional = replace(group.context, epoch=group.context.epoch + 1, tree_hash=b"")
     validate_leaf_node(
-        cs, commit.path.leaf_node, applied.tree, provisional, source=LeafNodeSource.COMMIT
+        cs,
+        commit.path.leaf_node,
+        applied.tree,
+        provisional,
+        source=LeafNodeSource.COMMIT,
+        validator=validator,
     )
     grown, joiner = applied.tree.add_leaf(commit.path.leaf_node)
     nodes = {

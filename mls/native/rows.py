@@ -57,7 +57,7 @@ from .errors import DecodeError
 from .framing import WireFormat
 from .group_context import GroupContext
 from .key_schedule import EpochSecrets
-from .leaf_node import LeafNode
+from .leaf_node import Credential, LeafNode
 from .secret_tree import DEFAULT_MAX_FORWARD, DEFAULT_WINDOW, HashRatchet, RatchetType
 from .tree import RatchetTree
 from .tree_rows import candidates
@@ -249,8 +249,18 @@ class MembersRow:
         return decode_exact(data, read)
 
     @classmethod
-    def between(cls, context: GroupContext, old: RatchetTree, new: RatchetTree) -> MembersRow:
-        """The row of the epoch of ``context`` (tree ``old``) left for tree ``new``."""
+    def between(
+        cls,
+        context: GroupContext,
+        old: RatchetTree,
+        new: RatchetTree,
+        identity_of: Callable[[Credential], bytes] | None = None,
+    ) -> MembersRow:
+        """The row of the epoch of ``context`` (tree ``old``) left for tree ``new``.
+
+        ``identity_of`` names each member (the credential validator's ``identity``, so X.509
+        members are named by their certificate; default: the basic credential's bytes).
+        """
         changed: dict[int, MemberKey | None] = {}
         for x in candidates(old, new):
             if x & 1:
@@ -259,16 +269,19 @@ class MembersRow:
             b = new.nodes[x] if x < len(new.nodes) else None
             if a is b:
                 continue
-            before = None if a is None else _member_key(a)
-            after = None if b is None else _member_key(b)
+            before = None if a is None else _member_key(a, identity_of)
+            after = None if b is None else _member_key(b, identity_of)
             if before != after:
                 changed[x // 2] = before
         return cls(context, changed)
 
 
-def _member_key(node: object) -> MemberKey:
+def _member_key(
+    node: object, identity_of: Callable[[Credential], bytes] | None = None
+) -> MemberKey:
     assert isinstance(node, LeafNode)
-    return node.signature_key, node.credential.identity
+    name = node.credential.identity if identity_of is None else identity_of(node.credential)
+    return node.signature_key, name
 
 
 def encode_epochs(epochs: Sequence[int]) -> bytes:

@@ -10,7 +10,7 @@ from . import tree_math as tm
 from .codec import Reader, Struct, Writer, decode_exact
 from .errors import AuthenticationError, CryptoError, InvalidMessage, InvalidTree
 from .group_context import GroupContext
-from .leaf_node import LeafNode, LeafNodeSource
+from .leaf_node import Credential, LeafNode, LeafNodeSource
 from .proposals import HPKECiphertext, UpdatePath, UpdatePathNode
 from .suites import CipherSuite
 from .tree import Node, ParentNode, RatchetTree
@@ -149,11 +149,14 @@ def create_update_path(
     context: GroupContext,
     excluded: Collection[int] = (),
     leaf_secret: bytes | None = None,
+    credential: Credential | None = None,
 ) -> tuple[UpdatePath, PathResult, GroupContext]:
     """Build an UpdatePath from ``sender``.
 
     ``context`` supplies every GroupContext field except the tree hash, which is replaced by
     the hash of the updated tree; ``excluded`` lists leaves added by the same commit.
+    ``credential`` replaces the sender's credential in its new leaf (a certificate renewed
+    or an upgrade to X.509); by default the old leaf's is kept.
     """
     old_leaf = tree.leaf(sender)
     if old_leaf is None:
@@ -172,7 +175,7 @@ def create_update_path(
     leaf = LeafNode(
         leaf_pub,
         old_leaf.signature_key,
-        old_leaf.credential,
+        old_leaf.credential if credential is None else credential,
         old_leaf.capabilities,
         LeafNodeSource.COMMIT,
         None,

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mls.native.client import NativeClient
 
 from keystore import profiles
-from mls.client import MlsClient
+from mls import MlsClient
+from mls.native.identity import CredentialValidator
 from tests.interop.peer import NodePeer, node_path
 
 PASSPHRASE = "interop passphrase"
@@ -32,31 +32,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 class Ours:
-    """Our members: native-engine clients through the public API, each in its own vault."""
+    """Our members: native-engine ``MlsClient``s (public API only), each in its own vault."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.open: dict[bytes, NativeClient] = {}
+        self.open: dict[bytes, MlsClient] = {}
+        self._validators: dict[bytes, CredentialValidator] = {}
 
     def path(self, identity: bytes) -> Path:
         """Where the member ``identity`` keeps its vault."""
         return self.folder / f"{identity.hex()}.vault"
 
-    def create(self, identity: bytes) -> NativeClient:
-        """A new member (new vault, new signature key)."""
+    def create(
+        self, identity: bytes, *, credential_validator: CredentialValidator | None = None
+    ) -> MlsClient:
+        """A new member (new vault, new signature key); its validator is reused on restarts."""
         client = MlsClient.create(
-            self.path(identity), PASSPHRASE, identity=identity, kdf=FAST_KDF, engine="native"
+            self.path(identity),
+            PASSPHRASE,
+            identity=identity,
+            kdf=FAST_KDF,
+            engine="native",
+            credential_validator=credential_validator,
         )
-        assert isinstance(client, NativeClient)
+        if credential_validator is not None:
+            self._validators[identity] = credential_validator
         self.open[identity] = client
         return client
 
-    def restart(self, client: NativeClient) -> NativeClient:
+    def restart(self, client: MlsClient) -> MlsClient:
         """Close the member and open it again from its vault, as a new process would."""
-        identity = client.identity
+        identity = next(i for i, c in self.open.items() if c is client)
         client.close()
-        again = MlsClient.open(self.path(identity), PASSPHRASE)
-        assert isinstance(again, NativeClient)
+        again = MlsClient.open(
+            self.path(identity),
+            PASSPHRASE,
+            engine="native",
+            credential_validator=self._validators.get(identity),
+        )
         self.open[identity] = again
         return again
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from mls.native.client import NativeClient
-
-from mls import categories as cat
-from mls.client import ReceivedKind
+from mls import MlsClient, ReceivedKind
 from mls.native import tree_math as tm
 from mls.native.codec import Writer, write_u16
 from mls.native.tree import RatchetTree
@@ -49,7 +46,7 @@ class Room:
         self.invited: dict[str, bytes] = {}  # peer members with a key package, not yet in
         self.key_packages: dict[bytes | str, bytes] = {}  # unused key packages, by member
 
-    def client(self, identity: bytes) -> NativeClient:
+    def client(self, identity: bytes) -> MlsClient:
         """Our member ``identity`` (the instance currently open)."""
         return self.ours.open[identity]
 
@@ -265,9 +262,9 @@ def nest_unmerged_leaves(room: Room) -> tuple[bytes, bytes]:
     return committer, room.new_our_member("nest-g")
 
 
-def tree_of(client: NativeClient, group_id: bytes) -> RatchetTree:
-    """The ratchet tree our member holds (the engine's public tree)."""
-    return RatchetTree.from_bytes(client.engine.storage.read(cat.TREE, group_id) or b"")
+def tree_of(client: MlsClient, group_id: bytes) -> RatchetTree:
+    """The ratchet tree our member holds (its public tree, as the client exports it)."""
+    return RatchetTree.from_bytes(client.ratchet_tree(group_id))
 
 
 def required_capabilities(credential_types: list[int]) -> bytes:

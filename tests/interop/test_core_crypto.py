@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mls.client import ReceivedKind
+from mls import GroupSettings, Handshake, ReceivedKind
 from mls.native.codec import decode_exact
 from mls.native.framing import (
     FramedContent,
@@ -24,7 +24,6 @@ from mls.native.key_package import KeyPackage
 from mls.native.leaf_node import CredentialType
 from mls.native.proposals import Proposal, Remove
 from mls.native.protection import sign_content
-from mls.native.rows import GroupConfig
 from mls.native.suites import get_suite
 from mls.native.validation import RequiredCapabilities
 from mls.native.welcome import GroupInfo
@@ -92,7 +91,7 @@ def test_it_refuses_private_message_handshakes(room: Room) -> None:
     """A commit sent as PrivateMessage breaks core-crypto's wire-format policy."""
     identity = wire_client_id("n1")
     me = room.ours.create(identity)
-    me.engine.create_group(GID, config=GroupConfig(handshake=WireFormat.PRIVATE_MESSAGE))
+    me.create_group(GID, settings=GroupSettings(Handshake.PRIVATE))
     room.our_members.append(identity)
     room.new_peer_member("p1")
     _, welcome = me.add_members(GID, [room.key_packages.pop("p1")])
@@ -157,7 +156,7 @@ def test_the_delivery_service_removes_our_member_by_an_external_proposal(room: R
     room.peer_members["p1"] = identity
     n1, n2 = room.new_our_member("n1"), room.new_our_member("n2")
     room.peer_adds("p1", ours=(n1, n2))
-    leaf = dict((who, i) for i, who in room.client(n1).engine.members(GID))[n2]
+    leaf = {m.identity: m.leaf_index for m in room.client(n1).roster(GID)}[n2]
     epoch = room.peer.call("epoch", who="p1")["epoch"]
     room.deliver(
         external_remove(server_priv, GID, epoch, leaf), sender="server", kind=ReceivedKind.PROPOSAL

@@ -14,14 +14,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from mls.client import ReceivedKind
-from mls.native.errors import DecodeError
-from mls.native.framing import WireFormat
-from mls.native.leaf_node import CredentialType, Extension, ExtensionType
-from mls.native.rows import GroupConfig
+from mls import GroupContextExtension, GroupSettings, Handshake, InvalidMessage, ReceivedKind
+from mls.native.leaf_node import CredentialType, ExtensionType
 from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer, PeerError
 from tests.interop.room import (
@@ -42,7 +40,7 @@ class PeerKind:
     """How to run one peer: its program and the options of its handshake messages."""
 
     script: str
-    options: dict[str, object] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     proposes: bool = True  # the peer's API can send proposals (core-crypto's cannot)
     private_handshakes: bool = True  # it accepts PrivateMessage commits (core-crypto does not)
 
@@ -58,11 +56,11 @@ PEERS = {
 #: RFC 9420 §12.4.3.2 defines it as the ExternalPub struct (a length-prefixed key), which
 #: core-crypto (OpenMLS) and our engine use.  So GroupInfos do not cross between ts-mls and
 #: anyone else (``test_ts_mls_external_pub_is_a_bare_key`` pins the deviation).
-#: Our engine cannot read ts-mls's GroupInfo (DecodeError) and ts-mls cannot read ours
+#: Our client cannot read ts-mls's GroupInfo (InvalidMessage) and ts-mls cannot read ours
 #: (PeerError: "Invalid public key for the ciphersuite").
 TS_MLS_BARE_EXTERNAL_PUB = pytest.mark.xfail(
     strict=True,
-    raises=(DecodeError, PeerError),
+    raises=(InvalidMessage, PeerError),
     reason="ts-mls 1.6.4 encodes external_pub as a bare key, not the ExternalPub struct of "
     "RFC 9420 §12.4.3.2",
 )
@@ -191,7 +189,7 @@ def test_we_join_the_peers_group_by_external_commit(room: Room, kind: PeerKind) 
     room.peer_commits("p1", **kind.options)  # core-crypto hands out a GroupInfo per commit
     identity = wire_client_id("n1")
     me = room.ours.create(identity)
-    group_id, commit = me.engine.join_by_external_commit(room.peer_group_info("p1"))
+    group_id, commit = me.join_by_external_commit(room.peer_group_info("p1"))
     assert group_id == GID
     room.our_members.append(identity)
     room.deliver(commit, sender=identity, kind=ReceivedKind.COMMIT)
@@ -205,7 +203,7 @@ def test_we_join_the_peers_group_by_external_commit(room: Room, kind: PeerKind) 
 def test_the_peer_joins_our_group_by_external_commit(room: Room, kind: PeerKind) -> None:
     """The peer's new member joins our group from the GroupInfo our member signs."""
     me = room.we_create("n1")
-    room.peer_joins_externally("p1", room.client(me).engine.group_info(GID))
+    room.peer_joins_externally("p1", room.client(me).group_info(GID))
     room.restart()
     room.check()
     room.send_from_peer("p1", b"joined from the outside")
@@ -219,11 +217,14 @@ def test_our_pending_commit_is_cleared_when_the_peers_commit_wins(
     me = room.we_create("n1")
     room.new_peer_member("p1")
     room.we_add(me, theirs=("p1",))
-    engine = room.client(me).engine
-    engine.commit(GID, force_path=True, pending=True)  # never delivered
-    assert engine.pending_commit(GID) is not None
-    room.peer_commits("p1", **kind.options)  # the winner, delivered to us
-    assert room.client(me).engine.pending_commit(GID) is None
+    client = room.client(me)
+    client.commit(GID, force_path=True, pending=True)  # never delivered
+    assert client.pending_commit(GID) is not None
+    # The winner, delivered to us: processing it reports that ours was dropped.
+    reply = room.peer.call("commit", who="p1", **kind.options)
+    got = client.process(GID, reply["commit"])
+    assert got.kind == ReceivedKind.COMMIT and got.cleared_pending_commit
+    assert client.pending_commit(GID) is None
     room.restart()
     room.check()
     room.send_from_ours(me, b"still in, no rejoin")
@@ -287,19 +288,18 @@ def test_random_walk_of_membership_changes_and_messages(
                 pytest.xfail("ts-mls 1.6.4 refused to join a tree valid per RFC 9420 §12.4.3.1")
         elif action == "remove" and (len(ours) > 1 or len(theirs) > 1):
             side = ours if len(ours) > 1 and (len(theirs) == 1 or rng.random() < 0.5) else None
+            remaining_ours, remaining_theirs = ours, theirs  # who may commit the removal
             if side is not None:
                 victim = rng.choice(ours)
-                remaining = [o for o in ours if o != victim]
+                remaining_ours = [o for o in ours if o != victim]
             else:
                 victim_who = rng.choice(theirs)
                 victim = room.peer_members[victim_who]
-                remaining = [t for t in theirs if t != victim_who]
-            if rng.random() < 0.5 and (side is None or remaining):
-                committer_ours = rng.choice(remaining if side is not None else ours)
-                room.we_remove(committer_ours, [victim])
+                remaining_theirs = [t for t in theirs if t != victim_who]
+            if rng.random() < 0.5 and (side is None or remaining_ours):
+                room.we_remove(rng.choice(remaining_ours), [victim])
             else:
-                committers = theirs if side is not None else remaining
-                room.peer_removes(rng.choice(committers), [victim], **kind.options)
+                room.peer_removes(rng.choice(remaining_theirs), [victim], **kind.options)
         elif action == "restart":
             room.restart()
         if step % 6 == 5:
@@ -375,8 +375,7 @@ def test_our_handshakes_as_padded_private_messages(room: Room, kind: PeerKind) -
     """
     identity = wire_client_id("n1")
     me = room.ours.create(identity)
-    config = GroupConfig(handshake=WireFormat.PRIVATE_MESSAGE, padding=32)
-    me.engine.create_group(GID, config=config)  # group settings beyond the client's defaults
+    me.create_group(GID, settings=GroupSettings(Handshake.PRIVATE, padding=32))
     room.our_members.append(identity)
     room.new_peer_member("p1")
     room.new_peer_member("p2")
@@ -408,8 +407,8 @@ def test_we_change_the_group_context_extensions(room: Room, kind: PeerKind) -> N
     room.new_peer_member("p1")
     room.we_add(me, theirs=("p1",))
     both = required_capabilities([CredentialType.BASIC, CredentialType.X509])
-    commit, _ = room.client(me).engine.commit(
-        GID, extensions=[Extension(ExtensionType.REQUIRED_CAPABILITIES, both)]
+    commit, _ = room.client(me).commit(
+        GID, extensions=[GroupContextExtension(ExtensionType.REQUIRED_CAPABILITIES, both)]
     )
     room.deliver(commit, sender=me, kind=ReceivedKind.COMMIT)
     room.restart()

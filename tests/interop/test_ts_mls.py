@@ -17,15 +17,13 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from mls.client import ReceivedKind
+from mls import InvalidCredential, InvalidProposal, ReceivedKind, X509CredentialValidator
 from mls.native.codec import Reader, decode_exact
-from mls.native.errors import InvalidProposal
 from mls.native.framing import MLSMessage
 from mls.native.key_package import KeyPackage
 from mls.native.leaf_node import Credential, CredentialType, ExtensionType
 from mls.native.suites import get_suite
 from mls.native.welcome import GroupInfo
-from mls.native.x509 import InvalidCredential, X509CredentialValidator
 from tests.interop.conftest import Ours
 from tests.interop.peer import NodePeer, PeerError
 from tests.interop.room import (
@@ -37,14 +35,7 @@ from tests.interop.room import (
     unmerged_leaves_violations,
     wire_client_id,
 )
-from tests.native.test_x509 import (
-    CLIENT,
-    NOW,
-    certificate,
-    der,
-    engine_judging_with,
-    make_pki,
-)
+from tests.native.test_x509 import CLIENT, NOW, certificate, der, make_pki
 
 GID = b"ts-mls x509 group"
 
@@ -76,7 +67,7 @@ def test_core_crypto_external_pub_is_the_rfc_struct(core_crypto: NodePeer) -> No
 
 
 def test_an_x509_key_package_from_ts_mls_passes_our_validator_and_joins(
-    ts_mls: NodePeer,
+    ts_mls: NodePeer, ours: Ours
 ) -> None:
     """ts-mls signs a key package with an X.509 credential for its own key; we accept it.
 
@@ -102,15 +93,16 @@ def test_an_x509_key_package_from_ts_mls_passes_our_validator_and_joins(
     validator.validate(kp.leaf_node.credential, kp.leaf_node.signature_key)
     assert validator.identity(kp.leaf_node.credential) == CLIENT.encode()
 
-    # Our member judges credentials with the validator (an engine: the client has no
-    # setting for it), creates a group, adds the ts-mls member, and both sides talk.
-    me = engine_judging_with(validator, wire_client_id("n1"))
+    # Our member judges credentials with the validator, creates a group, adds the ts-mls
+    # member, and both sides talk; the member is named by its certificate.
+    me = ours.create(wire_client_id("n1"), credential_validator=validator)
     me.create_group(GID)
-    _, welcome = me.commit(GID, add=[wire])
-    assert welcome is not None
+    _, welcome = me.add_members(GID, [wire])
     assert ts_mls.call("join", who="x", welcome=welcome)["group_id"] == GID
+    assert me.members(GID) == [wire_client_id("n1"), CLIENT.encode()]
+    me = ours.restart(me)  # the validator is given again on open
     got = me.process(GID, ts_mls.call("encrypt", who="x", plaintext=b"signed by a CA")["message"])
-    assert got.data == b"signed by a CA"
+    assert (got.data, got.sender) == (b"signed by a CA", CLIENT.encode())
     reply = ts_mls.call("process", who="x", message=me.encrypt(GID, b"seen"))
     assert reply["data"] == b"seen"
     theirs = ts_mls.call("export_secret", who="x", label=b"l", context=b"c", length=32)
@@ -118,7 +110,7 @@ def test_an_x509_key_package_from_ts_mls_passes_our_validator_and_joins(
 
 
 def test_a_certificate_for_another_key_in_a_ts_mls_key_package_is_refused(
-    ts_mls: NodePeer,
+    ts_mls: NodePeer, ours: Ours
 ) -> None:
     """A validly signed key package carrying someone else's certificate is refused."""
     pki, _ = make_pki()  # its leaf certificate is for a key ts-mls does not hold
@@ -130,6 +122,12 @@ def test_a_certificate_for_another_key_in_a_ts_mls_key_package_is_refused(
     validator = X509CredentialValidator([pki.root], clock=lambda: NOW)
     with pytest.raises(InvalidCredential, match="not the leaf node's signature key"):
         validator.validate(kp.leaf_node.credential, kp.leaf_node.signature_key)
+    # Through the client: our member will not add it, and nothing changed.
+    me = ours.create(wire_client_id("n1"), credential_validator=validator)
+    me.create_group(GID)
+    with pytest.raises(InvalidCredential, match="not the leaf node's signature key"):
+        me.add_members(GID, [wire])
+    assert me.members(GID) == [wire_client_id("n1")] and me.epoch(GID) == 0
 
 
 def test_ts_mls_refuses_a_valid_tree_with_nested_unmerged_leaves(
@@ -173,3 +171,42 @@ def test_ts_mls_extension_commits_lack_the_required_update_path(
     reply = ts_mls.call("group_context_extensions", who="t", extensions=[[3, both]])
     with pytest.raises(InvalidProposal, match="requires an UpdatePath"):
         room.client(me).process(GID, reply["commit"])
+
+
+def test_our_member_with_an_x509_credential_works_in_a_ts_mls_group(
+    ts_mls: NodePeer, ours: Ours
+) -> None:
+    """Our client's own credential is an X.509 chain its CA issued for its signature key.
+
+    ts-mls adds it from its key package, both sides talk, commit with a path each way, and
+    agree on the exporter; ts-mls sees our leaf certificate, we name ourselves by its SAN.
+    """
+    pki, _ = make_pki()
+    validator = X509CredentialValidator([pki.root], accept_basic=True, clock=lambda: NOW)
+    identity = wire_client_id("n1")
+    me = ours.create(identity, credential_validator=validator)
+    leaf = certificate(
+        "n1",
+        ed25519.Ed25519PublicKey.from_public_bytes(me.signature_key()),
+        "Intermediate",
+        pki.intermediate_key,
+        ca=False,
+    )
+    me.set_credential([der(leaf), der(pki.intermediate)])
+    assert me.identity == CLIENT.encode()
+    room = Room(ours, ts_mls, GID)
+    room.peer_creates("t")
+    reply = ts_mls.call("add", who="t", key_packages=[me.generate_key_package()])
+    me = ours.restart(me)  # the credential is in the vault; the validator is given again
+    assert me.join(reply["welcome"]) == GID
+    assert me.members(GID) == [wire_client_id("t"), CLIENT.encode()]
+    assert sorted(ts_mls.call("members", who="t")["members"]) == sorted(
+        [wire_client_id("t"), der(leaf)]
+    )
+    got = me.process(GID, ts_mls.call("encrypt", who="t", plaintext=b"hi x509")["message"])
+    assert (got.data, got.sender) == (b"hi x509", wire_client_id("t"))
+    assert ts_mls.call("process", who="t", message=me.encrypt(GID, b"hi"))["data"] == b"hi"
+    me.process(GID, ts_mls.call("commit", who="t")["commit"])
+    ts_mls.call("process", who="t", message=me.update_keys(GID))
+    theirs = ts_mls.call("export_secret", who="t", label=b"l", context=b"c", length=32)
+    assert theirs["secret"] == me.export_secret(GID, b"l", b"c", 32)

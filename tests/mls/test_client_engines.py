@@ -769,6 +769,8 @@ def test_every_bytes_returning_call_leaves_nothing_pending(clients: Clients) -> 
         return result
 
     call(alice, "generate_key_package")
+    call(alice, "signature_key")
+    call(alice, "signature_key", 2)  # a new suite's key is made and stored first
     bob.process(GID, call(alice, "encrypt", GID, b"1"))
     with_aad = call(alice, "encrypt", GID, b"aad", aad=b"x")
     call(bob, "process", GID, with_aad or alice.encrypt(GID, b"no aad"))

@@ -387,12 +387,6 @@ def test_an_engine_judging_with_it_refuses_an_untrusted_chain() -> None:
     assert len(alice.members(GID)) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NativeEngine.members() and Processed.identity read credential.identity, which an "
-    "X.509 credential does not have (b''); they should ask the credential validator's "
-    "identity() (engine.py members/_handle paths and the per-epoch members row in rows.py)",
-)
 def test_an_x509_members_identity_is_the_one_its_certificate_names() -> None:
     """The engine names an X.509 member by what its validator says the certificate names."""
     pki, sig_priv = make_pki()
