@@ -262,7 +262,7 @@ def _rehydrate_share(dsn: str, schema: str, names: list[str], plain: bool) -> fl
             for name in names:
                 with PostgresVault.open(db, name=name) as v:
                     v.unlock(_PASSPHRASE)
-                    GranularStorage.load(v)  # type: ignore[arg-type]
+                    GranularStorage.load(v)
     return time.perf_counter() - t0
 
 
