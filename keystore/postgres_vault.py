@@ -26,10 +26,11 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from keystore.anchor import GenerationAnchor
 from keystore.backend import RowRef, SealedRow, VaultBackend
 from keystore.backends.postgres import (
     DEFAULT_LEASE_TTL,
@@ -46,8 +47,17 @@ from keystore.cipher import (
     unwrap_secrets,
     wrap_secrets,
 )
-from keystore.errors import IntegrityError, VaultClosed, VaultIOError, VaultLocked
+from keystore.digest import DigestKeys, RowSetDigest, VaultState, check_anchor, check_rows
+from keystore.errors import (
+    IntegrityError,
+    KeystoreError,
+    RollbackDetected,
+    VaultClosed,
+    VaultIOError,
+    VaultLocked,
+)
 from keystore.header import (
+    FLAG_STATE_DIGEST,
     HEADER_FORMAT,
     KDF_ARGON2ID,
     KDF_RAW_KEY,
@@ -78,6 +88,7 @@ __all__ = [
     "import_export_file",
     "new_header",
     "open_header",
+    "rehash_rows",
     "reseal_rows",
     "seal_batch",
 ]
@@ -94,16 +105,18 @@ def _wipe(*buffers: bytearray | None) -> None:
 
 
 def new_header(
-    kdf_id: int, kdf: KdfParameters | None, secret: bytes
+    kdf_id: int, kdf: KdfParameters | None, secret: bytes, *, flags: int = FLAG_STATE_DIGEST
 ) -> tuple[Header, StoreCipher, bytearray]:
     """A fresh vault: random store id and secrets, wrapped under a KEK from ``secret``.
 
+    New vaults carry the state-record flag: their record is mandatory from the start.
     Returns ``(header, cipher, kek)``; the caller owns (and wipes) cipher and kek.
     """
     store_id = os.urandom(STORE_ID_LEN)
     header = Header(
         store_id=store_id, kdf_id=kdf_id, kdf=kdf, salt=os.urandom(SALT_LEN),
-        key_generation=1, wrap_nonce=bytes(NONCE_LEN), wrapped=bytes(WRAPPED_LEN), flags=0,
+        key_generation=1, wrap_nonce=bytes(NONCE_LEN), wrapped=bytes(WRAPPED_LEN),
+        flags=flags,
     )
     kek = derive_wrapping_key(header, secret)
     cipher = StoreCipher.generate(store_id)
@@ -178,6 +191,34 @@ def reseal_rows(
     return out
 
 
+def rehash_rows(
+    old: StoreCipher, new: StoreCipher, rows: Iterable[SealedRow]
+) -> list[tuple[str, bytes, bytes, bytes]]:
+    """Authenticate every row under ``old``; hash its key and seal it under ``new``.
+
+    Returns ``(category, old_key_hash, new_key_hash, new_value)`` per row (a rekey
+    that rotates the hash key too).
+
+    Raises:
+        IntegrityError: a row fails authentication; nothing is returned.
+    """
+    out: list[tuple[str, bytes, bytes, bytes]] = []
+    for category, key_hash, blob in rows:
+        key, value = old.decrypt_row(category, key_hash, blob)
+        new_hash = new.key_hash(category, key)
+        out.append((category, key_hash, new_hash,
+                    new.encrypt_row(category, new_hash, key, value)))
+    return out
+
+
+def _digest_keys(cipher: StoreCipher) -> DigestKeys:
+    secrets = cipher.secrets()
+    try:
+        return DigestKeys(secrets, cipher.store_id)
+    finally:
+        _wipe(secrets)
+
+
 # ---------------------------------------------------------------------- the vault
 
 
@@ -193,6 +234,12 @@ class PostgresVault:
     lease over (this one was paused past its expiry), every write raises
     :class:`~keystore.errors.LeaseLost` and writes nothing.
 
+    Like a SQLite vault, it keeps an authenticated state record (generation, row
+    count and set digest, docs/format.md §15) in its ``stores`` row, advanced in the
+    same fenced transaction as every write; a row put back, deleted or re-inserted
+    by whoever can write the database raises
+    :class:`~keystore.errors.RollbackDetected` when the rows are read whole.
+
     Transitional: the next step merges this class into :class:`keystore.Vault`
     (the cipher over a backend); the methods and errors stay the same.
     """
@@ -206,6 +253,7 @@ class PostgresVault:
         *,
         readonly: bool,
         owns_db: bool,
+        anchor: GenerationAnchor | None = None,
     ) -> None:
         self._db = db
         self._backend: VaultBackend = backend
@@ -216,6 +264,11 @@ class PostgresVault:
         self._owns_db = owns_db
         self._cipher: StoreCipher | None = None
         self._kek: bytearray | None = None
+        # The state record's keys and the state last authenticated or written
+        # (None while locked, and for a pre-record vault opened read-only).
+        self._digest: DigestKeys | None = None
+        self._state: VaultState | None = None
+        self._anchor = anchor
         self._closed = False
         self._mutex = threading.RLock()
         # True from open() until the first unlock: the header just read is current
@@ -249,6 +302,7 @@ class PostgresVault:
         name: str | None = None,
         schema: str = DEFAULT_SCHEMA,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        anchor: GenerationAnchor | None = None,
     ) -> PostgresVault:
         """Create a new vault in the database, returned unlocked and holding its lease.
 
@@ -258,6 +312,8 @@ class PostgresVault:
             where: a DSN/URL, or a shared :class:`PostgresDatabase`.
             name: an optional unique name to open it by (else use :attr:`store_id`).
             schema, lease_ttl: used only when ``where`` is a DSN.
+            anchor: where to keep the vault's generation outside the database (see
+                :meth:`open`).
 
         Raises:
             FileExistsError: ``name`` is taken.  VaultIOError: the server is unreachable.
@@ -265,7 +321,7 @@ class PostgresVault:
         if not isinstance(kdf, KdfParameters):
             raise TypeError("kdf must be a keystore.profiles.KdfParameters")
         return cls._create(where, KDF_ARGON2ID, kdf, normalize_passphrase(passphrase),
-                           name, schema, lease_ttl)
+                           name, schema, lease_ttl, anchor)
 
     @classmethod
     def create_with_key(
@@ -276,10 +332,11 @@ class PostgresVault:
         name: str | None = None,
         schema: str = DEFAULT_SCHEMA,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        anchor: GenerationAnchor | None = None,
     ) -> PostgresVault:
         """Create a new vault keyed by a caller-held 32-byte key (see ``Vault.create_with_key``)."""
         return cls._create(where, KDF_RAW_KEY, None, check_raw_key(key), name, schema,
-                           lease_ttl)
+                           lease_ttl, anchor)
 
     @classmethod
     def _create(
@@ -291,6 +348,7 @@ class PostgresVault:
         name: str | None,
         schema: str,
         lease_ttl: float,
+        anchor: GenerationAnchor | None = None,
     ) -> PostgresVault:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError("name must be a non-empty string or None")
@@ -298,11 +356,14 @@ class PostgresVault:
         try:
             db.check_schema()
             header, cipher, kek = new_header(kdf_id, kdf, secret)
+            digest = _digest_keys(cipher)
+            state = VaultState(0, 0, 0)
             try:
                 epoch = db.create_store(header.store_id, header.to_bytes(), name,
-                                        lease_ttl=db.leases.ttl)
+                                        lease_ttl=db.leases.ttl, state=digest.seal(state))
             except BaseException:
                 cipher.wipe()
+                digest.wipe()
                 _wipe(kek)
                 raise
         except BaseException:
@@ -311,8 +372,10 @@ class PostgresVault:
             raise
         lease = db.leases.adopt(header.store_id, epoch)
         vault = cls(db, db.backend(header.store_id, lease), header, name,
-                    readonly=False, owns_db=owns)
+                    readonly=False, owns_db=owns, anchor=anchor)
         vault._cipher, vault._kek = cipher, kek
+        vault._digest, vault._state = digest, state
+        vault._update_anchor(0)
         return vault
 
     @classmethod
@@ -327,6 +390,7 @@ class PostgresVault:
         auto_migrate: bool = False,
         schema: str = DEFAULT_SCHEMA,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        anchor: GenerationAnchor | None = None,
     ) -> PostgresVault:
         """Open a vault by ``store_id`` or ``name``, locked.
 
@@ -340,6 +404,12 @@ class PostgresVault:
                 from a hot standby).
             auto_migrate: upgrade an older schema first (each step transactional).
             schema, lease_ttl: used only when ``where`` is a DSN.
+            anchor: where the vault's latest generation is kept outside the
+                database (:class:`keystore.anchor.FileAnchor`, or your own
+                :class:`~keystore.anchor.GenerationAnchor`).  A vault older than its
+                anchor is refused at unlock (and when its rows are read whole), and
+                every write updates the anchor after its commit.  Without one, an
+                operator who restores the whole vault from an old copy is not caught.
 
         Raises:
             NotAVault: no such vault.  VaultBusy: another worker holds the lease.
@@ -374,7 +444,8 @@ class PostgresVault:
             if owns:
                 db.close()
             raise
-        vault = cls(db, backend, header, found_name, readonly=readonly, owns_db=owns)
+        vault = cls(db, backend, header, found_name, readonly=readonly, owns_db=owns,
+                    anchor=anchor)
         vault._header_fresh = True
         return vault
 
@@ -476,9 +547,129 @@ class PostgresVault:
             cipher, kek = open_header(header, kdf_id, secret)
             self._drop_keys()
             self._header, self._cipher, self._kek = header, cipher, kek
+            self._open_state()
+
+    def _open_state(self) -> None:
+        """At unlock: authenticate the state record and hold it against the anchor.
+
+        A vault made before the record (no header flag) gets one now if writable
+        (:meth:`_adopt_state`); read-only, it is left without one.  On any failure
+        the keys are dropped again: the vault stays locked and nothing was written.
+        """
+        cipher = self._cipher
+        assert cipher is not None
+        try:
+            self._digest = _digest_keys(cipher)
+            record = self._pg.read_state()
+            if self._header.state_digest:
+                if record is None:
+                    raise RollbackDetected(
+                        f"vault {self.location} has lost its state record: it was removed, "
+                        "or the vault was made to look older than it is",
+                        reason="record",
+                    )
+                state = self._digest.open(record)
+            elif self._readonly:
+                return
+            else:
+                state = self._adopt_state(self._digest)
+            self._check_anchor(state.generation)
+            self._state = state
+            if not self._readonly:
+                self._update_anchor(state.generation)
+        except BaseException:
+            self._drop_keys()
+            raise
+
+    def _adopt_state(self, keys: DigestKeys) -> VaultState:
+        """Give a vault made before the state record its record, once.
+
+        One fenced transaction authenticates every row, computes their digest, stores
+        the record at generation 0 and sets the header flag that makes the record
+        mandatory from then on.  A record already there (a crash cannot leave one
+        without the flag here, but an older copy of the header could) is checked
+        against the rows instead of replaced.
+        """
+        cipher = self._unlocked()
+        assert self._kek is not None
+        flagged = replace(self._header, flags=self._header.flags | FLAG_STATE_DIGEST)
+        secrets = cipher.secrets()
+        try:
+            new_header = wrap_secrets(self._kek, flagged, secrets)
+        finally:
+            _wipe(secrets)
+        adopted: list[VaultState] = []
+
+        def build(rows: list[SealedRow], record: bytes | None) -> tuple[bytes, bytes]:
+            cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            digest = RowSetDigest(keys)
+            digest.add(rows)
+            if record is not None:
+                state = check_rows(keys, record, digest)
+            else:
+                state = digest.state(0)
+                record = keys.seal(state)
+            adopted.append(state)
+            return record, new_header.to_bytes()
+
+        self._pg.adopt_state(build)
+        self._header = new_header
+        return adopted[-1]
+
+    def _check_anchor(self, generation: int) -> None:
+        if self._anchor is None:
+            return
+        try:
+            anchored = self._anchor.load(self._header.store_id)
+        except KeystoreError:
+            raise
+        except Exception as exc:
+            raise VaultIOError(
+                f"the anchor of vault {self.location} could not be read "
+                f"({type(exc).__name__}); nothing was opened"
+            ) from exc
+        check_anchor(generation, anchored)
+
+    def _update_anchor(self, generation: int) -> None:
+        """Tell the anchor about a committed generation (after the commit, never before)."""
+        if self._anchor is None:
+            return
+        try:
+            self._anchor.store(self._header.store_id, generation)
+        except KeystoreError:
+            raise
+        except Exception as exc:
+            raise VaultIOError(
+                f"vault {self.location} is at generation {generation}, but its anchor "
+                f"could not be updated ({type(exc).__name__}); the write itself was committed"
+            ) from exc
+
+    def _check_rows(self, rows: list[SealedRow], record: bytes | None) -> None:
+        """Raise RollbackDetected unless ``rows`` (every live row) are the set the
+        state record vouches for, at a generation no older than the anchor's."""
+        if self._digest is None or not self._header.state_digest:
+            return  # a pre-record vault opened read-only: nothing vouches for it yet
+        digest = RowSetDigest(self._digest)
+        digest.add(rows)
+        state = check_rows(self._digest, record, digest)
+        self._check_anchor(state.generation)
+
+    @property
+    def generation(self) -> int | None:
+        """The vault's generation: committed writes since its state record began.
+
+        As authenticated at unlock and advanced by this object's own writes; ``None``
+        while locked, and for a vault made before the record opened read-only.
+        """
+        with self._mutex:
+            return None if self._cipher is None or self._state is None else self._state.generation
 
     def _drop_keys(self) -> None:
         self._forget_snapshot()
+        if self._digest is not None:
+            self._digest.wipe()
+            self._digest = None
+        self._state = None
         if self._cipher is not None:
             self._cipher.wipe()
             self._cipher = None
@@ -507,24 +698,49 @@ class PostgresVault:
         return cipher
 
     def change_passphrase(
-        self, old: str | bytes, new: str | bytes, *, kdf: KdfParameters | None = None
+        self, old: str | bytes, new: str | bytes, *, kdf: KdfParameters | None = None,
+        rekey: bool = False,
     ) -> None:
         """Rewrap the secrets under a new passphrase: one fenced header update, no row touched.
 
+        With ``rekey=True`` the secrets are replaced as well (see :meth:`rekey`), in
+        the same transaction as the new header: an old copy of the header, with the
+        old passphrase, then opens nothing written from now on.  That needs the
+        vault unlocked.
+
         Raises:
             WrongPassphrase: ``old`` is wrong.  LeaseLost: another worker holds the vault.
+            VaultLocked: ``rekey=True`` on a locked vault.
         """
         if kdf is not None and not isinstance(kdf, KdfParameters):
             raise TypeError("kdf must be a keystore.profiles.KdfParameters")
+        if rekey:
+            self._rekey_with(KDF_ARGON2ID, normalize_passphrase(old),
+                             normalize_passphrase(new), kdf)
+            return
         self._rewrap(KDF_ARGON2ID, normalize_passphrase(old), normalize_passphrase(new), kdf)
+
+    def _rekey_with(
+        self, kdf_id: int, old: bytes, new: bytes, kdf: KdfParameters | None
+    ) -> None:
+        """A passphrase change and a rekey in one fenced transaction."""
+        with self._mutex:
+            self._writable()
+            header = Header.from_bytes(self._backend.read_header())
+            if header.store_id != self._header.store_id:
+                raise IntegrityError(f"the header of vault {self.location} was replaced")
+            cipher, old_kek = open_header(header, kdf_id, old)  # checks ``old``
+            cipher.wipe()
+            _wipe(old_kek)
+            template = replace(header, kdf=kdf if kdf is not None else header.kdf,
+                               salt=os.urandom(SALT_LEN))
+            self._rekey(derive_wrapping_key(template, new), template)
 
     def change_key(self, old: bytes, new: bytes) -> None:
         """Rewrap the secrets of a raw-key vault under a new 32-byte key."""
         self._rewrap(KDF_RAW_KEY, check_raw_key(old), check_raw_key(new), None)
 
     def _rewrap(self, kdf_id: int, old: bytes, new: bytes, kdf: KdfParameters | None) -> None:
-        from dataclasses import replace
-
         with self._mutex:
             self._check_open()
             if self._readonly:
@@ -553,40 +769,77 @@ class PostgresVault:
                 _wipe(new_kek)
 
     def rekey(self) -> None:
-        """A new data key; every row authenticated and re-encrypted in one fenced transaction.
+        """Replace both secrets; re-hash and re-encrypt every row in one fenced transaction.
 
-        The hash key is kept, so row addresses do not change; the nonce counter restarts.
+        A new data key encrypts every row and a new hash key re-hashes every row key
+        (as :meth:`keystore.Vault.rekey` does), so an old copy of the header, with
+        its passphrase, neither decrypts nor recognises anything written from now
+        on.  Every row is authenticated, and the set of rows checked against the
+        state record, first; the record is sealed afresh under the new keys one
+        generation on.  The nonce counter restarts.
 
         Raises:
             IntegrityError: a row fails authentication; nothing is written.
+            RollbackDetected: the rows are not the ones the record vouches for, or
+                they changed underneath; nothing is written.
         """
         with self._mutex:
+            self._writable()
+            assert self._kek is not None
+            self._rekey(None, self._header)
+
+    def _rekey(self, new_kek: bytearray | None, template: Header) -> None:
+        """:meth:`rekey`; with ``new_kek`` the new header is wrapped under it with
+        ``template``'s salt and KDF (a passphrase change in the same transaction).
+        ``new_kek`` is taken over (installed, or wiped on failure)."""
+        new: StoreCipher | None = None
+        new_digest: DigestKeys | None = None
+        try:
             old = self._writable()
             assert self._kek is not None
-            new = old.with_new_data_key()
+            rows, record = self._pg.scan_with_state()
+            if self._digest is not None and self._header.state_digest:
+                old.open_rows(rows, self._stored_category, self._stored_blob)
+                self._check_rows(rows, record)
+                assert record is not None
+                previous = self._digest.open(record).generation
+            else:
+                previous = 0
+            new = StoreCipher.generate(old.store_id)
+            rehashed = rehash_rows(old, new, rows)
+            new_digest = _digest_keys(new)
+            running = RowSetDigest(new_digest)
+            running.add((c, nk, v) for c, _, nk, v in rehashed)
+            new_state = running.state(previous + 1)
+            secrets = new.secrets()
             try:
-                resealed = reseal_rows(old, new, self._backend.scan_all())
-                secrets = new.secrets()
-                try:
-                    h = self._header
-                    next_header = wrap_secrets(
-                        self._kek,
-                        Header(
-                            store_id=h.store_id, kdf_id=h.kdf_id, kdf=h.kdf, salt=h.salt,
-                            key_generation=h.key_generation + 1, wrap_nonce=h.wrap_nonce,
-                            wrapped=h.wrapped, flags=h.flags,
-                        ),
-                        secrets,
-                    )
-                finally:
-                    _wipe(secrets)
-                self._backend.rewrite(resealed, next_header.to_bytes(), len(resealed))
-            except BaseException:
+                next_header = wrap_secrets(
+                    self._kek if new_kek is None else new_kek,
+                    replace(template, key_generation=self._header.key_generation + 1,
+                            flags=self._header.flags | FLAG_STATE_DIGEST),
+                    secrets,
+                )
+            finally:
+                _wipe(secrets)
+            self._pg.rehash(rehashed, next_header.to_bytes(), len(rehashed),
+                            new_digest.seal(new_state), record)
+        except BaseException:
+            if new is not None:
                 new.wipe()
-                raise
-            old.wipe()
-            self._cipher, self._header = new, next_header
-            self._forget_snapshot()
+            if new_digest is not None:
+                new_digest.wipe()
+            _wipe(new_kek)
+            raise
+        old.wipe()
+        if self._digest is not None:
+            self._digest.wipe()
+        self._cipher, self._header = new, next_header
+        self._digest, self._state = new_digest, new_state
+        if new_kek is not None:
+            _wipe(self._kek)
+            self._kek = new_kek
+        self._forget_snapshot()
+        self._update_anchor(new_state.generation)
 
     # ------------------------------------------------------------------ rows
 
@@ -622,7 +875,30 @@ class PostgresVault:
             )
             if count:
                 self._forget_snapshot()
-                self._backend.apply(upserts, deletes)
+                keys = self._digest
+                if keys is None or not self._header.state_digest:
+                    self._backend.apply(upserts, deletes)
+                    return count
+                advanced: list[VaultState] = []
+
+                def advance(record: bytes | None, old: list[SealedRow]) -> bytes:
+                    if record is None:
+                        raise RollbackDetected(
+                            f"vault {self.location} has lost its state record; nothing "
+                            "was written",
+                            reason="record",
+                        )
+                    current = keys.open(record)
+                    digest = RowSetDigest.of_state(keys, current)
+                    digest.remove(old)
+                    digest.add(upserts)
+                    state = digest.state(current.generation + 1)
+                    advanced.append(state)
+                    return keys.seal(state)
+
+                self._pg.apply(upserts, deletes, advance)
+                self._state = advanced[-1]
+                self._update_anchor(self._state.generation)
             return count
 
     def get(self, category: str, key: bytes) -> bytes | None:
@@ -683,11 +959,14 @@ class PostgresVault:
 
         Raises:
             VaultLocked: the vault is locked.
-            IntegrityError: a row fails authentication (raised while iterating).
+            IntegrityError: a row fails authentication.
+            RollbackDetected: the rows are not the set the state record vouches for.
         """
         with self._mutex:
-            self._unlocked()
-            rows = self._backend.scan_all()
+            cipher = self._unlocked()
+            rows, record = self._pg.scan_with_state()
+            cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            self._check_rows(rows, record)
         yield PostgresSnapshot(self, rows)
 
     def open_rows(self) -> dict[str, dict[bytes, bytes]]:
@@ -700,11 +979,16 @@ class PostgresVault:
         Raises:
             VaultLocked, VaultClosed: the vault cannot be read now.
             IntegrityError: a row fails authentication or is damaged.
+            RollbackDetected: every row authenticates, but they are not the rows the
+                state record vouches for (a row put back, deleted or re-inserted),
+                or the vault is older than its anchor.
         """
         with self._mutex:
             cipher = self._unlocked()
-            rows = list(self._backend.scan_all())
-            return cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            rows, record = self._pg.scan_with_state()
+            opened = cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            self._check_rows(rows, record)
+            return opened
 
     def _stored_category(self, name: object) -> str:
         try:
@@ -779,12 +1063,20 @@ class PostgresVault:
         )
 
     def verify(self) -> VerifyReport:
-        """Decrypt and authenticate every row; list the failures (no plaintext)."""
+        """Decrypt and authenticate every row; list the failures (no plaintext).
+
+        When every row authenticates, the set of rows is checked against the vault's
+        state record too (docs/format.md §15).
+
+        Raises:
+            RollbackDetected: every row authenticates, but they are not the rows
+                the state record vouches for (a row put back, deleted or re-inserted).
+        """
         from keystore.reports import RowFailure, VerifyReport
 
         with self._mutex:
             cipher = self._unlocked()
-            rows = self._backend.scan_all()
+            rows, record = self._pg.scan_with_state()
             failures = []
             for category, key_hash, blob in rows:
                 try:
@@ -794,6 +1086,8 @@ class PostgresVault:
                         category=category, key_hash=key_hash.hex(),
                         reason=str(exc).split(" in category")[0],
                     ))
+            if not failures:
+                self._check_rows(rows, record)
         return VerifyReport(ok=not failures, rows_checked=len(rows), failures=failures)
 
 

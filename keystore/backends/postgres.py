@@ -8,7 +8,8 @@ and never a key or a plaintext (``docs/postgres.md``).
 
 Tables, in their own schema (default ``mls_keystore``)::
 
-    stores  (store_id, name, header, encryptions, lease_epoch, lease_holder, lease_expires)
+    stores  (store_id, name, header, encryptions, lease_epoch, lease_holder, lease_expires,
+             state)                                -- state: the rollback-detection record
     rows    (store_id, category, key_hash, value)     -- the SQLite row, plus store_id
     schema_migrations (version, name, checksum, applied_at)
 
@@ -73,6 +74,7 @@ __all__ = [
     "PostgresBackend",
     "PostgresDatabase",
     "PostgresUnavailable",
+    "StateUpdate",
 ]
 
 logger = logging.getLogger("keystore.postgres")
@@ -87,6 +89,12 @@ _T = TypeVar("_T")
 #: Test seam: called inside every apply transaction, after the fencing update (a
 #: test stops the process there).  ``None`` in production.
 _apply_hook: Callable[[], None] | None = None
+
+#: Called inside a fenced apply transaction with the stored state record and the
+#: stored ``(category, key_hash, value)`` of the rows the batch replaces or deletes
+#: (read in that transaction, before the write); returns the next record, or raises
+#: to roll the whole transaction back.
+StateUpdate = Callable[[bytes | None, list[SealedRow]], bytes]
 
 #: Test seam: called with the version of a migration step after its statements ran,
 #: before its record and commit (the concurrency test stalls there).  ``None`` in
@@ -124,6 +132,16 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             " PRIMARY KEY (store_id, category, key_hash))",
             # Sealed values are random bytes: trying to compress them only costs CPU.
             "ALTER TABLE {s}.rows ALTER COLUMN value SET STORAGE EXTERNAL",
+        ),
+    ),
+    Migration(
+        2,
+        "per-vault state record for rollback detection",
+        (
+            # The 81-byte authenticated state record (docs/format.md §15.3); NULL
+            # until the vault's first writable unlock adopts it.
+            "ALTER TABLE {s}.stores ADD COLUMN state bytea"
+            " CHECK (state IS NULL OR length(state) = 81)",
         ),
     ),
 )
@@ -511,7 +529,8 @@ class PostgresDatabase:
     # -- stores -----------------------------------------------------------------
 
     def create_store(
-        self, store_id: bytes, header: bytes, name: str | None, *, lease_ttl: float
+        self, store_id: bytes, header: bytes, name: str | None, *, lease_ttl: float,
+        state: bytes | None = None,
     ) -> int:
         """Insert a new vault, its lease already held by this worker; return the epoch.
 
@@ -526,11 +545,11 @@ class PostgresDatabase:
             try:
                 with conn.transaction():
                     row = conn.execute(
-                        f"INSERT INTO {s}.stores (store_id, name, header, lease_epoch,"
-                        " lease_holder, lease_expires) VALUES (%s, %s, %s, 1, %s,"
+                        f"INSERT INTO {s}.stores (store_id, name, header, state, lease_epoch,"
+                        " lease_holder, lease_expires) VALUES (%s, %s, %s, %s, 1, %s,"
                         " statement_timestamp() + %s * interval '1 second')"
                         " RETURNING lease_epoch",
-                        (store_id, name, header, holder, lease_ttl),
+                        (store_id, name, header, state, holder, lease_ttl),
                     ).fetchone()
             except pg.errors.UniqueViolation:
                 raise FileExistsError(
@@ -544,13 +563,15 @@ class PostgresDatabase:
 
     def import_store(
         self, header: bytes, rows: Sequence[SealedRow], *, name: str | None = None,
-        encryptions: int | None = None,
+        encryptions: int | None = None, state: bytes | None = None,
     ) -> bytes:
         """Insert a vault from its header and sealed rows, as they are; return its store id.
 
         Nothing is decrypted or re-encrypted: rows are stored byte for byte, which is
         why a SQLite vault's header and rows (``keystore_header``, ``keystore_rows``)
         open here with the same passphrase.  One transaction; the lease is left free.
+        ``state`` is the vault's state record (``keystore_state.record`` of a SQLite
+        vault: the same bytes vouch for the same rows here).
 
         Raises:
             FileExistsError: the store id or name is taken.
@@ -567,9 +588,9 @@ class PostgresDatabase:
             try:
                 with conn.transaction():
                     conn.execute(
-                        f"INSERT INTO {s}.stores (store_id, name, header, encryptions)"
-                        " VALUES (%s, %s, %s, %s)",
-                        (store_id, name, header, count),
+                        f"INSERT INTO {s}.stores (store_id, name, header, encryptions, state)"
+                        " VALUES (%s, %s, %s, %s, %s)",
+                        (store_id, name, header, count, state),
                     )
                     if rows:
                         conn.execute(
@@ -669,6 +690,12 @@ class PostgresBackend:
             f"INSERT INTO {s}.rows (store_id, category, key_hash, value) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (store_id, category, key_hash) DO UPDATE SET value = excluded.value"
         )
+        self._sql_set_state = f"UPDATE {s}.stores SET state = %s WHERE store_id = %s"
+        self._sql_old_values = (
+            f"SELECT r.category, r.key_hash, r.value FROM {s}.rows r"
+            " JOIN unnest(%s::text[], %s::bytea[]) AS t(c, k)"
+            " ON r.category = t.c AND r.key_hash = t.k WHERE r.store_id = %s"
+        )
         self._sql_delete = (
             f"DELETE FROM {s}.rows r USING unnest(%s::text[], %s::bytea[]) AS t(c, k)"
             " WHERE r.store_id = %s AND r.category = t.c AND r.key_hash = t.k"
@@ -696,10 +723,21 @@ class PostgresBackend:
                 "in memory and open the vault again."
             )
 
-    def apply(self, upserts: Sequence[SealedRow], deletes: Sequence[RowRef]) -> None:
+    def apply(
+        self, upserts: Sequence[SealedRow], deletes: Sequence[RowRef],
+        state: StateUpdate | None = None,
+    ) -> None:
         """See :meth:`keystore.backend.VaultBackend.apply`.  Retried through reconnects:
         the same sealed bytes upserted twice leave the same rows (the counter may
-        over-count, which only spends nonce budget early)."""
+        over-count, which only spends nonce budget early).
+
+        With ``state``, the vault's state record is advanced in the same transaction:
+        after the fencing update (which locks the vault's ``stores`` row), the record
+        and the stored values of every row the batch replaces or deletes are read in
+        one statement each, ``state(record, old_rows)`` computes the next record, and
+        it is written with the rows.  A retry after a lost commit reads the rows it
+        already wrote as the "old" values, so the record stays consistent with them.
+        """
         sid = self.store_id
 
         def txn(conn: psycopg.Connection[Any]) -> None:
@@ -708,6 +746,11 @@ class PostgresBackend:
                     self._fence(conn, len(upserts))
                     if _apply_hook is not None:
                         _apply_hook()
+                    record: bytes | None = None
+                    if state is not None:
+                        targets = [(c, k) for c, k, _ in upserts]
+                        targets.extend(deletes)
+                        record = state(self._read_state(conn), self._old_values(conn, targets))
                     if upserts:
                         self._upsert(conn, upserts)
                     if deletes:
@@ -715,6 +758,8 @@ class PostgresBackend:
                             self._sql_delete,
                             ([c for c, _ in deletes], [k for _, k in deletes], sid),
                         )
+                    if record is not None:
+                        conn.execute(self._sql_set_state, (record, sid))
             except BaseException:
                 self._db._staged = None  # its creation may have been rolled back
                 raise
@@ -766,6 +811,135 @@ class PostgresBackend:
                 self._fence(conn, 0)
                 conn.execute(f"UPDATE {s}.stores SET header = %s WHERE store_id = %s",
                              (header, sid))
+
+        self._db.run(txn)
+
+    # -- the state record --------------------------------------------------------------
+
+    def _read_state(self, conn: psycopg.Connection[Any]) -> bytes | None:
+        row = conn.execute(
+            f"SELECT state FROM {self._s}.stores WHERE store_id = %s", (self.store_id,)
+        ).fetchone()
+        if row is None:
+            raise NotAVault(f"vault {self.location} does not exist")
+        return None if row[0] is None else bytes(row[0])
+
+    def _old_values(
+        self, conn: psycopg.Connection[Any], targets: Sequence[RowRef]
+    ) -> list[SealedRow]:
+        """The stored rows among ``targets``, in one indexed statement (binary results)."""
+        if not targets:
+            return []
+        with conn.cursor(binary=True) as cur:
+            cur.execute(
+                self._sql_old_values,
+                ([c for c, _ in targets], [k for _, k in targets], self.store_id),
+            )
+            return [(str(c), bytes(k), bytes(v)) for c, k, v in cur.fetchall()]
+
+    def read_state(self) -> bytes | None:
+        """The vault's state record, or ``None`` when it has none."""
+        return self._db.run(self._read_state)
+
+    def scan_with_state(self) -> tuple[list[SealedRow], bytes | None]:
+        """Every row and the state record, from ONE snapshot (a repeatable-read,
+        read-only transaction), so a batch committed meanwhile is in both or neither."""
+        s, sid = self._s, self.store_id
+
+        def q(conn: psycopg.Connection[Any]) -> tuple[list[SealedRow], bytes | None]:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                with conn.cursor(binary=True) as cur:
+                    cur.execute(
+                        f"SELECT category, key_hash, value FROM {s}.rows WHERE store_id = %s"
+                        " ORDER BY category, key_hash",
+                        (sid,),
+                    )
+                    rows = [(str(c), bytes(k), bytes(v)) for c, k, v in cur.fetchall()]
+                return rows, self._read_state(conn)
+
+        return self._db.run(q)
+
+    def adopt_state(
+        self, build: Callable[[list[SealedRow], bytes | None], tuple[bytes, bytes]]
+    ) -> None:
+        """Give the vault a state record: one fenced transaction reads every row and
+        the current record, ``build(rows, record)`` returns ``(record, header)`` (or
+        raises, which writes nothing), and both are stored."""
+        s, sid = self._s, self.store_id
+
+        def txn(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                self._fence(conn, 0)
+                with conn.cursor(binary=True) as cur:
+                    cur.execute(
+                        f"SELECT category, key_hash, value FROM {s}.rows WHERE store_id = %s",
+                        (sid,),
+                    )
+                    rows = [(str(c), bytes(k), bytes(v)) for c, k, v in cur.fetchall()]
+                record, header = build(rows, self._read_state(conn))
+                conn.execute(
+                    f"UPDATE {s}.stores SET state = %s, header = %s WHERE store_id = %s",
+                    (record, header, sid),
+                )
+
+        self._db.run(txn)
+
+    def rehash(
+        self,
+        rows: Sequence[tuple[str, bytes, bytes, bytes]],
+        header: bytes,
+        encryptions: int,
+        record: bytes,
+        expected_record: bytes | None,
+    ) -> None:
+        """A rekey's write: every row gets a new key hash and value, with the new
+        header, counter and state record, in one fenced transaction.
+
+        ``rows`` are ``(category, old_key_hash, new_key_hash, new_value)`` and must be
+        every row of the vault; ``expected_record`` is the record they were checked
+        against.  If the stored record or the set of rows changed since (someone
+        wrote underneath), :class:`~keystore.errors.RollbackDetected` is raised and
+        the transaction is rolled back: nothing is written.
+        """
+        from keystore.errors import RollbackDetected
+
+        s, sid = self._s, self.store_id
+
+        def txn(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                self._fence(conn, 0)
+                if self._read_state(conn) != expected_record:
+                    raise RollbackDetected(
+                        f"the state record of vault {self.location} changed during the "
+                        "rekey; nothing was written",
+                        reason="record",
+                    )
+                changed = 0
+                if rows:
+                    cur = conn.execute(
+                        f"UPDATE {s}.rows r SET key_hash = t.nk, value = t.v"
+                        " FROM unnest(%s::text[], %s::bytea[], %s::bytea[], %s::bytea[])"
+                        " AS t(c, ok, nk, v)"
+                        " WHERE r.store_id = %s AND r.category = t.c AND r.key_hash = t.ok",
+                        ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                         [r[3] for r in rows], sid),
+                    )
+                    changed = cur.rowcount
+                total = conn.execute(
+                    f"SELECT count(*) FROM {s}.rows WHERE store_id = %s", (sid,)
+                ).fetchone()
+                if changed != len(rows) or total is None or int(total[0]) != len(rows):
+                    raise RollbackDetected(
+                        f"the rows of vault {self.location} changed during the rekey; "
+                        "nothing was written",
+                        reason="rows",
+                    )
+                conn.execute(
+                    f"UPDATE {s}.stores SET header = %s, encryptions = %s, state = %s"
+                    " WHERE store_id = %s",
+                    (header, encryptions, record, sid),
+                )
 
         self._db.run(txn)
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from keystore import Change, PostgresAddress, PostgresDatabase, PostgresVault, Vault
+from keystore.backends.postgres import PG_LATEST_VERSION, PG_MIGRATIONS
 from keystore.cli import PASSPHRASE_ENV, main
 from tests.postgres.conftest import FAST_KDF, PASSPHRASE
 
@@ -145,7 +146,8 @@ def test_status_shows_schema_and_the_writer_lease(
         assert r.code == 0, r.err
         report = r.json()
         assert report["store_id"] == v.store_id.hex()
-        assert (report["rows"], report["schema_version"], report["pending"]) == (4, 1, [])
+        assert (report["rows"], report["schema_version"], report["pending"]) == (
+            4, PG_LATEST_VERSION, [])
         assert report["lease_holder"] == db.leases.worker_id
         assert report["lease_live"] is True
         assert report["lease_epoch"] == v.lease_epoch
@@ -166,13 +168,14 @@ def test_migrate_installs_a_schema_and_dry_run_writes_nothing(
     pg = ("--dsn", pg_dsn, "--schema", pg_schema)
     r = cli("migrate", *pg, "--dry-run", "--json")
     assert r.code == 0, r.err
-    assert (r.json()["from_version"], [s["version"] for s in r.json()["steps"]]) == (0, [1])
+    assert (r.json()["from_version"], [s["version"] for s in r.json()["steps"]]) == (
+        0, [m.version for m in PG_MIGRATIONS])
     with PostgresDatabase(pg_dsn, schema=pg_schema, renew=False) as db:
         assert db.schema_version() == 0
     r = cli("migrate", *pg, "--json")
     assert r.code == 0, r.err
     with PostgresDatabase(pg_dsn, schema=pg_schema, renew=False) as db:
-        assert db.schema_version() == 1
+        assert db.schema_version() == PG_LATEST_VERSION
     r = cli("migrate", *pg, "--json")
     assert (r.code, r.json()["steps"]) == (0, [])
 

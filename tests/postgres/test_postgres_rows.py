@@ -14,31 +14,35 @@ from keystore.postgres_vault import PostgresVault
 from tests.postgres.conftest import FAST_KDF, PASSPHRASE
 
 
-def _sqlite_raw(path: Path) -> tuple[bytes, list[tuple[str, bytes, bytes]]]:
+def _sqlite_raw(path: Path) -> tuple[bytes, list[tuple[str, bytes, bytes]], bytes]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         header = bytes(conn.execute("SELECT header FROM keystore_header").fetchone()[0])
         rows = [(str(c), bytes(k), bytes(v)) for c, k, v in conn.execute(
             "SELECT category, key_hash, value FROM keystore_rows ORDER BY category, key_hash")]
+        record = bytes(conn.execute("SELECT record FROM keystore_state").fetchone()[0])
     finally:
         conn.close()
-    return header, rows
+    return header, rows, record
 
 
 def test_a_sqlite_vault_imported_as_bytes_opens_on_postgres(
     pg_db: PostgresDatabase, tmp_path: Path
 ) -> None:
-    """A SQLite vault's header and sealed rows, copied untouched, unlock and decrypt
-    on PostgreSQL with the same passphrase."""
+    """A SQLite vault's header, sealed rows and state record, copied untouched, unlock
+    and decrypt on PostgreSQL with the same passphrase, and the record vouches for the
+    rows there too (the same contributions, the same record bytes)."""
     path = tmp_path / "v.vault"
     with Vault.create(path, PASSPHRASE, kdf=FAST_KDF) as sv:
         sv.put("groups", b"g1", b"group state")
         sv.put("key_packages", b"kp", b"key package")
-    header, rows = _sqlite_raw(path)
-    store_id = pg_db.import_store(header, rows, name="moved")
+        generation = sv.generation
+    header, rows, record = _sqlite_raw(path)
+    store_id = pg_db.import_store(header, rows, name="moved", state=record)
     with PostgresVault.open(pg_db, name="moved") as pv:
         assert pv.store_id == store_id
         pv.unlock(PASSPHRASE)
+        assert pv.generation == generation == 2
         assert pv.get("groups", b"g1") == b"group state"
         assert pv.categories() == ["groups", "key_packages"]
         assert pv.verify().ok
@@ -53,8 +57,8 @@ def test_a_row_sealed_on_postgres_decrypts_in_the_sqlite_vault(
     path = tmp_path / "v.vault"
     with Vault.create(path, PASSPHRASE, kdf=FAST_KDF) as sv:
         sv.put("groups", b"g1", b"from sqlite")
-    header, rows = _sqlite_raw(path)
-    pg_db.import_store(header, rows, name="shared")
+    header, rows, record = _sqlite_raw(path)
+    pg_db.import_store(header, rows, name="shared", state=record)
     with PostgresVault.open(pg_db, name="shared") as pv:
         pv.unlock(PASSPHRASE)
         pv.put("groups", b"g2", b"from postgres")
