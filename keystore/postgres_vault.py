@@ -1104,7 +1104,8 @@ class PostgresAddress:
     ``database`` is a DSN/URL (the vault then opens a private connection that it
     closes with itself) or a :class:`~keystore.backends.postgres.PostgresDatabase`
     shared by every vault of a worker (one connection, one lease renewer).  Its
-    ``repr`` never shows a password.
+    ``repr`` never shows a password.  ``anchor`` is passed to the vault (see
+    :meth:`PostgresVault.open`): the client then refuses a vault rolled back whole.
     """
 
     database: str | PostgresDatabase = field(repr=False)
@@ -1112,6 +1113,7 @@ class PostgresAddress:
     store_id: bytes | None = None
     schema: str = DEFAULT_SCHEMA
     lease_ttl: float = DEFAULT_LEASE_TTL
+    anchor: GenerationAnchor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.database, (str, PostgresDatabase)):
@@ -1122,6 +1124,8 @@ class PostgresAddress:
             raise TypeError("store_id must be bytes or None")
         if self.name is not None and self.store_id is not None:
             raise ValueError("give the vault's name or its store id, not both")
+        if self.anchor is not None and not isinstance(self.anchor, GenerationAnchor):
+            raise TypeError("anchor must be a keystore.anchor.GenerationAnchor")
 
     def __repr__(self) -> str:
         where = (self.database.location if isinstance(self.database, PostgresDatabase)
@@ -1141,13 +1145,15 @@ class PostgresAddress:
         """
         self._check_new()
         return PostgresVault.create(self.database, passphrase, kdf, name=self.name,
-                                    schema=self.schema, lease_ttl=self.lease_ttl)
+                                    schema=self.schema, lease_ttl=self.lease_ttl,
+                                    anchor=self.anchor)
 
     def create_vault_with_key(self, key: bytes) -> PostgresVault:
         """A new vault keyed by a caller-held 32-byte key (see ``create_with_key``)."""
         self._check_new()
         return PostgresVault.create_with_key(self.database, key, name=self.name,
-                                             schema=self.schema, lease_ttl=self.lease_ttl)
+                                             schema=self.schema, lease_ttl=self.lease_ttl,
+                                             anchor=self.anchor)
 
     def open_vault(
         self, *, readonly: bool = False, timeout: float = 0.0, auto_migrate: bool = False
@@ -1162,7 +1168,7 @@ class PostgresAddress:
         return PostgresVault.open(self.database, store_id=self.store_id, name=self.name,
                                   readonly=readonly, timeout=timeout,
                                   auto_migrate=auto_migrate, schema=self.schema,
-                                  lease_ttl=self.lease_ttl)
+                                  lease_ttl=self.lease_ttl, anchor=self.anchor)
 
     def _check_new(self) -> None:
         if self.store_id is not None:

@@ -220,6 +220,33 @@ def test_whole_vault_rollback_is_caught_by_an_anchor_only(
     assert anchor.load(sid) == 3
 
 
+def test_an_mls_client_on_postgres_keeps_its_anchor_and_refuses_an_older_vault(
+    pg_db: PostgresDatabase, tmp_path: Path
+) -> None:
+    """PostgresAddress(anchor=...) reaches the vault: the client's writes advance the
+    anchor, and after the whole vault is put back the client does not open."""
+    from keystore import PostgresAddress
+    from mls import MlsClient
+
+    anchor = FileAnchor(tmp_path / "agent.anchor")
+    where = PostgresAddress(pg_db, name="agent", anchor=anchor)
+    with MlsClient.create(where, PASSPHRASE, identity=b"agent", kdf=FAST_KDF):
+        pass
+    sid = pg_db.find_store(store_id=None, name="agent")[0]
+    backup = _snapshot(pg_db, sid)
+    with MlsClient.open(where, PASSPHRASE, timeout=10) as client:
+        client.create_group(b"room")
+    assert anchor.load(sid) is not None and anchor.load(sid) > 0
+    (header, encryptions, state), rows = backup
+    _sql(pg_db, "DELETE FROM {s}.rows WHERE store_id = %s", sid)
+    for c, k, val in rows:
+        _sql(pg_db, "INSERT INTO {s}.rows VALUES (%s, %s, %s, %s)", sid, c, k, val)
+    _sql(pg_db, "UPDATE {s}.stores SET header = %s, encryptions = %s, state = %s"
+         " WHERE store_id = %s", header, encryptions, state, sid)
+    with pytest.raises(RollbackDetected, match="anchor"):
+        MlsClient.open(where, PASSPHRASE, timeout=10)
+
+
 def _pre_record_vault(db: PostgresDatabase, rows: dict[bytes, bytes]) -> bytes:
     """A vault as code before the state record made it: header flag clear, no record,
     in a schema that has only step 1; then the schema is migrated to the latest."""
