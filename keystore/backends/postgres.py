@@ -86,6 +86,10 @@ DEFAULT_RETRY_FOR = 15.0
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _T = TypeVar("_T")
 
+#: The stored value's bytes a digest contribution covers (docs/format.md §15.2).
+_HEAD = 13
+_TAIL = 16
+
 #: Test seam: called inside every apply transaction, after the fencing update (a
 #: test stops the process there).  ``None`` in production.
 _apply_hook: Callable[[], None] | None = None
@@ -691,10 +695,16 @@ class PostgresBackend:
             " ON CONFLICT (store_id, category, key_hash) DO UPDATE SET value = excluded.value"
         )
         self._sql_set_state = f"UPDATE {s}.stores SET state = %s WHERE store_id = %s"
+        # Only the bytes a row's digest contribution covers travel back: its length,
+        # its first 13 and last 16 bytes (docs/format.md §15.2), not the whole value.
         self._sql_old_values = (
-            f"SELECT r.category, r.key_hash, r.value FROM {s}.rows r"
-            " JOIN unnest(%s::text[], %s::bytea[]) AS t(c, k)"
-            " ON r.category = t.c AND r.key_hash = t.k WHERE r.store_id = %s"
+            f"SELECT r.category, r.key_hash, octet_length(r.value),"
+            f" CASE WHEN octet_length(r.value) <= {_HEAD + _TAIL} THEN r.value"
+            f" ELSE substr(r.value, 1, {_HEAD})"
+            f" || substr(r.value, octet_length(r.value) - {_TAIL - 1}) END"
+            f" FROM {s}.rows r"
+            " JOIN unnest(%b::text[], %b::bytea[]) AS t(c, k)"
+            " ON r.category = t.c AND r.key_hash = t.k WHERE r.store_id = %b"
         )
         self._sql_delete = (
             f"DELETE FROM {s}.rows r USING unnest(%s::text[], %s::bytea[]) AS t(c, k)"
@@ -827,7 +837,13 @@ class PostgresBackend:
     def _old_values(
         self, conn: psycopg.Connection[Any], targets: Sequence[RowRef]
     ) -> list[SealedRow]:
-        """The stored rows among ``targets``, in one indexed statement (binary results)."""
+        """The stored rows among ``targets``, in one indexed statement (binary format).
+
+        Each value comes back as its length, first 13 and last 16 bytes, rebuilt here
+        with zeros in the middle: the same digest contribution as the stored value
+        (which covers exactly those), for a fraction of the transfer.  The values are
+        used for nothing else.
+        """
         if not targets:
             return []
         with conn.cursor(binary=True) as cur:
@@ -835,7 +851,13 @@ class PostgresBackend:
                 self._sql_old_values,
                 ([c for c, _ in targets], [k for _, k in targets], self.store_id),
             )
-            return [(str(c), bytes(k), bytes(v)) for c, k, v in cur.fetchall()]
+            out: list[SealedRow] = []
+            for c, k, length, ends in cur.fetchall():
+                ends = bytes(ends)
+                if len(ends) != length:
+                    ends = ends[:_HEAD] + bytes(int(length) - _HEAD - _TAIL) + ends[_HEAD:]
+                out.append((str(c), bytes(k), ends))
+            return out
 
     def read_state(self) -> bytes | None:
         """The vault's state record, or ``None`` when it has none."""

@@ -109,6 +109,27 @@ def test_writes_keep_the_record_in_step_with_the_rows(vault: PostgresVault) -> N
     assert vault.generation == 6
 
 
+def test_the_trimmed_old_values_an_apply_reads_count_as_the_stored_values(
+    pg_db: PostgresDatabase, vault: PostgresVault
+) -> None:
+    """An apply reads back only the length, head and tail of each replaced value; the
+    digest contribution of that is the stored value's, for long and short values."""
+    from keystore.digest import DigestKeys
+
+    vault.unlock(PASSPHRASE)
+    vault.put("groups", b"big", os.urandom(5000))
+    _sql(pg_db, "INSERT INTO {s}.rows VALUES (%s, 'x', %s, %s)", vault.store_id,
+         bytes(32), b"short")  # shorter than head + tail: read back whole
+    full = _snapshot(pg_db, vault.store_id)[1]
+    pg = vault._pg
+    trimmed = pg._db.run(lambda conn: pg._old_values(conn, [(c, k) for c, k, _ in full]))
+    assert len(trimmed) == len(full)
+    assert any(len(v) > 5000 and v.count(0) > 4000 for _, _, v in trimmed)  # zero-filled
+    assert vault._cipher is not None
+    keys = DigestKeys(vault._cipher.secrets(), vault.store_id)
+    assert keys.sum_rows(trimmed) == keys.sum_rows(full)
+
+
 def test_an_older_version_of_a_row_put_back_is_detected(
     pg_db: PostgresDatabase, vault: PostgresVault
 ) -> None:
