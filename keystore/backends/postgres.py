@@ -922,7 +922,8 @@ class PostgresBackend:
         every row of the vault; ``expected_record`` is the record they were checked
         against.  If the stored record or the set of rows changed since (someone
         wrote underneath), :class:`~keystore.errors.RollbackDetected` is raised and
-        the transaction is rolled back: nothing is written.
+        the transaction is rolled back: nothing is written.  Retried through a lost
+        connection: finding ``record`` already stored means the first attempt landed.
         """
         from keystore.errors import RollbackDetected
 
@@ -931,7 +932,10 @@ class PostgresBackend:
         def txn(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
                 self._fence(conn, 0)
-                if self._read_state(conn) != expected_record:
+                stored = self._read_state(conn)
+                if stored == record:
+                    return  # a retry after a lost commit reply: it landed whole
+                if stored != expected_record:
                     raise RollbackDetected(
                         f"the state record of vault {self.location} changed during the "
                         "rekey; nothing was written",

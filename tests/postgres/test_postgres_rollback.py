@@ -257,7 +257,8 @@ def test_an_mls_client_on_postgres_keeps_its_anchor_and_refuses_an_older_vault(
     backup = _snapshot(pg_db, sid)
     with MlsClient.open(where, PASSPHRASE, timeout=10) as client:
         client.create_group(b"room")
-    assert anchor.load(sid) is not None and anchor.load(sid) > 0
+    anchored = anchor.load(sid)
+    assert anchored is not None and anchored > 0
     (header, encryptions, state), rows = backup
     _sql(pg_db, "DELETE FROM {s}.rows WHERE store_id = %s", sid)
     for c, k, val in rows:
@@ -440,6 +441,28 @@ def test_rekey_rotates_the_hash_key_and_reseals_the_record(
     vault.unlock(PASSPHRASE)
     assert vault.generation == 4
     assert vault.open_rows()["keys"] == {b"k1": b"a key"}
+
+
+def test_a_rekey_write_retried_after_it_landed_changes_nothing(
+    pg_db: PostgresDatabase, vault: PostgresVault
+) -> None:
+    """The rekey transaction is retried when a connection breaks; if its commit had
+    landed, the retry finds its own record and writes nothing (no false alarm)."""
+    vault.unlock(PASSPHRASE)
+    pg = vault._pg
+    sent: list[tuple[Any, ...]] = []
+    real = pg.rehash
+
+    def recording(*args: Any) -> None:
+        sent.append(args)
+        real(*args)
+
+    pg.rehash = recording  # type: ignore[method-assign,assignment]
+    vault.rekey()
+    after = _snapshot(pg_db, vault.store_id)
+    real(*sent[0])  # the same transaction again, as a retry would send it
+    assert _snapshot(pg_db, vault.store_id) == after
+    assert vault.open_rows()["groups"][b"g1"] == b"epoch 1"
 
 
 def test_change_passphrase_with_rekey_rotates_both_secrets(
