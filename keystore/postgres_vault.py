@@ -16,7 +16,9 @@ Transitional: :class:`keystore.Vault` reads and writes its rows through
 :class:`~keystore.backends.postgres.PostgresBackend`), but keeps its unlock, rekey,
 SQLCipher and state-record steps on its SQLite connection; this class has its own
 copy of the key handling, as module functions (``seal_batch``, ``open_header``,
-``new_header``, ``reseal_rows``) over :class:`keystore.backend.VaultBackend`.  Merging
+``new_header``, ``rehash_rows``) over :class:`keystore.backend.VaultBackend`, and of
+the state-record steps (the record and digest themselves are
+:mod:`keystore.digest`'s, shared unchanged).  Merging
 the two into one vault class over either backend is the remaining step.
 """
 
