@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from mls import categories as cat
@@ -207,7 +207,7 @@ class Processed:
     sender: int
     identity: bytes
     epoch: int
-    data: bytes | None = None
+    data: bytes | None = field(default=None, repr=False)  # a plaintext: never in logs
     removed: bool = False
     cleared_pending_commit: bool = False
     merged_pending_commit: bool = False

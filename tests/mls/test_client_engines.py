@@ -350,6 +350,17 @@ def test_authenticated_data_is_readable_on_receipt(clients: Clients) -> None:
         bob.process(GID, tampered)
 
 
+def test_a_received_message_never_shows_its_plaintext_in_repr(clients: Clients) -> None:
+    """Logging a processed result (``repr``, f-string, logging) does not log the plaintext."""
+    alice, bob = pair(clients)
+    secret = b"attack at dawn 0123456789"
+    message = alice.encrypt(GID, secret)
+    got, again = bob.process(GID, message), bob.process(GID, message)
+    assert got.data == secret and again.replay
+    for shown in (repr(got), str(got), f"{again}", repr([got])):
+        assert repr(secret)[2:-1] not in shown and "attack at dawn" not in shown
+
+
 @pytest.mark.parametrize("suite", [1, 2, 3, 4, 5, 6, 7])
 def test_every_cipher_suite_at_create_group_and_key_package(clients: Clients, suite: int) -> None:
     """Groups and key packages of each RFC 9420 suite, from clients created with suite 1."""
