@@ -1567,13 +1567,31 @@ class NativeEngine:
             now=self._now(),
             validator=self._validator,
         )
+        return self._adopt_commit(gid, group, new, auth, sender, identity, epoch)
+
+    def _adopt_commit(
+        self,
+        gid: bytes,
+        old: GroupEpoch,
+        new: GroupEpoch | None,
+        auth: AuthenticatedContent,
+        sender: int,
+        identity: bytes,
+        epoch: int,
+    ) -> Processed:
+        """Move to the epoch a verified commit made (or forget a group that removed us).
+
+        Shared by member and external commits, so both drop our pending commit and write
+        the new epoch the same way.
+        """
         if new is None:
             self._forget(gid)
             return Processed(ProcessedKind.COMMIT, sender, identity, epoch, removed=True)
         tag = auth.auth.confirmation_tag
-        assert tag is not None
+        if tag is None:  # decoding requires it on a commit; never trust that alone
+            raise InvalidMessage("a commit without a confirmation tag")
         cleared = self._drop_pending(gid)
-        self._write_epoch(gid, new, tag, self._config(gid), group)
+        self._write_epoch(gid, new, tag, self._config(gid), old)
         return Processed(
             ProcessedKind.COMMIT, sender, identity, epoch, cleared_pending_commit=cleared
         )
@@ -1591,16 +1609,7 @@ class NativeEngine:
             group, auth, self._psk_lookup(gid), validator=self._validator
         )
         identity, epoch = self.identity_of(leaf.credential), context.epoch
-        if new is None:
-            self._forget(gid)
-            return Processed(ProcessedKind.COMMIT, joiner, identity, epoch, removed=True)
-        tag = auth.auth.confirmation_tag
-        assert tag is not None
-        cleared = self._drop_pending(gid)
-        self._write_epoch(gid, new, tag, self._config(gid), group)
-        return Processed(
-            ProcessedKind.COMMIT, joiner, identity, epoch, cleared_pending_commit=cleared
-        )
+        return self._adopt_commit(gid, group, new, auth, joiner, identity, epoch)
 
     def _process_external_proposal(self, gid: bytes, msg: PublicMessage) -> Processed:
         """A proposal from a sender of the ``external_senders`` extension (§12.1.8.1)."""
