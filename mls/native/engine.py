@@ -133,7 +133,6 @@ from .rows import (
 )
 from .secret_tree import HashRatchet, RatchetType, SecretTree
 from .suites import SUITES, CipherSuite, get_suite
-from .transcript import interim_transcript_hash
 from .tree import RatchetTree
 from .tree_rows import TreeRows
 from .treekem import TreePrivate
@@ -595,14 +594,8 @@ class NativeEngine:
     def members(self, group_id: bytes) -> list[tuple[int, bytes]]:
         """``(leaf index, identity)`` of every member, in leaf order."""
         with self._lock:
-            self._check_group(group_id)
-            tree = self._tree(group_id)
-            out = []
-            for i in tree.member_leaves():
-                leaf = tree.leaf(i)
-                assert leaf is not None
-                out.append((i, self.identity_of(leaf.credential)))
-            return out
+            leaves = self.leaf_nodes(group_id)
+            return [(i, self.identity_of(leaf.credential)) for i, leaf in leaves]
 
     def leaf_nodes(self, group_id: bytes) -> list[tuple[int, LeafNode]]:
         """``(leaf index, LeafNode)`` of every member, in leaf order (for inspection)."""
@@ -866,13 +859,8 @@ class NativeEngine:
             context = GroupContext(cs.suite_id, gid, 0, tree.tree_hash(cs), b"", tuple(extensions))
             secrets = next_epoch(cs, os.urandom(cs.hash_size), None, None, context.to_bytes())
             tag = secrets.confirmation_tag(b"")
-            group = GroupEpoch(
-                context,
-                tree,
-                TreePrivate(0, enc_priv, {}),
-                secrets,
-                SecretTree.create(cs, secrets.encryption_secret, 1),
-                interim_transcript_hash(cs, b"", tag),
+            group = GroupEpoch.begin(
+                cs, context, tree, TreePrivate(0, enc_priv, {}), secrets, tag
             )
             with self._storage.operation():
                 self._storage.write_mls_join_config(gid, config.to_bytes())
