@@ -672,6 +672,27 @@ def test_epoch_mismatch_future_and_past(clients: Clients) -> None:
     assert not info.value.future and not info.value.retryable
 
 
+def test_a_welcome_to_a_group_id_we_hold_is_refused_and_changes_nothing(
+    clients: Clients,
+) -> None:
+    """Anyone with one of our key packages can make a group of any id: its Welcome must not
+    replace the group of that id we are in."""
+    alice, bob, mallory = clients.make("alice"), clients.make("bob"), clients.make("mallory")
+    alice.create_group(GID)
+    bob.join(alice.add_members(GID, [bob.generate_key_package()])[1])
+    mallory.create_group(GID)
+    _, welcome = mallory.add_members(GID, [bob.generate_key_package()])
+    vault = bob.vault
+    before = {(c, k): v for c in vault.categories() for k, v in vault.items(c)}
+    with pytest.raises(InvalidMessage):
+        bob.join(welcome)
+    assert {(c, k): v for c in vault.categories() for k, v in vault.items(c)} == before
+    assert bob.members(GID) == [b"alice", b"bob"]
+    assert bob.process(GID, alice.encrypt(GID, b"still here")).data == b"still here"
+    bob = clients.restart(bob)
+    assert bob.members(GID) == [b"alice", b"bob"]
+
+
 def test_welcome_errors(clients: Clients) -> None:
     """A reused Welcome and one for somebody else are UnknownKeyPackage."""
     alice, bob = clients.make("alice"), clients.make("bob")
