@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from keystore import Vault, profiles
 from keystore.errors import VaultClosed
 from keystore.profiles import KdfParameters
+from mls.categories import MAX_GROUP_ID_LEN
 from mls.drainer import WriteBehindDrainer
 from mls.engine import (
     ALL_CIPHER_SUITES,
@@ -604,8 +605,8 @@ class MlsClient:
 
     def _group_id(self, group_id: object) -> bytes:
         group_id = _check_bytes(group_id, "group id")
-        if not group_id:
-            raise ValueError("group id must not be empty")
+        if not 0 < len(group_id) <= MAX_GROUP_ID_LEN:
+            raise ValueError(f"group id must be 1 to {MAX_GROUP_ID_LEN} bytes")
         return group_id
 
     def _leaves_of(self, group_id: bytes, identities: Sequence[bytes]) -> list[int]:

@@ -220,6 +220,15 @@ class _Identity:
     signature_key: bytes
 
 
+def _outside_group_id(group_id: bytes) -> bytes:
+    """A group id from a Welcome or GroupInfo, refused if no row could be keyed by it."""
+    if len(group_id) > cat.MAX_GROUP_ID_LEN:
+        raise InvalidMessage(
+            f"the group id is {len(group_id)} bytes; at most {cat.MAX_GROUP_ID_LEN} are stored"
+        )
+    return group_id
+
+
 class NativeEngine:
     """An MLS client whose entire state lives in a :class:`GranularStorage`.
 
@@ -835,8 +844,8 @@ class NativeEngine:
     ) -> bytes:
         """Create a group with only us in it (epoch 0); returns its id (random if omitted)."""
         gid = os.urandom(16) if group_id is None else group_id
-        if not isinstance(gid, bytes) or not gid:
-            raise ValueError("group id must be non-empty bytes")
+        if not isinstance(gid, bytes) or not 0 < len(gid) <= cat.MAX_GROUP_ID_LEN:
+            raise ValueError(f"group id must be 1 to {cat.MAX_GROUP_ID_LEN} bytes")
         config = GroupConfig() if config is None else config
         cs = self._cs
         with self._lock:
@@ -859,9 +868,7 @@ class NativeEngine:
             context = GroupContext(cs.suite_id, gid, 0, tree.tree_hash(cs), b"", tuple(extensions))
             secrets = next_epoch(cs, os.urandom(cs.hash_size), None, None, context.to_bytes())
             tag = secrets.confirmation_tag(b"")
-            group = GroupEpoch.begin(
-                cs, context, tree, TreePrivate(0, enc_priv, {}), secrets, tag
-            )
+            group = GroupEpoch.begin(cs, context, tree, TreePrivate(0, enc_priv, {}), secrets, tag)
             with self._storage.operation():
                 self._storage.write_mls_join_config(gid, config.to_bytes())
                 self._write_epoch(gid, group, tag, config, None)
@@ -910,7 +917,7 @@ class NativeEngine:
             group = join_from_welcome(body, kp, init_priv, enc_priv, self._external_psks(), tree)
             cs = get_suite(group.context.cipher_suite)
             validate_tree_leaves(cs, group.tree, group.context, self._validator)
-            gid = group.context.group_id
+            gid = _outside_group_id(group.context.group_id)
             if self._storage.read(cat.GROUP_STATE, gid) is not None:
                 raise InvalidMessage("this engine is already a member of that group")
             self._refuse_if_pending(gid)  # an external join of ours awaits its answer
@@ -1355,7 +1362,7 @@ class NativeEngine:
             None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree),
             validator=self._validator,
         )
-        gid = info.group_context.group_id
+        gid = _outside_group_id(info.group_context.group_id)
         with self._lock:
             self._refuse_if_pending(gid)
             member = self._storage.read(cat.GROUP_STATE, gid) is not None

@@ -693,6 +693,37 @@ def test_a_welcome_to_a_group_id_we_hold_is_refused_and_changes_nothing(
     assert bob.members(GID) == [b"alice", b"bob"]
 
 
+def test_a_group_id_too_long_to_store_is_refused_as_invalid_message(clients: Clients) -> None:
+    """RFC 9420 bounds no group id; a Welcome naming one longer than the vault can key a row
+    by is an InvalidMessage (not a storage ValueError) and changes nothing."""
+    binding = pytest.importorskip("mls_rs_uniffi")  # a peer that accepts any group id
+    from mls.categories import MAX_GROUP_ID_LEN
+    from mls.mlsrs import new_group_state_storage
+    from mls.storage import GranularStorage
+
+    bob = clients.make("bob")
+    config = binding.ClientConfig(
+        group_state_storage=new_group_state_storage(GranularStorage()),
+        use_ratchet_tree_extension=True,
+    )
+    keys = binding.generate_signature_keypair(binding.CipherSuite.CURVE25519_AES128)
+    peer = binding.Client(b"peer", keys, config)
+    for length, joins in ((MAX_GROUP_ID_LEN, True), (MAX_GROUP_ID_LEN + 1, False)):
+        group = peer.create_group(b"g" * length)
+        kp = binding.Message.from_bytes(bob.generate_key_package())
+        welcome = bytes(group.add_members([kp]).welcome_message.to_bytes())
+        if joins:
+            assert bob.join(welcome) == b"g" * length
+            continue
+        vault = bob.vault
+        before = {(c, k): v for c in vault.categories() for k, v in vault.items(c)}
+        with pytest.raises(InvalidMessage, match="group id"):
+            bob.join(welcome)
+        assert {(c, k): v for c in vault.categories() for k, v in vault.items(c)} == before
+    with pytest.raises(ValueError, match="group id"):
+        bob.create_group(b"g" * (MAX_GROUP_ID_LEN + 1))
+
+
 def test_welcome_errors(clients: Clients) -> None:
     """A reused Welcome and one for somebody else are UnknownKeyPackage."""
     alice, bob = clients.make("alice"), clients.make("bob")
