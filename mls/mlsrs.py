@@ -157,9 +157,10 @@ class VaultGroupStateStorage:
         epoch_inserts: list[Any],
         epoch_updates: list[Any],
     ) -> None:
-        if len(group_id) > MAX_GROUP_ID_LEN:  # a Welcome from elsewhere can name any id
+        if not 0 < len(group_id) <= MAX_GROUP_ID_LEN:  # a Welcome can name any id
             raise InvalidMessage(
-                f"the group id is {len(group_id)} bytes; at most {MAX_GROUP_ID_LEN} are stored"
+                f"the group id is {len(group_id)} bytes; this client keeps groups of 1 to "
+                f"{MAX_GROUP_ID_LEN}"
             )
         ids = list(self._epochs.get(group_id, ()))
         with self._storage.operation():

@@ -221,10 +221,14 @@ class _Identity:
 
 
 def _outside_group_id(group_id: bytes) -> bytes:
-    """A group id from a Welcome or GroupInfo, refused if no row could be keyed by it."""
-    if len(group_id) > cat.MAX_GROUP_ID_LEN:
+    """A group id from a Welcome or GroupInfo, refused unless the client can address it.
+
+    Empty (every group-id argument must be non-empty) or too long to key a vault row.
+    """
+    if not 0 < len(group_id) <= cat.MAX_GROUP_ID_LEN:
         raise InvalidMessage(
-            f"the group id is {len(group_id)} bytes; at most {cat.MAX_GROUP_ID_LEN} are stored"
+            f"the group id is {len(group_id)} bytes; this client keeps groups of 1 to "
+            f"{cat.MAX_GROUP_ID_LEN}"
         )
     return group_id
 

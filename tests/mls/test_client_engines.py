@@ -693,9 +693,10 @@ def test_a_welcome_to_a_group_id_we_hold_is_refused_and_changes_nothing(
     assert bob.members(GID) == [b"alice", b"bob"]
 
 
-def test_a_group_id_too_long_to_store_is_refused_as_invalid_message(clients: Clients) -> None:
-    """RFC 9420 bounds no group id; a Welcome naming one longer than the vault can key a row
-    by is an InvalidMessage (not a storage ValueError) and changes nothing."""
+def test_a_group_id_we_cannot_address_is_refused_as_invalid_message(clients: Clients) -> None:
+    """RFC 9420 bounds no group id; a Welcome naming an empty one (no call could name the
+    group) or one longer than the vault can key a row by is an InvalidMessage (not a
+    storage ValueError) and changes nothing."""
     binding = pytest.importorskip("mls_rs_uniffi")  # a peer that accepts any group id
     from mls.categories import MAX_GROUP_ID_LEN
     from mls.mlsrs import new_group_state_storage
@@ -708,7 +709,7 @@ def test_a_group_id_too_long_to_store_is_refused_as_invalid_message(clients: Cli
     )
     keys = binding.generate_signature_keypair(binding.CipherSuite.CURVE25519_AES128)
     peer = binding.Client(b"peer", keys, config)
-    for length, joins in ((MAX_GROUP_ID_LEN, True), (MAX_GROUP_ID_LEN + 1, False)):
+    for length, joins in ((0, False), (MAX_GROUP_ID_LEN, True), (MAX_GROUP_ID_LEN + 1, False)):
         group = peer.create_group(b"g" * length)
         kp = binding.Message.from_bytes(bob.generate_key_package())
         welcome = bytes(group.add_members([kp]).welcome_message.to_bytes())
@@ -720,6 +721,7 @@ def test_a_group_id_too_long_to_store_is_refused_as_invalid_message(clients: Cli
         with pytest.raises(InvalidMessage, match="group id"):
             bob.join(welcome)
         assert {(c, k): v for c in vault.categories() for k, v in vault.items(c)} == before
+    assert bob.group_ids() == [b"g" * MAX_GROUP_ID_LEN]
     with pytest.raises(ValueError, match="group id"):
         bob.create_group(b"g" * (MAX_GROUP_ID_LEN + 1))
 
