@@ -605,8 +605,8 @@ class MlsClient:
 
     def _group_id(self, group_id: object) -> bytes:
         group_id = _check_bytes(group_id, "group id")
-        if not 0 < len(group_id) <= MAX_GROUP_ID_LEN:
-            raise ValueError(f"group id must be 1 to {MAX_GROUP_ID_LEN} bytes")
+        if not group_id:
+            raise ValueError("group id must not be empty")
         return group_id
 
     def _leaves_of(self, group_id: bytes, identities: Sequence[bytes]) -> list[int]:
@@ -785,11 +785,14 @@ class MlsClient:
                 handshakes, no padding).
 
         Raises:
-            ValueError: this client already has a group with that id.
+            ValueError: this client already has a group with that id, or the id is longer
+                than :data:`mls.categories.MAX_GROUP_ID_LEN`.
             Unsupported: settings or suite the engine cannot honour.
         """
         if group_id is not None:
             group_id = self._group_id(group_id)
+            if len(group_id) > MAX_GROUP_ID_LEN:  # longer ids are only ever looked up
+                raise ValueError(f"group id must be 1 to {MAX_GROUP_ID_LEN} bytes")
         suite = self.cipher_suite if cipher_suite is None else cipher_suite
         with self._durable():
             return self._engine.create_group(

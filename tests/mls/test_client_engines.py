@@ -724,6 +724,8 @@ def test_a_group_id_we_cannot_address_is_refused_as_invalid_message(clients: Cli
     assert bob.group_ids() == [b"g" * MAX_GROUP_ID_LEN]
     with pytest.raises(ValueError, match="group id"):
         bob.create_group(b"g" * (MAX_GROUP_ID_LEN + 1))
+    with pytest.raises(UnknownGroup):  # looking one up is not misuse: we just hold no such group
+        bob.epoch(b"g" * (MAX_GROUP_ID_LEN + 1))
 
 
 def test_welcome_errors(clients: Clients) -> None:
