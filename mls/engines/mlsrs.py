@@ -561,6 +561,8 @@ class MlsRsAdapter:
             for leaf in remove:
                 if leaf not in table:
                     raise errors.InvalidProposal("no member at that leaf index")
+                if table[leaf].signature_key == self._public:  # as the native engine says
+                    raise errors.InvalidProposal("the committer cannot remove itself")
                 targets.append(self._signing_identity(table[leaf]))
             with self._engine("remove members"):
                 output = group.remove_members(targets)

@@ -647,6 +647,8 @@ def test_error_cases_are_the_same_on_both_engines(clients: Clients) -> None:
         bob.encrypt(b"elsewhere", b"x")
     with pytest.raises(UnknownMember):
         alice.remove_members(GID, [b"mallory"])
+    with pytest.raises(InvalidProposal, match="cannot remove itself"):  # leave() is the way
+        alice.remove_members(GID, [b"alice"])
     with pytest.raises(ValueError):
         alice.export_secret(GID, b"x", b"", 0)
     with pytest.raises(InvalidMessage):
