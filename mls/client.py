@@ -1467,7 +1467,10 @@ class AsyncMlsClient:
         self, certificates: Sequence[bytes], *, cipher_suite: int | None = None
     ) -> None:
         """See :meth:`MlsClient.set_credential`."""
-        await self._run(self._client.set_credential, list(certificates), cipher_suite=cipher_suite)
+        # A copy, so the caller may reuse its list while the worker thread runs; bytes are
+        # passed as they are, for the same TypeError as the synchronous call.
+        chain = certificates if isinstance(certificates, bytes | bytearray) else list(certificates)
+        await self._run(self._client.set_credential, chain, cipher_suite=cipher_suite)
 
     async def lost_key_packages(self) -> list[LostKeyPackage]:
         """See :meth:`MlsClient.lost_key_packages`."""

@@ -961,6 +961,20 @@ def test_async_client_has_every_method_precisely_typed() -> None:
         ], name
 
 
+def test_async_set_credential_refuses_bare_bytes_like_the_sync_call(tmp_path: Path) -> None:
+    """One DER certificate instead of a chain is the same clear TypeError in both clients."""
+
+    async def attempt() -> None:
+        client = await AsyncMlsClient.create(
+            tmp_path / "a.vault", PASSPHRASE, identity=b"a", kdf=FAST
+        )
+        async with client:
+            await client.set_credential(b"0\x82 not a chain")  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="sequence of DER certificates"):
+        asyncio.run(attempt())
+
+
 def test_async_client_round_trip(tmp_path: Path, engine: EngineName) -> None:
     """The async twin runs a conversation and inspection on either engine."""
 
