@@ -184,7 +184,9 @@ class SnapshotStore:
         """Persist the whole state durably; returns the bytes written."""
         nonce = os.urandom(_NONCE_LEN)
         blob = nonce + self._aead.encrypt(nonce, encode_state(state), None)
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Never through a symlink planted at the temporary name (the snapshot holds keys).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self._tmp, flags, 0o600)
         try:
             view = memoryview(blob)
             while view:

@@ -40,7 +40,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mls.mlsrs import load_binding, new_group_state_storage
+from bench.native_bench import rs_client
+from mls.mlsrs import load_binding
 from mls.native.engine import NativeEngine
 from mls.storage import GranularStorage
 
@@ -101,6 +102,31 @@ class _Round:
         )
 
 
+def _results(
+    t_add: float,
+    t_join: float,
+    blank: _Round,
+    steady: _Round,
+    msg_times: list[float],
+    msg_bytes: list[int],
+) -> dict[str, Any]:
+    """One engine's figures, under the same names for both engines."""
+    make, process, commit_bytes = blank.medians()
+    make_steady, process_steady, steady_bytes = steady.medians()
+    return {
+        "add_all": t_add,
+        "join": t_join,
+        "make_commit": make,
+        "process_commit": process,
+        "make_commit_steady": make_steady,
+        "process_commit_steady": process_steady,
+        "message": statistics.median(msg_times),
+        "bytes_per_commit": commit_bytes,
+        "bytes_per_commit_steady": steady_bytes,
+        "bytes_per_message": statistics.median(msg_bytes),
+    }
+
+
 def _native_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
     alice, bob, carol = _native("alice"), _native("bob"), _native("carol")
     kps = [bob.generate_key_package(), carol.generate_key_package()]
@@ -151,44 +177,20 @@ def _native_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
         msg_times.append(time.perf_counter() - t0)
         msg_bytes.append(_event_bytes(bob.storage))
         alice.storage.drain_storage_events()
-    make, process, commit_bytes = blank.medians()
-    make_steady, process_steady, steady_bytes = steady.medians()
-    return {
-        "add_all": t_add,
-        "join": t_join,
-        "make_commit": make,
-        "process_commit": process,
-        "make_commit_steady": make_steady,
-        "process_commit_steady": process_steady,
-        "message": statistics.median(msg_times),
-        "bytes_per_commit": commit_bytes,
-        "bytes_per_commit_steady": steady_bytes,
-        "bytes_per_message": statistics.median(msg_bytes),
-    }
-
-
-def _rs_client(binding: Any, name: str, storage: GranularStorage | None = None) -> Any:
-    keypair = binding.generate_signature_keypair(binding.CipherSuite.CURVE25519_AES128)
-    if storage is None:
-        config = binding.client_config_default()
-    else:
-        config = binding.ClientConfig(
-            group_state_storage=new_group_state_storage(storage), use_ratchet_tree_extension=True
-        )
-    return binding.Client(name.encode(), keypair, config)
+    return _results(t_add, t_join, blank, steady, msg_times, msg_bytes)
 
 
 def _rs_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
     binding = load_binding()
     storage = GranularStorage()
-    alice = _rs_client(binding, "alice")
-    bob = _rs_client(binding, "bob", storage)
-    carol = _rs_client(binding, "carol")
+    alice = rs_client(binding, "alice")
+    bob = rs_client(binding, "bob", storage)
+    carol = rs_client(binding, "carol")
     kps = [bob.generate_key_package_message(), carol.generate_key_package_message()]
     fillers = []
     filler_leaves = set(_fillers(members))
     for leaf in range(3, members):
-        client = _rs_client(binding, f"m{leaf}")
+        client = rs_client(binding, f"m{leaf}")
         kps.append(client.generate_key_package_message())
         if leaf in filler_leaves:
             fillers.append(client)
@@ -244,20 +246,7 @@ def _rs_run(members: int, rounds: int, messages: int) -> dict[str, Any]:
         msg_times.append(time.perf_counter() - t0)
         b_group.write_to_storage()
         msg_bytes.append(_event_bytes(storage))
-    make, process, commit_bytes = blank.medians()
-    make_steady, process_steady, steady_bytes = steady.medians()
-    return {
-        "add_all": t_add,
-        "join": t_join,
-        "make_commit": make,
-        "process_commit": process,
-        "make_commit_steady": make_steady,
-        "process_commit_steady": process_steady,
-        "message": statistics.median(msg_times),
-        "bytes_per_commit": commit_bytes,
-        "bytes_per_commit_steady": steady_bytes,
-        "bytes_per_message": statistics.median(msg_bytes),
-    }
+    return _results(t_add, t_join, blank, steady, msg_times, msg_bytes)
 
 
 #: The goals, per figure; ``bytes_per_commit``'s depends on the size (10 KB at 1k members).

@@ -124,7 +124,8 @@ def _native(name: str) -> NativeEngine:
     return NativeEngine.create(GranularStorage(), name.encode())
 
 
-def _rs_client(binding: Any, name: str, storage: GranularStorage | None = None) -> Any:
+def rs_client(binding: Any, name: str, storage: GranularStorage | None = None) -> Any:
+    """An mls-rs client (suite 1); with ``storage``, its groups persist into it."""
     keypair = binding.generate_signature_keypair(binding.CipherSuite.CURVE25519_AES128)
     if storage is None:
         config = binding.client_config_default()
@@ -136,7 +137,7 @@ def _rs_client(binding: Any, name: str, storage: GranularStorage | None = None) 
 
 
 def _rs_key_package(binding: Any, name: str) -> bytes:
-    return bytes(_rs_client(binding, name).generate_key_package_message().to_bytes())
+    return bytes(rs_client(binding, name).generate_key_package_message().to_bytes())
 
 
 def _native_pair(members: int) -> tuple[NativeEngine, NativeEngine]:
@@ -156,11 +157,11 @@ def _rs_pair(
     binding: Any, members: int, storages: tuple[GranularStorage, GranularStorage] | None = None
 ) -> tuple[Any, Any]:
     """The same group on mls-rs; with ``storages``, both clients persist through them."""
-    alice = _rs_client(binding, "alice", storages[0] if storages else None)
-    bob = _rs_client(binding, "bob", storages[1] if storages else None)
+    alice = rs_client(binding, "alice", storages[0] if storages else None)
+    bob = rs_client(binding, "bob", storages[1] if storages else None)
     group = alice.create_group(_GID)
     kps = [bob.generate_key_package_message()] + [
-        _rs_client(binding, f"m{i}").generate_key_package_message() for i in range(members - 2)
+        rs_client(binding, f"m{i}").generate_key_package_message() for i in range(members - 2)
     ]
     out = group.add_members(kps)
     group.process_incoming_message(out.commit_message)
@@ -197,9 +198,9 @@ def create_add(members: int = 50, repeats: int = 3) -> dict[str, Any]:
     for _ in range(repeats):
         creator = _native("creator")
         n_kps = [_native(f"m{i}").generate_key_package() for i in range(members)]
-        rs_creator = _rs_client(binding, "creator")
+        rs_creator = rs_client(binding, "creator")
         r_kps = [
-            _rs_client(binding, f"m{i}").generate_key_package_message() for i in range(members)
+            rs_client(binding, f"m{i}").generate_key_package_message() for i in range(members)
         ]
         t0 = time.perf_counter()
         creator.create_group(_GID)
@@ -374,7 +375,7 @@ def client_bytes_per_message(members: int = 200, count: int = 20) -> dict[str, A
                 else:
                     others = [
                         bytes(
-                            _rs_client(binding, f"m{i}").generate_key_package_message().to_bytes()
+                            rs_client(binding, f"m{i}").generate_key_package_message().to_bytes()
                         )
                         for i in range(members - 2)
                     ]

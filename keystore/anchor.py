@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 import struct
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -79,13 +80,17 @@ class FileAnchor:
 
     def load(self, store_id: bytes) -> int | None:
         """The generation in the file, or ``None`` when the file does not exist."""
+        # O_NONBLOCK: a FIFO planted here must not hang the open of the vault.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.path, flags)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise VaultIOError(f"cannot read anchor {self.path}: {exc.strerror}") from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise VaultIOError(f"cannot read anchor {self.path}: not a regular file")
             data = os.read(fd, ANCHOR_LEN + 1)
         except OSError as exc:
             raise VaultIOError(f"cannot read anchor {self.path}: {exc.strerror}") from None

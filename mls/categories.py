@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from keystore.vault import MAX_KEY_LEN
+
 __all__ = [
     "CONFIRMATION_TAG",
     "ENCRYPTION_EPOCH_KEY_PAIRS",
@@ -26,6 +28,7 @@ __all__ = [
     "KEY_PACKAGE",
     "LAYOUT_VERSION",
     "LIST_FORMAT",
+    "MAX_GROUP_ID_LEN",
     "MESSAGE_SECRETS",
     "MLS_JOIN_CONFIG",
     "OPENMLS_CATEGORIES",
@@ -42,6 +45,12 @@ __all__ = [
     "epoch_key_pairs_key",
     "queued_proposal_key",
 ]
+
+#: The longest group id this package stores: every row key holding a group id (the id plus
+#: at most a length, an epoch or node number and a 64-byte hash reference) must fit the
+#: vault's row-key limit.  RFC 9420 sets no bound, so a group made elsewhere can have a
+#: longer id; its Welcome or GroupInfo is refused as :class:`mls.errors.InvalidMessage`.
+MAX_GROUP_ID_LEN = MAX_KEY_LEN - 256
 
 #: Bumped (with new category names) whenever a key or value layout below changes.
 LAYOUT_VERSION = 1

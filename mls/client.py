@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from keystore import Vault, profiles
 from keystore.errors import VaultClosed
 from keystore.profiles import KdfParameters
+from mls.categories import MAX_GROUP_ID_LEN
 from mls.drainer import WriteBehindDrainer
 from mls.engine import (
     ALL_CIPHER_SUITES,
@@ -821,11 +822,14 @@ class MlsClient:
                 handshakes, no padding).
 
         Raises:
-            ValueError: this client already has a group with that id.
+            ValueError: this client already has a group with that id, or the id is longer
+                than :data:`mls.categories.MAX_GROUP_ID_LEN`.
             Unsupported: settings or suite the engine cannot honour.
         """
         if group_id is not None:
             group_id = self._group_id(group_id)
+            if len(group_id) > MAX_GROUP_ID_LEN:  # longer ids are only ever looked up
+                raise ValueError(f"group id must be 1 to {MAX_GROUP_ID_LEN} bytes")
         suite = self.cipher_suite if cipher_suite is None else cipher_suite
         with self._durable():
             return self._engine.create_group(
@@ -1500,7 +1504,10 @@ class AsyncMlsClient:
         self, certificates: Sequence[bytes], *, cipher_suite: int | None = None
     ) -> None:
         """See :meth:`MlsClient.set_credential`."""
-        await self._run(self._client.set_credential, list(certificates), cipher_suite=cipher_suite)
+        # A copy, so the caller may reuse its list while the worker thread runs; bytes are
+        # passed as they are, for the same TypeError as the synchronous call.
+        chain = certificates if isinstance(certificates, bytes | bytearray) else list(certificates)
+        await self._run(self._client.set_credential, chain, cipher_suite=cipher_suite)
 
     async def lost_key_packages(self) -> list[LostKeyPackage]:
         """See :meth:`MlsClient.lost_key_packages`."""

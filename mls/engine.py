@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
@@ -224,7 +224,7 @@ class EngineReceived:
 
     kind: ReceivedKind
     sender: bytes | None
-    data: bytes | None = None
+    data: bytes | None = field(default=None, repr=False)  # a plaintext: never in logs
     removed: bool = False
     merged_pending_commit: bool = False
     cleared_pending_commit: bool = False

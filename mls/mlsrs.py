@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
 
+from mls.categories import MAX_GROUP_ID_LEN
 from mls.engines.wire import Reader as _Reader
 from mls.engines.wire import encode_varint as _encode_varint
 from mls.errors import InvalidMessage, MlsRsUnavailable
@@ -156,6 +157,11 @@ class VaultGroupStateStorage:
         epoch_inserts: list[Any],
         epoch_updates: list[Any],
     ) -> None:
+        if not 0 < len(group_id) <= MAX_GROUP_ID_LEN:  # a Welcome can name any id
+            raise InvalidMessage(
+                f"the group id is {len(group_id)} bytes; this client keeps groups of 1 to "
+                f"{MAX_GROUP_ID_LEN}"
+            )
         ids = list(self._epochs.get(group_id, ()))
         with self._storage.operation():
             self._storage.write(CATEGORY_GROUPS, group_id, bytes(group_state))

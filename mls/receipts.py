@@ -42,7 +42,8 @@ class Received:
     Attributes:
         kind: application data, a commit (new epoch), or a proposal held for the next commit.
         sender: the sender's (committer's) identity, or ``None`` if it is no longer in the tree.
-        data: the plaintext of an application message, else ``None``.
+        data: the plaintext of an application message, else ``None``.  Left out of
+            ``repr`` so that logging a result never logs a plaintext.
         removed: this commit removed us; the group has been forgotten.
         replay: this message had been processed before (e.g. by a process that died
             before its caller saw the result); this is the stored outcome.
@@ -63,7 +64,7 @@ class Received:
 
     kind: ReceivedKind
     sender: bytes | None
-    data: bytes | None = None
+    data: bytes | None = field(default=None, repr=False)
     removed: bool = False
     replay: bool = False
     authenticated_data: bytes = field(default=b"", compare=False)

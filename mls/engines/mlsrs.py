@@ -422,9 +422,15 @@ class MlsRsAdapter:
             raise errors.UnknownKeyPackage(
                 "this Welcome addresses none of this client's unused key packages"
             )
+        held = set(self._store.group_ids())
         with self._engine("join the group", invalid=True):
             group = self._client.join_group(None, message).group
         group_id = self._save(group)
+        if group_id in held:
+            # The group id is only known once mls-rs has saved the new state over ours;
+            # raising rolls the caller's storage operation back, so our group is intact.
+            # (Anyone holding one of our key packages can make a group of any id.)
+            raise errors.InvalidMessage("this client is already a member of that group")
         for ref in live:
             self._storage.delete(CATEGORY_KEY_PACKAGES, ref)
         self._groups[group_id] = group
@@ -555,6 +561,8 @@ class MlsRsAdapter:
             for leaf in remove:
                 if leaf not in table:
                     raise errors.InvalidProposal("no member at that leaf index")
+                if table[leaf].signature_key == self._public:  # as the native engine says
+                    raise errors.InvalidProposal("the committer cannot remove itself")
                 targets.append(self._signing_identity(table[leaf]))
             with self._engine("remove members"):
                 output = group.remove_members(targets)

@@ -42,9 +42,7 @@ from .proposals import (
     Update,
 )
 from .protection import framed_content_tbs
-from .secret_tree import SecretTree
 from .suites import CipherSuite, get_suite
-from .transcript import interim_transcript_hash
 from .tree import RatchetTree
 from .treekem import TreePrivate, create_update_path, process_update_path
 from .validation import (
@@ -229,14 +227,7 @@ def process_commit(
     tag = auth.auth.confirmation_tag
     if not constant_time.bytes_eq(secrets.confirmation_tag(confirmed), tag):
         raise AuthenticationError("commit confirmation tag mismatch")
-    return GroupEpoch(
-        context,
-        tree,
-        private,
-        secrets,
-        SecretTree.create(cs, secrets.encryption_secret, tree.n_leaves),
-        interim_transcript_hash(cs, confirmed, tag),
-    )
+    return GroupEpoch.begin(cs, context, tree, private, secrets, tag)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -337,14 +328,7 @@ def create_commit(
     secrets = next_epoch(cs, group.secrets.init_secret, commit_secret, psk, context.to_bytes())
     tag = secrets.confirmation_tag(confirmed)
     auth = replace(unconfirmed, auth=FramedContentAuthData(signature, tag))
-    new_group = GroupEpoch(
-        context,
-        tree,
-        private,
-        secrets,
-        SecretTree.create(cs, secrets.encryption_secret, tree.n_leaves),
-        interim_transcript_hash(cs, confirmed, tag),
-    )
+    new_group = GroupEpoch.begin(cs, context, tree, private, secrets, tag)
     welcome = None
     if applied.joiners:
         extensions: tuple[Extension, ...] = ()

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from mls import categories as cat
@@ -133,7 +133,6 @@ from .rows import (
 )
 from .secret_tree import HashRatchet, RatchetType, SecretTree
 from .suites import SUITES, CipherSuite, get_suite
-from .transcript import interim_transcript_hash
 from .tree import RatchetTree
 from .tree_rows import TreeRows
 from .treekem import TreePrivate
@@ -207,7 +206,7 @@ class Processed:
     sender: int
     identity: bytes
     epoch: int
-    data: bytes | None = None
+    data: bytes | None = field(default=None, repr=False)  # a plaintext: never in logs
     removed: bool = False
     cleared_pending_commit: bool = False
     merged_pending_commit: bool = False
@@ -219,6 +218,19 @@ class _Identity:
     suite_id: int
     credential: Credential
     signature_key: bytes
+
+
+def _outside_group_id(group_id: bytes) -> bytes:
+    """A group id from a Welcome or GroupInfo, refused unless the client can address it.
+
+    Empty (every group-id argument must be non-empty) or too long to key a vault row.
+    """
+    if not 0 < len(group_id) <= cat.MAX_GROUP_ID_LEN:
+        raise InvalidMessage(
+            f"the group id is {len(group_id)} bytes; this client keeps groups of 1 to "
+            f"{cat.MAX_GROUP_ID_LEN}"
+        )
+    return group_id
 
 
 class NativeEngine:
@@ -595,14 +607,8 @@ class NativeEngine:
     def members(self, group_id: bytes) -> list[tuple[int, bytes]]:
         """``(leaf index, identity)`` of every member, in leaf order."""
         with self._lock:
-            self._check_group(group_id)
-            tree = self._tree(group_id)
-            out = []
-            for i in tree.member_leaves():
-                leaf = tree.leaf(i)
-                assert leaf is not None
-                out.append((i, self.identity_of(leaf.credential)))
-            return out
+            leaves = self.leaf_nodes(group_id)
+            return [(i, self.identity_of(leaf.credential)) for i, leaf in leaves]
 
     def leaf_nodes(self, group_id: bytes) -> list[tuple[int, LeafNode]]:
         """``(leaf index, LeafNode)`` of every member, in leaf order (for inspection)."""
@@ -842,8 +848,8 @@ class NativeEngine:
     ) -> bytes:
         """Create a group with only us in it (epoch 0); returns its id (random if omitted)."""
         gid = os.urandom(16) if group_id is None else group_id
-        if not isinstance(gid, bytes) or not gid:
-            raise ValueError("group id must be non-empty bytes")
+        if not isinstance(gid, bytes) or not 0 < len(gid) <= cat.MAX_GROUP_ID_LEN:
+            raise ValueError(f"group id must be 1 to {cat.MAX_GROUP_ID_LEN} bytes")
         config = GroupConfig() if config is None else config
         cs = self._cs
         with self._lock:
@@ -866,14 +872,7 @@ class NativeEngine:
             context = GroupContext(cs.suite_id, gid, 0, tree.tree_hash(cs), b"", tuple(extensions))
             secrets = next_epoch(cs, os.urandom(cs.hash_size), None, None, context.to_bytes())
             tag = secrets.confirmation_tag(b"")
-            group = GroupEpoch(
-                context,
-                tree,
-                TreePrivate(0, enc_priv, {}),
-                secrets,
-                SecretTree.create(cs, secrets.encryption_secret, 1),
-                interim_transcript_hash(cs, b"", tag),
-            )
+            group = GroupEpoch.begin(cs, context, tree, TreePrivate(0, enc_priv, {}), secrets, tag)
             with self._storage.operation():
                 self._storage.write_mls_join_config(gid, config.to_bytes())
                 self._write_epoch(gid, group, tag, config, None)
@@ -922,7 +921,7 @@ class NativeEngine:
             group = join_from_welcome(body, kp, init_priv, enc_priv, self._external_psks(), tree)
             cs = get_suite(group.context.cipher_suite)
             validate_tree_leaves(cs, group.tree, group.context, self._validator)
-            gid = group.context.group_id
+            gid = _outside_group_id(group.context.group_id)
             if self._storage.read(cat.GROUP_STATE, gid) is not None:
                 raise InvalidMessage("this engine is already a member of that group")
             self._refuse_if_pending(gid)  # an external join of ours awaits its answer
@@ -1367,7 +1366,7 @@ class NativeEngine:
             None if ratchet_tree is None else RatchetTree.from_bytes(ratchet_tree),
             validator=self._validator,
         )
-        gid = info.group_context.group_id
+        gid = _outside_group_id(info.group_context.group_id)
         with self._lock:
             self._refuse_if_pending(gid)
             member = self._storage.read(cat.GROUP_STATE, gid) is not None
@@ -1567,13 +1566,31 @@ class NativeEngine:
             now=self._now(),
             validator=self._validator,
         )
+        return self._adopt_commit(gid, group, new, auth, sender, identity, epoch)
+
+    def _adopt_commit(
+        self,
+        gid: bytes,
+        old: GroupEpoch,
+        new: GroupEpoch | None,
+        auth: AuthenticatedContent,
+        sender: int,
+        identity: bytes,
+        epoch: int,
+    ) -> Processed:
+        """Move to the epoch a verified commit made (or forget a group that removed us).
+
+        Shared by member and external commits, so both drop our pending commit and write
+        the new epoch the same way.
+        """
         if new is None:
             self._forget(gid)
             return Processed(ProcessedKind.COMMIT, sender, identity, epoch, removed=True)
         tag = auth.auth.confirmation_tag
-        assert tag is not None
+        if tag is None:  # decoding requires it on a commit; never trust that alone
+            raise InvalidMessage("a commit without a confirmation tag")
         cleared = self._drop_pending(gid)
-        self._write_epoch(gid, new, tag, self._config(gid), group)
+        self._write_epoch(gid, new, tag, self._config(gid), old)
         return Processed(
             ProcessedKind.COMMIT, sender, identity, epoch, cleared_pending_commit=cleared
         )
@@ -1591,16 +1608,7 @@ class NativeEngine:
             group, auth, self._psk_lookup(gid), validator=self._validator
         )
         identity, epoch = self.identity_of(leaf.credential), context.epoch
-        if new is None:
-            self._forget(gid)
-            return Processed(ProcessedKind.COMMIT, joiner, identity, epoch, removed=True)
-        tag = auth.auth.confirmation_tag
-        assert tag is not None
-        cleared = self._drop_pending(gid)
-        self._write_epoch(gid, new, tag, self._config(gid), group)
-        return Processed(
-            ProcessedKind.COMMIT, joiner, identity, epoch, cleared_pending_commit=cleared
-        )
+        return self._adopt_commit(gid, group, new, auth, joiner, identity, epoch)
 
     def _process_external_proposal(self, gid: bytes, msg: PublicMessage) -> Processed:
         """A proposal from a sender of the ``external_senders`` extension (§12.1.8.1)."""

@@ -60,7 +60,6 @@ from .proposals import (
     Remove,
 )
 from .protection import framed_content_tbs, sign_content
-from .secret_tree import SecretTree
 from .suites import CipherSuite, get_suite
 from .transcript import interim_transcript_hash
 from .tree import RatchetTree
@@ -321,14 +320,7 @@ def create_external_commit(
     )
     secrets = next_epoch(cs, init_secret, result.commit_secret, None, context.to_bytes())
     tag = secrets.confirmation_tag(confirmed)
-    group = GroupEpoch(
-        context,
-        result.tree,
-        result.private,
-        secrets,
-        SecretTree.create(cs, secrets.encryption_secret, result.tree.n_leaves),
-        interim_transcript_hash(cs, confirmed, tag),
-    )
+    group = GroupEpoch.begin(cs, context, result.tree, result.private, secrets, tag)
     return ExternalCommitOutput(
         replace(unconfirmed, auth=FramedContentAuthData(signature, tag)), group
     )
@@ -402,14 +394,7 @@ def process_external_commit(
     if not constant_time.bytes_eq(secrets.confirmation_tag(confirmed), tag):
         raise AuthenticationError("commit confirmation tag mismatch")
     return (
-        GroupEpoch(
-            context,
-            result.tree,
-            result.private,
-            secrets,
-            SecretTree.create(cs, secrets.encryption_secret, result.tree.n_leaves),
-            interim_transcript_hash(cs, confirmed, tag),
-        ),
+        GroupEpoch.begin(cs, context, result.tree, result.private, secrets, tag),
         joiner,
     )
 

@@ -16,7 +16,7 @@ from .key_schedule import EpochSecrets, epoch_from_joiner, psk_secret, welcome_s
 from .leaf_node import ExtensionType
 from .proposals import PskType
 from .secret_tree import SecretTree
-from .suites import get_suite
+from .suites import CipherSuite, get_suite
 from .transcript import interim_transcript_hash
 from .tree import RatchetTree
 from .treekem import TreePrivate, node_key_pair
@@ -37,6 +37,31 @@ class GroupEpoch(Struct):
     def __repr__(self) -> str:
         """Never print secrets."""
         return f"GroupEpoch(epoch={self.context.epoch}, leaf={self.private.leaf_index})"
+
+    @classmethod
+    def begin(
+        cls,
+        cs: CipherSuite,
+        context: GroupContext,
+        tree: RatchetTree,
+        private: TreePrivate,
+        secrets: EpochSecrets,
+        confirmation_tag: bytes,
+    ) -> GroupEpoch:
+        """The state at the start of an epoch, whichever way it was entered.
+
+        Its secret tree (§9) and interim transcript hash (§8.2) follow from the rest, so
+        creating, joining, committing and processing a commit cannot derive them
+        differently.
+        """
+        return cls(
+            context,
+            tree,
+            private,
+            secrets,
+            SecretTree.create(cs, secrets.encryption_secret, tree.n_leaves),
+            interim_transcript_hash(cs, context.confirmed_transcript_hash, confirmation_tag),
+        )
 
     def encode(self, w: Writer) -> None:
         """Serialize for storage."""
@@ -125,11 +150,4 @@ def join_from_welcome(
         epoch.confirmation_tag(gc.confirmed_transcript_hash), info.confirmation_tag
     ):
         raise AuthenticationError("GroupInfo confirmation tag mismatch")
-    return GroupEpoch(
-        gc,
-        tree,
-        private,
-        epoch,
-        SecretTree.create(cs, epoch.encryption_secret, tree.n_leaves),
-        interim_transcript_hash(cs, gc.confirmed_transcript_hash, info.confirmation_tag),
-    )
+    return GroupEpoch.begin(cs, gc, tree, private, epoch, info.confirmation_tag)

@@ -50,13 +50,18 @@ class GroupInfo(Struct):
         cs.verify_with_label(signer_key, "GroupInfoTBS", self.tbs(), self.signature)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class GroupSecrets(Struct):
     """Secrets a new member receives: joiner secret, optional path secret, PSK ids."""
 
     joiner_secret: bytes
     path_secret: bytes | None
     psks: tuple[PreSharedKeyID, ...]
+
+    def __repr__(self) -> str:
+        """Never print secrets (the joiner secret opens the group's first epoch)."""
+        has_path = self.path_secret is not None
+        return f"GroupSecrets(<redacted>, path_secret={has_path}, psks={len(self.psks)})"
 
     def encode(self, w: Writer) -> None:
         """Encode."""

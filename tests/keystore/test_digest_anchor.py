@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,30 @@ def test_symlink_is_not_followed(tmp_path: Path) -> None:
     (tmp_path / "a").symlink_to(target)
     with pytest.raises(VaultIOError):
         FileAnchor(tmp_path / "a").load(STORE_ID)
+
+
+def test_fifo_or_directory_is_refused_without_hanging(tmp_path: Path) -> None:
+    """A FIFO or a directory planted at the anchor path is refused at once (no blocking open)."""
+    fifo, folder = tmp_path / "fifo", tmp_path / "dir"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    outcome: list[BaseException | int | None] = []
+
+    def load(path: Path) -> None:
+        try:
+            outcome.append(FileAnchor(path).load(STORE_ID))
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    for path in (fifo, folder):
+        outcome.clear()
+        worker = threading.Thread(target=load, args=(path,), daemon=True)
+        worker.start()
+        worker.join(10)
+        if worker.is_alive():  # release the blocked open before failing
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            pytest.fail(f"loading an anchor at a {path.name} blocked")
+        assert len(outcome) == 1 and isinstance(outcome[0], VaultIOError)
 
 
 def test_unwritable_location_is_a_vault_io_error(tmp_path: Path) -> None:

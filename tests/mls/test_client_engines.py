@@ -350,6 +350,17 @@ def test_authenticated_data_is_readable_on_receipt(clients: Clients) -> None:
         bob.process(GID, tampered)
 
 
+def test_a_received_message_never_shows_its_plaintext_in_repr(clients: Clients) -> None:
+    """Logging a processed result (``repr``, f-string, logging) does not log the plaintext."""
+    alice, bob = pair(clients)
+    secret = b"attack at dawn 0123456789"
+    message = alice.encrypt(GID, secret)
+    got, again = bob.process(GID, message), bob.process(GID, message)
+    assert got.data == secret and again.replay
+    for shown in (repr(got), str(got), f"{again}", repr([got])):
+        assert repr(secret)[2:-1] not in shown and "attack at dawn" not in shown
+
+
 @pytest.mark.parametrize("suite", [1, 2, 3, 4, 5, 6, 7])
 def test_every_cipher_suite_at_create_group_and_key_package(clients: Clients, suite: int) -> None:
     """Groups and key packages of each RFC 9420 suite, from clients created with suite 1."""
@@ -636,6 +647,8 @@ def test_error_cases_are_the_same_on_both_engines(clients: Clients) -> None:
         bob.encrypt(b"elsewhere", b"x")
     with pytest.raises(UnknownMember):
         alice.remove_members(GID, [b"mallory"])
+    with pytest.raises(InvalidProposal, match="cannot remove itself"):  # leave() is the way
+        alice.remove_members(GID, [b"alice"])
     with pytest.raises(ValueError):
         alice.export_secret(GID, b"x", b"", 0)
     with pytest.raises(InvalidMessage):
@@ -659,6 +672,62 @@ def test_epoch_mismatch_future_and_past(clients: Clients) -> None:
     with pytest.raises(EpochMismatch) as info:
         carol.process(GID, bob.leave(GID))  # bob is still at epoch 3
     assert not info.value.future and not info.value.retryable
+
+
+def test_a_welcome_to_a_group_id_we_hold_is_refused_and_changes_nothing(
+    clients: Clients,
+) -> None:
+    """Anyone with one of our key packages can make a group of any id: its Welcome must not
+    replace the group of that id we are in."""
+    alice, bob, mallory = clients.make("alice"), clients.make("bob"), clients.make("mallory")
+    alice.create_group(GID)
+    bob.join(alice.add_members(GID, [bob.generate_key_package()])[1])
+    mallory.create_group(GID)
+    _, welcome = mallory.add_members(GID, [bob.generate_key_package()])
+    vault = bob.vault
+    before = {(c, k): v for c in vault.categories() for k, v in vault.items(c)}
+    with pytest.raises(InvalidMessage):
+        bob.join(welcome)
+    assert {(c, k): v for c in vault.categories() for k, v in vault.items(c)} == before
+    assert bob.members(GID) == [b"alice", b"bob"]
+    assert bob.process(GID, alice.encrypt(GID, b"still here")).data == b"still here"
+    bob = clients.restart(bob)
+    assert bob.members(GID) == [b"alice", b"bob"]
+
+
+def test_a_group_id_we_cannot_address_is_refused_as_invalid_message(clients: Clients) -> None:
+    """RFC 9420 bounds no group id; a Welcome naming an empty one (no call could name the
+    group) or one longer than the vault can key a row by is an InvalidMessage (not a
+    storage ValueError) and changes nothing."""
+    binding = pytest.importorskip("mls_rs_uniffi")  # a peer that accepts any group id
+    from mls.categories import MAX_GROUP_ID_LEN
+    from mls.mlsrs import new_group_state_storage
+    from mls.storage import GranularStorage
+
+    bob = clients.make("bob")
+    config = binding.ClientConfig(
+        group_state_storage=new_group_state_storage(GranularStorage()),
+        use_ratchet_tree_extension=True,
+    )
+    keys = binding.generate_signature_keypair(binding.CipherSuite.CURVE25519_AES128)
+    peer = binding.Client(b"peer", keys, config)
+    for length, joins in ((0, False), (MAX_GROUP_ID_LEN, True), (MAX_GROUP_ID_LEN + 1, False)):
+        group = peer.create_group(b"g" * length)
+        kp = binding.Message.from_bytes(bob.generate_key_package())
+        welcome = bytes(group.add_members([kp]).welcome_message.to_bytes())
+        if joins:
+            assert bob.join(welcome) == b"g" * length
+            continue
+        vault = bob.vault
+        before = {(c, k): v for c in vault.categories() for k, v in vault.items(c)}
+        with pytest.raises(InvalidMessage, match="group id"):
+            bob.join(welcome)
+        assert {(c, k): v for c in vault.categories() for k, v in vault.items(c)} == before
+    assert bob.group_ids() == [b"g" * MAX_GROUP_ID_LEN]
+    with pytest.raises(ValueError, match="group id"):
+        bob.create_group(b"g" * (MAX_GROUP_ID_LEN + 1))
+    with pytest.raises(UnknownGroup):  # looking one up is not misuse: we just hold no such group
+        bob.epoch(b"g" * (MAX_GROUP_ID_LEN + 1))
 
 
 def test_welcome_errors(clients: Clients) -> None:
@@ -890,6 +959,20 @@ def test_async_client_has_every_method_precisely_typed() -> None:
         assert [(p.name, p.kind, p.default) for p in sync_params] == [
             (p.name, p.kind, p.default) for p in async_params
         ], name
+
+
+def test_async_set_credential_refuses_bare_bytes_like_the_sync_call(tmp_path: Path) -> None:
+    """One DER certificate instead of a chain is the same clear TypeError in both clients."""
+
+    async def attempt() -> None:
+        client = await AsyncMlsClient.create(
+            tmp_path / "a.vault", PASSPHRASE, identity=b"a", kdf=FAST
+        )
+        async with client:
+            await client.set_credential(b"0\x82 not a chain")  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="sequence of DER certificates"):
+        asyncio.run(attempt())
 
 
 def test_async_client_round_trip(tmp_path: Path, engine: EngineName) -> None:

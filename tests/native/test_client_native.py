@@ -13,40 +13,25 @@ from mls.client import AsyncMlsClient, MlsClient, NativeClient, ReceivedKind
 from mls.errors import MlsEngineError, NotAnMlsVault, UnknownGroup, UnknownMember
 from mls.native.engine import NativeEngine
 from mls.storage import GranularStorage
+from tests.mls.test_client_engines import PASSPHRASE as ENGINES_PASSPHRASE
+from tests.mls.test_client_engines import Clients as EngineClients
+from tests.mls.test_client_engines import pair
 
 PASSPHRASE = "native client passphrase"
 FAST = profiles.INSECURE_FOR_TESTS_ONLY
 GID = b"room"
 
 
-class Clients:
-    """Native clients in their own vaults under one folder, restartable."""
+class Clients(EngineClients):
+    """The two-engine test suite's client factory, on the native engine, plus snapshots."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.made: list[MlsClient] = []
-
-    def path(self, name: str) -> Path:
-        """Where ``name``'s vault lives."""
-        return self.folder / f"{name}.vault"
-
-    def make(self, name: str) -> MlsClient:
-        """A new client for identity ``name``."""
-        client = MlsClient.create(self.path(name), PASSPHRASE, identity=name.encode(), kdf=FAST)
-        self.made.append(client)
-        return client
-
-    def restart(self, client: MlsClient) -> MlsClient:
-        """Close and reopen from the vault, as a new process would."""
-        client.close()
-        again = MlsClient.open(self.path(client.identity.decode()), PASSPHRASE)
-        self.made.append(again)
-        return again
+        super().__init__(folder, "native")
 
     def snapshot(self, client: MlsClient) -> NativeEngine:
         """An engine on what the vault holds right now (read-only, beside the writer)."""
         with Vault.open(self.path(client.identity.decode()), readonly=True) as vault:
-            vault.unlock(PASSPHRASE)
+            vault.unlock(ENGINES_PASSPHRASE)
             return NativeEngine(GranularStorage.load(vault))
 
 
@@ -57,15 +42,6 @@ def clients(tmp_path: Path) -> Iterator[Clients]:
     yield c
     for client in c.made:
         client.close()
-
-
-def pair(clients: Clients) -> tuple[MlsClient, MlsClient]:
-    """Alice creates the room and adds Bob."""
-    alice, bob = clients.make("alice"), clients.make("bob")
-    alice.create_group(GID)
-    _, welcome = alice.add_members(GID, [bob.generate_key_package()])
-    assert bob.join(welcome) == GID
-    return alice, bob
 
 
 def test_conversation_continues_across_restarts(clients: Clients) -> None:

@@ -9,6 +9,7 @@ from mls.native.key_schedule import EpochSecrets, next_epoch
 from mls.native.secret_tree import RatchetType, SecretTree
 from mls.native.suites import SUITES
 from mls.native.treekem import TreePrivate, create_update_path, process_update_path
+from mls.native.welcome import GroupSecrets
 
 from .helpers import CS, context, small_group
 
@@ -25,6 +26,14 @@ def test_epoch_secrets_repr_hides_secrets() -> None:
     """The repr of epoch secrets does not contain secret material."""
     secrets = next_epoch(CS, SECRET, None, None, context().to_bytes())
     assert secrets.encryption_secret.hex() not in repr(secrets)
+
+
+def test_group_secrets_repr_hides_secrets() -> None:
+    """The repr of a Welcome's decrypted GroupSecrets shows neither joiner nor path secret."""
+    joiner, path = b"\x5a" * 32, b"\xa5" * 32
+    shown = repr(GroupSecrets(joiner, path, ()))
+    assert joiner.hex() not in shown and repr(joiner) not in shown
+    assert path.hex() not in shown and repr(path) not in shown
 
 
 def test_secret_tree_resumes_after_reload() -> None:
