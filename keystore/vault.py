@@ -32,7 +32,7 @@ import threading
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -140,7 +140,7 @@ class Change:
 
     category: str
     key: bytes
-    value: bytes | None
+    value: bytes | None = field(repr=False)  # row values are secrets: never in a repr
 
 
 @runtime_checkable

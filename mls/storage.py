@@ -83,6 +83,14 @@ class StorageEvent(NamedTuple):
     key: bytes
     value: bytes | None
 
+    def __repr__(self) -> str:
+        # Row values are MLS secrets (keys, ratchets): a repr names the row, never its value.
+        shown = "None" if self.value is None else f"<{len(self.value)} bytes>"
+        return (
+            f"StorageEvent(seq={self.seq}, category={self.category!r}, key={self.key!r}, "
+            f"value={shown})"
+        )
+
 
 class StorageNotEmpty(MlsError):
     """Rehydrating was refused: the storage already holds state or pending changes.

@@ -530,3 +530,15 @@ def test_deleted_ciphertext_leaves_the_file(vault_path: Path) -> None:
         (blob,) = raw_rows(vault_path).values()
         v.delete("c", b"k")
     assert blob[20:80] not in vault_path.read_bytes()
+
+
+def test_a_change_and_a_storage_event_never_show_their_value_in_a_repr() -> None:
+    """Row values are secrets: reprs (logs, tracebacks) name the row but never its value."""
+    from keystore import Change
+    from mls.storage import StorageEvent
+
+    secret = b"SECRET-KEY-MATERIAL"
+    for obj in (Change("c", b"k", secret), StorageEvent(1, "c", b"k", secret)):
+        assert b"SECRET".decode() not in repr(obj)
+        assert "'c'" in repr(obj)
+    assert "value=None" in repr(StorageEvent(2, "c", b"k", None))
