@@ -773,16 +773,8 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    if _on_postgres(args):
-        from keystore import cli_postgres
-
-        return cli_postgres.cmd_verify(args)
-    path = Path(args.path)
-    with Vault.open(path, readonly=True) as vault, Phases() as phases:
-        _unlock(vault, args, phases)
-        with phases.step("decrypting and checking every row"):
-            report: VerifyReport = vault.verify()
+def _emit_verify(args: argparse.Namespace, report: VerifyReport) -> int:
+    """Print a verify report (one line per failed row, then the count); its exit code."""
     lines = [
         f"FAILED  category={f.category} key_hash={f.key_hash}: {f.reason}"
         for f in report.failures
@@ -793,6 +785,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     )
     _emit(args, report, lines)
     return ExitCode.OK if report.ok else ExitCode.FAILURE
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.cmd_verify(args)
+    path = Path(args.path)
+    with Vault.open(path, readonly=True) as vault, Phases() as phases:
+        _unlock(vault, args, phases)
+        with phases.step("decrypting and checking every row"):
+            report: VerifyReport = vault.verify()
+    return _emit_verify(args, report)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from keystore.cli import (
     _check_backup_passphrase,
     _check_export_file,
     _emit,
+    _emit_verify,
     _export_target,
     _kdf_choice,
     _kdf_info,
@@ -307,16 +308,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _unlock(vault, args, phases)
         with phases.step("decrypting and checking every row"):
             report: VerifyReport = vault.verify()
-    lines = [
-        f"FAILED  category={f.category} key_hash={f.key_hash}: {f.reason}"
-        for f in report.failures
-    ]
-    lines.append(
-        f"{plural(report.rows_checked, 'row')} checked, "
-        + ("all authentic" if report.ok else f"{len(report.failures)} failed authentication")
-    )
-    _emit(args, report, lines)
-    return ExitCode.OK if report.ok else ExitCode.FAILURE
+    return _emit_verify(args, report)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
