@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,25 +15,8 @@ from keystore.backends.postgres import PostgresDatabase
 from keystore.errors import LeaseLost, VaultBusy
 from keystore.postgres_vault import PostgresVault
 from tests.postgres.conftest import FAST_KDF, PASSPHRASE
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _worker(*args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.postgres.worker", *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env, cwd=REPO,
-    )
-
-
-def _line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        raise AssertionError(f"worker ended: {proc.stderr.read() if proc.stderr else ''}")
-    return line.strip()
+from tests.postgres.launch import read_line as _line
+from tests.postgres.launch import start_worker as _worker
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +24,9 @@ from keystore.header import KDF_ARGON2ID, Header
 from keystore.postgres_vault import PostgresVault, new_header, open_header, seal_batch
 from mls.storage import GranularStorage
 from tests.postgres.conftest import FAST_KDF, PASSPHRASE
+from tests.postgres.launch import read_line as _line
+from tests.postgres.launch import start_worker as _worker
 from tests.postgres.test_postgres_failures import _blocked_apply
-
-REPO = Path(__file__).resolve().parents[2]
 
 Snapshot = tuple[tuple[Any, ...], list[tuple[str, bytes, bytes]]]
 
@@ -324,21 +323,6 @@ def test_a_vault_made_before_the_record_adopts_it_at_its_first_writable_unlock(
         db.close()
 
 
-def _worker(*args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.postgres.worker", *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env, cwd=REPO,
-    )
-
-
-def _line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        raise AssertionError(f"worker ended: {proc.stderr.read() if proc.stderr else ''}")
-    return line.strip()
 
 
 def _wait_for_expiry(db: PostgresDatabase, name: str) -> None:
