@@ -53,7 +53,14 @@ from keystore.errors import (
     VaultIOError,
     WrongPassphrase,
 )
-from keystore.export import export_vault, import_vault, read_export, read_header
+from keystore.export import (
+    ExportStream,
+    export_vault,
+    generation_floor,
+    import_vault,
+    read_export,
+    read_header,
+)
 from keystore.header import HEADER_FORMAT, KDF_RAW_KEY, Header
 from keystore.lockfile import WriterLock, lock_path_for
 from keystore.passphrase import (
@@ -168,6 +175,9 @@ class TransferReport(_Report):
     categories: int
     plaintext_bytes: int
     store_id: str | None  # of the new vault, for import
+    #: export: the vault generation the file carries; import: the new vault's
+    #: (at least the carried one).  None: an export from before generations.
+    generation: int | None = None
 
 
 class ConvertReport(_Report):
@@ -857,7 +867,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                                    progress=update)
     report = TransferReport(source=str(path), destination=str(out), rows=summary.rows,
                             categories=summary.categories,
-                            plaintext_bytes=summary.plaintext_bytes, store_id=None)
+                            plaintext_bytes=summary.plaintext_bytes, store_id=None,
+                            generation=summary.generation)
     _emit(args, report, [
         f"exported {plural(report.rows, 'row')} in "
         f"{plural(report.categories, 'category', 'categories')} "
@@ -924,12 +935,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
         vault_pw = _new_passphrase(args)
         if args.sqlcipher:
             with phases.step("importing into a new SQLCipher vault"), src.open("rb") as fh:
+                stream = ExportStream(fh, backup_pw)
                 copy = build_vault(
-                    dest, read_export(fh, backup_pw),
+                    dest, stream,
                     lambda tmp: Vault.create(tmp, vault_pw, kdf=kdf, sqlcipher=True),
+                    lambda: generation_floor(stream.generation),
                 )
             rows, categories, plain, store = (copy.rows, copy.categories,
                                               copy.plaintext_bytes, copy.store_id)
+            generation = copy.generation
         else:
             with phases.count("deriving keys and importing", "bytes",
                               then="writing the vault to disk") as update:
@@ -938,12 +952,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
             assert summary.store_id is not None  # import_vault reports the new vault's id
             rows, categories, plain, store = (summary.rows, summary.categories,
                                               summary.plaintext_bytes, summary.store_id)
+            generation = summary.generation
     report = TransferReport(source=str(src), destination=str(dest), rows=rows,
-                            categories=categories, plaintext_bytes=plain, store_id=store.hex())
+                            categories=categories, plaintext_bytes=plain, store_id=store.hex(),
+                            generation=generation)
     _emit(args, report, [
         f"imported {plural(rows, 'row')} in {plural(categories, 'category', 'categories')} "
         f"({human_bytes(plain)}) into a new "
-        f"{'SQLCipher ' if args.sqlcipher else ''}vault {dest} (store id {store.hex()})"
+        f"{'SQLCipher ' if args.sqlcipher else ''}vault {dest} (store id {store.hex()}"
+        + (f", generation {generation}" if generation is not None else "") + ")"
     ])
     return ExitCode.OK
 

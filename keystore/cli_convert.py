@@ -38,6 +38,7 @@ class CopySummary:
     categories: int
     plaintext_bytes: int
     store_id: bytes
+    generation: int | None = None  # the new vault's, when it was raised
 
 
 def vault_rows(
@@ -79,8 +80,12 @@ def build_vault(
     dest: Path,
     rows: Iterable[tuple[str, bytes, bytes]],
     create: Callable[[Path], Vault],
+    generation: Callable[[], int] | None = None,
 ) -> CopySummary:
     """Create a vault with ``create(temp_path)``, fill it with ``rows``, link it to ``dest``.
+
+    ``generation``, when given, is called once every row is in, and the new vault's
+    generation raised to what it returns (an import carrying its source's generation).
 
     Raises:
         FileExistsError: ``dest`` (or its header file) exists, before or at the end.
@@ -112,6 +117,7 @@ def build_vault(
             vault.apply(batch)
             if vault.stats().total_rows != count:
                 raise IntegrityError("the source holds the same row twice; nothing was created")
+            raised = None if generation is None else vault.raise_generation(generation())
             store_id = vault.store_id
         _fsync(tmp)
         if sqlcipher:
@@ -130,5 +136,6 @@ def build_vault(
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
     return CopySummary(
-        rows=count, categories=len(categories), plaintext_bytes=plain, store_id=store_id
+        rows=count, categories=len(categories), plaintext_bytes=plain, store_id=store_id,
+        generation=raised,
     )

@@ -355,7 +355,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         source = vault.location
     report = TransferReport(source=source, destination=str(out), rows=summary.rows,
                             categories=summary.categories,
-                            plaintext_bytes=summary.plaintext_bytes, store_id=None)
+                            plaintext_bytes=summary.plaintext_bytes, store_id=None,
+                            generation=summary.generation)
     _emit(args, report, [
         f"exported {plural(report.rows, 'row')} in "
         f"{plural(report.categories, 'category', 'categories')} "
@@ -392,17 +393,17 @@ def cmd_import(args: argparse.Namespace) -> int:
             vault = import_export_file(db, src, backup_pw, vault_pw, kdf, name=name)
             try:
                 stats = vault.stats()
-                location, store = vault.location, vault.store_id
+                location, store, generation = vault.location, vault.store_id, vault.generation
                 plain = sum(len(k) + len(v) for rows in vault.open_rows().values()
                             for k, v in rows.items())
             finally:
                 vault.close()
     report = TransferReport(source=str(src), destination=location, rows=stats.total_rows,
                             categories=len(stats.categories), plaintext_bytes=plain,
-                            store_id=store.hex())
+                            store_id=store.hex(), generation=generation)
     _emit(args, report, [
         f"imported {plural(report.rows, 'row')} in "
         f"{plural(report.categories, 'category', 'categories')} into a new vault "
-        f"{name!r} in {location} (store id {store.hex()})"
+        f"{name!r} in {location} (store id {store.hex()}, generation {generation})"
     ])
     return ExitCode.OK

@@ -2,11 +2,13 @@
 
 An export is for moving a vault or keeping a copy off the machine, so it depends
 on nothing of the vault it came from: its own Argon2id salt and parameters, its
-own key, no store id.  Byte layout of format 1 (integers big-endian; the
-byte-by-byte table is in ``docs/cli.md``)::
+own key, no store id.  It does carry the vault's *generation* (format 2): a vault
+restored from it must not look older than the vault it came from, or that vault's
+anchor would refuse it (docs/format.md §11, §15).  Byte layout (integers
+big-endian; the byte-by-byte table is in ``docs/format.md``)::
 
      0   8  magic          b"MLKSEXP\\x00"
-     8   1  format         1
+     8   1  format         2 (1: written before the generation was carried)
      9   1  kdf_id         1 = Argon2id(backup passphrase)
     10   4  time_cost
     14   4  memory_cost    KiB
@@ -25,8 +27,11 @@ fails; the index in the nonce stops reordering, the
 ``last`` flag stops truncation at a chunk boundary.  The key is fresh for every
 file (fresh salt), so counter nonces never repeat under a key.
 
-Records: ``0x01 || u16 len || category || u32 len || key || u32 len || value``,
-ended by ``0x00 || u64 record_count``; nothing may follow.
+Records: in format 2 first ``0x02 || u64 generation`` (exactly once, first: inside
+the encryption, so it is authenticated and not shown to whoever holds the file),
+then per row ``0x01 || u16 len || category || u32 len || key || u32 len || value``,
+ended by ``0x00 || u64 record_count`` (rows only); nothing may follow.  Format 1 is
+the same without the generation record; it is still read.
 
 Failures: a wrong passphrase or an edited header fails the header tag
 (:class:`WrongPassphrase`); any later damage is an :class:`IntegrityError`; a newer
@@ -52,6 +57,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keystore import safefile
 from keystore.cipher import normalize_passphrase
+from keystore.digest import STATE_FORMAT, STATE_LEN
 from keystore.errors import IntegrityError, SchemaTooNew, VaultBusy, WrongPassphrase
 from keystore.lockfile import WriterLock
 from keystore.profiles import RFC_9106_HIGH_MEMORY, RFC_9106_LOW_MEMORY, KdfParameters
@@ -75,6 +81,7 @@ __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_MAGIC",
     "ExportHeader",
+    "ExportStream",
     "ExportSummary",
     "export_vault",
     "import_vault",
@@ -84,7 +91,10 @@ __all__ = [
 ]
 
 EXPORT_MAGIC = b"MLKSEXP\x00"
-EXPORT_FORMAT = 1
+#: The format this code writes when the vault's generation is known; it reads 1 and 2.
+EXPORT_FORMAT = 2
+#: The format without the generation record (written for a vault that has none).
+EXPORT_FORMAT_NO_GENERATION = 1
 KDF_ARGON2ID = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
 MIN_CHUNK_SIZE = 1 << 10
@@ -99,7 +109,8 @@ _HEADER = struct.Struct(">8sBBIII16sI")
 _TAG_LEN = 16
 _HEADER_NONCE = b"\xff" * 12
 _SALT_LEN = 16
-_REC_ROW, _REC_END = 1, 0
+_REC_ROW, _REC_END, _REC_GENERATION = 1, 0, 2
+_U64_MAX = (1 << 64) - 1
 _U16, _U32, _U64 = struct.Struct(">H"), struct.Struct(">I"), struct.Struct(">Q")
 _IMPORT_BATCH = 1000
 
@@ -113,12 +124,14 @@ class ExportHeader:
     kdf: KdfParameters
     salt: bytes
     chunk_size: int
+    #: 2: the stream starts with the vault's generation; 1: it does not.
+    format: int = EXPORT_FORMAT
 
     def to_bytes(self) -> bytes:
         """The header bytes, which are also the AAD of every chunk."""
         k = self.kdf
         return _HEADER.pack(
-            EXPORT_MAGIC, EXPORT_FORMAT, KDF_ARGON2ID,
+            EXPORT_MAGIC, self.format, KDF_ARGON2ID,
             k.time_cost, k.memory_cost, k.parallelism, self.salt, self.chunk_size,
         )
 
@@ -140,7 +153,7 @@ class ExportHeader:
                 f"export format {fmt} is newer than this code reads ({EXPORT_FORMAT}); "
                 "upgrade mls-keystore"
             )
-        if fmt != EXPORT_FORMAT:
+        if fmt not in (EXPORT_FORMAT_NO_GENERATION, EXPORT_FORMAT):
             raise IntegrityError(f"unknown export format {fmt}")
         if kdf_id != KDF_ARGON2ID:
             raise IntegrityError(f"unknown export KDF id {kdf_id}")
@@ -152,7 +165,7 @@ class ExportHeader:
             raise IntegrityError(f"export header has invalid KDF parameters ({exc})") from None
         if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
             raise IntegrityError(f"export header has an invalid chunk size {chunk_size}")
-        return cls(kdf, bytes(salt), chunk_size)
+        return cls(kdf, bytes(salt), chunk_size, fmt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +176,9 @@ class ExportSummary:
     categories: int
     plaintext_bytes: int
     store_id: bytes | None = None  # of the new vault, after an import
+    #: Export: the generation the file carries (``None``: none, format 1).  Import:
+    #: the new vault's generation, at least the carried one.
+    generation: int | None = None
 
 
 def _derive(header: ExportHeader, passphrase: str | bytes) -> AESGCM:
@@ -199,19 +215,32 @@ def write_export(
     kdf: KdfParameters = RFC_9106_LOW_MEMORY,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    generation: int | None = None,
 ) -> ExportSummary:
     """Write ``records`` ``(category, key, value)`` to ``out`` as an export file.
 
+    Args:
+        generation: the vault's generation, carried in the file (format 2) so that an
+            import can give the new vault at least this generation.  ``None`` (a vault
+            without a state record) writes format 1, which carries none.
+
     Raises:
-        ValueError/TypeError: empty passphrase, chunk size out of range.
+        ValueError/TypeError: empty passphrase, chunk size or generation out of range.
     """
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
-    header = ExportHeader(kdf, os.urandom(_SALT_LEN), chunk_size)
+    if generation is not None and (
+        not isinstance(generation, int) or not 0 <= generation <= _U64_MAX
+    ):
+        raise ValueError("generation must be between 0 and 2**64 - 1")
+    fmt = EXPORT_FORMAT_NO_GENERATION if generation is None else EXPORT_FORMAT
+    header = ExportHeader(kdf, os.urandom(_SALT_LEN), chunk_size, fmt)
     aad = header.to_bytes()
     aead = _derive(header, passphrase)
     out.write(aad + aead.encrypt(_HEADER_NONCE, b"", aad))
     buffer = bytearray()
+    if generation is not None:
+        buffer += bytes([_REC_GENERATION]) + _U64.pack(generation)
     index = rows = plain = 0
     categories: set[str] = set()
     for category, key, value in records:
@@ -229,7 +258,8 @@ def write_export(
         del buffer[:chunk_size]
         index += 1
     out.write(aead.encrypt(_nonce(index, True), bytes(buffer), aad))
-    return ExportSummary(rows=rows, categories=len(categories), plaintext_bytes=plain)
+    return ExportSummary(rows=rows, categories=len(categories), plaintext_bytes=plain,
+                         generation=generation)
 
 
 def read_header(fh: BinaryIO) -> ExportHeader:
@@ -254,52 +284,86 @@ def read_export(
     """Yield the records of an export file, authenticating chunk by chunk.
 
     A damaged, truncated or extended file raises before the generator finishes:
-    whoever consumes it must commit nothing until it is exhausted.
+    whoever consumes it must commit nothing until it is exhausted.  To learn the
+    generation the file carries as well, iterate an :class:`ExportStream` instead.
 
     Raises:
         WrongPassphrase: wrong backup passphrase, or the header was edited.
         IntegrityError: not an export file, or any damage after the header.
         SchemaTooNew: a newer export format.
     """
-    header = read_header(fh)
-    aad = header.to_bytes()
-    aead = _derive(header, passphrase)
-    try:
-        aead.decrypt(_HEADER_NONCE, _read_exactly(fh, _TAG_LEN), aad)
-    except InvalidTag:
-        raise WrongPassphrase(
-            "wrong backup passphrase (or the export file's header was modified)"
-        ) from None
-    parser = _RecordParser()
-    full = header.chunk_size + _TAG_LEN
-    index = 0
-    while True:
-        blob = _read_exactly(fh, full)
-        last = len(blob) < full
-        if len(blob) < _TAG_LEN:
-            raise IntegrityError("export file is truncated (final chunk missing)")
+    yield from ExportStream(fh, passphrase)
+
+
+class ExportStream:
+    """The rows of an export file, and the vault generation it carries.
+
+    Iterate it once, as :func:`read_export`: every record is authenticated before it
+    is yielded, and nothing may be trusted until the iteration ends without an error.
+    :attr:`generation` is known from the first record of a format-2 file on
+    (before the first row is yielded); it stays ``None`` for a format-1 file.
+    """
+
+    __slots__ = ("_fh", "_passphrase", "format", "generation")
+
+    def __init__(self, fh: BinaryIO, passphrase: str | bytes) -> None:
+        self._fh = fh
+        self._passphrase = passphrase
+        #: The file's format (1 or 2), once its header has been read.
+        self.format: int | None = None
+        #: The generation the file carries (format 2), once read; else ``None``.
+        self.generation: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, bytes, bytes]]:
+        """Yield ``(category, key, value)`` per row; raise on any damage (see read_export)."""
+        fh = self._fh
+        header = read_header(fh)
+        self.format = header.format
+        aad = header.to_bytes()
+        aead = _derive(header, self._passphrase)
         try:
-            piece = aead.decrypt(_nonce(index, last), blob, aad)
+            aead.decrypt(_HEADER_NONCE, _read_exactly(fh, _TAG_LEN), aad)
         except InvalidTag:
-            raise IntegrityError(
-                f"export file is damaged or was modified (chunk {index} failed authentication)"
+            raise WrongPassphrase(
+                "wrong backup passphrase (or the export file's header was modified)"
             ) from None
-        yield from parser.feed(piece)
-        index += 1
-        if last:
-            break
-    parser.finish()
+        parser = _RecordParser(with_generation=header.format >= EXPORT_FORMAT)
+        full = header.chunk_size + _TAG_LEN
+        index = 0
+        while True:
+            blob = _read_exactly(fh, full)
+            last = len(blob) < full
+            if len(blob) < _TAG_LEN:
+                raise IntegrityError("export file is truncated (final chunk missing)")
+            try:
+                piece = aead.decrypt(_nonce(index, last), blob, aad)
+            except InvalidTag:
+                raise IntegrityError(
+                    f"export file is damaged or was modified (chunk {index} failed "
+                    "authentication)"
+                ) from None
+            for row in parser.feed(piece):
+                self.generation = parser.generation
+                yield row
+            self.generation = parser.generation
+            index += 1
+            if last:
+                break
+        parser.finish()
 
 
 class _RecordParser:
     """Cuts the decrypted stream back into records, whatever the chunk boundaries."""
 
-    __slots__ = ("_buf", "_count", "_ended")
+    __slots__ = ("_buf", "_count", "_ended", "_with_generation", "generation")
 
-    def __init__(self) -> None:
+    def __init__(self, *, with_generation: bool = False) -> None:
         self._buf = bytearray()
         self._count = 0
         self._ended = False
+        # Format 2: the first record must be the generation, and only the first.
+        self._with_generation = with_generation
+        self.generation: int | None = None
 
     def feed(self, data: bytes) -> Iterator[tuple[str, bytes, bytes]]:
         if self._ended and data:
@@ -308,6 +372,14 @@ class _RecordParser:
         pos = 0
         buf = self._buf
         while not self._ended and pos < len(buf):
+            if self._with_generation and self.generation is None:
+                if buf[pos] != _REC_GENERATION:
+                    raise IntegrityError("export file lacks its generation record")
+                if len(buf) - pos < 1 + _U64.size:
+                    break
+                (self.generation,) = _U64.unpack_from(buf, pos + 1)
+                pos += 1 + _U64.size
+                continue
             if buf[pos] == _REC_END:
                 if len(buf) - pos < 1 + _U64.size:
                     break
@@ -392,6 +464,9 @@ def export_vault(
 
     The rows are read in one read transaction (:meth:`Vault.read_snapshot`): a
     batch a writer commits meanwhile is in the export entirely or not at all.
+    The file carries the vault's generation (:attr:`Vault.generation`, as of its
+    unlock or this object's last write), so that an import can give the new vault
+    at least that generation.
     The file is created owner-only (``0600``, ``O_EXCL``, never through a symlink)
     under a random temporary name beside ``out_path``, fsync'd, then put in place:
     a crash never leaves half an export under the real name, nor a readable one.
@@ -411,7 +486,8 @@ def export_vault(
         safefile.step("export-created")
         with os.fdopen(fd, "wb") as fh, vault.read_snapshot() as snapshot:
             summary = write_export(
-                fh, _counted(snapshot, progress, snapshot.rows), backup_passphrase, kdf
+                fh, _counted(snapshot, progress, snapshot.rows), backup_passphrase, kdf,
+                generation=vault.generation,
             )
             fh.flush()
             os.fsync(fh.fileno())
@@ -457,6 +533,10 @@ def import_vault(
     or opened for writing there in between.  With ``overwrite``, an existing vault
     is replaced only by that final rename; it is never deleted or truncated before.
 
+    The new vault's generation is at least the one the export carries, and above the
+    generation of the vault it replaces, so an anchor that tracked either accepts it
+    (docs/format.md §11).
+
     Args:
         progress: called as ``progress(bytes_read, file_size)``.
 
@@ -480,6 +560,7 @@ def import_vault(
     # export is read would otherwise be replaced under its writer.
     lock = WriterLock.acquire(dest, owner=os.geteuid())
     imported = False
+    replaced: int | None = None
     try:
         _import_step("locked")
         if dest.exists() or dest.is_symlink():
@@ -496,6 +577,9 @@ def import_vault(
                     f"{dest} is a SQLCipher vault (it has {sidecar_path_for(dest).name}); "
                     "import to a new path instead of replacing it"
                 )
+            # Read before the in-use check: a read-only open can leave -wal/-shm behind,
+            # which that check folds in and removes.
+            replaced = replaced_generation(dest)
             _check_not_in_use(dest)
         elif any(p.exists() or p.is_symlink() for p in _wal_files(dest)):
             raise FileExistsError(
@@ -513,7 +597,8 @@ def import_vault(
             try:
                 tmp = workdir / "vault"
                 summary, built = _build(
-                    tmp, fh, size, backup_passphrase, vault_passphrase, kdf, progress
+                    tmp, fh, size, backup_passphrase, vault_passphrase, kdf, progress,
+                    replaced,
                 )
                 _import_step("built")
                 # Still under our lock: nothing can have appeared at dest unless the
@@ -551,12 +636,14 @@ def _build(
     vault_passphrase: str | bytes,
     kdf: KdfParameters,
     progress: ProgressCallback | None,
+    replaced: int | None,
 ) -> tuple[ExportSummary, os.stat_result]:
     rows = plain = 0
     categories: set[str] = set()
+    stream = ExportStream(fh, backup_passphrase)
     with Vault.create(tmp, vault_passphrase, kdf=kdf) as vault:
         batch: list[Change] = []
-        for category, key, value in read_export(fh, backup_passphrase):
+        for category, key, value in stream:
             batch.append(Change(category, key, value))
             rows += 1
             plain += len(key) + len(value)
@@ -569,6 +656,7 @@ def _build(
         vault.apply(batch)
         if vault.stats().total_rows != rows:
             raise IntegrityError("export file holds the same row twice")
+        generation = vault.raise_generation(generation_floor(stream.generation, replaced))
         store_id = vault.store_id
     if progress is not None:
         progress(size, size)
@@ -581,9 +669,49 @@ def _build(
     finally:
         os.close(fd)
     summary = ExportSummary(
-        rows=rows, categories=len(categories), plaintext_bytes=plain, store_id=store_id
+        rows=rows, categories=len(categories), plaintext_bytes=plain, store_id=store_id,
+        generation=generation,
     )
     return summary, built
+
+
+#: A replaced vault's generation is read without its keys (it is not authenticated
+#: then); a doctored huge one must not leave the new vault unable to count on.
+_MAX_INHERITED_GENERATION = 1 << 63
+
+
+def generation_floor(exported: int | None, replaced: int | None = None) -> int:
+    """The least generation a vault restored from an export may have.
+
+    At least the generation the export carries (``None`` for a format-1 file: 0), and
+    above the generation of the vault the import replaces, if any.
+    """
+    floor = exported or 0
+    if replaced is not None:
+        floor = max(floor, min(replaced + 1, _MAX_INHERITED_GENERATION))
+    return floor
+
+
+def replaced_generation(path: str | os.PathLike[str]) -> int | None:
+    """The generation of the plain vault at ``path``, read from its state record.
+
+    Read without the vault's keys, so not authenticated: good for choosing a higher
+    generation for a vault that replaces it, for nothing else.  ``None`` when the file
+    has no readable record (not a vault, a vault from before the record, SQLCipher).
+    """
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            row = conn.execute("SELECT record FROM keystore_state WHERE id = 1").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    record = row[0] if row is not None else None
+    if not isinstance(record, bytes) or len(record) != STATE_LEN or record[0] != STATE_FORMAT:
+        return None
+    return int(_U64.unpack_from(record, 1)[0])
 
 
 def _wal_files(path: Path) -> tuple[Path, ...]:

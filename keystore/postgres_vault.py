@@ -666,6 +666,45 @@ class PostgresVault:
         with self._mutex:
             return None if self._cipher is None or self._state is None else self._state.generation
 
+    def raise_generation(self, floor: int) -> int:
+        """Lift the vault's generation to at least ``floor``; return the generation now.
+
+        As :meth:`keystore.Vault.raise_generation` (for a restore from an export): no row
+        is touched, the state record is sealed again in one fenced transaction, and a
+        floor at or below the current generation writes nothing.
+
+        Raises:
+            VaultLocked, VaultIOError: the vault is locked or read-only.
+            LeaseLost: another worker holds the vault.  RollbackDetected: no valid record.
+            ValueError: ``floor`` is negative or does not fit in 64 bits.
+        """
+        if not isinstance(floor, int) or not 0 <= floor < 1 << 64:
+            raise ValueError("floor must be a generation between 0 and 2**64 - 1")
+        with self._mutex:
+            self._writable()
+            keys = self._digest
+            if keys is None or not self._header.state_digest:
+                raise VaultIOError(f"vault {self.location} has no state record to raise")
+            raised: list[VaultState] = []
+
+            def lift(record: bytes | None, _old: list[SealedRow]) -> bytes:
+                if record is None:
+                    raise RollbackDetected(
+                        f"vault {self.location} has lost its state record; nothing was "
+                        "written",
+                        reason="record",
+                    )
+                state = keys.open(record)
+                if state.generation < floor:
+                    state = VaultState(floor, state.row_count, state.digest)
+                raised.append(state)
+                return keys.seal(state)
+
+            self._pg.apply([], [], lift)
+            self._state = raised[-1]
+            self._update_anchor(self._state.generation)
+            return self._state.generation
+
     def _drop_keys(self) -> None:
         self._forget_snapshot()
         if self._digest is not None:
@@ -1191,7 +1230,9 @@ def import_export_file(
 
     The whole file is authenticated before the vault is created, and its rows then
     land in one transaction, so a damaged file or a wrong passphrase leaves nothing
-    in the database.  (The rows are held in memory meanwhile.)  Exporting a
+    in the database.  (The rows are held in memory meanwhile.)  The new vault's
+    generation is then raised to the one the export carries (a second transaction),
+    so an anchor that tracked the exported vault accepts it.  Exporting a
     PostgreSQL vault needs nothing new: :func:`keystore.export.export_vault` reads
     any vault through ``stats``, ``categories`` and ``items``.
 
@@ -1204,16 +1245,18 @@ def import_export_file(
     """
     from pathlib import Path
 
-    from keystore.export import read_export
+    from keystore.export import ExportStream, generation_floor
 
     normalize_passphrase(vault_passphrase)
     with Path(in_path).open("rb") as fh:
-        rows = [Change(c, k, v) for c, k, v in read_export(fh, backup_passphrase)]
+        stream = ExportStream(fh, backup_passphrase)
+        rows = [Change(c, k, v) for c, k, v in stream]
     if len({(c.category, c.key) for c in rows}) != len(rows):
         raise IntegrityError("export file holds the same row twice")
     vault = PostgresVault.create(where, vault_passphrase, kdf, name=name, schema=schema)
     try:
         vault.apply(rows)
+        vault.raise_generation(generation_floor(stream.generation))
     except BaseException:
         vault.close()
         raise

@@ -1385,6 +1385,41 @@ class Vault:
         with self._mutex:
             return None if self._cipher is None or self._state is None else self._state.generation
 
+    def raise_generation(self, floor: int) -> int:
+        """Lift the vault's generation to at least ``floor``; return the generation now.
+
+        For a restore: a vault rebuilt from an export must not look older than the
+        vault it was exported from (or replaces), or that vault's anchor would refuse
+        it and a later rollback below the old generation would go unseen.  Rows are
+        untouched; only the state record is sealed again, in one write transaction.
+        Generations never go down: a floor at or below the current one writes nothing.
+
+        Raises:
+            VaultLocked, VaultIOError: the vault is locked or read-only.
+            RollbackDetected: the state record is missing or fails authentication.
+            ValueError: ``floor`` is negative or does not fit in 64 bits.
+        """
+        if not isinstance(floor, int) or not 0 <= floor < 1 << 64:
+            raise ValueError("floor must be a generation between 0 and 2**64 - 1")
+        with self._mutex:
+            self._writable()
+            if self._digest is None or not self._header.state_digest:
+                raise VaultIOError(f"vault {self._path} has no state record to raise")
+            with self._write_txn() as conn:
+                record = _read_state_record(conn, self._path)
+                if record is None:
+                    raise RollbackDetected(
+                        f"vault {self._path} has lost its state record; nothing was written",
+                        reason="record",
+                    )
+                state = self._digest.open(record)
+                if state.generation < floor:
+                    state = VaultState(floor, state.row_count, state.digest)
+                    _write_state_record(conn, self._digest.seal(state))
+            self._state = state
+            self._update_anchor(state.generation)
+            return state.generation
+
     def _check_state(
         self, rows: list[tuple[str, bytes, bytes]], record: bytes | None
     ) -> None:

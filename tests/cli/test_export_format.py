@@ -25,6 +25,7 @@ from keystore import (
     profiles,
 )
 from keystore.export import (
+    EXPORT_FORMAT,
     MIN_CHUNK_SIZE,
     export_vault,
     import_vault,
@@ -160,7 +161,7 @@ def test_appended_bytes_are_detected() -> None:
 def test_newer_format_is_schema_too_new() -> None:
     """A format byte above ours raises SchemaTooNew before any key derivation."""
     data = bytearray(_export_bytes())
-    data[8] = 2
+    data[8] = EXPORT_FORMAT + 1
     with pytest.raises(SchemaTooNew):
         _read(bytes(data))
 

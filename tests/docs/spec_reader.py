@@ -422,9 +422,9 @@ def parse_export_header(data: bytes) -> tuple[int, int, int, bytes, int]:
     """§11: ``(t, m, p, salt, chunk_size)`` after the checks made before Argon2 runs."""
     if data[:8] != b"MLKSEXP\x00" or len(data) < 42:
         raise _integrity("not an export file, or its header is truncated")
-    if data[8] > 1:
+    if data[8] > 2:
         raise SpecError("SchemaTooNew", f"export format {data[8]}")
-    if data[8] != 1 or data[9] != 1:
+    if data[8] not in (1, 2) or data[9] != 1:
         raise _integrity("unknown export format or kdf_id")
     t, m, p = struct.unpack_from(">III", data, 10)
     check_argon2_cost(t, m, p)
@@ -469,6 +469,10 @@ def read_export_file(data: bytes, passphrase: str) -> list[tuple[str, bytes, byt
         if last:
             break
     records, pos = [], 0
+    if data[8] == 2:  # format 2: the generation record first, exactly once
+        if len(stream) < 9 or stream[0] != 2:
+            raise _integrity("no generation record")
+        pos = 9
     try:
         while stream[pos] == 1:
             (cat_len,) = struct.unpack_from(">H", stream, pos + 1)

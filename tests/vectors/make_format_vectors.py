@@ -364,7 +364,7 @@ def invalid_export_cases(valid: bytes) -> list[dict[str, Any]]:
         ("bad-magic", edit(0, b"MLKSEXQ"), integrity),
         ("header-truncated", valid[:41].hex(), integrity),
         ("format-0", edit(8, b"\x00"), integrity),
-        ("format-newer", edit(8, b"\x02"), too_new),
+        ("format-newer", edit(8, b"\x03"), too_new),
         ("unknown-kdf-id", edit(9, b"\x02"), integrity),
         ("time-cost-0", edit(10, struct.pack(">I", 0)), integrity),
         ("memory-below-argon2-minimum", edit(14, struct.pack(">I", 7)), integrity),
