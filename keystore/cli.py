@@ -434,10 +434,9 @@ def _writer_pid(path: Path) -> int | None:
 
 def _on_postgres(args: argparse.Namespace) -> bool:
     """``--dsn`` given, or PATH is a ``postgresql://`` URL: see keystore.cli_postgres."""
-    value = getattr(args, "path", None)
-    return bool(getattr(args, "dsn", None)) or (
-        isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
-    )
+    from keystore.cli_postgres import on_postgres
+
+    return on_postgres(args)
 
 
 def _step_info(m: migrations.Migration) -> StepInfo:
@@ -449,6 +448,10 @@ def _step_info(m: migrations.Migration) -> StepInfo:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.cmd_init(args)
     path = Path(args.path)
     if args.raw_key_file and args.kdf_profile:
         raise UsageError("--kdf-profile does not apply to a raw-key vault")
@@ -721,6 +724,10 @@ def _change_passphrase(
 
 
 def _cmd_passwd(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.cmd_passwd(args)
     path = Path(args.path)
     kdf = _kdf_choice(args)
     with Vault.open(path) as vault, Phases() as phases:
@@ -768,6 +775,10 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def _cmd_rekey(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.cmd_rekey(args)
     path = Path(args.path)
     with Vault.open(path) as vault, Phases() as phases:
         _unlock(vault, args, phases)
@@ -966,6 +977,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    if _on_postgres(args) or str(args.dest).startswith(("postgresql://", "postgres://")):
+        from keystore import cli_postgres
+
+        return cli_postgres.file_only(args)
     src, dest = Path(args.path), Path(args.dest)
     if dest.exists() or dest.is_symlink():
         raise UsageError(f"{dest} already exists; refusing to overwrite it")
@@ -1005,6 +1020,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
+    if _on_postgres(args):
+        from keystore import cli_postgres
+
+        return cli_postgres.file_only(args)
     path = Path(args.path)
     with Vault.open(path) as vault, Phases() as phases:
         _check_key_options(path, vault.kdf is None, args)
@@ -1144,8 +1163,9 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = command("init", [common, passphrase, kdf], "create a new vault", _cmd_init)
-    p.add_argument("path", metavar="PATH", help="where to create it (must not exist)")
+    p = command("init", [common, passphrase, kdf, pg], "create a new vault", _cmd_init)
+    p.add_argument("path", metavar="PATH", help="where to create it (must not exist; with "
+                   "--dsn: the new vault's name)")
     p.add_argument("--raw-key-file", metavar="FILE",
                    help="key the vault by FILE (32 bytes or 64 hex digits) instead of a "
                         "passphrase")
@@ -1166,7 +1186,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, metavar="N", help="stop at schema version N")
     p.add_argument("--no-backup", action="store_true", help="do not copy the vault first")
 
-    p = command("passwd", [*unlock, kdf], _PASSWD_HELP, _cmd_passwd)
+    p = command("passwd", [*unlock, kdf, pg], _PASSWD_HELP, _cmd_passwd)
     p.add_argument("path", metavar="PATH")
     p.add_argument("--new-passphrase-file", metavar="FILE",
                    help="read the new passphrase from FILE (else prompt twice)")
@@ -1175,7 +1195,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rekey", action="store_true",
                    help="also replace the data key and re-encrypt every row")
 
-    p = command("rekey", unlock, "new data key, every row re-encrypted", _cmd_rekey)
+    p = command("rekey", [*unlock, pg], "new data key, every row re-encrypted", _cmd_rekey)
     p.add_argument("path", metavar="PATH")
 
     p = command("verify", [*unlock, pg], "decrypt and check every row", _cmd_verify)
@@ -1204,14 +1224,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace an existing vault (only once the new one is complete)")
 
-    p = command("convert", [*unlock, kdf], "copy a vault into a NEW vault of the other kind "
+    p = command("convert", [*unlock, kdf, pg], "copy a vault into a NEW vault of the other kind "
                 "(plain <-> SQLCipher); the source is not changed", _cmd_convert)
     p.add_argument("path", metavar="PATH")
     p.add_argument("dest", metavar="DEST", help="where to create the new vault (must not exist)")
     p.add_argument("--to", choices=("sqlcipher", "plain"),
                    help="the kind of the new vault (default: the other kind)")
 
-    p = command("compact", unlock, "give the space of deleted rows back to the file system",
+    p = command("compact", [*unlock, pg], "give the space of deleted rows back to the file system",
                 _cmd_compact)
     p.add_argument("path", metavar="PATH")
 

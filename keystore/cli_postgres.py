@@ -4,14 +4,18 @@ A vault in PostgreSQL is addressed by its database and its name:
 ``--dsn DSN NAME`` (``--schema`` when not the default), or one argument
 ``postgresql://user@host/db#NAME`` (the part after ``#`` is the vault's name and is
 never sent to the server).  ``id:HEX`` in place of a name addresses a vault by its
-store id.  ``status``, ``verify``, ``stats``, ``export``, ``import`` and ``migrate``
-work on one; the other commands refuse ``--dsn`` (argparse does not offer it there).
+store id.  ``init``, ``status``, ``verify``, ``stats``, ``export``, ``import``,
+``migrate``, ``passwd`` (with or without ``--rekey``) and ``rekey`` work on one, and so
+does ``mls-keystore mls ...``; ``convert`` and ``compact`` are about files and refuse a
+PostgreSQL vault with a usage error saying what to do instead.
 
 Reading commands (``status``, ``verify``, ``stats``, ``export``) open the vault
 read-only: they take no writer lease, so they run beside the worker that holds it.
-``import`` creates a new vault (and refuses a name that is taken; nothing is ever
-replaced in a database).  ``migrate`` upgrades the database's schema, each step in
-one transaction (no backup file: use the server's own backups).
+``passwd`` and ``rekey`` write the vault, so they take its writer lease (every write
+is fenced by it): while a worker holds the vault they fail at once as busy (exit 4).
+``init`` and ``import`` create a new vault (and refuse a name that is taken; nothing
+is ever replaced in a database).  ``migrate`` upgrades the database's schema, each
+step in one transaction (no backup file: use the server's own backups).
 
 Put the database password in ``PGPASSWORD`` or a ``~/.pgpass`` file rather than in
 the DSN: a command line is visible to every user through ``ps``.
@@ -61,7 +65,8 @@ if TYPE_CHECKING:
     from keystore.postgres_vault import PostgresAddress, PostgresVault
 
 __all__ = [
-    "cmd_export", "cmd_import", "cmd_migrate", "cmd_stats", "cmd_status", "cmd_verify",
+    "cmd_export", "cmd_import", "cmd_init", "cmd_migrate", "cmd_passwd", "cmd_rekey",
+    "cmd_stats", "cmd_status", "cmd_verify", "file_only", "on_postgres", "open_vault",
     "postgres_address",
 ]
 
@@ -90,6 +95,14 @@ class PostgresStatusReport(BaseModel):
     lease_expires: str | None
     lease_epoch: int
     lease_live: bool
+
+
+def on_postgres(args: argparse.Namespace) -> bool:
+    """Whether the arguments name a vault in PostgreSQL: ``--dsn`` given, or PATH a URL."""
+    value = getattr(args, "path", None)
+    return bool(getattr(args, "dsn", None)) or (
+        isinstance(value, str) and value.startswith(_URL_SCHEMES)
+    )
 
 
 def _dsn_and_vault(args: argparse.Namespace, positional: str) -> tuple[str, str | None]:
@@ -139,8 +152,10 @@ def postgres_address(args: argparse.Namespace, db: PostgresDatabase) -> Postgres
 
 
 @contextlib.contextmanager
-def _open(args: argparse.Namespace, *, readonly: bool) -> Iterator[PostgresVault]:
-    with _database(args) as db:
+def open_vault(args: argparse.Namespace, *, readonly: bool) -> Iterator[PostgresVault]:
+    """The vault the arguments name, opened (read-only: no lease; else with its lease,
+    renewed in the background while the command runs, failing at once if held)."""
+    with _database(args, renew=not readonly) as db:
         address = postgres_address(args, db)
         if db.schema_version() == 0:
             # Opening would install the schema: a reading command writes nothing.
@@ -149,8 +164,11 @@ def _open(args: argparse.Namespace, *, readonly: bool) -> Iterator[PostgresVault
             yield vault
 
 
-def _unlock(vault: PostgresVault, args: argparse.Namespace, phases: Phases) -> None:
-    """Unlock with the raw key file or the passphrase, whichever the vault needs."""
+def _unlock(vault: PostgresVault, args: argparse.Namespace, phases: Phases) -> str | bytes:
+    """Unlock with the raw key file or the passphrase, whichever the vault needs.
+
+    Returns the secret that worked (``passwd`` needs the old one again).
+    """
     raw_key_file = getattr(args, "raw_key_file", None)
     if vault.kdf is None:
         if not raw_key_file:
@@ -159,16 +177,17 @@ def _unlock(vault: PostgresVault, args: argparse.Namespace, phases: Phases) -> N
         key = _raw_key(raw_key_file)
         with phases.step("deriving the key"):
             vault.unlock_with_key(key)
-        return
+        return key
     if raw_key_file:
         raise UsageError(f"vault {vault.location} is protected by a passphrase, not a raw "
                          f"key: drop --raw-key-file ({_SOURCE_HINT})")
 
-    def attempt(passphrase: str) -> None:
+    def attempt(passphrase: str) -> str:
         with phases.step("deriving the key"):
             vault.unlock(passphrase)
+        return passphrase
 
-    use_secret(
+    return use_secret(
         getattr(args, "passphrase_file", None), args.env_passphrase, attempt,
         label="Vault passphrase", hint=_SOURCE_HINT, what="passphrase", warn=_warn,
     )
@@ -235,7 +254,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if _dsn_and_vault(args, "path")[1] is None:
         return _database_status(args)
-    with _open(args, readonly=True) as vault:
+    with open_vault(args, readonly=True) as vault:
         db = vault.database
         version = db.schema_version()
         shipped = {m.version: m for m in PG_MIGRATIONS}
@@ -304,7 +323,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``verify`` every row of a vault in PostgreSQL (read-only: no lease taken)."""
-    with _open(args, readonly=True) as vault, Phases() as phases:
+    with open_vault(args, readonly=True) as vault, Phases() as phases:
         _unlock(vault, args, phases)
         with phases.step("decrypting and checking every row"):
             report: VerifyReport = vault.verify()
@@ -313,7 +332,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """``stats`` of a vault in PostgreSQL (no passphrase: the server sees these anyway)."""
-    with _open(args, readonly=True) as vault:
+    with open_vault(args, readonly=True) as vault:
         r: StatsReport = vault.stats()
     width = max([len(c) for c in r.categories] + [8])
     lines = [
@@ -344,7 +363,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise VaultIOError(f"cannot write {out}: the folder {out.parent} does not exist or "
                            "is not writable")
-    with _open(args, readonly=True) as vault, Phases() as phases:
+    with open_vault(args, readonly=True) as vault, Phases() as phases:
         _unlock(vault, args, phases)
         backup_pw = _new_secondary(args.backup_passphrase_file, "Backup passphrase",
                                    "backup passphrase", "--backup-passphrase-file")
@@ -405,5 +424,128 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"imported {plural(report.rows, 'row')} in "
         f"{plural(report.categories, 'category', 'categories')} into a new vault "
         f"{name!r} in {location} (store id {store.hex()}, generation {generation})"
+    ])
+    return ExitCode.OK
+
+
+def file_only(args: argparse.Namespace) -> int:
+    """``convert`` and ``compact`` name a PostgreSQL vault: say why not, and what instead."""
+    if args.command == "convert":
+        raise UsageError(
+            "convert makes a SQLCipher or plain vault FILE from another; it has no "
+            "meaning for a vault in PostgreSQL. To copy one into a file (or back), "
+            "`mls-keystore export` it, then `mls-keystore import` the export file"
+        )
+    raise UsageError(
+        "compact rewrites a vault file without its free pages; in PostgreSQL the server "
+        "reclaims the space of deleted rows itself (autovacuum, or VACUUM by the operator)"
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """``init`` a new vault in PostgreSQL (installing the schema into an empty database)."""
+    from keystore.cli import InitReport
+
+    if args.sqlcipher:
+        raise UsageError("--sqlcipher makes a SQLCipher file; it has no meaning with --dsn")
+    if args.raw_key_file and args.kdf_profile:
+        raise UsageError("--kdf-profile does not apply to a raw-key vault")
+    _, name = _dsn_and_vault(args, "path")
+    if name is None or name.startswith("id:"):
+        raise UsageError("name the new vault: --dsn DSN NAME, or postgresql://.../DB#NAME")
+    kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
+    with _database(args, renew=True) as db:
+        from keystore.postgres_vault import PostgresAddress
+
+        address = PostgresAddress(db, name=name)
+        if args.raw_key_file:
+            if args.passphrase_file:
+                raise UsageError("give --raw-key-file or --passphrase-file, not both")
+            vault = address.create_vault_with_key(_raw_key(args.raw_key_file))
+        else:
+            passphrase = _new_passphrase(args)
+            with Phases() as phases, phases.step("deriving the key and creating the vault"):
+                vault = address.create_vault(passphrase, kdf)
+        with vault:
+            report = InitReport(path=vault.location, store_id=vault.store_id.hex(),
+                                sqlcipher=False, schema_version=vault.schema_version,
+                                kdf=_kdf_info(vault.kdf))
+    _emit(args, report, [
+        f"created vault {name!r} in {report.path}",
+        f"  store id  {report.store_id}",
+        f"  key       {_kdf_text(report.kdf)}",
+        f"  schema    {report.schema_version}",
+    ])
+    return ExitCode.OK
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """``passwd`` of a vault in PostgreSQL: one fenced header update (with ``--rekey``,
+    the rows re-encrypted in the same transaction).  Takes the vault's writer lease."""
+    from keystore.cli import PasswdReport
+
+    kdf = _kdf_choice(args)
+    with open_vault(args, readonly=False) as vault, Phases() as phases:
+        location = vault.location
+        if vault.kdf is None:
+            if not args.raw_key_file or not args.new_raw_key_file:
+                raise UsageError(f"vault {location} is keyed by a raw key: rotate it with "
+                                 "--raw-key-file OLD --new-raw-key-file NEW")
+            if kdf is not None:
+                raise UsageError("--kdf-profile does not apply to a raw-key vault")
+            if args.passphrase_file:
+                raise UsageError(f"vault {location} is keyed by a raw key: use "
+                                 "--raw-key-file FILE instead of --passphrase-file")
+            old_key = _unlock(vault, args, phases)
+            assert isinstance(old_key, bytes)
+            new_key = _raw_key(args.new_raw_key_file)
+            with phases.step("re-wrapping the vault key"):
+                vault.change_key(old_key, new_key)
+            if args.rekey:
+                with phases.step("re-encrypting every row in one transaction"):
+                    vault.rekey()
+        else:
+            if args.new_raw_key_file:
+                raise UsageError(f"vault {location} is protected by a passphrase; "
+                                 "--new-raw-key-file applies to raw-key vaults only")
+            # Check the current passphrase before asking for the new one twice.
+            old = _unlock(vault, args, phases)
+            new = _new_secondary(args.new_passphrase_file, "New passphrase", "new passphrase",
+                                 "--new-passphrase-file")
+            step = ("re-wrapping the vault key and re-encrypting every row" if args.rekey
+                    else "re-wrapping the vault key")
+            with phases.step(step):
+                vault.change_passphrase(old, new, kdf=kdf, rekey=args.rekey)
+        report = PasswdReport(path=location, kdf=_kdf_info(vault.kdf),
+                              needs_rehash=_weaker_than_default(vault.kdf), rekeyed=args.rekey,
+                              key_generation=vault.stats().key_generation)
+    what = "key" if report.kdf.kind != "argon2id" else "passphrase"
+    lines = [f"{what} of vault {location} changed ({_kdf_text(report.kdf)})"]
+    if args.rekey:
+        lines.append(f"new data key (generation {report.key_generation}): a copy of the "
+                     f"vault's header taken before opens nothing written from now on")
+    else:
+        lines.append(f"a copy of the vault's header taken before still opens it with the "
+                     f"old {what}; `passwd --rekey` also revokes that")
+    _emit(args, report, lines)
+    return ExitCode.OK
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    """``rekey`` a vault in PostgreSQL: new secrets, every row re-encrypted in one fenced
+    transaction.  Takes the vault's writer lease."""
+    from keystore.cli import RekeyReport
+
+    with open_vault(args, readonly=False) as vault, Phases() as phases:
+        _unlock(vault, args, phases)
+        with phases.step("re-encrypting every row in one transaction"):
+            vault.rekey()
+        stats = vault.stats()
+        location = vault.location
+    report = RekeyReport(path=location, key_generation=stats.key_generation,
+                         rows_reencrypted=stats.total_rows)
+    _emit(args, report, [
+        f"new data key for vault {location} (generation {report.key_generation}); "
+        f"{plural(report.rows_reencrypted, 'row')} re-encrypted",
     ])
     return ExitCode.OK

@@ -2,10 +2,11 @@
 
 Subcommands: ``groups``, ``members``, ``key-packages``, ``pending``.  Each opens the vault
 read-only through :class:`mls.inspection.MlsInspector` (no writer lock, nothing ever
-written), unlocks it like the other ``mls-keystore`` commands (``--passphrase-file``, the
-``MLS_KEYSTORE_PASSPHRASE`` variable or a prompt; ``--raw-key-file`` for a raw-key vault)
-and prints a table, or one JSON object with ``--json``.  Group ids, references and keys
-are shown in hex.
+written) -- a file, or a vault in PostgreSQL named by ``--dsn DSN NAME`` or a
+``postgresql://.../DB#NAME`` URL (no writer lease taken) -- unlocks it like the other
+``mls-keystore`` commands (``--passphrase-file``, the ``MLS_KEYSTORE_PASSPHRASE``
+variable or a prompt; ``--raw-key-file`` for a raw-key vault) and prints a table, or
+one JSON object with ``--json``.  Group ids, references and keys are shown in hex.
 
 The vault layer knows no MLS, so this module lives here and ``keystore.cli`` imports it
 only when the ``mls`` command is run (as it does for ``demo``).  Failures print one line
@@ -15,11 +16,12 @@ and exit with the codes of :class:`keystore.cli_common.ExitCode`; see docs/cli.m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import BaseModel, ConfigDict
 
@@ -43,6 +45,9 @@ from keystore.passphrase import (
 from mls.engine import GroupState, Member
 from mls.errors import MlsError, NotAnMlsVault, UnknownGroup
 from mls.inspection import KeyPackageInfo, MlsInspector
+
+if TYPE_CHECKING:
+    from keystore.postgres_vault import PostgresVault
 
 __all__ = ["main"]
 
@@ -180,7 +185,7 @@ def _text(identity: bytes) -> str | None:
     return text if text.isprintable() else None
 
 
-def _client_info(path: Path, inspector: MlsInspector) -> ClientInfo:
+def _client_info(path: str, inspector: MlsInspector) -> ClientInfo:
     return ClientInfo(
         path=str(path),
         engine=inspector.engine_name,
@@ -274,7 +279,7 @@ def _client_line(c: ClientInfo) -> str:
 # ---------------------------------------------------------------------- commands
 
 
-def _cmd_groups(path: Path, inspector: MlsInspector, args: argparse.Namespace) -> BaseModel:
+def _cmd_groups(path: str, inspector: MlsInspector, args: argparse.Namespace) -> BaseModel:
     report = GroupsReport(
         client=_client_info(path, inspector),
         groups=[_summary(inspector.group_state(g)) for g in inspector.group_ids()],
@@ -296,7 +301,7 @@ def _cmd_groups(path: Path, inspector: MlsInspector, args: argparse.Namespace) -
     return report
 
 
-def _cmd_members(path: Path, inspector: MlsInspector, args: argparse.Namespace) -> BaseModel:
+def _cmd_members(path: str, inspector: MlsInspector, args: argparse.Namespace) -> BaseModel:
     state = inspector.group_state(_group_id(inspector, args.group))
     report = MembersReport(
         client=_client_info(path, inspector),
@@ -315,7 +320,7 @@ def _cmd_members(path: Path, inspector: MlsInspector, args: argparse.Namespace) 
 
 
 def _cmd_key_packages(
-    path: Path, inspector: MlsInspector, args: argparse.Namespace
+    path: str, inspector: MlsInspector, args: argparse.Namespace
 ) -> BaseModel:
     report = KeyPackagesReport(
         client=_client_info(path, inspector),
@@ -333,7 +338,7 @@ def _cmd_key_packages(
     return report
 
 
-def _cmd_pending(path: Path, inspector: MlsInspector, args: argparse.Namespace) -> BaseModel:
+def _cmd_pending(path: str, inspector: MlsInspector, args: argparse.Namespace) -> BaseModel:
     ids = [_group_id(inspector, args.group)] if args.group else inspector.group_ids()
     report = PendingReport(
         client=_client_info(path, inspector),
@@ -386,6 +391,11 @@ def _parser() -> argparse.ArgumentParser:
                              "else a prompt)")
     common.add_argument("--raw-key-file", metavar="FILE",
                         help="unlock a raw-key vault with FILE (32 bytes or 64 hex digits)")
+    common.add_argument("--dsn", metavar="DSN",
+                        help="the vault is in this PostgreSQL database; PATH is its name (or "
+                             "give PATH as postgresql://.../DB#NAME); see docs/postgres.md")
+    common.add_argument("--schema", metavar="NAME", default="mls_keystore",
+                        help="PostgreSQL schema holding the vaults (default mls_keystore)")
     common.add_argument("path", metavar="PATH", help="the client's vault")
     parser = _Parser(prog=_PROG, allow_abbrev=False,
                      description="Inspect an MLS client vault, read-only (see docs/cli.md).")
@@ -408,27 +418,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open(path: Path, args: argparse.Namespace) -> MlsInspector:
-    """Open read-only and unlock with whichever secret the vault needs."""
-    vault = Vault.open(path, readonly=True)
+def _unlock(vault: Vault | PostgresVault, where: str, args: argparse.Namespace) -> None:
+    """Unlock with whichever secret the vault needs."""
+    if vault.kdf is None:
+        if args.passphrase_file:
+            raise UsageError(f"{where} is keyed by a raw key, not a passphrase: use "
+                             "--raw-key-file FILE instead of --passphrase-file")
+        if not args.raw_key_file:
+            raise UsageError(f"{where} is keyed by a raw key: pass --raw-key-file FILE")
+        vault.unlock_with_key(read_raw_key_file(args.raw_key_file))
+    else:
+        if args.raw_key_file:
+            raise UsageError(f"{where} is protected by a passphrase, not a raw key: drop "
+                             f"--raw-key-file ({_SOURCE_HINT})")
+        use_secret(args.passphrase_file, args.env_passphrase, vault.unlock,
+                   label="Vault passphrase", hint=_SOURCE_HINT, what="passphrase")
+
+
+@contextlib.contextmanager
+def _inspect(args: argparse.Namespace) -> Iterator[tuple[str, MlsInspector]]:
+    """Open the vault read-only, unlock it, and yield where it is and its inspector.
+
+    A vault in PostgreSQL (``--dsn``, or a ``postgresql://`` URL) is opened as the
+    reading ``mls-keystore`` commands open one: no writer lease, so it runs beside the
+    worker that holds the vault, and nothing is written (not even the schema).
+    """
+    from keystore.cli_postgres import on_postgres, open_vault
+
+    if on_postgres(args):
+        with open_vault(args, readonly=True) as pg_vault:
+            where = pg_vault.location
+            _unlock(pg_vault, where, args)
+            with MlsInspector(pg_vault) as inspector:
+                yield where, inspector
+        return
+    where = args.path
+    vault = Vault.open(Path(where), readonly=True)
     try:
-        if vault.kdf is None:
-            if args.passphrase_file:
-                raise UsageError(f"{path} is keyed by a raw key, not a passphrase: use "
-                                 "--raw-key-file FILE instead of --passphrase-file")
-            if not args.raw_key_file:
-                raise UsageError(f"{path} is keyed by a raw key: pass --raw-key-file FILE")
-            vault.unlock_with_key(read_raw_key_file(args.raw_key_file))
-        else:
-            if args.raw_key_file:
-                raise UsageError(f"{path} is protected by a passphrase, not a raw key: drop "
-                                 f"--raw-key-file ({_SOURCE_HINT})")
-            use_secret(args.passphrase_file, args.env_passphrase, vault.unlock,
-                       label="Vault passphrase", hint=_SOURCE_HINT, what="passphrase")
-        return MlsInspector(vault)
+        _unlock(vault, where, args)
+        inspector = MlsInspector(vault)
     except BaseException:
         vault.close()
         raise
+    with inspector:
+        yield where, inspector
 
 
 _EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
@@ -479,10 +512,9 @@ def main(argv: Sequence[str], *, env_passphrase: str | None = None) -> int:
     except UsageError as exc:
         return _fail(want_json, exc, ExitCode.USAGE)
     args.env_passphrase = env_passphrase if env_passphrase is not None else env
-    path = Path(args.path)
     try:
-        with _open(path, args) as inspector:
-            report = args.func(path, inspector, args)
+        with _inspect(args) as (where, inspector):
+            report = args.func(where, inspector, args)
     except KeyboardInterrupt:
         return _fail(args.json, KeyboardInterrupt("interrupted"), ExitCode.INTERRUPTED)
     except (KeystoreError, MlsError, UsageError, MissingExtra, ImportError, ValueError,

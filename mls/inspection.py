@@ -3,10 +3,11 @@
 :class:`MlsInspector` answers the questions one asks while debugging a client — which
 groups, at which epoch, with whom, which key packages are published, which commit or
 proposals are waiting — without being able to change anything: it opens the vault
-read-only (no writer lock, SQLite ``mode=ro``), so it also works while the application
-holds the vault, and it never flushes.  It runs the same engine as
-:class:`mls.MlsClient` (one client, built on the read-only vault) and reports through the
-client's own records (:class:`mls.engine.GroupState`, :class:`mls.engine.Member`, ...).
+read-only (a file: no writer lock, SQLite ``mode=ro``; a vault in PostgreSQL: no writer
+lease), so it also works while the application holds the vault, and it never flushes.
+It runs the same engine as :class:`mls.MlsClient` (one client, built on the read-only
+vault) and reports through the client's own records (:class:`mls.engine.GroupState`,
+:class:`mls.engine.Member`, ...).
 
 Key packages are not part of the engine interface (an engine only makes and consumes
 them), so :meth:`MlsInspector.key_packages` reads their public halves from the rows each
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from keystore import Vault
 from keystore.errors import VaultClosed
@@ -29,6 +31,9 @@ from mls.client import MlsClient
 from mls.engine import EngineName, GroupState
 from mls.errors import MlsError
 from mls.storage import GranularStorage
+
+if TYPE_CHECKING:
+    from keystore.postgres_vault import PostgresAddress, PostgresVault
 
 __all__ = ["KeyPackageInfo", "MlsInspector"]
 
@@ -101,17 +106,20 @@ def _mlsrs_key_package(ref: bytes, row: bytes) -> KeyPackageInfo:
 class MlsInspector:
     """Read-only inspection of an MLS client vault: groups, members, key packages, pending.
 
-    Open one with :meth:`open` / :meth:`open_with_key`, or hand an unlocked read-only
-    :class:`keystore.Vault` to the constructor; use it as a context manager.  It takes no
-    writer lock, so it may run while the application has the vault open; it then sees the
-    state as of the application's last durable call.
+    Open one with :meth:`open` / :meth:`open_with_key` (a path, or a
+    :class:`keystore.PostgresAddress`), or hand an unlocked read-only
+    :class:`keystore.Vault` or :class:`keystore.PostgresVault` to the constructor; use it
+    as a context manager.  It takes no writer lock or lease, so it may run while the
+    application has the vault open; it then sees the state as of the application's last
+    durable call.
 
     Raises (from every method): :class:`keystore.errors.VaultClosed` once closed;
     :class:`mls.errors.UnknownGroup` for a group this client is not in.
     """
 
-    def __init__(self, vault: Vault) -> None:
-        """Inspect an unlocked vault opened with ``Vault.open(path, readonly=True)``.
+    def __init__(self, vault: Vault | PostgresVault) -> None:
+        """Inspect an unlocked vault opened with ``Vault.open(path, readonly=True)`` (or
+        ``PostgresVault.open(..., readonly=True)``).
 
         Raises:
             ValueError: the vault is writable (inspection must not be able to write).
@@ -125,8 +133,13 @@ class MlsInspector:
         self._closed = False
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], passphrase: str | bytes) -> MlsInspector:
+    def open(
+        cls, path: str | os.PathLike[str] | PostgresAddress, passphrase: str | bytes
+    ) -> MlsInspector:
         """Open a passphrase vault read-only and unlock it.
+
+        ``path`` may be a :class:`keystore.PostgresAddress`: the vault is then opened
+        read-only in its database, without its writer lease.
 
         Raises:
             WrongPassphrase, NotAVault, MigrationRequired, NotAnMlsVault, MlsRsUnavailable.
@@ -134,13 +147,27 @@ class MlsInspector:
         return cls._open(path, lambda v: v.unlock(passphrase))
 
     @classmethod
-    def open_with_key(cls, path: str | os.PathLike[str], key: bytes) -> MlsInspector:
+    def open_with_key(
+        cls, path: str | os.PathLike[str] | PostgresAddress, key: bytes
+    ) -> MlsInspector:
         """As :meth:`open`, for a vault keyed by a raw 32-byte key."""
         return cls._open(path, lambda v: v.unlock_with_key(key))
 
     @classmethod
-    def _open(cls, path: str | os.PathLike[str], unlock: Callable[[Vault], None]) -> MlsInspector:
-        vault = Vault.open(Path(path), readonly=True)
+    def _open(
+        cls,
+        path: str | os.PathLike[str] | PostgresAddress,
+        unlock: Callable[[Vault | PostgresVault], None],
+    ) -> MlsInspector:
+        vault: Vault | PostgresVault
+        if isinstance(path, (str, os.PathLike)):
+            vault = Vault.open(Path(path), readonly=True)
+        else:
+            from keystore.postgres_vault import PostgresAddress
+
+            if not isinstance(path, PostgresAddress):
+                raise TypeError("give a vault path or a keystore.PostgresAddress")
+            vault = path.open_vault(readonly=True)
         try:
             unlock(vault)
             return cls(vault)
