@@ -8,6 +8,7 @@ the PostgreSQL side is in ``test_postgres_commands.py``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -235,3 +236,75 @@ def test_generation_floor_rules() -> None:
     assert generation_floor(7, 3) == 7
     assert generation_floor(7, 20) == 21
     assert generation_floor(None, (1 << 64) - 1) == 1 << 63
+
+
+def _sealed(stream: bytes, fmt: int = EXPORT_FORMAT) -> bytes:
+    """An export file holding ``stream`` as its plaintext, sealed by docs/format.md §11 (what
+    a buggy or hostile exporter that knows the backup passphrase can write)."""
+    import os
+
+    from argon2.low_level import Type, hash_secret_raw
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from keystore.export import MIN_CHUNK_SIZE, ExportHeader
+
+    header = ExportHeader(FAST, os.urandom(16), MIN_CHUNK_SIZE, fmt)
+    aad = header.to_bytes()
+    k = FAST
+    aead = AESGCM(hash_secret_raw(BACKUP.encode(), header.salt, k.time_cost, k.memory_cost,
+                                  k.parallelism, 32, Type.ID))
+    out = [aad, aead.encrypt(b"\xff" * 12, b"", aad)]
+    pieces = [stream[i:i + MIN_CHUNK_SIZE] for i in range(0, len(stream), MIN_CHUNK_SIZE)]
+    if not pieces or len(pieces[-1]) == MIN_CHUNK_SIZE:
+        pieces.append(b"")
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        out.append(aead.encrypt(i.to_bytes(11, "big") + bytes([last]), piece, aad))
+    return b"".join(out)
+
+
+_ROW = b"\x01\x00\x01c\x00\x00\x00\x01k\x00\x00\x00\x01v"
+_GEN = b"\x02" + (5).to_bytes(8, "big")
+_END1 = b"\x00" + (1).to_bytes(8, "big")
+
+
+@pytest.mark.parametrize(
+    ("stream", "fmt", "ok"),
+    [
+        (_GEN + _ROW + _END1, 2, True),
+        (_ROW + _END1, 2, False),  # format 2 without its generation record
+        (_GEN + _GEN + _ROW + _END1, 2, False),  # a second one
+        (_GEN + _ROW + _END1, 1, False),  # format 1 knows no generation record
+        (_ROW + _END1, 1, True),
+        (_GEN[:5], 2, False),  # cut inside the generation record
+    ],
+    ids=["valid", "missing", "twice", "in-format-1", "format-1", "cut"],
+)
+def test_the_generation_record_is_where_the_format_says(
+    stream: bytes, fmt: int, ok: bool
+) -> None:
+    """Only format 2, only first, exactly once: anything else is an IntegrityError."""
+    reader = ExportStream(io.BytesIO(_sealed(stream, fmt)), BACKUP)
+    if ok:
+        assert list(reader) == [("c", b"k", b"v")]
+        assert reader.generation == (5 if fmt == 2 else None)
+    else:
+        with pytest.raises(IntegrityError):
+            list(reader)
+
+
+def test_any_authenticated_stream_raises_only_the_package_errors() -> None:
+    """Arbitrary plaintext in an authenticated format-2 file: rows or an IntegrityError,
+    never a library error (the sealing is done once per example: cheap KDF)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from keystore import KeystoreError
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.binary(max_size=64).map(lambda b: _GEN + b) | st.binary(max_size=64))
+    def check(stream: bytes) -> None:
+        with contextlib.suppress(KeystoreError):
+            list(ExportStream(io.BytesIO(_sealed(stream)), BACKUP))
+
+    check()
