@@ -288,3 +288,26 @@ def test_cli_import_into_postgresql_reports_the_carried_generation(
             *FAST, "--json")
     assert r.code == 0, r.err
     assert generation is not None and r.json()["generation"] >= generation
+
+
+def test_init_of_a_raw_key_vault_and_inspection_that_installs_nothing(
+    cli: Runner, dsn: str, pg_schema: str, files: dict[str, Path], tmp_path: Path,  # noqa: F811
+) -> None:
+    """``init --raw-key-file`` keys the new vault by that key; ``mls ...`` on a database
+    without the vault schema exits 6 and does not install it."""
+    import psycopg
+
+    key = bytes(range(32))
+    key_file = secret_file(tmp_path / "k.key", key.hex())
+    r = cli("mls", "groups", "--dsn", dsn, "--schema", pg_schema, "nobody",
+            "--passphrase-file", files["pw"])
+    assert r.code == 6 and "Traceback" not in r.err
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+                             (pg_schema,)).fetchone()
+    assert found is None
+    r = cli("init", "--dsn", dsn, "--schema", pg_schema, "raw", "--raw-key-file", key_file)
+    assert r.code == 0, r.err
+    with PostgresVault.open(dsn, name="raw", readonly=True, schema=pg_schema) as v:
+        assert v.kdf is None
+        v.unlock_with_key(key)
