@@ -676,7 +676,8 @@ def _build(
 
 
 #: A replaced vault's generation is read without its keys (it is not authenticated
-#: then); a doctored huge one must not leave the new vault unable to count on.
+#: then), and an export's comes from whoever had the backup passphrase: a doctored
+#: huge one must not leave the new vault unable to count on (2^63 writes remain).
 _MAX_INHERITED_GENERATION = 1 << 63
 
 
@@ -684,12 +685,12 @@ def generation_floor(exported: int | None, replaced: int | None = None) -> int:
     """The least generation a vault restored from an export may have.
 
     At least the generation the export carries (``None`` for a format-1 file: 0), and
-    above the generation of the vault the import replaces, if any.
+    above the generation of the vault the import replaces, if any; never above 2^63.
     """
     floor = exported or 0
     if replaced is not None:
-        floor = max(floor, min(replaced + 1, _MAX_INHERITED_GENERATION))
-    return floor
+        floor = max(floor, replaced + 1)
+    return min(floor, _MAX_INHERITED_GENERATION)
 
 
 def replaced_generation(path: str | os.PathLike[str]) -> int | None:

@@ -671,7 +671,7 @@ class PostgresVault:
 
         As :meth:`keystore.Vault.raise_generation` (for a restore from an export): no row
         is touched, the state record is sealed again in one fenced transaction, and a
-        floor at or below the current generation writes nothing.
+        floor at or below the current generation leaves the record as it was.
 
         Raises:
             VaultLocked, VaultIOError: the vault is locked or read-only.

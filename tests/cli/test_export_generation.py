@@ -236,6 +236,7 @@ def test_generation_floor_rules() -> None:
     assert generation_floor(7, 3) == 7
     assert generation_floor(7, 20) == 21
     assert generation_floor(None, (1 << 64) - 1) == 1 << 63
+    assert generation_floor((1 << 64) - 1) == 1 << 63
 
 
 def _sealed(stream: bytes, fmt: int = EXPORT_FORMAT) -> bytes:
