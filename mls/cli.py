@@ -396,7 +396,8 @@ def _parser() -> argparse.ArgumentParser:
                              "give PATH as postgresql://.../DB#NAME); see docs/postgres.md")
     common.add_argument("--schema", metavar="NAME", default="mls_keystore",
                         help="PostgreSQL schema holding the vaults (default mls_keystore)")
-    common.add_argument("path", metavar="PATH", help="the client's vault")
+    common.add_argument("path", metavar="PATH",
+                        help="the client's vault (with --dsn: its name)")
     parser = _Parser(prog=_PROG, allow_abbrev=False,
                      description="Inspect an MLS client vault, read-only (see docs/cli.md).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
