@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import operator
 import os
-import re
 import sqlite3
 import stat
 import threading
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal
 
 from keystore import migrations, safefile
 from keystore import sqlcipher as sqlcipher_layer
@@ -86,6 +84,19 @@ from keystore.header import (
 from keystore.lockfile import WriterLock, lock_path_for
 from keystore.profiles import RFC_9106_LOW_MEMORY, KdfParameters
 from keystore.sidecar import Sidecar, sidecar_path_for
+from keystore.vault_core import (
+    _CHANGE_FIELDS,
+    _YIELD_PAUSE,
+    MAX_KEY_LEN,
+    MAX_VALUE_LEN,
+    Change,
+    ChangeLike,
+    RowVault,
+    _coalesce,
+    check_category,
+    check_key,
+    check_value,
+)
 
 if TYPE_CHECKING:
     # pydantic costs ~0.5 s of import time; the reports load only when a report is made.
@@ -93,12 +104,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_KEY_LEN", "MAX_VALUE_LEN", "Change", "ChangeLike", "RowVault", "Snapshot", "Vault",
+    "check_category", "check_key", "check_value",
 ]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-MAX_KEY_LEN = 64 * 1024
-MAX_VALUE_LEN = 64 * 1024 * 1024
-_CATEGORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 ProgressCallback = Callable[[int, int], None]
@@ -121,131 +130,6 @@ _ROW_GENERATION = "key_generation"
 _state_digest_enabled = True
 #: Key hashes per lookup of the values a write replaces (under SQLite's 999 variables).
 _OLD_VALUES_CHUNK = 500
-
-
-class ChangeLike(Protocol):
-    """Anything with ``category``, ``key`` and ``value`` (``None`` deletes the row)."""
-
-    @property
-    def category(self) -> str: ...
-    @property
-    def key(self) -> bytes: ...
-    @property
-    def value(self) -> bytes | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One row to write (``value`` set) or delete (``value=None``) in :meth:`Vault.apply`."""
-
-    category: str
-    key: bytes
-    value: bytes | None = field(repr=False)  # row values are secrets: never in a repr
-
-
-@runtime_checkable
-class RowVault(Protocol):
-    """An unlocked vault as the layers above it use it, whatever stores it.
-
-    ``GranularStorage.load`` reads every row with :meth:`open_rows`, the drainer
-    writes batches with :meth:`apply`; :class:`Vault` (SQLite) and
-    :class:`keystore.postgres_vault.PostgresVault` both provide them, so the MLS
-    layer is written once for both backends.
-    """
-
-    def apply(self, changes: Iterable[ChangeLike], *, yield_gil: bool = False) -> int:
-        """Land a batch in one transaction (all or nothing); the distinct rows written."""
-        ...
-
-    def open_rows(self) -> dict[str, dict[bytes, bytes]]:
-        """Every row, authenticated: ``{category: {key: value}}``."""
-        ...
-
-    def close(self) -> None:
-        """Lock and release the vault (idempotent)."""
-        ...
-
-
-def check_category(category: object) -> str:
-    """Validate a category name: 1-128 chars of ``[A-Za-z0-9_.:/-]``, starting alphanumeric."""
-    if not isinstance(category, str):
-        raise TypeError(f"category must be str, not {type(category).__name__}")
-    if not _CATEGORY_RE.fullmatch(category):
-        raise ValueError(
-            "category must be 1-128 characters of A-Z a-z 0-9 _ . : / - "
-            "starting with a letter or digit"
-        )
-    return category
-
-
-def check_key(key: object) -> bytes:
-    """Validate a row key: bytes, at most 64 KiB."""
-    if not isinstance(key, bytes | bytearray):
-        raise TypeError(f"row key must be bytes, not {type(key).__name__}")
-    if len(key) > MAX_KEY_LEN:
-        raise ValueError(f"row key is {len(key)} bytes; the limit is {MAX_KEY_LEN}")
-    return bytes(key)
-
-
-def check_value(value: object) -> bytes:
-    """Validate a row value: bytes, at most 64 MiB."""
-    if not isinstance(value, bytes | bytearray):
-        raise TypeError(f"value must be bytes, not {type(value).__name__}")
-    if len(value) > MAX_VALUE_LEN:
-        raise ValueError(f"value is {len(value)} bytes; the limit is {MAX_VALUE_LEN}")
-    return bytes(value)
-
-
-_CHANGE_FIELDS = operator.attrgetter("category", "key", "value")
-_VALUE_TYPES = {bytes, type(None)}
-_FIRST, _SECOND, _THIRD = (operator.itemgetter(i) for i in range(3))
-_COALESCE_SLICE = 4096
-#: Seconds ``apply(yield_gil=True)`` sleeps between two slices of rows it encrypts.
-_YIELD_PAUSE = 0.0001
-
-
-def _coalesce(
-    rows: list[tuple[object, object, object]],
-) -> dict[tuple[str, bytes], bytes | None]:
-    """Validate ``(category, key, value)`` rows; the last change of each row wins.
-
-    The common case — exact ``str``/``bytes`` within the limits — is checked slice
-    by slice with ``map`` and ``set`` (no bytecode per row); anything else
-    goes through the per-row checks, which normalize bytes-like input and raise
-    the precise error.
-    """
-    latest: dict[tuple[str, bytes], bytes | None] = {}
-    # Slices, so that no single C-level step holds the GIL for long (see
-    # StoreCipher.seal_changes); an unusual slice sends the whole batch the slow way.
-    for lo in range(0, len(rows), _COALESCE_SLICE):
-        part = rows[lo : lo + _COALESCE_SLICE]
-        # Columns by itemgetter: zip(*part) would make one iterator object per row.
-        categories = list(map(_FIRST, part))
-        keys = list(map(_SECOND, part))
-        values = list(map(_THIRD, part))
-        try:
-            fast = (
-                set(map(type, categories)) == {str}
-                and set(map(type, keys)) == {bytes}
-                and set(map(type, values)) <= _VALUE_TYPES
-                and max(map(len, keys)) <= MAX_KEY_LEN
-                and max(map(len, filter(None, values)), default=0) <= MAX_VALUE_LEN
-            )
-        except TypeError:
-            fast = False
-        if not fast:
-            break
-        for category in set(categories):
-            check_category(category)
-        latest.update(zip(zip(categories, keys, strict=True), values, strict=True))
-    else:
-        return latest
-    latest.clear()
-    for category, key, value in rows:
-        row = (check_category(category), check_key(key))
-        latest[row] = None if value is None else check_value(value)
-    return latest
-
 
 
 def _connect(
