@@ -21,7 +21,6 @@ schema checks of the database.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from keystore.anchor import GenerationAnchor
@@ -43,7 +42,6 @@ from keystore.vault_core import (
     VaultCore,
     _digest_keys,
     _wipe,
-    check_category,
     new_header,
     open_header,
     seal_batch,
@@ -297,9 +295,8 @@ class PostgresVault(VaultCore):
             self._owns_db = False
             self._db.close()
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else ("locked" if self.locked else "unlocked")
-        return f"<PostgresVault {self._header.store_id.hex()} {state}>"
+    def _describe(self) -> str:
+        return self._header.store_id.hex()
 
     # ------------------------------------------------------------------ properties
 
@@ -342,34 +339,27 @@ class PostgresVault(VaultCore):
         self._snapshot, self._snapshot_armed = None, False
         self._snapshot_served = set()
 
-    def items(self, category: str) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, value)`` of a category, authenticated, in key-hash order.
+    def _category_rows(self, category: str) -> list[tuple[bytes, bytes]]:
+        """One category's rows; after ``categories()``, from a whole-vault read-ahead.
 
-        Loading a whole vault (``categories()`` then ``items()`` of each) costs two
-        queries, not one per category: the first ``items()`` after ``categories()``
-        reads every row in one binary scan and serves the categories from it until
-        each was served or the vault is written.  All of them then come from one
-        consistent snapshot.
+        Loading a whole vault (``categories()`` then ``items()`` of each) then costs
+        two queries, not one per category: the first ``items()`` after
+        ``categories()`` reads every row in one binary scan and serves the
+        categories from it until each was served or the vault is written.  All of
+        them then come from one consistent snapshot.
         """
-        category = check_category(category)
-        with self._mutex:
-            self._unlocked()
-            if self._snapshot is None and self._snapshot_armed:
-                grouped: dict[str, list[tuple[bytes, bytes]]] = {}
-                for cat, key_hash, blob in self._backend.scan_all():
-                    grouped.setdefault(cat, []).append((key_hash, blob))
-                self._snapshot, self._snapshot_armed = grouped, False
-            if self._snapshot is not None:
-                rows = self._snapshot.get(category, [])
-                self._snapshot_served.add(category)
-                if self._snapshot_served >= self._snapshot.keys():
-                    self._forget_snapshot()
-            else:
-                rows = self._backend.scan(category)
-        for key_hash, blob in rows:
-            with self._mutex:
-                cipher = self._unlocked()
-                yield cipher.decrypt_row(category, key_hash, blob)
+        if self._snapshot is None and self._snapshot_armed:
+            grouped: dict[str, list[tuple[bytes, bytes]]] = {}
+            for cat, key_hash, blob in self._backend.scan_all():
+                grouped.setdefault(cat, []).append((key_hash, blob))
+            self._snapshot, self._snapshot_armed = grouped, False
+        if self._snapshot is None:
+            return self._backend.scan(category)
+        rows = self._snapshot.get(category, [])
+        self._snapshot_served.add(category)
+        if self._snapshot_served >= self._snapshot.keys():
+            self._forget_snapshot()
+        return rows
 
     def categories(self) -> list[str]:
         """The categories that hold at least one row, sorted (arms the read-ahead)."""

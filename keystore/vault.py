@@ -809,9 +809,8 @@ class Vault(VaultCore):
             self._writer_lock.release()
             self._writer_lock = None
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else ("locked" if self.locked else "unlocked")
-        return f"<Vault {str(self._path)!r} {state}>"
+    def _describe(self) -> str:
+        return repr(str(self._path))
 
     # ------------------------------------------------------------------ properties
 

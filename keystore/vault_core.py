@@ -418,6 +418,14 @@ class VaultCore:
         """Release what the backend holds (connection, writer lock or lease)."""
         self._backend.close()
 
+    def _category_rows(self, category: str) -> list[tuple[bytes, bytes]]:
+        """The stored ``(key_hash, value)`` rows of one category, for :meth:`items`."""
+        return self._backend.scan(category)
+
+    def _describe(self) -> str:
+        """Which vault, for ``repr`` (never a password)."""
+        return self.location
+
     def _stored_bytes(self, row_bytes: int) -> int:
         """What the vault occupies in storage, for ``stats`` (default: its row bytes)."""
         return row_bytes
@@ -433,6 +441,10 @@ class VaultCore:
             self._closed = True
             self._drop_keys()
             self._release()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("locked" if self.locked else "unlocked")
+        return f"<{type(self).__name__} {self._describe()} {state}>"
 
     def __enter__(self) -> Self:
         return self
@@ -706,7 +718,7 @@ class VaultCore:
         category = check_category(category)
         with self._mutex:
             self._unlocked()
-            rows = self._backend.scan(category)
+            rows = self._category_rows(category)
         for key_hash, blob in rows:
             with self._mutex:
                 cipher = self._unlocked()
