@@ -1,12 +1,12 @@
 """What a vault needs from the storage underneath it: the backend interface.
 
-A vault is two layers.  The *cipher* layer (:mod:`keystore.cipher`,
-:mod:`keystore.header`) turns rows into sealed blobs and back and wraps the two
-secrets in the header; it is the same for every database.  The *backend* stores
-those bytes, exactly as given, and knows no key.  This module names the second
-layer's duties, read off every use of SQLite in :mod:`keystore.vault`, so a second
-database (:mod:`keystore.backends.postgres`) is an adapter behind one
-:class:`~typing.Protocol` rather than a second copy of the vault.
+A vault's bytes pass two layers below the vault itself.  The *cipher*
+(:mod:`keystore.cipher`, :mod:`keystore.header`) turns rows into sealed blobs and
+back and wraps the two secrets in the header; it is the same for every database.
+The *backend* stores those bytes, exactly as given, and knows no key.  This module
+names the backend's duties, so that each database (:mod:`keystore.backends.sqlite`,
+:mod:`keystore.backends.postgres`) is an adapter behind one
+:class:`~typing.Protocol` and the vault above them is written once.
 
 The interface is deliberately small:
 
@@ -15,8 +15,11 @@ The interface is deliberately small:
 * rows: ``(category, key_hash, sealed_value)``, read one at a time, by category or
   all at once, and written only by :meth:`VaultBackend.apply`, which lands a whole
   batch of upserts and deletes atomically together with the nonce-budget counter;
-* :meth:`VaultBackend.rewrite`: every row replaced, with header and counter, in one
-  transaction (a rekey);
+* :meth:`VaultBackend.rehash`: a rekey's write — every row a new key hash and value,
+  with the header, counter and state record, in one transaction that refuses to land
+  if the rows or the record changed since they were read;
+  :meth:`VaultBackend.rewrite` replaces values under unchanged key hashes (a new data
+  key alone);
 * the writer lease: whatever keeps a second writer out (a lock file for SQLite; a
   fenced lease row for a shared server), checked inside every write transaction;
 * the schema version and per-category statistics for reports;

@@ -1056,16 +1056,18 @@ class Vault(VaultCore):
     def _unwrap_for_rewrap(
         self, kek: bytearray, headers: tuple[Header, ...]
     ) -> list[tuple[Header, bytearray]]:
-        if self._rewrap_sidecar is None:
+        if not self._header.sqlcipher:
             return super()._unwrap_for_rewrap(kek, headers)
+        assert self._rewrap_sidecar is not None  # read by _headers_for_rewrap
         return _unwrap_headers(kek, self._rewrap_sidecar, self._path)
 
     def _store_rewrapped(self, headers: list[Header]) -> None:
         """A SQLCipher vault's headers go to its header file, in one atomic replace."""
-        read, self._rewrap_sidecar = self._rewrap_sidecar, None
-        if read is None:
+        if not self._header.sqlcipher:
             super()._store_rewrapped(headers)
             return
+        read, self._rewrap_sidecar = self._rewrap_sidecar, None
+        assert read is not None  # read by _headers_for_rewrap
         sidecar = Sidecar(headers[0], headers[1] if len(headers) > 1 else None,
                           read.schema_version)
         sidecar.write(self._path)
