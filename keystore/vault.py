@@ -30,7 +30,7 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from keystore import migrations, safefile
 from keystore import sqlcipher as sqlcipher_layer
@@ -92,10 +92,6 @@ from keystore.vault_core import (
     check_value,
     new_header,
 )
-
-if TYPE_CHECKING:
-    # pydantic costs ~0.5 s of import time; the reports load only when a report is made.
-    pass
 
 __all__ = [
     "MAX_KEY_LEN", "MAX_VALUE_LEN", "Change", "ChangeLike", "RowVault", "Snapshot", "Vault",
