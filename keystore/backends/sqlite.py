@@ -13,6 +13,7 @@ Tables (see ``docs/format.md``)::
     keystore_header   (id = 1, header)                 -- the wrapped secrets
     keystore_rows     (category, key_hash, value)      -- sealed rows
     keystore_counters (name, value)                    -- 'encryptions': the nonce budget
+    keystore_state    (id = 1, record)                 -- the state record (format.md §15)
 """
 
 from __future__ import annotations
@@ -277,7 +278,16 @@ class SqliteBackend:
         return value
 
     def write_header(self, header: bytes) -> None:
-        """Replace the header row in one write transaction."""
+        """Replace the header row in one write transaction.
+
+        Raises:
+            VaultIOError: a SQLCipher vault, whose header is in its header file
+                (written by the vault); nothing was written.
+        """
+        if not self._header_in_database:
+            raise VaultIOError(
+                f"vault {self._path} keeps its header in its header file, not in the database"
+            )
         with self._write_txn() as conn:
             conn.execute("UPDATE keystore_header SET header = ? WHERE id = 1", (header,))
 
