@@ -479,9 +479,9 @@ def test_export_and_import_round_trip(
 def test_both_vault_classes_run_the_same_vault_code() -> None:
     """Everything after opening is VaultCore's, not a per-backend copy: neither class
     overrides a method that handles keys, rows or the state record (PostgresVault's
-    categories() and items() only add a read-ahead around VaultCore's)."""
+    categories() only arms a read-ahead, then calls VaultCore's)."""
     shared = ["unlock", "unlock_with_key", "lock", "apply", "put", "delete", "get",
-              "open_rows", "read_snapshot", "verify", "stats",
+              "items", "open_rows", "read_snapshot", "verify", "stats",
               "change_passphrase", "change_key", "rekey", "_open_state", "_adopt_state",
               "_rekey", "_rewrap", "_check_state"]
     for cls in (Vault, PostgresVault):
