@@ -3,7 +3,7 @@
 Run: ``python -m bench.rollback_bench [--quick]`` (or through ``python -m bench``).
 
 Both figures compare the vault with itself in the same run, the state digest on and
-off (``keystore.vault._state_digest_enabled``, a seam that exists for this baseline
+off (``keystore.vault_core._state_digest_enabled``, a seam that exists for this baseline
 only; with it off, ``apply`` neither reads the values it replaces nor writes the
 record, and loads do not hash the rows):
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.common import emit_results, measure_ratio
 from keystore import Change, KdfParameters, Vault, profiles
-from keystore import vault as vault_module
+from keystore import vault_core as vault_module
 from mls import GranularStorage
 
 __all__ = ["apply_digest", "run", "unlock_rehydrate_digest"]

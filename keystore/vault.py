@@ -22,31 +22,29 @@ unlock, and ``keystore_header`` stays empty.  See ``docs/sqlcipher.md``.
 from __future__ import annotations
 
 import contextlib
-import hmac
-import operator
 import os
-import re
 import sqlite3
 import stat
 import threading
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal
 
 from keystore import migrations, safefile
 from keystore import sqlcipher as sqlcipher_layer
 from keystore.anchor import GenerationAnchor
 from keystore.backends.sqlite import (
+    ROW_GENERATION,
     SqliteBackend,
     _db_errors,
     _sql_type,
-    _stored,
     _translate,
+    read_state_record,
+    store_row_generation,
     stored_count,
+    write_state_record,
 )
 from keystore.cipher import (
     StoreCipher,
@@ -54,16 +52,14 @@ from keystore.cipher import (
     derive_wrapping_key,
     normalize_passphrase,
     unwrap_secrets,
-    wrap_secrets,
 )
-from keystore.digest import DigestKeys, RowSetDigest, VaultState, check_anchor, check_rows
+from keystore.digest import DigestKeys, VaultState, check_anchor
 from keystore.errors import (
     IntegrityError,
     KeystoreError,
     MigrationError,
     MigrationRequired,
     NotAVault,
-    RollbackDetected,
     SchemaTooNew,
     VaultBusy,
     VaultClosed,
@@ -74,34 +70,37 @@ from keystore.errors import (
 from keystore.header import (
     FLAG_SQLCIPHER,
     FLAG_STATE_DIGEST,
-    HEADER_FORMAT,
     KDF_ARGON2ID,
     KDF_RAW_KEY,
-    NONCE_LEN,
-    SALT_LEN,
-    STORE_ID_LEN,
-    WRAPPED_LEN,
     Header,
 )
 from keystore.lockfile import WriterLock, lock_path_for
 from keystore.profiles import RFC_9106_LOW_MEMORY, KdfParameters
 from keystore.sidecar import Sidecar, sidecar_path_for
-
-if TYPE_CHECKING:
-    # pydantic costs ~0.5 s of import time; the reports load only when a report is made.
-    from keystore.reports import KdfInfo, StatsReport, VerifyReport
+from keystore.vault_core import (
+    MAX_KEY_LEN,
+    MAX_VALUE_LEN,
+    Change,
+    ChangeLike,
+    RowVault,
+    Snapshot,
+    VaultCore,
+    _load_anchor,
+    _wipe,
+    check_category,
+    check_key,
+    check_value,
+    new_header,
+)
 
 __all__ = [
     "MAX_KEY_LEN", "MAX_VALUE_LEN", "Change", "ChangeLike", "RowVault", "Snapshot", "Vault",
+    "check_category", "check_key", "check_value",
 ]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-MAX_KEY_LEN = 64 * 1024
-MAX_VALUE_LEN = 64 * 1024 * 1024
-_CATEGORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
-ProgressCallback = Callable[[int, int], None]
 #: Overwrite deleted content with zeros: whether SQLite does by default depends on how
 #: it was built (on for many system builds, off for sqlcipher3's), so say it.
 _SECURE_DELETE = "PRAGMA secure_delete = ON"
@@ -112,140 +111,6 @@ DEFAULT_BUSY_TIMEOUT = 5.0
 #: of a SQLCipher rekey ("pending-written", "rows-committed", "page-rekeyed",
 #: "done").  ``None`` in production.
 _rekey_step_hook: Callable[[str], None] | None = None
-#: The counter row naming the key generation the rows of a SQLCipher vault are
-#: encrypted under; it changes in the same transaction as the rows themselves.
-_ROW_GENERATION = "key_generation"
-#: Benchmark seam (bench/rollback_bench.py's same-run baseline): ``False`` makes
-#: ``apply`` skip the state record and loads skip the row-set check.  Always ``True``
-#: in production; a write made with it off leaves a record the next load refuses.
-_state_digest_enabled = True
-#: Key hashes per lookup of the values a write replaces (under SQLite's 999 variables).
-_OLD_VALUES_CHUNK = 500
-
-
-class ChangeLike(Protocol):
-    """Anything with ``category``, ``key`` and ``value`` (``None`` deletes the row)."""
-
-    @property
-    def category(self) -> str: ...
-    @property
-    def key(self) -> bytes: ...
-    @property
-    def value(self) -> bytes | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One row to write (``value`` set) or delete (``value=None``) in :meth:`Vault.apply`."""
-
-    category: str
-    key: bytes
-    value: bytes | None = field(repr=False)  # row values are secrets: never in a repr
-
-
-@runtime_checkable
-class RowVault(Protocol):
-    """An unlocked vault as the layers above it use it, whatever stores it.
-
-    ``GranularStorage.load`` reads every row with :meth:`open_rows`, the drainer
-    writes batches with :meth:`apply`; :class:`Vault` (SQLite) and
-    :class:`keystore.postgres_vault.PostgresVault` both provide them, so the MLS
-    layer is written once for both backends.
-    """
-
-    def apply(self, changes: Iterable[ChangeLike], *, yield_gil: bool = False) -> int:
-        """Land a batch in one transaction (all or nothing); the distinct rows written."""
-        ...
-
-    def open_rows(self) -> dict[str, dict[bytes, bytes]]:
-        """Every row, authenticated: ``{category: {key: value}}``."""
-        ...
-
-    def close(self) -> None:
-        """Lock and release the vault (idempotent)."""
-        ...
-
-
-def check_category(category: object) -> str:
-    """Validate a category name: 1-128 chars of ``[A-Za-z0-9_.:/-]``, starting alphanumeric."""
-    if not isinstance(category, str):
-        raise TypeError(f"category must be str, not {type(category).__name__}")
-    if not _CATEGORY_RE.fullmatch(category):
-        raise ValueError(
-            "category must be 1-128 characters of A-Z a-z 0-9 _ . : / - "
-            "starting with a letter or digit"
-        )
-    return category
-
-
-def check_key(key: object) -> bytes:
-    """Validate a row key: bytes, at most 64 KiB."""
-    if not isinstance(key, bytes | bytearray):
-        raise TypeError(f"row key must be bytes, not {type(key).__name__}")
-    if len(key) > MAX_KEY_LEN:
-        raise ValueError(f"row key is {len(key)} bytes; the limit is {MAX_KEY_LEN}")
-    return bytes(key)
-
-
-def check_value(value: object) -> bytes:
-    """Validate a row value: bytes, at most 64 MiB."""
-    if not isinstance(value, bytes | bytearray):
-        raise TypeError(f"value must be bytes, not {type(value).__name__}")
-    if len(value) > MAX_VALUE_LEN:
-        raise ValueError(f"value is {len(value)} bytes; the limit is {MAX_VALUE_LEN}")
-    return bytes(value)
-
-
-_CHANGE_FIELDS = operator.attrgetter("category", "key", "value")
-_VALUE_TYPES = {bytes, type(None)}
-_FIRST, _SECOND, _THIRD = (operator.itemgetter(i) for i in range(3))
-_COALESCE_SLICE = 4096
-#: Seconds ``apply(yield_gil=True)`` sleeps between two slices of rows it encrypts.
-_YIELD_PAUSE = 0.0001
-
-
-def _coalesce(
-    rows: list[tuple[object, object, object]],
-) -> dict[tuple[str, bytes], bytes | None]:
-    """Validate ``(category, key, value)`` rows; the last change of each row wins.
-
-    The common case — exact ``str``/``bytes`` within the limits — is checked slice
-    by slice with ``map`` and ``set`` (no bytecode per row); anything else
-    goes through the per-row checks, which normalize bytes-like input and raise
-    the precise error.
-    """
-    latest: dict[tuple[str, bytes], bytes | None] = {}
-    # Slices, so that no single C-level step holds the GIL for long (see
-    # StoreCipher.seal_changes); an unusual slice sends the whole batch the slow way.
-    for lo in range(0, len(rows), _COALESCE_SLICE):
-        part = rows[lo : lo + _COALESCE_SLICE]
-        # Columns by itemgetter: zip(*part) would make one iterator object per row.
-        categories = list(map(_FIRST, part))
-        keys = list(map(_SECOND, part))
-        values = list(map(_THIRD, part))
-        try:
-            fast = (
-                set(map(type, categories)) == {str}
-                and set(map(type, keys)) == {bytes}
-                and set(map(type, values)) <= _VALUE_TYPES
-                and max(map(len, keys)) <= MAX_KEY_LEN
-                and max(map(len, filter(None, values)), default=0) <= MAX_VALUE_LEN
-            )
-        except TypeError:
-            fast = False
-        if not fast:
-            break
-        for category in set(categories):
-            check_category(category)
-        latest.update(zip(zip(categories, keys, strict=True), values, strict=True))
-    else:
-        return latest
-    latest.clear()
-    for category, key, value in rows:
-        row = (check_category(category), check_key(key))
-        latest[row] = None if value is None else check_value(value)
-    return latest
-
 
 
 def _connect(
@@ -286,7 +151,7 @@ def _row_generation(conn: sqlite3.Connection, path: Path) -> int | None:
     if has_counters is None:
         return None
     row = conn.execute(
-        "SELECT value FROM keystore_counters WHERE name = ?", (_ROW_GENERATION,)
+        "SELECT value FROM keystore_counters WHERE name = ?", (ROW_GENERATION,)
     ).fetchone()
     if row is None:
         return None
@@ -331,83 +196,6 @@ def _refuse_header_row(conn: sqlite3.Connection, path: Path) -> None:
             f"SQLCipher vault {path} has a row in keystore_header, which must be empty "
             "(its header is in the header file); nothing was changed"
         )
-
-
-def _store_row_generation(conn: sqlite3.Connection, generation: int) -> None:
-    conn.execute(
-        "INSERT INTO keystore_counters (name, value) VALUES (?, ?)"
-        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        (_ROW_GENERATION, generation),
-    )
-
-
-def _read_state_record(conn: sqlite3.Connection, path: Path) -> bytes | None:
-    """The state record (docs/format.md §15.3), or ``None`` when there is none."""
-    try:
-        row = conn.execute("SELECT record FROM keystore_state WHERE id = 1").fetchone()
-    except sqlcipher_layer.db_error_types() as exc:
-        if "no such table" in str(exc):  # dropped: reported as a missing record
-            return None
-        raise
-    if row is None:
-        return None
-    if not isinstance(row[0], bytes):
-        raise IntegrityError(f"vault {path} is corrupt: its state record is not a BLOB")
-    return row[0]
-
-
-def _write_state_record(conn: sqlite3.Connection, record: bytes) -> None:
-    conn.execute(
-        "INSERT INTO keystore_state (id, record) VALUES (1, ?)"
-        " ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-        (record,),
-    )
-
-
-def _old_values(
-    conn: sqlite3.Connection, targets: Iterable[tuple[str, bytes]], path: Path
-) -> list[tuple[str, bytes, bytes]]:
-    """The stored ``(category, key_hash, value)`` of the rows a write replaces or deletes.
-
-    One indexed lookup per category and chunk of key hashes, in the write's own
-    transaction, so the digest subtracts exactly what the write overwrites.
-    """
-    by_category: dict[str, list[bytes]] = {}
-    for category, key_hash in targets:
-        by_category.setdefault(category, []).append(key_hash)
-    found: list[tuple[str, bytes, bytes]] = []
-    for category, hashes in by_category.items():
-        for lo in range(0, len(hashes), _OLD_VALUES_CHUNK):
-            chunk = hashes[lo : lo + _OLD_VALUES_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            found.extend(
-                (category, _stored(kh, path), _stored(value, path))
-                for kh, value in conn.execute(
-                    "SELECT key_hash, value FROM keystore_rows"
-                    f" WHERE category = ? AND key_hash IN ({marks})",
-                    (category, *chunk),
-                )
-            )
-    return found
-
-
-def _load_anchor(anchor: GenerationAnchor, store_id: bytes, path: Path) -> int | None:
-    """``anchor.load``, with an application anchor's own failure turned into ours."""
-    try:
-        return anchor.load(store_id)
-    except KeystoreError:
-        raise
-    except Exception as exc:
-        raise VaultIOError(
-            f"the anchor of vault {path} could not be read ({type(exc).__name__}); "
-            "nothing was opened"
-        ) from exc
-
-
-def _wipe(*buffers: bytearray | None) -> None:
-    for buf in buffers:
-        if buf is not None:
-            buf[:] = bytes(len(buf))
 
 
 def companion_paths(path: Path) -> tuple[Path, ...]:
@@ -544,11 +332,16 @@ def probe(path: Path) -> Sidecar | None:
     return sidecar
 
 
-class Vault:
-    """An encrypted key-value store of MLS state.  See the module docstring.
+class Vault(VaultCore):
+    """An encrypted key-value store of MLS state in one SQLite file.  See the module docstring.
 
     Use :meth:`create`, :meth:`create_with_key` or :meth:`open`; a vault is a context
-    manager and is thread-safe (one internal lock serializes access).
+    manager and is thread-safe (one internal lock serializes access).  Everything
+    above the file — keys, state record, ``apply``, reads, passphrase change,
+    rekey, verify — is :class:`~keystore.vault_core.VaultCore`, shared with
+    :class:`keystore.postgres_vault.PostgresVault`; this class adds the file: making
+    and opening it safely, the writer lock file, WAL companions, SQLCipher page keys
+    and their rekey, migrations, compact and backup.
     """
 
     def __init__(
@@ -565,30 +358,25 @@ class Vault:
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         anchor: GenerationAnchor | None = None,
     ):
+        # The rows' SQL, behind the interface a PostgreSQL vault's backend also has.
+        # A SQLCipher vault's header is in its header file, never in the database.
+        self._sqlite = SqliteBackend(
+            path, self._connection, self._write_txn, header_in_database=not header.sqlcipher
+        )
+        super().__init__(self._sqlite, header, readonly=readonly, anchor=anchor)
         self._path = path
         # None while a SQLCipher vault is locked: its database cannot be read then.
         self._conn: sqlite3.Connection | None = conn
-        self._closed = False
-        self._header = header
         self._sidecar = sidecar
-        self._readonly = readonly
+        # The header file a passphrase change of a SQLCipher vault read (and rewrites).
+        self._rewrap_sidecar: Sidecar | None = None
         self._writer_lock = writer_lock
         self._auto_migrate = auto_migrate
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
-        self._cipher: StoreCipher | None = None
-        self._kek: bytearray | None = None
-        # The state digest's keys and the state last authenticated or written
-        # (docs/format.md §15); None while locked or before the record exists.
-        self._digest: DigestKeys | None = None
-        self._state: VaultState | None = None
-        self._anchor = anchor
-        self._mutex = threading.RLock()
         self._file_id = _file_identity(path)
         self._opened_by = os.getpid()
         self._forked = False
-        # The rows' SQL, behind the interface a PostgreSQL vault's backend also has.
-        self._backend = SqliteBackend(path, self._connection, self._write_txn)
         _LIVE_VAULTS.add(self)
 
     def _abandon_after_fork(self) -> None:
@@ -685,28 +473,18 @@ class Vault:
         if not path.parent.is_dir():
             raise FileNotFoundError(f"directory {path.parent} does not exist")
         safefile.check_folder(path.parent)
-        store_id = os.urandom(STORE_ID_LEN)
-        header = Header(
-            store_id=store_id,
-            kdf_id=kdf_id,
-            kdf=kdf,
-            salt=os.urandom(SALT_LEN),
-            key_generation=1,
-            wrap_nonce=bytes(NONCE_LEN),
-            wrapped=bytes(WRAPPED_LEN),
-            flags=(FLAG_SQLCIPHER if sqlcipher else 0) | FLAG_STATE_DIGEST,
+        header, cipher, kek = new_header(
+            kdf_id, kdf, secret, flags=(FLAG_SQLCIPHER if sqlcipher else 0) | FLAG_STATE_DIGEST
         )
-        kek = derive_wrapping_key(header, secret)
-        cipher = StoreCipher.generate(store_id)
+        store_id = header.store_id
         secrets = cipher.secrets()
         page_key = sqlcipher_layer.derive_page_key(secrets, store_id) if sqlcipher else None
         try:
-            header = wrap_secrets(kek, header, secrets)
             digest_keys = DigestKeys(secrets, store_id)
             first_record = digest_keys.seal(VaultState(0, 0, 0))
             digest_keys.wipe()
         finally:
-            secrets[:] = bytes(len(secrets))
+            _wipe(secrets)
         # Build the file in a private directory beside ``path`` and link it into
         # place: nobody else can read it or plant SQLite's -wal/-shm/-journal next
         # to it while it is built, a crash leaves nothing readable by others and
@@ -741,8 +519,8 @@ class Vault:
                         (header.to_bytes(),),
                     )
                 else:
-                    _store_row_generation(conn, header.key_generation)
-                _write_state_record(conn, first_record)
+                    store_row_generation(conn, header.key_generation)
+                write_state_record(conn, first_record)
                 conn.execute("COMMIT")
                 version = migrations.schema_version(conn)
             finally:
@@ -912,10 +690,10 @@ class Vault:
                     # Early refusal from the generation in clear; unlock checks it
                     # again once the record's tag can be verified.
                     with _db_errors(path):
-                        record = _read_state_record(conn, path)
+                        record = read_state_record(conn, path)
                     if record is not None and len(record) >= 9:
                         clear = int.from_bytes(record[1:9], "big")
-                        check_anchor(clear, _load_anchor(anchor, header.store_id, path))
+                        check_anchor(clear, _load_anchor(anchor, header.store_id, str(path)))
             except BaseException:
                 conn.close()
                 raise
@@ -1017,33 +795,18 @@ class Vault:
     def _read_header(conn: sqlite3.Connection, path: Path) -> Header:
         return read_header_row(conn, path)
 
-    def close(self) -> None:
-        """Lock, close the database and release the writer lock (idempotent)."""
-        with self._mutex:
-            self._closed = True
-            self._drop_keys()
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            if self._writer_lock is not None:
-                self._writer_lock.release()
-                self._writer_lock = None
+    def _release(self) -> None:
+        """Close the database and release the writer lock (``close`` locks first)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
 
-    def __enter__(self) -> Vault:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else ("locked" if self.locked else "unlocked")
-        return f"<Vault {str(self._path)!r} {state}>"
+    def _describe(self) -> str:
+        return repr(str(self._path))
 
     # ------------------------------------------------------------------ properties
 
@@ -1051,21 +814,6 @@ class Vault:
     def path(self) -> Path:
         """The database file."""
         return self._path
-
-    @property
-    def locked(self) -> bool:
-        """Whether the keys are absent (after :meth:`open`, :meth:`lock` or :meth:`close`)."""
-        return self._cipher is None
-
-    @property
-    def readonly(self) -> bool:
-        """Whether this object was opened read-only."""
-        return self._readonly
-
-    @property
-    def store_id(self) -> bytes:
-        """The random per-vault id bound into every row's AAD."""
-        return self._header.store_id
 
     @property
     def sqlcipher(self) -> bool:
@@ -1084,60 +832,23 @@ class Vault:
             with _db_errors(self._path):
                 return migrations.schema_version(self._connection())
 
-    @property
-    def kdf(self) -> KdfParameters | None:
-        """The Argon2id parameters in the header, or ``None`` for a raw-key vault."""
-        return self._header.kdf
-
-    def needs_rehash(self, profile: KdfParameters = RFC_9106_LOW_MEMORY) -> bool:
-        """Whether the stored KDF parameters differ from ``profile`` (change passphrase to fix)."""
-        kdf = self._header.kdf
-        return kdf is not None and not kdf.same_cost(profile)
-
     # ------------------------------------------------------------------ lock / unlock
 
-    def unlock(self, passphrase: str | bytes) -> None:
-        """Unlock with the passphrase.
-
-        Raises:
-            WrongPassphrase: wrong passphrase, or the header was edited.
-            ValueError: the vault is keyed by a raw key.
-        """
-        secret = normalize_passphrase(passphrase)
-        self._unlock(KDF_ARGON2ID, secret)
-
-    def unlock_with_key(self, key: bytes) -> None:
-        """Unlock a vault created with :meth:`create_with_key`."""
-        self._unlock(KDF_RAW_KEY, check_raw_key(key))
-
     def _unlock(self, kdf_id: int, secret: bytes) -> None:
+        """A SQLCipher vault unlocks from its header file (see :meth:`_unlock_sqlcipher`)."""
         with self._mutex:
-            if self._header.sqlcipher:
-                sidecar = self._read_sidecar()
-                self._check_kdf_kind(sidecar.current, kdf_id)
-                self._unlock_sqlcipher(derive_wrapping_key(sidecar.current, secret), sidecar)
+            if not self._header.sqlcipher:
+                super()._unlock(kdf_id, secret)
                 return
-            conn = self._connection()
-            with _db_errors(self._path):
-                header = self._read_header(conn, self._path)
-            if header.store_id != self._header.store_id:
-                raise IntegrityError(
-                    f"the header of vault {self._path} was replaced by another vault's "
-                    "since it was opened; nothing was unlocked"
-                )
-            self._check_kdf_kind(header, kdf_id)
-            kek = derive_wrapping_key(header, secret)
-            try:
-                secrets = unwrap_secrets(kek, header)
-            except BaseException:
-                kek[:] = bytes(len(kek))
-                raise
-            try:
-                cipher = StoreCipher(secrets, header.store_id)
-            finally:
-                secrets[:] = bytes(len(secrets))
-            self._header = header
-            self._install_keys(cipher, kek)
+            sidecar = self._read_sidecar()
+            self._check_kdf_kind(sidecar.current, kdf_id)
+            self._unlock_sqlcipher(derive_wrapping_key(sidecar.current, secret), sidecar)
+
+    def _read_stored_header(self) -> Header:
+        """The header row of a plain vault, read again from the file."""
+        conn = self._connection()
+        with _db_errors(self._path):
+            return self._read_header(conn, self._path)
 
     def _read_sidecar(self) -> Sidecar:
         """Re-read a SQLCipher vault's header file (another process may have changed it)."""
@@ -1266,208 +977,13 @@ class Vault:
             "the database or its header file was replaced or is corrupt"
         )
 
-    @staticmethod
-    def _check_kdf_kind(header: Header, kdf_id: int) -> None:
-        if header.kdf_id != kdf_id:
-            if header.kdf_id == KDF_RAW_KEY:
-                raise ValueError("this vault is keyed by a raw key: use unlock_with_key()")
-            raise ValueError("this vault is keyed by a passphrase: use unlock()")
-
-    def _install_keys(self, cipher: StoreCipher, kek: bytearray) -> None:
-        with self._mutex:
-            self._drop_keys()
-            self._cipher = cipher
-            self._kek = kek
-            self._open_state()
-
-    def _open_state(self) -> None:
-        """At unlock: authenticate the state record and hold it against the anchor.
-
-        A vault from before the record (no header flag) gets one now if writable
-        (:meth:`_adopt_state`); read-only, it is left without one.  On any failure
-        the keys are dropped again: the vault stays locked and nothing was written.
-        """
-        cipher = self._cipher
-        assert cipher is not None
-        try:
-            secrets = cipher.secrets()
-            try:
-                self._digest = DigestKeys(secrets, self._header.store_id)
-            finally:
-                _wipe(secrets)
-            conn = self._connection()
-            with _db_errors(self._path):
-                record = _read_state_record(conn, self._path)
-            if self._header.state_digest:
-                if record is None:
-                    raise RollbackDetected(
-                        f"vault {self._path} has lost its state record: it was removed, "
-                        "or the file was made to look older than it is",
-                        reason="record",
-                    )
-                state = self._digest.open(record)
-            elif self._readonly:
-                self._state = None
-                return
-            else:
-                state = self._adopt_state(conn, self._digest, record)
-            if self._anchor is not None:
-                anchored = _load_anchor(self._anchor, self._header.store_id, self._path)
-                check_anchor(state.generation, anchored)
-            self._state = state
-            if not self._readonly:
-                self._update_anchor(state.generation)
-        except BaseException:
-            self._drop_keys()
-            raise
-
-    def _adopt_state(
-        self, conn: sqlite3.Connection, keys: DigestKeys, record: bytes | None
-    ) -> VaultState:
-        """Give a vault from before the state record its record, once (format.md §7.2).
-
-        Every row is authenticated first, so the record vouches only for rows this
-        vault wrote.  The header flag that makes the record mandatory is set in the
-        same transaction for a plain vault, and right after the commit in the header
-        file of a SQLCipher vault (a crash in between leaves a record without the
-        flag, which the next writable unlock checks against the rows and keeps).
-        """
-        cipher = self._unlocked()
-        assert self._kek is not None
-        flagged = replace(self._header, flags=self._header.flags | FLAG_STATE_DIGEST)
-        secrets = cipher.secrets()
-        try:
-            new_header = wrap_secrets(self._kek, flagged, secrets)
-        finally:
-            _wipe(secrets)
-        with self._write_txn() as txn:
-            rows = txn.execute("SELECT category, key_hash, value FROM keystore_rows").fetchall()
-            cipher.open_rows(rows, self._stored_category, self._stored_blob)
-            digest = RowSetDigest(keys)
-            digest.add(rows)
-            if record is not None:
-                state = check_rows(keys, record, digest)
-            else:
-                state = digest.state(0)
-                _write_state_record(txn, keys.seal(state))
-            if not self._header.sqlcipher:
-                self._store_header(txn, new_header)
-        if self._header.sqlcipher:
-            assert self._sidecar is not None
-            sidecar = Sidecar(new_header, None, self._sidecar.schema_version)
-            sidecar.write(self._path)
-            self._sidecar = sidecar
-        self._header = new_header
-        return state
-
-    def _update_anchor(self, generation: int) -> None:
-        """Tell the anchor about a committed generation (after the commit, never before)."""
-        if self._anchor is None:
-            return
-        try:
-            self._anchor.store(self._header.store_id, generation)
-        except KeystoreError:
-            raise
-        except Exception as exc:
-            raise VaultIOError(
-                f"vault {self._path} is at generation {generation}, but its anchor could "
-                f"not be updated ({type(exc).__name__}); the write itself was committed"
-            ) from exc
-
-    @property
-    def generation(self) -> int | None:
-        """The vault's generation: committed writes since its state record began.
-
-        As authenticated at unlock and advanced by this object's own writes;
-        ``None`` while locked, and for a vault from before the state record until
-        its first writable unlock (docs/format.md §15).
-        """
-        with self._mutex:
-            return None if self._cipher is None or self._state is None else self._state.generation
-
-    def raise_generation(self, floor: int) -> int:
-        """Lift the vault's generation to at least ``floor``; return the generation now.
-
-        For a restore: a vault rebuilt from an export must not look older than the
-        vault it was exported from (or replaces), or that vault's anchor would refuse
-        it and a later rollback below the old generation would go unseen.  Rows are
-        untouched; only the state record is sealed again, in one write transaction.
-        Generations never go down: a floor at or below the current one writes nothing.
-
-        Raises:
-            VaultLocked, VaultIOError: the vault is locked or read-only.
-            RollbackDetected: the state record is missing or fails authentication.
-            ValueError: ``floor`` is negative or does not fit in 64 bits.
-        """
-        if not isinstance(floor, int) or not 0 <= floor < 1 << 64:
-            raise ValueError("floor must be a generation between 0 and 2**64 - 1")
-        with self._mutex:
-            self._writable()
-            if self._digest is None or not self._header.state_digest:
-                raise VaultIOError(f"vault {self._path} has no state record to raise")
-            with self._write_txn() as conn:
-                record = _read_state_record(conn, self._path)
-                if record is None:
-                    raise RollbackDetected(
-                        f"vault {self._path} has lost its state record; nothing was written",
-                        reason="record",
-                    )
-                state = self._digest.open(record)
-                if state.generation < floor:
-                    state = VaultState(floor, state.row_count, state.digest)
-                    _write_state_record(conn, self._digest.seal(state))
-            self._state = state
-            self._update_anchor(state.generation)
-            return state.generation
-
-    def _check_state(
-        self, rows: list[tuple[str, bytes, bytes]], record: bytes | None
-    ) -> None:
-        """Raise RollbackDetected unless ``rows`` (every live row, already authenticated)
-        are the set the state record vouches for."""
-        digest = self._scan_digest()
-        if digest is not None:
-            digest.add(rows)
-            self._check_digest(digest, record)
-
-    def _scan_digest(self) -> RowSetDigest | None:
-        """An empty digest to accumulate a full scan into, or ``None`` if not checked."""
-        if not _state_digest_enabled or self._digest is None or not self._header.state_digest:
-            return None
-        return RowSetDigest(self._digest)
-
-    def _check_digest(self, digest: RowSetDigest, record: bytes | None) -> None:
-        assert self._digest is not None
-        state = check_rows(self._digest, record, digest)
-        if self._anchor is not None:
-            anchored = _load_anchor(self._anchor, self._header.store_id, self._path)
-            check_anchor(state.generation, anchored)
-
     def _drop_keys(self) -> None:
-        if self._digest is not None:
-            self._digest.wipe()
-            self._digest = None
-        self._state = None
-        if self._cipher is not None:
-            self._cipher.wipe()
-            self._cipher = None
-        if self._kek is not None:
-            self._kek[:] = bytes(len(self._kek))
-            self._kek = None
+        super()._drop_keys()
         if self._header.sqlcipher and self._conn is not None:
             # SQLCipher keeps the page key inside the connection: locking closes it.
             conn, self._conn = self._conn, None
             with contextlib.suppress(*sqlcipher_layer.db_error_types()):
                 conn.close()
-
-    def lock(self) -> None:
-        """Drop (overwrite) every key held in memory; the file stays open.
-
-        A SQLCipher vault also closes its database connection, which holds the
-        page key; the writer lock is kept.
-        """
-        with self._mutex:
-            self._drop_keys()
 
     # ------------------------------------------------------------------ rows
 
@@ -1491,17 +1007,8 @@ class Vault:
             )
         return self._conn
 
-    def _unlocked(self) -> StoreCipher:
+    def _ready(self) -> None:
         self._connection()
-        if self._cipher is None:
-            raise VaultLocked(f"vault {self._path} is locked; unlock it first")
-        return self._cipher
-
-    def _writable(self) -> StoreCipher:
-        cipher = self._unlocked()
-        if self._readonly:
-            raise VaultIOError(f"vault {self._path} was opened read-only")
-        return cipher
 
     @contextlib.contextmanager
     def _write_txn(self) -> Iterator[sqlite3.Connection]:
@@ -1533,492 +1040,89 @@ class Vault:
                 "written. Put the file back (or close and reopen) and write again."
             )
 
-    def put(self, category: str, key: bytes, value: bytes) -> None:
-        """Write one row (one transaction)."""
-        self.apply((Change(category, key, value),))
-
-    def delete(self, category: str, key: bytes) -> None:
-        """Delete one row if present (one transaction)."""
-        self.apply((Change(category, key, None),))
-
-    def get(self, category: str, key: bytes) -> bytes | None:
-        """Read and authenticate one row; ``None`` when absent.
-
-        Raises:
-            IntegrityError: the stored row fails authentication.
-        """
-        category, key = check_category(category), check_key(key)
-        with self._mutex:
-            cipher = self._unlocked()
-            key_hash = cipher.key_hash(category, key)
-            blob = self._backend.get(category, key_hash)
-            if blob is None:
-                return None
-            _, value = cipher.decrypt_row(category, key_hash, blob)
-            return value
-
-    def items(self, category: str) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, value)`` of a category, authenticated, in key-hash order."""
-        category = check_category(category)
-        with self._mutex:
-            cipher = self._unlocked()
-            rows = self._backend.scan(category)
-        for key_hash, blob in rows:
-            with self._mutex:
-                cipher = self._unlocked()
-                yield cipher.decrypt_row(category, key_hash, blob)
-
-    def open_rows(self) -> dict[str, dict[bytes, bytes]]:
-        """Every row of the vault, authenticated: ``{category: {key: value}}``.
-
-        What loading a whole vault into memory needs, at the cost of one scan:
-        one query for all categories, the vault's lock taken once, and the
-        per-category state looked up once per category instead of once per row.
-        All or nothing: a row that fails authentication raises and nothing is
-        returned.
-
-        Raises:
-            VaultLocked, VaultClosed: the vault cannot be read now.
-            IntegrityError: a row fails authentication or the file is damaged.
-        """
-        with self._mutex:
-            cipher = self._unlocked()
-            rows, record = self._rows_and_record()
-            # Decrypting under the lock: a concurrent lock() waits instead of
-            # wiping the keys mid-scan.
-            opened = cipher.open_rows(rows, self._stored_category, self._stored_blob)
-            self._check_state(rows, record)
-            return opened
-
-    def _rows_and_record(self) -> tuple[list[tuple[str, bytes, bytes]], bytes | None]:
-        """Every stored row and the state record, from one read transaction."""
-        conn = self._connection()
-        with _db_errors(self._path):
-            conn.execute("BEGIN")
-            try:
-                rows = conn.execute(
-                    "SELECT category, key_hash, value FROM keystore_rows"
-                ).fetchall()
-                record = _read_state_record(conn, self._path)
-            finally:
-                conn.execute("COMMIT")
-        return rows, record
-
-    def _stored_category(self, name: object) -> str:
-        """A category name read back from the file; anything the vault never writes is damage."""
-        try:
-            return check_category(name)
-        except (TypeError, ValueError):
-            raise IntegrityError(
-                f"vault {self._path} is corrupt: a row has an invalid category name"
-            ) from None
-
-    def _stored_blob(self, value: object) -> bytes:
-        return _stored(value, self._path)
-
-    def categories(self) -> list[str]:
-        """The categories that hold at least one row, sorted."""
-        with self._mutex:
-            self._unlocked()
-            names = self._backend.categories()
-        for name in names:
-            try:
-                check_category(name)
-            except ValueError:  # the vault never writes such a name: the file is damaged
-                raise IntegrityError(
-                    f"vault {self._path} is corrupt: a row has an invalid category name"
-                ) from None
-        return names
-
-    def apply(self, changes: Iterable[ChangeLike], *, yield_gil: bool = False) -> int:
-        """Write and delete many rows in ONE transaction: all applied or none.
-
-        Repeated changes to the same row are coalesced (the last wins), so a batch
-        from a dirty log writes each row once.  Every change is validated and
-        encrypted before the transaction begins: bad input changes nothing.
-
-        Args:
-            changes: the rows to write (``value`` set) or delete (``value=None``).
-            yield_gil: pause for a tenth of a millisecond after every 256 rows
-                encrypted, so that an event loop running in another thread of this
-                process gets the GIL within about a millisecond instead of after
-                the interpreter's switch interval (5 ms by default).  For callers
-                on a worker thread beside an event loop; ``AsyncDrainer`` sets it.
-
-        Returns:
-            The number of distinct rows written or deleted.
-        """
-        latest = _coalesce(list(map(_CHANGE_FIELDS, changes)))
-        if not latest:
-            return 0
-        with self._mutex:
-            cipher = self._writable()
-            upserts, deletes = cipher.seal_changes(
-                latest.items(), len(latest), pause=_YIELD_PAUSE if yield_gil else 0.0
-            )
-            state: VaultState | None = None
-            with self._write_txn() as conn:
-                if _state_digest_enabled and self._digest is not None:
-                    state = self._advance_state(conn, upserts, deletes)
-                self._backend.write_rows(conn, upserts, deletes)
-            if state is not None:
-                self._state = state
-                self._update_anchor(state.generation)
-        return len(latest)
-
-    def _advance_state(
-        self,
-        conn: sqlite3.Connection,
-        upserts: list[tuple[str, bytes, bytes]],
-        deletes: list[tuple[str, bytes]],
-    ) -> VaultState:
-        """Write the next state record, in the write's transaction, in O(rows changed).
-
-        Reads the record and the values about to be replaced or deleted (before
-        the write touches them), subtracts those, adds the new values.
-        """
-        assert self._digest is not None
-        record = _read_state_record(conn, self._path)
-        if record is None:
-            raise RollbackDetected(
-                f"vault {self._path} has lost its state record; nothing was written",
-                reason="record",
-            )
-        current = self._digest.open(record)
-        digest = RowSetDigest.of_state(self._digest, current)
-        targets = [(c, kh) for c, kh, _ in upserts]
-        targets += deletes
-        digest.remove(_old_values(conn, targets, self._path))
-        digest.add(upserts)
-        state = digest.state(current.generation + 1)
-        _write_state_record(conn, self._digest.seal(state))
-        return state
-
     # ------------------------------------------------------------------ keys
 
-    def change_passphrase(
-        self,
-        old: str | bytes,
-        new: str | bytes,
-        *,
-        kdf: KdfParameters | None = None,
-        rekey: bool = False,
-        progress: ProgressCallback | None = None,
-    ) -> None:
-        """Rewrap the two secrets under a new passphrase: O(1), atomic, no row touched.
+    def _headers_for_rewrap(self) -> tuple[Header, ...]:
+        """A SQLCipher vault's header file may hold a pending header too: both are rewrapped."""
+        if not self._header.sqlcipher:
+            return super()._headers_for_rewrap()
+        self._rewrap_sidecar = self._read_sidecar()
+        return self._rewrap_sidecar.headers()
 
-        Works locked or unlocked.  ``kdf`` optionally moves to new Argon2id
-        parameters at the same time (see :meth:`needs_rehash`).
+    def _unwrap_for_rewrap(
+        self, kek: bytearray, headers: tuple[Header, ...]
+    ) -> list[tuple[Header, bytearray]]:
+        if not self._header.sqlcipher:
+            return super()._unwrap_for_rewrap(kek, headers)
+        assert self._rewrap_sidecar is not None  # read by _headers_for_rewrap
+        return _unwrap_headers(kek, self._rewrap_sidecar, self._path)
 
-        A rewrap alone does not revoke the old passphrase: whoever holds an earlier
-        copy of the header (an old backup, a synced copy) and learns the old
-        passphrase still unwraps the same secrets, which read every later row.
-        ``rekey=True`` closes that: the secrets themselves are replaced too (new
-        data key and hash key, every row re-encrypted and re-hashed, as
-        :meth:`rekey`), so an old header opens nothing written from now on.  It
-        needs the vault unlocked and writable.  On a plain vault the new header and
-        the rewritten rows are one transaction; a SQLCipher vault takes two atomic
-        steps (the rewrap, then its rekey): a crash between them leaves the new
-        passphrase in force and the old secrets in use, and the rekey can simply be
-        run again.
-
-        Args:
-            progress: with ``rekey``, called as ``progress(done, total)``.
-
-        Raises:
-            WrongPassphrase: ``old`` is wrong.
-            IntegrityError: the header in the file does not belong to this vault's
-                keys (another vault's header was put in); nothing was written.
-            VaultLocked: ``rekey=True`` on a locked vault.
-        """
-        old_secret, new_secret = normalize_passphrase(old), normalize_passphrase(new)
-        if kdf is not None and not isinstance(kdf, KdfParameters):
-            raise TypeError("kdf must be a keystore.profiles.KdfParameters")
-        self._rewrap(KDF_ARGON2ID, old_secret, new_secret, kdf, rekey=rekey, progress=progress)
-
-    def change_key(self, old: bytes, new: bytes, *, rekey: bool = False) -> None:
-        """Rewrap the secrets of a raw-key vault under a new 32-byte key (O(1), atomic).
-
-        ``rekey`` is as in :meth:`change_passphrase`.
-        """
-        self._rewrap(KDF_RAW_KEY, check_raw_key(old), check_raw_key(new), None, rekey=rekey)
-
-    def _rewrap(
-        self, kdf_id: int, old: bytes, new: bytes, kdf: KdfParameters | None,
-        *, rekey: bool = False, progress: ProgressCallback | None = None,
-    ) -> None:
-        """Rewrap the secrets under a new KEK and store the header(s) atomically.
-
-        A SQLCipher vault's header file may hold a pending header (an interrupted
-        rekey): both are rewrapped, under one new salt, in one atomic replace.
-        With ``rekey`` the secrets are replaced as well (see :meth:`change_passphrase`).
-        """
-        with self._mutex:
-            if rekey:
-                self._writable()  # before any KDF runs: a locked vault cannot rekey
-            sidecar = self._read_sidecar() if self._header.sqlcipher else None
-            if sidecar is None:
-                conn = self._connection()
-            if self._readonly:
-                raise VaultIOError(f"vault {self._path} was opened read-only")
-            if sidecar is None:
-                with _db_errors(self._path):
-                    headers: tuple[Header, ...] = (self._read_header(conn, self._path),)
-            else:
-                headers = sidecar.headers()
-            self._check_kdf_kind(headers[0], kdf_id)
-            old_kek = derive_wrapping_key(headers[0], old)
-            try:
-                keyed = (
-                    [(headers[0], unwrap_secrets(old_kek, headers[0]))]
-                    if sidecar is None
-                    else _unwrap_headers(old_kek, sidecar, self._path)
-                )
-            finally:
-                _wipe(old_kek)
-            salt = os.urandom(SALT_LEN)
-            new_kek: bytearray | None = None
-            try:
-                self._check_header_is_ours(keyed)
-                rewrapped: list[Header] = []
-                for header, secrets in keyed:
-                    fresh = replace(header, kdf=kdf if kdf is not None else header.kdf, salt=salt)
-                    if new_kek is None:  # every header shares salt and KDF: one derivation
-                        new_kek = derive_wrapping_key(fresh, new)
-                    rewrapped.append(wrap_secrets(new_kek, fresh, secrets))
-            except BaseException:
-                _wipe(new_kek)
-                raise
-            finally:
-                _wipe(*(s for _, s in keyed))
-            assert new_kek is not None
-            if rekey and sidecar is None:
-                # Plain vault: new secrets, rows and the header under the new
-                # passphrase in one transaction.  Takes over new_kek.
-                self._rekey(progress, new_kek=new_kek, template=rewrapped[0])
-                return
-            try:
-                if sidecar is None:
-                    with self._write_txn() as conn:
-                        self._store_header(conn, rewrapped[0])
-                else:
-                    sidecar = Sidecar(
-                        rewrapped[0], rewrapped[1] if len(rewrapped) > 1 else None,
-                        sidecar.schema_version,
-                    )
-                    sidecar.write(self._path)
-                    self._sidecar = sidecar
-            except BaseException:
-                _wipe(new_kek)
-                raise
-            in_use = self._header.key_generation
-            self._header = next(
-                (h for h in rewrapped if h.key_generation == in_use), rewrapped[0]
-            )
-            if self._kek is not None:
-                _wipe(self._kek)
-                self._kek = new_kek
-            else:
-                _wipe(new_kek)
-            if rekey:
-                self._rekey(progress)
-
-    def _check_header_is_ours(self, keyed: list[tuple[Header, bytearray]]) -> None:
-        """Refuse a header that the old passphrase opens but that is not this vault's.
-
-        Someone who can write the file may put in the header of another vault that
-        shares the passphrase; rewrapping it would silently re-key this vault to
-        secrets that decrypt none of its rows (reads would then find nothing).
-        The store id must match, and when this object holds the keys, the secrets
-        unwrapped must be the ones it holds (compared in constant time).
-        """
-        for header, _ in keyed:
-            if header.store_id != self._header.store_id:
-                raise IntegrityError(
-                    f"the header in vault {self._path} belongs to another vault (its store "
-                    "id differs from the one opened): it was replaced; nothing was written"
-                )
-        if self._cipher is None:
+    def _store_rewrapped(self, headers: list[Header]) -> None:
+        """A SQLCipher vault's headers go to its header file, in one atomic replace."""
+        if not self._header.sqlcipher:
+            super()._store_rewrapped(headers)
             return
-        held = self._cipher.secrets()
-        try:
-            same = [
-                hmac.compare_digest(bytes(secrets), bytes(held))
-                for header, secrets in keyed
-                if header.key_generation == self._header.key_generation
-            ]
-        finally:
-            _wipe(held)
-        if not any(same):
-            raise IntegrityError(
-                f"the header in vault {self._path} does not wrap the keys this vault "
-                "holds (its key check failed): it was replaced; nothing was written"
-            )
+        read, self._rewrap_sidecar = self._rewrap_sidecar, None
+        assert read is not None  # read by _headers_for_rewrap
+        sidecar = Sidecar(headers[0], headers[1] if len(headers) > 1 else None,
+                          read.schema_version)
+        sidecar.write(self._path)
+        self._sidecar = sidecar
 
-    def _store_header(self, conn: sqlite3.Connection, header: Header) -> None:
-        conn.execute("UPDATE keystore_header SET header = ? WHERE id = 1", (header.to_bytes(),))
+    def _rewrap_and_rekey_together(self) -> bool:
+        # A file rename and a SQLite transaction cannot be one atomic step.
+        return not self._header.sqlcipher
 
-    def rekey(self, progress: ProgressCallback | None = None) -> None:
-        """Replace both secrets and re-encrypt and re-hash every row, in one transaction.
+    def _header_adopted(self, header: Header) -> None:
+        """A SQLCipher vault's flagged header goes to its header file, after the commit
+        (a crash in between leaves a record without the flag, which the next writable
+        unlock checks against the rows and keeps)."""
+        if self._header.sqlcipher:
+            assert self._sidecar is not None
+            sidecar = Sidecar(header, None, self._sidecar.schema_version)
+            sidecar.write(self._path)
+            self._sidecar = sidecar
 
-        A new random data key encrypts every row, and a new hash key re-hashes every
-        row key, so an old copy of the header (with its passphrase) neither decrypts
-        nor recognizes anything written from now on.  Every row is authenticated
-        under the old keys first: a corrupt row aborts the rekey and nothing is
-        written.  Resets the nonce-budget counter.
+    def _commit_rekey(
+        self,
+        rows: list[tuple[str, bytes, bytes, bytes]],
+        header: Header,
+        record: bytes | None,
+        expected_record: bytes | None,
+    ) -> None:
+        """Phases 1 and 2 of a SQLCipher rekey: the pending header, then the rows.
 
-        A SQLCipher vault's page key derives from the secrets, so it changes too.
-        A file rename and a SQLite transaction cannot be one atomic step, so that
-        rekey is two-phase, in four steps: (1) prepare: the header file gets the
-        next header as *pending* beside the current one; (2) commit: one
-        transaction rewrites the rows and records their new key generation; then
-        (3) ``PRAGMA rekey`` re-encrypts every page (itself atomic) and (4) the
-        header file keeps only the new header.
+        A file rename and a SQLite transaction cannot be one atomic step, so a
+        SQLCipher rekey takes four: (1) the header file gets the next header as
+        *pending* beside the current one; (2) one transaction rewrites the rows and
+        records their new key generation; (3) ``PRAGMA rekey`` re-encrypts every
+        page (itself atomic) and (4) the header file keeps only the new header.
         After a crash at any point, :meth:`unlock` finds the key that opens the
         pages, trusts the generation recorded with the rows, and completes (or,
         before step 2, drops) the rekey.
-
-        Args:
-            progress: called as ``progress(done, total)`` while rows are re-encrypted.
         """
-        with self._mutex:
-            self._rekey(progress)
+        if not self._header.sqlcipher:
+            super()._commit_rekey(rows, header, record, expected_record)
+            return
+        assert self._sidecar is not None  # open() sets it for every SQLCipher vault
+        schema_version = self._sidecar.schema_version
+        Sidecar(self._header, header, schema_version).write(self._path)
+        _rekey_step("pending-written")
+        try:
+            self._sqlite.rehash(
+                rows, header.to_bytes(), len(rows), record, expected_record,
+                key_generation=header.key_generation,
+            )
+        except BaseException:
+            self._withdraw_pending(schema_version)
+            raise
 
-    def _rekey(
-        self,
-        progress: ProgressCallback | None,
-        *,
-        new_kek: bytearray | None = None,
-        template: Header | None = None,
-    ) -> None:
-        """:meth:`rekey`; with ``new_kek`` and ``template`` (plain vaults only) the new
-        header is wrapped under ``new_kek`` with ``template``'s salt and KDF, in the
-        same transaction: a passphrase change and rekey in one atomic step.
-        ``new_kek`` is taken over (installed, or wiped on failure).
-        """
-        try:
-            old = self._writable()
-            assert self._kek is not None
-            assert new_kek is None or not self._header.sqlcipher
-            kek = self._kek if new_kek is None else new_kek
-            base = self._header if template is None else template
-            conn = self._connection()
-            with _db_errors(self._path):
-                rows = conn.execute(
-                    "SELECT id, category, key_hash, value FROM keystore_rows"
-                ).fetchall()
-        except BaseException:
-            _wipe(new_kek)
-            raise
-        total = len(rows)
-        # Both secrets are new: the hash key rotates with the data key, so stored
-        # key hashes change too and an old header cannot even confirm a row key.
-        new = StoreCipher.generate(old.store_id)
-        new_digest: DigestKeys | None = None
-        try:
-            updated: list[tuple[bytes, bytes, int]] = []
-            step = max(1, total // 100)
-            for i, (row_id, category, key_hash, blob) in enumerate(rows):
-                if not isinstance(category, str):
-                    raise IntegrityError(
-                        f"vault {self._path} is corrupt: a category is stored as "
-                        f"{_sql_type(category)}"
-                    )
-                kh = _stored(key_hash, self._path)
-                key, value = old.decrypt_row(category, kh, _stored(blob, self._path))
-                new_hash = new.key_hash(category, key)
-                updated.append((new_hash, new.encrypt_row(category, new_hash, key, value), row_id))
-                if progress is not None and (i % step == 0):
-                    progress(i, total)
-            # The new keys give new digest keys: the record is sealed afresh over
-            # the new ciphertexts, one generation on, in the rows' transaction --
-            # after checking the old rows against the old record, or a row put back
-            # before the rekey would be vouched for from then on.
-            new_state = VaultState(0, 0, 0)
-            if self._digest is not None and self._header.state_digest:
-                with _db_errors(self._path):
-                    record = _read_state_record(conn, self._path)
-                self._check_state([(c, kh, v) for _, c, kh, v in rows], record)
-                previous = self._digest.open(record).generation if record is not None else 0
-                digest_secrets = new.secrets()
-                try:
-                    new_digest = DigestKeys(digest_secrets, old.store_id)
-                finally:
-                    _wipe(digest_secrets)
-                running = RowSetDigest(new_digest)
-                running.add(
-                    (category, new_hash, blob)
-                    for (_, category, _, _), (new_hash, blob, _) in zip(rows, updated, strict=True)
-                )
-                new_state = running.state(previous + 1)
-            secrets = new.secrets()
-            try:
-                next_header = wrap_secrets(
-                    kek,
-                    Header(
-                        store_id=base.store_id,
-                        kdf_id=base.kdf_id,
-                        kdf=base.kdf,
-                        salt=base.salt,
-                        key_generation=self._header.key_generation + 1,
-                        wrap_nonce=base.wrap_nonce,
-                        wrapped=base.wrapped,
-                        flags=base.flags,
-                    ),
-                    secrets,
-                )
-            finally:
-                secrets[:] = bytes(len(secrets))
-            sidecar: Sidecar | None = None
-            if self._header.sqlcipher:
-                assert self._sidecar is not None  # open() sets it for every SQLCipher vault
-                sidecar = Sidecar(self._header, next_header, self._sidecar.schema_version)
-                sidecar.write(self._path)
-                _rekey_step("pending-written")
-            try:
-                with self._write_txn() as txn:
-                    txn.executemany(
-                        "UPDATE keystore_rows SET key_hash = ?, value = ? WHERE id = ?",
-                        updated,
-                    )
-                    if new_digest is not None:
-                        _write_state_record(txn, new_digest.seal(new_state))
-                    txn.execute(
-                        "UPDATE keystore_counters SET value = ? WHERE name = 'encryptions'",
-                        (total,),
-                    )
-                    if sidecar is None:
-                        self._store_header(txn, next_header)
-                    else:
-                        _store_row_generation(txn, next_header.key_generation)
-            except BaseException:
-                if sidecar is not None:
-                    self._withdraw_pending(sidecar.schema_version)
-                raise
-        except BaseException:
-            new.wipe()
-            if new_digest is not None:
-                new_digest.wipe()
-            _wipe(new_kek)
-            raise
-        # The rows are committed under the new secrets: from here on they are the
-        # keys in use, whatever happens to the SQLCipher phases below.
-        self._header = next_header
-        old.wipe()
-        self._cipher = new
-        if new_kek is not None:
-            _wipe(self._kek)
-            self._kek = new_kek
-        if new_digest is not None:
-            if self._digest is not None:
-                self._digest.wipe()
-            self._digest, self._state = new_digest, new_state
-            self._update_anchor(new_state.generation)
-        if sidecar is not None:
+    def _after_rekey(self, header: Header) -> None:
+        """Phases 3 and 4 of a SQLCipher rekey (see :meth:`_commit_rekey`)."""
+        if self._header.sqlcipher:
+            assert self._sidecar is not None
             _rekey_step("rows-committed")
-            self._finish_page_rekey(next_header, sidecar.schema_version)
-        if progress is not None:
-            progress(total, total)
+            self._finish_page_rekey(header, self._sidecar.schema_version)
 
     def _withdraw_pending(self, schema_version: int) -> None:
         """After a failed rekey transaction, drop the pending header from the header file.
@@ -2054,37 +1158,9 @@ class Vault:
 
     # ------------------------------------------------------------------ reports
 
-    def stats(self) -> StatsReport:
-        """Rows and bytes per category and the nonce budget.
-
-        Needs no key for a plain vault.  A SQLCipher vault hides exactly these
-        figures until it is unlocked (:class:`VaultLocked` before).
-        """
-        with self._mutex:
-            self._connection()
-            per_cat = self._backend.category_counts()
-            encryptions = self._backend.encryptions()
-            version = self._backend.schema_version()
-            header = self._header
-        from keystore.reports import REKEY_RECOMMENDED_AT, CategoryStats, StatsReport
-
-        cats = {c: CategoryStats(rows=n, bytes=b) for c, n, b in per_cat}
-        return StatsReport(
-            path=str(self._path),
-            store_id=header.store_id.hex(),
-            schema_version=version,
-            header_format=HEADER_FORMAT,
-            sqlcipher=header.sqlcipher,
-            kdf=_kdf_info(header),
-            key_generation=header.key_generation,
-            categories=cats,
-            total_rows=sum(c.rows for c in cats.values()),
-            total_bytes=sum(c.bytes for c in cats.values()),
-            file_bytes=_file_bytes(self._path),
-            encryptions=encryptions,
-            budget_used=encryptions / float(2**32),
-            rekey_recommended=encryptions >= REKEY_RECOMMENDED_AT,
-        )
+    def _stored_bytes(self, row_bytes: int) -> int:
+        """The file plus its WAL."""
+        return _file_bytes(self._path)
 
     def compact(self) -> tuple[int, int]:
         """Give the space of deleted rows back to the file system (SQLite ``VACUUM``).
@@ -2111,135 +1187,6 @@ class Vault:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return before, _file_bytes(self._path)
 
-    @contextlib.contextmanager
-    def read_snapshot(self) -> Iterator[Snapshot]:
-        """Read every row from ONE consistent state of the vault.
-
-        Inside the ``with`` block the vault is in a single read transaction: a
-        batch another writer (another process, through WAL) commits meanwhile is
-        seen entirely or not at all, never half.  This object's other threads wait
-        until the block ends (it holds this vault's lock), so keep it short-lived.
-
-        ::
-
-            with vault.read_snapshot() as snap:
-                for category, key, value in snap:
-                    ...
-
-        Raises:
-            VaultLocked: the vault is locked.
-            IntegrityError: a row fails authentication (raised while iterating).
-        """
-        with self._mutex:
-            cipher = self._unlocked()
-            conn = self._connection()
-            with _db_errors(self._path):
-                conn.execute("BEGIN")
-            try:
-                with _db_errors(self._path):
-                    # The first read fixes the snapshot: every later one sees the same.
-                    (count,) = conn.execute("SELECT COUNT(*) FROM keystore_rows").fetchone()
-                yield Snapshot(self, conn, cipher, int(count))
-            finally:
-                with contextlib.suppress(*sqlcipher_layer.db_error_types()):
-                    if conn.in_transaction:
-                        conn.execute("COMMIT")
-
-    def verify(self) -> VerifyReport:
-        """Decrypt and authenticate every row, in one read snapshot; list the failures.
-
-        Failures are reported by category and key hash only, never plaintext.
-        When every row authenticates, the set of rows is checked against the
-        vault's state record too (docs/format.md §15).
-
-        Raises:
-            RollbackDetected: every row authenticates, but they are not the rows
-                the state record vouches for (a row put back, deleted or re-inserted).
-        """
-        from keystore.reports import RowFailure, VerifyReport
-
-        with self._mutex:
-            cipher = self._unlocked()
-            rows, record = self._rows_and_record()
-            failures = []
-            for category, key_hash, blob in rows:
-                try:
-                    cipher.decrypt_row(
-                        str(category), _stored(key_hash, self._path), _stored(blob, self._path)
-                    )
-                except IntegrityError as exc:
-                    failures.append(
-                        RowFailure(
-                            category=str(category),
-                            key_hash=key_hash.hex() if isinstance(key_hash, bytes) else "",
-                            reason=str(exc).split(" in category")[0],
-                        )
-                    )
-            if not failures:
-                self._check_state(rows, record)
-        return VerifyReport(ok=not failures, rows_checked=len(rows), failures=failures)
-
-
-class Snapshot:
-    """The rows of a vault as of one moment; made by :meth:`Vault.read_snapshot`.
-
-    Iterating yields ``(category, key, value)``, authenticated, in category and
-    key-hash order, fetched in batches (never the whole vault in memory).
-    """
-
-    __slots__ = ("_cipher", "_conn", "_vault", "rows")
-    _BATCH = 256
-
-    def __init__(
-        self, vault: Vault, conn: sqlite3.Connection, cipher: StoreCipher, rows: int
-    ) -> None:
-        self._vault = vault
-        self._conn = conn
-        self._cipher = cipher
-        #: How many rows the snapshot holds.
-        self.rows = rows
-
-    def __iter__(self) -> Iterator[tuple[str, bytes, bytes]]:
-        """Yield every row; after the last one, check them against the state record.
-
-        Raises:
-            IntegrityError: a row fails authentication.
-            RollbackDetected: (after the last row) they are not the rows the state
-                record vouches for; a consumer must not trust what it read before.
-        """
-        path = self._vault.path
-        digest = self._vault._scan_digest()
-        with _db_errors(path):
-            cursor = self._conn.execute(
-                "SELECT category, key_hash, value FROM keystore_rows"
-                " ORDER BY category, key_hash"
-            )
-        while True:
-            with _db_errors(path):
-                batch = cursor.fetchmany(self._BATCH)
-            if not batch:
-                if digest is not None:
-                    with _db_errors(path):
-                        record = _read_state_record(self._conn, path)
-                    self._vault._check_digest(digest, record)
-                return
-            for category, key_hash, blob in batch:
-                if self._vault.locked:
-                    raise VaultLocked(f"vault {path} was locked during the read")
-                try:
-                    name = check_category(category)
-                except (TypeError, ValueError):
-                    raise IntegrityError(
-                        f"vault {path} is corrupt: a row has an invalid category name"
-                    ) from None
-                key, value = self._cipher.decrypt_row(
-                    name, _stored(key_hash, path), _stored(blob, path)
-                )
-                yield name, key, value
-            if digest is not None:  # every row of the batch authenticated: well-typed
-                digest.add(batch)
-
-
 #: Every Vault object of this process, for the fork handler (weak references only).
 _LIVE_VAULTS: weakref.WeakSet[Vault] = weakref.WeakSet()
 #: Connections inherited by a forked child: kept referenced so that they are never
@@ -2253,19 +1200,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _kdf_info(header: Header) -> KdfInfo:
-    from keystore.reports import KdfInfo
-
-    if header.kdf is None:
-        return KdfInfo(kind="raw-key")
-    return KdfInfo(
-        kind="argon2id",
-        time_cost=header.kdf.time_cost,
-        memory_cost_kib=header.kdf.memory_cost,
-        parallelism=header.kdf.parallelism,
-    )
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

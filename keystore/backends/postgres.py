@@ -39,12 +39,12 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from keystore.backend import CategoryCount, RowRef, SealedRow
+from keystore.backend import AdoptState, CategoryCount, RowRef, SealedRow, StateUpdate
 from keystore.backends._psycopg import PostgresUnavailable
 from keystore.backends._psycopg import first_line as _first_line
 from keystore.backends._psycopg import require as _psycopg
@@ -93,12 +93,6 @@ _TAIL = 16
 #: Test seam: called inside every apply transaction, after the fencing update (a
 #: test stops the process there).  ``None`` in production.
 _apply_hook: Callable[[], None] | None = None
-
-#: Called inside a fenced apply transaction with the stored state record and the
-#: stored ``(category, key_hash, value)`` of the rows the batch replaces or deletes
-#: (read in that transaction, before the write); returns the next record, or raises
-#: to roll the whole transaction back.
-StateUpdate = Callable[[bytes | None, list[SealedRow]], bytes]
 
 #: Test seam: called with the version of a migration step after its statements ran,
 #: before its record and commit (the concurrency test stalls there).  ``None`` in
@@ -658,6 +652,26 @@ class PostgresDatabase:
 # ---------------------------------------------------------------------- one vault
 
 
+class _Snapshot:
+    """The rows and state record of one repeatable-read scan (see ``read_snapshot``)."""
+
+    in_memory = True
+
+    def __init__(self, rows: list[SealedRow], record: bytes | None) -> None:
+        self._rows = rows
+        self._record = record
+        self.count = len(rows)
+
+    def batches(self) -> Iterator[list[SealedRow]]:
+        """All the rows, as one batch (they are in memory already)."""
+        if self._rows:
+            yield self._rows
+
+    def state_record(self) -> bytes | None:
+        """The record read with the rows."""
+        return self._record
+
+
 class PostgresBackend:
     """The :class:`~keystore.backend.VaultBackend` of one vault in a PostgreSQL database.
 
@@ -882,9 +896,18 @@ class PostgresBackend:
 
         return self._db.run(q)
 
-    def adopt_state(
-        self, build: Callable[[list[SealedRow], bytes | None], tuple[bytes, bytes]]
-    ) -> None:
+    @contextlib.contextmanager
+    def read_snapshot(self) -> Iterator[_Snapshot]:
+        """The rows and record of one statement snapshot, fetched whole.
+
+        A snapshot held open across a ``with`` block would pin a server transaction
+        (and the lease's connection) for as long as the caller iterates; one
+        repeatable-read scan gives the same consistency without that.
+        """
+        rows, record = self.scan_with_state()
+        yield _Snapshot(rows, record)
+
+    def adopt_state(self, build: AdoptState) -> None:
         """Give the vault a state record: one fenced transaction reads every row and
         the current record, ``build(rows, record)`` returns ``(record, header)`` (or
         raises, which writes nothing), and both are stored."""
@@ -912,7 +935,7 @@ class PostgresBackend:
         rows: Sequence[tuple[str, bytes, bytes, bytes]],
         header: bytes,
         encryptions: int,
-        record: bytes,
+        record: bytes | None,
         expected_record: bytes | None,
     ) -> None:
         """A rekey's write: every row gets a new key hash and value, with the new
@@ -933,7 +956,7 @@ class PostgresBackend:
             with conn.transaction():
                 self._fence(conn, 0)
                 stored = self._read_state(conn)
-                if stored == record:
+                if record is not None and stored == record:
                     return  # a retry after a lost commit reply: it landed whole
                 if stored != expected_record:
                     raise RollbackDetected(
@@ -962,8 +985,8 @@ class PostgresBackend:
                         reason="rows",
                     )
                 conn.execute(
-                    f"UPDATE {s}.stores SET header = %s, encryptions = %s, state = %s"
-                    " WHERE store_id = %s",
+                    f"UPDATE {s}.stores SET header = %s, encryptions = %s,"
+                    " state = coalesce(%s, state) WHERE store_id = %s",
                     (header, encryptions, record, sid),
                 )
 

@@ -13,27 +13,40 @@ Tables (see ``docs/format.md``)::
     keystore_header   (id = 1, header)                 -- the wrapped secrets
     keystore_rows     (category, key_hash, value)      -- sealed rows
     keystore_counters (name, value)                    -- 'encryptions': the nonce budget
+    keystore_state    (id = 1, record)                 -- the state record (format.md §15)
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 from keystore import migrations
 from keystore import sqlcipher as sqlcipher_layer
-from keystore.backend import CategoryCount, RowRef, SealedRow
-from keystore.errors import IntegrityError, KeystoreError, VaultBusy, VaultIOError
+from keystore.backend import AdoptState, CategoryCount, RowRef, SealedRow, StateUpdate
+from keystore.errors import (
+    IntegrityError,
+    KeystoreError,
+    RollbackDetected,
+    VaultBusy,
+    VaultIOError,
+)
 from keystore.sidecar import sidecar_path_for
 
 __all__ = ["SqliteBackend", "stored_count"]
 
-#: A header blob larger than this is damage, not a header (the format's is < 200 bytes).
-_MAX_HEADER_BLOB = 64 * 1024
+#: A header blob larger than this is damage, not a header (the format's is 149 bytes).
+_MAX_HEADER_BLOB = 4096
+#: The counter row naming the key generation the rows of a SQLCipher vault are
+#: encrypted under; it changes in the same transaction as the rows themselves.
+ROW_GENERATION = "key_generation"
+#: Key hashes per lookup of the values a write replaces (under SQLite's 999 variables).
+_OLD_VALUES_CHUNK = 500
 
 
 _UPSERT_HEAD = "INSERT INTO keystore_rows (category, key_hash, value) VALUES "
@@ -125,6 +138,97 @@ def _stored(value: object, path: Path) -> bytes:
     raise IntegrityError(f"vault {path} is corrupt: a stored key hash or value is not a blob")
 
 
+def read_state_record(conn: sqlite3.Connection, path: Path) -> bytes | None:
+    """The state record (docs/format.md §15.3), or ``None`` when there is none."""
+    try:
+        row = conn.execute("SELECT record FROM keystore_state WHERE id = 1").fetchone()
+    except sqlcipher_layer.db_error_types() as exc:
+        if "no such table" in str(exc):  # dropped: reported as a missing record
+            return None
+        raise
+    if row is None:
+        return None
+    if not isinstance(row[0], bytes):
+        raise IntegrityError(f"vault {path} is corrupt: its state record is not a BLOB")
+    return row[0]
+
+
+def write_state_record(conn: sqlite3.Connection, record: bytes) -> None:
+    """Store the state record, inside a transaction the caller holds."""
+    conn.execute(
+        "INSERT INTO keystore_state (id, record) VALUES (1, ?)"
+        " ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+        (record,),
+    )
+
+
+def store_row_generation(conn: sqlite3.Connection, generation: int) -> None:
+    """Record the key generation of a SQLCipher vault's rows (with the rows' write)."""
+    conn.execute(
+        "INSERT INTO keystore_counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (ROW_GENERATION, generation),
+    )
+
+
+def _old_values(
+    conn: sqlite3.Connection, targets: Iterable[RowRef], path: Path
+) -> list[SealedRow]:
+    """The stored ``(category, key_hash, value)`` of the rows a write replaces or deletes.
+
+    One indexed lookup per category and chunk of key hashes, in the write's own
+    transaction, so the digest subtracts exactly what the write overwrites.
+    """
+    by_category: dict[str, list[bytes]] = {}
+    for category, key_hash in targets:
+        by_category.setdefault(category, []).append(key_hash)
+    found: list[SealedRow] = []
+    for category, hashes in by_category.items():
+        for lo in range(0, len(hashes), _OLD_VALUES_CHUNK):
+            chunk = hashes[lo : lo + _OLD_VALUES_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found.extend(
+                (category, _stored(kh, path), _stored(value, path))
+                for kh, value in conn.execute(
+                    "SELECT key_hash, value FROM keystore_rows"
+                    f" WHERE category = ? AND key_hash IN ({marks})",
+                    (category, *chunk),
+                )
+            )
+    return found
+
+
+class _Snapshot:
+    """A read transaction held open on the vault's connection (see ``read_snapshot``)."""
+
+    _BATCH = 256
+    in_memory = False
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, count: int) -> None:
+        self._conn = conn
+        self._path = path
+        self.count = count
+
+    def batches(self) -> Iterator[list[SealedRow]]:
+        """The rows in category and key-hash order, 256 at a time (never all in memory)."""
+        with _db_errors(self._path):
+            cursor = self._conn.execute(
+                "SELECT category, key_hash, value FROM keystore_rows"
+                " ORDER BY category, key_hash"
+            )
+        while True:
+            with _db_errors(self._path):
+                batch: list[Any] = cursor.fetchmany(self._BATCH)
+            if not batch:
+                return
+            yield batch
+
+    def state_record(self) -> bytes | None:
+        """The state record, read in the snapshot's transaction."""
+        with _db_errors(self._path):
+            return read_state_record(self._conn, self._path)
+
+
 class SqliteBackend:
     """The sealed rows, header and counters of one vault file.
 
@@ -140,10 +244,16 @@ class SqliteBackend:
         path: Path,
         connection: Callable[[], sqlite3.Connection],
         write_txn: Callable[[], AbstractContextManager[sqlite3.Connection]],
+        *,
+        header_in_database: bool = True,
     ) -> None:
         self._path = path
         self._connection = connection
         self._write_txn = write_txn
+        # False for a SQLCipher vault: its header is in its header file (the database
+        # cannot be read before the key derived from that header is known), so the
+        # writes that would store a header record the rows' key generation instead.
+        self._header_in_database = header_in_database
 
     @property
     def location(self) -> str:
@@ -168,14 +278,36 @@ class SqliteBackend:
         return value
 
     def write_header(self, header: bytes) -> None:
-        """Replace the header row in one write transaction."""
+        """Replace the header row in one write transaction.
+
+        Raises:
+            VaultIOError: a SQLCipher vault, whose header is in its header file
+                (written by the vault); nothing was written.
+        """
+        if not self._header_in_database:
+            raise VaultIOError(
+                f"vault {self._path} keeps its header in its header file, not in the database"
+            )
         with self._write_txn() as conn:
             conn.execute("UPDATE keystore_header SET header = ? WHERE id = 1", (header,))
 
-    def apply(self, upserts: Sequence[SealedRow], deletes: Sequence[RowRef]) -> None:
-        """Upserts, deletes and the nonce counter in ONE write transaction."""
+    def apply(
+        self, upserts: Sequence[SealedRow], deletes: Sequence[RowRef],
+        state: StateUpdate | None = None,
+    ) -> None:
+        """Upserts, deletes, the nonce counter and (with ``state``) the state record,
+        in ONE write transaction; the replaced values are read before the write."""
         with self._write_txn() as conn:
+            record: bytes | None = None
+            if state is not None:
+                targets = [(c, kh) for c, kh, _ in upserts]
+                targets += deletes
+                record = state(
+                    read_state_record(conn, self._path), _old_values(conn, targets, self._path)
+                )
             self.write_rows(conn, upserts, deletes)
+            if record is not None:
+                write_state_record(conn, record)
 
     @staticmethod
     def write_rows(
@@ -235,6 +367,100 @@ class SqliteBackend:
                 "UPDATE keystore_counters SET value = ? WHERE name = 'encryptions'",
                 (encryptions,),
             )
+
+    def read_state(self) -> bytes | None:
+        """The state record, or ``None``."""
+        with _db_errors(self._path):
+            return read_state_record(self._connection(), self._path)
+
+    def scan_with_state(self) -> tuple[list[SealedRow], bytes | None]:
+        """Every row (as stored) and the state record, from one read transaction."""
+        conn = self._connection()
+        with _db_errors(self._path):
+            conn.execute("BEGIN")
+            try:
+                rows: list[Any] = conn.execute(
+                    "SELECT category, key_hash, value FROM keystore_rows"
+                ).fetchall()
+                record = read_state_record(conn, self._path)
+            finally:
+                conn.execute("COMMIT")
+        return rows, record
+
+    @contextlib.contextmanager
+    def read_snapshot(self) -> Iterator[_Snapshot]:
+        """One read transaction for the ``with`` block: WAL keeps its view fixed."""
+        conn = self._connection()
+        with _db_errors(self._path):
+            conn.execute("BEGIN")
+        try:
+            with _db_errors(self._path):
+                # The first read fixes the snapshot: every later one sees the same.
+                (count,) = conn.execute("SELECT COUNT(*) FROM keystore_rows").fetchone()
+            yield _Snapshot(conn, self._path, int(count))
+        finally:
+            with contextlib.suppress(*sqlcipher_layer.db_error_types()):
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def adopt_state(self, build: AdoptState) -> None:
+        """Read every row and the record, store what ``build`` returns: one transaction."""
+        with self._write_txn() as conn:
+            rows: list[Any] = conn.execute(
+                "SELECT category, key_hash, value FROM keystore_rows"
+            ).fetchall()
+            record, header = build(rows, read_state_record(conn, self._path))
+            write_state_record(conn, record)
+            if self._header_in_database:
+                conn.execute("UPDATE keystore_header SET header = ? WHERE id = 1", (header,))
+
+    def rehash(
+        self,
+        rows: Sequence[tuple[str, bytes, bytes, bytes]],
+        header: bytes,
+        encryptions: int,
+        record: bytes | None,
+        expected_record: bytes | None,
+        *,
+        key_generation: int | None = None,
+    ) -> None:
+        """A rekey's write in one transaction (see the Protocol).
+
+        ``key_generation``: for a SQLCipher vault, whose header is written to its
+        header file by the vault, the generation the rows are now under, recorded
+        with them (the truth an interrupted rekey is completed from).
+        """
+        with self._write_txn() as conn:
+            if read_state_record(conn, self._path) != expected_record:
+                raise RollbackDetected(
+                    f"the state record of vault {self._path} changed during the rekey; "
+                    "nothing was written",
+                    reason="record",
+                )
+            before = conn.total_changes
+            conn.executemany(
+                "UPDATE keystore_rows SET key_hash = ?, value = ?"
+                " WHERE category = ? AND key_hash = ?",
+                [(nk, value, c, ok) for c, ok, nk, value in rows],
+            )
+            changed = conn.total_changes - before
+            (total,) = conn.execute("SELECT COUNT(*) FROM keystore_rows").fetchone()
+            if changed != len(rows) or total != len(rows):
+                raise RollbackDetected(
+                    f"the rows of vault {self._path} changed during the rekey; "
+                    "nothing was written",
+                    reason="rows",
+                )
+            if record is not None:
+                write_state_record(conn, record)
+            conn.execute(
+                "UPDATE keystore_counters SET value = ? WHERE name = 'encryptions'",
+                (encryptions,),
+            )
+            if self._header_in_database:
+                conn.execute("UPDATE keystore_header SET header = ? WHERE id = 1", (header,))
+            if key_generation is not None:
+                store_row_generation(conn, key_generation)
 
     def encryptions(self) -> int:
         """Encryptions made under the current data key (the nonce budget used)."""

@@ -1,4 +1,5 @@
-"""The keystore suite runs on both kinds of vault: plain SQLite and SQLCipher."""
+"""The keystore suite runs on both kinds of vault file, plain SQLite and SQLCipher, and
+its conformance module on a vault in PostgreSQL too."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import pytest
 
 from keystore import Vault
 from tests.conftest import FAST_KDF, PASSPHRASE
+
+# The PostgreSQL fixtures (a fresh schema and database handle per test), for the vault
+# conformance suite (test_vault_conformance.py), which runs on both backends.
+from tests.postgres.conftest import pg_db, pg_schema
+
+__all__ = ["pg_db", "pg_schema", "vault"]
 
 
 @pytest.fixture(params=["plain", "sqlcipher"])
