@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from keystore import Vault, profiles
 from keystore.errors import VaultClosed
 from keystore.profiles import KdfParameters
+from keystore.vault import MAX_KEY_LEN
 from mls.categories import MAX_GROUP_ID_LEN
 from mls.drainer import WriteBehindDrainer
 from mls.engine import (
@@ -94,6 +95,8 @@ Engine = EngineName
 DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 
 _MAX_IDENTITY_LEN = 0xFFFF
+#: An external PSK's id is its row key in the vault.
+MAX_PSK_ID_LEN = MAX_KEY_LEN
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
@@ -747,6 +750,13 @@ class MlsClient:
         psk_id, secret = _check_bytes(psk_id, "psk_id"), _check_bytes(secret, "secret")
         if not psk_id or not secret:
             raise ValueError("psk_id and secret must be non-empty")
+        if len(psk_id) > MAX_PSK_ID_LEN:
+            # The id is the PSK's row key in the vault; refuse it here, in terms of
+            # the argument, rather than deep in storage in terms of row keys.
+            raise ValueError(
+                f"psk_id is {len(psk_id)} bytes; this client stores ids of at most "
+                f"{MAX_PSK_ID_LEN} bytes"
+            )
         with self._durable():
             self._engine.store_external_psk(psk_id, secret)
 

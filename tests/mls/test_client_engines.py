@@ -265,6 +265,19 @@ def test_external_psk_by_proposal_and_inline(clients: Clients) -> None:
         mallory.join(welcome)
 
 
+def test_external_psk_id_too_long_is_refused_by_name(clients: Clients) -> None:
+    """A PSK id longer than the client stores is refused as an argument, nothing stored."""
+    from mls.client import MAX_PSK_ID_LEN
+
+    alice, _ = pair(clients)
+    with pytest.raises(ValueError, match="psk_id is"):
+        alice.store_external_psk(b"p" * (MAX_PSK_ID_LEN + 1), b"secret")
+    if clients.engine == "mls-rs":
+        return
+    alice.store_external_psk(b"p" * MAX_PSK_ID_LEN, b"secret")
+    alice.propose_external_psk(GID, b"p" * MAX_PSK_ID_LEN)
+
+
 def test_group_context_extensions(clients: Clients) -> None:
     """GroupContext extensions change by proposal or inline commit, agreed by all."""
     alice, bob = pair(clients)
