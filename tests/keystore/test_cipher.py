@@ -79,3 +79,35 @@ def test_wipe_overwrites_and_disables() -> None:
     cipher.wipe()
     with pytest.raises(RuntimeError):
         cipher.encrypt_row("c", kh, b"k", b"v")
+
+
+def test_gil_pauses_continue_while_each_pause_returns_on_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pause that comes back on time (the GIL was free) keeps the next pauses."""
+    from keystore import cipher as cipher_module
+
+    slept: list[float] = []
+    monkeypatch.setattr(cipher_module.time, "sleep", slept.append)
+    pauses = cipher_module._GilPauses(0.0001)
+    for _ in range(3):
+        pauses()
+    assert slept == [0.0001] * 3
+
+
+def test_gil_pauses_stop_once_a_pause_comes_back_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late pause means a busy thread took the GIL: the rest of the batch does not pause."""
+    from keystore import cipher as cipher_module
+
+    real_sleep = cipher_module.time.sleep
+    slept: list[float] = []
+
+    def held_up(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(0.005)  # as if another thread kept the GIL for a switch interval
+
+    monkeypatch.setattr(cipher_module.time, "sleep", held_up)
+    pauses = cipher_module._GilPauses(0.0001)
+    for _ in range(3):
+        pauses()
+    assert slept == [0.0001]
