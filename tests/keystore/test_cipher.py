@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,7 @@ def test_gil_pauses_continue_while_each_pause_returns_on_time(
     from keystore import cipher as cipher_module
 
     slept: list[float] = []
-    monkeypatch.setattr(cipher_module.time, "sleep", slept.append)
+    monkeypatch.setattr(time, "sleep", slept.append)
     pauses = cipher_module._GilPauses(0.0001)
     for _ in range(3):
         pauses()
@@ -99,14 +100,14 @@ def test_gil_pauses_stop_once_a_pause_comes_back_late(monkeypatch: pytest.Monkey
     """A late pause means a busy thread took the GIL: the rest of the batch does not pause."""
     from keystore import cipher as cipher_module
 
-    real_sleep = cipher_module.time.sleep
+    real_sleep = time.sleep
     slept: list[float] = []
 
     def held_up(seconds: float) -> None:
         slept.append(seconds)
         real_sleep(0.005)  # as if another thread kept the GIL for a switch interval
 
-    monkeypatch.setattr(cipher_module.time, "sleep", held_up)
+    monkeypatch.setattr(time, "sleep", held_up)
     pauses = cipher_module._GilPauses(0.0001)
     for _ in range(3):
         pauses()
