@@ -45,7 +45,9 @@ def test_random_nonces_differ() -> None:
 def test_batch_sealing_decrypts_row_by_row() -> None:
     """seal_changes() output decrypts with decrypt_row(), each row with its own nonce."""
     cipher = StoreCipher.generate(bytes(16))
-    changes = [(("c", bytes([i])), bytes([i]) * i) for i in range(50)]
+    changes: list[tuple[tuple[str, bytes], bytes | None]] = [
+        (("c", bytes([i])), bytes([i]) * i) for i in range(50)
+    ]
     changes.append((("c", b"gone"), None))
     upserts, deletes = cipher.seal_changes(changes, len(changes))
     assert deletes == [("c", cipher.key_hash("c", b"gone"))]
