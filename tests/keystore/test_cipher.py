@@ -114,3 +114,24 @@ def test_gil_pauses_stop_once_a_pause_comes_back_late(monkeypatch: pytest.Monkey
     for _ in range(3):
         pauses()
     assert slept == [0.0001]
+
+
+def test_seal_changes_pauses_before_each_slice_of_hashing_and_of_sealing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``pause``, 600 rows get 3 pauses while hashing keys and 3 while encrypting."""
+    from types import SimpleNamespace
+
+    from keystore import cipher as cipher_module
+
+    slept: list[float] = []
+    fake_time = SimpleNamespace(sleep=slept.append, perf_counter=time.perf_counter)
+    monkeypatch.setattr(cipher_module, "time", fake_time)
+    cipher = StoreCipher.generate(bytes(16))
+    changes = [(("c", b"%d" % i), b"v") for i in range(600)]
+    upserts, _ = cipher.seal_changes(changes, len(changes), pause=0.0001)
+    assert len(upserts) == 600
+    assert slept == [0.0001] * 6
+    slept.clear()
+    cipher.seal_changes(changes, len(changes))
+    assert slept == []
