@@ -328,9 +328,10 @@ class AsyncDrainer(_DrainerStats):
     the GIL from start to end (sorting the sealed rows is one C call), so one
     100k-event transaction would stall the loop for as long as they take.  Each
     transaction is applied with ``Vault.apply(..., yield_gil=True)``, which frees
-    the GIL for a moment every 256 rows it encrypts, so the loop never waits for a
-    whole switch interval while the worker encrypts.  See ``docs/storage.md`` for
-    the resulting bound on the loop's lag.
+    the GIL for a moment every 256 rows it hashes or encrypts, and the worker frees
+    it before taking each transaction from the log, so the loop rarely waits for a
+    whole switch interval.  See ``docs/storage.md`` for the resulting bound on the
+    loop's lag.
     """
 
     def __init__(
