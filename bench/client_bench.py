@@ -11,6 +11,12 @@ group snapshot).  Three figures:
 * ``send_cost_by_group_size`` — members 2 → 200: bytes written and time per durable
   send, beside the in-memory send, because mls-rs hands over a whole group snapshot on
   every write (no goal: a measurement).
+* ``async_client_loop_lag_<op>_<engine>`` — the worst lateness of a 1 ms ticker on the
+  event loop while ``AsyncMlsClient`` runs a burst of calls (``encrypt`` one by one,
+  ``encrypt_many``, ``process_many``), beside the same ticker with no calls for as
+  long (``idle_max_lag_ms``) and the same burst called on the loop through the
+  synchronous client (``blocking_max_lag_ms``); goal < 10 ms, the figure
+  ``storage_bench`` states for ``AsyncDrainer``.
 
 Run: ``python -m bench.client_bench [--quick] [--json PATH] [--dir DIR]``.  Vaults use
 the cheapest KDF profile: unlocking is not what is measured here (see unlock_bench).
@@ -20,20 +26,24 @@ the cheapest KDF profile: unlocking is not what is measured here (see unlock_ben
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sqlite3
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit_results, measure_ratio, summarize
+from bench.common import emit_results, loop_lags_during, measure_ratio, summarize
 from keystore import profiles
-from mls.client import MlsClient
+from mls.client import AsyncMlsClient, MlsClient
+from mls.engine import EngineName
 from mls.mlsrs import load_binding
 
 __all__ = [
+    "async_client_loop_lag",
     "durable_process_over_floor",
     "durable_send_over_floor",
     "group_commit_over_memory_send",
@@ -313,6 +323,111 @@ def durable_process_over_floor(
     }
 
 
+def _pair(directory: Path, engine: EngineName) -> tuple[MlsClient, MlsClient, bytes]:
+    """A sender and a receiver in one two-member group, both on ``engine``."""
+    sender = MlsClient.create(
+        directory / f"lag-a-{engine}.vault", PASSPHRASE, identity=b"a", kdf=KDF, engine=engine
+    )
+    receiver = MlsClient.create(
+        directory / f"lag-b-{engine}.vault", PASSPHRASE, identity=b"b", kdf=KDF, engine=engine
+    )
+    gid = sender.create_group()
+    _, welcome = sender.add_members(gid, [receiver.generate_key_package()])
+    receiver.join(welcome)
+    return sender, receiver, gid
+
+
+def async_client_loop_lag(
+    directory: Path, engine: EngineName = "native", *, burst: int = 200, repeats: int = 3
+) -> list[dict[str, Any]]:
+    """Worst event-loop lag while ``AsyncMlsClient`` runs bursts, one result per kind.
+
+    Kinds: ``encrypt`` (``burst`` awaited calls, one durable commit each),
+    ``encrypt_many`` (one call of ``burst`` messages, one commit) and
+    ``process_many`` (the receiver takes ``burst`` messages in one call).  For each,
+    per repeat: the burst awaited through ``AsyncMlsClient`` (the figure), the ticker
+    alone for as long (``idle_max_lag_ms``); first repeat only, the same burst called
+    on the loop through the synchronous client (``blocking_max_lag_ms``), the stall
+    the worker thread avoids.
+    """
+    sender, receiver, gid = _pair(directory, engine)
+    a, b = AsyncMlsClient(sender), AsyncMlsClient(receiver)
+    items = [(gid, PLAINTEXT)] * burst
+    kinds = ("encrypt", "encrypt_many", "process_many")
+    seen: dict[str, dict[str, list[float]]] = {
+        kind: {"ours": [], "idle": [], "blocking": [], "s": []} for kind in kinds
+    }
+
+    async def awaited(kind: str, inbox: list[bytes]) -> list[bytes]:
+        """The burst through AsyncMlsClient; returns the messages the receiver must see."""
+        if kind == "encrypt":
+            return [await a.encrypt(gid, PLAINTEXT) for _ in range(burst)]
+        if kind == "encrypt_many":
+            return await a.encrypt_many(items)
+        await b.process_many([(gid, m) for m in inbox])
+        return []
+
+    def on_loop(kind: str, inbox: list[bytes]) -> list[bytes]:
+        """The same burst through the synchronous client, called on the loop."""
+        if kind == "encrypt":
+            return [sender.encrypt(gid, PLAINTEXT) for _ in range(burst)]
+        if kind == "encrypt_many":
+            return sender.encrypt_many(items)
+        receiver.process_many([(gid, m) for m in inbox])
+        return []
+
+    async def measure(kind: str, repeat: int) -> None:
+        inbox = sender.encrypt_many(items) if kind == "process_many" else []
+        sent: list[bytes] = []
+
+        async def burst_call() -> None:
+            sent.extend(await awaited(kind, inbox))
+
+        t0 = time.perf_counter()
+        seen[kind]["ours"].append(max(await loop_lags_during(burst_call)))
+        took = time.perf_counter() - t0
+        seen[kind]["s"].append(took)
+        seen[kind]["idle"].append(max(await loop_lags_during(lambda: asyncio.sleep(took))))
+        if repeat == 0:
+            inbox = sender.encrypt_many(items) if kind == "process_many" else []
+            blocked = await loop_lags_during(lambda: sent.extend(on_loop(kind, inbox)))
+            seen[kind]["blocking"].append(max(blocked))
+        # The receiver must see every message of the group to stay in step.
+        receiver.process_many([(gid, m) for m in sent])
+
+    async def main() -> None:
+        for repeat in range(repeats):
+            for kind in kinds:
+                await measure(kind, repeat)
+
+    try:
+        asyncio.run(main())
+    finally:
+        sender.close()
+        receiver.close()
+    results = []
+    for kind in kinds:
+        ours, idle = seen[kind]["ours"], seen[kind]["idle"]
+        added = [o - i for o, i in zip(ours, idle, strict=True)]
+        results.append(
+            {
+                "name": f"async_client_loop_lag_{kind}_{engine.replace('-', '')}",
+                "engine": engine,
+                "burst": burst,
+                "figure": "max_lag_ms",
+                "max_lag_ms": statistics.median(ours) * 1e3,
+                "max_lag_ms_min": min(ours) * 1e3,
+                "max_lag_ms_max": max(ours) * 1e3,
+                "idle_max_lag_ms": statistics.median(idle) * 1e3,
+                "added_max_lag_ms": statistics.median(added) * 1e3,
+                "blocking_max_lag_ms": seen[kind]["blocking"][0] * 1e3,
+                "burst_s": statistics.median(seen[kind]["s"]),
+                "goal": "< 10 ms",
+            }
+        )
+    return results
+
+
 def run(quick: bool = False, directory: Path | None = None) -> list[dict[str, Any]]:
     """Every client benchmark, as plain dicts (``quick``: small sizes, seconds)."""
     with tempfile.TemporaryDirectory(prefix="client-bench-", dir=directory) as tmp:
@@ -323,12 +438,15 @@ def run(quick: bool = False, directory: Path | None = None) -> list[dict[str, An
                 durable_process_over_floor(base, batch=5, repeats=5),
                 group_commit_over_memory_send(base, repeats=5),
                 send_cost_by_group_size(base, sizes=(2, 20), batch=3, repeats=3),
+                *async_client_loop_lag(base, burst=50, repeats=1),
             ]
         return [
             durable_send_over_floor(base),
             durable_process_over_floor(base),
             group_commit_over_memory_send(base),
             send_cost_by_group_size(base),
+            *async_client_loop_lag(base),
+            *async_client_loop_lag(base, "mls-rs"),
         ]
 
 

@@ -7,13 +7,20 @@ reports the ratio of medians, with the spread (min-max over repeats) beside it.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+#: What runs beside an event loop in the loop-lag benchmarks (see :class:`BusyThread`).
+LoadKind = Literal["none", "cpu", "gil"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +132,69 @@ def emit_results(results: list[dict[str, Any]], json_path: Path | None) -> None:
         print(json.dumps(r, indent=2))
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+async def loop_lags_during(
+    work: Callable[[], Awaitable[object] | object], tick: float = 0.001
+) -> list[float]:
+    """Each wake-up's lateness (seconds) of a ``tick``-second ticker while ``work`` runs.
+
+    The ticker is a task on the running loop that sleeps ``tick`` in a loop; a
+    wake-up is late by however long the loop could not run it.  ``work`` is
+    called on the loop (a coroutine it returns is awaited): a blocking call shows
+    the stall it causes, an ``await`` of work done elsewhere shows what is left.
+    """
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            t0 = time.perf_counter()
+            await asyncio.sleep(tick)
+            lags.append(time.perf_counter() - t0 - tick)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    result = work()
+    if asyncio.iscoroutine(result):
+        await result
+    done.set()
+    await task
+    return lags
+
+
+class BusyThread:
+    """A CPU-bound thread beside the event loop, for the length of a ``with`` block.
+
+    ``"cpu"`` hashes 1 MiB buffers with SHA-256, which hashlib does with the GIL
+    released: a core is busy, as on a loaded machine, but the GIL is mostly free.
+    ``"gil"`` counts in a pure-Python loop: whenever it runs it holds the GIL for a
+    whole switch interval (5 ms by default), the worst neighbour an event loop can
+    have in its own process.  ``"none"`` starts nothing.
+    """
+
+    def __init__(self, kind: LoadKind) -> None:
+        self._kind = kind
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _hash(self) -> None:
+        buf = os.urandom(1 << 20)
+        while not self._stop.is_set():
+            hashlib.sha256(buf).digest()
+
+    def _spin(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+
+    def __enter__(self) -> None:
+        if self._kind != "none":
+            target = self._hash if self._kind == "cpu" else self._spin
+            self._thread = threading.Thread(target=target, name=f"bench-{self._kind}-load")
+            self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

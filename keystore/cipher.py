@@ -163,6 +163,32 @@ _join = b"".join
 _SEAL_SLICE = 256
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
+#: A pause that returns this much later than asked waited for the GIL behind another
+#: busy thread: pausing again would hand the GIL to that thread, not to an event loop.
+_CONTENDED = 0.001
+
+
+class _GilPauses:
+    """Short sleeps between slices of a batch, for an event loop in another thread.
+
+    Sleeping frees the GIL, so a loop that wants it takes it at once instead of
+    after the switch interval.  When a pause comes back late, another thread was
+    holding the GIL for whole switch intervals (a pure-Python CPU-bound neighbour):
+    each further pause would give that thread the GIL again and the loop nothing
+    but a longer queue, so the rest of the batch runs without pauses.
+    """
+
+    __slots__ = ("pause",)
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+
+    def __call__(self) -> None:
+        if self.pause:
+            t0 = time.perf_counter()
+            time.sleep(self.pause)
+            if time.perf_counter() - t0 > self.pause + _CONTENDED:
+                self.pause = 0.0
 
 
 class StoreCipher:
@@ -263,9 +289,11 @@ class StoreCipher:
         short (another thread gets the GIL between two).  Per-category state
         (keyed hasher, AAD prefix) is looked up once per category.
 
-        ``pause`` > 0 sleeps that long before each slice: the GIL is then free for
-        a moment, and a thread waiting for it (an event loop) takes it at once
-        instead of after the interpreter's switch interval.
+        ``pause`` > 0 sleeps that long before each slice (of the hashing and of the
+        sealing): the GIL is then free for a moment, and a thread waiting for it (an
+        event loop) takes it at once instead of after the interpreter's switch
+        interval.  Once a pause comes back late (another thread holds the GIL for
+        whole switch intervals) the batch stops pausing: see :class:`_GilPauses`.
         """
         encrypt = self._aead_or_fail().encrypt
         batch = list(changes)
@@ -286,12 +314,19 @@ class StoreCipher:
         prefix_of = {name: self._aad(name, b"") for name in names}
         # Hashing stays a loop: a map chain would hold one BLAKE2b state per row at
         # once, and measured slower than reusing each state while it is in cache.
+        # With ``pause``, the loop runs in slices too, each after a pause: the GIL is
+        # then free at least every slice, and the stretch of Python before the first
+        # pause (the caller's draining and validation) ends here, not after all rows.
+        pause_now = _GilPauses(pause)
         key_hashes: list[bytes] = []
         keep = key_hashes.append
-        for category, key in rows:
-            h = hasher_of[category].copy()
-            h.update(key)
-            keep(h.digest())
+        step = _SEAL_SLICE if pause else len(rows)
+        for lo in range(0, len(rows), step):
+            pause_now()
+            for category, key in rows[lo : lo + step]:
+                h = hasher_of[category].copy()
+                h.update(key)
+                keep(h.digest())
         deletes: list[tuple[str, bytes]] = []
         if None in values:
             wanted = list(map(operator.is_not, values, repeat(None)))
@@ -310,8 +345,7 @@ class StoreCipher:
         # A map chain never runs bytecode, so the interpreter cannot hand the GIL to
         # another thread (an event loop) until it ends: run it in short slices.
         for lo in range(0, n, _SEAL_SLICE):
-            if pause:  # also after the hashing loop, before the first slice
-                time.sleep(pause)
+            pause_now()
             hi = lo + _SEAL_SLICE
             cats, slice_keys, slice_nonces = categories[lo:hi], keys[lo:hi], nonces[lo:hi]
             plaintexts = map(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,9 @@ def test_random_nonces_differ() -> None:
 def test_batch_sealing_decrypts_row_by_row() -> None:
     """seal_changes() output decrypts with decrypt_row(), each row with its own nonce."""
     cipher = StoreCipher.generate(bytes(16))
-    changes = [(("c", bytes([i])), bytes([i]) * i) for i in range(50)]
+    changes: list[tuple[tuple[str, bytes], bytes | None]] = [
+        (("c", bytes([i])), bytes([i]) * i) for i in range(50)
+    ]
     changes.append((("c", b"gone"), None))
     upserts, deletes = cipher.seal_changes(changes, len(changes))
     assert deletes == [("c", cipher.key_hash("c", b"gone"))]
@@ -79,3 +82,56 @@ def test_wipe_overwrites_and_disables() -> None:
     cipher.wipe()
     with pytest.raises(RuntimeError):
         cipher.encrypt_row("c", kh, b"k", b"v")
+
+
+def test_gil_pauses_continue_while_each_pause_returns_on_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pause that comes back on time (the GIL was free) keeps the next pauses."""
+    from keystore import cipher as cipher_module
+
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    pauses = cipher_module._GilPauses(0.0001)
+    for _ in range(3):
+        pauses()
+    assert slept == [0.0001] * 3
+
+
+def test_gil_pauses_stop_once_a_pause_comes_back_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late pause means a busy thread took the GIL: the rest of the batch does not pause."""
+    from keystore import cipher as cipher_module
+
+    real_sleep = time.sleep
+    slept: list[float] = []
+
+    def held_up(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(0.005)  # as if another thread kept the GIL for a switch interval
+
+    monkeypatch.setattr(time, "sleep", held_up)
+    pauses = cipher_module._GilPauses(0.0001)
+    for _ in range(3):
+        pauses()
+    assert slept == [0.0001]
+
+
+def test_seal_changes_pauses_before_each_slice_of_hashing_and_of_sealing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``pause``, 600 rows get 3 pauses while hashing keys and 3 while encrypting."""
+    from types import SimpleNamespace
+
+    from keystore import cipher as cipher_module
+
+    slept: list[float] = []
+    fake_time = SimpleNamespace(sleep=slept.append, perf_counter=time.perf_counter)
+    monkeypatch.setattr(cipher_module, "time", fake_time)
+    cipher = StoreCipher.generate(bytes(16))
+    changes = [(("c", b"%d" % i), b"v") for i in range(600)]
+    upserts, _ = cipher.seal_changes(changes, len(changes), pause=0.0001)
+    assert len(upserts) == 600
+    assert slept == [0.0001] * 6
+    slept.clear()
+    cipher.seal_changes(changes, len(changes))
+    assert slept == []

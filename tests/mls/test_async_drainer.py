@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from types import SimpleNamespace
 
 import pytest
 
 from keystore import Vault, VaultIOError
-from mls import AsyncDrainer, GranularStorage
+from mls import AsyncDrainer, GranularStorage, WriteBehindDrainer
+from mls import drainer as drainer_module
 from tests.mls.conftest import FlakyVault, storage_rows, vault_rows
 
 
@@ -152,3 +155,37 @@ def test_transactions_are_applied_yielding_the_gil(storage: GranularStorage, vau
     assert [size for size, _ in calls] == [2048, 2048, 904]
     assert all(options == {"yield_gil": True} for _, options in calls)
     assert vault_rows(vault) == storage_rows(storage)
+
+
+def test_the_worker_frees_the_gil_before_each_transaction(
+    storage: GranularStorage, vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AsyncDrainer's worker sleeps before taking each transaction; WriteBehindDrainer does not."""
+    pauses: list[float] = []
+
+    def recording_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        time.sleep(seconds)
+
+    # Only the drainer module's view of ``time``: the vault's own pauses are not counted.
+    monkeypatch.setattr(drainer_module, "time", SimpleNamespace(sleep=recording_sleep))
+    for i in range(5000):
+        storage.write("c", b"%d" % i, b"v")
+
+    async def main() -> int:
+        drainer = AsyncDrainer(storage, vault)
+        count = await drainer.flush()
+        await drainer.aclose()
+        return count
+
+    assert asyncio.run(main()) == 5000
+    assert len(pauses) == 3  # 2048 + 2048 + 904 events: one pause before each
+    assert all(0 < p <= 0.001 for p in pauses)
+    threaded = WriteBehindDrainer(storage, vault, max_batch_events=2048)
+    try:
+        for i in range(5000):
+            storage.write("c", b"%d" % i, b"w")
+        assert threaded.flush() == 5000
+    finally:
+        threaded.close()
+    assert len(pauses) == 3
