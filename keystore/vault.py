@@ -56,7 +56,15 @@ from keystore.cipher import (
     unwrap_secrets,
     wrap_secrets,
 )
-from keystore.digest import DigestKeys, RowSetDigest, VaultState, check_anchor, check_rows
+from keystore.digest import (
+    STATE_FORMAT,
+    DigestKeys,
+    RowSetDigest,
+    VaultState,
+    check_anchor,
+    check_rows,
+    reseal,
+)
 from keystore.errors import (
     IntegrityError,
     KeystoreError,
@@ -367,10 +375,13 @@ def _write_state_record(conn: sqlite3.Connection, record: bytes) -> None:
 def _old_values(
     conn: sqlite3.Connection, targets: Iterable[tuple[str, bytes]], path: Path
 ) -> list[tuple[str, bytes, bytes]]:
-    """The stored ``(category, key_hash, value)`` of the rows a write replaces or deletes.
+    """``(category, key_hash, last 16 bytes of the value)`` of the rows a write replaces
+    or deletes: all a contribution covers (docs/format.md §15.2).
 
     One indexed lookup per category and chunk of key hashes, in the write's own
-    transaction, so the digest subtracts exactly what the write overwrites.
+    transaction, so the digest subtracts exactly what the write overwrites.  Only
+    the tail is fetched (``substr``; ``coalesce`` because SQLite gives NULL for an
+    empty blob's), not the whole value.
     """
     by_category: dict[str, list[bytes]] = {}
     for category, key_hash in targets:
@@ -383,7 +394,7 @@ def _old_values(
             found.extend(
                 (category, _stored(kh, path), _stored(value, path))
                 for kh, value in conn.execute(
-                    "SELECT key_hash, value FROM keystore_rows"
+                    "SELECT key_hash, coalesce(substr(value, -16), value) FROM keystore_rows"
                     f" WHERE category = ? AND key_hash IN ({marks})",
                     (category, *chunk),
                 )
@@ -1314,6 +1325,8 @@ class Vault:
             if self._anchor is not None:
                 anchored = _load_anchor(self._anchor, self._header.store_id, self._path)
                 check_anchor(state.generation, anchored)
+            if state.state_format != STATE_FORMAT and not self._readonly:
+                state = self._reseal_state()
             self._state = state
             if not self._readonly:
                 self._update_anchor(state.generation)
@@ -1358,6 +1371,23 @@ class Vault:
             sidecar.write(self._path)
             self._sidecar = sidecar
         self._header = new_header
+        return state
+
+    def _reseal_state(self) -> VaultState:
+        """Carry a state record of an older format over to the current one, once, at
+        the first writable unlock (docs/format.md §15.3): every row is authenticated
+        and checked against the old record, and the next generation's record is
+        written in the current format, in one transaction."""
+        cipher = self._unlocked()
+        assert self._digest is not None
+        with self._write_txn() as txn:
+            record = _read_state_record(txn, self._path)
+            rows = txn.execute("SELECT category, key_hash, value FROM keystore_rows").fetchall()
+            cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            digest = RowSetDigest(self._digest)
+            digest.add(rows)
+            state, new_record = reseal(self._digest, record, digest)
+            _write_state_record(txn, new_record)
         return state
 
     def _update_anchor(self, generation: int) -> None:
