@@ -125,6 +125,17 @@ def _block_input(tails: list[bytes]) -> bytes:
     return joined
 
 
+def _reduce(x: int) -> int:
+    """``x mod 2^128 - 1`` for a large ``x``, by folding: since 2^(128k) is 1 modulo
+    2^128 - 1, ``x`` is congruent to its high part (above bit 128k) plus its low part.
+    Each fold halves ``x``, so this is linear-time; Python's ``%`` by a multi-digit
+    divisor is not (about 8x slower for a 10 000-row batch)."""
+    while x.bit_length() > 256:
+        shift = 128 * (x.bit_length() // 256)
+        x = (x >> shift) + (x & ((1 << shift) - 1))
+    return x % _MODULUS_2
+
+
 class DigestKeys:
     """The digest keys of one vault, derived from its secrets.
 
@@ -189,7 +200,7 @@ class DigestKeys:
             return 0
         encryptor = self._block_cipher.encryptor()
         blocks = encryptor.update(_block_input(tails)) + encryptor.finalize()
-        return int.from_bytes(blocks, "big") % _MODULUS_2
+        return _reduce(int.from_bytes(blocks, "big"))
 
     def sum_rows(self, rows: Iterable[tuple[str, bytes, bytes]]) -> tuple[int, int]:
         """``(sum of format-2 contributions mod 2^128 - 1, number of rows)`` of

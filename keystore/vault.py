@@ -127,8 +127,9 @@ _ROW_GENERATION = "key_generation"
 #: ``apply`` skip the state record and loads skip the row-set check.  Always ``True``
 #: in production; a write made with it off leaves a record the next load refuses.
 _state_digest_enabled = True
-#: Key hashes per lookup of the values a write replaces (under SQLite's 999 variables).
-_OLD_VALUES_CHUNK = 500
+#: Rows per lookup of the values a write replaces: two variables each, under SQLite's
+#: historical limit of 999.
+_OLD_VALUES_CHUNK = 400
 
 
 class ChangeLike(Protocol):
@@ -378,27 +379,25 @@ def _old_values(
     """``(category, key_hash, last 16 bytes of the value)`` of the rows a write replaces
     or deletes: all a contribution covers (docs/format.md §15.2).
 
-    One indexed lookup per category and chunk of key hashes, in the write's own
-    transaction, so the digest subtracts exactly what the write overwrites.  Only
+    One statement per chunk of rows, in the write's own transaction, so the digest
+    subtracts exactly what the write overwrites: the batch's keys as a ``VALUES``
+    list driving one indexed lookup each (``CROSS JOIN`` keeps that order).  Only
     the tail is fetched (``substr``; ``coalesce`` because SQLite gives NULL for an
     empty blob's), not the whole value.
     """
-    by_category: dict[str, list[bytes]] = {}
-    for category, key_hash in targets:
-        by_category.setdefault(category, []).append(key_hash)
+    refs = list(targets)
     found: list[tuple[str, bytes, bytes]] = []
-    for category, hashes in by_category.items():
-        for lo in range(0, len(hashes), _OLD_VALUES_CHUNK):
-            chunk = hashes[lo : lo + _OLD_VALUES_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            found.extend(
-                (category, _stored(kh, path), _stored(value, path))
-                for kh, value in conn.execute(
-                    "SELECT key_hash, coalesce(substr(value, -16), value) FROM keystore_rows"
-                    f" WHERE category = ? AND key_hash IN ({marks})",
-                    (category, *chunk),
-                )
+    for lo in range(0, len(refs), _OLD_VALUES_CHUNK):
+        chunk = refs[lo : lo + _OLD_VALUES_CHUNK]
+        found.extend(
+            (category, _stored(kh, path), _stored(tail, path))
+            for category, kh, tail in conn.execute(
+                f"WITH t(c, k) AS (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
+                " SELECT r.category, r.key_hash, coalesce(substr(r.value, -16), r.value)"
+                " FROM t CROSS JOIN keystore_rows r ON r.category = t.c AND r.key_hash = t.k",
+                [part for ref in chunk for part in ref],
             )
+        )
     return found
 
 

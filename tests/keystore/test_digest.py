@@ -350,3 +350,18 @@ def test_incremental_updates_equal_a_full_recount(
         running.add(added)
     full = _digest_of([(c, k, v) for (c, k), v in live.items()])
     assert (running.value, running.count) == (full.value, full.count)
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks=st.integers(0, 3000), seed=st.binary(min_size=16, max_size=16))
+def test_folding_reduction_equals_the_remainder(blocks: int, seed: bytes) -> None:
+    """The linear-time fold used for a batch gives exactly Python's ``x % (2^128 - 1)``,
+    including all-ones blocks that sum to the modulus itself."""
+    from keystore.digest import _reduce
+
+    for x in (
+        int.from_bytes(seed * blocks, "big"),
+        int.from_bytes(b"\xff" * 16 * blocks, "big"),
+        (1 << (128 * blocks)) - 1,
+    ):
+        assert _reduce(x) == x % (2**128 - 1)
