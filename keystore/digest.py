@@ -37,8 +37,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -86,7 +88,8 @@ _TAIL = 16
 _KH32 = _U32.pack(32)
 _PREFIX = struct.Struct(">BQQ")
 _U64_MAX = (1 << 64) - 1
-_ZERO_BLOCK = bytes(_BLOCK)
+_STORED_VALUE = itemgetter(2)
+_LAST_BLOCK = itemgetter(slice(-_BLOCK, None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +150,9 @@ class DigestKeys:
 
     __slots__ = (
         "_block_cipher",
+        "_block_encryptor",
         "_block_key",
+        "_block_lock",
         "_mac_key",
         "_pad_key",
         "_read_format1",
@@ -173,6 +178,11 @@ class DigestKeys:
         self._block_cipher: Cipher[Any] | None = Cipher(
             algorithms.AES256(bytes(self._block_key)), modes.ECB()
         )
+        # ECB holds no state between blocks, so one encryption context serves every
+        # batch (creating one costs more than encrypting a write's tags); the lock
+        # keeps two threads from feeding it at once.
+        self._block_encryptor: Any = self._block_cipher.encryptor()
+        self._block_lock = threading.Lock()
         self._row_base: Any = hashlib.blake2b(
             key=bytes(self._row_key), digest_size=32, person=_ROW_PERSON
         )
@@ -187,27 +197,38 @@ class DigestKeys:
         for buf in (self._row_key, self._mac_key, self._pad_key, self._block_key):
             buf[:] = bytes(len(buf))
         self._block_cipher = None
+        self._block_encryptor = None
         self._row_base = None
         self._row_states.clear()
 
     # ---------------------------------------------------------------- format 2
 
+    def _encrypt_blocks(self, data: bytes) -> bytes:
+        """AES-256-ECB of whole blocks under ``block_key``: one call for a batch."""
+        encryptor = self._block_encryptor
+        if encryptor is None:
+            raise RuntimeError("digest keys were wiped")
+        with self._block_lock:
+            out: bytes = encryptor.update(data)
+        if len(out) != len(data):  # ECB of whole blocks returns every block at once
+            raise RuntimeError("the block cipher held back part of a batch")
+        return out
+
     def _sum_blocks(self, tails: list[bytes]) -> int:
         """Σ AES-256(block_key, block) mod 2^128 - 1 over the batch: one ECB call."""
-        if self._block_cipher is None:
-            raise RuntimeError("digest keys were wiped")
         if not tails:
+            if self._block_encryptor is None:
+                raise RuntimeError("digest keys were wiped")
             return 0
-        encryptor = self._block_cipher.encryptor()
-        blocks = encryptor.update(_block_input(tails)) + encryptor.finalize()
-        return _reduce(int.from_bytes(blocks, "big"))
+        return _reduce(int.from_bytes(self._encrypt_blocks(_block_input(tails)), "big"))
 
     def sum_rows(self, rows: Iterable[tuple[str, bytes, bytes]]) -> tuple[int, int]:
         """``(sum of format-2 contributions mod 2^128 - 1, number of rows)`` of
         ``(category, key_hash, stored_value)`` rows: the batch form used by writes
         and full scans.  Only each value's last 16 bytes are read, so ``stored_value``
         may be just those (as a write's read of the values it replaces is)."""
-        tails = [row[2][-_BLOCK:] for row in rows]
+        # map + itemgetter: the slicing runs without a bytecode loop per row.
+        tails = list(map(_LAST_BLOCK, map(_STORED_VALUE, rows)))
         return self._sum_blocks(tails), len(tails)
 
     # ---------------------------------------------------------------- format 1
@@ -254,19 +275,16 @@ class DigestKeys:
         row = ((category, key_hash, stored_value),)
         if state_format == 1:
             return self.sum_rows_format1(row)[0]
-        if self._block_cipher is None:
-            raise RuntimeError("digest keys were wiped")
-        encryptor = self._block_cipher.encryptor()
-        block = encryptor.update(_block_input([stored_value[-_BLOCK:]])) + encryptor.finalize()
+        block = self._encrypt_blocks(_block_input([stored_value[-_BLOCK:]]))
         return int.from_bytes(block, "big")
 
     # ---------------------------------------------------------------- the record
 
     def _tag(self, prefix: bytes, digest: bytes) -> bytes:
-        return hmac.digest(bytes(self._mac_key), prefix + digest, "sha256")
+        return hmac.digest(self._mac_key, prefix + digest, "sha256")
 
     def _pad(self, tag: bytes) -> bytes:
-        return hmac.digest(bytes(self._pad_key), tag, "sha256")
+        return hmac.digest(self._pad_key, tag, "sha256")
 
     def seal(self, state: VaultState) -> bytes:
         """The 81-byte state record of ``state``, in ``state.state_format``."""
@@ -278,10 +296,9 @@ class DigestKeys:
         if not 0 <= state.digest < modulus:
             raise ValueError(f"a format-{state.state_format} digest must be below {modulus}")
         prefix = _PREFIX.pack(state.state_format, state.generation, state.row_count)
-        digest = state.digest.to_bytes(32, "big")
-        tag = self._tag(prefix, digest)
-        sealed = bytes(a ^ b for a, b in zip(digest, self._pad(tag), strict=True))
-        return prefix + sealed + tag
+        tag = self._tag(prefix, state.digest.to_bytes(32, "big"))
+        pad = int.from_bytes(self._pad(tag), "big")
+        return prefix + (state.digest ^ pad).to_bytes(32, "big") + tag
 
     def open(self, record: bytes) -> VaultState:
         """Authenticate a state record and return what it vouches for.
@@ -297,16 +314,15 @@ class DigestKeys:
         if record[0] not in STATE_FORMATS:
             raise IntegrityError(f"vault state record has unknown format {record[0]}")
         state_format, generation, row_count = _PREFIX.unpack_from(record)
-        prefix, sealed, tag = record[:17], record[17:49], record[49:]
-        digest = bytes(a ^ b for a, b in zip(sealed, self._pad(tag), strict=True))
-        if not hmac.compare_digest(self._tag(prefix, digest), tag):
+        prefix, tag = record[:17], record[49:]
+        value = int.from_bytes(record[17:49], "big") ^ int.from_bytes(self._pad(tag), "big")
+        if not hmac.compare_digest(self._tag(prefix, value.to_bytes(32, "big")), tag):
             raise RollbackDetected(
                 f"vault state record (generation {generation}) fails authentication: it "
                 "was edited, or taken from another vault or key generation",
                 reason="record",
                 generation=generation,
             )
-        value = int.from_bytes(digest, "big")
         if state_format == 2:
             if value >= _MODULUS_2:
                 raise IntegrityError("vault state record is malformed (digest out of range)")

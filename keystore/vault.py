@@ -33,6 +33,7 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -389,15 +390,16 @@ def _old_values(
     found: list[tuple[str, bytes, bytes]] = []
     for lo in range(0, len(refs), _OLD_VALUES_CHUNK):
         chunk = refs[lo : lo + _OLD_VALUES_CHUNK]
-        found.extend(
-            (category, _stored(kh, path), _stored(tail, path))
-            for category, kh, tail in conn.execute(
-                f"WITH t(c, k) AS (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
-                " SELECT r.category, r.key_hash, coalesce(substr(r.value, -16), r.value)"
-                " FROM t CROSS JOIN keystore_rows r ON r.category = t.c AND r.key_hash = t.k",
-                [part for ref in chunk for part in ref],
-            )
-        )
+        rows = conn.execute(
+            f"WITH t(c, k) AS (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
+            " SELECT r.category, r.key_hash, coalesce(substr(r.value, -16), r.value)"
+            " FROM t CROSS JOIN keystore_rows r ON r.category = t.c AND r.key_hash = t.k",
+            list(chain.from_iterable(chunk)),
+        ).fetchall()
+        # Checked in bulk (no Python loop per row): a tail that is not a blob.
+        if not set(map(type, map(operator.itemgetter(2), rows))) <= {bytes}:
+            raise IntegrityError(f"vault {path} is corrupt: a stored value is not a blob")
+        found += rows
     return found
 
 
@@ -1680,7 +1682,7 @@ class Vault:
             )
         current = self._digest.open(record)
         digest = RowSetDigest.of_state(self._digest, current)
-        targets = [(c, kh) for c, kh, _ in upserts]
+        targets = list(map(operator.itemgetter(0, 1), upserts))
         targets += deletes
         digest.remove(_old_values(conn, targets, self._path))
         digest.add(upserts)
