@@ -153,6 +153,7 @@ class DigestKeys:
         "_block_encryptor",
         "_block_key",
         "_block_lock",
+        "_last",
         "_mac_key",
         "_pad_key",
         "_read_format1",
@@ -191,6 +192,10 @@ class DigestKeys:
         # read, its format is unknown; a format-2 record settles it (no writer
         # goes back from format 2, see RowSetDigest).
         self._read_format1 = True
+        # The last record sealed or authenticated with these keys and its state: a
+        # write reads back the record the previous write sealed, and the same bytes
+        # authenticate to the same state, so that check need not be redone.
+        self._last: tuple[bytes, VaultState] | None = None
 
     def wipe(self) -> None:
         """Overwrite our copies of the keys and drop the keyed states built from them."""
@@ -198,6 +203,7 @@ class DigestKeys:
             buf[:] = bytes(len(buf))
         self._block_cipher = None
         self._block_encryptor = None
+        self._last = None
         self._row_base = None
         self._row_states.clear()
 
@@ -298,7 +304,9 @@ class DigestKeys:
         prefix = _PREFIX.pack(state.state_format, state.generation, state.row_count)
         tag = self._tag(prefix, state.digest.to_bytes(32, "big"))
         pad = int.from_bytes(self._pad(tag), "big")
-        return prefix + (state.digest ^ pad).to_bytes(32, "big") + tag
+        record = prefix + (state.digest ^ pad).to_bytes(32, "big") + tag
+        self._last = (record, state)
+        return record
 
     def open(self, record: bytes) -> VaultState:
         """Authenticate a state record and return what it vouches for.
@@ -311,6 +319,11 @@ class DigestKeys:
         """
         if not isinstance(record, bytes) or len(record) != STATE_LEN:
             raise IntegrityError("vault state record is malformed (wrong length)")
+        last = self._last
+        if last is not None and last[0] == record:
+            if last[1].state_format == 2:
+                self._read_format1 = False
+            return last[1]
         if record[0] not in STATE_FORMATS:
             raise IntegrityError(f"vault state record has unknown format {record[0]}")
         state_format, generation, row_count = _PREFIX.unpack_from(record)
@@ -327,7 +340,9 @@ class DigestKeys:
             if value >= _MODULUS_2:
                 raise IntegrityError("vault state record is malformed (digest out of range)")
             self._read_format1 = False
-        return VaultState(generation, row_count, value, state_format)
+        state = VaultState(generation, row_count, value, state_format)
+        self._last = (record, state)
+        return state
 
 
 class RowSetDigest:
