@@ -82,7 +82,7 @@ _MASK_1 = _MODULUS_1 - 1
 _ROW_PERSON = b"mlks-state-row"
 _U32 = struct.Struct(">I")
 #: Format 1 covers the stored value's format byte and nonce at the front and its
-#: AES-GCM tag at the back (docs/format.md §15.2).
+#: AES-GCM tag at the back (docs/format.md §15.6).
 _HEAD = 13
 _TAIL = 16
 _KH32 = _U32.pack(32)
