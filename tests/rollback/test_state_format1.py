@@ -149,3 +149,15 @@ def test_a_format_1_record_put_back_under_an_unlocked_vault_is_refused(old_vault
             vault.open_rows()
         assert info.value.reason == "record"
     assert _record(old_vault) == old_record
+
+
+def test_the_spec_reader_reads_both_formats(old_vault: Path) -> None:
+    """The reader written from docs/format.md alone accepts the format-1 vault, and the
+    same vault once resealed in format 2, with the same rows."""
+    from tests.docs import spec_reader
+
+    before = spec_reader.read_vault(old_vault, PASSPHRASE).rows
+    with _unlocked(old_vault):
+        pass
+    assert _record(old_vault)[0] == 2
+    assert spec_reader.read_vault(old_vault, PASSPHRASE).rows == before == ROWS_AFTER
