@@ -384,6 +384,15 @@ class RowSetDigest:
         self.state_format = state_format
 
     @classmethod
+    def both_formats(cls, keys: DigestKeys) -> RowSetDigest:
+        """An empty scan that sums in the current format and in format 1 whatever the
+        keys have read so far: the rows :func:`reseal` checks against a format-1
+        record and seals in the current one."""
+        digest = cls(keys)
+        digest._value1 = 0
+        return digest
+
+    @classmethod
     def of_state(cls, keys: DigestKeys, state: VaultState) -> RowSetDigest:
         """Start from what a record vouches for (for an incremental update).
 
@@ -505,8 +514,8 @@ def reseal(
     """Carry a record over to the current format: ``(new state, new record)``.
 
     ``rows`` must hold every live row (authenticated, read in the transaction that
-    will store the new record) and must have summed in both formats (a digest
-    started empty before the old record was read).  They are first checked against
+    will store the new record), summed in both formats
+    (:meth:`RowSetDigest.both_formats`).  They are first checked against
     ``record`` exactly as :func:`check_rows` does; the new record vouches for the
     same rows at the next generation, so an anchor moves past every copy of the
     vault that still holds the old record.
@@ -519,6 +528,9 @@ def reseal(
     old = check_rows(keys, record, rows)
     new = VaultState(old.generation + 1, rows.count, rows.value)
     sealed = keys.seal(new)
+    # From here on a format-1 record can only be an older copy put back (full scans
+    # stop summing format 1).  A retry of a failed reseal still can compare: its
+    # rows come from RowSetDigest.both_formats.
     keys._read_format1 = False
     return new, sealed
 

@@ -638,7 +638,7 @@ class PostgresVault:
 
         def build(rows: list[SealedRow], record: bytes | None) -> tuple[bytes, None]:
             cipher.open_rows(rows, self._stored_category, self._stored_blob)
-            digest = RowSetDigest(keys)
+            digest = RowSetDigest.both_formats(keys)
             digest.add(rows)
             state, new_record = reseal(keys, record, digest)
             resealed.append(state)

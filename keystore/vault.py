@@ -1385,7 +1385,7 @@ class Vault:
             record = _read_state_record(txn, self._path)
             rows = txn.execute("SELECT category, key_hash, value FROM keystore_rows").fetchall()
             cipher.open_rows(rows, self._stored_category, self._stored_blob)
-            digest = RowSetDigest(self._digest)
+            digest = RowSetDigest.both_formats(self._digest)
             digest.add(rows)
             state, new_record = reseal(self._digest, record, digest)
             _write_state_record(txn, new_record)

@@ -284,8 +284,13 @@ def test_format1_record_is_checked_then_resealed_in_format2() -> None:
     assert (state.generation, state.row_count, state.state_format) == (5, 3, 2)
     assert new_record[0] == 2
     assert check_rows(keys, new_record, _digest_of(rows)) == state
-    # From now on these keys sum in format 2 only.
+    # From now on full scans sum in format 2 only ...
     assert RowSetDigest(keys).value_in(1) is None
+    # ... but a retry of the same transaction (the old record still there, its first
+    # attempt rolled back) can still compare and reseal.
+    retry = RowSetDigest.both_formats(keys)
+    retry.add(rows)
+    assert reseal(keys, record, retry)[0] == state
 
 
 def test_reseal_refuses_rows_that_do_not_match_the_format1_record() -> None:
