@@ -630,7 +630,7 @@ class PostgresVault:
 
     def _reseal_state(self, keys: DigestKeys) -> VaultState:
         """Carry a state record of an older format over to the current one, once, at
-        the first writable unlock (docs/format.md §15.3): one fenced transaction
+        the first writable unlock (docs/format.md §15.6): one fenced transaction
         authenticates every row, checks them against the old record and stores the
         next generation's record in the current format (the header is left as is)."""
         cipher = self._unlocked()

@@ -1376,7 +1376,7 @@ class Vault:
 
     def _reseal_state(self) -> VaultState:
         """Carry a state record of an older format over to the current one, once, at
-        the first writable unlock (docs/format.md §15.3): every row is authenticated
+        the first writable unlock (docs/format.md §15.6): every row is authenticated
         and checked against the old record, and the next generation's record is
         written in the current format, in one transaction."""
         cipher = self._unlocked()
