@@ -1,17 +1,28 @@
 """What rollback detection costs: the state digest on the write path and at load.
 
-Run: ``python -m bench.rollback_bench [--quick]`` (or through ``python -m bench``).
+Run: ``python -m bench.rollback_bench [--quick] [--split]`` (or through
+``python -m bench``).
 
-Both figures compare the vault with itself in the same run, the state digest on and
-off (``keystore.vault_core._state_digest_enabled``, a seam that exists for this baseline
-only; with it off, ``apply`` neither reads the values it replaces nor writes the
-record, and loads do not hash the rows):
+The first two figures compare the vault with itself in the same run, the state
+digest on and off (``keystore.vault_core._state_digest_enabled``, a seam that exists for
+this baseline only; with it off, ``apply`` neither reads the values it replaces nor
+writes the record, and loads do not hash the rows):
 
 * ``apply_digest``: ``Vault.apply`` throughput with the digest ÷ without, on batches
   that replace, insert and delete rows of a vault already holding rows (goal ≥ 0.85).
 * ``unlock_rehydrate_digest``: ``Vault.open`` + ``unlock`` + ``GranularStorage.load``
   of a 10k-row vault with the check ÷ without (goal ≤ 1.1), with the default KDF
   profile (what a user waits) and with the test-only one (the load overhead alone).
+* ``digest_format2_vs_format1``: the set digest of 10k rows shaped like a vault's,
+  state format 2 (one AES call per batch) ÷ state format 1 (a keyed BLAKE2b per row),
+  both from :mod:`keystore.digest` (lower is better; docs/format.md §15.4).
+
+``--split`` adds ``apply_digest_split``: where the digest's share of an ``apply``
+goes, as process CPU time per apply of four otherwise identical throwaway vaults,
+interleaved: digest off; on but not reading the values a write replaces; on but
+neither reading them nor computing contributions; fully on.  The two partial
+variants write wrong records (their vaults are thrown away); they exist only to
+attribute the cost to the old-values read, the contributions and the record.
 """
 
 from __future__ import annotations
@@ -29,10 +40,18 @@ from typing import Any
 
 from bench.common import emit_results, measure_ratio
 from keystore import Change, KdfParameters, Vault, profiles
+from keystore import digest as digest_module
+from keystore.backends import sqlite as sqlite_backend
 from keystore import vault_core as vault_module
 from mls import GranularStorage
 
-__all__ = ["apply_digest", "run", "unlock_rehydrate_digest"]
+__all__ = [
+    "apply_digest",
+    "apply_digest_split",
+    "digest_formats",
+    "run",
+    "unlock_rehydrate_digest",
+]
 
 _PASSPHRASE = "bench passphrase"
 _VALUE_BYTES = 1024
@@ -166,22 +185,111 @@ def unlock_rehydrate_digest(entries: int, profile: KdfParameters, repeats: int) 
     }
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+def digest_formats(entries: int, repeats: int) -> dict[str, Any]:
+    """Set digest of ``entries`` stored rows: state format 2 ÷ format 1 (time ratio)."""
+    keys = digest_module.DigestKeys(os.urandom(64), os.urandom(16))
+    # Stored values as a vault holds them: format byte, nonce, ciphertext, tag.
+    rows = [
+        (f"bench/c{i % _CATEGORIES}", os.urandom(32), os.urandom(1 + 12 + 4 + _VALUE_BYTES + 16))
+        for i in range(entries)
+    ]
+
+    def format2() -> None:
+        digest_module.RowSetDigest(keys, state_format=2).add(rows)
+
+    def format1() -> None:
+        digest_module.RowSetDigest(keys, state_format=1).add(rows)
+
+    result = measure_ratio(format2, format1, repeats)
+    keys.wipe()
+    return {
+        "name": f"digest_format2_vs_format1_{entries}_rows",
+        "entries": entries,
+        **result.as_dict(),
+        "us_per_row_format2": result.subject.median / entries * 1e6,
+        "us_per_row_format1": result.baseline.median / entries * 1e6,
+    }
+
+
+def apply_digest_split(stored: int, batch: int, rounds: int) -> dict[str, Any]:
+    """CPU ms per ``apply`` with the digest off, partly on and fully on (see --split)."""
+    real_old_values = sqlite_backend._old_values
+    real_sum = digest_module.DigestKeys.sum_rows
+
+    def no_sum(self: digest_module.DigestKeys, rows: Any) -> tuple[int, int]:
+        return 0, len(list(rows))
+
+    variants: dict[str, tuple[bool, Any, Any]] = {
+        "off": (False, real_old_values, real_sum),
+        "record_only": (True, lambda *a: [], no_sum),
+        "record_and_contributions": (True, lambda *a: [], real_sum),
+        "full": (True, real_old_values, real_sum),
+    }
+    rng = random.Random(2)
+    per_apply: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        vaults = {
+            name: Vault.create(Path(tmp) / name, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY)
+            for name in variants
+        }
+        try:
+            initial = _rows(stored)
+            for v in vaults.values():
+                v.apply(initial)
+            for _ in range(rounds):
+                for name, (enabled, old_values, sum_rows) in variants.items():
+                    batches = [
+                        [Change(f"bench/c{i % _CATEGORIES}", f"entry-{i}".encode(),
+                                os.urandom(_VALUE_BYTES)) for i in rng.sample(range(stored), batch)]
+                        for _ in range(10)
+                    ]
+                    vault_module._state_digest_enabled = enabled
+                    sqlite_backend._old_values = old_values
+                    digest_module.DigestKeys.sum_rows = sum_rows  # type: ignore[method-assign]
+                    try:
+                        t0 = time.process_time()
+                        for changes in batches:
+                            vaults[name].apply(changes)
+                        per_apply[name].append((time.process_time() - t0) / len(batches))
+                    finally:
+                        vault_module._state_digest_enabled = True
+                        sqlite_backend._old_values = real_old_values
+                        digest_module.DigestKeys.sum_rows = real_sum  # type: ignore[method-assign]
+        finally:
+            for v in vaults.values():
+                v.close()
+    ms = {name: statistics.median(t) * 1e3 for name, t in per_apply.items()}
+    return {
+        "name": f"apply_digest_split_{stored}_rows_batch_{batch}",
+        "cpu_ms_per_apply": ms,
+        "cpu_ms_old_values_read": ms["full"] - ms["record_and_contributions"],
+        "cpu_ms_contributions": ms["record_and_contributions"] - ms["record_only"],
+        "cpu_ms_record": ms["record_only"] - ms["off"],
+        "cpu_throughput_ratio": ms["off"] / ms["full"],
+    }
+
+
+def run(quick: bool = False, split: bool = False) -> list[dict[str, Any]]:
     """Every figure of this module (smaller and fewer repeats with ``quick``)."""
     repeats = 5 if quick else 15
-    return [
+    results = [
         apply_digest(2_000 if quick else 10_000, 64, repeats),
         unlock_rehydrate_digest(10_000, profiles.INSECURE_FOR_TESTS_ONLY, repeats),
         unlock_rehydrate_digest(10_000, profiles.RFC_9106_LOW_MEMORY, 3 if quick else 7),
+        digest_formats(10_000, repeats),
     ]
+    if split:
+        results.append(apply_digest_split(2_000 if quick else 10_000, 64, 10 if quick else 40))
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--split", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    emit_results(run(args.quick), args.json)
+    emit_results(run(args.quick, args.split), args.json)
 
 
 if __name__ == "__main__":

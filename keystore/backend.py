@@ -62,8 +62,9 @@ CategoryCount = tuple[str, int, int]
 #: retries a transaction it may be called more than once; the last call's is stored.
 StateUpdate = Callable[[bytes | None, list[SealedRow]], bytes]
 #: Called inside an adoption's transaction as ``build(rows, record)`` with every row
-#: and the stored record (or ``None``); returns ``(record, header)`` to store.
-AdoptState = Callable[[list[SealedRow], bytes | None], tuple[bytes, bytes]]
+#: and the stored record (or ``None``); returns ``(record, header)`` to store, the
+#: header ``None`` to leave it as it is (a record carried over to a newer format).
+AdoptState = Callable[[list[SealedRow], bytes | None], tuple[bytes, bytes | None]]
 
 
 class RowSnapshot(Protocol):

@@ -44,7 +44,15 @@ from keystore.cipher import (
     unwrap_secrets,
     wrap_secrets,
 )
-from keystore.digest import DigestKeys, RowSetDigest, VaultState, check_anchor, check_rows
+from keystore.digest import (
+    STATE_FORMAT,
+    DigestKeys,
+    RowSetDigest,
+    VaultState,
+    check_anchor,
+    check_rows,
+    reseal,
+)
 from keystore.errors import (
     IntegrityError,
     KeystoreError,
@@ -617,6 +625,8 @@ class VaultCore:
                 state = self._adopt_state(self._digest)
             if self._anchor is not None:
                 check_anchor(state.generation, self._load_anchor())
+            if state.state_format != STATE_FORMAT and not self._readonly:
+                state = self._reseal_state(self._digest)
             self._state = state
             if not self._readonly:
                 self._update_anchor(state.generation)
@@ -659,6 +669,25 @@ class VaultCore:
         self._header_adopted(new_header)
         self._header = new_header
         return adopted[-1]
+
+    def _reseal_state(self, keys: DigestKeys) -> VaultState:
+        """Carry a state record of an older format over to the current one, once, at
+        the first writable unlock (docs/format.md §15.6): one write transaction
+        authenticates every row, checks them against the old record and stores the
+        next generation's record in the current format (the header is left as is)."""
+        cipher = self._unlocked()
+        resealed: list[VaultState] = []
+
+        def build(rows: list[SealedRow], record: bytes | None) -> tuple[bytes, None]:
+            cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            digest = RowSetDigest.both_formats(keys)
+            digest.add(rows)
+            state, new_record = reseal(keys, record, digest)
+            resealed.append(state)
+            return new_record, None
+
+        self._backend.adopt_state(build)
+        return resealed[-1]
 
     def _load_anchor(self) -> int | None:
         assert self._anchor is not None

@@ -86,8 +86,8 @@ DEFAULT_RETRY_FOR = 15.0
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _T = TypeVar("_T")
 
-#: The stored value's bytes a digest contribution covers (docs/format.md §15.2).
-_HEAD = 13
+#: The stored value's bytes a digest contribution covers: its last 16, the AES-GCM
+#: tag (docs/format.md §15.2).
 _TAIL = 16
 
 #: Test seam: called inside every apply transaction, after the fencing update (a
@@ -709,13 +709,11 @@ class PostgresBackend:
             " ON CONFLICT (store_id, category, key_hash) DO UPDATE SET value = excluded.value"
         )
         self._sql_set_state = f"UPDATE {s}.stores SET state = %s WHERE store_id = %s"
-        # Only the bytes a row's digest contribution covers travel back: its length,
-        # its first 13 and last 16 bytes (docs/format.md §15.2), not the whole value.
+        # Only the bytes a row's digest contribution covers travel back: its last 16
+        # (docs/format.md §15.2), not the whole value.
         self._sql_old_values = (
-            f"SELECT r.category, r.key_hash, octet_length(r.value),"
-            f" CASE WHEN octet_length(r.value) <= {_HEAD + _TAIL} THEN r.value"
-            f" ELSE substr(r.value, 1, {_HEAD})"
-            f" || substr(r.value, octet_length(r.value) - {_TAIL - 1}) END"
+            f"SELECT r.category, r.key_hash,"
+            f" substr(r.value, greatest(octet_length(r.value) - {_TAIL - 1}, 1))"
             f" FROM {s}.rows r"
             " JOIN unnest(%b::text[], %b::bytea[]) AS t(c, k)"
             " ON r.category = t.c AND r.key_hash = t.k WHERE r.store_id = %b"
@@ -853,10 +851,9 @@ class PostgresBackend:
     ) -> list[SealedRow]:
         """The stored rows among ``targets``, in one indexed statement (binary format).
 
-        Each value comes back as its length, first 13 and last 16 bytes, rebuilt here
-        with zeros in the middle: the same digest contribution as the stored value
-        (which covers exactly those), for a fraction of the transfer.  The values are
-        used for nothing else.
+        Each value comes back as its last 16 bytes only: the same digest contribution
+        as the stored value (which covers exactly those), for a fraction of the
+        transfer.  The values are used for nothing else.
         """
         if not targets:
             return []
@@ -865,13 +862,7 @@ class PostgresBackend:
                 self._sql_old_values,
                 ([c for c, _ in targets], [k for _, k in targets], self.store_id),
             )
-            out: list[SealedRow] = []
-            for c, k, length, ends in cur.fetchall():
-                ends = bytes(ends)
-                if len(ends) != length:
-                    ends = ends[:_HEAD] + bytes(int(length) - _HEAD - _TAIL) + ends[_HEAD:]
-                out.append((str(c), bytes(k), ends))
-            return out
+            return [(str(c), bytes(k), bytes(tail)) for c, k, tail in cur.fetchall()]
 
     def read_state(self) -> bytes | None:
         """The vault's state record, or ``None`` when it has none."""
@@ -910,7 +901,8 @@ class PostgresBackend:
     def adopt_state(self, build: AdoptState) -> None:
         """Give the vault a state record: one fenced transaction reads every row and
         the current record, ``build(rows, record)`` returns ``(record, header)`` (or
-        raises, which writes nothing), and both are stored."""
+        raises, which writes nothing), and both are stored (the header left as it is
+        when ``build`` gives ``None``: a record carried over to a newer format)."""
         s, sid = self._s, self.store_id
 
         def txn(conn: psycopg.Connection[Any]) -> None:
@@ -924,7 +916,8 @@ class PostgresBackend:
                     rows = [(str(c), bytes(k), bytes(v)) for c, k, v in cur.fetchall()]
                 record, header = build(rows, self._read_state(conn))
                 conn.execute(
-                    f"UPDATE {s}.stores SET state = %s, header = %s WHERE store_id = %s",
+                    f"UPDATE {s}.stores SET state = %s, header = coalesce(%s, header)"
+                    " WHERE store_id = %s",
                     (record, header, sid),
                 )
 

@@ -19,6 +19,7 @@ Tables (see ``docs/format.md``)::
 from __future__ import annotations
 
 import contextlib
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -45,8 +46,9 @@ _MAX_HEADER_BLOB = 4096
 #: The counter row naming the key generation the rows of a SQLCipher vault are
 #: encrypted under; it changes in the same transaction as the rows themselves.
 ROW_GENERATION = "key_generation"
-#: Key hashes per lookup of the values a write replaces (under SQLite's 999 variables).
-_OLD_VALUES_CHUNK = 500
+#: Rows per lookup of the values a write replaces: two variables each, under SQLite's
+#: historical limit of 999.
+_OLD_VALUES_CHUNK = 400
 
 
 _UPSERT_HEAD = "INSERT INTO keystore_rows (category, key_hash, value) VALUES "
@@ -174,27 +176,29 @@ def store_row_generation(conn: sqlite3.Connection, generation: int) -> None:
 def _old_values(
     conn: sqlite3.Connection, targets: Iterable[RowRef], path: Path
 ) -> list[SealedRow]:
-    """The stored ``(category, key_hash, value)`` of the rows a write replaces or deletes.
+    """``(category, key_hash, last 16 bytes of the value)`` of the rows a write replaces
+    or deletes: all a digest contribution covers (docs/format.md §15.2).
 
-    One indexed lookup per category and chunk of key hashes, in the write's own
-    transaction, so the digest subtracts exactly what the write overwrites.
+    One statement per chunk of rows, in the write's own transaction, so the digest
+    subtracts exactly what the write overwrites: the batch's keys as a ``VALUES``
+    list driving one indexed lookup each (``CROSS JOIN`` keeps that order).  Only
+    the tail is fetched (``substr``; ``coalesce`` because SQLite gives NULL for an
+    empty blob's), not the whole value.
     """
-    by_category: dict[str, list[bytes]] = {}
-    for category, key_hash in targets:
-        by_category.setdefault(category, []).append(key_hash)
+    refs = list(targets)
     found: list[SealedRow] = []
-    for category, hashes in by_category.items():
-        for lo in range(0, len(hashes), _OLD_VALUES_CHUNK):
-            chunk = hashes[lo : lo + _OLD_VALUES_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            found.extend(
-                (category, _stored(kh, path), _stored(value, path))
-                for kh, value in conn.execute(
-                    "SELECT key_hash, value FROM keystore_rows"
-                    f" WHERE category = ? AND key_hash IN ({marks})",
-                    (category, *chunk),
-                )
-            )
+    for lo in range(0, len(refs), _OLD_VALUES_CHUNK):
+        chunk = refs[lo : lo + _OLD_VALUES_CHUNK]
+        rows = conn.execute(
+            f"WITH t(c, k) AS (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
+            " SELECT r.category, r.key_hash, coalesce(substr(r.value, -16), r.value)"
+            " FROM t CROSS JOIN keystore_rows r ON r.category = t.c AND r.key_hash = t.k",
+            list(chain.from_iterable(chunk)),
+        ).fetchall()
+        # Checked in bulk (no Python loop per row): a tail that is not a blob.
+        if not set(map(type, map(operator.itemgetter(2), rows))) <= {bytes}:
+            raise IntegrityError(f"vault {path} is corrupt: a stored value is not a blob")
+        found += rows
     return found
 
 
@@ -300,7 +304,7 @@ class SqliteBackend:
         with self._write_txn() as conn:
             record: bytes | None = None
             if state is not None:
-                targets = [(c, kh) for c, kh, _ in upserts]
+                targets = list(map(operator.itemgetter(0, 1), upserts))
                 targets += deletes
                 record = state(
                     read_state_record(conn, self._path), _old_values(conn, targets, self._path)
@@ -411,7 +415,7 @@ class SqliteBackend:
             ).fetchall()
             record, header = build(rows, read_state_record(conn, self._path))
             write_state_record(conn, record)
-            if self._header_in_database:
+            if self._header_in_database and header is not None:
                 conn.execute("UPDATE keystore_header SET header = ? WHERE id = 1", (header,))
 
     def rehash(

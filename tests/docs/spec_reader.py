@@ -394,10 +394,12 @@ def check_state(
     if not records:
         raise SpecError("RollbackDetected", "flag bit 1 is set but there is no state record")
     record = records[0][0]
-    if len(records) != 1 or not isinstance(record, bytes) or len(record) != 81 or record[0] != 1:
+    if len(records) != 1 or not isinstance(record, bytes) or len(record) != 81:
         raise _integrity("malformed state record")
-    okm = HKDF(hashes.SHA256(), 96, store_id, DIGEST_INFO).derive(secrets)
-    row_key, mac_key, pad_key = okm[:32], okm[32:64], okm[64:]
+    if record[0] not in (1, 2):  # §15.3: format 2 is written, format 1 still read
+        raise _integrity("malformed state record")
+    okm = HKDF(hashes.SHA256(), 128, store_id, DIGEST_INFO).derive(secrets)
+    row_key, mac_key, pad_key, block_key = okm[:32], okm[32:64], okm[64:96], okm[96:]
     tag = record[49:]
     pad = hmac.new(pad_key, tag, "sha256").digest()
     digest = bytes(a ^ b for a, b in zip(record[17:49], pad, strict=True))
@@ -405,6 +407,12 @@ def check_state(
         raise SpecError("RollbackDetected", "the state record fails its tag")
     total = 0
     for category, kh, stored in stored_rows:
+        if record[0] == 2:
+            # §15.2, format 2: AES-256 of the value's last 16 bytes (zero-padded on the left).
+            block = stored[len(stored) - min(16, len(stored)) :].rjust(16, b"\x00")
+            enc = Cipher(algorithms.AES(block_key), modes.ECB()).encryptor()
+            total += int.from_bytes(enc.update(block) + enc.finalize(), "big")
+            continue
         cat = category.encode("utf-8")
         head, tail = stored[: min(13, len(stored))], stored[len(stored) - min(16, len(stored)) :]
         data = (
@@ -413,8 +421,9 @@ def check_state(
         )
         h = hashlib.blake2b(data, digest_size=32, key=row_key, person=b"mlks-state-row")
         total += int.from_bytes(h.digest(), "big")
+    modulus = 2**128 - 1 if record[0] == 2 else 2**256
     (row_count,) = struct.unpack_from(">Q", record, 9)
-    if row_count != len(stored_rows) or total % 2**256 != int.from_bytes(digest, "big"):
+    if row_count != len(stored_rows) or total % modulus != int.from_bytes(digest, "big"):
         raise SpecError("RollbackDetected", "the rows are not the ones the record vouches for")
 
 

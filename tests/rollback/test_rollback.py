@@ -347,3 +347,32 @@ def test_the_spec_reader_agrees(vault_path: Path, kind: str) -> None:
     with pytest.raises(spec_reader.SpecError) as info:
         spec_reader.read_vault(vault_path, "correct horse battery staple")
     assert info.value.kind == "RollbackDetected"
+
+
+@pytest.mark.parametrize("damage", ["'text, not a blob'", "12", "NULL"])
+def test_a_write_over_a_value_that_is_not_a_blob_is_refused(
+    vault_path: Path, kind: str, damage: str
+) -> None:
+    """A write reads back the tail of each value it replaces; one that is no longer a
+    blob is an IntegrityError (never a bare TypeError), and nothing is written."""
+    _fill(vault_path, kind)
+    kh = _key_hash(vault_path, b"bob")
+    if damage == "NULL":  # the column is NOT NULL: an empty blob, whose tail SQL gives as NULL
+        damage = "x''"
+    write_raw(vault_path, f"UPDATE keystore_rows SET value = {damage} WHERE key_hash = ?", (kh,))
+    before = _digests(vault_path)
+    with reopen(vault_path) as v:
+        if damage == "x''":
+            v.put(CAT, b"bob", b"ratchet 2")  # an empty blob is a blob: the write goes on
+            assert v.generation == 2
+        else:
+            with pytest.raises(IntegrityError, match="not a blob"):
+                v.put(CAT, b"bob", b"ratchet 2")
+            assert v.generation == 1
+    if damage != "x''":
+        assert _digests(vault_path) == before
+        return
+    # The write subtracted what it found, not what the record counted: the next full
+    # read still reports the damage.
+    with reopen(vault_path) as v, pytest.raises(RollbackDetected):
+        v.open_rows()
