@@ -41,8 +41,8 @@ from typing import Any
 from bench.common import emit_results, measure_ratio
 from keystore import Change, KdfParameters, Vault, profiles
 from keystore import digest as digest_module
-from keystore.backends import sqlite as sqlite_backend
 from keystore import vault_core as vault_module
+from keystore.backends import sqlite as sqlite_backend
 from mls import GranularStorage
 
 __all__ = [

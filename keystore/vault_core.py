@@ -549,7 +549,7 @@ class VaultCore:
                     )
                 state = keys.open(record)
                 if state.generation < floor:
-                    state = VaultState(floor, state.row_count, state.digest)
+                    state = replace(state, generation=floor)
                 raised.append(state)
                 return keys.seal(state)
 
