@@ -464,9 +464,10 @@ def export_vault(
 
     The rows are read in one read transaction (:meth:`Vault.read_snapshot`): a
     batch a writer commits meanwhile is in the export entirely or not at all.
-    The file carries the vault's generation (:attr:`Vault.generation`, as of its
-    unlock or this object's last write), so that an import can give the new vault
-    at least that generation.
+    The file carries the generation of the rows it holds (:attr:`Snapshot.generation`:
+    the one the state record of that same read vouches for, even when another
+    process wrote since ``vault`` was unlocked), so that an import can give the new
+    vault at least that generation.
     The file is created owner-only (``0600``, ``O_EXCL``, never through a symlink)
     under a random temporary name beside ``out_path``, fsync'd, then put in place:
     a crash never leaves half an export under the real name, nor a readable one.
@@ -487,7 +488,7 @@ def export_vault(
         with os.fdopen(fd, "wb") as fh, vault.read_snapshot() as snapshot:
             summary = write_export(
                 fh, _counted(snapshot, progress, snapshot.rows), backup_passphrase, kdf,
-                generation=vault.generation,
+                generation=snapshot.generation,
             )
             fh.flush()
             os.fsync(fh.fileno())

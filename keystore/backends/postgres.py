@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_LEASE_TTL",
     "DEFAULT_RETRY_FOR",
     "DEFAULT_SCHEMA",
+    "IMPORTED_LEASE_EPOCH",
     "PG_LATEST_VERSION",
     "PG_MIGRATIONS",
     "Lease",
@@ -83,6 +84,9 @@ DEFAULT_SCHEMA = "mls_keystore"
 #: Seconds an idempotent operation keeps reconnecting and retrying through a lost
 #: connection (a restarted server, a terminated backend) before VaultIOError.
 DEFAULT_RETRY_FOR = 15.0
+#: The lease epoch of a vault that ``import_store(hold_lease=True)`` inserts: the
+#: first, as for a vault ``create_store`` makes.
+IMPORTED_LEASE_EPOCH = 1
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _T = TypeVar("_T")
 
@@ -93,6 +97,11 @@ _TAIL = 16
 #: Test seam: called inside every apply transaction, after the fencing update (a
 #: test stops the process there).  ``None`` in production.
 _apply_hook: Callable[[], None] | None = None
+
+#: Test seam: called inside ``import_store``'s transaction after every row was
+#: inserted, before the commit (a test fails or stops the process there).  ``None``
+#: in production.
+_import_hook: Callable[[], None] | None = None
 
 #: Test seam: called with the version of a migration step after its statements ran,
 #: before its record and commit (the concurrency test stalls there).  ``None`` in
@@ -562,14 +571,23 @@ class PostgresDatabase:
     def import_store(
         self, header: bytes, rows: Sequence[SealedRow], *, name: str | None = None,
         encryptions: int | None = None, state: bytes | None = None,
+        hold_lease: bool = False,
     ) -> bytes:
         """Insert a vault from its header and sealed rows, as they are; return its store id.
 
         Nothing is decrypted or re-encrypted: rows are stored byte for byte, which is
         why a SQLite vault's header and rows (``keystore_header``, ``keystore_rows``)
-        open here with the same passphrase.  One transaction; the lease is left free.
-        ``state`` is the vault's state record (``keystore_state.record`` of a SQLite
-        vault: the same bytes vouch for the same rows here).
+        open here with the same passphrase.  ``state`` is the vault's state record
+        (``keystore_state.record`` of a SQLite vault: the same bytes vouch for the
+        same rows here; an import from an export file seals one at the generation it
+        carries).
+
+        The store row, header, state record and every row land in ONE transaction:
+        a crash or error at any point leaves either no vault or the whole one, never
+        a vault with only some rows or with an older record.  The lease is left free,
+        or with ``hold_lease`` taken by this worker in that same transaction at epoch
+        :data:`IMPORTED_LEASE_EPOCH` (track it with ``leases.adopt``), so that no
+        other worker can write the vault between the import and its first use.
 
         Raises:
             FileExistsError: the store id or name is taken.
@@ -581,14 +599,19 @@ class PostgresDatabase:
         pg = _psycopg()
         s = self.schema
         count = len(rows) if encryptions is None else encryptions
+        holder = self.leases.worker_id if hold_lease else None
+        epoch = IMPORTED_LEASE_EPOCH if hold_lease else 0
+        ttl = self.leases.ttl
 
         def insert(conn: psycopg.Connection[Any]) -> None:
             try:
                 with conn.transaction():
                     conn.execute(
-                        f"INSERT INTO {s}.stores (store_id, name, header, encryptions, state)"
-                        " VALUES (%s, %s, %s, %s, %s)",
-                        (store_id, name, header, count, state),
+                        f"INSERT INTO {s}.stores (store_id, name, header, encryptions, state,"
+                        " lease_epoch, lease_holder, lease_expires)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s::text IS NULL"
+                        " THEN NULL ELSE statement_timestamp() + %s * interval '1 second' END)",
+                        (store_id, name, header, count, state, epoch, holder, holder, ttl),
                     )
                     if rows:
                         conn.execute(
@@ -598,6 +621,8 @@ class PostgresDatabase:
                             (store_id, [r[0] for r in rows], [r[1] for r in rows],
                              [r[2] for r in rows]),
                         )
+                    if _import_hook is not None:
+                        _import_hook()
             except pg.errors.UniqueViolation:
                 raise FileExistsError(
                     f"vault {store_id.hex()} or name {name!r} already exists in {self.location}"
