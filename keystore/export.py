@@ -87,6 +87,8 @@ __all__ = [
     "import_vault",
     "read_export",
     "read_header",
+    "record_generation",
+    "replaced_generation",
     "write_export",
 ]
 
@@ -710,7 +712,16 @@ def replaced_generation(path: str | os.PathLike[str]) -> int | None:
             conn.close()
     except sqlite3.Error:
         return None
-    record = row[0] if row is not None else None
+    return record_generation(row[0] if row is not None else None)
+
+
+def record_generation(record: object) -> int | None:
+    """The generation a stored state record names, read without the vault's keys.
+
+    Not authenticated: good for choosing a higher generation for a vault that replaces
+    the one it came from, for nothing else.  ``None`` for anything that is not a state
+    record of the known format.
+    """
     if not isinstance(record, bytes) or len(record) != STATE_LEN or record[0] != STATE_FORMAT:
         return None
     return int(_U64.unpack_from(record, 1)[0])

@@ -463,6 +463,7 @@ def import_export_file(
     *,
     name: str | None = None,
     schema: str = DEFAULT_SCHEMA,
+    replace: bool = False,
 ) -> PostgresVault:
     """Restore an export file (``mls-keystore export``) into a NEW PostgreSQL vault.
 
@@ -476,23 +477,32 @@ def import_export_file(
     Exporting a PostgreSQL vault needs nothing new: :func:`keystore.export.export_vault`
     reads any vault.
 
+    With ``replace``, a vault already named ``name`` is replaced by the new one in that
+    same transaction, and only while no worker holds its lease; the new vault's
+    generation is then above the replaced vault's too (read from its state record
+    without its keys), so an anchor that tracked the replaced vault accepts it.
+
     Returns:
         The new vault, unlocked and holding its lease.
 
     Raises:
         WrongPassphrase, IntegrityError, SchemaTooNew: the export is unusable.
-        FileExistsError: ``name`` is taken.
+        FileExistsError: ``name`` is taken (without ``replace``).
+        VaultBusy: (``replace``) a worker holds the vault named ``name``; nothing
+            was written.
         VaultIOError: the server is unreachable.
     """
     from pathlib import Path
 
     from keystore.digest import RowSetDigest
-    from keystore.export import ExportStream, generation_floor
+    from keystore.export import ExportStream, generation_floor, record_generation
 
     if not isinstance(kdf, KdfParameters):
         raise TypeError("kdf must be a keystore.profiles.KdfParameters")
     if name is not None and (not isinstance(name, str) or not name):
         raise ValueError("name must be a non-empty string or None")
+    if replace and name is None:
+        raise ValueError("replace=True needs the name of the vault to replace")
     secret = normalize_passphrase(vault_passphrase)
     with Path(in_path).open("rb") as fh:
         stream = ExportStream(fh, backup_passphrase)
@@ -508,9 +518,17 @@ def import_export_file(
             _, upserts, _ = seal_batch(cipher, rows)
             running = RowSetDigest(digest)
             running.add(upserts)
-            state = running.state(generation_floor(stream.generation))
+            states: list[VaultState] = []
+
+            def seal(replaced: bytes | None) -> bytes:
+                # Inside the import's transaction: the replaced vault is locked there.
+                floor = generation_floor(stream.generation, record_generation(replaced))
+                states.append(running.state(floor))
+                return digest.seal(states[-1])
+
             db.import_store(header.to_bytes(), upserts, name=name, encryptions=len(upserts),
-                            state=digest.seal(state), hold_lease=True)
+                            state=seal, hold_lease=True, replace=replace)
+            state = states[-1]
         except BaseException:
             cipher.wipe()
             digest.wipe()

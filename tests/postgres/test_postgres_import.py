@@ -260,3 +260,141 @@ def test_a_failure_inside_the_import_transaction_writes_nothing(
     with pytest.raises(OSError, match="disk on fire"):
         import_export_file(pg_db, export, BACKUP, PASSPHRASE, FAST_KDF, name="restored")
     assert pg_db.list_stores() == []
+
+
+def _newer_vault(db: PostgresDatabase, name: str, writes: int,
+                 anchor: AccountAnchor | None = None) -> tuple[bytes, int]:
+    """A vault ``name`` after ``writes`` one-row writes, closed: (store id, generation)."""
+    with PostgresVault.create(db, PASSPHRASE, FAST_KDF, name=name, anchor=anchor) as v:
+        for i in range(writes):
+            v.put("old", b"o%d" % i, b"old row %d" % i)
+        generation = v.generation
+        assert generation is not None
+        return v.store_id, generation
+
+
+def _row_count(db: PostgresDatabase, store_id: bytes) -> int:
+    s = db.schema
+    row = db.run(lambda conn: conn.execute(
+        f"SELECT count(*) FROM {s}.rows WHERE store_id = %s", (store_id,)).fetchone())
+    assert row is not None
+    return int(row[0])
+
+
+def test_replace_lands_above_the_replaced_vault_in_one_step(
+    pg_db: PostgresDatabase, tmp_path: Path
+) -> None:
+    """``replace=True`` over a vault no worker holds: the old vault and its rows are gone,
+    the new one holds the export's rows at a generation above the replaced one's, and
+    the replaced vault's anchor accepts it."""
+    export, rows, exported = _export_file(tmp_path, 3)
+    anchor = AccountAnchor()
+    old_id, old_generation = _newer_vault(pg_db, "alice", 10, anchor)
+    assert old_generation > exported
+    with import_export_file(pg_db, export, BACKUP, PASSPHRASE, FAST_KDF, name="alice",
+                            replace=True) as v:
+        assert v.generation == old_generation + 1
+        new_id = v.store_id
+    assert new_id != old_id and _row_count(pg_db, old_id) == 0
+    assert [n for _, n in pg_db.list_stores()] == ["alice"]
+    with PostgresVault.open(pg_db, name="alice", anchor=anchor) as v:
+        v.unlock(PASSPHRASE)  # accepted by the replaced vault's anchor
+        assert v.open_rows() == {"groups": rows}
+    # Without a vault of that name, replace simply creates it.
+    with import_export_file(pg_db, export, BACKUP, PASSPHRASE, FAST_KDF, name="bob",
+                            replace=True) as v:
+        assert v.generation == exported
+
+
+def test_replace_refuses_a_vault_a_worker_holds_and_changes_nothing(
+    pg_db: PostgresDatabase, tmp_path: Path
+) -> None:
+    """While a worker holds the vault's lease the replacement is refused (VaultBusy); a
+    failure inside the replacing transaction leaves the old vault as it was too."""
+    export, _, _ = _export_file(tmp_path, 3)
+    old_id, old_generation = _newer_vault(pg_db, "alice", 4)
+    other = PostgresDatabase(pg_db.dsn, schema=pg_db.schema)
+    try:
+        with PostgresVault.open(other, name="alice") as holder:
+            with pytest.raises(VaultBusy):
+                import_export_file(pg_db, export, BACKUP, PASSPHRASE, FAST_KDF, name="alice",
+                                   replace=True)
+            holder.unlock(PASSPHRASE)
+            holder.put("old", b"still", b"mine")  # its lease is intact
+    finally:
+        other.close()
+
+    def fail() -> None:
+        raise OSError("disk on fire")
+
+    postgres_hook = postgres._import_hook
+    postgres._import_hook = fail
+    try:
+        with pytest.raises(OSError, match="disk on fire"):
+            import_export_file(pg_db, export, BACKUP, PASSPHRASE, FAST_KDF, name="alice",
+                               replace=True)
+    finally:
+        postgres._import_hook = postgres_hook
+    assert pg_db.find_store(store_id=None, name="alice")[0] == old_id
+    with PostgresVault.open(pg_db, name="alice", readonly=True) as v:
+        v.unlock(PASSPHRASE)
+        assert v.generation == old_generation + 1
+        assert len(v.open_rows()["old"]) == 5
+
+
+def test_a_worker_whose_lease_expired_cannot_write_into_the_replaced_vault(
+    pg_dsn: str, pg_schema: str, tmp_path: Path
+) -> None:
+    """A holder paused past its lease's expiry, then replaced: its next write is fenced
+    off (LeaseLost), and nothing of it reaches the new vault."""
+    from keystore import LeaseLost
+
+    export, rows, _ = _export_file(tmp_path, 2)
+    stale_db = PostgresDatabase(pg_dsn, schema=pg_schema, renew=False)  # a paused worker
+    db = PostgresDatabase(pg_dsn, schema=pg_schema)
+    try:
+        stale = PostgresVault.create(stale_db, PASSPHRASE, FAST_KDF, name="alice")
+        stale.put("old", b"o", b"before the pause")
+        s = pg_schema
+        db.run(lambda conn: conn.execute(  # its lease expires, as after a long pause
+            f"UPDATE {s}.stores SET lease_expires = statement_timestamp() WHERE name = 'alice'"))
+        import_export_file(db, export, BACKUP, PASSPHRASE, FAST_KDF, name="alice",
+                           replace=True).close()
+        with pytest.raises(LeaseLost):
+            stale.put("old", b"late", b"after the replacement")
+        with PostgresVault.open(db, name="alice", readonly=True) as v:
+            v.unlock(PASSPHRASE)
+            assert v.open_rows() == {"groups": rows}
+        stale.close()
+    finally:
+        stale_db.close()
+        db.close()
+
+
+def test_cli_import_force_replaces_a_vault_in_postgresql(
+    pg_db: PostgresDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``import --force`` with ``--dsn``: replaces the named vault above its generation
+    (exit 0), and exits 4 (busy) while a worker holds it."""
+    import json
+
+    from keystore.cli import PASSPHRASE_ENV, main
+
+    export, rows, _ = _export_file(tmp_path, 3)
+    _, old_generation = _newer_vault(pg_db, "alice", 6)
+    for name, text in (("pw", PASSPHRASE), ("backup", BACKUP)):
+        fd = os.open(tmp_path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    args = ["import", str(export), "alice", "--dsn", pg_db.dsn, "--schema", pg_db.schema,
+            "--force", "--passphrase-file", str(tmp_path / "pw"), "--backup-passphrase-file",
+            str(tmp_path / "backup"), "--kdf-profile", "INSECURE_FOR_TESTS_ONLY", "--json"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["generation"] == old_generation + 1
+    with PostgresVault.open(pg_db, name="alice") as v:
+        v.unlock(PASSPHRASE)
+        assert v.open_rows() == {"groups": rows}
+        assert main(args) == 4
