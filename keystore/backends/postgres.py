@@ -634,13 +634,15 @@ class PostgresDatabase:
                         (store_id, name, header, count, record, epoch, holder, holder, ttl),
                     )
                     if rows:
-                        conn.execute(
-                            f"INSERT INTO {s}.rows (store_id, category, key_hash, value)"
-                            " SELECT %s, c, k, v FROM"
-                            " unnest(%s::text[], %s::bytea[], %s::bytea[]) AS t(c, k, v)",
-                            (store_id, [r[0] for r in rows], [r[1] for r in rows],
-                             [r[2] for r in rows]),
-                        )
+                        # Binary COPY straight into the table: the store is new, so no
+                        # row can conflict, and bytea travels as raw bytes (no hex).
+                        with conn.cursor() as cur, cur.copy(
+                            f"COPY {s}.rows (store_id, category, key_hash, value)"
+                            " FROM STDIN (FORMAT BINARY)"
+                        ) as copy:
+                            copy.set_types(["bytea", "text", "bytea", "bytea"])
+                            for category, key_hash, value in rows:
+                                copy.write_row((store_id, category, key_hash, value))
                     if _import_hook is not None:
                         _import_hook()
             except pg.errors.UniqueViolation:
