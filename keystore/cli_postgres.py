@@ -385,14 +385,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """``import`` an export file into a NEW vault in PostgreSQL (one transaction)."""
+    """``import`` an export file into a NEW vault in PostgreSQL (one transaction);
+    ``--force`` replaces a vault of that name in the same transaction, when no worker
+    holds it."""
     from keystore.postgres_vault import import_export_file
 
     if args.sqlcipher:
         raise UsageError("--sqlcipher makes a SQLCipher file; it has no meaning with --dsn")
-    if args.force:
-        raise UsageError("--force with --dsn: a vault in a database is never replaced; "
-                         "import under a new name")
     _, name = _dsn_and_vault(args, "path")
     if name is None or name.startswith("id:"):
         raise UsageError("name the new vault: --dsn DSN NAME, or postgresql://.../DB#NAME")
@@ -409,7 +408,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         vault_pw = _new_passphrase(args)
         with (phases.step("deriving keys and importing in one transaction"),
               _database(args, renew=True) as db):
-            vault = import_export_file(db, src, backup_pw, vault_pw, kdf, name=name)
+            vault = import_export_file(db, src, backup_pw, vault_pw, kdf, name=name,
+                                       replace=args.force)
             try:
                 stats = vault.stats()
                 location, store, generation = vault.location, vault.store_id, vault.generation

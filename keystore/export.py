@@ -87,6 +87,8 @@ __all__ = [
     "import_vault",
     "read_export",
     "read_header",
+    "record_generation",
+    "replaced_generation",
     "write_export",
 ]
 
@@ -464,9 +466,10 @@ def export_vault(
 
     The rows are read in one read transaction (:meth:`Vault.read_snapshot`): a
     batch a writer commits meanwhile is in the export entirely or not at all.
-    The file carries the vault's generation (:attr:`Vault.generation`, as of its
-    unlock or this object's last write), so that an import can give the new vault
-    at least that generation.
+    The file carries the generation of the rows it holds (:attr:`Snapshot.generation`:
+    the one the state record of that same read vouches for, even when another
+    process wrote since ``vault`` was unlocked), so that an import can give the new
+    vault at least that generation.
     The file is created owner-only (``0600``, ``O_EXCL``, never through a symlink)
     under a random temporary name beside ``out_path``, fsync'd, then put in place:
     a crash never leaves half an export under the real name, nor a readable one.
@@ -487,7 +490,7 @@ def export_vault(
         with os.fdopen(fd, "wb") as fh, vault.read_snapshot() as snapshot:
             summary = write_export(
                 fh, _counted(snapshot, progress, snapshot.rows), backup_passphrase, kdf,
-                generation=vault.generation,
+                generation=snapshot.generation,
             )
             fh.flush()
             os.fsync(fh.fileno())
@@ -709,7 +712,16 @@ def replaced_generation(path: str | os.PathLike[str]) -> int | None:
             conn.close()
     except sqlite3.Error:
         return None
-    record = row[0] if row is not None else None
+    return record_generation(row[0] if row is not None else None)
+
+
+def record_generation(record: object) -> int | None:
+    """The generation a stored state record names, read without the vault's keys.
+
+    Not authenticated: good for choosing a higher generation for a vault that replaces
+    the one it came from, for nothing else.  ``None`` for anything that is not a state
+    record of the known format.
+    """
     if not isinstance(record, bytes) or len(record) != STATE_LEN or record[0] != STATE_FORMAT:
         return None
     return int(_U64.unpack_from(record, 1)[0])

@@ -27,6 +27,7 @@ from keystore.anchor import GenerationAnchor
 from keystore.backends.postgres import (
     DEFAULT_LEASE_TTL,
     DEFAULT_SCHEMA,
+    IMPORTED_LEASE_EPOCH,
     PostgresBackend,
     PostgresDatabase,
     _redact,
@@ -462,39 +463,84 @@ def import_export_file(
     *,
     name: str | None = None,
     schema: str = DEFAULT_SCHEMA,
+    replace: bool = False,
 ) -> PostgresVault:
     """Restore an export file (``mls-keystore export``) into a NEW PostgreSQL vault.
 
-    The whole file is authenticated before the vault is created, and its rows then
-    land in one transaction, so a damaged file or a wrong passphrase leaves nothing
-    in the database.  (The rows are held in memory meanwhile.)  The new vault's
-    generation is then raised to the one the export carries (a second transaction),
-    so an anchor that tracked the exported vault accepts it.  Exporting a
-    PostgreSQL vault needs nothing new: :func:`keystore.export.export_vault` reads
-    any vault through ``stats``, ``categories`` and ``items``.
+    The whole file is authenticated first (its rows are held in memory meanwhile),
+    then the new vault is made in ONE transaction: its store row and header, every
+    row, a state record already at the generation the export carries (so an anchor
+    that tracked the exported vault accepts it), and this worker's writer lease.  A
+    damaged file, a wrong passphrase, a failure or a crash at any point therefore
+    leaves either nothing in the database or the complete vault at that
+    generation -- never an empty or partial vault, nor one at a lower generation.
+    Exporting a PostgreSQL vault needs nothing new: :func:`keystore.export.export_vault`
+    reads any vault.
+
+    With ``replace``, a vault already named ``name`` is replaced by the new one in that
+    same transaction, and only while no worker holds its lease; the new vault's
+    generation is then above the replaced vault's too (read from its state record
+    without its keys), so an anchor that tracked the replaced vault accepts it.
 
     Returns:
         The new vault, unlocked and holding its lease.
 
     Raises:
         WrongPassphrase, IntegrityError, SchemaTooNew: the export is unusable.
-        FileExistsError: ``name`` is taken.
+        FileExistsError: ``name`` is taken (without ``replace``).
+        VaultBusy: (``replace``) a worker holds the vault named ``name``; nothing
+            was written.
+        VaultIOError: the server is unreachable.
     """
     from pathlib import Path
 
-    from keystore.export import ExportStream, generation_floor
+    from keystore.digest import RowSetDigest
+    from keystore.export import ExportStream, generation_floor, record_generation
 
-    normalize_passphrase(vault_passphrase)
+    if not isinstance(kdf, KdfParameters):
+        raise TypeError("kdf must be a keystore.profiles.KdfParameters")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError("name must be a non-empty string or None")
+    if replace and name is None:
+        raise ValueError("replace=True needs the name of the vault to replace")
+    secret = normalize_passphrase(vault_passphrase)
     with Path(in_path).open("rb") as fh:
         stream = ExportStream(fh, backup_passphrase)
         rows = [Change(c, k, v) for c, k, v in stream]
     if len({(c.category, c.key) for c in rows}) != len(rows):
         raise IntegrityError("export file holds the same row twice")
-    vault = PostgresVault.create(where, vault_passphrase, kdf, name=name, schema=schema)
+    db, owns = PostgresVault._database(where, schema, DEFAULT_LEASE_TTL)
     try:
-        vault.apply(rows)
-        vault.raise_generation(generation_floor(stream.generation))
+        db.check_schema()
+        header, cipher, kek = new_header(KDF_ARGON2ID, kdf, secret)
+        digest = _digest_keys(cipher)
+        try:
+            _, upserts, _ = seal_batch(cipher, rows)
+            running = RowSetDigest(digest)
+            running.add(upserts)
+            states: list[VaultState] = []
+
+            def seal(replaced: bytes | None) -> bytes:
+                # Inside the import's transaction: the replaced vault is locked there.
+                floor = generation_floor(stream.generation, record_generation(replaced))
+                states.append(running.state(floor))
+                return digest.seal(states[-1])
+
+            db.import_store(header.to_bytes(), upserts, name=name, encryptions=len(upserts),
+                            state=seal, hold_lease=True, replace=replace)
+            state = states[-1]
+        except BaseException:
+            cipher.wipe()
+            digest.wipe()
+            _wipe(kek)
+            raise
     except BaseException:
-        vault.close()
+        if owns:
+            db.close()
         raise
+    lease = db.leases.adopt(header.store_id, IMPORTED_LEASE_EPOCH)
+    vault = PostgresVault(db, db.backend(header.store_id, lease), header, name,
+                          readonly=False, owns_db=owns)
+    vault._cipher, vault._kek = cipher, kek
+    vault._digest, vault._state = digest, state
     return vault

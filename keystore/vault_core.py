@@ -1220,23 +1220,49 @@ class VaultCore:
                 for category, key, value in snap:
                     ...
 
+        The snapshot's :attr:`Snapshot.generation` is the generation of the rows it
+        holds (read from the state record of the same moment), which may be ahead of
+        :attr:`generation` when another process wrote since this object's unlock.
+
         Raises:
             VaultLocked: the vault is locked.
             IntegrityError: a row fails authentication.
-            RollbackDetected: the rows are not the set the state record vouches
+            RollbackDetected: the state record of the snapshot is missing or fails
+                authentication (on entry), or the rows are not the set it vouches
                 for (on entry when the backend fetched them whole, else after the
                 last row is yielded).
         """
         with self._mutex:
             cipher = self._unlocked()
             with self._backend.read_snapshot() as snap:
+                generation = self._snapshot_generation(snap.state_record())
                 if snap.in_memory:
                     # Already fetched whole: check everything before the caller acts
                     # on any row.
                     rows = [row for batch in snap.batches() for row in batch]
                     cipher.open_rows(rows, self._stored_category, self._stored_blob)
                     self._check_state(rows, snap.state_record())
-                yield Snapshot(self, snap, cipher, checked=snap.in_memory)
+                yield Snapshot(
+                    self, snap, cipher, checked=snap.in_memory, generation=generation
+                )
+
+    def _snapshot_generation(self, record: bytes | None) -> int | None:
+        """The generation a snapshot's state record vouches for, its tag checked.
+
+        ``None`` for a vault without a state record (one from before the record,
+        opened read-only).  The record's tag is checked here, so the number is this
+        vault's own; that the rows are the ones it vouches for is checked by the
+        snapshot itself (on entry or after its last row).
+        """
+        if self._digest is None or not self._header.state_digest:
+            return None
+        if record is None:
+            raise RollbackDetected(
+                f"vault {self.location} has lost its state record: it was removed, "
+                "or the vault was made to look older than it is",
+                reason="record",
+            )
+        return self._digest.open(record).generation
 
     def verify(self) -> VerifyReport:
         """Decrypt and authenticate every row, in one read snapshot; list the failures.
@@ -1281,10 +1307,16 @@ class Snapshot:
     in memory for it).
     """
 
-    __slots__ = ("_checked", "_cipher", "_snap", "_vault", "rows")
+    __slots__ = ("_checked", "_cipher", "_snap", "_vault", "generation", "rows")
 
     def __init__(
-        self, vault: VaultCore, snap: RowSnapshot, cipher: StoreCipher, *, checked: bool
+        self,
+        vault: VaultCore,
+        snap: RowSnapshot,
+        cipher: StoreCipher,
+        *,
+        checked: bool,
+        generation: int | None = None,
     ) -> None:
         self._vault = vault
         self._snap = snap
@@ -1292,6 +1324,14 @@ class Snapshot:
         self._checked = checked
         #: How many rows the snapshot holds.
         self.rows = snap.count
+        #: The generation of exactly these rows: the one the state record read in the
+        #: same snapshot vouches for (its tag checked on entry), not the generation
+        #: this vault object saw at unlock -- another process may have written since.
+        #: What an export must carry.  Like the rows, trust it only once the
+        #: iteration ended without an error (that is when the rows were checked
+        #: against it, unless the backend fetched them whole and they were checked
+        #: on entry).  ``None`` for a vault without a state record.
+        self.generation = generation
 
     def __iter__(self) -> Iterator[tuple[str, bytes, bytes]]:
         """Yield every row; after the last one, check them against the state record.

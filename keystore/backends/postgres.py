@@ -55,6 +55,7 @@ from keystore.errors import (
     MigrationRequired,
     NotAVault,
     SchemaTooNew,
+    VaultBusy,
     VaultClosed,
     VaultIOError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "DEFAULT_LEASE_TTL",
     "DEFAULT_RETRY_FOR",
     "DEFAULT_SCHEMA",
+    "IMPORTED_LEASE_EPOCH",
     "PG_LATEST_VERSION",
     "PG_MIGRATIONS",
     "Lease",
@@ -74,6 +76,7 @@ __all__ = [
     "PostgresBackend",
     "PostgresDatabase",
     "PostgresUnavailable",
+    "StateFor",
     "StateUpdate",
 ]
 
@@ -83,6 +86,13 @@ DEFAULT_SCHEMA = "mls_keystore"
 #: Seconds an idempotent operation keeps reconnecting and retrying through a lost
 #: connection (a restarted server, a terminated backend) before VaultIOError.
 DEFAULT_RETRY_FOR = 15.0
+#: Called inside ``import_store(replace=True)``'s transaction with the stored state
+#: record of the vault it replaces (``None``: none, or one without a record); returns
+#: the new vault's record (one above the replaced generation).
+StateFor = Callable[[bytes | None], bytes]
+#: The lease epoch of a vault that ``import_store(hold_lease=True)`` inserts: the
+#: first, as for a vault ``create_store`` makes.
+IMPORTED_LEASE_EPOCH = 1
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _T = TypeVar("_T")
 
@@ -93,6 +103,11 @@ _TAIL = 16
 #: Test seam: called inside every apply transaction, after the fencing update (a
 #: test stops the process there).  ``None`` in production.
 _apply_hook: Callable[[], None] | None = None
+
+#: Test seam: called inside ``import_store``'s transaction after every row was
+#: inserted, before the commit (a test fails or stops the process there).  ``None``
+#: in production.
+_import_hook: Callable[[], None] | None = None
 
 #: Test seam: called with the version of a migration step after its statements ran,
 #: before its record and commit (the concurrency test stalls there).  ``None`` in
@@ -561,43 +576,75 @@ class PostgresDatabase:
 
     def import_store(
         self, header: bytes, rows: Sequence[SealedRow], *, name: str | None = None,
-        encryptions: int | None = None, state: bytes | None = None,
+        encryptions: int | None = None, state: bytes | StateFor | None = None,
+        hold_lease: bool = False, replace: bool = False,
     ) -> bytes:
         """Insert a vault from its header and sealed rows, as they are; return its store id.
 
         Nothing is decrypted or re-encrypted: rows are stored byte for byte, which is
         why a SQLite vault's header and rows (``keystore_header``, ``keystore_rows``)
-        open here with the same passphrase.  One transaction; the lease is left free.
-        ``state`` is the vault's state record (``keystore_state.record`` of a SQLite
-        vault: the same bytes vouch for the same rows here).
+        open here with the same passphrase.  ``state`` is the vault's state record
+        (``keystore_state.record`` of a SQLite vault: the same bytes vouch for the
+        same rows here; an import from an export file seals one at the generation it
+        carries), or a :data:`StateFor` that makes it inside the transaction from the
+        record of the vault being replaced.
+
+        The store row, header, state record and every row land in ONE transaction:
+        a crash or error at any point leaves either no vault or the whole one, never
+        a vault with only some rows or with an older record.  The lease is left free,
+        or with ``hold_lease`` taken by this worker in that same transaction at epoch
+        :data:`IMPORTED_LEASE_EPOCH` (track it with ``leases.adopt``), so that no
+        other worker can write the vault between the import and its first use.
+
+        With ``replace``, a vault already named ``name`` is replaced in that same
+        transaction -- its store row and rows deleted, the new vault inserted -- but
+        only while no worker holds its lease (free, or expired by the server's
+        clock); its row is locked first, so no worker can take the lease meanwhile,
+        and a worker whose lease had expired finds its next write fenced off
+        (``LeaseLost``).  A failure rolls back the whole step: the old vault stays.
 
         Raises:
-            FileExistsError: the store id or name is taken.
+            FileExistsError: the store id or name is taken (without ``replace``).
+            VaultBusy: (``replace``) a worker holds the lease of the vault named
+                ``name``; nothing was written.
             IntegrityError: ``header`` is not a vault header.
         """
         from keystore.header import Header
 
+        if replace and name is None:
+            raise ValueError("replace needs the name of the vault to replace")
         store_id = Header.from_bytes(header).store_id
         pg = _psycopg()
         s = self.schema
         count = len(rows) if encryptions is None else encryptions
+        holder = self.leases.worker_id if hold_lease else None
+        epoch = IMPORTED_LEASE_EPOCH if hold_lease else 0
+        ttl = self.leases.ttl
 
         def insert(conn: psycopg.Connection[Any]) -> None:
             try:
                 with conn.transaction():
+                    replaced = self._remove_replaced(conn, name) if replace else None
+                    record = state(replaced) if callable(state) else state
                     conn.execute(
-                        f"INSERT INTO {s}.stores (store_id, name, header, encryptions, state)"
-                        " VALUES (%s, %s, %s, %s, %s)",
-                        (store_id, name, header, count, state),
+                        f"INSERT INTO {s}.stores (store_id, name, header, encryptions, state,"
+                        " lease_epoch, lease_holder, lease_expires)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s::text IS NULL"
+                        " THEN NULL ELSE statement_timestamp() + %s * interval '1 second' END)",
+                        (store_id, name, header, count, record, epoch, holder, holder, ttl),
                     )
                     if rows:
-                        conn.execute(
-                            f"INSERT INTO {s}.rows (store_id, category, key_hash, value)"
-                            " SELECT %s, c, k, v FROM"
-                            " unnest(%s::text[], %s::bytea[], %s::bytea[]) AS t(c, k, v)",
-                            (store_id, [r[0] for r in rows], [r[1] for r in rows],
-                             [r[2] for r in rows]),
-                        )
+                        # Binary COPY straight into the table: the store is new, so no
+                        # row can conflict, and bytea travels as raw bytes (no hex).
+                        with conn.cursor() as cur, cur.copy(
+                            f"COPY {s}.rows (store_id, category, key_hash, value)"
+                            " FROM STDIN (FORMAT BINARY)"
+                        ) as copy:
+                            copy.set_types(["bytea", "text", "bytea", "bytea"])
+                            for category, key_hash, value in rows:
+                                copy.write_row((store_id, category, key_hash, value))
+                    if _import_hook is not None:
+                        _import_hook()
             except pg.errors.UniqueViolation:
                 raise FileExistsError(
                     f"vault {store_id.hex()} or name {name!r} already exists in {self.location}"
@@ -606,6 +653,31 @@ class PostgresDatabase:
         self.check_schema()
         self.run(insert, idempotent=False)
         return store_id
+
+    def _remove_replaced(self, conn: psycopg.Connection[Any], name: str | None) -> bytes | None:
+        """Inside an import's transaction: delete the vault named ``name``, if any, unless
+        a worker holds its lease; return its stored state record (``None``: no vault, or
+        one without a record).  Its row is locked first (``FOR UPDATE``): a worker taking
+        the lease meanwhile waits for the import's commit, and then finds no vault."""
+        s = self.schema
+        row = conn.execute(
+            f"SELECT store_id, state, lease_holder IS NOT NULL"
+            " AND lease_expires > statement_timestamp()"
+            f" FROM {s}.stores WHERE name = %s FOR UPDATE",
+            (name,),
+        ).fetchone()
+        if row is None:
+            return None
+        old_id, record, held = bytes(row[0]), row[1], bool(row[2])
+        if held:
+            raise VaultBusy(
+                f"vault {name!r} in {self.location} is held by a worker (its writer lease "
+                "is taken): stop that worker, or wait for its lease to expire; nothing was "
+                "replaced"
+            )
+        conn.execute(f"DELETE FROM {s}.rows WHERE store_id = %s", (old_id,))
+        conn.execute(f"DELETE FROM {s}.stores WHERE store_id = %s", (old_id,))
+        return None if record is None else bytes(record)
 
     def find_store(
         self, *, store_id: bytes | None, name: str | None

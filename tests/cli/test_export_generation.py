@@ -108,6 +108,107 @@ def test_the_anchor_of_the_exported_vault_accepts_the_imported_one(tmp_path: Pat
     assert caught.value.reason == "anchor"
 
 
+def test_the_export_carries_the_generation_of_its_rows_not_of_the_unlock(
+    tmp_path: Path,
+) -> None:
+    """Another writer advances the vault between the exporter's unlock and its export: the
+    file carries the generation of the rows it holds, and the source's anchor accepts the
+    vault restored from it (with the unlock's generation it would refuse it)."""
+    anchor = AccountAnchor()
+    source = tmp_path / "a.vault"
+    _vault_with_writes(source, 3, anchor)
+    with Vault.open(source, readonly=True) as exporter:
+        exporter.unlock(PASSPHRASE)
+        seen = exporter.generation
+        with Vault.open(source, anchor=anchor) as writer:
+            writer.unlock(PASSPHRASE)
+            for i in range(4):
+                writer.put("groups", b"later%d" % i, b"later epoch %d" % i)
+            rows_generation = writer.generation
+        assert seen is not None and rows_generation is not None and rows_generation > seen
+        assert exporter.generation == seen  # this object has not seen those writes
+        with exporter.read_snapshot() as snap:
+            assert snap.generation == rows_generation
+            assert len(list(snap)) == 7
+        summary = export_vault(exporter, tmp_path / "a.export", BACKUP, FAST)
+    assert summary.generation == rows_generation and summary.rows == 7
+    with (tmp_path / "a.export").open("rb") as fh:
+        stream = ExportStream(fh, BACKUP)
+        assert len(list(stream)) == 7
+    assert stream.generation == rows_generation
+    restored = tmp_path / "restored.vault"
+    import_vault(tmp_path / "a.export", restored, BACKUP, PASSPHRASE, FAST)
+    assert _generation(restored, anchor) == rows_generation  # the anchor accepts it
+
+
+def test_a_snapshot_refuses_a_state_record_that_is_not_this_vaults(tmp_path: Path) -> None:
+    """The snapshot's generation is authenticated: another vault's record put in its place
+    fails on entry, before any row or generation is handed out."""
+    import sqlite3
+
+    a, b = tmp_path / "a.vault", tmp_path / "b.vault"
+    _vault_with_writes(a, 2)
+    _vault_with_writes(b, 9)
+    with contextlib.closing(sqlite3.connect(b)) as conn:
+        (foreign,) = conn.execute("SELECT record FROM keystore_state WHERE id = 1").fetchone()
+    with Vault.open(a, readonly=True) as v:
+        v.unlock(PASSPHRASE)
+        with contextlib.closing(sqlite3.connect(a)) as conn, conn:
+            conn.execute("UPDATE keystore_state SET record = ? WHERE id = 1", (foreign,))
+        with pytest.raises(RollbackDetected), v.read_snapshot():
+            pass
+
+
+class _Crash(BaseException):
+    """Stands for the process dying at that point (not an Exception: nothing catches it)."""
+
+
+def _crash(*_args: object, **_kwargs: object) -> int:
+    raise _Crash
+
+
+def test_an_import_that_dies_before_its_generation_is_raised_leaves_no_vault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows are in but the generation is not yet raised: nothing is at the target yet
+    (the vault is built privately and renamed in after both), and a vault it was to
+    replace is untouched."""
+    source = tmp_path / "a.vault"
+    _vault_with_writes(source, 5)
+    _export(source, tmp_path / "a.export")
+    target = tmp_path / "b.vault"
+    _vault_with_writes(target, 2)
+    before = target.read_bytes()
+    monkeypatch.setattr(Vault, "raise_generation", _crash)
+    with pytest.raises(_Crash):
+        import_vault(tmp_path / "a.export", tmp_path / "new.vault", BACKUP, PASSPHRASE, FAST)
+    with pytest.raises(_Crash):
+        import_vault(tmp_path / "a.export", target, BACKUP, PASSPHRASE, FAST, overwrite=True)
+    assert not (tmp_path / "new.vault").exists()
+    assert target.read_bytes() == before
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert not [n for n in left if n.startswith(("new.vault", "."))], left  # no temporaries
+
+
+def test_import_sqlcipher_that_dies_before_its_generation_is_raised_leaves_no_vault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for the path of ``import --sqlcipher`` and ``convert``
+    (:func:`keystore.cli_convert.build_vault`): linked into place only after the raise."""
+    from keystore.cli_convert import build_vault
+
+    dest = tmp_path / "c.vault"
+    monkeypatch.setattr(Vault, "raise_generation", _crash)
+    with pytest.raises(_Crash):
+        build_vault(dest, [("groups", b"k", b"v")],
+                    lambda p: Vault.create(p, PASSPHRASE, kdf=FAST), generation=lambda: 9)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    summary = build_vault(dest, [("groups", b"k", b"v")],
+                          lambda p: Vault.create(p, PASSPHRASE, kdf=FAST), generation=lambda: 9)
+    assert summary.generation == 9 == _generation(dest)
+
+
 def test_an_export_without_the_generation_is_refused_by_that_anchor(tmp_path: Path) -> None:
     """The failure the generation prevents: the same rows in a format-1 export restore at
     a low generation, and the anchor refuses the restored vault."""
