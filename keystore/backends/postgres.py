@@ -36,13 +36,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import operator
 import re
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as _wait_for
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -91,6 +94,7 @@ _T = TypeVar("_T")
 #: The stored value's bytes a digest contribution covers (docs/format.md §15.2).
 _HEAD = 13
 _TAIL = 16
+_HEAD_SLICE, _REST_SLICE = slice(0, _HEAD), slice(_HEAD, None)
 
 #: Test seam: called inside every apply transaction, after the fencing update (a
 #: test stops the process there).  ``None`` in production.
@@ -286,6 +290,9 @@ class PostgresDatabase:
         self._staged: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()
         self._closed = False
+        # One helper thread, made on first use: it waits on the server for an
+        # apply's upsert while the calling thread computes the next state record.
+        self._helper: ThreadPoolExecutor | None = None
         # Checked once per handle: a worker opening 10,000 vaults asks once.  Newer
         # code migrating underneath is caught by its own checksums, not ours.
         self._schema_checked = False
@@ -347,6 +354,13 @@ class PostgresDatabase:
             self._conn = conn
         return self._conn
 
+    def _in_background(self, fn: Callable[[], _T]) -> Future[_T]:
+        """Run ``fn`` on the helper thread (the caller holds the connection lock and
+        waits for the result before it uses the connection again)."""
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="mls-keystore-pg")
+        return self._helper.submit(fn)
+
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         self._staged = None
@@ -406,6 +420,8 @@ class PostgresDatabase:
                 return
             self.leases.close()
             self._closed = True
+            if self._helper is not None:
+                self._helper.shutdown(wait=True)
             self._drop_connection()
 
     def __enter__(self) -> PostgresDatabase:
@@ -723,18 +739,29 @@ class PostgresDatabase:
 # ---------------------------------------------------------------------- one vault
 
 
+def _record(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
 def _untrim(found: Sequence[tuple[Any, ...]]) -> list[SealedRow]:
     """Rows read back as ``(category, key_hash, length, head + tail)`` rebuilt as
     ``(category, key_hash, value)`` with zeros in the middle of the value: the same
-    digest contribution as the stored value, which covers exactly those bytes."""
-    out: list[SealedRow] = []
-    keep = out.append
-    for c, k, length, ends in found:
-        ends = bytes(ends)
-        if len(ends) != length:
-            ends = ends[:_HEAD] + bytes(int(length) - _HEAD - _TAIL) + ends[_HEAD:]
-        keep((str(c), bytes(k), ends))
-    return out
+    digest contribution as the stored value, which covers exactly those bytes.
+
+    Column-wise with ``map`` (C calls, no bytecode per row): one zero block per
+    distinct length, and a value read back whole (no longer than head + tail)
+    gets an empty middle, so it comes out as it was.
+    """
+    if not found:
+        return []
+    categories, key_hashes, lengths, ends = zip(*found, strict=True)
+    gaps = list(map(operator.sub, lengths, map(len, ends)))
+    zeros = {gap: bytes(gap) for gap in set(gaps)}
+    heads: Iterator[bytes] = map(operator.getitem, ends, repeat(_HEAD_SLICE))
+    middles: Iterator[bytes] = map(zeros.__getitem__, gaps)
+    tails: Iterator[bytes] = map(operator.getitem, ends, repeat(_REST_SLICE))
+    values = map(b"".join, zip(heads, middles, tails, strict=True))
+    return list(zip(categories, key_hashes, values, strict=True))
 
 
 class _Snapshot:
@@ -935,11 +962,22 @@ class PostgresBackend:
             elif state is not None and upserts:
                 cur.execute(self._sql_old_values, (cats, keys, sid))
                 old_rows = _untrim(cur.fetchall())
+            record: bytes | None = None
             if upserts:
-                cur.execute(
-                    self._sql_upsert_arrays,
-                    (sid, cats, keys, _ByteaArray([r[2] for r in upserts])),
-                )
+                params = (sid, cats, keys, _ByteaArray([r[2] for r in upserts]))
+                if state is None:
+                    cur.execute(self._sql_upsert_arrays, params)
+                else:
+                    # The server writes the rows while this thread computes the
+                    # record from the values they replace (read above): the two
+                    # run side by side instead of one after the other.
+                    sql = self._sql_upsert_arrays
+                    pending = self._db._in_background(lambda: conn.execute(sql, params))
+                    try:
+                        record = state(_record(fenced[0]), old_rows)
+                    finally:
+                        _wait_for([pending])
+                    pending.result()  # the upsert's own error, if it failed
             if deletes:
                 cur.execute(
                     self._sql_delete_arrays,
@@ -947,7 +985,8 @@ class PostgresBackend:
                      sid),
                 )
             if state is not None:
-                record = state(None if fenced[0] is None else bytes(fenced[0]), old_rows)
+                if record is None:
+                    record = state(_record(fenced[0]), old_rows)
                 cur.execute(self._sql_set_state, (record, sid))
 
     def _upsert(self, conn: psycopg.Connection[Any], upserts: Sequence[SealedRow]) -> None:
