@@ -42,8 +42,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as _wait_for
 from dataclasses import dataclass
 from itertools import chain, repeat
 from types import TracebackType
@@ -290,9 +288,6 @@ class PostgresDatabase:
         self._staged: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()
         self._closed = False
-        # One helper thread, made on first use: it waits on the server for an
-        # apply's upsert while the calling thread computes the next state record.
-        self._helper: ThreadPoolExecutor | None = None
         # Checked once per handle: a worker opening 10,000 vaults asks once.  Newer
         # code migrating underneath is caught by its own checksums, not ours.
         self._schema_checked = False
@@ -354,13 +349,6 @@ class PostgresDatabase:
             self._conn = conn
         return self._conn
 
-    def _in_background(self, fn: Callable[[], _T]) -> Future[_T]:
-        """Run ``fn`` on the helper thread (the caller holds the connection lock and
-        waits for the result before it uses the connection again)."""
-        if self._helper is None:
-            self._helper = ThreadPoolExecutor(1, thread_name_prefix="mls-keystore-pg")
-        return self._helper.submit(fn)
-
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         self._staged = None
@@ -420,8 +408,6 @@ class PostgresDatabase:
                 return
             self.leases.close()
             self._closed = True
-            if self._helper is not None:
-                self._helper.shutdown(wait=True)
             self._drop_connection()
 
     def __enter__(self) -> PostgresDatabase:
@@ -739,10 +725,6 @@ class PostgresDatabase:
 # ---------------------------------------------------------------------- one vault
 
 
-def _record(value: Any) -> bytes | None:
-    return None if value is None else bytes(value)
-
-
 def _untrim(found: Sequence[tuple[Any, ...]]) -> list[SealedRow]:
     """Rows read back as ``(category, key_hash, length, head + tail)`` rebuilt as
     ``(category, key_hash, value)`` with zeros in the middle of the value: the same
@@ -962,22 +944,11 @@ class PostgresBackend:
             elif state is not None and upserts:
                 cur.execute(self._sql_old_values, (cats, keys, sid))
                 old_rows = _untrim(cur.fetchall())
-            record: bytes | None = None
             if upserts:
-                params = (sid, cats, keys, _ByteaArray([r[2] for r in upserts]))
-                if state is None:
-                    cur.execute(self._sql_upsert_arrays, params)
-                else:
-                    # The server writes the rows while this thread computes the
-                    # record from the values they replace (read above): the two
-                    # run side by side instead of one after the other.
-                    sql = self._sql_upsert_arrays
-                    pending = self._db._in_background(lambda: conn.execute(sql, params))
-                    try:
-                        record = state(_record(fenced[0]), old_rows)
-                    finally:
-                        _wait_for([pending])
-                    pending.result()  # the upsert's own error, if it failed
+                cur.execute(
+                    self._sql_upsert_arrays,
+                    (sid, cats, keys, _ByteaArray([r[2] for r in upserts])),
+                )
             if deletes:
                 cur.execute(
                     self._sql_delete_arrays,
@@ -985,8 +956,7 @@ class PostgresBackend:
                      sid),
                 )
             if state is not None:
-                if record is None:
-                    record = state(_record(fenced[0]), old_rows)
+                record = state(None if fenced[0] is None else bytes(fenced[0]), old_rows)
                 cur.execute(self._sql_set_state, (record, sid))
 
     def _upsert(self, conn: psycopg.Connection[Any], upserts: Sequence[SealedRow]) -> None:

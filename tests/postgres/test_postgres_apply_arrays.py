@@ -1,7 +1,7 @@
 """The default PostgreSQL apply path ("arrays"): rows framed as binary arrays by us, the
-fence returning the state record, the upsert on a helper thread while the record is
-computed.  It must store exactly what the one-statement-at-a-time paths store, keep
-the record consistent, and turn every failure into our error with nothing written."""
+fence returning the state record, one upsert statement with no staging table.  It must
+store exactly what the COPY path stores, keep the record consistent, and turn every
+failure into our error with nothing written."""
 
 from __future__ import annotations
 
@@ -119,12 +119,12 @@ def test_arrays_and_copy_paths_keep_the_same_rows_and_a_valid_record(
         vault.close()
 
 
-def test_a_failed_upsert_on_the_helper_thread_is_our_error_and_writes_nothing(
+def test_a_failed_upsert_is_our_error_and_writes_nothing(
     pg_db: PostgresDatabase,
 ) -> None:
-    """The upsert runs on a helper thread; when the server refuses it, the caller gets
-    VaultIOError (not a psycopg error) and neither the rows, the counter nor the
-    state record change."""
+    """When the server refuses the upsert (after the fence bumped the counter), the
+    caller gets VaultIOError, not a psycopg error, and neither the rows, the counter
+    nor the state record change."""
     vault = _vault(pg_db, "v", "arrays")
     vault.apply([Change("c", b"k%d" % i, b"v%d" % i) for i in range(10)])
     before = _stored(pg_db, vault.store_id)
@@ -140,12 +140,11 @@ def test_a_failed_upsert_on_the_helper_thread_is_our_error_and_writes_nothing(
     vault.close()
 
 
-def test_a_record_that_fails_while_the_upsert_runs_rolls_the_upsert_back(
+def test_a_record_that_cannot_be_advanced_rolls_the_upsert_back(
     pg_db: PostgresDatabase,
 ) -> None:
-    """The record is computed while the helper thread upserts; if computing it fails
-    (here: the record was removed underneath), the upsert is waited for and rolled
-    back with everything else."""
+    """The record is computed after the upsert was sent; if that fails (here: the
+    record was removed underneath), the upsert is rolled back with everything else."""
     vault = _vault(pg_db, "v", "arrays")
     vault.apply([Change("c", b"k%d" % i, b"v%d" % i) for i in range(50)])
     import psycopg
