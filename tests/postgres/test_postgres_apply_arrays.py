@@ -159,3 +159,27 @@ def test_a_record_that_cannot_be_advanced_rolls_the_upsert_back(
         vault.apply([Change("c", b"k%d" % i, b"new") for i in range(50)])
     assert _stored(pg_db, vault.store_id) == before
     vault.close()
+
+
+def test_an_apply_creates_no_temporary_table(pg_db: PostgresDatabase) -> None:
+    """The default path stages nothing, so a worker role without ``TEMPORARY`` can
+    write (docs/postgres.md, Roles)."""
+    vault = _vault(pg_db, "v", "arrays")
+    vault.apply([Change("c", b"k%d" % i, b"v") for i in range(20)])
+    vault.apply([Change("c", b"k1", None)])
+    temp = pg_db.run(
+        lambda conn: conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relpersistence = 't'"
+            " AND relnamespace = pg_my_temp_schema()"
+        ).fetchone()
+    )
+    assert temp == (0,)
+    vault._pg.upsert_method = "copy"  # the COPY path does stage: the check can fail
+    vault.apply([Change("c", b"k2", b"w")])
+    assert pg_db.run(
+        lambda conn: conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relpersistence = 't'"
+            " AND relnamespace = pg_my_temp_schema()"
+        ).fetchone()
+    ) == (1,)
+    vault.close()
