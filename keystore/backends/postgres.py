@@ -812,6 +812,10 @@ class PostgresBackend:
             " SELECT %b, c, k, v FROM unnest(%b::text[], %b::bytea[], %b::bytea[]) AS t(c, k, v)"
             " ON CONFLICT (store_id, category, key_hash) DO UPDATE SET value = excluded.value"
         )
+        self._sql_upsert_arrays_state = (
+            f"WITH new_state AS (UPDATE {s}.stores SET state = %b WHERE store_id = %b) "
+            + self._sql_upsert_arrays
+        )
         self._sql_delete_arrays = (
             f"DELETE FROM {s}.rows r USING unnest(%b::text[], %b::bytea[]) AS t(c, k)"
             " WHERE r.store_id = %b AND r.category = t.c AND r.key_hash = t.k"
@@ -911,14 +915,16 @@ class PostgresBackend:
         self, conn: psycopg.Connection[Any], upserts: Sequence[SealedRow],
         deletes: Sequence[RowRef], state: StateUpdate | None,
     ) -> None:
-        """One apply transaction, one statement per step, each array framed once.
+        """One apply transaction in three statements (four with deletes), each array
+        framed once.
 
         The fencing update returns the state record of the row it locks (no
         separate read); the replaced values are read next, with the category and
         key-hash arrays the upsert then reuses; the upsert is one
         ``INSERT … SELECT FROM unnest`` of three binary arrays (see
-        :class:`_BinaryArray`), with no staging table and no per-row Python.
-        Nothing is sent to be written before the fence has answered.
+        :class:`_BinaryArray`), with no staging table and no per-row Python, and
+        carries the new state record in a data-modifying ``WITH``.  Nothing is sent
+        to be written before the fence has answered.
         """
         lease = self._lease()
         sid = self.store_id
@@ -944,19 +950,28 @@ class PostgresBackend:
             elif state is not None and upserts:
                 cur.execute(self._sql_old_values, (cats, keys, sid))
                 old_rows = _untrim(cur.fetchall())
+            # The record depends only on what was read above and on the sealed
+            # rows, so it is computed before anything is written and travels in the
+            # upsert statement itself (one statement fewer; a record that cannot be
+            # advanced stops the batch before any row is sent).
+            record = None
+            if state is not None:
+                record = state(None if fenced[0] is None else bytes(fenced[0]), old_rows)
             if upserts:
-                cur.execute(
-                    self._sql_upsert_arrays,
-                    (sid, cats, keys, _ByteaArray([r[2] for r in upserts])),
-                )
+                values = _ByteaArray([r[2] for r in upserts])
+                if record is None:
+                    cur.execute(self._sql_upsert_arrays, (sid, cats, keys, values))
+                else:
+                    cur.execute(
+                        self._sql_upsert_arrays_state, (record, sid, sid, cats, keys, values)
+                    )
             if deletes:
                 cur.execute(
                     self._sql_delete_arrays,
                     (_TextArray([c for c, _ in deletes]), _ByteaArray([k for _, k in deletes]),
                      sid),
                 )
-            if state is not None:
-                record = state(None if fenced[0] is None else bytes(fenced[0]), old_rows)
+            if record is not None and not upserts:
                 cur.execute(self._sql_set_state, (record, sid))
 
     def _upsert(self, conn: psycopg.Connection[Any], upserts: Sequence[SealedRow]) -> None:

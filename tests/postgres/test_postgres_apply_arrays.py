@@ -129,12 +129,15 @@ def test_a_failed_upsert_is_our_error_and_writes_nothing(
     vault.apply([Change("c", b"k%d" % i, b"v%d" % i) for i in range(10)])
     before = _stored(pg_db, vault.store_id)
     backend = vault._pg
-    good = backend._sql_upsert_arrays
-    backend._sql_upsert_arrays = good.replace("ON CONFLICT", "ON CONFLICTS")  # a syntax error
+    good = backend._sql_upsert_arrays, backend._sql_upsert_arrays_state
+    # A syntax error in both forms (with and without the state record).
+    backend._sql_upsert_arrays, backend._sql_upsert_arrays_state = (
+        sql.replace("ON CONFLICT", "ON CONFLICTS") for sql in good
+    )
     with pytest.raises(VaultIOError, match="refused"):
         vault.apply([Change("c", b"k1", b"new"), Change("c", b"k99", b"added")])
     assert _stored(pg_db, vault.store_id) == before
-    backend._sql_upsert_arrays = good
+    backend._sql_upsert_arrays, backend._sql_upsert_arrays_state = good
     vault.apply([Change("c", b"k1", b"new")])  # the connection is usable again
     assert vault.get("c", b"k1") == b"new"
     vault.close()
@@ -143,8 +146,9 @@ def test_a_failed_upsert_is_our_error_and_writes_nothing(
 def test_a_record_that_cannot_be_advanced_rolls_the_upsert_back(
     pg_db: PostgresDatabase,
 ) -> None:
-    """The record is computed after the upsert was sent; if that fails (here: the
-    record was removed underneath), the upsert is rolled back with everything else."""
+    """The record is computed from the values read under the fence, before any row is
+    sent; if that fails (here: the record was removed underneath), nothing is written,
+    not even the counter bump."""
     vault = _vault(pg_db, "v", "arrays")
     vault.apply([Change("c", b"k%d" % i, b"v%d" % i) for i in range(50)])
     import psycopg
