@@ -37,10 +37,12 @@ import contextlib
 import hashlib
 import logging
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -185,6 +187,74 @@ class _Records:
     checksums: dict[int, str]
 
 
+# ---------------------------------------------------------------------- binary arrays
+
+#: PostgreSQL type oids of the arrays an apply sends (``pg_type``): ``text[]`` of
+#: ``text`` elements, ``bytea[]`` of ``bytea`` elements.
+_TEXT_ARRAY_OID, _TEXT_OID = 1009, 25
+_BYTEA_ARRAY_OID, _BYTEA_OID = 1001, 17
+_ARRAY_HEADER = struct.Struct(">iiIii")  # ndim, has-nulls, element oid, length, lower bound
+_INT4 = struct.Struct(">i").pack
+
+
+class _BinaryArray:
+    """A one-dimensional array already in PostgreSQL's binary wire format.
+
+    psycopg's own list adapter visits every element from Python; a batch of
+    thousands of rows is cheaper framed here with ``map``/``join`` (C calls, no
+    bytecode per element) and handed over as one buffer, which the server reads as
+    it reads any binary array parameter.
+    """
+
+    __slots__ = ("data",)
+    #: The array type's oid (set by each subclass).
+    oid = 0
+    element_oid = 0
+
+    def __init__(self, items: Sequence[bytes]) -> None:
+        self.data = b"".join(
+            (
+                _ARRAY_HEADER.pack(1, 0, self.element_oid, len(items), 1),
+                *chain.from_iterable(zip(map(_INT4, map(len, items)), items, strict=True)),
+            )
+        )
+
+
+class _TextArray(_BinaryArray):
+    """``text[]``: elements are encoded strings (category names are ASCII, so the
+    bytes are the same in every client encoding)."""
+
+    __slots__ = ()
+    oid, element_oid = _TEXT_ARRAY_OID, _TEXT_OID
+
+    def __init__(self, items: Sequence[str]) -> None:
+        super().__init__([item.encode() for item in items])
+
+
+class _ByteaArray(_BinaryArray):
+    """``bytea[]``."""
+
+    __slots__ = ()
+    oid, element_oid = _BYTEA_ARRAY_OID, _BYTEA_OID
+
+
+def _register_array_dumpers(conn: psycopg.Connection[Any]) -> None:
+    """Teach one connection to send :class:`_BinaryArray` buffers as they are."""
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    for cls in (_TextArray, _ByteaArray):
+
+        class _Dump(Dumper):
+            format = Format.BINARY
+            oid = cls.oid
+
+            def dump(self, obj: Any) -> bytes:
+                return obj.data  # type: ignore[no-any-return]
+
+        conn.adapters.register_dumper(cls, _Dump)
+
+
 # ---------------------------------------------------------------------- the database
 
 
@@ -283,6 +353,7 @@ class PostgresDatabase:
                 # lease period, and the fencing check refuses the writer on resume.
                 idle_ms = max(1000, int(self.leases.ttl * 1000))
                 conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+                _register_array_dumpers(conn)
             except pg.Error as exc:
                 conn.close()
                 raise VaultIOError(
@@ -724,6 +795,12 @@ class PostgresDatabase:
 # ---------------------------------------------------------------------- one vault
 
 
+def _tails(found: Sequence[tuple[Any, ...]]) -> list[SealedRow]:
+    """Rows read back as ``(category, key_hash, last 16 bytes of the value)``: all a
+    digest contribution covers (docs/format.md §15.2)."""
+    return [(str(c), bytes(k), bytes(t)) for c, k, t in found]
+
+
 class _Snapshot:
     """The rows and state record of one repeatable-read scan (see ``read_snapshot``)."""
 
@@ -752,12 +829,14 @@ class PostgresBackend:
     not hex text to decode).
     """
 
-    #: How a batch of upserts is sent: ``"copy"`` (binary COPY into a temporary
-    #: table, then one ``INSERT … ON CONFLICT``), ``"executemany"`` (pipelined), or
-    #: ``"unnest"`` (one INSERT over three arrays).  ``bench/postgres_bench.py``
-    #: measures all three: at 2,000 rows of 1 KiB, COPY took ~1/3 of executemany's
-    #: time and ~1/7 of unnest's (the arrays travel as text), so COPY is the default.
-    upsert_method = "copy"
+    #: How an apply sends its rows.  ``"arrays"`` (the default): one ``INSERT …
+    #: SELECT FROM unnest`` of three arrays framed in binary, the fence returning
+    #: the state record (see :meth:`_apply_arrays`).  The others read the record
+    #: separately and differ in the upsert: ``"copy"`` (binary COPY into a
+    #: temporary table, then one ``INSERT … ON CONFLICT``), ``"executemany"``
+    #: (pipelined), ``"unnest"`` (arrays as text, slow for ``bytea``).
+    #: ``bench/postgres_bench.py`` measures them all.
+    upsert_method = "arrays"
 
     def __init__(self, db: PostgresDatabase, store_id: bytes, lease: Lease | None) -> None:
         self._db = db
@@ -781,6 +860,21 @@ class PostgresBackend:
             " ON CONFLICT (store_id, category, key_hash) DO UPDATE SET value = excluded.value"
         )
         self._sql_set_state = f"UPDATE {s}.stores SET state = %s WHERE store_id = %s"
+        # The fence of an "arrays" apply also returns the record of the row it locks.
+        self._sql_fence_state = self._sql_fence.replace("RETURNING 1", "RETURNING state")
+        self._sql_upsert_arrays = (
+            f"INSERT INTO {s}.rows (store_id, category, key_hash, value)"
+            " SELECT %b, c, k, v FROM unnest(%b::text[], %b::bytea[], %b::bytea[]) AS t(c, k, v)"
+            " ON CONFLICT (store_id, category, key_hash) DO UPDATE SET value = excluded.value"
+        )
+        self._sql_upsert_arrays_state = (
+            f"WITH new_state AS (UPDATE {s}.stores SET state = %b WHERE store_id = %b) "
+            + self._sql_upsert_arrays
+        )
+        self._sql_delete_arrays = (
+            f"DELETE FROM {s}.rows r USING unnest(%b::text[], %b::bytea[]) AS t(c, k)"
+            " WHERE r.store_id = %b AND r.category = t.c AND r.key_hash = t.k"
+        )
         # Only the bytes a row's digest contribution covers travel back: its last 16
         # (docs/format.md §15.2), not the whole value.
         self._sql_old_values = (
@@ -803,19 +897,26 @@ class PostgresBackend:
     # -- fenced writes ----------------------------------------------------------------
 
     def _fence(self, conn: psycopg.Connection[Any], encryptions: int) -> None:
-        if self.lease is None:
-            raise VaultIOError(f"vault {self.location} was opened without a writer lease")
+        lease = self._lease()
         row = conn.execute(
             self._sql_fence,
-            (encryptions, self.store_id, self.lease.epoch, self._db.leases.worker_id),
+            (encryptions, self.store_id, lease.epoch, self._db.leases.worker_id),
         ).fetchone()
         if row is None:
-            self.lease.lost = True
-            raise LeaseLost(
-                f"the writer lease on vault {self.location} (epoch {self.lease.epoch}) was "
-                "taken over by another worker; nothing was written. Drop the state held "
-                "in memory and open the vault again."
-            )
+            self._lost(lease)
+
+    def _lease(self) -> Lease:
+        if self.lease is None:
+            raise VaultIOError(f"vault {self.location} was opened without a writer lease")
+        return self.lease
+
+    def _lost(self, lease: Lease) -> None:
+        lease.lost = True
+        raise LeaseLost(
+            f"the writer lease on vault {self.location} (epoch {lease.epoch}) was "
+            "taken over by another worker; nothing was written. Drop the state held "
+            "in memory and open the vault again."
+        )
 
     def apply(
         self, upserts: Sequence[SealedRow], deletes: Sequence[RowRef],
@@ -832,6 +933,9 @@ class PostgresBackend:
         it is written with the rows.  A retry after a lost commit reads the rows it
         already wrote as the "old" values, so the record stays consistent with them.
         """
+        if self.upsert_method == "arrays":
+            self._db.run(lambda conn: self._apply_arrays(conn, upserts, deletes, state))
+            return
         sid = self.store_id
 
         def txn(conn: psycopg.Connection[Any]) -> None:
@@ -859,6 +963,69 @@ class PostgresBackend:
                 raise
 
         self._db.run(txn)
+
+    def _apply_arrays(
+        self, conn: psycopg.Connection[Any], upserts: Sequence[SealedRow],
+        deletes: Sequence[RowRef], state: StateUpdate | None,
+    ) -> None:
+        """One apply transaction in three statements (four with deletes), each array
+        framed once.
+
+        The fencing update returns the state record of the row it locks (no
+        separate read); the replaced values are read next, with the category and
+        key-hash arrays the upsert then reuses; the upsert is one
+        ``INSERT … SELECT FROM unnest`` of three binary arrays (see
+        :class:`_BinaryArray`), with no staging table and no per-row Python, and
+        carries the new state record in a data-modifying ``WITH``.  Nothing is sent
+        to be written before the fence has answered.
+        """
+        lease = self._lease()
+        sid = self.store_id
+        cats = _TextArray([r[0] for r in upserts])
+        keys = _ByteaArray([r[1] for r in upserts])
+        with conn.transaction(), conn.cursor(binary=True) as cur:
+            fenced = cur.execute(
+                self._sql_fence_state, (len(upserts), sid, lease.epoch, self._db.leases.worker_id)
+            ).fetchone()
+            if fenced is None:
+                self._lost(lease)
+                return  # unreachable: _lost raises
+            if _apply_hook is not None:
+                _apply_hook()
+            old_rows: list[SealedRow] = []
+            if state is not None and deletes:
+                cur.execute(
+                    self._sql_old_values,
+                    (_TextArray([r[0] for r in upserts] + [c for c, _ in deletes]),
+                     _ByteaArray([r[1] for r in upserts] + [k for _, k in deletes]), sid),
+                )
+                old_rows = _tails(cur.fetchall())
+            elif state is not None and upserts:
+                cur.execute(self._sql_old_values, (cats, keys, sid))
+                old_rows = _tails(cur.fetchall())
+            # The record depends only on what was read above and on the sealed
+            # rows, so it is computed before anything is written and travels in the
+            # upsert statement itself (one statement fewer; a record that cannot be
+            # advanced stops the batch before any row is sent).
+            record = None
+            if state is not None:
+                record = state(None if fenced[0] is None else bytes(fenced[0]), old_rows)
+            if upserts:
+                values = _ByteaArray([r[2] for r in upserts])
+                if record is None:
+                    cur.execute(self._sql_upsert_arrays, (sid, cats, keys, values))
+                else:
+                    cur.execute(
+                        self._sql_upsert_arrays_state, (record, sid, sid, cats, keys, values)
+                    )
+            if deletes:
+                cur.execute(
+                    self._sql_delete_arrays,
+                    (_TextArray([c for c, _ in deletes]), _ByteaArray([k for _, k in deletes]),
+                     sid),
+                )
+            if record is not None and not upserts:
+                cur.execute(self._sql_set_state, (record, sid))
 
     def _upsert(self, conn: psycopg.Connection[Any], upserts: Sequence[SealedRow]) -> None:
         sid = self.store_id
@@ -932,9 +1099,10 @@ class PostgresBackend:
         with conn.cursor(binary=True) as cur:
             cur.execute(
                 self._sql_old_values,
-                ([c for c, _ in targets], [k for _, k in targets], self.store_id),
+                (_TextArray([c for c, _ in targets]), _ByteaArray([k for _, k in targets]),
+                 self.store_id),
             )
-            return [(str(c), bytes(k), bytes(tail)) for c, k, tail in cur.fetchall()]
+            return _tails(cur.fetchall())
 
     def read_state(self) -> bytes | None:
         """The vault's state record, or ``None`` when it has none."""
