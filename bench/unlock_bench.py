@@ -126,19 +126,20 @@ def rehydrate_breakdown(entries: int, repeats: int) -> dict[str, Any]:
       reads, KDF and state record that every open pays once;
     * ``load``: ``GranularStorage.load`` of the unlocked vault (everything per row);
     * ``scan``: ``SELECT category, key_hash, value`` of the vault's table, fetched
-      into one list as the vault does (every sealed value is held until the whole
-      scan is decrypted and checked against the state record);
+      into one list (every sealed value held at once);
     * ``scan_streamed``: the same query iterated row by row, each row dropped at
       once, as the baseline reads: the gap to ``scan`` is what holding every
-      sealed value at once costs (mostly fresh memory pages);
+      sealed value of the vault at once costs (mostly fresh memory pages), which a
+      load that reads the rows in one list pays and one that reads them in small
+      batches does not;
     * ``decrypt``: one AES-GCM decrypt per row (no associated data);
     * ``key_hash``: one keyed BLAKE2b per row key (the vault re-hashes every
       decrypted key to prove the row sits under its own key).
 
     ``bound_if_no_python`` is the ours ÷ baseline ratio that would remain if the
-    per-row Python around those calls cost nothing (scan held in one list, as the
-    vault reads); ``holding_the_scan`` is the share of the load that reading the
-    scan row by row would save.
+    per-row Python around those calls cost nothing (the scan held in one list);
+    ``holding_the_scan`` is the share of the load that the held list costs over
+    the streamed read.
     """
     rows = _entries(entries)
     with tempfile.TemporaryDirectory() as tmp:
