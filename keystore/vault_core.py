@@ -187,7 +187,9 @@ def check_value(value: object) -> bytes:
 
 _CHANGE_FIELDS = operator.attrgetter("category", "key", "value")
 _VALUE_TYPES = {bytes, type(None)}
-_FIRST, _SECOND, _THIRD = (operator.itemgetter(i) for i in range(3))
+_FIRST, _SECOND, _THIRD, _FOURTH = (operator.itemgetter(i) for i in range(4))
+#: A stored value's last 16 bytes: all its state-digest contribution depends on.
+_LAST_BLOCK = operator.itemgetter(slice(-16, None))
 _COALESCE_SLICE = 4096
 #: Seconds ``apply(yield_gil=True)`` sleeps between two slices of rows it encrypts.
 _YIELD_PAUSE = 0.0001
@@ -377,8 +379,10 @@ class VaultCore:
         self._digest: DigestKeys | None = None
         self._state: VaultState | None = None
         # {key_hash: last 16 bytes of its stored value} of every live row, while
-        # known exactly; None when not (see _remember_tails).
+        # known exactly; None when not (see _remember_tails).  A full read leaves
+        # them as two columns, made a dict by the first write (_tails_now).
         self._tails: dict[bytes, bytes] | None = None
+        self._tail_columns: tuple[list[bytes], list[bytes]] | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -638,10 +642,10 @@ class VaultCore:
             if state.state_format != STATE_FORMAT and not self._readonly:
                 state = self._reseal_state(self._digest)
             self._state = state
-            if state.row_count == 0 and self._tails is None:
+            if state.row_count == 0 and self._tails_now() is None:
                 # An authenticated record of no rows vouches for the empty set: the
                 # tails of every live row the record counts are known (none).
-                self._remember_tails([])
+                self._remember_tails([], [])
             if not self._readonly:
                 self._update_anchor(state.generation)
         except BaseException:
@@ -684,7 +688,7 @@ class VaultCore:
         self._backend.adopt_state(build)
         self._header_adopted(new_header)
         self._header = new_header
-        self._remember_tails(checked[-1])
+        self._remember_rows(checked[-1])
         return adopted[-1]
 
     def _reseal_state(self, keys: DigestKeys) -> VaultState:
@@ -706,7 +710,7 @@ class VaultCore:
             return new_record, None
 
         self._backend.adopt_state(build)
-        self._remember_tails(checked[-1])
+        self._remember_rows(checked[-1])
         return resealed[-1]
 
     def _load_anchor(self) -> int | None:
@@ -727,20 +731,40 @@ class VaultCore:
                 f"not be updated ({type(exc).__name__}); the write itself was committed"
             ) from exc
 
-    def _check_state(self, rows: list[SealedRow], record: bytes | None) -> bool:
+    def _check_state(self, rows: list[SealedRow], record: bytes | None) -> list[bytes] | None:
         """Raise RollbackDetected unless ``rows`` (every live row, already authenticated)
         are the set the state record vouches for, no older than the anchor.  Returns
-        whether they were checked (not when the vault has no record to check with)."""
+        the rows' value tails once checked (``None`` when the vault has no record to
+        check them with)."""
         digest = self._scan_digest()
-        if digest is not None:
-            digest.add(rows)
-            self._check_digest(digest, record)
-        return digest is not None
+        if digest is None:
+            return None
+        tails = digest.add_keeping_tails(rows)
+        self._check_digest(digest, record)
+        return tails
 
-    def _remember_tails(self, rows: list[SealedRow]) -> None:
+    def _remember_rows(self, rows: list[SealedRow]) -> None:
+        """:meth:`_remember_tails` of rows (authenticated and checked) in hand."""
+        self._remember_tails(list(map(_SECOND, rows)), list(map(_LAST_BLOCK, map(_THIRD, rows))))
+
+    def _tails_now(self) -> dict[bytes, bytes] | None:
+        """The tails kept, as a dict (built on first use after a full read: the load
+        that read them does not pay for the hash table), or ``None``."""
+        columns = self._tail_columns
+        if columns is not None:
+            self._tail_columns = None
+            self._tails = dict(zip(*columns, strict=True))
+        return self._tails
+
+    def _forget_tails(self) -> None:
+        self._tails = self._tail_columns = None
+
+    def _remember_tails(self, key_hashes: list[bytes], tails: list[bytes]) -> None:
         """Keep, from a full read just checked against the state record, the last 16
-        bytes of every live row's value: what ``apply`` subtracts from the digest for
-        the rows it replaces or deletes, so it need not read them back.
+        bytes of every live row's value (``tails``, in the order of ``key_hashes``):
+        what ``apply`` subtracts from the digest for the rows it replaces or deletes,
+        so it need not read them back.  Keyed by key hash alone: a key hash is a
+        keyed hash of category and key, so two live rows never share one.
 
         Only a writable vault keeps them (only writes use them), only up to
         ``_TAIL_CACHE_MAX_ROWS`` rows, and only from rows that were all authenticated
@@ -772,10 +796,9 @@ class VaultCore:
         (unlock + load, ``open_rows``, ``verify``, a rekey) raises ``RollbackDetected``
         — the same outcome as when the replaced values are read back.
         """
-        if self._readonly or not _state_digest_enabled or len(rows) > _TAIL_CACHE_MAX_ROWS:
-            self._tails = None
-            return
-        self._tails = value_tails(rows)
+        self._forget_tails()
+        if not self._readonly and _state_digest_enabled and len(tails) <= _TAIL_CACHE_MAX_ROWS:
+            self._tail_columns = (key_hashes, tails)
 
     def _scan_digest(self) -> RowSetDigest | None:
         """An empty digest to accumulate a full scan into, or ``None`` if not checked."""
@@ -790,7 +813,7 @@ class VaultCore:
             check_anchor(state.generation, self._load_anchor())
 
     def _drop_keys(self) -> None:
-        self._tails = None
+        self._forget_tails()
         if self._digest is not None:
             self._digest.wipe()
             self._digest = None
@@ -889,8 +912,9 @@ class VaultCore:
             # Decrypting under the lock: a concurrent lock() waits instead of
             # wiping the keys mid-scan.
             opened = cipher.open_rows(rows, self._stored_category, self._stored_blob)
-            if self._check_state(rows, record):
-                self._remember_tails(rows)
+            tails = self._check_state(rows, record)
+            if tails is not None:
+                self._remember_tails(list(map(_SECOND, rows)), tails)
             return opened
 
     def _stored_category(self, name: object) -> str:
@@ -946,11 +970,11 @@ class VaultCore:
             self._before_write()
             keys = self._digest
             if not _state_digest_enabled or keys is None:
-                self._tails = None  # a write the digest does not follow
+                self._forget_tails()  # a write the digest does not follow
                 self._backend.apply(upserts, deletes)
                 return len(latest)
             advanced: list[VaultState] = []
-            tails = self._tails
+            tails = self._tails_now()
             # The tails this batch replaces or deletes, from memory (new rows have none;
             # a kept tail is never empty: it comes from a value that authenticated).
             known = None if tails is None else list(filter(None, map(
@@ -980,7 +1004,7 @@ class VaultCore:
             try:
                 self._backend.apply(upserts, deletes, advance, old_known=known is not None)
             except BaseException:
-                self._tails = None  # committed or not: the rows are no longer known
+                self._forget_tails()  # committed or not: the rows are no longer known
                 raise
             if tails is not None:
                 deque(map(tails.pop, map(_SECOND, deletes), repeat(None)), maxlen=0)
@@ -1230,7 +1254,7 @@ class VaultCore:
             finally:
                 _wipe(secrets)
             self._before_write()
-            self._tails = None  # until the rekey committed: the rows are in flux
+            self._forget_tails()  # until the rekey committed: the rows are in flux
             self._commit_rekey(rehashed, next_header, new_record, record)
         except BaseException:
             new.wipe()
@@ -1252,7 +1276,9 @@ class VaultCore:
             self._digest, self._state = new_digest, new_state
             # The rows just committed, checked against the old record before: the
             # new record vouches for exactly these.
-            self._remember_tails([(c, nk, v) for c, _, nk, v in rehashed])
+            self._remember_tails(
+                list(map(_THIRD, rehashed)), list(map(_LAST_BLOCK, map(_FOURTH, rehashed)))
+            )
             self._update_anchor(new_state.generation)
         self._after_rekey(next_header)
         if progress is not None:
@@ -1356,8 +1382,9 @@ class VaultCore:
                             reason=str(exc).split(" in category")[0],
                         )
                     )
-            if not failures and self._check_state(rows, record):
-                self._remember_tails(rows)
+            tails = None if failures else self._check_state(rows, record)
+            if tails is not None:
+                self._remember_tails(list(map(_SECOND, rows)), tails)
         return VerifyReport(ok=not failures, rows_checked=len(rows), failures=failures)
 
 

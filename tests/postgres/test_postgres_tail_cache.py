@@ -80,7 +80,7 @@ def test_writes_after_a_load_read_nothing_back_and_match_a_full_scan(
     v.apply([Change(CAT, b"n", None), Change(CAT, b"k2", b"newer")])
     assert v._pg.read_state() == expected_record(v)
     assert read_backs == []
-    assert v._tails == value_tails(v._pg.scan_all())
+    assert v._tails_now() == value_tails(v._pg.scan_all())
     v.close()
     with PostgresVault.open(pg_db, name="tails") as again:
         again.unlock(PASSPHRASE)
@@ -128,7 +128,7 @@ def test_a_lost_lease_drops_the_tails_and_the_new_holder_loads(
         old = PostgresVault.create(w1, PASSPHRASE, FAST_KDF, name="id")
         old.apply([Change(CAT, b"k%d" % i, b"v") for i in range(3)])
         GranularStorage.load(old)
-        assert old._tails is not None
+        assert old._tails_now() is not None
         time.sleep(1.2)
         new = PostgresVault.open(w2, name="id")
         new.unlock(PASSPHRASE)
@@ -136,7 +136,7 @@ def test_a_lost_lease_drops_the_tails_and_the_new_holder_loads(
         new.put(CAT, b"k0", b"taken over")
         with pytest.raises(LeaseLost):
             old.put(CAT, b"k0", b"stale")
-        assert old._tails is None
+        assert old._tails_now() is None
         new.put(CAT, b"k1", b"still right")
         assert new.open_rows()[CAT] == {b"k0": b"taken over", b"k1": b"still right",
                                         b"k2": b"v"}

@@ -93,7 +93,7 @@ def test_records_from_memory_are_byte_identical_to_a_full_scan(
         for batch in batches:
             v.apply([Change(c, k, val) for c, k, val in batch])
             assert stored_record(v) == expected_record(v)
-            assert v._tails == value_tails(v._backend.scan_all())
+            assert v._tails_now() == value_tails(v._backend.scan_all())
 
 
 def test_a_write_after_a_load_does_not_read_back(
@@ -148,7 +148,7 @@ def test_a_failed_write_drops_the_tails_and_the_next_write_is_still_right(
         with pytest.raises(VaultIOError):
             v.apply([Change(CATS[0], KEYS[0], b"lost?"), Change(CATS[0], KEYS[1], None)])
         monkeypatch.setattr(v._backend, "apply", real_apply)
-        assert v._tails is None
+        assert v._tails_now() is None
         # The same rows again: stale tails would subtract the wrong contributions.
         v.apply([Change(CATS[0], KEYS[0], b"again"), Change(CATS[0], KEYS[1], b"back")])
         assert len(read_backs) == 1
@@ -174,7 +174,7 @@ def test_a_write_failing_inside_its_transaction_drops_the_tails(
         with pytest.raises(VaultIOError):
             v.put(CATS[0], KEYS[0], b"never")
         monkeypatch.undo()
-        assert v._tails is None
+        assert v._tails_now() is None
         v.put(CATS[0], KEYS[0], b"landed")
         assert stored_record(v) == expected_record(v)
     with reopen(vault_path) as v:
@@ -255,16 +255,16 @@ def test_a_vault_above_the_cap_reads_back(
     _fill(vault_path, kind, n=4)
     with reopen(vault_path) as v:
         GranularStorage.load(v)
-        assert v._tails is None
+        assert v._tails_now() is None
         v.put(CATS[0], KEYS[0], b"x")
         assert len(read_backs) == 1
     monkeypatch.setattr(vault_core, "_TAIL_CACHE_MAX_ROWS", 5)
     with reopen(vault_path) as v:
         GranularStorage.load(v)
         v.put(CATS[1], b"fifth", b"x")
-        assert v._tails is not None
+        assert v._tails_now() is not None
         v.put(CATS[1], b"sixth", b"x")
-        assert v._tails is None
+        assert v._tails_now() is None
         v.put(CATS[1], b"fifth", b"y")
         assert len(read_backs) == 2
         assert stored_record(v) == expected_record(v)
@@ -275,4 +275,4 @@ def test_a_read_only_vault_keeps_no_tails(vault_path: Path, kind: str) -> None:
     _fill(vault_path, kind)
     with reopen(vault_path, readonly=True) as v:
         GranularStorage.load(v)
-        assert v._tails is None
+        assert v._tails_now() is None
