@@ -10,6 +10,11 @@ writes the record, and loads do not hash the rows):
 
 * ``apply_digest``: ``Vault.apply`` throughput with the digest ÷ without, on batches
   that replace, insert and delete rows of a vault already holding rows (goal ≥ 0.85).
+  The vault writes from the value tails it keeps in memory (a vault created by this
+  object knows them all); ``apply_digest_..._read_back`` is the same with that
+  memory switched off (``keystore.vault_core._TAIL_CACHE_MAX_ROWS`` below zero), so
+  each write reads the values it replaces back, as a vault does before its first
+  full read.
 * ``unlock_rehydrate_digest``: ``Vault.open`` + ``unlock`` + ``GranularStorage.load``
   of a 10k-row vault with the check ÷ without (goal ≤ 1.1), with the default KDF
   profile (what a user waits) and with the test-only one (the load overhead alone).
@@ -18,11 +23,12 @@ writes the record, and loads do not hash the rows):
   both from :mod:`keystore.digest` (lower is better; docs/format.md §15.4).
 
 ``--split`` adds ``apply_digest_split``: where the digest's share of an ``apply``
-goes, as process CPU time per apply of four otherwise identical throwaway vaults,
+goes, as process CPU time per apply of five otherwise identical throwaway vaults,
 interleaved: digest off; on but not reading the values a write replaces; on but
-neither reading them nor computing contributions; fully on.  The two partial
-variants write wrong records (their vaults are thrown away); they exist only to
-attribute the cost to the old-values read, the contributions and the record.
+neither reading them nor computing contributions; fully on, reading them back;
+fully on, from the tails in memory.  The two partial variants write wrong records
+(their vaults are thrown away); they exist only to attribute the cost to the
+old-values read, the contributions and the record.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ from typing import Any
 from bench.common import emit_results, measure_ratio
 from keystore import Change, KdfParameters, Vault, profiles
 from keystore import digest as digest_module
-from keystore.backends import sqlite as sqlite_backend
 from keystore import vault_core as vault_module
+from keystore.backends import sqlite as sqlite_backend
 from mls import GranularStorage
 
 __all__ = [
@@ -56,6 +62,18 @@ __all__ = [
 _PASSPHRASE = "bench passphrase"
 _VALUE_BYTES = 1024
 _CATEGORIES = 10
+
+
+@contextlib.contextmanager
+def _no_tails(off: bool = True) -> Iterator[None]:
+    """Vaults made and written inside keep no value tails in memory (read back)."""
+    cap = vault_module._TAIL_CACHE_MAX_ROWS
+    if off:
+        vault_module._TAIL_CACHE_MAX_ROWS = -1
+    try:
+        yield
+    finally:
+        vault_module._TAIL_CACHE_MAX_ROWS = cap
 
 
 @contextlib.contextmanager
@@ -101,14 +119,17 @@ def _rows(n: int) -> list[Change]:
     ]
 
 
-def apply_digest(stored: int, batch: int, repeats: int) -> dict[str, Any]:
+def apply_digest(
+    stored: int, batch: int, repeats: int, *, read_back: bool = False
+) -> dict[str, Any]:
     """apply() of mixed batches, digest on ÷ off, as a throughput ratio (higher is better).
 
     Each batch replaces ``batch - 8`` existing rows, inserts 4 new ones and deletes 4,
-    so the digest has old values to read back and subtract, as in a client's flush.
+    so the digest has old values to subtract, as in a client's flush.  With
+    ``read_back`` the digest vault keeps no tails in memory and reads them back.
     """
     rng = random.Random(1)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _no_tails(read_back):
         vaults = [
             Vault.create(Path(tmp) / name, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY)
             for name in ("with", "without")
@@ -148,7 +169,7 @@ def apply_digest(stored: int, batch: int, repeats: int) -> dict[str, Any]:
             for v in vaults:
                 v.close()
     return {
-        "name": f"apply_digest_{stored}_rows_batch_{batch}",
+        "name": f"apply_digest_{stored}_rows_batch_{batch}" + ("_read_back" if read_back else ""),
         "figure": "throughput_ratio",
         "throughput_ratio": 1 / result.median,
         "throughput_ratio_min": 1 / result.high,
@@ -219,25 +240,30 @@ def apply_digest_split(stored: int, batch: int, rounds: int) -> dict[str, Any]:
     def no_sum(self: digest_module.DigestKeys, rows: Any) -> tuple[int, int]:
         return 0, len(list(rows))
 
-    variants: dict[str, tuple[bool, Any, Any]] = {
-        "off": (False, real_old_values, real_sum),
-        "record_only": (True, lambda *a: [], no_sum),
-        "record_and_contributions": (True, lambda *a: [], real_sum),
-        "full": (True, real_old_values, real_sum),
+    # (digest on, old-values read, contribution sum, tails kept in memory)
+    variants: dict[str, tuple[bool, Any, Any, bool]] = {
+        "off": (False, real_old_values, real_sum, False),
+        "record_only": (True, lambda *a: [], no_sum, False),
+        "record_and_contributions": (True, lambda *a: [], real_sum, False),
+        "full": (True, real_old_values, real_sum, False),
+        "full_from_memory": (True, real_old_values, real_sum, True),
     }
     rng = random.Random(2)
     per_apply: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        vaults = {
-            name: Vault.create(Path(tmp) / name, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY)
-            for name in variants
-        }
+        vaults = {}
+        for name, (*_, tails) in variants.items():
+            with _no_tails(not tails):
+                vaults[name] = Vault.create(
+                    Path(tmp) / name, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY
+                )
         try:
             initial = _rows(stored)
-            for v in vaults.values():
-                v.apply(initial)
+            for name, v in vaults.items():
+                with _no_tails(not variants[name][3]):
+                    v.apply(initial)
             for _ in range(rounds):
-                for name, (enabled, old_values, sum_rows) in variants.items():
+                for name, (enabled, old_values, sum_rows, tails) in variants.items():
                     batches = [
                         [Change(f"bench/c{i % _CATEGORIES}", f"entry-{i}".encode(),
                                 os.urandom(_VALUE_BYTES)) for i in rng.sample(range(stored), batch)]
@@ -247,10 +273,11 @@ def apply_digest_split(stored: int, batch: int, rounds: int) -> dict[str, Any]:
                     sqlite_backend._old_values = old_values
                     digest_module.DigestKeys.sum_rows = sum_rows  # type: ignore[method-assign]
                     try:
-                        t0 = time.process_time()
-                        for changes in batches:
-                            vaults[name].apply(changes)
-                        per_apply[name].append((time.process_time() - t0) / len(batches))
+                        with _no_tails(not tails):
+                            t0 = time.process_time()
+                            for changes in batches:
+                                vaults[name].apply(changes)
+                            per_apply[name].append((time.process_time() - t0) / len(batches))
                     finally:
                         vault_module._state_digest_enabled = True
                         sqlite_backend._old_values = real_old_values
@@ -263,17 +290,21 @@ def apply_digest_split(stored: int, batch: int, rounds: int) -> dict[str, Any]:
         "name": f"apply_digest_split_{stored}_rows_batch_{batch}",
         "cpu_ms_per_apply": ms,
         "cpu_ms_old_values_read": ms["full"] - ms["record_and_contributions"],
+        "cpu_ms_old_values_from_memory": ms["full_from_memory"] - ms["record_and_contributions"],
         "cpu_ms_contributions": ms["record_and_contributions"] - ms["record_only"],
         "cpu_ms_record": ms["record_only"] - ms["off"],
-        "cpu_throughput_ratio": ms["off"] / ms["full"],
+        "cpu_throughput_ratio": ms["off"] / ms["full_from_memory"],
+        "cpu_throughput_ratio_read_back": ms["off"] / ms["full"],
     }
 
 
 def run(quick: bool = False, split: bool = False) -> list[dict[str, Any]]:
     """Every figure of this module (smaller and fewer repeats with ``quick``)."""
     repeats = 5 if quick else 15
+    stored = 2_000 if quick else 10_000
     results = [
-        apply_digest(2_000 if quick else 10_000, 64, repeats),
+        apply_digest(stored, 64, repeats),
+        apply_digest(stored, 64, repeats, read_back=True),
         unlock_rehydrate_digest(10_000, profiles.INSECURE_FOR_TESTS_ONLY, repeats),
         unlock_rehydrate_digest(10_000, profiles.RFC_9106_LOW_MEMORY, 3 if quick else 7),
         digest_formats(10_000, repeats),
