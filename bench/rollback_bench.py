@@ -18,6 +18,9 @@ writes the record, and loads do not hash the rows):
 * ``unlock_rehydrate_digest``: ``Vault.open`` + ``unlock`` + ``GranularStorage.load``
   of a 10k-row vault with the check ÷ without (goal ≤ 1.1), with the default KDF
   profile (what a user waits) and with the test-only one (the load overhead alone).
+* ``drain_tails``: one ``WriteBehindDrainer.flush`` of fresh values for the same
+  rows, process CPU µs per row, the vault writing from the tails in memory and
+  reading them back, interleaved in the same run (lower is better for both).
 * ``digest_format2_vs_format1``: the set digest of 10k rows shaped like a vault's,
   state format 2 (one AES call per batch) ÷ state format 1 (a keyed BLAKE2b per row),
   both from :mod:`keystore.digest` (lower is better; docs/format.md §15.4).
@@ -55,6 +58,7 @@ __all__ = [
     "apply_digest",
     "apply_digest_split",
     "digest_formats",
+    "drain_tails",
     "run",
     "unlock_rehydrate_digest",
 ]
@@ -206,6 +210,46 @@ def unlock_rehydrate_digest(entries: int, profile: KdfParameters, repeats: int) 
     }
 
 
+def drain_tails(rows: int, repeats: int) -> dict[str, Any]:
+    """CPU µs per row of one drain of ``rows`` replaced rows: tails in memory vs read back."""
+    from mls.drainer import WriteBehindDrainer
+
+    keys = [b"row-%d" % i for i in range(rows)]
+    per_row: dict[str, list[float]] = {"memory": [], "read_back": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = {}
+        for name in per_row:
+            with _no_tails(name == "read_back"):
+                vault = Vault.create(
+                    Path(tmp) / name, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY
+                )
+            storage = GranularStorage()
+            sides[name] = (vault, storage, WriteBehindDrainer(storage, vault))
+        try:
+            for round_ in range(repeats + 1):  # the first round only inserts the rows
+                for name, (_, storage, drainer) in sides.items():
+                    for key in keys:
+                        storage.write("bench", key, os.urandom(_VALUE_BYTES))
+                    with _no_tails(name == "read_back"):
+                        t0 = time.process_time()
+                        drainer.flush()
+                        elapsed = time.process_time() - t0
+                    if round_:
+                        per_row[name].append(elapsed / rows * 1e6)
+        finally:
+            for vault, _, drainer in sides.values():
+                drainer.close()
+                vault.close()
+    us = {name: statistics.median(t) for name, t in per_row.items()}
+    return {
+        "name": f"drain_tails_{rows}",
+        "rows": rows,
+        "cpu_us_per_row_from_memory": us["memory"],
+        "cpu_us_per_row_read_back": us["read_back"],
+        "cpu_us_per_row_saved": us["read_back"] - us["memory"],
+    }
+
+
 def digest_formats(entries: int, repeats: int) -> dict[str, Any]:
     """Set digest of ``entries`` stored rows: state format 2 ÷ format 1 (time ratio)."""
     keys = digest_module.DigestKeys(os.urandom(64), os.urandom(16))
@@ -308,6 +352,7 @@ def run(quick: bool = False, split: bool = False) -> list[dict[str, Any]]:
         unlock_rehydrate_digest(10_000, profiles.INSECURE_FOR_TESTS_ONLY, repeats),
         unlock_rehydrate_digest(10_000, profiles.RFC_9106_LOW_MEMORY, 3 if quick else 7),
         digest_formats(10_000, repeats),
+        drain_tails(1_000, repeats),
     ]
     if split:
         results.append(apply_digest_split(2_000 if quick else 10_000, 64, 10 if quick else 40))
