@@ -21,6 +21,9 @@ writes the record, and loads do not hash the rows):
 * ``drain_tails``: one ``WriteBehindDrainer.flush`` of fresh values for the same
   rows, process CPU µs per row, the vault writing from the tails in memory and
   reading them back, interleaved in the same run (lower is better for both).
+* ``tail_memory``: what a loaded writable vault keeps in memory for its writes
+  (``tracemalloc``): bytes per row after the load (two lists) and once the first
+  write made them a dict, and that dict's build time per row (docs/storage.md).
 * ``digest_format2_vs_format1``: the set digest of 10k rows shaped like a vault's,
   state format 2 (one AES call per batch) ÷ state format 1 (a keyed BLAKE2b per row),
   both from :mod:`keystore.digest` (lower is better; docs/format.md §15.4).
@@ -60,6 +63,7 @@ __all__ = [
     "digest_formats",
     "drain_tails",
     "run",
+    "tail_memory",
     "unlock_rehydrate_digest",
 ]
 
@@ -250,6 +254,41 @@ def drain_tails(rows: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def tail_memory(rows: int) -> dict[str, Any]:
+    """Bytes per row of the value tails a loaded vault keeps, and ns per row to index them."""
+    import gc
+    import tracemalloc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "v"
+        with Vault.create(path, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY) as vault:
+            vault.apply(_rows(rows))
+        with Vault.open(path) as vault:
+            vault.unlock(_PASSPHRASE)
+            gc.collect()
+            tracemalloc.start()
+            try:
+                vault.open_rows()  # what it returns is dropped at once: only the tails stay
+                gc.collect()
+                after_load, _ = tracemalloc.get_traced_memory()
+                vault._tails_now()  # what the first write does
+                gc.collect()
+                as_dict, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            vault.open_rows()  # again, timed without tracemalloc's own cost
+            t0 = time.perf_counter()
+            vault._tails_now()
+            build = time.perf_counter() - t0
+    return {
+        "name": f"tail_memory_{rows}_rows",
+        "rows": rows,
+        "bytes_per_row_after_load": after_load / rows,
+        "bytes_per_row_as_dict": as_dict / rows,
+        "ns_per_row_dict_build": build / rows * 1e9,
+    }
+
+
 def digest_formats(entries: int, repeats: int) -> dict[str, Any]:
     """Set digest of ``entries`` stored rows: state format 2 ÷ format 1 (time ratio)."""
     keys = digest_module.DigestKeys(os.urandom(64), os.urandom(16))
@@ -353,6 +392,7 @@ def run(quick: bool = False, split: bool = False) -> list[dict[str, Any]]:
         unlock_rehydrate_digest(10_000, profiles.RFC_9106_LOW_MEMORY, 3 if quick else 7),
         digest_formats(10_000, repeats),
         drain_tails(1_000, repeats),
+        tail_memory(20_000),
     ]
     if split:
         results.append(apply_digest_split(2_000 if quick else 10_000, 64, 10 if quick else 40))
