@@ -276,3 +276,57 @@ def test_a_read_only_vault_keeps_no_tails(vault_path: Path, kind: str) -> None:
     with reopen(vault_path, readonly=True) as v:
         GranularStorage.load(v)
         assert v._tails_now() is None
+
+
+def test_verify_keeps_the_tails_it_checked(
+    vault_path: Path, kind: str, read_backs: list[int]
+) -> None:
+    """A verify that passes is a full read checked against the record: the writes
+    after it need not read back."""
+    _fill(vault_path, kind)
+    with reopen(vault_path) as v:
+        assert v.verify().ok
+        v.apply([Change(CATS[0], KEYS[0], b"after verify"), Change(CATS[0], KEYS[1], None)])
+        assert read_backs == []
+        assert stored_record(v) == expected_record(v)
+
+
+@pytest.mark.parametrize("keep_record", [False, True])
+def test_adoption_keeps_the_tails_of_the_rows_it_adopted(
+    vault_path: Path, kind: str, keep_record: bool, read_backs: list[int]
+) -> None:
+    """A vault from before the state record gets one at its first writable unlock,
+    from every row authenticated in that transaction: its writes start from memory."""
+    from tests.rollback.test_adoption import _make_old
+
+    _make_old(vault_path, kind, keep_record=keep_record)
+    with reopen(vault_path) as v:
+        v.apply([Change("openmls/v1/group_state", b"g0", b"replaced"),
+                 Change("openmls/v1/group_state", b"g1", None)])
+        assert read_backs == []
+        assert stored_record(v) == expected_record(v)
+    with reopen(vault_path) as v:
+        assert v.verify().ok
+
+
+def test_a_reseal_keeps_the_tails_of_the_rows_it_checked(
+    tmp_path: Path, read_backs: list[int]
+) -> None:
+    """A format-1 record carried over to format 2 at the first writable unlock checks
+    every row: the writes after it start from memory."""
+    import shutil
+
+    from tests.fixtures.make_state_format1 import PASSPHRASE as OLD_PASSPHRASE
+    from tests.fixtures.make_state_format1 import PLAIN, ROWS_AFTER
+
+    path = tmp_path / "old.vault"
+    shutil.copyfile(PLAIN, path)
+    (category, key), *_ = ROWS_AFTER
+    with Vault.open(path) as v:
+        v.unlock(OLD_PASSPHRASE)
+        v.put(category, key, b"replaced after the reseal")
+        assert read_backs == []
+        assert stored_record(v) == expected_record(v)
+    with Vault.open(path) as v:
+        v.unlock(OLD_PASSPHRASE)
+        assert v.open_rows()[category][key] == b"replaced after the reseal"
