@@ -10,19 +10,31 @@ writes the record, and loads do not hash the rows):
 
 * ``apply_digest``: ``Vault.apply`` throughput with the digest ÷ without, on batches
   that replace, insert and delete rows of a vault already holding rows (goal ≥ 0.85).
+  The vault writes from the value tails it keeps in memory (a vault created by this
+  object knows them all); ``apply_digest_..._read_back`` is the same with that
+  memory switched off (``keystore.vault_core._TAIL_CACHE_MAX_ROWS`` below zero), so
+  each write reads the values it replaces back, as a vault does before its first
+  full read.
 * ``unlock_rehydrate_digest``: ``Vault.open`` + ``unlock`` + ``GranularStorage.load``
   of a 10k-row vault with the check ÷ without (goal ≤ 1.1), with the default KDF
   profile (what a user waits) and with the test-only one (the load overhead alone).
+* ``drain_tails``: one ``WriteBehindDrainer.flush`` of fresh values for the same
+  rows, process CPU µs per row, the vault writing from the tails in memory and
+  reading them back, interleaved in the same run (lower is better for both).
+* ``tail_memory``: what a loaded writable vault keeps in memory for its writes
+  (``tracemalloc``): bytes per row after the load (two lists) and once the first
+  write made them a dict, and that dict's build time per row (docs/storage.md).
 * ``digest_format2_vs_format1``: the set digest of 10k rows shaped like a vault's,
   state format 2 (one AES call per batch) ÷ state format 1 (a keyed BLAKE2b per row),
   both from :mod:`keystore.digest` (lower is better; docs/format.md §15.4).
 
 ``--split`` adds ``apply_digest_split``: where the digest's share of an ``apply``
-goes, as process CPU time per apply of four otherwise identical throwaway vaults,
+goes, as process CPU time per apply of five otherwise identical throwaway vaults,
 interleaved: digest off; on but not reading the values a write replaces; on but
-neither reading them nor computing contributions; fully on.  The two partial
-variants write wrong records (their vaults are thrown away); they exist only to
-attribute the cost to the old-values read, the contributions and the record.
+neither reading them nor computing contributions; fully on, reading them back;
+fully on, from the tails in memory.  The two partial variants write wrong records
+(their vaults are thrown away); they exist only to attribute the cost to the
+old-values read, the contributions and the record.
 """
 
 from __future__ import annotations
@@ -49,13 +61,27 @@ __all__ = [
     "apply_digest",
     "apply_digest_split",
     "digest_formats",
+    "drain_tails",
     "run",
+    "tail_memory",
     "unlock_rehydrate_digest",
 ]
 
 _PASSPHRASE = "bench passphrase"
 _VALUE_BYTES = 1024
 _CATEGORIES = 10
+
+
+@contextlib.contextmanager
+def _no_tails(off: bool = True) -> Iterator[None]:
+    """Vaults made and written inside keep no value tails in memory (read back)."""
+    cap = vault_module._TAIL_CACHE_MAX_ROWS
+    if off:
+        vault_module._TAIL_CACHE_MAX_ROWS = -1
+    try:
+        yield
+    finally:
+        vault_module._TAIL_CACHE_MAX_ROWS = cap
 
 
 @contextlib.contextmanager
@@ -101,14 +127,17 @@ def _rows(n: int) -> list[Change]:
     ]
 
 
-def apply_digest(stored: int, batch: int, repeats: int) -> dict[str, Any]:
+def apply_digest(
+    stored: int, batch: int, repeats: int, *, read_back: bool = False
+) -> dict[str, Any]:
     """apply() of mixed batches, digest on ÷ off, as a throughput ratio (higher is better).
 
     Each batch replaces ``batch - 8`` existing rows, inserts 4 new ones and deletes 4,
-    so the digest has old values to read back and subtract, as in a client's flush.
+    so the digest has old values to subtract, as in a client's flush.  With
+    ``read_back`` the digest vault keeps no tails in memory and reads them back.
     """
     rng = random.Random(1)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _no_tails(read_back):
         vaults = [
             Vault.create(Path(tmp) / name, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY)
             for name in ("with", "without")
@@ -148,7 +177,7 @@ def apply_digest(stored: int, batch: int, repeats: int) -> dict[str, Any]:
             for v in vaults:
                 v.close()
     return {
-        "name": f"apply_digest_{stored}_rows_batch_{batch}",
+        "name": f"apply_digest_{stored}_rows_batch_{batch}" + ("_read_back" if read_back else ""),
         "figure": "throughput_ratio",
         "throughput_ratio": 1 / result.median,
         "throughput_ratio_min": 1 / result.high,
@@ -182,6 +211,81 @@ def unlock_rehydrate_digest(entries: int, profile: KdfParameters, repeats: int) 
         **result.as_dict(),
         "cpu_ratio": cpu,
         "goal": "<= 1.1",
+    }
+
+
+def drain_tails(rows: int, repeats: int) -> dict[str, Any]:
+    """CPU µs per row of one drain of ``rows`` replaced rows: tails in memory vs read back."""
+    from mls.drainer import WriteBehindDrainer
+
+    keys = [b"row-%d" % i for i in range(rows)]
+    per_row: dict[str, list[float]] = {"memory": [], "read_back": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = {}
+        for name in per_row:
+            with _no_tails(name == "read_back"):
+                vault = Vault.create(
+                    Path(tmp) / name, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY
+                )
+            storage = GranularStorage()
+            sides[name] = (vault, storage, WriteBehindDrainer(storage, vault))
+        try:
+            for round_ in range(repeats + 1):  # the first round only inserts the rows
+                for name, (_, storage, drainer) in sides.items():
+                    for key in keys:
+                        storage.write("bench", key, os.urandom(_VALUE_BYTES))
+                    with _no_tails(name == "read_back"):
+                        t0 = time.process_time()
+                        drainer.flush()
+                        elapsed = time.process_time() - t0
+                    if round_:
+                        per_row[name].append(elapsed / rows * 1e6)
+        finally:
+            for vault, _, drainer in sides.values():
+                drainer.close()
+                vault.close()
+    us = {name: statistics.median(t) for name, t in per_row.items()}
+    return {
+        "name": f"drain_tails_{rows}",
+        "rows": rows,
+        "cpu_us_per_row_from_memory": us["memory"],
+        "cpu_us_per_row_read_back": us["read_back"],
+        "cpu_us_per_row_saved": us["read_back"] - us["memory"],
+    }
+
+
+def tail_memory(rows: int) -> dict[str, Any]:
+    """Bytes per row of the value tails a loaded vault keeps, and ns per row to index them."""
+    import gc
+    import tracemalloc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "v"
+        with Vault.create(path, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY) as vault:
+            vault.apply(_rows(rows))
+        with Vault.open(path) as vault:
+            vault.unlock(_PASSPHRASE)
+            gc.collect()
+            tracemalloc.start()
+            try:
+                vault.open_rows()  # what it returns is dropped at once: only the tails stay
+                gc.collect()
+                after_load, _ = tracemalloc.get_traced_memory()
+                vault._tails_now()  # what the first write does
+                gc.collect()
+                as_dict, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            vault.open_rows()  # again, timed without tracemalloc's own cost
+            t0 = time.perf_counter()
+            vault._tails_now()
+            build = time.perf_counter() - t0
+    return {
+        "name": f"tail_memory_{rows}_rows",
+        "rows": rows,
+        "bytes_per_row_after_load": after_load / rows,
+        "bytes_per_row_as_dict": as_dict / rows,
+        "ns_per_row_dict_build": build / rows * 1e9,
     }
 
 
@@ -219,25 +323,30 @@ def apply_digest_split(stored: int, batch: int, rounds: int) -> dict[str, Any]:
     def no_sum(self: digest_module.DigestKeys, rows: Any) -> tuple[int, int]:
         return 0, len(list(rows))
 
-    variants: dict[str, tuple[bool, Any, Any]] = {
-        "off": (False, real_old_values, real_sum),
-        "record_only": (True, lambda *a: [], no_sum),
-        "record_and_contributions": (True, lambda *a: [], real_sum),
-        "full": (True, real_old_values, real_sum),
+    # (digest on, old-values read, contribution sum, tails kept in memory)
+    variants: dict[str, tuple[bool, Any, Any, bool]] = {
+        "off": (False, real_old_values, real_sum, False),
+        "record_only": (True, lambda *a: [], no_sum, False),
+        "record_and_contributions": (True, lambda *a: [], real_sum, False),
+        "full": (True, real_old_values, real_sum, False),
+        "full_from_memory": (True, real_old_values, real_sum, True),
     }
     rng = random.Random(2)
     per_apply: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        vaults = {
-            name: Vault.create(Path(tmp) / name, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY)
-            for name in variants
-        }
+        vaults = {}
+        for name, (*_, tails) in variants.items():
+            with _no_tails(not tails):
+                vaults[name] = Vault.create(
+                    Path(tmp) / name, _PASSPHRASE, kdf=profiles.INSECURE_FOR_TESTS_ONLY
+                )
         try:
             initial = _rows(stored)
-            for v in vaults.values():
-                v.apply(initial)
+            for name, v in vaults.items():
+                with _no_tails(not variants[name][3]):
+                    v.apply(initial)
             for _ in range(rounds):
-                for name, (enabled, old_values, sum_rows) in variants.items():
+                for name, (enabled, old_values, sum_rows, tails) in variants.items():
                     batches = [
                         [Change(f"bench/c{i % _CATEGORIES}", f"entry-{i}".encode(),
                                 os.urandom(_VALUE_BYTES)) for i in rng.sample(range(stored), batch)]
@@ -247,10 +356,11 @@ def apply_digest_split(stored: int, batch: int, rounds: int) -> dict[str, Any]:
                     sqlite_backend._old_values = old_values
                     digest_module.DigestKeys.sum_rows = sum_rows  # type: ignore[method-assign]
                     try:
-                        t0 = time.process_time()
-                        for changes in batches:
-                            vaults[name].apply(changes)
-                        per_apply[name].append((time.process_time() - t0) / len(batches))
+                        with _no_tails(not tails):
+                            t0 = time.process_time()
+                            for changes in batches:
+                                vaults[name].apply(changes)
+                            per_apply[name].append((time.process_time() - t0) / len(batches))
                     finally:
                         vault_module._state_digest_enabled = True
                         sqlite_backend._old_values = real_old_values
@@ -263,20 +373,26 @@ def apply_digest_split(stored: int, batch: int, rounds: int) -> dict[str, Any]:
         "name": f"apply_digest_split_{stored}_rows_batch_{batch}",
         "cpu_ms_per_apply": ms,
         "cpu_ms_old_values_read": ms["full"] - ms["record_and_contributions"],
+        "cpu_ms_old_values_from_memory": ms["full_from_memory"] - ms["record_and_contributions"],
         "cpu_ms_contributions": ms["record_and_contributions"] - ms["record_only"],
         "cpu_ms_record": ms["record_only"] - ms["off"],
-        "cpu_throughput_ratio": ms["off"] / ms["full"],
+        "cpu_throughput_ratio": ms["off"] / ms["full_from_memory"],
+        "cpu_throughput_ratio_read_back": ms["off"] / ms["full"],
     }
 
 
 def run(quick: bool = False, split: bool = False) -> list[dict[str, Any]]:
     """Every figure of this module (smaller and fewer repeats with ``quick``)."""
     repeats = 5 if quick else 15
+    stored = 2_000 if quick else 10_000
     results = [
-        apply_digest(2_000 if quick else 10_000, 64, repeats),
+        apply_digest(stored, 64, repeats),
+        apply_digest(stored, 64, repeats, read_back=True),
         unlock_rehydrate_digest(10_000, profiles.INSECURE_FOR_TESTS_ONLY, repeats),
         unlock_rehydrate_digest(10_000, profiles.RFC_9106_LOW_MEMORY, 3 if quick else 7),
         digest_formats(10_000, repeats),
+        drain_tails(1_000, repeats),
+        tail_memory(20_000),
     ]
     if split:
         results.append(apply_digest_split(2_000 if quick else 10_000, 64, 10 if quick else 40))

@@ -28,7 +28,8 @@ The interface is deliberately small:
   same snapshot as the rows (:meth:`VaultBackend.scan_with_state`), and hands the
   layer above, inside a write transaction, the record and the stored values a batch
   replaces, so that the next record is computed from exactly what the write
-  overwrites (:data:`StateUpdate`).
+  overwrites (:data:`StateUpdate`) — or, when the layer above says it knows those
+  values already (``old_known``), the record alone.
 
 The layer above — unlock, the state record, ``apply``, reads, passphrase change,
 rekey, verify — is written once, in :class:`keystore.vault_core.VaultCore`, typed
@@ -58,9 +59,11 @@ RowRef = tuple[str, bytes]
 CategoryCount = tuple[str, int, int]
 #: Called inside an apply's transaction as ``state(record, old_rows)``: the stored
 #: state record and the stored rows the batch replaces or deletes (read before the
-#: write touches them); returns the record to store with the batch.  On a backend that
-#: retries a transaction it may be called more than once; the last call's is stored.
-StateUpdate = Callable[[bytes | None, list[SealedRow]], bytes]
+#: write touches them); returns the record to store with the batch.  ``old_rows`` is
+#: ``None`` when the caller said it knows them (``apply(..., old_known=True)``) and
+#: this attempt did not read them.  On a backend that retries a transaction it may be
+#: called more than once; the last call's is stored.
+StateUpdate = Callable[[bytes | None, list[SealedRow] | None], bytes]
 #: Called inside an adoption's transaction as ``build(rows, record)`` with every row
 #: and the stored record (or ``None``); returns ``(record, header)`` to store, the
 #: header ``None`` to leave it as it is (a record carried over to a newer format).
@@ -118,7 +121,7 @@ class VaultBackend(Protocol):
 
     def apply(
         self, upserts: Sequence[SealedRow], deletes: Sequence[RowRef],
-        state: StateUpdate | None = None,
+        state: StateUpdate | None = None, *, old_known: bool = False,
     ) -> None:
         """Land a batch in ONE transaction: all of it or none.
 
@@ -128,6 +131,13 @@ class VaultBackend(Protocol):
         lease was taken over writes nothing.  With ``state``, the state record is
         advanced in the same transaction (see :data:`StateUpdate`): a batch and the
         record vouching for it land together or not at all.
+
+        ``old_known=True`` says the caller already knows the stored values the batch
+        replaces (the vault keeps their tails in memory while it is the one writer):
+        the first attempt then calls ``state(record, None)`` without reading them.
+        A retried attempt (a backend that retries after a lost connection, when the
+        first attempt may have committed) reads them back as usual, since what the
+        caller knew describes the rows before the first attempt only.
 
         Raises:
             LeaseLost: another writer holds the vault now; nothing was written.

@@ -60,6 +60,7 @@ __all__ = [
     "check_anchor",
     "check_rows",
     "reseal",
+    "value_tails",
 ]
 
 #: HKDF label of the digest keys (ASCII, no terminator).
@@ -88,6 +89,7 @@ _TAIL = 16
 _KH32 = _U32.pack(32)
 _PREFIX = struct.Struct(">BQQ")
 _U64_MAX = (1 << 64) - 1
+_KEY_HASH = itemgetter(1)
 _STORED_VALUE = itemgetter(2)
 _LAST_BLOCK = itemgetter(slice(-_BLOCK, None))
 
@@ -437,6 +439,20 @@ class RowSetDigest:
             self._value1 = (self._value1 + total1) & _MASK_1
         self.count += n
 
+    def add_keeping_tails(self, rows: list[tuple[str, bytes, bytes]]) -> list[bytes]:
+        """:meth:`add`, returning the values' last 16 bytes it summed (in row order):
+        a full scan that goes on to keep them (see :func:`value_tails`) slices each
+        value once, not twice."""
+        tails = list(map(_LAST_BLOCK, map(_STORED_VALUE, rows)))
+        if self.state_format != STATE_FORMAT:
+            self.add(rows)
+            return tails
+        self.value = (self.value + self._keys._sum_blocks(tails)) % _MODULUS_2
+        if self._value1 is not None:
+            self._value1 = (self._value1 + self._keys.sum_rows_format1(rows)[0]) & _MASK_1
+        self.count += len(tails)
+        return tails
+
     def remove(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
         """Account for rows no longer present (deleted, or replaced by a new value)."""
         total, total1, n = self._sums(rows)
@@ -444,6 +460,18 @@ class RowSetDigest:
         if total1 is not None and self._value1 is not None:
             self._value1 = (self._value1 - total1) & _MASK_1
         self.count -= n
+
+    def remove_tails(self, tails: list[bytes]) -> None:
+        """:meth:`remove` for rows given by their values' last 16 bytes alone (what
+        :func:`value_tails` keeps): a write whose replaced values are known in memory.
+
+        Only for a digest continuing a current-format record (:meth:`of_state`),
+        the one thing such a write updates.
+        """
+        if self.state_format != STATE_FORMAT or self._value1 is not None:
+            raise ValueError("tails alone update only a digest in the current format")
+        self.value = (self.value - self._keys._sum_blocks(tails)) % _MODULUS_2
+        self.count -= len(tails)
 
     def value_in(self, state_format: int) -> int | None:
         """The digest in ``state_format``, or ``None`` if this digest did not sum in it."""
@@ -456,6 +484,18 @@ class RowSetDigest:
         if self.count < 0:
             raise IntegrityError("vault state digest went below zero rows")
         return VaultState(generation, self.count, self.value, self.state_format)
+
+
+def value_tails(rows: Iterable[tuple[str, bytes, bytes]]) -> dict[bytes, bytes]:
+    """``{key_hash: last 16 bytes of the stored value}`` of ``(category, key_hash,
+    stored_value)`` rows: everything a row's format-2 contribution depends on, keyed
+    by what addresses the row (a key hash binds its category: docs/format.md §15).
+
+    Built by ``dict``/``zip``/``map`` over the rows, with no bytecode per row.
+    """
+    batch = rows if isinstance(rows, (list, tuple)) else list(rows)
+    return dict(zip(map(_KEY_HASH, batch), map(_LAST_BLOCK, map(_STORED_VALUE, batch)),
+                    strict=True))
 
 
 def check_rows(keys: DigestKeys, record: bytes | None, rows: RowSetDigest) -> VaultState:

@@ -29,8 +29,10 @@ import operator
 import os
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from itertools import chain, repeat
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
@@ -52,6 +54,7 @@ from keystore.digest import (
     check_anchor,
     check_rows,
     reseal,
+    value_tails,
 )
 from keystore.errors import (
     IntegrityError,
@@ -103,6 +106,10 @@ ProgressCallback = Callable[[int, int], None]
 #: ``apply`` skip the state record and loads skip the row-set check.  Always ``True``
 #: in production; a write made with it off leaves a record the next load refuses.
 _state_digest_enabled = True
+#: Above this many live rows the vault keeps no tails in memory (see
+#: ``VaultCore._remember_tails``): about 170 bytes a row, so at most ~22 MB; a larger
+#: vault's writes read the replaced values back instead (a few µs a row).
+_TAIL_CACHE_MAX_ROWS = 1 << 17
 
 
 class ChangeLike(Protocol):
@@ -180,7 +187,9 @@ def check_value(value: object) -> bytes:
 
 _CHANGE_FIELDS = operator.attrgetter("category", "key", "value")
 _VALUE_TYPES = {bytes, type(None)}
-_FIRST, _SECOND, _THIRD = (operator.itemgetter(i) for i in range(3))
+_FIRST, _SECOND, _THIRD, _FOURTH = (operator.itemgetter(i) for i in range(4))
+#: A stored value's last 16 bytes: all its state-digest contribution depends on.
+_LAST_BLOCK = operator.itemgetter(slice(-16, None))
 _COALESCE_SLICE = 4096
 #: Seconds ``apply(yield_gil=True)`` sleeps between two slices of rows it encrypts.
 _YIELD_PAUSE = 0.0001
@@ -369,6 +378,11 @@ class VaultCore:
         # (docs/format.md §15); None while locked or before the record exists.
         self._digest: DigestKeys | None = None
         self._state: VaultState | None = None
+        # {key_hash: last 16 bytes of its stored value} of every live row, while
+        # known exactly; None when not (see _remember_tails).  A full read leaves
+        # them as two columns, made a dict by the first write (_tails_now).
+        self._tails: dict[bytes, bytes] | None = None
+        self._tail_columns: tuple[list[bytes], list[bytes]] | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -540,7 +554,7 @@ class VaultCore:
                 raise VaultIOError(f"vault {self.location} has no state record to raise")
             raised: list[VaultState] = []
 
-            def lift(record: bytes | None, _old: list[SealedRow]) -> bytes:
+            def lift(record: bytes | None, _old: list[SealedRow] | None) -> bytes:
                 if record is None:
                     raise RollbackDetected(
                         f"vault {self.location} has lost its state record; nothing was "
@@ -628,6 +642,10 @@ class VaultCore:
             if state.state_format != STATE_FORMAT and not self._readonly:
                 state = self._reseal_state(self._digest)
             self._state = state
+            if state.row_count == 0 and self._tails_now() is None:
+                # An authenticated record of no rows vouches for the empty set: the
+                # tails of every live row the record counts are known (none).
+                self._remember_tails([], [])
             if not self._readonly:
                 self._update_anchor(state.generation)
         except BaseException:
@@ -652,9 +670,11 @@ class VaultCore:
         finally:
             _wipe(secrets)
         adopted: list[VaultState] = []
+        checked: list[list[SealedRow]] = []
 
         def build(rows: list[SealedRow], record: bytes | None) -> tuple[bytes, bytes]:
             cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            checked.append(rows)
             digest = RowSetDigest(keys)
             digest.add(rows)
             if record is not None:
@@ -668,6 +688,7 @@ class VaultCore:
         self._backend.adopt_state(build)
         self._header_adopted(new_header)
         self._header = new_header
+        self._remember_rows(checked[-1])
         return adopted[-1]
 
     def _reseal_state(self, keys: DigestKeys) -> VaultState:
@@ -677,9 +698,11 @@ class VaultCore:
         next generation's record in the current format (the header is left as is)."""
         cipher = self._unlocked()
         resealed: list[VaultState] = []
+        checked: list[list[SealedRow]] = []
 
         def build(rows: list[SealedRow], record: bytes | None) -> tuple[bytes, None]:
             cipher.open_rows(rows, self._stored_category, self._stored_blob)
+            checked.append(rows)
             digest = RowSetDigest.both_formats(keys)
             digest.add(rows)
             state, new_record = reseal(keys, record, digest)
@@ -687,6 +710,7 @@ class VaultCore:
             return new_record, None
 
         self._backend.adopt_state(build)
+        self._remember_rows(checked[-1])
         return resealed[-1]
 
     def _load_anchor(self) -> int | None:
@@ -707,13 +731,74 @@ class VaultCore:
                 f"not be updated ({type(exc).__name__}); the write itself was committed"
             ) from exc
 
-    def _check_state(self, rows: list[SealedRow], record: bytes | None) -> None:
+    def _check_state(self, rows: list[SealedRow], record: bytes | None) -> list[bytes] | None:
         """Raise RollbackDetected unless ``rows`` (every live row, already authenticated)
-        are the set the state record vouches for, no older than the anchor."""
+        are the set the state record vouches for, no older than the anchor.  Returns
+        the rows' value tails once checked (``None`` when the vault has no record to
+        check them with)."""
         digest = self._scan_digest()
-        if digest is not None:
-            digest.add(rows)
-            self._check_digest(digest, record)
+        if digest is None:
+            return None
+        tails = digest.add_keeping_tails(rows)
+        self._check_digest(digest, record)
+        return tails
+
+    def _remember_rows(self, rows: list[SealedRow]) -> None:
+        """:meth:`_remember_tails` of rows (authenticated and checked) in hand."""
+        self._remember_tails(list(map(_SECOND, rows)), list(map(_LAST_BLOCK, map(_THIRD, rows))))
+
+    def _tails_now(self) -> dict[bytes, bytes] | None:
+        """The tails kept, as a dict (built on first use after a full read: the load
+        that read them does not pay for the hash table), or ``None``."""
+        columns = self._tail_columns
+        if columns is not None:
+            self._tail_columns = None
+            self._tails = dict(zip(*columns, strict=True))
+        return self._tails
+
+    def _forget_tails(self) -> None:
+        self._tails = self._tail_columns = None
+
+    def _remember_tails(self, key_hashes: list[bytes], tails: list[bytes]) -> None:
+        """Keep, from a full read just checked against the state record, the last 16
+        bytes of every live row's value (``tails``, in the order of ``key_hashes``):
+        what ``apply`` subtracts from the digest for the rows it replaces or deletes,
+        so it need not read them back.  Keyed by key hash alone: a key hash is a
+        keyed hash of category and key, so two live rows never share one.
+
+        Only a writable vault keeps them (only writes use them), only up to
+        ``_TAIL_CACHE_MAX_ROWS`` rows, and only from rows that were all authenticated
+        and matched the record: the cache then holds exactly the set the record
+        vouches for.  From then on it changes only after a write committed (the new
+        tails of its upserts, its deletes removed); any exception from a write,
+        whether or not it committed, drops it, as do lock, close and a failed rekey
+        (a rekey that commits rebuilds it from the rows it wrote).  Without it, or
+        once dropped, ``apply`` reads the replaced values back in its transaction as
+        before, until the next full read.
+
+        It cannot go stale behind the vault's back, because nothing but this object
+        writes the rows while it holds the writer lease:
+
+        * SQLite: the writer lock file is an exclusive ``flock`` held from open to
+          close; a second writable ``Vault`` (in this process or another) is refused,
+          and a forked child cannot use this object.
+        * PostgreSQL: every write is fenced by the lease epoch in its own
+          transaction, and a ``PostgresVault`` never acquires a lease again after
+          open.  A writer that took the lease over has a higher epoch, so every
+          later write of this object raises ``LeaseLost`` (which drops the cache)
+          before it writes anything.  A write retried after a lost connection reads
+          the replaced values back (the backend's ``old_known`` covers one attempt).
+
+        Someone who edits the storage directly while the vault is open (an attacker
+        with write access) is not seen by the cache: the vault subtracts the tail it
+        wrote, not the one the attacker put there, so the record vouches for the
+        rows the vault wrote and disagrees with the rows on disk.  The next full read
+        (unlock + load, ``open_rows``, ``verify``, a rekey) raises ``RollbackDetected``
+        — the same outcome as when the replaced values are read back.
+        """
+        self._forget_tails()
+        if not self._readonly and _state_digest_enabled and len(tails) <= _TAIL_CACHE_MAX_ROWS:
+            self._tail_columns = (key_hashes, tails)
 
     def _scan_digest(self) -> RowSetDigest | None:
         """An empty digest to accumulate a full scan into, or ``None`` if not checked."""
@@ -728,6 +813,7 @@ class VaultCore:
             check_anchor(state.generation, self._load_anchor())
 
     def _drop_keys(self) -> None:
+        self._forget_tails()
         if self._digest is not None:
             self._digest.wipe()
             self._digest = None
@@ -826,7 +912,9 @@ class VaultCore:
             # Decrypting under the lock: a concurrent lock() waits instead of
             # wiping the keys mid-scan.
             opened = cipher.open_rows(rows, self._stored_category, self._stored_blob)
-            self._check_state(rows, record)
+            tails = self._check_state(rows, record)
+            if tails is not None:
+                self._remember_tails(list(map(_SECOND, rows)), tails)
             return opened
 
     def _stored_category(self, name: object) -> str:
@@ -882,11 +970,18 @@ class VaultCore:
             self._before_write()
             keys = self._digest
             if not _state_digest_enabled or keys is None:
+                self._forget_tails()  # a write the digest does not follow
                 self._backend.apply(upserts, deletes)
                 return len(latest)
             advanced: list[VaultState] = []
+            tails = self._tails_now()
+            # The tails this batch replaces or deletes, from memory (new rows have none;
+            # a kept tail is never empty: it comes from a value that authenticated).
+            known = None if tails is None else list(filter(None, map(
+                tails.get, chain(map(_SECOND, upserts), map(_SECOND, deletes))
+            )))
 
-            def advance(record: bytes | None, old: list[SealedRow]) -> bytes:
+            def advance(record: bytes | None, old: list[SealedRow] | None) -> bytes:
                 # O(rows changed): subtract what the batch overwrites, add what it writes.
                 if record is None:
                     raise RollbackDetected(
@@ -896,13 +991,26 @@ class VaultCore:
                     )
                 current = keys.open(record)
                 digest = RowSetDigest.of_state(keys, current)
-                digest.remove(old)
+                if old is not None:
+                    digest.remove(old)
+                else:
+                    assert known is not None  # the backend skips the read only if asked
+                    digest.remove_tails(known)
                 digest.add(upserts)
                 state = digest.state(current.generation + 1)
                 advanced.append(state)
                 return keys.seal(state)
 
-            self._backend.apply(upserts, deletes, advance)
+            try:
+                self._backend.apply(upserts, deletes, advance, old_known=known is not None)
+            except BaseException:
+                self._forget_tails()  # committed or not: the rows are no longer known
+                raise
+            if tails is not None:
+                deque(map(tails.pop, map(_SECOND, deletes), repeat(None)), maxlen=0)
+                tails.update(value_tails(upserts))
+                if len(tails) > _TAIL_CACHE_MAX_ROWS:
+                    self._tails = None
             self._state = advanced[-1]
             self._update_anchor(self._state.generation)
         return len(latest)
@@ -1146,6 +1254,7 @@ class VaultCore:
             finally:
                 _wipe(secrets)
             self._before_write()
+            self._forget_tails()  # until the rekey committed: the rows are in flux
             self._commit_rekey(rehashed, next_header, new_record, record)
         except BaseException:
             new.wipe()
@@ -1165,6 +1274,11 @@ class VaultCore:
             if self._digest is not None:
                 self._digest.wipe()
             self._digest, self._state = new_digest, new_state
+            # The rows just committed, checked against the old record before: the
+            # new record vouches for exactly these.
+            self._remember_tails(
+                list(map(_THIRD, rehashed)), list(map(_LAST_BLOCK, map(_FOURTH, rehashed)))
+            )
             self._update_anchor(new_state.generation)
         self._after_rekey(next_header)
         if progress is not None:
@@ -1294,8 +1408,9 @@ class VaultCore:
                             reason=str(exc).split(" in category")[0],
                         )
                     )
-            if not failures:
-                self._check_state(rows, record)
+            tails = None if failures else self._check_state(rows, record)
+            if tails is not None:
+                self._remember_tails(list(map(_SECOND, rows)), tails)
         return VerifyReport(ok=not failures, rows_checked=len(rows), failures=failures)
 
 

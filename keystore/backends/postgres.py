@@ -920,7 +920,7 @@ class PostgresBackend:
 
     def apply(
         self, upserts: Sequence[SealedRow], deletes: Sequence[RowRef],
-        state: StateUpdate | None = None,
+        state: StateUpdate | None = None, *, old_known: bool = False,
     ) -> None:
         """See :meth:`keystore.backend.VaultBackend.apply`.  Retried through reconnects:
         the same sealed bytes upserted twice leave the same rows (the counter may
@@ -937,8 +937,12 @@ class PostgresBackend:
             self._db.run(lambda conn: self._apply_arrays(conn, upserts, deletes, state))
             return
         sid = self.store_id
+        # ``old_known`` holds for the first attempt only: once one was sent, it may
+        # have committed, and only a read-back describes the rows a retry replaces.
+        skip_old_read = [old_known]
 
         def txn(conn: psycopg.Connection[Any]) -> None:
+            read_old, skip_old_read[0] = not skip_old_read[0], False
             try:
                 with conn.transaction():
                     self._fence(conn, len(upserts))
@@ -946,9 +950,12 @@ class PostgresBackend:
                         _apply_hook()
                     record: bytes | None = None
                     if state is not None:
-                        targets = [(c, k) for c, k, _ in upserts]
-                        targets.extend(deletes)
-                        record = state(self._read_state(conn), self._old_values(conn, targets))
+                        old: list[SealedRow] | None = None
+                        if read_old:
+                            targets = [(c, k) for c, k, _ in upserts]
+                            targets.extend(deletes)
+                            old = self._old_values(conn, targets)
+                        record = state(self._read_state(conn), old)
                     if upserts:
                         self._upsert(conn, upserts)
                     if deletes:

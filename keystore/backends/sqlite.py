@@ -297,18 +297,21 @@ class SqliteBackend:
 
     def apply(
         self, upserts: Sequence[SealedRow], deletes: Sequence[RowRef],
-        state: StateUpdate | None = None,
+        state: StateUpdate | None = None, *, old_known: bool = False,
     ) -> None:
         """Upserts, deletes, the nonce counter and (with ``state``) the state record,
-        in ONE write transaction; the replaced values are read before the write."""
+        in ONE write transaction; the replaced values are read before the write
+        unless ``old_known`` (then ``state`` gets ``None`` for them: one attempt
+        only, this backend never retries)."""
         with self._write_txn() as conn:
             record: bytes | None = None
             if state is not None:
-                targets = list(map(operator.itemgetter(0, 1), upserts))
-                targets += deletes
-                record = state(
-                    read_state_record(conn, self._path), _old_values(conn, targets, self._path)
-                )
+                old: list[SealedRow] | None = None
+                if not old_known:
+                    targets = list(map(operator.itemgetter(0, 1), upserts))
+                    targets += deletes
+                    old = _old_values(conn, targets, self._path)
+                record = state(read_state_record(conn, self._path), old)
             self.write_rows(conn, upserts, deletes)
             if record is not None:
                 write_state_record(conn, record)
