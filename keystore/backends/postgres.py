@@ -933,13 +933,18 @@ class PostgresBackend:
         it is written with the rows.  A retry after a lost commit reads the rows it
         already wrote as the "old" values, so the record stays consistent with them.
         """
-        if self.upsert_method == "arrays":
-            self._db.run(lambda conn: self._apply_arrays(conn, upserts, deletes, state))
-            return
         sid = self.store_id
         # ``old_known`` holds for the first attempt only: once one was sent, it may
         # have committed, and only a read-back describes the rows a retry replaces.
         skip_old_read = [old_known]
+        if self.upsert_method == "arrays":
+
+            def arrays_txn(conn: psycopg.Connection[Any]) -> None:
+                read_old, skip_old_read[0] = not skip_old_read[0], False
+                self._apply_arrays(conn, upserts, deletes, state, read_old)
+
+            self._db.run(arrays_txn)
+            return
 
         def txn(conn: psycopg.Connection[Any]) -> None:
             read_old, skip_old_read[0] = not skip_old_read[0], False
@@ -973,14 +978,15 @@ class PostgresBackend:
 
     def _apply_arrays(
         self, conn: psycopg.Connection[Any], upserts: Sequence[SealedRow],
-        deletes: Sequence[RowRef], state: StateUpdate | None,
+        deletes: Sequence[RowRef], state: StateUpdate | None, read_old: bool = True,
     ) -> None:
         """One apply transaction in three statements (four with deletes), each array
         framed once.
 
         The fencing update returns the state record of the row it locks (no
-        separate read); the replaced values are read next, with the category and
-        key-hash arrays the upsert then reuses; the upsert is one
+        separate read); the replaced values are read next (unless ``read_old`` is
+        false: the vault holds their tails, on a first attempt only), with the
+        category and key-hash arrays the upsert then reuses; the upsert is one
         ``INSERT … SELECT FROM unnest`` of three binary arrays (see
         :class:`_BinaryArray`), with no staging table and no per-row Python, and
         carries the new state record in a data-modifying ``WITH``.  Nothing is sent
@@ -999,17 +1005,13 @@ class PostgresBackend:
                 return  # unreachable: _lost raises
             if _apply_hook is not None:
                 _apply_hook()
-            old_rows: list[SealedRow] = []
-            if state is not None and deletes:
-                cur.execute(
-                    self._sql_old_values,
-                    (_TextArray([r[0] for r in upserts] + [c for c, _ in deletes]),
-                     _ByteaArray([r[1] for r in upserts] + [k for _, k in deletes]), sid),
+            old_rows: list[SealedRow] | None = None
+            if state is not None and read_old:
+                # One statement for the rows the batch replaces or deletes (none when
+                # the caller holds their tails: ``read_old`` false).
+                old_rows = self._old_values(
+                    conn, [(c, k) for c, k, _ in upserts] + list(deletes)
                 )
-                old_rows = _tails(cur.fetchall())
-            elif state is not None and upserts:
-                cur.execute(self._sql_old_values, (cats, keys, sid))
-                old_rows = _tails(cur.fetchall())
             # The record depends only on what was read above and on the sealed
             # rows, so it is computed before anything is written and travels in the
             # upsert statement itself (one statement fewer; a record that cannot be
