@@ -895,9 +895,9 @@ class VaultCore:
         """Every row of the vault, authenticated: ``{category: {key: value}}``.
 
         What loading a whole vault into memory needs (``GranularStorage.load``): one
-        scan, in one snapshot with the state record, decrypted with the per-category
-        state looked up once per category.  All or nothing: a row that fails
-        authentication raises and nothing is returned.
+        scan, in one snapshot with the state record, read and decrypted a batch at a
+        time with the per-category state looked up once per category.  All or
+        nothing: a row that fails authentication raises and nothing is returned.
 
         Raises:
             VaultLocked, VaultClosed: the vault cannot be read now.
@@ -908,13 +908,30 @@ class VaultCore:
         """
         with self._mutex:
             cipher = self._unlocked()
-            rows, record = self._backend.scan_with_state()
-            # Decrypting under the lock: a concurrent lock() waits instead of
-            # wiping the keys mid-scan.
-            opened = cipher.open_rows(rows, self._stored_category, self._stored_blob)
-            tails = self._check_state(rows, record)
-            if tails is not None:
-                self._remember_tails(list(map(_SECOND, rows)), tails)
+            opened: dict[str, dict[bytes, bytes]] = {}
+            key_hashes: list[bytes] = []
+            tails: list[bytes] = []
+            # A batch at a time, in one read snapshot: the sealed values of the whole
+            # vault are never all in memory at once (holding them cost more than the
+            # decryption saved by one big call), and decrypting under the lock means
+            # a concurrent lock() waits instead of wiping the keys mid-scan.
+            with self._backend.read_snapshot() as snap:
+                digest = self._scan_digest()
+                for batch in snap.batches():
+                    part = cipher.open_rows(batch, self._stored_category, self._stored_blob)
+                    for name, rows_of in part.items():
+                        into = opened.get(name)
+                        if into is None:
+                            opened[name] = rows_of
+                        else:
+                            into.update(rows_of)
+                    if digest is not None:  # the batch authenticated: well-typed rows
+                        tails += digest.add_keeping_tails(batch)
+                        key_hashes += map(_SECOND, batch)
+                if digest is not None:
+                    self._check_digest(digest, snap.state_record())
+            if digest is not None:
+                self._remember_tails(key_hashes, tails)
             return opened
 
     def _stored_category(self, name: object) -> str:
