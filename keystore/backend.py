@@ -178,8 +178,12 @@ class VaultBackend(Protocol):
         """
         ...
 
-    def read_snapshot(self) -> AbstractContextManager[RowSnapshot]:
-        """A read snapshot held open for the ``with`` block (what an export streams)."""
+    def read_snapshot(self, *, ordered: bool = True) -> AbstractContextManager[RowSnapshot]:
+        """A read snapshot held open for the ``with`` block (what an export streams).
+
+        ``ordered``: rows in category and key-hash order (an export's promise); a
+        full load, which builds dicts, passes ``False`` so the backend may read them
+        in storage order, which is cheaper (no index walk)."""
         ...
 
     def adopt_state(self, build: AdoptState) -> None:

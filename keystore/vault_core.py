@@ -915,7 +915,7 @@ class VaultCore:
             # vault are never all in memory at once (holding them cost more than the
             # decryption saved by one big call), and decrypting under the lock means
             # a concurrent lock() waits instead of wiping the keys mid-scan.
-            with self._backend.read_snapshot() as snap:
+            with self._backend.read_snapshot(ordered=False) as snap:
                 digest = self._scan_digest()
                 for batch in snap.batches():
                     part = cipher.open_rows(batch, self._stored_category, self._stored_blob)

@@ -1137,7 +1137,7 @@ class PostgresBackend:
         return self._db.run(q)
 
     @contextlib.contextmanager
-    def read_snapshot(self) -> Iterator[_Snapshot]:
+    def read_snapshot(self, *, ordered: bool = True) -> Iterator[_Snapshot]:
         """The rows and record of one statement snapshot, fetched whole.
 
         A snapshot held open across a ``with`` block would pin a server transaction

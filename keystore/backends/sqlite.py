@@ -208,17 +208,21 @@ class _Snapshot:
     _BATCH = 256
     in_memory = False
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, count: int) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, count: int, *, ordered: bool = True
+    ) -> None:
         self._conn = conn
         self._path = path
         self.count = count
+        self._ordered = ordered
 
     def batches(self) -> Iterator[list[SealedRow]]:
-        """The rows in category and key-hash order, 256 at a time (never all in memory)."""
+        """The rows, 256 at a time (never all in memory): in category and key-hash
+        order, or in table order (one pass over the table, no index walk)."""
         with _db_errors(self._path):
             cursor = self._conn.execute(
                 "SELECT category, key_hash, value FROM keystore_rows"
-                " ORDER BY category, key_hash"
+                + (" ORDER BY category, key_hash" if self._ordered else "")
             )
         while True:
             with _db_errors(self._path):
@@ -395,7 +399,7 @@ class SqliteBackend:
         return rows, record
 
     @contextlib.contextmanager
-    def read_snapshot(self) -> Iterator[_Snapshot]:
+    def read_snapshot(self, *, ordered: bool = True) -> Iterator[_Snapshot]:
         """One read transaction for the ``with`` block: WAL keeps its view fixed."""
         conn = self._connection()
         with _db_errors(self._path):
@@ -404,7 +408,7 @@ class SqliteBackend:
             with _db_errors(self._path):
                 # The first read fixes the snapshot: every later one sees the same.
                 (count,) = conn.execute("SELECT COUNT(*) FROM keystore_rows").fetchone()
-            yield _Snapshot(conn, self._path, int(count))
+            yield _Snapshot(conn, self._path, int(count), ordered=ordered)
         finally:
             with contextlib.suppress(*sqlcipher_layer.db_error_types()):
                 if conn.in_transaction:
