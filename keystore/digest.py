@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from keystore.errors import IntegrityError, RollbackDetected
+from keystore.errors import IntegrityError, RollbackDetected, VaultIOError
 
 __all__ = [
     "DIGEST_INFO",
@@ -452,10 +452,27 @@ class RowSetDigest:
         return self._value1 if state_format == 1 else None
 
     def state(self, generation: int) -> VaultState:
-        """This digest as the state of ``generation``."""
+        """This digest as the state of ``generation``.
+
+        Raises:
+            IntegrityError: the rows counted went below zero.
+            VaultIOError: ``generation`` is past 2^64 - 1, the last one a record can
+                hold: the vault can take no more writes (the caller writes nothing).
+        """
         if self.count < 0:
             raise IntegrityError("vault state digest went below zero rows")
-        return VaultState(generation, self.count, self.value, self.state_format)
+        return VaultState(_next_ok(generation), self.count, self.value, self.state_format)
+
+
+def _next_ok(generation: int) -> int:
+    """``generation`` if a record can hold it; a package error (not the ValueError of
+    :meth:`DigestKeys.seal`, which is for misuse) once every generation is used."""
+    if generation > _U64_MAX:
+        raise VaultIOError(
+            "vault has used its last generation (2^64 - 1) and can take no more writes; "
+            "nothing was written (export it and import it into a new vault)"
+        )
+    return generation
 
 
 def check_rows(keys: DigestKeys, record: bytes | None, rows: RowSetDigest) -> VaultState:
@@ -526,7 +543,7 @@ def reseal(
     if rows.state_format != STATE_FORMAT:
         raise ValueError(f"rows must be summed in state format {STATE_FORMAT} to reseal")
     old = check_rows(keys, record, rows)
-    new = VaultState(old.generation + 1, rows.count, rows.value)
+    new = VaultState(_next_ok(old.generation + 1), rows.count, rows.value)
     sealed = keys.seal(new)
     # From here on a format-1 record can only be an older copy put back (full scans
     # stop summing format 1).  A retry of a failed reseal still can compare: its

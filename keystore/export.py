@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keystore import safefile
 from keystore.cipher import normalize_passphrase
-from keystore.digest import STATE_FORMAT, STATE_LEN
+from keystore.digest import STATE_FORMATS, STATE_LEN
 from keystore.errors import IntegrityError, SchemaTooNew, VaultBusy, WrongPassphrase
 from keystore.lockfile import WriterLock
 from keystore.profiles import RFC_9106_HIGH_MEMORY, RFC_9106_LOW_MEMORY, KdfParameters
@@ -720,9 +720,10 @@ def record_generation(record: object) -> int | None:
 
     Not authenticated: good for choosing a higher generation for a vault that replaces
     the one it came from, for nothing else.  ``None`` for anything that is not a state
-    record of the known format.
+    record of a format this code reads (a vault whose record is still in state format 1
+    has a generation to stay above too).
     """
-    if not isinstance(record, bytes) or len(record) != STATE_LEN or record[0] != STATE_FORMAT:
+    if not isinstance(record, bytes) or len(record) != STATE_LEN or record[0] not in STATE_FORMATS:
         return None
     return int(_U64.unpack_from(record, 1)[0])
 
