@@ -166,10 +166,14 @@ class DigestKeys:
         """Derive the keys from ``data_key || hash_key`` (64 bytes) and the store id."""
         if len(secrets) != 2 * _KEY_LEN:
             raise ValueError("digest keys need the 64 bytes of the vault's secrets")
+        # The secrets (and below, the keys) are handed over as the caller's wipeable
+        # buffers, never as a bytes copy: such a copy of the vault's secrets could not
+        # be overwritten at lock.  cryptography and hashlib copy keys into their own
+        # contexts (docs/threat-model.md names those copies).
         okm = bytearray(
             HKDF(
                 algorithm=hashes.SHA256(), length=4 * _KEY_LEN, salt=store_id, info=DIGEST_INFO
-            ).derive(bytes(secrets))
+            ).derive(secrets)
         )
         self._row_key = okm[:_KEY_LEN]
         self._mac_key = okm[_KEY_LEN : 2 * _KEY_LEN]
@@ -177,7 +181,7 @@ class DigestKeys:
         self._block_key = okm[3 * _KEY_LEN :]
         okm[:] = bytes(len(okm))
         self._block_cipher: Cipher[Any] | None = Cipher(
-            algorithms.AES256(bytes(self._block_key)), modes.ECB()
+            algorithms.AES256(self._block_key), modes.ECB()
         )
         # ECB holds no state between blocks, so one encryption context serves every
         # batch (creating one costs more than encrypting a write's tags); the lock
@@ -185,7 +189,7 @@ class DigestKeys:
         self._block_encryptor: Any = self._block_cipher.encryptor()
         self._block_lock = threading.Lock()
         self._row_base: Any = hashlib.blake2b(
-            key=bytes(self._row_key), digest_size=32, person=_ROW_PERSON
+            key=self._row_key, digest_size=32, person=_ROW_PERSON
         )
         self._row_states: dict[str, Any] = {}
         # Whether full scans must also sum in format 1: until a record has been
