@@ -741,12 +741,15 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
             if kdf is not None:
                 raise UsageError("--kdf-profile does not apply to a raw-key vault")
             old_key, new_key = _raw_key(args.raw_key_file), _raw_key(args.new_raw_key_file)
-            with phases.step("checking the key and re-wrapping the vault key"):
+            with phases.step("checking the key"):
                 vault.unlock_with_key(old_key)
-                vault.change_key(old_key, new_key)
-            if args.rekey:
-                with phases.count("re-encrypting rows", "rows", then="committing") as update:
-                    vault.rekey(progress=update)
+            # One atomic step with --rekey: were the key changed first and the rows
+            # re-encrypted after, a failed re-encryption would leave the vault opened
+            # by the new key only, while the command reports a failure.
+            step = ("re-wrapping the vault key and re-encrypting every row" if args.rekey
+                    else "re-wrapping the vault key")
+            with phases.step(step):
+                vault.change_key(old_key, new_key, rekey=args.rekey)
         else:
             if args.new_raw_key_file:
                 raise UsageError(

@@ -499,11 +499,12 @@ def cmd_passwd(args: argparse.Namespace) -> int:
             old_key = _unlock(vault, args, phases)
             assert isinstance(old_key, bytes)
             new_key = _raw_key(args.new_raw_key_file)
-            with phases.step("re-wrapping the vault key"):
-                vault.change_key(old_key, new_key)
-            if args.rekey:
-                with phases.step("re-encrypting every row in one transaction"):
-                    vault.rekey()
+            # One transaction with --rekey, so that a failed re-encryption leaves the
+            # old key in place (not the new key alone, after a reported failure).
+            step = ("re-wrapping the vault key and re-encrypting every row" if args.rekey
+                    else "re-wrapping the vault key")
+            with phases.step(step):
+                vault.change_key(old_key, new_key, rekey=args.rekey)
         else:
             if args.new_raw_key_file:
                 raise UsageError(f"vault {location} is protected by a passphrase; "
