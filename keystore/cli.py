@@ -55,6 +55,7 @@ from keystore.errors import (
 )
 from keystore.export import (
     ExportStream,
+    check_replaceable_export,
     export_vault,
     generation_floor,
     import_vault,
@@ -868,6 +869,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} already exists; refusing to overwrite it (use --force)")
     if out.is_dir():
         raise UsageError(f"{out} is a directory; not replacing it")
+    if args.force:
+        check_replaceable_export(out)  # before any passphrase is asked for
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise VaultIOError(f"cannot write {out}: the folder {out.parent} does not exist or "
                            "is not writable")

@@ -56,7 +56,7 @@ from keystore.cli import (
 from keystore.cli_common import ExitCode, UsageError
 from keystore.cli_progress import Phases, human_bytes, plural
 from keystore.errors import NotAVault
-from keystore.export import export_vault
+from keystore.export import check_replaceable_export, export_vault
 from keystore.passphrase import use_secret
 from keystore.reports import KdfInfo, StatsReport, VerifyReport
 
@@ -360,6 +360,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} already exists; refusing to overwrite it (use --force)")
     if out.is_dir():
         raise UsageError(f"{out} is a directory; not replacing it")
+    if args.force:
+        check_replaceable_export(out)  # before any passphrase is asked for
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise VaultIOError(f"cannot write {out}: the folder {out.parent} does not exist or "
                            "is not writable")

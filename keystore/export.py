@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import struct
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -474,13 +475,19 @@ def export_vault(
     under a random temporary name beside ``out_path``, fsync'd, then put in place:
     a crash never leaves half an export under the real name, nor a readable one.
 
+    With ``overwrite``, only an earlier export file at ``out_path`` is replaced, never
+    a vault or any other file (:func:`check_replaceable_export`).
+
     Raises:
-        FileExistsError: ``out_path`` exists and ``overwrite`` is false.
+        FileExistsError: ``out_path`` exists and ``overwrite`` is false, or it is not
+            an export file.
         VaultLocked, IntegrityError: from reading the vault.
     """
     out = Path(out_path)
     if not overwrite and (out.exists() or out.is_symlink()):
         raise FileExistsError(f"{out} already exists; refusing to overwrite it")
+    if overwrite:
+        check_replaceable_export(out)
     normalize_passphrase(backup_passphrase)
     safefile.remove_stale_temporaries(out)
     tmp = safefile.temporary_name(out, "exporting")
@@ -506,6 +513,41 @@ def export_vault(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return summary
+
+
+def check_replaceable_export(out: str | os.PathLike[str]) -> None:
+    """With ``overwrite``, refuse to replace anything at ``out`` but an earlier export.
+
+    ``overwrite`` is for refreshing a backup; a slip of the path (the vault itself,
+    another vault, any other file) must not replace that file with an export.  A file
+    is taken for an export when it starts with the export magic; a symlink, a
+    non-regular file or an unreadable one is refused too.  Nothing at ``out`` is fine.
+
+    Raises:
+        FileExistsError: ``out`` exists and is not an export file.
+    """
+    path = Path(out)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise FileExistsError(
+            f"{path} exists and is not a readable regular file ({exc.strerror}); "
+            "not replacing it"
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileExistsError(f"{path} exists and is not a regular file; not replacing it")
+        head = os.read(fd, len(EXPORT_MAGIC))
+    finally:
+        os.close(fd)
+    if head != EXPORT_MAGIC:
+        raise FileExistsError(
+            f"{path} exists and is not an export file (a vault, or another file); "
+            "overwriting replaces only an earlier export: choose another name"
+        )
 
 
 def _counted(
