@@ -1010,9 +1010,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             assert kdf is not None
             return Vault.create(tmp, secret, kdf=kdf, sqlcipher=to_sqlcipher)
 
+        # The copy gets at least the generation of the rows it copies, as an import
+        # does, so an anchor that follows the account (not the store id) accepts it.
+        seen: list[int | None] = []
         with phases.count("copying rows into the new vault", "rows",
                           then="writing the new vault to disk") as update:
-            copy = build_vault(dest, vault_rows(vault, update), create)
+            copy = build_vault(
+                dest, vault_rows(vault, update, on_generation=seen.append), create,
+                lambda: generation_floor(seen[0] if seen else None),
+            )
     report = ConvertReport(source=str(src), destination=str(dest), sqlcipher=to_sqlcipher,
                            rows=copy.rows, categories=copy.categories,
                            store_id=copy.store_id.hex())
