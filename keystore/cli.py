@@ -55,6 +55,7 @@ from keystore.errors import (
 )
 from keystore.export import (
     ExportStream,
+    check_replaceable_export,
     export_vault,
     generation_floor,
     import_vault,
@@ -741,12 +742,15 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
             if kdf is not None:
                 raise UsageError("--kdf-profile does not apply to a raw-key vault")
             old_key, new_key = _raw_key(args.raw_key_file), _raw_key(args.new_raw_key_file)
-            with phases.step("checking the key and re-wrapping the vault key"):
+            with phases.step("checking the key"):
                 vault.unlock_with_key(old_key)
-                vault.change_key(old_key, new_key)
-            if args.rekey:
-                with phases.count("re-encrypting rows", "rows", then="committing") as update:
-                    vault.rekey(progress=update)
+            # One atomic step with --rekey: were the key changed first and the rows
+            # re-encrypted after, a failed re-encryption would leave the vault opened
+            # by the new key only, while the command reports a failure.
+            step = ("re-wrapping the vault key and re-encrypting every row" if args.rekey
+                    else "re-wrapping the vault key")
+            with phases.step(step):
+                vault.change_key(old_key, new_key, rekey=args.rekey)
         else:
             if args.new_raw_key_file:
                 raise UsageError(
@@ -865,6 +869,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} already exists; refusing to overwrite it (use --force)")
     if out.is_dir():
         raise UsageError(f"{out} is a directory; not replacing it")
+    if args.force:
+        check_replaceable_export(out)  # before any passphrase is asked for
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise VaultIOError(f"cannot write {out}: the folder {out.parent} does not exist or "
                            "is not writable")
@@ -1004,9 +1010,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             assert kdf is not None
             return Vault.create(tmp, secret, kdf=kdf, sqlcipher=to_sqlcipher)
 
+        # The copy gets at least the generation of the rows it copies, as an import
+        # does, so an anchor that follows the account (not the store id) accepts it.
+        seen: list[int | None] = []
         with phases.count("copying rows into the new vault", "rows",
                           then="writing the new vault to disk") as update:
-            copy = build_vault(dest, vault_rows(vault, update), create)
+            copy = build_vault(
+                dest, vault_rows(vault, update, on_generation=seen.append), create,
+                lambda: generation_floor(seen[0] if seen else None),
+            )
     report = ConvertReport(source=str(src), destination=str(dest), sqlcipher=to_sqlcipher,
                            rows=copy.rows, categories=copy.categories,
                            store_id=copy.store_id.hex())

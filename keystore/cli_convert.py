@@ -42,17 +42,23 @@ class CopySummary:
 
 
 def vault_rows(
-    vault: Vault, progress: Callable[[int, int], None] | None = None
+    vault: Vault,
+    progress: Callable[[int, int], None] | None = None,
+    on_generation: Callable[[int | None], None] | None = None,
 ) -> Iterable[tuple[str, bytes, bytes]]:
     """Every row of an unlocked vault, from one read snapshot, category by category.
 
     The snapshot checks the rows against the vault's state record after the last
     one (``RollbackDetected``), so a vault with rows put back or deleted behind its
-    back is not laundered into a new vault with a fresh record.
+    back is not laundered into a new vault with a fresh record.  ``on_generation``
+    is called with the generation of the snapshot's rows before the first row, so
+    that the copy can be given at least that generation.
     """
     total = vault.stats().total_rows
     done = 0
     with vault.read_snapshot() as snapshot:
+        if on_generation is not None:
+            on_generation(snapshot.generation)
         for category, key, value in snapshot:
             yield category, key, value
             done += 1

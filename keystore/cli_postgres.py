@@ -56,7 +56,7 @@ from keystore.cli import (
 from keystore.cli_common import ExitCode, UsageError
 from keystore.cli_progress import Phases, human_bytes, plural
 from keystore.errors import NotAVault
-from keystore.export import export_vault
+from keystore.export import check_replaceable_export, export_vault
 from keystore.passphrase import use_secret
 from keystore.reports import KdfInfo, StatsReport, VerifyReport
 
@@ -360,6 +360,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} already exists; refusing to overwrite it (use --force)")
     if out.is_dir():
         raise UsageError(f"{out} is a directory; not replacing it")
+    if args.force:
+        check_replaceable_export(out)  # before any passphrase is asked for
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise VaultIOError(f"cannot write {out}: the folder {out.parent} does not exist or "
                            "is not writable")
@@ -499,11 +501,12 @@ def cmd_passwd(args: argparse.Namespace) -> int:
             old_key = _unlock(vault, args, phases)
             assert isinstance(old_key, bytes)
             new_key = _raw_key(args.new_raw_key_file)
-            with phases.step("re-wrapping the vault key"):
-                vault.change_key(old_key, new_key)
-            if args.rekey:
-                with phases.step("re-encrypting every row in one transaction"):
-                    vault.rekey()
+            # One transaction with --rekey, so that a failed re-encryption leaves the
+            # old key in place (not the new key alone, after a reported failure).
+            step = ("re-wrapping the vault key and re-encrypting every row" if args.rekey
+                    else "re-wrapping the vault key")
+            with phases.step(step):
+                vault.change_key(old_key, new_key, rekey=args.rekey)
         else:
             if args.new_raw_key_file:
                 raise UsageError(f"vault {location} is protected by a passphrase; "

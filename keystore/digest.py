@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from keystore.errors import IntegrityError, RollbackDetected
+from keystore.errors import IntegrityError, RollbackDetected, VaultIOError
 
 __all__ = [
     "DIGEST_INFO",
@@ -168,10 +168,14 @@ class DigestKeys:
         """Derive the keys from ``data_key || hash_key`` (64 bytes) and the store id."""
         if len(secrets) != 2 * _KEY_LEN:
             raise ValueError("digest keys need the 64 bytes of the vault's secrets")
+        # The secrets (and below, the keys) are handed over as the caller's wipeable
+        # buffers, never as a bytes copy: such a copy of the vault's secrets could not
+        # be overwritten at lock.  cryptography and hashlib copy keys into their own
+        # contexts (docs/threat-model.md names those copies).
         okm = bytearray(
             HKDF(
                 algorithm=hashes.SHA256(), length=4 * _KEY_LEN, salt=store_id, info=DIGEST_INFO
-            ).derive(bytes(secrets))
+            ).derive(secrets)
         )
         self._row_key = okm[:_KEY_LEN]
         self._mac_key = okm[_KEY_LEN : 2 * _KEY_LEN]
@@ -179,7 +183,7 @@ class DigestKeys:
         self._block_key = okm[3 * _KEY_LEN :]
         okm[:] = bytes(len(okm))
         self._block_cipher: Cipher[Any] | None = Cipher(
-            algorithms.AES256(bytes(self._block_key)), modes.ECB()
+            algorithms.AES256(self._block_key), modes.ECB()
         )
         # ECB holds no state between blocks, so one encryption context serves every
         # batch (creating one costs more than encrypting a write's tags); the lock
@@ -187,7 +191,7 @@ class DigestKeys:
         self._block_encryptor: Any = self._block_cipher.encryptor()
         self._block_lock = threading.Lock()
         self._row_base: Any = hashlib.blake2b(
-            key=bytes(self._row_key), digest_size=32, person=_ROW_PERSON
+            key=self._row_key, digest_size=32, person=_ROW_PERSON
         )
         self._row_states: dict[str, Any] = {}
         # Whether full scans must also sum in format 1: until a record has been
@@ -480,10 +484,27 @@ class RowSetDigest:
         return self._value1 if state_format == 1 else None
 
     def state(self, generation: int) -> VaultState:
-        """This digest as the state of ``generation``."""
+        """This digest as the state of ``generation``.
+
+        Raises:
+            IntegrityError: the rows counted went below zero.
+            VaultIOError: ``generation`` is past 2^64 - 1, the last one a record can
+                hold: the vault can take no more writes (the caller writes nothing).
+        """
         if self.count < 0:
             raise IntegrityError("vault state digest went below zero rows")
-        return VaultState(generation, self.count, self.value, self.state_format)
+        return VaultState(_next_ok(generation), self.count, self.value, self.state_format)
+
+
+def _next_ok(generation: int) -> int:
+    """``generation`` if a record can hold it; a package error (not the ValueError of
+    :meth:`DigestKeys.seal`, which is for misuse) once every generation is used."""
+    if generation > _U64_MAX:
+        raise VaultIOError(
+            "vault has used its last generation (2^64 - 1) and can take no more writes; "
+            "nothing was written (export it and import it into a new vault)"
+        )
+    return generation
 
 
 def value_tails(rows: Iterable[tuple[str, bytes, bytes]]) -> dict[bytes, bytes]:
@@ -566,7 +587,7 @@ def reseal(
     if rows.state_format != STATE_FORMAT:
         raise ValueError(f"rows must be summed in state format {STATE_FORMAT} to reseal")
     old = check_rows(keys, record, rows)
-    new = VaultState(old.generation + 1, rows.count, rows.value)
+    new = VaultState(_next_ok(old.generation + 1), rows.count, rows.value)
     sealed = keys.seal(new)
     # From here on a format-1 record can only be an older copy put back (full scans
     # stop summing format 1).  A retry of a failed reseal still can compare: its

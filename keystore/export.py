@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import struct
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -57,7 +58,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keystore import safefile
 from keystore.cipher import normalize_passphrase
-from keystore.digest import STATE_FORMAT, STATE_LEN
+from keystore.digest import STATE_FORMATS, STATE_LEN
 from keystore.errors import IntegrityError, SchemaTooNew, VaultBusy, WrongPassphrase
 from keystore.lockfile import WriterLock
 from keystore.profiles import RFC_9106_HIGH_MEMORY, RFC_9106_LOW_MEMORY, KdfParameters
@@ -474,13 +475,19 @@ def export_vault(
     under a random temporary name beside ``out_path``, fsync'd, then put in place:
     a crash never leaves half an export under the real name, nor a readable one.
 
+    With ``overwrite``, only an earlier export file at ``out_path`` is replaced, never
+    a vault or any other file (:func:`check_replaceable_export`).
+
     Raises:
-        FileExistsError: ``out_path`` exists and ``overwrite`` is false.
+        FileExistsError: ``out_path`` exists and ``overwrite`` is false, or it is not
+            an export file.
         VaultLocked, IntegrityError: from reading the vault.
     """
     out = Path(out_path)
     if not overwrite and (out.exists() or out.is_symlink()):
         raise FileExistsError(f"{out} already exists; refusing to overwrite it")
+    if overwrite:
+        check_replaceable_export(out)
     normalize_passphrase(backup_passphrase)
     safefile.remove_stale_temporaries(out)
     tmp = safefile.temporary_name(out, "exporting")
@@ -506,6 +513,41 @@ def export_vault(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return summary
+
+
+def check_replaceable_export(out: str | os.PathLike[str]) -> None:
+    """With ``overwrite``, refuse to replace anything at ``out`` but an earlier export.
+
+    ``overwrite`` is for refreshing a backup; a slip of the path (the vault itself,
+    another vault, any other file) must not replace that file with an export.  A file
+    is taken for an export when it starts with the export magic; a symlink, a
+    non-regular file or an unreadable one is refused too.  Nothing at ``out`` is fine.
+
+    Raises:
+        FileExistsError: ``out`` exists and is not an export file.
+    """
+    path = Path(out)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise FileExistsError(
+            f"{path} exists and is not a readable regular file ({exc.strerror}); "
+            "not replacing it"
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileExistsError(f"{path} exists and is not a regular file; not replacing it")
+        head = os.read(fd, len(EXPORT_MAGIC))
+    finally:
+        os.close(fd)
+    if head != EXPORT_MAGIC:
+        raise FileExistsError(
+            f"{path} exists and is not an export file (a vault, or another file); "
+            "overwriting replaces only an earlier export: choose another name"
+        )
 
 
 def _counted(
@@ -720,9 +762,10 @@ def record_generation(record: object) -> int | None:
 
     Not authenticated: good for choosing a higher generation for a vault that replaces
     the one it came from, for nothing else.  ``None`` for anything that is not a state
-    record of the known format.
+    record of a format this code reads (a vault whose record is still in state format 1
+    has a generation to stay above too).
     """
-    if not isinstance(record, bytes) or len(record) != STATE_LEN or record[0] != STATE_FORMAT:
+    if not isinstance(record, bytes) or len(record) != STATE_LEN or record[0] not in STATE_FORMATS:
         return None
     return int(_U64.unpack_from(record, 1)[0])
 
