@@ -562,6 +562,16 @@ class VaultCore:
                         reason="record",
                     )
                 state = keys.open(record)
+                if state.state_format != STATE_FORMAT:
+                    # This vault's record was carried over to the current format at
+                    # unlock; an older-format record here was put back underneath.
+                    raise RollbackDetected(
+                        f"vault {self.location} holds a state record of an older format "
+                        "than the one it was unlocked with: it was put back; nothing was "
+                        "written",
+                        reason="record",
+                        generation=state.generation,
+                    )
                 if state.generation < floor:
                     state = replace(state, generation=floor)
                 raised.append(state)
@@ -633,6 +643,12 @@ class VaultCore:
                     )
                 state = self._digest.open(record)
             elif self._readonly:
+                # No record to vouch for the rows, but the anchor still dates the
+                # vault: a copy from before the record is older than any anchored
+                # generation (an unflagged record left by an interrupted adoption
+                # counts if it authenticates).
+                if self._anchor is not None:
+                    check_anchor(self._unflagged_generation(record), self._load_anchor())
                 self._state = None
                 return
             else:
@@ -671,6 +687,9 @@ class VaultCore:
             _wipe(secrets)
         adopted: list[VaultState] = []
         checked: list[list[SealedRow]] = []
+        # Read before the transaction, checked inside it: a copy older than the
+        # anchor is refused before its record and header flag are written.
+        anchored = None if self._anchor is None else self._load_anchor()
 
         def build(rows: list[SealedRow], record: bytes | None) -> tuple[bytes, bytes]:
             cipher.open_rows(rows, self._stored_category, self._stored_blob)
@@ -682,6 +701,7 @@ class VaultCore:
             else:
                 state = digest.state(0)
                 record = keys.seal(state)
+            check_anchor(state.generation, anchored)
             adopted.append(state)
             return record, new_header.to_bytes()
 
@@ -690,6 +710,17 @@ class VaultCore:
         self._header = new_header
         self._remember_rows(checked[-1])
         return adopted[-1]
+
+    def _unflagged_generation(self, record: bytes | None) -> int:
+        """The generation a vault without the record flag can claim: that of a record
+        left by an interrupted adoption if it authenticates, else 0."""
+        assert self._digest is not None
+        if record is None:
+            return 0
+        try:
+            return self._digest.open(record).generation
+        except IntegrityError:
+            return 0
 
     def _reseal_state(self, keys: DigestKeys) -> VaultState:
         """Carry a state record of an older format over to the current one, once, at

@@ -176,9 +176,23 @@ def _advisory_key(schema: str) -> int:
 
 
 def _redact(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    out = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", out)
+    """The DSN without its password, for messages.
+
+    Parsed the way libpq parses it (``conninfo_to_dict``), so every form it reads a
+    password from is covered (URL user info, a ``password`` query parameter, the
+    keyword form with quotes and escapes); a DSN with a password comes back in the
+    keyword form with ``password=***``.  One that does not parse is not shown at all.
+    """
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:
+        return "<a PostgreSQL connection string that does not parse>"
+    if "password" not in params:
+        return dsn
+    params["password"] = "***"
+    return make_conninfo("", **params)
 
 
 @dataclass(frozen=True, slots=True)

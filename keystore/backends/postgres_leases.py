@@ -194,12 +194,24 @@ class LeaseManager:
                     (store_id,),
                 )
                 if holder and holder[0][0] == self.worker_id:
-                    # Ours, though we hold no such lease: an acquisition whose reply
-                    # was lost with its connection (the retry found the row taken),
-                    # or a release that failed.  No one else writes under our name.
-                    lease = Lease(store_id, int(holder[0][2]))
-                    self._held[store_id] = lease
-                    break
+                    # Recorded under our name, though this manager holds no such lease:
+                    # an acquisition whose reply was lost with its connection, a
+                    # release that failed -- or another live process given the same
+                    # worker id.  Take it with a NEW epoch, never the recorded one:
+                    # whoever else holds that epoch is fenced from its next write on.
+                    bumped = self._run(
+                        f"UPDATE {s}.stores SET lease_epoch = lease_epoch + 1,"
+                        " lease_expires = statement_timestamp() + %s * interval '1 second'"
+                        " WHERE store_id = %s AND lease_holder = %s RETURNING lease_epoch",
+                        (self.ttl, store_id, self.worker_id),
+                        durable=True,
+                        lock_timeout=min(1.0, max(0.0, deadline - time.monotonic())),
+                    )
+                    if bumped:
+                        lease = Lease(store_id, int(bumped[0][0]))
+                        self._held[store_id] = lease
+                        break
+                    continue  # the row changed hands meanwhile: try again
             if not holder:
                 raise NotAVault(f"no vault with id {store_id.hex()} in {self._db.location}")
             if time.monotonic() >= deadline:

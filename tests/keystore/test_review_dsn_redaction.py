@@ -29,11 +29,6 @@ def test_the_password_is_hidden(dsn: str) -> None:
     assert SECRET not in _redact(dsn)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backends/postgres._redact misses a URL with an empty user name and a "
-    "keyword value with an escaped quote",
-)
 @pytest.mark.parametrize(
     "dsn",
     [

@@ -10,12 +10,6 @@ from keystore import LeaseLost, PostgresDatabase, PostgresVault, VaultBusy
 from tests.postgres.conftest import FAST_KDF, PASSPHRASE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="postgres_leases.LeaseManager.acquire adopts a lease recorded under its own "
-    "worker id without raising the epoch, so a second process with that id writes "
-    "beside the first under the same fencing token",
-)
 def test_a_second_process_with_the_same_worker_id_does_not_share_the_lease(
     pg_dsn: str, pg_schema: str
 ) -> None:

@@ -50,11 +50,6 @@ def test_import_force_over_a_format_1_vault_lands_above_its_generation(
     assert summary.generation >= 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vault_core.raise_generation re-seals a format-1 record put back under an "
-    "unlocked vault (at the higher generation) instead of refusing it",
-)
 def test_raise_generation_refuses_a_format_1_record_put_back(old_plain: Path) -> None:
     """After the reseal nothing writes format 1 again: raise_generation meeting the old
     format-1 record put back underneath refuses it and writes nothing."""

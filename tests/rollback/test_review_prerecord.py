@@ -40,11 +40,6 @@ def _downgraded(path: Path, kind: str, anchor: FileAnchor) -> None:
     write_raw(path, "DELETE FROM keystore_state")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VaultCore._open_state returns before the anchor check for a read-only "
-    "vault without the state-record flag",
-)
 def test_read_only_unlock_of_a_pre_record_copy_is_refused_by_the_anchor(
     tmp_path: Path, kind: str, anchor: FileAnchor
 ) -> None:
@@ -56,11 +51,6 @@ def test_read_only_unlock_of_a_pre_record_copy_is_refused_by_the_anchor(
     assert info.value.reason == "anchor"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VaultCore._open_state adopts (commits a record at generation 0 and the "
-    "header flag) before checking the anchor",
-)
 def test_writable_unlock_of_a_pre_record_copy_is_refused_and_writes_nothing(
     tmp_path: Path, kind: str, anchor: FileAnchor
 ) -> None:
