@@ -754,8 +754,13 @@ class VaultCore:
             return
         try:
             self._anchor.store(self._header.store_id, generation)
-        except KeystoreError:
-            raise
+        except KeystoreError as exc:
+            # Our own anchors' errors name the anchor, not the vault: say that the
+            # write landed, so a caller does not take it for a failed write.
+            raise VaultIOError(
+                f"vault {self.location} is at generation {generation}, but its anchor could "
+                f"not be updated ({exc}); the write itself was committed"
+            ) from exc
         except Exception as exc:
             raise VaultIOError(
                 f"vault {self.location} is at generation {generation}, but its anchor could "

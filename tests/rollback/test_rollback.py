@@ -208,6 +208,22 @@ def test_anchor_follows_every_commit(vault_path: Path, kind: str, anchor: FileAn
             assert anchor.load(v.store_id) == v.generation == i + 1
 
 
+def test_an_anchor_that_cannot_be_written_says_the_write_was_committed(
+    vault_path: Path, kind: str, anchor: FileAnchor
+) -> None:
+    """The anchor is written after the commit: when it fails, the error says the write
+    landed (so no caller takes it for a lost write), and the row is in the vault."""
+    make_vault(vault_path, kind).close()
+    with reopen(vault_path, anchor) as v:
+        v.put(CAT, b"k", b"one")
+        anchor.path.unlink()
+        anchor.path.mkdir()  # the anchor can no longer be read or replaced
+        with pytest.raises(VaultIOError, match="the write itself was committed"):
+            v.put(CAT, b"k", b"two")
+    with reopen(vault_path) as v:
+        assert v.get(CAT, b"k") == b"two"
+
+
 def test_vault_ahead_of_its_anchor_opens_and_the_anchor_catches_up(
     vault_path: Path, kind: str, anchor: FileAnchor
 ) -> None:
