@@ -529,6 +529,28 @@ class VaultCore:
         with self._mutex:
             return None if self._cipher is None or self._state is None else self._state.generation
 
+    def _stored_state(self, keys: DigestKeys, record: bytes | None) -> VaultState:
+        """The state record a write reads in its transaction, authenticated.
+
+        A writable vault carried its record over to the current format at unlock,
+        so a missing record, or one of an older format, was removed or put back
+        underneath it: refused, and the write writes nothing.
+        """
+        if record is None:
+            raise RollbackDetected(
+                f"vault {self.location} has lost its state record; nothing was written",
+                reason="record",
+            )
+        state = keys.open(record)
+        if state.state_format != STATE_FORMAT:
+            raise RollbackDetected(
+                f"vault {self.location} holds a state record of an older format than the "
+                "one it was unlocked with: it was put back; nothing was written",
+                reason="record",
+                generation=state.generation,
+            )
+        return state
+
     def raise_generation(self, floor: int) -> int:
         """Lift the vault's generation to at least ``floor``; return the generation now.
 
@@ -555,23 +577,7 @@ class VaultCore:
             raised: list[VaultState] = []
 
             def lift(record: bytes | None, _old: list[SealedRow] | None) -> bytes:
-                if record is None:
-                    raise RollbackDetected(
-                        f"vault {self.location} has lost its state record; nothing was "
-                        "written",
-                        reason="record",
-                    )
-                state = keys.open(record)
-                if state.state_format != STATE_FORMAT:
-                    # This vault's record was carried over to the current format at
-                    # unlock; an older-format record here was put back underneath.
-                    raise RollbackDetected(
-                        f"vault {self.location} holds a state record of an older format "
-                        "than the one it was unlocked with: it was put back; nothing was "
-                        "written",
-                        reason="record",
-                        generation=state.generation,
-                    )
+                state = self._stored_state(keys, record)
                 if state.generation < floor:
                     state = replace(state, generation=floor)
                 raised.append(state)
@@ -1036,13 +1042,7 @@ class VaultCore:
 
             def advance(record: bytes | None, old: list[SealedRow] | None) -> bytes:
                 # O(rows changed): subtract what the batch overwrites, add what it writes.
-                if record is None:
-                    raise RollbackDetected(
-                        f"vault {self.location} has lost its state record; nothing was "
-                        "written",
-                        reason="record",
-                    )
-                current = keys.open(record)
+                current = self._stored_state(keys, record)
                 digest = RowSetDigest.of_state(keys, current)
                 if old is not None:
                     digest.remove(old)

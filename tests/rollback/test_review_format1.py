@@ -84,3 +84,24 @@ def test_a_write_after_the_largest_generation_raises_a_package_error(tmp_path: P
         vault.unlock("pass")
         assert vault.generation == (1 << 64) - 1
         assert vault.verify().ok
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["tails in memory", "read back"])
+def test_a_write_refuses_a_format_1_record_put_back(old_plain: Path, loaded: bool) -> None:
+    """After the reseal, a write that finds the old format-1 record put back underneath
+    refuses it as a rollback (whether it knows the replaced rows from memory or reads
+    them back), and writes nothing."""
+    old_record = _record(old_plain)
+    vault = Vault.open(old_plain)
+    try:
+        vault.unlock(PASSPHRASE)
+        if loaded:
+            vault.open_rows()
+        write_raw(old_plain, "UPDATE keystore_state SET record = ?", (old_record,),
+                  passphrase=PASSPHRASE)
+        with pytest.raises(RollbackDetected) as info:
+            vault.apply([Change("c", b"k", b"v")])
+        assert info.value.reason == "record"
+    finally:
+        vault.close()
+    assert _record(old_plain) == old_record
