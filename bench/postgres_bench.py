@@ -11,10 +11,14 @@ things measured in the same run on the same server.
   table then one upsert — to find the fastest (informative; the fastest is the
   baseline below).
 * ``pg_apply_vs_plaintext``: ``PostgresVault.apply`` of a batch (validate, coalesce,
-  hash row keys, AES-256-GCM seal, fenced counter bump, read of the replaced values,
-  upsert, state record) as throughput ÷ the same number of plaintext rows upserted
-  the fastest way (goal ≥ 0.75).  The vault's apply is also timed with each of its
-  other upsert methods (all but text arrays, which are slow for ``bytea``).
+  hash row keys, AES-256-GCM seal, fenced counter bump, state record advanced from
+  the tails of the replaced values the vault holds, upsert) as throughput ÷ the
+  same number of plaintext rows upserted the fastest way into a table with the same
+  key shape (an identity id, category, key; goal ≥ 0.75).  Before every timed
+  write both tables are vacuumed, untimed (see ``_vacuum``).  The vault's apply is
+  also timed with each of its other upsert methods (all but text arrays, which are
+  slow for ``bytea``).  ``pg_upsert_methods`` also times the fastest method on the
+  same table without the identity id, for comparison.
 * ``pg_apply_over_sqlite_apply``: the same batch through ``PostgresVault.apply`` ÷
   through ``keystore.Vault.apply`` (SQLite, ``synchronous=FULL``) — informative.
 * ``pg_lease_costs``: one lease acquire + release, and one renewal statement
@@ -84,45 +88,63 @@ def _changes(n: int, tag: bytes = b"") -> list[Change]:
 
 
 class _PlainTable:
-    """Plaintext rows in a table shaped like the vault's, on the same server."""
+    """Plaintext rows in a table shaped like the vault's, on the same server.
 
-    def __init__(self, dsn: str, schema: str) -> None:
+    Like the vault's ``rows`` table, it holds many identities, so an identity id
+    (16 bytes, one per table here) leads its primary key: what separates the two
+    tables is then the encryption (sealed values, keyed-hash keys), not whether the
+    store is shared.  ``store_id=False`` drops the column (reported for comparison).
+    """
+
+    def __init__(self, dsn: str, schema: str, *, store_id: bool = True) -> None:
         import psycopg
 
         self.conn = psycopg.connect(dsn, autocommit=True)
         _register_array_dumpers(self.conn)
         self.staged = False
-        self.table = f"{schema}.plain_rows"
+        self.sid = os.urandom(16) if store_id else None
+        name = "plain_rows" if store_id else "plain_rows_no_id"
+        self.table = f"{schema}.{name}"
+        self.cols = "store_id, category, key, value" if store_id else "category, key, value"
+        self.key = "store_id, category, key" if store_id else "category, key"
+        id_col = "store_id bytea NOT NULL, " if store_id else ""
         self.conn.execute(
-            f"CREATE TABLE {self.table} (category text COLLATE \"C\" NOT NULL,"
-            " key bytea NOT NULL, value bytea NOT NULL, PRIMARY KEY (category, key))"
+            f"CREATE TABLE {self.table} ({id_col}category text COLLATE \"C\" NOT NULL,"
+            f" key bytea NOT NULL, value bytea NOT NULL, PRIMARY KEY ({self.key}))"
         )
         self.conn.execute(f"ALTER TABLE {self.table} ALTER COLUMN value SET STORAGE EXTERNAL")
 
+    def vacuum(self) -> None:
+        """``VACUUM`` the table (untimed, between measurements; see :func:`_vacuum`)."""
+        self.conn.execute(f"VACUUM {self.table}")
+
     def upsert(self, rows: list[tuple[str, bytes, bytes]], method: str) -> None:
-        t = self.table
+        t, cols, key = self.table, self.cols, self.key
+        upsert = f" ON CONFLICT ({key}) DO UPDATE SET value = excluded.value"
+        # The identity id, when the table has one, as the vault sends its own: one
+        # parameter for the whole batch.
+        sid: tuple[bytes, ...] = () if self.sid is None else (self.sid,)
+        first = "" if self.sid is None else "%b, "
         with self.conn.transaction():
             if method == "unnest":
                 self.conn.execute(
-                    f"INSERT INTO {t} (category, key, value) SELECT * FROM"
-                    " unnest(%s::text[], %s::bytea[], %s::bytea[])"
-                    " ON CONFLICT (category, key) DO UPDATE SET value = excluded.value",
-                    ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+                    f"INSERT INTO {t} ({cols}) SELECT {first.replace('b', 's')}c, k, v FROM"
+                    " unnest(%s::text[], %s::bytea[], %s::bytea[]) AS t(c, k, v)" + upsert,
+                    (*sid, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
                 )
             elif method == "arrays":  # binary-framed arrays, as the vault sends them
                 self.conn.execute(
-                    f"INSERT INTO {t} (category, key, value) SELECT * FROM"
-                    " unnest(%b::text[], %b::bytea[], %b::bytea[])"
-                    " ON CONFLICT (category, key) DO UPDATE SET value = excluded.value",
-                    (_TextArray([r[0] for r in rows]), _ByteaArray([r[1] for r in rows]),
+                    f"INSERT INTO {t} ({cols}) SELECT {first}c, k, v FROM"
+                    " unnest(%b::text[], %b::bytea[], %b::bytea[]) AS t(c, k, v)" + upsert,
+                    (*sid, _TextArray([r[0] for r in rows]), _ByteaArray([r[1] for r in rows]),
                      _ByteaArray([r[2] for r in rows])),
                 )
             elif method == "executemany":
+                marks = ", ".join(["%s"] * (len(sid) + 3))
                 with self.conn.cursor() as cur:
                     cur.executemany(
-                        f"INSERT INTO {t} (category, key, value) VALUES (%s, %s, %s)"
-                        " ON CONFLICT (category, key) DO UPDATE SET value = excluded.value",
-                        rows,
+                        f"INSERT INTO {t} ({cols}) VALUES ({marks})" + upsert,
+                        [(*sid, *r) for r in rows],
                     )
             else:
                 if not self.staged:  # once per connection, as the vault does
@@ -137,18 +159,21 @@ class _PlainTable:
                         for row in rows:
                             copy.write_row(row)
                     cur.execute(
-                        f"INSERT INTO {t} SELECT * FROM plain_stage"
-                        " ON CONFLICT (category, key) DO UPDATE SET value = excluded.value"
+                        f"INSERT INTO {t} ({cols}) SELECT {first.replace('b', 's')}"
+                        "category, key, value FROM plain_stage" + upsert,
+                        sid,
                     )
 
     def close(self) -> None:
         self.conn.close()
 
 
-def _time(fn: Any, repeats: int) -> float:
+def _time(fn: Any, repeats: int, setup: Any = None) -> float:
     fn()
     samples = []
     for _ in range(repeats):
+        if setup is not None:
+            setup()
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
@@ -164,14 +189,18 @@ def apply_benchmarks(dsn: str, rows: int, repeats: int) -> list[dict[str, Any]]:
     with PostgresDatabase(dsn, schema=schema, lease_ttl=300) as db:
         db.migrate()
         plain = _PlainTable(dsn, schema)
+        no_id = _PlainTable(dsn, schema, store_id=False)
+        vacuum = _vacuum(plain, no_id, f"{schema}.rows", f"{schema}.stores")
         try:
-            method_s = {m: _time(lambda m=m: plain.upsert(plain_rows, m), repeats)
+            method_s = {m: _time(lambda m=m: plain.upsert(plain_rows, m), repeats, vacuum)
                         for m in _METHODS}
             fastest = min(method_s, key=lambda m: method_s[m])
+            no_id_s = _time(lambda: no_id.upsert(plain_rows, fastest), repeats, vacuum)
             results.append({
                 "name": "pg_upsert_methods", "rows": rows, "value_bytes": _VALUE_BYTES,
                 "fastest": fastest,
                 **{f"{m}_ms": round(s * 1e3, 2) for m, s in method_s.items()},
+                "fastest_without_store_id_ms": round(no_id_s * 1e3, 2),
                 "copy_over_unnest": method_s["copy"] / method_s["unnest"],
                 "figure": "copy_over_unnest",
             })
@@ -180,11 +209,11 @@ def apply_benchmarks(dsn: str, rows: int, repeats: int) -> list[dict[str, Any]]:
             vault_s: dict[str, float] = {}
             for m in _VAULT_METHODS:
                 backend.upsert_method = m
-                vault_s[m] = _time(lambda: vault.apply(changes), repeats)
+                vault_s[m] = _time(lambda: vault.apply(changes), repeats, vacuum)
             best = backend.upsert_method = PostgresBackend.upsert_method  # the default
             ratio = measure_ratio(
                 lambda: vault.apply(changes), lambda: plain.upsert(plain_rows, fastest),
-                repeats,
+                repeats, setup=vacuum,
             )
             results.append({
                 "name": "pg_apply_vs_plaintext",
@@ -201,7 +230,8 @@ def apply_benchmarks(dsn: str, rows: int, repeats: int) -> list[dict[str, Any]]:
                 sv = Vault.create(Path(tmp) / "v", _PASSPHRASE, kdf=_KDF)
                 try:
                     versus = measure_ratio(
-                        lambda: vault.apply(changes), lambda: sv.apply(changes), repeats
+                        lambda: vault.apply(changes), lambda: sv.apply(changes), repeats,
+                        setup=vacuum,
                     )
                 finally:
                     sv.close()
@@ -212,8 +242,27 @@ def apply_benchmarks(dsn: str, rows: int, repeats: int) -> list[dict[str, Any]]:
             vault.close()
         finally:
             plain.close()
+            no_id.close()
             _drop(dsn, schema)
     return results
+
+
+def _vacuum(plain: _PlainTable, *others: _PlainTable | str) -> Any:
+    """An untimed step run before every timed write: ``VACUUM`` of every table written.
+
+    Each timed write replaces the same rows, leaving a dead copy of each; left
+    alone, every table grows by a full copy per repeat (hundreds of MB in a full
+    run, more than ``shared_buffers``) until autovacuum wakes at a moment of its
+    choosing, so which side paid for the bloat, the evictions and the vacuum was
+    chance.  Vacuuming both sides before each write keeps both at one live copy
+    plus free space, the state autovacuum maintains on a server in service.
+    """
+    tables = [plain.table, *(o.table if isinstance(o, _PlainTable) else o for o in others)]
+
+    def run() -> None:
+        plain.conn.execute(f"VACUUM {', '.join(tables)}")
+
+    return run
 
 
 def _drop(dsn: str, schema: str) -> None:

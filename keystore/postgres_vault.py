@@ -213,6 +213,9 @@ class PostgresVault(VaultCore):
                     readonly=False, owns_db=owns, anchor=anchor)
         vault._cipher, vault._kek = cipher, kek
         vault._digest, vault._state = digest, state
+        # A new vault's record vouches for no rows: its (empty) set of value tails is
+        # known, so its writes need not read back the rows they replace.
+        vault._remember_tails([], [])
         vault._update_anchor(0)
         return vault
 
