@@ -103,6 +103,10 @@ _P = ParamSpec("_P")
 
 #: Seconds an AsyncMlsClient call may run on its worker thread between two pauses.
 _PACE_EVERY = 0.001
+#: Events above which the durability barrier, on an AsyncMlsClient worker, flushes with
+#: ``yield_gil``: the vault seals rows in slices of 256, so a smaller flush has no slice
+#: boundary to pause at and would only pay the pause before its transaction.
+_BARRIER_YIELD_EVENTS = 256
 #: Seconds each pause lasts: long enough for an event loop waiting for the GIL to be
 #: woken and take it, short enough to cost a batch a few per cent.
 _PACE_PAUSE = 0.0001
@@ -666,8 +670,13 @@ class MlsClient:
             try:
                 with self._storage.operation():
                     yield
-                # On an AsyncMlsClient worker the flush frees the GIL between its steps.
-                self._drainer.flush(yield_gil=_pacer.active)
+                _pace()
+                # On an AsyncMlsClient worker a big flush frees the GIL between its slices;
+                # a small one is shorter than a pause is worth (each costs ~0.2 ms).
+                self._drainer.flush(
+                    yield_gil=_pacer.active
+                    and self._storage.pending_events() > _BARRIER_YIELD_EVENTS
+                )
             except BaseException:
                 self._engine.rolled_back()
                 self._receipts.reload()

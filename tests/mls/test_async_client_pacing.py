@@ -43,7 +43,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[MlsClient, MlsClient, bytes]]:
 
 @pytest.fixture
 def pauses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, int]]:
-    """Every pause mls.client takes, as (seconds, thread id); one due before each item."""
+    """Every pause mls.client takes, as (seconds, thread id); one due at each yield point."""
     taken: list[tuple[float, int]] = []
 
     def recording_sleep(seconds: float) -> None:
@@ -63,11 +63,11 @@ def pauses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, int]]:
 def test_async_encrypt_many_pauses_on_the_worker(
     pair: tuple[MlsClient, MlsClient, bytes], pauses: list[tuple[float, int]]
 ) -> None:
-    """A batch through AsyncMlsClient pauses between messages, on the worker thread only."""
+    """A batch through AsyncMlsClient pauses before each message and before its flush."""
     sender, receiver, gid = pair
     items = [(gid, b"m%d" % i) for i in range(20)]
     sent = asyncio.run(AsyncMlsClient(sender).encrypt_many(items))
-    assert len(pauses) == 20
+    assert len(pauses) == 21
     assert {seconds for seconds, _ in pauses} == {client_module._PACE_PAUSE}
     assert threading.get_ident() not in {thread for _, thread in pauses}
     got = receiver.process_many([(gid, m) for m in sent])
@@ -82,7 +82,7 @@ def test_async_process_many_pauses_on_the_worker(
     sent = sender.encrypt_many([(gid, b"m%d" % i) for i in range(15)])
     got = asyncio.run(AsyncMlsClient(receiver).process_many([(gid, m) for m in sent]))
     assert [r.data for r in got] == [b"m%d" % i for i in range(15)]
-    assert len(pauses) == 15
+    assert len(pauses) == 16
 
 
 def test_sync_calls_never_pause(
@@ -97,10 +97,10 @@ def test_sync_calls_never_pause(
     assert pauses == []
 
 
-def test_the_barrier_flush_yields_only_for_async_calls(
+def test_the_barrier_flush_yields_only_for_big_async_flushes(
     pair: tuple[MlsClient, MlsClient, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The durability barrier flushes with ``yield_gil=True`` under AsyncMlsClient only."""
+    """The barrier flushes with ``yield_gil=True`` only on an AsyncMlsClient worker, when big."""
     sender, _, gid = pair
     seen: list[bool] = []
     real_flush = sender._drainer.flush
@@ -111,8 +111,11 @@ def test_the_barrier_flush_yields_only_for_async_calls(
 
     monkeypatch.setattr(sender._drainer, "flush", recording_flush)
     sender.encrypt(gid, b"sync")
-    asyncio.run(AsyncMlsClient(sender).encrypt(gid, b"async"))
-    assert seen == [False, True]
+    asyncio.run(AsyncMlsClient(sender).encrypt(gid, b"small"))
+    monkeypatch.setattr(client_module, "_BARRIER_YIELD_EVENTS", 0)
+    asyncio.run(AsyncMlsClient(sender).encrypt(gid, b"big"))
+    sender.encrypt(gid, b"sync again")
+    assert seen == [False, False, True, False]
     assert sender.pending_events == 0
 
 
