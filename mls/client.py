@@ -1383,6 +1383,9 @@ class AsyncMlsClient:
     """The asyncio twin of :class:`MlsClient`: every method, run in a worker thread.
 
     The durable part (the fsync of the barrier) then never blocks the event loop.  The
+    worker pauses for a moment once per 2 ms of a call (between the messages of a
+    batch, before the barrier's flush), so the loop waiting for the GIL gets it: see
+    docs/mls-client.md, "How long the event loop can wait for the client".  The
     client's lock still runs calls one at a time: await one before starting the next
     when their order matters (it always does for messages of the same group).
     """
