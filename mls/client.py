@@ -675,10 +675,10 @@ class MlsClient:
                 _pace()
                 # On an AsyncMlsClient worker a big flush frees the GIL between its slices;
                 # a small one is shorter than a pause is worth (each costs ~0.2 ms).
-                self._drainer.flush(
-                    yield_gil=_pacer.active
-                    and self._storage.pending_events() > _BARRIER_YIELD_EVENTS
-                )
+                if _pacer.active and self._storage.pending_events() > _BARRIER_YIELD_EVENTS:
+                    self._drainer.flush(yield_gil=True)
+                else:
+                    self._drainer.flush()
             except BaseException:
                 self._engine.rolled_back()
                 self._receipts.reload()
