@@ -103,7 +103,7 @@ _P = ParamSpec("_P")
 
 #: Seconds an AsyncMlsClient call may run on its worker thread between two pauses:
 #: measured on an ``encrypt_many`` of 200, pausing every 1 ms cost the batch ~20 % of
-#: its time, every 2 ms ~9 %, for a worst loop lag of a few milliseconds either way.
+#: its time, every 2 ms ~10 %, for a worst loop lag of a few milliseconds either way.
 _PACE_EVERY = 0.002
 #: Events above which the durability barrier, on an AsyncMlsClient worker, flushes with
 #: ``yield_gil``: the vault seals rows in slices of 256, so a smaller flush has no slice
