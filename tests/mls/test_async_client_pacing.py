@@ -158,3 +158,38 @@ def test_write_behind_flush_passes_yield_gil_to_the_vault(tmp_path: Path) -> Non
         drainer.close()
         vault.close()
     assert calls == [{}, {"yield_gil": True}]
+
+
+def test_the_loop_runs_in_the_middle_of_a_paced_batch(
+    pair: tuple[MlsClient, MlsClient, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a pause before every message, loop tasks run while the batch is half done.
+
+    Without the pauses this failed in 2 of 3 runs: the loop got in only after the batch.
+    """
+    sender, receiver, gid = pair
+    monkeypatch.setattr(client_module, "_PACE_EVERY", 0.0)
+    encrypted: list[None] = []
+    real_encrypt = sender._engine.encrypt
+
+    def counting_encrypt(group_id: bytes, plaintext: bytes, *, aad: bytes) -> bytes:
+        out = real_encrypt(group_id, plaintext, aad=aad)
+        encrypted.append(None)
+        return out
+
+    monkeypatch.setattr(sender._engine, "encrypt", counting_encrypt)
+    burst = 100
+    seen_by_loop: list[int] = []
+
+    async def main() -> list[bytes]:
+        call = asyncio.ensure_future(
+            AsyncMlsClient(sender).encrypt_many([(gid, b"m")] * burst)
+        )
+        while not call.done():
+            seen_by_loop.append(len(encrypted))
+            await asyncio.sleep(0)
+        return await call
+
+    sent = asyncio.run(main())
+    assert any(0 < n < burst for n in seen_by_loop)
+    assert len(receiver.process_many([(gid, m) for m in sent])) == burst
