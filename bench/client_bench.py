@@ -17,6 +17,9 @@ group snapshot).  Three figures:
   long (``idle_max_lag_ms``) and the same burst called on the loop through the
   synchronous client (``blocking_max_lag_ms``); goal < 10 ms, the figure
   ``storage_bench`` states for ``AsyncDrainer``.
+* ``async_client_pacing_cost_<engine>`` — what the worker's pauses for the loop cost:
+  ``encrypt_many`` through ``AsyncMlsClient`` ÷ the same call in a bare
+  ``asyncio.to_thread`` worker (no pauses), back to back on an idle loop (goal ≤ 1.15).
 
 Run: ``python -m bench.client_bench [--quick] [--json PATH] [--dir DIR]``.  Vaults use
 the cheapest KDF profile: unlocking is not what is measured here (see unlock_bench).
@@ -36,7 +39,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit_results, loop_lags_during, measure_ratio, summarize
+from bench.common import (
+    PairedRatio,
+    emit_results,
+    loop_lags_during,
+    measure_ratio,
+    summarize,
+)
 from keystore import profiles
 from mls.client import AsyncMlsClient, MlsClient
 from mls.engine import EngineName
@@ -44,6 +53,7 @@ from mls.mlsrs import load_binding
 
 __all__ = [
     "async_client_loop_lag",
+    "async_client_pacing_cost",
     "durable_process_over_floor",
     "durable_send_over_floor",
     "group_commit_over_memory_send",
@@ -428,6 +438,56 @@ def async_client_loop_lag(
     return results
 
 
+def async_client_pacing_cost(
+    directory: Path, engine: EngineName = "native", *, burst: int = 200, repeats: int = 12
+) -> dict[str, Any]:
+    """``AsyncMlsClient.encrypt_many`` ÷ the same call in a worker that never pauses.
+
+    Both sides run in ``asyncio.to_thread`` on a loop with nothing else to do, timed
+    back to back (one untimed round first): the baseline calls the synchronous client
+    there, so the only difference is the pauses ``AsyncMlsClient`` makes its worker
+    take for the event loop's sake.
+    """
+    where = directory / f"pacing-{engine}"
+    where.mkdir()
+    sender, receiver, gid = _pair(where, engine)
+    client = AsyncMlsClient(sender)
+    items = [(gid, PLAINTEXT)] * burst
+    paced: list[float] = []
+    bare: list[float] = []
+
+    async def main() -> None:
+        for round_ in range(repeats + 1):
+            t0 = time.perf_counter()
+            await client.encrypt_many(items)
+            t1 = time.perf_counter()
+            await asyncio.to_thread(sender.encrypt_many, items)
+            t2 = time.perf_counter()
+            if round_:
+                paced.append(t1 - t0)
+                bare.append(t2 - t1)
+
+    try:
+        asyncio.run(main())
+    finally:
+        sender.close()
+        receiver.close()
+    ratios = [p / b for p, b in zip(paced, bare, strict=True)]
+    result = PairedRatio(
+        statistics.median(ratios), min(ratios), max(ratios), summarize(paced), summarize(bare)
+    )
+    return {
+        "name": f"async_client_pacing_cost_{engine.replace('-', '')}",
+        "engine": engine,
+        "goal": "<= 1.15",
+        **result.as_dict(),
+        "paced_ms": result.subject.median * 1e3,
+        "unpaced_ms": result.baseline.median * 1e3,
+        "burst": burst,
+        "repeats": repeats,
+    }
+
+
 def run(quick: bool = False, directory: Path | None = None) -> list[dict[str, Any]]:
     """Every client benchmark, as plain dicts (``quick``: small sizes, seconds)."""
     with tempfile.TemporaryDirectory(prefix="client-bench-", dir=directory) as tmp:
@@ -439,6 +499,7 @@ def run(quick: bool = False, directory: Path | None = None) -> list[dict[str, An
                 group_commit_over_memory_send(base, repeats=5),
                 send_cost_by_group_size(base, sizes=(2, 20), batch=3, repeats=3),
                 *async_client_loop_lag(base, burst=50, repeats=1),
+                async_client_pacing_cost(base, burst=50, repeats=3),
             ]
         return [
             durable_send_over_floor(base),
@@ -447,6 +508,7 @@ def run(quick: bool = False, directory: Path | None = None) -> list[dict[str, An
             send_cost_by_group_size(base),
             *async_client_loop_lag(base),
             *async_client_loop_lag(base, "mls-rs"),
+            async_client_pacing_cost(base),
         ]
 
 

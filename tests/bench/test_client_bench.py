@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.client_bench import async_client_loop_lag
+from bench.client_bench import async_client_loop_lag, async_client_pacing_cost
 from bench.harness import SuiteOutcome, figures_of
 
 
@@ -23,3 +23,13 @@ def test_async_client_loop_lag_reports_each_burst_kind_against_its_baselines(
         assert result["blocking_max_lag_ms"] >= 0 and result["burst_s"] > 0
     figures = figures_of([SuiteOutcome("client", "ok", results=results)])
     assert {(f.key, f.goal) for f in figures} == {("max_lag_ms", "< 10 ms")}
+
+
+def test_async_client_pacing_cost_is_a_same_run_ratio(tmp_path: Path) -> None:
+    """The pacing cost is the paced call ÷ the same call in a bare worker, with a goal."""
+    result = async_client_pacing_cost(tmp_path, burst=3, repeats=2)
+    assert result["name"] == "async_client_pacing_cost_native"
+    assert result["ratio"] > 0 and result["paced_ms"] > 0 and result["unpaced_ms"] > 0
+    assert result["ratio_min"] <= result["ratio"] <= result["ratio_max"]
+    figures = figures_of([SuiteOutcome("client", "ok", results=[result])])
+    assert [(f.key, f.goal) for f in figures] == [("ratio", "<= 1.15")]
