@@ -766,16 +766,21 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
             path=str(path), kdf=_kdf_info(vault.kdf), needs_rehash=_weaker_than_default(vault.kdf),
             rekeyed=args.rekey, key_generation=vault.stats().key_generation,
         )
-    what = "key" if vault.kdf is None else "passphrase"
-    lines = [f"{what} of {path} changed ({_kdf_text(report.kdf)})"]
-    if args.rekey:
+    _emit(args, report, passwd_lines(str(path), report))
+    return ExitCode.OK
+
+
+def passwd_lines(target: str, report: PasswdReport) -> list[str]:
+    """What ``passwd`` says it did, for a vault file or a vault in PostgreSQL."""
+    what = "key" if report.kdf.kind != "argon2id" else "passphrase"
+    lines = [f"{what} of {target} changed ({_kdf_text(report.kdf)})"]
+    if report.rekeyed:
         lines.append(f"new data key (generation {report.key_generation}): copies of the vault "
                      f"taken before can no longer be read with the old {what}'s header")
     else:
         lines.append(f"an old copy of the vault still opens with the old {what}; "
                      f"`{_PROG} passwd --rekey` also revokes that")
-    _emit(args, report, lines)
-    return ExitCode.OK
+    return lines
 
 
 def _cmd_rekey(args: argparse.Namespace) -> int:

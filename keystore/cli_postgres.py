@@ -52,6 +52,7 @@ from keystore.cli import (
     _raw_key,
     _warn,
     _weaker_than_default,
+    passwd_lines,
 )
 from keystore.cli_common import ExitCode, UsageError
 from keystore.cli_progress import Phases, human_bytes, plural
@@ -522,15 +523,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         report = PasswdReport(path=location, kdf=_kdf_info(vault.kdf),
                               needs_rehash=_weaker_than_default(vault.kdf), rekeyed=args.rekey,
                               key_generation=vault.stats().key_generation)
-    what = "key" if report.kdf.kind != "argon2id" else "passphrase"
-    lines = [f"{what} of vault {location} changed ({_kdf_text(report.kdf)})"]
-    if args.rekey:
-        lines.append(f"new data key (generation {report.key_generation}): a copy of the "
-                     f"vault's header taken before opens nothing written from now on")
-    else:
-        lines.append(f"a copy of the vault's header taken before still opens it with the "
-                     f"old {what}; `passwd --rekey` also revokes that")
-    _emit(args, report, lines)
+    _emit(args, report, passwd_lines(f"vault {location}", report))
     return ExitCode.OK
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -45,3 +46,19 @@ def pg_db(pg_dsn: str, pg_schema: str) -> Iterator[object]:
         yield db
     finally:
         db.close()
+
+
+@pytest.fixture
+def read_backs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts the backend's reads of the values a write replaces."""
+    calls: list[int] = []
+    from keystore.backends.postgres import PostgresBackend
+
+    real = PostgresBackend._old_values
+
+    def counting(self: PostgresBackend, *args: Any) -> Any:
+        calls.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(PostgresBackend, "_old_values", counting)
+    yield calls

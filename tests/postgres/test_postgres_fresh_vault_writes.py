@@ -8,9 +8,6 @@ still equal the ones a full scan of the stored rows gives.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 
 from keystore import Change
@@ -21,20 +18,6 @@ from tests.postgres.conftest import FAST_KDF, PASSPHRASE
 from tests.postgres.test_postgres_tail_cache import expected_record
 
 CAT = "openmls/v1/message_secrets"
-
-
-@pytest.fixture
-def read_backs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts the backend's reads of the values a write replaces."""
-    calls: list[int] = []
-    real = PostgresBackend._old_values
-
-    def counting(self: PostgresBackend, *args: Any) -> Any:
-        calls.append(1)
-        return real(self, *args)
-
-    monkeypatch.setattr(PostgresBackend, "_old_values", counting)
-    yield calls
 
 
 def test_a_created_vault_replaces_rows_without_reading_them_back(

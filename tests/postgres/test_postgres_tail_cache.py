@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from keystore import Change, RollbackDetected
-from keystore.backends.postgres import PostgresBackend, PostgresDatabase
+from keystore.backends.postgres import PostgresDatabase
 from keystore.digest import RowSetDigest, value_tails
 from keystore.errors import LeaseLost
 from keystore.postgres_vault import PostgresVault
@@ -41,20 +41,6 @@ def expected_record(vault: PostgresVault) -> bytes:
     digest = RowSetDigest(keys)
     digest.add(rows)
     return keys.seal(digest.state(vault.generation))
-
-
-@pytest.fixture
-def read_backs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts the backend's reads of the values a write replaces."""
-    calls: list[int] = []
-    real = PostgresBackend._old_values
-
-    def counting(self: PostgresBackend, *args: Any) -> Any:
-        calls.append(1)
-        return real(self, *args)
-
-    monkeypatch.setattr(PostgresBackend, "_old_values", counting)
-    yield calls
 
 
 @pytest.fixture
