@@ -32,8 +32,8 @@ from keystore.backends.postgres import (
     PostgresDatabase,
     _redact,
 )
-from keystore.cipher import check_raw_key, normalize_passphrase
-from keystore.digest import VaultState
+from keystore.cipher import StoreCipher, check_raw_key, normalize_passphrase
+from keystore.digest import DigestKeys, VaultState
 from keystore.errors import IntegrityError
 from keystore.header import KDF_ARGON2ID, KDF_RAW_KEY, Header
 from keystore.profiles import RFC_9106_LOW_MEMORY, KdfParameters
@@ -208,15 +208,32 @@ class PostgresVault(VaultCore):
             if owns:
                 db.close()
             raise
-        lease = db.leases.adopt(header.store_id, epoch)
-        vault = cls(db, db.backend(header.store_id, lease), header, name,
-                    readonly=False, owns_db=owns, anchor=anchor)
-        vault._cipher, vault._kek = cipher, kek
-        vault._digest, vault._state = digest, state
+        vault = cls._holding(db, header, name, epoch, (cipher, kek, digest, state),
+                             owns=owns, anchor=anchor)
         # A new vault's record vouches for no rows: its (empty) set of value tails is
         # known, so its writes need not read back the rows they replace.
         vault._remember_tails([], [])
         vault._update_anchor(0)
+        return vault
+
+    @classmethod
+    def _holding(
+        cls,
+        db: PostgresDatabase,
+        header: Header,
+        name: str | None,
+        epoch: int,
+        keys: tuple[StoreCipher, bytearray, DigestKeys, VaultState],
+        *,
+        owns: bool,
+        anchor: GenerationAnchor | None = None,
+    ) -> PostgresVault:
+        """A vault object for a store this worker just wrote and holds the lease of
+        (created or imported): unlocked with the keys that wrote it, nothing re-read."""
+        lease = db.leases.adopt(header.store_id, epoch)
+        vault = cls(db, db.backend(header.store_id, lease), header, name,
+                    readonly=False, owns_db=owns, anchor=anchor)
+        vault._cipher, vault._kek, vault._digest, vault._state = keys
         return vault
 
     @classmethod
@@ -541,9 +558,5 @@ def import_export_file(
         if owns:
             db.close()
         raise
-    lease = db.leases.adopt(header.store_id, IMPORTED_LEASE_EPOCH)
-    vault = PostgresVault(db, db.backend(header.store_id, lease), header, name,
-                          readonly=False, owns_db=owns)
-    vault._cipher, vault._kek = cipher, kek
-    vault._digest, vault._state = digest, state
-    return vault
+    return PostgresVault._holding(db, header, name, IMPORTED_LEASE_EPOCH,
+                                  (cipher, kek, digest, state), owns=owns)
