@@ -841,18 +841,24 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         if vault.sqlcipher:
             _unlock(vault, args, phases)  # SQLCipher hides even the row counts until unlocked
         r: StatsReport = vault.stats()
+    _emit(args, r, stats_lines(r, f", {human_bytes(r.file_bytes)} on disk"))
+    return ExitCode.OK
+
+
+def stats_lines(r: StatsReport, where: str = "") -> list[str]:
+    """What ``stats`` prints, for a vault file or a vault in PostgreSQL (``where``: what
+    the storage itself adds, e.g. the file's size on disk)."""
     width = max([len(c) for c in r.categories] + [8])
     lines = [
-        f"vault {r.path}: {plural(r.total_rows, 'row')}, {human_bytes(r.total_bytes)} stored, "
-        f"{human_bytes(r.file_bytes)} on disk",
+        f"vault {r.path}: {plural(r.total_rows, 'row')}, {human_bytes(r.total_bytes)} stored"
+        + where,
         f"nonce budget: {r.encryptions} of {r.nonce_budget} encryptions under key generation "
         f"{r.key_generation} ({r.budget_used:.6%})"
         + ("; rekey recommended" if r.rekey_recommended else ""),
         f"{'category':<{width}}  {'rows':>10}  {'bytes':>14}",
     ]
     lines += [f"{c:<{width}}  {s.rows:>10}  {s.bytes:>14}" for c, s in r.categories.items()]
-    _emit(args, r, lines)
-    return ExitCode.OK
+    return lines
 
 
 def _export_target(out: Path, vault_path: Path) -> Path:
@@ -931,6 +937,17 @@ def _check_backup_passphrase(src: Path, passphrase: str, phases: Phases) -> str:
     return passphrase
 
 
+def _backup_passphrase(args: argparse.Namespace, src: Path, phases: Phases) -> str:
+    """The export file's passphrase (from its file or a prompt), checked against ``src``
+    before the import asks for anything else (both backends)."""
+    return use_secret(
+        args.backup_passphrase_file, None,
+        lambda p: _check_backup_passphrase(src, p, phases),
+        label="Backup passphrase", hint="use --backup-passphrase-file FILE",
+        what="backup passphrase", warn=_warn,
+    )
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     if _on_postgres(args):
         from keystore import cli_postgres
@@ -948,12 +965,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         raise UsageError(f"{dest} already exists; refusing to overwrite it (use --force)")
     _check_writable_folder(dest)
     with Phases() as phases:
-        backup_pw = use_secret(
-            args.backup_passphrase_file, None,
-            lambda p: _check_backup_passphrase(src, p, phases),
-            label="Backup passphrase", hint="use --backup-passphrase-file FILE",
-            what="backup passphrase", warn=_warn,
-        )
+        backup_pw = _backup_passphrase(args, src, phases)
         vault_pw = _new_passphrase(args)
         if args.sqlcipher:
             with phases.step("importing into a new SQLCipher vault"), src.open("rb") as fh:

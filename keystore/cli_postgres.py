@@ -38,7 +38,7 @@ from keystore.cli import (
     MigrateReport,
     StepInfo,
     TransferReport,
-    _check_backup_passphrase,
+    _backup_passphrase,
     _check_export_file,
     _emit,
     _emit_verify,
@@ -53,6 +53,7 @@ from keystore.cli import (
     _warn,
     _weaker_than_default,
     passwd_lines,
+    stats_lines,
 )
 from keystore.cli_common import ExitCode, UsageError
 from keystore.cli_progress import Phases, human_bytes, plural
@@ -335,16 +336,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """``stats`` of a vault in PostgreSQL (no passphrase: the server sees these anyway)."""
     with open_vault(args, readonly=True) as vault:
         r: StatsReport = vault.stats()
-    width = max([len(c) for c in r.categories] + [8])
-    lines = [
-        f"vault {r.path}: {plural(r.total_rows, 'row')}, {human_bytes(r.total_bytes)} stored",
-        f"nonce budget: {r.encryptions} of {r.nonce_budget} encryptions under key generation "
-        f"{r.key_generation} ({r.budget_used:.6%})"
-        + ("; rekey recommended" if r.rekey_recommended else ""),
-        f"{'category':<{width}}  {'rows':>10}  {'bytes':>14}",
-    ]
-    lines += [f"{c:<{width}}  {s.rows:>10}  {s.bytes:>14}" for c, s in r.categories.items()]
-    _emit(args, r, lines)
+    _emit(args, r, stats_lines(r))
     return ExitCode.OK
 
 
@@ -402,12 +394,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     kdf = _kdf_choice(args) or profiles.RFC_9106_LOW_MEMORY
     _check_export_file(src)
     with Phases() as phases:
-        backup_pw = use_secret(
-            args.backup_passphrase_file, None,
-            lambda p: _check_backup_passphrase(src, p, phases),
-            label="Backup passphrase", hint="use --backup-passphrase-file FILE",
-            what="backup passphrase", warn=_warn,
-        )
+        backup_pw = _backup_passphrase(args, src, phases)
         vault_pw = _new_passphrase(args)
         with (phases.step("deriving keys and importing in one transaction"),
               _database(args, renew=True) as db):
